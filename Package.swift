@@ -1,0 +1,57 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layout: C system libraries at the bottom, then math (Kernels, GRU4Rec),
+// data and formats (Data, Storage), training and evaluation, transport,
+// and the CLI on top. Imports point one way: metatrain -> the rest.
+let package = Package(
+    name: "metatrain",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "metatrain", targets: ["metatrain"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+    ],
+    targets: [
+        // System libraries (module.modulemap + shim.h).
+        .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
+
+        // Deterministic generators, hashing, atomic files: no C, no I/O policy.
+        .target(name: "Core"),
+        // Flat buffers, sgemm wrapper, layer forward/backward pairs, optimisers.
+        .target(name: "Kernels", dependencies: ["COpenBLAS"]),
+        // Parameter layout table, GRU4Rec forward/backward over packed batches.
+        .target(name: "GRU4Rec", dependencies: ["Kernels", "Core"]),
+        // YAML experiment configuration with defaults and overrides.
+        .target(name: "Configuration", dependencies: ["Yams"]),
+        // CSV ingest, sessions, pairs, episodes, synthetic generator.
+        .target(name: "Data", dependencies: ["Core", "Configuration"]),
+        // HDF5 dataset and checkpoint files.
+        .target(name: "Storage", dependencies: ["CHDF5", "Core", "Data", "GRU4Rec"]),
+        // Metrics, baselines, few-shot adaptation, bootstrap, reports.
+        .target(name: "Evaluation", dependencies: ["Core", "Kernels", "GRU4Rec", "Data", "Storage", "Configuration"]),
+        // Global GRU4Rec pretraining.
+        .target(name: "Training", dependencies: ["Core", "Kernels", "GRU4Rec", "Data", "Storage", "Configuration", "Evaluation"]),
+        // ZeroMQ sockets: moves frames, knows nothing of training.
+        .target(name: "Transport", dependencies: ["CZeroMQ"]),
+        // The CLI, one file per subcommand.
+        .executableTarget(name: "metatrain", dependencies: [
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "Core", "Kernels", "GRU4Rec", "Configuration", "Data", "Storage", "Evaluation", "Training", "Transport",
+        ]),
+
+        .testTarget(name: "CoreTests", dependencies: ["Core"]),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Core"]),
+        .testTarget(name: "GRU4RecTests", dependencies: ["GRU4Rec", "Kernels", "Core"]),
+        .testTarget(name: "ConfigurationTests", dependencies: ["Configuration"]),
+        .testTarget(name: "DataTests", dependencies: ["Data", "Core", "Configuration"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage", "Data", "GRU4Rec", "Core", "Configuration"]),
+        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "GRU4Rec", "Data", "Core", "Configuration"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+        .testTarget(name: "CLITests", dependencies: ["metatrain", "Storage", "Data", "Core"]),
+    ]
+)

@@ -1,0 +1,4 @@
+#ifndef METATRAIN_COPENBLAS_SHIM_H
+#define METATRAIN_COPENBLAS_SHIM_H
+#include <cblas.h>
+#endif

@@ -1,0 +1,58 @@
+import Kernels
+
+/// A batch of (prefix → label, weight) examples packed for the GRU: sequences
+/// sorted by length (longest first, ties by input position), tokens in packed
+/// row order. Built once per batch and reusable: packing again keeps capacity.
+public struct PackedBatch: Sendable {
+    public private(set) var layout = PackedLayout()
+    /// Item index per packed row. [N]
+    public private(set) var tokens: [Int32] = []
+    /// Label per sorted sequence. [B]
+    public private(set) var labels: [Int32] = []
+    /// Loss weight per sorted sequence. [B]
+    public private(set) var weights: [Float] = []
+    /// Caller's index of each sorted sequence. [B]
+    public private(set) var order: [Int] = []
+    private var lengthScratch: [Int] = []
+
+    public init() {}
+
+    /// Packs `count` examples: example i has prefix length `length(i)` (≥ 1),
+    /// items `item(i, 0..<length)`, oldest first, `label(i)` and `weight(i)`.
+    public mutating func pack(count: Int, length: (Int) -> Int, item: (Int, Int) -> Int32,
+                              label: (Int) -> Int32, weight: (Int) -> Float) {
+        order.removeAll(keepingCapacity: true)
+        order.append(contentsOf: 0..<count)
+        // Stable sort by length, descending (ties keep input order).
+        let lens = (0..<count).map(length)
+        order.sort { lens[$0] != lens[$1] ? lens[$0] > lens[$1] : $0 < $1 }
+        lengthScratch.removeAll(keepingCapacity: true)
+        for i in order {
+            precondition(lens[i] >= 1, "empty prefix in batch")
+            lengthScratch.append(lens[i])
+        }
+        layout.reset(sortedLengths: lengthScratch)
+        tokens.removeAll(keepingCapacity: true)
+        tokens.reserveCapacity(layout.N)
+        for t in 0..<layout.T {
+            for b in 0..<layout.batchSizes[t] { tokens.append(item(order[b], t)) }
+        }
+        labels.removeAll(keepingCapacity: true)
+        weights.removeAll(keepingCapacity: true)
+        for i in order { labels.append(label(i)); weights.append(weight(i)) }
+    }
+
+    /// Convenience for tests and small callers.
+    public init(prefixes: [[Int32]], labels: [Int32], weights: [Float]? = nil) {
+        pack(count: prefixes.count, length: { prefixes[$0].count }, item: { prefixes[$0][$1] },
+             label: { labels[$0] }, weight: { weights?[$0] ?? 1 })
+    }
+
+    /// Replaces the per-sequence weights, given in the caller's order.
+    public mutating func setWeights(_ w: [Float]) {
+        precondition(w.count == order.count)
+        for (s, i) in order.enumerated() { weights[s] = w[i] }
+    }
+
+    public var count: Int { layout.B }
+}

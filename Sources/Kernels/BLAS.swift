@@ -1,0 +1,33 @@
+import COpenBLAS
+
+/// The one place metatrain calls BLAS. Row-major throughout.
+public enum BLAS {
+    /// Workers and benchmarks run OpenBLAS on one thread; parallelism is processes.
+    public static func useSingleThread() { openblas_set_num_threads(1) }
+
+    /// C[m,n] = alpha · op(A) · op(B) + beta · C, where op(A) is [m,k] and op(B) is [k,n].
+    /// `lda`, `ldb`, `ldc` are the row strides of A, B, C as stored.
+    @inline(__always)
+    public static func sgemm(
+        _ transA: Bool, _ transB: Bool, m: Int, n: Int, k: Int,
+        alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+        b: UnsafePointer<Float>, ldb: Int,
+        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        if m == 0 || n == 0 { return }
+        if k == 0 {
+            if beta == 0 { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
+            else if beta != 1 { for i in 0..<m { for j in 0..<n { c[i * ldc + j] *= beta } } }
+            return
+        }
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                    Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+
+    /// Σ x_i² in double precision.
+    public static func sumSquares(_ x: UnsafePointer<Float>, _ n: Int) -> Double {
+        var s: Double = 0
+        for i in 0..<n { let v = Double(x[i]); s += v * v }
+        return s
+    }
+}

@@ -1,0 +1,55 @@
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// Adam with PyTorch's semantics (torch.optim.Adam, weight_decay = 0, amsgrad off):
+///   m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
+///   θ ← θ − (lr / (1−β1ᵗ)) · m / (√v / √(1−β2ᵗ) + ε)
+/// m and v share the parameters' flat layout.
+public final class Adam: @unchecked Sendable {
+    public let m: FloatBuffer
+    public let v: FloatBuffer
+    public var step: Int = 0
+    public let beta1: Float, beta2: Float, eps: Float
+
+    public init(count: Int, beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8) {
+        m = FloatBuffer(count: count); v = FloatBuffer(count: count)
+        self.beta1 = beta1; self.beta2 = beta2; self.eps = eps
+    }
+
+    /// One step over `ranges` of the flat buffer (default: all of it). Elements
+    /// outside the ranges (e.g. frozen embeddings) are left untouched, moments included.
+    public func update(_ params: FloatBuffer, _ grads: FloatBuffer, lr: Float, ranges: [Range<Int>]? = nil) {
+        precondition(params.count == m.count && grads.count == m.count)
+        step += 1
+        let bc1 = 1 - powf(beta1, Float(step))
+        let bc2 = 1 - powf(beta2, Float(step))
+        let stepSize = lr / bc1
+        let bc2Sqrt = sqrtf(bc2)
+        let p = params.ptr, g = grads.ptr, mm = m.ptr, vv = v.ptr
+        let b1 = beta1, b2 = beta2, e = eps
+        for r in ranges ?? [0..<m.count] {
+            for i in r {
+                let gi = g[i]
+                mm[i] = b1 * mm[i] + (1 - b1) * gi
+                vv[i] = b2 * vv[i] + (1 - b2) * gi * gi
+                let denom = sqrtf(vv[i]) / bc2Sqrt + e
+                p[i] -= stepSize * mm[i] / denom
+            }
+        }
+    }
+}
+
+/// torch.nn.utils.clip_grad_norm_: scales g by maxNorm / (‖g‖ + 1e-6) when that
+/// is below 1. Returns the norm before clipping.
+@discardableResult
+public func clipGradNorm(_ grads: FloatBuffer, maxNorm: Float) -> Float {
+    let norm = Float(BLAS.sumSquares(grads.ptr, grads.count).squareRoot())
+    let coef = maxNorm / (norm + 1e-6)
+    if coef < 1 {
+        for i in 0..<grads.count { grads.ptr[i] *= coef }
+    }
+    return norm
+}

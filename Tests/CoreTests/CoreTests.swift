@@ -1,0 +1,65 @@
+import XCTest
+@testable import Core
+
+final class SHA256Tests: XCTestCase {
+    func hex(_ s: String) -> String { var h = SHA256(); h.update(string: s); return h.finalizeHex() }
+
+    func testKnownVectors() {
+        XCTAssertEqual(hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        XCTAssertEqual(hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        XCTAssertEqual(hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+                       "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+    }
+
+    func testStreamingEqualsOneShot() {
+        let s = String(repeating: "metatrain-", count: 100)
+        var h = SHA256()
+        for chunk in stride(from: 0, to: s.utf8.count, by: 37) {
+            let bytes = Array(s.utf8)[chunk..<min(chunk + 37, s.utf8.count)]
+            Array(bytes).withUnsafeBytes { h.update($0) }
+        }
+        XCTAssertEqual(h.finalizeHex(), hex(s))
+    }
+}
+
+final class RandomTests: XCTestCase {
+    func testSameKeySameSequenceDifferentKeyDifferent() {
+        var a = SeededGenerator(seed: 42, [Stream.metaBatch, 7])
+        var b = SeededGenerator(seed: 42, [Stream.metaBatch, 7])
+        var c = SeededGenerator(seed: 42, [Stream.metaBatch, 8])
+        let xa = (0..<10).map { _ in a.next() }, xb = (0..<10).map { _ in b.next() }, xc = (0..<10).map { _ in c.next() }
+        XCTAssertEqual(xa, xb)
+        XCTAssertNotEqual(xa, xc)
+    }
+
+    func testBelowIsUniformEnough() {
+        var g = SeededGenerator(seed: 1)
+        var counts = [Int](repeating: 0, count: 10)
+        for _ in 0..<100_000 { counts[g.below(10)] += 1 }
+        for c in counts { XCTAssertEqual(Double(c), 10_000, accuracy: 500) }
+    }
+
+    func testShuffleIsAPermutation() {
+        var g = SeededGenerator(seed: 3)
+        var a = Array(0..<100)
+        g.shuffle(&a)
+        XCTAssertNotEqual(a, Array(0..<100))
+        XCTAssertEqual(a.sorted(), Array(0..<100))
+    }
+}
+
+final class AtomicFileTests: XCTestCase {
+    func testFailedWriteLeavesNothing() throws {
+        let dir = NSTemporaryDirectory() + "mt-atomic-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        let path = dir + "/out.txt"
+        XCTAssertThrowsError(try writeAtomically(to: path) { tmp in
+            _ = FileManager.default.createFile(atPath: tmp, contents: Data("half".utf8))
+            throw MetatrainError("boom")
+        })
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
+        try writeFileAtomically(path, contents: "whole")
+        XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "whole")
+    }
+}

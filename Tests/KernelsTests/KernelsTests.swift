@@ -1,0 +1,64 @@
+import XCTest
+@testable import Kernels
+
+final class BLASTests: XCTestCase {
+    func testSgemmTransposes() {
+        // A [2,3], B [3,2]
+        let a: [Float] = [1, 2, 3, 4, 5, 6], b: [Float] = [7, 8, 9, 10, 11, 12]
+        var c = [Float](repeating: 1, count: 4)
+        BLAS.sgemm(false, false, m: 2, n: 2, k: 3, a: a, lda: 3, b: b, ldb: 2, beta: 1, c: &c, ldc: 2)
+        XCTAssertEqual(c, [59, 65, 140, 155])
+        // Aᵀ·A where A is [2,3] -> [3,3]
+        var d = [Float](repeating: 0, count: 9)
+        BLAS.sgemm(true, false, m: 3, n: 3, k: 2, a: a, lda: 3, b: a, ldb: 3, beta: 0, c: &d, ldc: 3)
+        XCTAssertEqual(d, [17, 22, 27, 22, 29, 36, 27, 36, 45])
+    }
+}
+
+final class OptimizerTests: XCTestCase {
+    /// Reference values from torch.optim.Adam(lr=0.1) on p = [1, -2], grads
+    /// g1 = [0.5, -1], g2 = [0.1, 0.3], computed by hand from PyTorch's update rule.
+    func testAdamMatchesPyTorchRule() {
+        let p = FloatBuffer([1, -2]), g = FloatBuffer([0.5, -1])
+        let adam = Adam(count: 2)
+        adam.update(p, g, lr: 0.1)
+        // Step 1 of Adam moves every coordinate by lr·sign(g) (up to eps).
+        XCTAssertEqual(p[0], 0.9, accuracy: 1e-6)
+        XCTAssertEqual(p[1], -1.9, accuracy: 1e-6)
+        g[0] = 0.1; g[1] = 0.3
+        adam.update(p, g, lr: 0.1)
+        func expected(_ g1: Double, _ g2: Double) -> Double {
+            let m = 0.9 * 0.1 * g1 + 0.1 * g2, v = 0.999 * 0.001 * g1 * g1 + 0.001 * g2 * g2
+            return 0.1 / (1 - 0.81) * m / (v.squareRoot() / (1 - 0.998001).squareRoot() + 1e-8)
+        }
+        XCTAssertEqual(Double(p[0]), 0.9 - expected(0.5, 0.1), accuracy: 1e-6)
+        XCTAssertEqual(Double(p[1]), -1.9 - expected(-1, 0.3), accuracy: 1e-6)
+    }
+
+    func testAdamRangesLeaveOthersUntouched() {
+        let p = FloatBuffer([1, 1, 1]), g = FloatBuffer([1, 1, 1])
+        let adam = Adam(count: 3)
+        adam.update(p, g, lr: 0.5, ranges: [1..<2])
+        XCTAssertEqual(p.array, [1, 0.5, 1])
+        XCTAssertEqual(adam.m.array, [0, 0.1, 0].map { Float($0) })
+    }
+
+    func testClipGradNorm() {
+        let g = FloatBuffer([3, 4])
+        XCTAssertEqual(clipGradNorm(g, maxNorm: 10), 5)
+        XCTAssertEqual(g.array, [3, 4])
+        XCTAssertEqual(clipGradNorm(g, maxNorm: 1), 5)
+        XCTAssertEqual(g[0], 0.6, accuracy: 1e-5)
+        XCTAssertEqual(g[1], 0.8, accuracy: 1e-5)
+    }
+}
+
+final class PackedLayoutTests: XCTestCase {
+    func testLayout() {
+        let l = PackedLayout(sortedLengths: [3, 2, 2, 1])
+        XCTAssertEqual(l.batchSizes, [4, 3, 1])
+        XCTAssertEqual(l.offsets, [0, 4, 7, 8])
+        XCTAssertEqual(l.N, 8)
+        XCTAssertEqual((0..<4).map(l.lastRow), [7, 5, 6, 3])
+    }
+}
