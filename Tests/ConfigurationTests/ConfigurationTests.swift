@@ -1,0 +1,71 @@
+import XCTest
+@testable import Configuration
+
+final class ConfigurationTests: XCTestCase {
+    func tmp(_ text: String) -> String {
+        let p = NSTemporaryDirectory() + "mt-config-\(UUID().uuidString).yaml"
+        try! text.write(toFile: p, atomically: true, encoding: .utf8)
+        return p
+    }
+
+    func testDefaultsMatchContract() {
+        let c = Config.defaults()
+        XCTAssertEqual(c.seed, 20_260_107)
+        XCTAssertEqual(c.data.maxSeqLen, 50); XCTAssertEqual(c.data.kSupport, 5); XCTAssertEqual(c.data.qQuery, 10)
+        XCTAssertEqual(c.data.split, .byFirstActivity)
+        XCTAssertEqual(c.model.hiddenDim, 128)
+        XCTAssertEqual(c.maml.algorithm, .fomaml)
+        XCTAssertEqual(c.maml.innerLRBounds.0, 0.0001); XCTAssertEqual(c.maml.innerLRBounds.1, 0.1)
+        XCTAssertNil(c.warmStart.checkpoint)
+        XCTAssertEqual(c.checkpoint.keep, 3)
+    }
+
+    func testFileThenOverrides() throws {
+        let p = tmp("maml:\n  inner_lr: 0.05\n  algorithm: maml\nmodel: {hidden_dim: 64}\n")
+        let c = try Config.load(path: p, overrides: ["maml.inner_lr=0.2", "warm_start.checkpoint=runs/x/best.h5", "maml.outer_lr=1"])
+        XCTAssertEqual(c.maml.innerLR, 0.2)
+        XCTAssertEqual(c.maml.algorithm, .maml)
+        XCTAssertEqual(c.model.hiddenDim, 64)
+        XCTAssertEqual(c.maml.outerLR, 1.0)
+        XCTAssertEqual(c.warmStart.checkpoint, "runs/x/best.h5")
+    }
+
+    func testUnknownKeyNamesItsPath() {
+        let p = tmp("maml:\n  inner_lrr: 0.05\n")
+        XCTAssertThrowsError(try Config.load(path: p, overrides: [])) { e in
+            XCTAssertTrue("\(e)".contains("unknown key 'maml.inner_lrr'"), "\(e)")
+            XCTAssertTrue("\(e)".contains(p))
+        }
+        XCTAssertThrowsError(try Config.load(path: nil, overrides: ["data.nope=1"])) { e in
+            XCTAssertTrue("\(e)".contains("unknown key 'data.nope'"), "\(e)")
+        }
+    }
+
+    func testWrongTypeAndBadValues() {
+        XCTAssertThrowsError(try Config.load(path: nil, overrides: ["model.hidden_dim=big"])) { e in
+            XCTAssertTrue("\(e)".contains("'model.hidden_dim' must be an integer"), "\(e)")
+        }
+        XCTAssertThrowsError(try Config.load(path: nil, overrides: ["maml.algorithm=reptile"])) { e in
+            XCTAssertTrue("\(e)".contains("unknown value 'reptile'"), "\(e)")
+        }
+        XCTAssertThrowsError(try Config.load(path: nil, overrides: ["data.k_support=0"]))
+        XCTAssertThrowsError(try Config.load(path: nil, overrides: ["novalue"]))
+    }
+
+    func testYAMLAndJSONRoundTrip() throws {
+        let c = try Config.load(path: nil, overrides: ["maml.inner_lr=0.05", "weighting.scheme=recency"])
+        let fromYAML = try Config.load(path: tmp(c.yaml), overrides: [])
+        XCTAssertEqual(fromYAML, c)
+        let fromJSON = try Config.parse(c.json, origin: "json")
+        XCTAssertEqual(fromJSON, c)
+        XCTAssertTrue(c.json.hasPrefix("{\"seed\":20260107,\"data\":{"))
+    }
+
+    func testShippedConfigsLoad() throws {
+        let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("configs")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".yaml") }
+        XCTAssertFalse(files.isEmpty)
+        for f in files { XCTAssertNoThrow(try Config.load(path: dir.appendingPathComponent(f).path, overrides: []), f) }
+    }
+}
