@@ -1,0 +1,126 @@
+import Core
+import Foundation
+
+/// A synthetic XuetangX-style event log with planted structure (CONTRACTS 5):
+///
+/// - **Groups.** Users belong to one of `groups` groups. Each group has its own
+///   course-transition table: from course c, the next course is one of three
+///   group-specific successors (probabilities 0.6 / 0.25 / 0.15). A cold-start
+///   user's first transitions reveal the group, which is what meta-learning
+///   exploits.
+/// - **Drift.** A `driftFraction` of users switch to a second group's table
+///   part-way through their history (between their 3rd and 9th visit), so
+///   their most recent transitions predict the future better than their oldest
+///   ones: recency weighting helps.
+/// - **Noisy sessions.** With probability `noiseRate` a visit is a short,
+///   low-reliability session (1–2 events within a minute, one action kind) on a
+///   uniformly random course that does not follow the transition table (and
+///   does not move the user's position in it): reliability weighting helps.
+///
+/// Reliable sessions have 3–12 events over 5–40 minutes with varied actions.
+/// Sessions are separated by 2 hours to 3 days. Deterministic for a seed.
+public struct SynthOptions: Sendable {
+    public var users = 3000, courses = 400, groups = 8
+    public var minVisits = 16, maxVisits = 45
+    public var driftFraction = 0.5, noiseRate = 0.2
+    public var seed: UInt64 = 20_260_107
+    public init() {}
+}
+
+public let xuetangxActions = [
+    "load_video", "play_video", "pause_video", "seek_video", "stop_video", "problem_get", "problem_check",
+    "problem_check_correct", "problem_check_incorrect", "problem_save", "reset_problem", "create_thread",
+    "create_comment", "delete_thread", "delete_comment", "click_forum", "close_forum", "click_info",
+    "click_courseware", "click_about", "click_progress", "close_courseware", "close_info",
+]
+
+public struct SynthSummary: Sendable {
+    public var users = 0, events = 0, visits = 0, noisyVisits = 0, driftUsers = 0
+}
+
+public enum Synth {
+    /// Writes the log to `path` atomically and returns counts.
+    public static func write(to path: String, options o: SynthOptions) throws -> SynthSummary {
+        let (text, summary) = generate(o)
+        try writeAtomically(to: path) { tmp in
+            guard FileManager.default.createFile(atPath: tmp, contents: text) else {
+                throw MetatrainError("\(path): cannot write event log")
+            }
+        }
+        return summary
+    }
+
+    /// The group tables (successors[group][course] = 3 courses), from the seed alone.
+    public static func successors(_ o: SynthOptions) -> [[[Int]]] {
+        var g = SeededGenerator(seed: o.seed, [Stream.synth, 1])
+        return (0..<o.groups).map { _ in
+            (0..<o.courses).map { c in
+                var s: [Int] = []
+                while s.count < 3 {
+                    let x = g.below(o.courses)
+                    if x != c && !s.contains(x) { s.append(x) }
+                }
+                return s
+            }
+        }
+    }
+
+    public static func generate(_ o: SynthOptions) -> (Data, SynthSummary) {
+        precondition(o.courses >= 5 && o.groups >= 1 && o.users >= 1 && o.minVisits >= 2 && o.maxVisits >= o.minVisits)
+        let succ = successors(o)
+        var summary = SynthSummary()
+        var out = Data()
+        out.reserveCapacity(o.users * 30 * 7 * 80)
+        out.append(contentsOf: Array("username,course_id,session_id,action,time\n".utf8))
+        let reliableActions = Array(xuetangxActions.prefix(20))
+        let noisyActions = ["click_about", "click_info", "click_progress"]
+        let courseNames = (0..<o.courses).map { String(format: "course-v1:SynthX+C%04d+2015_T1", $0) }
+        let t0 = Int64(daysFromCivil(2015, 6, 1)) * 86400
+        for u in 0..<o.users {
+            var g = SeededGenerator(seed: o.seed, [Stream.synth, 2, UInt64(u)])
+            let user = String(format: "u%06d", u)
+            let group1 = g.below(o.groups)
+            var group2 = group1
+            let drifts = o.groups > 1 && g.uniformDouble() < o.driftFraction
+            if drifts { while group2 == group1 { group2 = g.below(o.groups) } ; summary.driftUsers += 1 }
+            let driftAt = 3 + g.below(7)
+            let nVisits = o.minVisits + g.below(o.maxVisits - o.minVisits + 1)
+            var t = t0 + Int64(g.below(365 * 86400))
+            var course = g.below(o.courses)      // position in the transition table
+            var last = -1                        // last course written (visits must change course)
+            var reliableVisits = 0
+            for v in 0..<nVisits {
+                let noisy = v > 0 && g.uniformDouble() < o.noiseRate
+                var c: Int
+                if v == 0 {
+                    c = course
+                } else if noisy {
+                    repeat { c = g.below(o.courses) } while c == last
+                } else {
+                    let table = drifts && reliableVisits >= driftAt ? succ[group2] : succ[group1]
+                    let choices = table[course]
+                    let r = g.uniformDouble()
+                    c = choices[r < 0.6 ? 0 : (r < 0.85 ? 1 : 2)]
+                    if c == last { c = choices.first { $0 != last } ?? c }
+                }
+                if !noisy { course = c; reliableVisits += 1 } else { summary.noisyVisits += 1 }
+                last = c
+                let session = String(format: "%@-%04x", user, v)
+                let nEvents = noisy ? 1 + g.below(2) : 3 + g.below(10)
+                var et = t
+                for k in 0..<nEvents {
+                    let action = noisy ? noisyActions[v % noisyActions.count]
+                        : (k == 0 ? "load_video" : reliableActions[g.below(reliableActions.count)])
+                    let line = "\(user),\(courseNames[c]),\(session),\(action),\(formatTime(et))\n"
+                    out.append(contentsOf: Array(line.utf8))
+                    summary.events += 1
+                    et += noisy ? Int64(5 + g.below(25)) : Int64(60 + g.below(240))
+                }
+                summary.visits += 1
+                t = et + Int64(7200 + g.below(3 * 86400))
+            }
+        }
+        summary.users = o.users
+        return (out, summary)
+    }
+}

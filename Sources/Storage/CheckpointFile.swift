@@ -1,0 +1,117 @@
+import Core
+import GRU4Rec
+import Kernels
+
+/// A checkpoint (CONTRACTS 3): model weights under /model/<state-dict key>, Adam
+/// moments under /optimizer/{m,v}/<key>, Meta-SGD rates under /meta_sgd/alpha/<key>,
+/// curves under /history/<name>; all float32, row-major, one dataset per named
+/// view of the flat parameter layout.
+public struct Checkpoint {
+    public enum Kind: String, Sendable { case pretrain, meta }
+
+    public var dims: ModelDims
+    public var params: FloatBuffer
+    public var adamM: FloatBuffer?
+    public var adamV: FloatBuffer?
+    public var metaSGDAlpha: FloatBuffer?
+    /// Training curves, in insertion order.
+    public var history: [(name: String, values: [Float])]
+    public var iteration: Int
+    public var adamStep: Int
+    public var seed: UInt64
+    public var configJSON: String
+    public var datasetFingerprint: String
+    public var kind: Kind
+    public var algorithm: String
+
+    public init(dims: ModelDims, params: FloatBuffer, adamM: FloatBuffer? = nil, adamV: FloatBuffer? = nil,
+                metaSGDAlpha: FloatBuffer? = nil, history: [(name: String, values: [Float])] = [],
+                iteration: Int, adamStep: Int, seed: UInt64, configJSON: String, datasetFingerprint: String,
+                kind: Kind, algorithm: String) {
+        self.dims = dims; self.params = params; self.adamM = adamM; self.adamV = adamV
+        self.metaSGDAlpha = metaSGDAlpha; self.history = history; self.iteration = iteration
+        self.adamStep = adamStep; self.seed = seed; self.configJSON = configJSON
+        self.datasetFingerprint = datasetFingerprint; self.kind = kind; self.algorithm = algorithm
+    }
+
+    public var layout: ParameterLayout { ParameterLayout(dims) }
+}
+
+public enum CheckpointFile {
+    public static let format = "metatrain-checkpoint"
+    public static let version: Int64 = 1
+
+    /// Writes atomically (temporary name, then rename).
+    public static func write(_ c: Checkpoint, to path: String) throws {
+        let layout = c.layout
+        try writeAtomically(to: path) { tmp in
+            let f = try HDF5File.create(tmp)
+            try f.setAttribute("format", format)
+            try f.setAttribute("version", version)
+            try f.setAttribute("iteration", Int64(c.iteration))
+            try f.setAttribute("adam_step", Int64(c.adamStep))
+            try f.setAttribute("seed", Int64(bitPattern: c.seed))
+            try f.setAttribute("config", c.configJSON)
+            try f.setAttribute("dataset_fingerprint", c.datasetFingerprint)
+            try f.setAttribute("kind", c.kind.rawValue)
+            try f.setAttribute("algorithm", c.algorithm)
+            func views(_ group: String, _ b: FloatBuffer) throws {
+                precondition(b.count == layout.count)
+                for e in layout.entries {
+                    try f.write("\(group)/\(e.name)", UnsafeBufferPointer(start: b.ptr + e.offset, count: e.count), shape: e.shape)
+                }
+            }
+            try views("model", c.params)
+            if let m = c.adamM, let v = c.adamV {
+                try views("optimizer/m", m)
+                try views("optimizer/v", v)
+            }
+            if let a = c.metaSGDAlpha { try views("meta_sgd/alpha", a) }
+            try f.createGroups("history")
+            for h in c.history { try f.write("history/\(h.name)", h.values) }
+            try f.flush()
+        }
+    }
+
+    /// Reads a checkpoint, checking format, version and shapes; if
+    /// `expectedFingerprint` is given, the dataset fingerprint must match.
+    public static func read(_ path: String, expectedFingerprint: String? = nil) throws -> Checkpoint {
+        let f = try HDF5File.open(path)
+        guard f.hasAttribute("format"), try f.stringAttribute("format") == format else {
+            throw MetatrainError("\(path): not a metatrain checkpoint (format attribute is not '\(format)')")
+        }
+        let v = try f.intAttribute("version")
+        guard v == version else { throw MetatrainError("\(path): checkpoint version \(v) is not supported (expected \(version))") }
+        let fp = try f.stringAttribute("dataset_fingerprint")
+        if let expectedFingerprint, fp != expectedFingerprint {
+            throw MetatrainError("\(path): checkpoint was trained on dataset \(fp.prefix(12))…, not on this dataset (\(expectedFingerprint.prefix(12))…)")
+        }
+        let emb = try f.shape("model/embedding.weight")
+        let whh = try f.shape("model/gru.weight_hh_l0")
+        guard emb.count == 2, whh.count == 2, whh[0] == 3 * whh[1] else {
+            throw MetatrainError("\(path): model/embedding.weight or model/gru.weight_hh_l0 has an unexpected shape")
+        }
+        let dims = ModelDims(V: emb[0], E: emb[1], H: whh[1])
+        let layout = ParameterLayout(dims)
+        func views(_ group: String) throws -> FloatBuffer {
+            let b = FloatBuffer(count: layout.count)
+            for e in layout.entries { try f.read("\(group)/\(e.name)", into: b.ptr + e.offset, shape: e.shape) }
+            return b
+        }
+        let params = try views("model")
+        var m: FloatBuffer?, vv: FloatBuffer?, alpha: FloatBuffer?
+        if f.exists("optimizer/m") { m = try views("optimizer/m"); vv = try views("optimizer/v") }
+        if f.exists("meta_sgd/alpha") { alpha = try views("meta_sgd/alpha") }
+        var history: [(name: String, values: [Float])] = []
+        if f.exists("history") {
+            for n in try f.children("history") { history.append((n, try f.read("history/\(n)", as: Float.self).values)) }
+        }
+        guard let kind = Checkpoint.Kind(rawValue: try f.stringAttribute("kind")) else {
+            throw MetatrainError("\(path): unknown checkpoint kind")
+        }
+        return Checkpoint(dims: dims, params: params, adamM: m, adamV: vv, metaSGDAlpha: alpha, history: history,
+                          iteration: Int(try f.intAttribute("iteration")), adamStep: Int(try f.intAttribute("adam_step")),
+                          seed: UInt64(bitPattern: try f.intAttribute("seed")), configJSON: try f.stringAttribute("config"),
+                          datasetFingerprint: fp, kind: kind, algorithm: try f.stringAttribute("algorithm"))
+    }
+}

@@ -1,0 +1,104 @@
+import Core
+import Data
+
+/// The dataset file (CONTRACTS 2): `format = "metatrain-dataset"`, version 1.
+public enum DatasetFile {
+    public static let format = "metatrain-dataset"
+    public static let version: Int64 = 1
+
+    /// Writes atomically: a temporary name in the same directory, then rename.
+    public static func write(_ d: Dataset, to path: String) throws {
+        try writeAtomically(to: path) { tmp in
+            let f = try HDF5File.create(tmp)
+            try f.setAttribute("format", format)
+            try f.setAttribute("version", version)
+            try f.setAttribute("n_items", Int64(d.nItems))
+            try f.setAttribute("max_seq_len", Int64(d.maxSeqLen))
+            try f.setAttribute("k_support", Int64(d.kSupport))
+            try f.setAttribute("q_query", Int64(d.qQuery))
+            try f.setAttribute("fingerprint", d.fingerprint)
+            try f.setAttribute("source", d.source)
+            try f.writeStrings("vocab/item_ids", d.itemIds)
+            try f.write("vocab/item_counts", d.itemCounts)
+            try f.writeStrings("users/ids", d.userIds)
+            try f.write("users/split", d.userSplit)
+            try f.write("pairs/user", d.pairUser)
+            try f.write("pairs/prefix_offsets", d.prefixOffsets)
+            try f.write("pairs/prefix_items", d.prefixItems)
+            try f.write("pairs/label", d.label)
+            try f.write("pairs/timestamp", d.timestamp)
+            try f.write("pairs/reliability", d.reliability)
+            for s in SplitKind.allCases {
+                let e = d.episodes(s)
+                try f.write("episodes/\(s.name)/support", e.support, shape: [e.count, d.kSupport])
+                try f.write("episodes/\(s.name)/query", e.query, shape: [e.count, d.qQuery])
+                try f.write("episodes/\(s.name)/user", e.user)
+            }
+            try f.flush()
+        }
+    }
+
+    /// Just the fingerprint attribute (cheap: no datasets read).
+    public static func fingerprint(of path: String) throws -> String {
+        let f = try HDF5File.open(path)
+        try checkFormat(f)
+        return try f.stringAttribute("fingerprint")
+    }
+
+    static func checkFormat(_ f: HDF5File) throws {
+        guard f.hasAttribute("format"), try f.stringAttribute("format") == format else {
+            throw MetatrainError("\(f.path): not a metatrain dataset (format attribute is not '\(format)')")
+        }
+        let v = try f.intAttribute("version")
+        guard v == version else { throw MetatrainError("\(f.path): dataset version \(v) is not supported (expected \(version))") }
+    }
+
+    /// Reads and validates a dataset file: format, version, shapes, index ranges
+    /// and the stored fingerprint against the contents.
+    public static func read(_ path: String) throws -> Dataset {
+        let f = try HDF5File.open(path)
+        try checkFormat(f)
+        let V = Int(try f.intAttribute("n_items")), L = Int(try f.intAttribute("max_seq_len"))
+        let K = Int(try f.intAttribute("k_support")), Q = Int(try f.intAttribute("q_query"))
+        let itemIds = try f.readStrings("vocab/item_ids")
+        guard itemIds.count == V else { throw MetatrainError("\(path): vocab/item_ids has \(itemIds.count) entries, n_items is \(V)") }
+        let itemCounts = try f.read("vocab/item_counts", as: Int64.self, shape: [V]).values
+        let userIds = try f.readStrings("users/ids")
+        let userSplit = try f.read("users/split", as: Int8.self, shape: [userIds.count]).values
+        let pairUser = try f.read("pairs/user", as: Int32.self).values
+        let P = pairUser.count
+        let offsets = try f.read("pairs/prefix_offsets", as: Int64.self, shape: [P + 1]).values
+        let items = try f.read("pairs/prefix_items", as: Int32.self).values
+        guard offsets.first == 0, offsets.last == Int64(items.count) else {
+            throw MetatrainError("\(path): pairs/prefix_offsets do not cover pairs/prefix_items")
+        }
+        let label = try f.read("pairs/label", as: Int32.self, shape: [P]).values
+        let timestamp = try f.read("pairs/timestamp", as: Int64.self, shape: [P]).values
+        let reliability = try f.read("pairs/reliability", as: Float.self, shape: [P]).values
+        for (i, x) in items.enumerated() where x < 1 || Int(x) >= V {
+            throw MetatrainError("\(path): pairs/prefix_items[\(i)] = \(x) is outside 1..<\(V)")
+        }
+        for (i, x) in label.enumerated() where x < 1 || Int(x) >= V {
+            throw MetatrainError("\(path): pairs/label[\(i)] = \(x) is outside 1..<\(V)")
+        }
+        var episodes: [SplitKind: Episodes] = [:]
+        for s in SplitKind.allCases {
+            let user = try f.read("episodes/\(s.name)/user", as: Int32.self).values
+            let support = try f.read("episodes/\(s.name)/support", as: Int64.self, shape: [user.count, K]).values
+            let query = try f.read("episodes/\(s.name)/query", as: Int64.self, shape: [user.count, Q]).values
+            for x in support + query where x < 0 || x >= Int64(P) {
+                throw MetatrainError("\(path): episodes/\(s.name) refers to pair \(x), but there are \(P) pairs")
+            }
+            episodes[s] = Episodes(k: K, q: Q, support: support, query: query, user: user)
+        }
+        let d = Dataset(itemIds: itemIds, itemCounts: itemCounts, userIds: userIds, userSplit: userSplit,
+                        pairUser: pairUser, prefixOffsets: offsets, prefixItems: items, label: label,
+                        timestamp: timestamp, reliability: reliability, episodes: episodes,
+                        maxSeqLen: L, kSupport: K, qQuery: Q, source: try f.stringAttribute("source"))
+        let stored = try f.stringAttribute("fingerprint")
+        guard d.fingerprint == stored else {
+            throw MetatrainError("\(path): contents do not match the stored fingerprint (file modified or corrupt)")
+        }
+        return d
+    }
+}
