@@ -32,8 +32,10 @@ let package = Package(
         .target(name: "Data", dependencies: ["Core", "Configuration"]),
         // HDF5 dataset and checkpoint files.
         .target(name: "Storage", dependencies: ["CHDF5", "Core", "Data", "GRU4Rec"]),
+        // Support weighting and inner loops (adaptation); meta-gradients build on it.
+        .target(name: "MetaLearning", dependencies: ["Core", "Kernels", "GRU4Rec", "Data", "Configuration"]),
         // Metrics, baselines, few-shot adaptation, bootstrap, reports.
-        .target(name: "Evaluation", dependencies: ["Core", "Kernels", "GRU4Rec", "Data", "Storage", "Configuration"]),
+        .target(name: "Evaluation", dependencies: ["Core", "Kernels", "GRU4Rec", "Data", "Storage", "Configuration", "MetaLearning"]),
         // Global GRU4Rec pretraining.
         .target(name: "Training", dependencies: ["Core", "Kernels", "GRU4Rec", "Data", "Storage", "Configuration", "Evaluation"]),
         // ZeroMQ sockets: moves frames, knows nothing of training.
@@ -41,7 +43,7 @@ let package = Package(
         // The CLI, one file per subcommand.
         .executableTarget(name: "metatrain", dependencies: [
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            "Core", "Kernels", "GRU4Rec", "Configuration", "Data", "Storage", "Evaluation", "Training", "Transport",
+            "Core", "Kernels", "GRU4Rec", "Configuration", "Data", "Storage", "MetaLearning", "Evaluation", "Training", "Transport",
         ]),
 
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
@@ -50,6 +52,7 @@ let package = Package(
         .testTarget(name: "ConfigurationTests", dependencies: ["Configuration"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "Core", "Configuration"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Data", "GRU4Rec", "Core", "Configuration"]),
+        .testTarget(name: "MetaLearningTests", dependencies: ["MetaLearning", "GRU4Rec", "Kernels", "Data", "Core", "Configuration"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "GRU4Rec", "Data", "Core", "Configuration"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "CLITests", dependencies: ["metatrain", "Storage", "Data", "Core"]),

@@ -1,7 +1,7 @@
 import Kernels
 
 /// Model sizes. V counts items INCLUDING the padding index 0.
-public struct ModelDims: Sendable, Equatable, Codable {
+public struct ModelDims: Sendable, Hashable, Codable {
     public var V: Int, E: Int, H: Int
     public init(V: Int, E: Int, H: Int) { self.V = V; self.E = E; self.H = H }
 }

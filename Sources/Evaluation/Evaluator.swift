@@ -1,0 +1,109 @@
+import Configuration
+import Core
+import Data
+import GRU4Rec
+import Kernels
+import MetaLearning
+
+/// How a model adapts to a support set before scoring queries.
+public struct FewShotPolicy: Sendable {
+    public var steps: Int
+    public var innerLR: Float
+    /// Meta-SGD rates (one per parameter element), replacing innerLR when present.
+    public var rates: FloatBuffer?
+    public var weighting: SupportWeighting
+    public var frozen: [Range<Int>] = []
+
+    public init(steps: Int, innerLR: Float, rates: FloatBuffer? = nil, weighting: SupportWeighting, frozen: [Range<Int>] = []) {
+        self.steps = steps; self.innerLR = innerLR; self.rates = rates; self.weighting = weighting; self.frozen = frozen
+    }
+
+    /// Plain fine-tuning with the configured maml.inner_lr, maml.inner_steps and weighting.
+    public init(config: Config) {
+        self.init(steps: config.maml.innerSteps, innerLR: Float(config.maml.innerLR),
+                  weighting: SupportWeighting(config.weighting))
+    }
+}
+
+/// Scores the query pairs of a split's episodes, per episode.
+public final class Evaluator {
+    public let dataset: Dataset
+    public let split: SplitKind
+    /// Episode indices evaluated (all, or the first n).
+    public let episodes: [Int]
+    private var models: [ModelDims: GRU4Rec] = [:]
+    private var supportBatch = PackedBatch(), queryBatch = PackedBatch()
+
+    public init(dataset: Dataset, split: SplitKind, limit: Int = 0) {
+        self.dataset = dataset; self.split = split
+        let n = dataset.episodes(split).count
+        episodes = Array(0..<(limit > 0 ? min(limit, n) : n))
+    }
+
+    func model(_ dims: ModelDims) -> GRU4Rec {
+        if let m = models[dims] { return m }
+        let m = GRU4Rec(dims: dims); models[dims] = m; return m
+    }
+
+    /// Popularity baseline: items ranked by how often they are a label among
+    /// TRAIN users' pairs (no val/test information).
+    public func popularity() -> [MetricSums] {
+        var counts = [Float](repeating: 0, count: dataset.nItems)
+        for p in 0..<dataset.nPairs where dataset.userSplit[Int(dataset.pairUser[p])] == SplitKind.train.rawValue {
+            counts[Int(dataset.label[p])] += 1
+        }
+        let ep = dataset.episodes(split)
+        return counts.withUnsafeBufferPointer { scores in
+            episodes.map { e in
+                var s = MetricSums()
+                for p in ep.queryPairs(e) { s.add(rank: pessimisticRank(scores.baseAddress!, label: Int(dataset.label[Int(p)]), V: dataset.nItems)) }
+                return s
+            }
+        }
+    }
+
+    /// Zero-shot: the parameters as they are.
+    public func zeroShot(_ params: FloatBuffer, dims: ModelDims) -> [MetricSums] {
+        let m = model(dims), ep = dataset.episodes(split)
+        return episodes.map { e in score(m, params, queries: ep.queryPairs(e)) }
+    }
+
+    /// Few-shot: adapt a copy on the support set (the last `shots` support
+    /// pairs when given: those closest in time to the queries), then score.
+    public func fewShot(_ params: FloatBuffer, dims: ModelDims, policy: FewShotPolicy, shots: Int? = nil) -> [MetricSums] {
+        let m = model(dims), ep = dataset.episodes(split)
+        let adapted = FloatBuffer(count: params.count), grads = FloatBuffer(count: params.count)
+        let rate: InnerLoop.Rate = policy.rates.map { .perElement($0) } ?? .scalar(policy.innerLR)
+        let loop = InnerLoop(steps: policy.steps, rate: rate, frozen: policy.frozen)
+        return episodes.map { e in
+            let all = ep.supportPairs(e)
+            let support = shots.map { all.suffix(min($0, all.count)) } ?? all
+            let w = policy.weighting.weights(support, in: dataset)
+            supportBatch.pack(pairs: support, of: dataset, weights: w)
+            loop.adapt(model: m, from: params, into: adapted, grads: grads, support: supportBatch)
+            return score(m, adapted, queries: ep.queryPairs(e))
+        }
+    }
+
+    private func score(_ m: GRU4Rec, _ params: FloatBuffer, queries: ArraySlice<Int64>) -> MetricSums {
+        queryBatch.pack(pairs: queries, of: dataset)
+        let logits = m.forward(params, queryBatch)
+        var s = MetricSums()
+        let V = m.dims.V
+        for b in 0..<queryBatch.count {
+            s.add(rank: pessimisticRank(logits + b * V, label: Int(queryBatch.labels[b]), V: V))
+        }
+        return s
+    }
+
+    /// Mean weighted query loss (zero-shot), e.g. for validation curves.
+    public func queryLoss(_ params: FloatBuffer, dims: ModelDims) -> Double {
+        let m = model(dims), ep = dataset.episodes(split)
+        var total = 0.0
+        for e in episodes {
+            queryBatch.pack(pairs: ep.queryPairs(e), of: dataset)
+            total += Double(m.loss(params, queryBatch))
+        }
+        return episodes.isEmpty ? 0 : total / Double(episodes.count)
+    }
+}

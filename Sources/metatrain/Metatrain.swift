@@ -1,0 +1,41 @@
+import ArgumentParser
+import Configuration
+import Core
+import Foundation
+
+@main
+struct Metatrain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "metatrain",
+        abstract: "Meta-trains GRU4Rec next-course recommenders for cold-start MOOC learners.",
+        discussion: """
+        Pipeline: synth (or a real XuetangX log) -> prepare -> pretrain -> evaluate.
+        Example:
+          metatrain demo --dir demo-run
+        """,
+        subcommands: [SynthCommand.self, PrepareCommand.self, PretrainCommand.self, EvaluateCommand.self,
+                      DemoCommand.self, BenchCommand.self])
+
+    /// Runs the CLI: our own errors print as one `error: ...` line and exit 1.
+    static func mainEntry() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let e as MetatrainError {
+            fail(e.message)
+        } catch let e as ConfigError {
+            fail(e.message)
+        } catch {
+            if exitCode(for: error) == .success { exit(withError: error) }
+            let msg = message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            fail(msg.replacingOccurrences(of: "Error: ", with: "") + " (see --help)", code: exitCode(for: error).rawValue)
+        }
+    }
+
+    static func fail(_ message: String, code: Int32 = 1) -> Never {
+        FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+        Foundation.exit(code == 0 ? 1 : code)
+    }
+
+    static func main() { mainEntry() }
+}
