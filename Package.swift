@@ -48,12 +48,13 @@ let package = Package(
 
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Core"]),
-        .testTarget(name: "GRU4RecTests", dependencies: ["GRU4Rec", "Kernels", "Core"]),
+        .testTarget(name: "GRU4RecTests", dependencies: ["GRU4Rec", "Kernels", "Core"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ConfigurationTests", dependencies: ["Configuration"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "Core", "Configuration"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Data", "GRU4Rec", "Core", "Configuration"]),
         .testTarget(name: "MetaLearningTests", dependencies: ["MetaLearning", "GRU4Rec", "Kernels", "Data", "Core", "Configuration"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "GRU4Rec", "Data", "Core", "Configuration"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Storage", "Data", "Configuration", "Core"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "CLITests", dependencies: ["metatrain", "Storage", "Data", "Core"]),
     ]

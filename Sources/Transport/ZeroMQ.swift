@@ -1,0 +1,113 @@
+import CZeroMQ
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// An error from libzmq, naming the operation and endpoint.
+public struct TransportError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ what: String) { description = "\(what): \(String(cString: zmq_strerror(mt_zmq_errno())))" }
+}
+
+/// A ZeroMQ context. One per process; sockets keep it alive.
+public final class ZMQContext: @unchecked Sendable {
+    let handle: UnsafeMutableRawPointer
+    public init() { handle = zmq_ctx_new() }
+    deinit { zmq_ctx_term(handle) }
+}
+
+/// A ZeroMQ socket that moves multipart frames and nothing else: it knows no
+/// message types, versions or training. Not thread-safe (ZeroMQ sockets never are).
+public final class ZMQSocket {
+    public enum Kind { case router, dealer, pub, sub, req, rep, pair
+        var raw: Int32 {
+            switch self {
+            case .router: return ZMQ_ROUTER
+            case .dealer: return ZMQ_DEALER
+            case .pub: return ZMQ_PUB
+            case .sub: return ZMQ_SUB
+            case .req: return ZMQ_REQ
+            case .rep: return ZMQ_REP
+            case .pair: return ZMQ_PAIR
+            }
+        }
+    }
+
+    let context: ZMQContext
+    let handle: UnsafeMutableRawPointer
+
+    public init(_ context: ZMQContext, _ kind: Kind) throws {
+        self.context = context
+        guard let h = zmq_socket(context.handle, kind.raw) else { throw TransportError("zmq_socket") }
+        handle = h
+        var linger: Int32 = 0
+        zmq_setsockopt(handle, ZMQ_LINGER, &linger, MemoryLayout<Int32>.size)
+    }
+
+    deinit { zmq_close(handle) }
+
+    public func bind(_ endpoint: String) throws {
+        guard zmq_bind(handle, endpoint) == 0 else { throw TransportError("bind \(endpoint)") }
+    }
+
+    public func connect(_ endpoint: String) throws {
+        guard zmq_connect(handle, endpoint) == 0 else { throw TransportError("connect \(endpoint)") }
+    }
+
+    /// The endpoint actually bound (useful after binding port 0 / "*").
+    public var lastEndpoint: String {
+        var buf = [CChar](repeating: 0, count: 256)
+        var size = buf.count
+        zmq_getsockopt(handle, ZMQ_LAST_ENDPOINT, &buf, &size)
+        return String(cString: buf)
+    }
+
+    public func subscribe(_ prefix: [UInt8] = []) throws {
+        let rc = prefix.withUnsafeBytes { zmq_setsockopt(handle, ZMQ_SUBSCRIBE, $0.baseAddress, prefix.count) }
+        guard rc == 0 else { throw TransportError("subscribe") }
+    }
+
+    /// Sends all frames as one multipart message.
+    public func send(_ frames: [[UInt8]]) throws {
+        for (i, f) in frames.enumerated() {
+            let flags: Int32 = i < frames.count - 1 ? ZMQ_SNDMORE : 0
+            let rc = f.withUnsafeBytes { zmq_send(handle, $0.baseAddress, f.count, flags) }
+            guard rc >= 0 else { throw TransportError("send") }
+        }
+    }
+
+    /// Receives one multipart message, or nil if none arrives within `timeoutMs` (−1 = wait).
+    public func receive(timeoutMs: Int = -1) throws -> [[UInt8]]? {
+        var item = zmq_pollitem_t(socket: handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
+        let n = zmq_poll(&item, 1, timeoutMs)
+        if n < 0 {
+            if mt_zmq_errno() == mt_zmq_eintr() { return nil }
+            throw TransportError("poll")
+        }
+        if n == 0 { return nil }
+        var frames: [[UInt8]] = []
+        while true {
+            var msg = zmq_msg_t()
+            zmq_msg_init(&msg)
+            defer { zmq_msg_close(&msg) }
+            guard zmq_msg_recv(&msg, handle, 0) >= 0 else { throw TransportError("receive") }
+            let size = zmq_msg_size(&msg)
+            let data = zmq_msg_data(&msg)!
+            frames.append(Array(UnsafeRawBufferPointer(start: data, count: size)))
+            if zmq_msg_more(&msg) == 0 { break }
+        }
+        return frames
+    }
+}
+
+/// libzmq's version, e.g. (4, 3, 4).
+public func zmqVersion() -> (Int, Int, Int) {
+    var a: Int32 = 0, b: Int32 = 0, c: Int32 = 0
+    zmq_version(&a, &b, &c)
+    return (Int(a), Int(b), Int(c))
+}
+
+/// Whether libzmq was built with CURVE security.
+public func zmqHasCurve() -> Bool { zmq_has("curve") != 0 }

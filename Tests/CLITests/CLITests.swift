@@ -1,0 +1,120 @@
+import Foundation
+import XCTest
+
+/// Runs the real `metatrain` binary as a child process.
+struct Run {
+    let status: Int32, stdout: String, stderr: String
+}
+
+func metatrain(_ args: [String], cwd: String? = nil) throws -> Run {
+    let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("metatrain")
+    let candidates = [bin.path] + Bundle.allBundles.map { $0.bundleURL.deletingLastPathComponent().appendingPathComponent("metatrain").path }
+    guard let path = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+        throw NSError(domain: "metatrain binary not found next to the test bundle", code: 1)
+    }
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out; p.standardError = err
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return Run(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+}
+
+func freshDir(_ name: String) -> String {
+    let d = NSTemporaryDirectory() + "mt-cli-\(name)-\(getpid())"
+    try? FileManager.default.removeItem(atPath: d)
+    try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+    return d
+}
+
+final class CLITests: XCTestCase {
+    func testEverySubcommandHasHelpWithAnExample() throws {
+        for sub in ["synth", "prepare", "pretrain", "evaluate", "demo", "bench"] {
+            let r = try metatrain([sub, "--help"])
+            XCTAssertEqual(r.status, 0, sub)
+            XCTAssertTrue(r.stdout.contains("Example"), "\(sub) --help has no example:\n\(r.stdout)")
+            XCTAssertTrue(r.stdout.contains("OVERVIEW: "), sub)
+        }
+        let top = try metatrain(["--help"])
+        XCTAssertTrue(top.stdout.contains("prepare"))
+    }
+
+    func testPipelineEndToEnd() throws {
+        let dir = freshDir("e2e")
+        let small = ["--set", "model.embedding_dim=16", "--set", "model.hidden_dim=16", "--set", "pretrain.batch_size=64"]
+        var r = try metatrain(["synth", "--out", dir + "/events.csv", "--users", "120", "--courses", "25", "--groups", "3", "--seed", "5"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        r = try metatrain(["prepare", "--events", dir + "/events.csv", "--out", dir + "/data.h5", "--seed", "5"] + small)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("users: train 96, val 12, test 12"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("fingerprint: "), r.stdout)
+        r = try metatrain(["pretrain", "--data", dir + "/data.h5", "--run-dir", dir + "/run", "--set", "pretrain.epochs=2"] + small)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("epoch 2/2"), r.stderr)
+        for f in ["config.yaml", "metrics.jsonl", "best.h5", "final.h5", "pretrain.log"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/run/" + f), f)
+        }
+        r = try metatrain(["evaluate", "--data", dir + "/data.h5", "--checkpoint", dir + "/run/best.h5",
+                           "--checkpoint", dir + "/run/final.h5", "--split", "test", "--shots", "1,3", "--steps", "1,2",
+                           "--out", dir + "/report.json", "--set", "eval.bootstrap_samples=200"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("| gru4rec | few-shot |"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("Paired differences against gru4rec"), r.stdout)
+        let report = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/report.json"))) as! [String: Any]
+        XCTAssertEqual(report["split"] as? String, "test")
+        XCTAssertEqual(report["n_episodes"] as? Int, 12)
+        let methods = report["methods"] as! [String: Any]
+        XCTAssertEqual(Set(methods.keys), ["popularity", "gru4rec", "gru4rec-2"])
+        let pop = methods["popularity"] as! [String: Any]
+        XCTAssertNil(pop["few_shot"])
+        let g = methods["gru4rec"] as! [String: Any]
+        for setting in ["zero_shot", "few_shot"] {
+            let m = g[setting] as! [String: Any]
+            for k in ["acc@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr"] {
+                let v = try XCTUnwrap(m[k] as? Double, k)
+                XCTAssertTrue((0...1).contains(v))
+                let ci = (m["ci95"] as! [String: Any])[k] as! [Double]
+                XCTAssertLessThanOrEqual(ci[0], v + 1e-9); XCTAssertGreaterThanOrEqual(ci[1], v - 1e-9)
+            }
+            XCTAssertEqual(m["n_queries"] as? Int, 120)
+        }
+        XCTAssertNotNil((methods["gru4rec-2"] as! [String: Any])["paired_vs_first"])
+        let abl = report["ablations"] as! [String: Any]
+        XCTAssertEqual(Set(((abl["shots"] as! [String: Any])["gru4rec"] as! [String: Any]).keys), ["1", "3"])
+        XCTAssertEqual(Set(((abl["steps"] as! [String: Any])["gru4rec"] as! [String: Any]).keys), ["1", "2"])
+
+        // A checkpoint from another dataset is refused.
+        r = try metatrain(["synth", "--out", dir + "/other.csv", "--users", "60", "--courses", "25", "--seed", "6"])
+        r = try metatrain(["prepare", "--events", dir + "/other.csv", "--out", dir + "/other.h5"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        r = try metatrain(["evaluate", "--data", dir + "/other.h5", "--checkpoint", dir + "/run/best.h5"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.hasPrefix("error: ") && r.stderr.contains("not on this dataset"), r.stderr)
+    }
+
+    func testBadInputGetsOneLineErrorAndNoOutputFile() throws {
+        let dir = freshDir("bad")
+        try "username,course_id,time\nu,C1,100\nu,C2,soon\n".write(toFile: dir + "/bad.csv", atomically: true, encoding: .utf8)
+        var r = try metatrain(["prepare", "--events", dir + "/bad.csv", "--out", dir + "/out.h5"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertEqual(r.stderr, "error: bad.csv:3: unparseable time 'soon' (column 'time') (use --skip-bad-rows to skip such rows)\n")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["bad.csv"])
+        r = try metatrain(["prepare", "--events", dir + "/bad.csv", "--out", dir + "/out.h5", "--skip-bad-rows"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("(1 skipped)"), r.stdout)
+        r = try metatrain(["prepare", "--events", dir + "/bad.csv", "--out", dir + "/x.h5", "--set", "maml.inner_lrr=1"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertEqual(r.stderr, "error: --set: unknown key 'maml.inner_lrr'\n")
+        r = try metatrain(["pretrain", "--data", dir + "/missing.h5", "--run-dir", dir + "/run"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.hasPrefix("error: ") && r.stderr.contains("missing.h5"), r.stderr)
+        r = try metatrain(["evaluate", "--data", dir + "/out.h5", "--split", "train"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.hasPrefix("error: "), r.stderr)
+        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+    }
+}

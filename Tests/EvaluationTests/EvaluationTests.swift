@@ -1,0 +1,81 @@
+import XCTest
+import Configuration
+import Core
+import Data
+import GRU4Rec
+import Kernels
+import MetaLearning
+@testable import Evaluation
+
+final class MetricTests: XCTestCase {
+    func testPessimisticRankCountsTies() {
+        let s: [Float] = [100, 0.5, 0.9, 0.5, 0.1]   // item 0's score is ignored
+        XCTAssertEqual(pessimisticRank(s, label: 2, V: 5), 1)
+        XCTAssertEqual(pessimisticRank(s, label: 1, V: 5), 3)  // item 2 greater, item 3 tied
+        XCTAssertEqual(pessimisticRank(s, label: 4, V: 5), 4)
+        let flat = [Float](repeating: 0, count: 5)
+        XCTAssertEqual(pessimisticRank(flat, label: 2, V: 5), 4)
+    }
+
+    func testMetricValues() {
+        var m = MetricSums()
+        m.add(rank: 1); m.add(rank: 3); m.add(rank: 7); m.add(rank: 20)
+        XCTAssertEqual(m.mean(.acc1), 0.25)
+        XCTAssertEqual(m.mean(.hr5), 0.5)
+        XCTAssertEqual(m.mean(.hr10), 0.75)
+        XCTAssertEqual(m.mean(.ndcg5), (1 + 1 / log2(4.0)) / 4, accuracy: 1e-12)
+        XCTAssertEqual(m.mean(.ndcg10), (1 + 1 / log2(4.0) + 1 / log2(8.0)) / 4, accuracy: 1e-12)
+        XCTAssertEqual(m.mean(.mrr), (1 + 1.0 / 3 + 1.0 / 7 + 1.0 / 20) / 4, accuracy: 1e-12)
+    }
+
+    func testBootstrapIsSeededAndBracketsTheMean() {
+        var per: [MetricSums] = []
+        var g = SeededGenerator(seed: 5)
+        for _ in 0..<200 { var s = MetricSums(); for _ in 0..<5 { s.add(rank: 1 + g.below(20)) }; per.append(s) }
+        let a = Bootstrap(episodes: 200, samples: 500, seed: 1), b = Bootstrap(episodes: 200, samples: 500, seed: 1)
+        XCTAssertEqual(a.counts, b.counts)
+        let mean = per.reduce(MetricSums(), +).mean(.hr10)
+        let (lo, hi) = a.interval(per, .hr10)
+        XCTAssertLessThan(lo, mean); XCTAssertGreaterThan(hi, mean)
+        XCTAssertLessThan(hi - lo, 0.15)
+        // A method compared with itself has a zero paired difference.
+        let (dlo, dhi) = a.pairedInterval(per, per, .mrr)
+        XCTAssertEqual(dlo, 0); XCTAssertEqual(dhi, 0)
+    }
+}
+
+/// Few-shot adaptation must learn something the zero-shot model cannot know:
+/// each user has a private item permutation seen only in its support set.
+final class FewShotTests: XCTestCase {
+    func testFewShotBeatsZeroShotOnPlantedUserSpecificPattern() {
+        let V = 12, users = 40
+        var offsets: [Int64] = [0], items: [Int32] = [], labels: [Int32] = [], pairUser: [Int32] = []
+        var support: [Int64] = [], query: [Int64] = [], epUser: [Int32] = []
+        var g = SeededGenerator(seed: 8)
+        for u in 0..<users {
+            // The user's favourite item: every label is it.
+            let fav = Int32(1 + g.below(V - 1))
+            let first = labels.count
+            for _ in 0..<6 {
+                var x: Int32
+                repeat { x = Int32(1 + g.below(V - 1)) } while x == fav
+                items.append(x); offsets.append(Int64(items.count)); labels.append(fav); pairUser.append(Int32(u))
+            }
+            support += (0..<3).map { Int64(first + $0) }; query += (3..<6).map { Int64(first + $0) }; epUser.append(Int32(u))
+        }
+        let d = Dataset(itemIds: (0..<V).map { "i\($0)" }, itemCounts: [Int64](repeating: 1, count: V),
+                        userIds: (0..<users).map { "u\($0)" }, userSplit: [Int8](repeating: 2, count: users),
+                        pairUser: pairUser, prefixOffsets: offsets, prefixItems: items, label: labels,
+                        timestamp: [Int64](repeating: 0, count: labels.count), reliability: [Float](repeating: 1, count: labels.count),
+                        episodes: [.test: Episodes(k: 3, q: 3, support: support, query: query, user: epUser)],
+                        maxSeqLen: 50, kSupport: 3, qQuery: 3, source: "planted")
+        let dims = ModelDims(V: V, E: 4, H: 8)
+        var rng = SeededGenerator(seed: 1)
+        let params = GRU4Rec(dims: dims).initialParameters(rng: &rng)
+        let ev = Evaluator(dataset: d, split: .test)
+        let zero = ev.zeroShot(params, dims: dims).reduce(MetricSums(), +)
+        let few = ev.fewShot(params, dims: dims, policy: FewShotPolicy(steps: 10, innerLR: 0.5, weighting: SupportWeighting()))
+            .reduce(MetricSums(), +)
+        XCTAssertGreaterThan(few.mean(.acc1), zero.mean(.acc1) + 0.5, "few-shot \(few.mean(.acc1)) vs zero-shot \(zero.mean(.acc1))")
+    }
+}
