@@ -16,7 +16,7 @@ import os
 import autograd.numpy as np
 from autograd import grad
 
-V, E, H = 11, 4, 5
+V, E, H = 11, 4, 9
 rs = np.random.RandomState(7)
 params = {
     "embedding.weight": rs.normal(size=(V, E)),

@@ -93,11 +93,22 @@ public func gruForward(_ cache: GRUCache, _ x: UnsafePointer<Float>,
             let row = off + i
             let g = cache.gates + row * G, gh = ghStep + i * G
             let hn = cache.hn + row * H, hpr = cache.hprev + row * H, ho = cache.hout + row * H
-            for j in 0..<H {
-                let r = sigmoid(g[j] + gh[j])
-                let z = sigmoid(g[H + j] + gh[H + j])
+            var j0 = 0
+            while j0 + 8 <= H {   // 8 lanes at a time
+                let r = fastSigmoid(load8(g + j0) + load8(gh + j0))
+                let z = fastSigmoid(load8(g + H + j0) + load8(gh + H + j0))
+                let hnj = load8(gh + 2 * H + j0)
+                let n = fastTanh(load8(g + 2 * H + j0) + r * hnj)
+                store8(hn + j0, hnj)
+                store8(ho + j0, (1 - z) * n + z * load8(hpr + j0))
+                store8(g + j0, r); store8(g + H + j0, z); store8(g + 2 * H + j0, n)
+                j0 += 8
+            }
+            for j in j0..<H {
+                let r = fastSigmoid(g[j] + gh[j])
+                let z = fastSigmoid(g[H + j] + gh[H + j])
                 let hnj = gh[2 * H + j]
-                let n = tanhf(g[2 * H + j] + r * hnj)
+                let n = fastTanh(g[2 * H + j] + r * hnj)
                 hn[j] = hnj
                 ho[j] = (1 - z) * n + z * hpr[j]
                 g[j] = r; g[H + j] = z; g[2 * H + j] = n

@@ -79,7 +79,15 @@ public func crossEntropyForward(_ probs: UnsafeMutablePointer<Float>, _ losses: 
         for j in 1..<V where z[j] > mx { mx = z[j] }
         var s: Float = 0
         p[0] = 0
-        for j in 1..<V { let e = expf(z[j] - mx); p[j] = e; s += e }
+        var j = 1
+        var acc = F8()
+        let m8 = F8(repeating: mx)
+        while j + 8 <= V {
+            let e = fastExp(load8(z + j) - m8)
+            store8(p + j, e); acc += e; j += 8
+        }
+        s = acc.sum()
+        while j < V { let e = fastExp(z[j] - mx); p[j] = e; s += e; j += 1 }
         let inv = 1 / s
         for j in 1..<V { p[j] *= inv }
         let l = Double(logf(s) + mx - zl)
@@ -120,4 +128,3 @@ public func dropoutBackward(_ dinp: UnsafeMutablePointer<Float>, _ dout: UnsafeP
     for i in 0..<count { dinp[i] += dout[i] * mask[i] }
 }
 
-@inline(__always) func sigmoid(_ x: Float) -> Float { 1 / (1 + expf(-x)) }

@@ -97,7 +97,7 @@ public final class HDF5File {
             guard n2 >= 0 else { continue }
             var buf = [CChar](repeating: 0, count: Int(n2) + 1)
             if H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, &buf, buf.count, mt_h5p_default()) >= 0 {
-                names.append(String(cString: buf))
+                names.append(cString(buf))
             }
         }
         return names
@@ -299,7 +299,7 @@ public final class HDF5File {
         let size = H5Tget_size(ft)
         var buf = [CChar](repeating: 0, count: size + 1)
         guard H5Aread(a, ft, &buf) >= 0 else { throw MetatrainError("\(path): cannot read attribute '\(name)'") }
-        return String(cString: buf)
+        return cString(buf)
     }
 
     public func intAttribute(_ name: String) throws -> Int64 {
@@ -317,4 +317,10 @@ public final class HDF5File {
     public func flush() throws {
         guard H5Fflush(id, H5F_SCOPE_GLOBAL) >= 0 else { throw MetatrainError("\(path): cannot flush") }
     }
+}
+
+/// A NUL-terminated C buffer as a String.
+func cString(_ buf: [CChar]) -> String {
+    let bytes = buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+    return String(decoding: bytes, as: UTF8.self)
 }

@@ -26,7 +26,7 @@ public final class RunDirectory {
     /// Appends one JSON object line to metrics.jsonl (the line is written whole, then flushed).
     public func appendMetrics(_ j: JSON) throws {
         let p = file("metrics.jsonl")
-        if !FileManager.default.fileExists(atPath: p) { FileManager.default.createFile(atPath: p, contents: nil) }
+        if !FileManager.default.fileExists(atPath: p) { _ = FileManager.default.createFile(atPath: p, contents: nil) }
         guard let h = FileHandle(forWritingAtPath: p) else { throw MetatrainError("\(p): cannot open for appending") }
         defer { try? h.close() }
         h.seekToEndOfFile()
@@ -37,7 +37,7 @@ public final class RunDirectory {
     public func log(_ line: String) {
         if logHandle == nil {
             let p = file(logName)
-            if !FileManager.default.fileExists(atPath: p) { FileManager.default.createFile(atPath: p, contents: nil) }
+            if !FileManager.default.fileExists(atPath: p) { _ = FileManager.default.createFile(atPath: p, contents: nil) }
             logHandle = FileHandle(forWritingAtPath: p)
             logHandle?.seekToEndOfFile()
         }

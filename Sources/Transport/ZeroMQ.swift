@@ -61,7 +61,7 @@ public final class ZMQSocket {
         var buf = [CChar](repeating: 0, count: 256)
         var size = buf.count
         zmq_getsockopt(handle, ZMQ_LAST_ENDPOINT, &buf, &size)
-        return String(cString: buf)
+        return cString(buf)
     }
 
     public func subscribe(_ prefix: [UInt8] = []) throws {
@@ -111,3 +111,9 @@ public func zmqVersion() -> (Int, Int, Int) {
 
 /// Whether libzmq was built with CURVE security.
 public func zmqHasCurve() -> Bool { zmq_has("curve") != 0 }
+
+/// A NUL-terminated C buffer as a String.
+func cString(_ buf: [CChar]) -> String {
+    let bytes = buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+    return String(decoding: bytes, as: UTF8.self)
+}

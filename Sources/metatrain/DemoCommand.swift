@@ -31,19 +31,19 @@ struct DemoCommand: ParsableCommand {
             try body()
         }
         try step("synth: \(users) users, \(courses) courses") {
-            var c = try SynthCommand.parse(["--out", events, "--users", "\(users)", "--courses", "\(courses)", "--seed", "\(seed)"])
+            let c = try SynthCommand.parse(["--out", events, "--users", "\(users)", "--courses", "\(courses)", "--seed", "\(seed)"])
             try c.run()
         }
         try step("prepare") {
-            var c = try PrepareCommand.parse(["--events", events, "--out", data, "--seed", "\(seed)"])
+            let c = try PrepareCommand.parse(["--events", events, "--out", data, "--seed", "\(seed)"])
             try c.run()
         }
         try step("pretrain GRU4Rec (\(epochs) epochs)") {
-            var c = try PretrainCommand.parse(["--data", data, "--run-dir", run, "--seed", "\(seed)", "--set", "pretrain.epochs=\(epochs)"])
+            let c = try PretrainCommand.parse(["--data", data, "--run-dir", run, "--seed", "\(seed)", "--set", "pretrain.epochs=\(epochs)"])
             try c.run()
         }
         try step("evaluate on test users") {
-            var c = try EvaluateCommand.parse(["--data", data, "--checkpoint", run + "/best.h5", "--split", "test",
+            let c = try EvaluateCommand.parse(["--data", data, "--checkpoint", run + "/best.h5", "--split", "test",
                                                "--shots", "1,3,5", "--steps", "1,5,10", "--out", dir + "/report.json", "--seed", "\(seed)"])
             try c.run()
         }
