@@ -9,3 +9,7 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
   libzmq3-dev libopenblas-dev libhdf5-dev pkg-config >/dev/null
 echo "system libraries installed: libzmq3-dev libopenblas-dev libhdf5-dev pkg-config"
+# h5py lets the tests read checkpoints independently (tools/check_checkpoint.py).
+if command -v python3 >/dev/null 2>&1; then
+  python3 -m pip install --quiet h5py numpy 2>/dev/null || echo "note: could not pip install h5py; its checkpoint test will be skipped"
+fi

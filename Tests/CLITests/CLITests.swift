@@ -87,6 +87,9 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(Set(((abl["shots"] as! [String: Any])["gru4rec"] as! [String: Any]).keys), ["1", "3"])
         XCTAssertEqual(Set(((abl["steps"] as! [String: Any])["gru4rec"] as! [String: Any]).keys), ["1", "2"])
 
+        // The checkpoint reads with h5py under PyTorch's state-dict names (tools/check_checkpoint.py).
+        try checkWithH5py(dir + "/run/best.h5")
+
         // A checkpoint from another dataset is refused.
         r = try metatrain(["synth", "--out", dir + "/other.csv", "--users", "60", "--courses", "25", "--seed", "6"])
         r = try metatrain(["prepare", "--events", dir + "/other.csv", "--out", dir + "/other.h5"])
@@ -117,4 +120,26 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(r.stderr.hasPrefix("error: "), r.stderr)
         XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
     }
+}
+
+/// Runs tools/check_checkpoint.py (h5py) on a checkpoint; skipped where python3 has no h5py.
+func checkWithH5py(_ path: String) throws {
+    let tools = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("tools")
+    func python(_ args: [String]) throws -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3"] + args
+        let out = Pipe()
+        p.standardOutput = out; p.standardError = out
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return (p.terminationStatus, text)
+    }
+    guard (try? python(["-c", "import h5py"]))?.0 == 0 else {
+        throw XCTSkip("python3 with h5py not available; install it with `pip install h5py`")
+    }
+    let (status, text) = try python([tools.appendingPathComponent("check_checkpoint.py").path, path])
+    XCTAssertEqual(status, 0, text)
 }
