@@ -57,3 +57,29 @@ final class InnerLoopTests: XCTestCase {
         XCTAssertNotEqual(adapted[emb.lowerBound + 3], theta[emb.lowerBound + 3])
     }
 }
+
+final class SamplingTests: XCTestCase {
+    func testBatchesDependOnSeedAndIterationOnly() {
+        // 6 users with 1..6 train episodes each.
+        var user: [Int32] = []
+        for u in 0..<6 { user += [Int32](repeating: Int32(u), count: u + 1) }
+        var d = tinyDataset(prefixes: [[1]], labels: [2], reliability: [1], V: 5)
+        d.episodes[.train] = Episodes(k: 1, q: 1, support: [Int64](repeating: 0, count: user.count),
+                                      query: [Int64](repeating: 0, count: user.count), user: user)
+        let s = MetaBatchSampler(dataset: d, seed: 7, batchSize: 4)
+        let again = MetaBatchSampler(dataset: d, seed: 7, batchSize: 4)
+        XCTAssertEqual(s.batch(iteration: 12), again.batch(iteration: 12))
+        XCTAssertNotEqual(s.batch(iteration: 12), s.batch(iteration: 13))
+        XCTAssertNotEqual(s.batch(iteration: 12), MetaBatchSampler(dataset: d, seed: 8, batchSize: 4).batch(iteration: 12))
+        for t in 0..<50 {
+            let b = s.batch(iteration: t)
+            XCTAssertEqual(b.count, 4)
+            XCTAssertEqual(Set(b.map { user[$0] }).count, 4, "users must be distinct")
+        }
+        // Every episode of every user is reachable.
+        var seen = Set<Int>()
+        for t in 0..<400 { seen.formUnion(s.batch(iteration: t)) }
+        XCTAssertEqual(seen.count, user.count)
+        XCTAssertEqual(MetaBatchSampler(dataset: d, seed: 7, batchSize: 32).batchSize, 6)
+    }
+}

@@ -1,0 +1,151 @@
+import GRU4Rec
+import Kernels
+
+/// Which meta-gradient a task contributes (CONTRACTS 6, `maml.*`).
+public struct MetaAlgorithm: Sendable {
+    public enum Kind: String, Sendable { case fomaml, maml, metasgd }
+    public var kind: Kind
+    /// Meta-SGD only: differentiate through the inner loop (MAML always does, FOMAML never).
+    public var secondOrder: Bool
+    public var innerSteps: Int
+    /// Scalar inner rate (FOMAML, MAML); Meta-SGD uses its learned per-element rates.
+    public var innerLR: Float
+    /// Meta-loss (1 − λ)·L_q(θ') + λ·L_q(θ).
+    public var residualLambda: Float
+    /// Parameter ranges excluded from inner and outer updates (frozen embeddings).
+    public var frozen: [Range<Int>]
+
+    public init(kind: Kind, secondOrder: Bool = false, innerSteps: Int, innerLR: Float, residualLambda: Float = 0,
+                frozen: [Range<Int>] = []) {
+        self.kind = kind; self.secondOrder = secondOrder; self.innerSteps = innerSteps; self.innerLR = innerLR
+        self.residualLambda = residualLambda; self.frozen = frozen
+    }
+
+    /// Whether the gradient flows through the inner loop's Hessians.
+    public var usesHessian: Bool { kind == .maml || (kind == .metasgd && secondOrder) }
+}
+
+/// One task: a weighted support batch and a query batch.
+public struct MetaTask {
+    public var support: PackedBatch
+    public var query: PackedBatch
+    public init(support: PackedBatch, query: PackedBatch) { self.support = support; self.query = query }
+}
+
+/// Computes one task's meta-gradient. Owns its workspace (θ'_k for every inner
+/// step, support gradients, Hessian-vector scratch), sized once per worker.
+///
+/// Inner loop: θ'_0 = θ, θ'_{k+1} = θ'_k − α ⊙ ∇L_s(θ'_k) (frozen entries fixed).
+/// - FOMAML: ∂/∂θ ≈ ∇L_q(θ'_K).
+/// - MAML: the exact chain rule backwards through the loop,
+///   v ← ∇L_q(θ'_K); for k = K−1…0: v ← v − H_s(θ'_k)·(α ⊙ P v), where P zeroes
+///   frozen entries and H_s·u is a Hessian-vector product.
+/// - Meta-SGD: the same walk also accumulates ∂/∂α −= ∇L_s(θ'_k) ⊙ v
+///   (first order: v stays ∇L_q(θ'_K)).
+/// Residual λ adds λ·∇L_q(θ) and scales the rest by (1 − λ).
+///
+/// Hessian-vector products are central differences of gradients,
+/// H·u ≈ (∇L(θ + εu) − ∇L(θ − εu)) / 2ε with ε = `hvpScale`·‖θ‖∞ / ‖u‖∞;
+/// GradientTests measure their error against finite differences of the whole
+/// meta-objective.
+public final class MetaLearner {
+    public let model: GRU4Rec
+    public var hvpScale: Float = 1e-3
+    private var thetas: [FloatBuffer] = []      // θ'_0 … θ'_K
+    private var supportGrads: [FloatBuffer] = [] // ∇L_s(θ'_k)
+    private let v: FloatBuffer, u: FloatBuffer, gPlus: FloatBuffer, gMinus: FloatBuffer, probe: FloatBuffer
+
+    public init(model: GRU4Rec) {
+        self.model = model
+        let n = model.parameterCount
+        v = FloatBuffer(count: n); u = FloatBuffer(count: n)
+        gPlus = FloatBuffer(count: n); gMinus = FloatBuffer(count: n); probe = FloatBuffer(count: n)
+    }
+
+    private func reserve(_ steps: Int) {
+        while thetas.count < steps + 1 { thetas.append(FloatBuffer(count: model.parameterCount)) }
+        while supportGrads.count < steps { supportGrads.append(FloatBuffer(count: model.parameterCount)) }
+    }
+
+    /// Adds the task's meta-gradient into `gradTheta` (and, for Meta-SGD,
+    /// `gradAlpha`) and returns the task's meta-loss. `alpha` holds Meta-SGD's rates.
+    @discardableResult
+    public func accumulate(theta: FloatBuffer, alpha: FloatBuffer?, task: MetaTask, algorithm a: MetaAlgorithm,
+                           gradTheta: FloatBuffer, gradAlpha: FloatBuffer?) -> Float {
+        let n = model.parameterCount, K = a.innerSteps
+        precondition(a.kind != .metasgd || (alpha != nil && gradAlpha != nil), "Meta-SGD needs rates and their gradient")
+        reserve(K)
+        // Forward through the inner loop, keeping every θ'_k and ∇L_s(θ'_k).
+        thetas[0].assign(from: theta)
+        for k in 0..<K {
+            let g = supportGrads[k]
+            g.zero()
+            model.lossAndGradient(thetas[k], g, task.support)
+            zeroFrozen(g, a.frozen)
+            let next = thetas[k + 1].ptr, cur = thetas[k].ptr, gp = g.ptr
+            if a.kind == .metasgd, let alpha {
+                let ap = alpha.ptr
+                for i in 0..<n { next[i] = cur[i] - ap[i] * gp[i] }
+            } else {
+                let lr = a.innerLR
+                for i in 0..<n { next[i] = cur[i] - lr * gp[i] }
+            }
+        }
+        // Chain rule starts at the query loss of the adapted parameters.
+        v.zero()
+        let queryLoss = model.lossAndGradient(thetas[K], v, task.query)
+        if a.kind == .metasgd || a.usesHessian {
+            for k in stride(from: K - 1, through: 0, by: -1) {
+                if a.kind == .metasgd, let gradAlpha {
+                    let ga = gradAlpha.ptr, gs = supportGrads[k].ptr, vp = v.ptr
+                    let scale = 1 - a.residualLambda
+                    for i in 0..<n { ga[i] -= scale * gs[i] * vp[i] }
+                }
+                guard a.usesHessian else { continue }
+                // u = α ⊙ P v, then v ← v − H_s(θ'_k)·u.
+                if a.kind == .metasgd, let alpha {
+                    for i in 0..<n { u.ptr[i] = alpha.ptr[i] * v.ptr[i] }
+                } else {
+                    for i in 0..<n { u.ptr[i] = a.innerLR * v.ptr[i] }
+                }
+                zeroFrozen(u, a.frozen)
+                hessianVectorProduct(at: thetas[k], u, batch: task.support, into: gPlus)
+                for i in 0..<n { v.ptr[i] -= gPlus.ptr[i] }
+            }
+        }
+        var metaLoss = queryLoss
+        let lambda = a.residualLambda
+        let gt = gradTheta.ptr
+        if lambda > 0 {
+            // λ·∇L_q(θ) on the unadapted parameters.
+            gMinus.zero()
+            let lq0 = model.lossAndGradient(theta, gMinus, task.query)
+            metaLoss = (1 - lambda) * queryLoss + lambda * lq0
+            for i in 0..<n { gt[i] += (1 - lambda) * v.ptr[i] + lambda * gMinus.ptr[i] }
+        } else {
+            for i in 0..<n { gt[i] += v.ptr[i] }
+        }
+        zeroFrozen(gradTheta, a.frozen)
+        if let gradAlpha { zeroFrozen(gradAlpha, a.frozen) }
+        return metaLoss
+    }
+
+    /// out = H(θ)·u by central differences of the batch gradient.
+    public func hessianVectorProduct(at theta: FloatBuffer, _ u: FloatBuffer, batch: PackedBatch, into out: FloatBuffer) {
+        let n = model.parameterCount
+        var uMax: Float = 0, tMax: Float = 0
+        for i in 0..<n { uMax = max(uMax, abs(u.ptr[i])); tMax = max(tMax, abs(theta.ptr[i])) }
+        guard uMax > 0 else { out.zero(); return }
+        let eps = hvpScale * max(tMax, 1) / uMax
+        for i in 0..<n { probe.ptr[i] = theta.ptr[i] + eps * u.ptr[i] }
+        out.zero(); model.lossAndGradient(probe, out, batch)
+        for i in 0..<n { probe.ptr[i] = theta.ptr[i] - eps * u.ptr[i] }
+        gMinus.zero(); model.lossAndGradient(probe, gMinus, batch)
+        let inv = 1 / (2 * eps)
+        for i in 0..<n { out.ptr[i] = (out.ptr[i] - gMinus.ptr[i]) * inv }
+    }
+
+    private func zeroFrozen(_ b: FloatBuffer, _ ranges: [Range<Int>]) {
+        for r in ranges { (b.ptr + r.lowerBound).update(repeating: 0, count: r.count) }
+    }
+}
