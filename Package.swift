@@ -40,10 +40,17 @@ let package = Package(
         .target(name: "Training", dependencies: ["Core", "Kernels", "GRU4Rec", "Data", "Storage", "Configuration", "Evaluation"]),
         // ZeroMQ sockets: moves frames, knows nothing of training.
         .target(name: "Transport", dependencies: ["CZeroMQ"]),
+        // Typed, versioned messages and their byte encoding (imports no C).
+        .target(name: "Wire"),
+        // Coordinator and worker state machines: no sockets, clocks or files.
+        .target(name: "Coordination", dependencies: ["Wire"]),
+        // Shells that run the state machines over Transport, with Storage and the math.
+        .target(name: "Runtime", dependencies: ["Wire", "Coordination", "Transport", "Core", "Kernels", "GRU4Rec",
+                                                "Configuration", "Data", "Storage", "MetaLearning", "Evaluation", "Training"]),
         // The CLI, one file per subcommand.
         .executableTarget(name: "metatrain", dependencies: [
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            "Core", "Kernels", "GRU4Rec", "Configuration", "Data", "Storage", "MetaLearning", "Evaluation", "Training", "Transport",
+            "Core", "Kernels", "GRU4Rec", "Configuration", "Data", "Storage", "MetaLearning", "Evaluation", "Training", "Transport", "Wire", "Coordination", "Runtime",
         ]),
 
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
@@ -56,6 +63,8 @@ let package = Package(
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "GRU4Rec", "Data", "Core", "Configuration"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Storage", "Data", "Configuration", "Core"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+        .testTarget(name: "WireTests", dependencies: ["Wire"]),
+        .testTarget(name: "CoordinationTests", dependencies: ["Coordination", "Wire"]),
         .testTarget(name: "CLITests", dependencies: ["metatrain", "Storage", "Data", "Core"]),
     ]
 )

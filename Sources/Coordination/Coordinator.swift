@@ -1,0 +1,231 @@
+import Wire
+
+/// A worker's ROUTER identity.
+public struct PeerID: Hashable, Sendable, CustomStringConvertible {
+    public let bytes: [UInt8]
+    public init(_ b: [UInt8]) { bytes = b }
+    public var description: String { bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
+}
+
+/// The coordinator's protocol logic as a value-type state machine: it keeps
+/// the worker registry, hands out the current phase's units by readiness,
+/// checks versions and collects results. It never touches sockets, clocks or
+/// files: each `on…` method takes the time as an argument and returns
+/// directives for the shell to carry out. The math (reduce, Adam, eval) is
+/// the shell's, between phases.
+public struct CoordinatorMachine: Sendable {
+    public struct Settings: Sendable {
+        public var runId: String
+        public var datasetFingerprint: String
+        public var configJSON: String
+        /// A worker silent for longer than this is dropped and its unit re-queued.
+        public var workerTimeout: Double
+        public init(runId: String, datasetFingerprint: String, configJSON: String, workerTimeout: Double = 60) {
+            self.runId = runId; self.datasetFingerprint = datasetFingerprint; self.configJSON = configJSON
+            self.workerTimeout = workerTimeout
+        }
+    }
+
+    public enum Directive: Equatable, Sendable {
+        /// Send a message to one worker.
+        case send(PeerID, Message)
+        /// Send the current weights to one worker (the shell owns them).
+        case sendWeights(PeerID)
+        /// Every unit of the phase has a result; results are in unit order.
+        case phaseComplete(PhaseResults)
+        case log(String)
+    }
+
+    /// A phase: one meta-iteration's train units or one validation's eval units.
+    public struct Phase: Equatable, Sendable {
+        public var kind: UnitKind
+        public var version: Int
+        /// Episode indices of each unit, in unit order.
+        public var units: [[Int]]
+        public init(kind: UnitKind, version: Int, units: [[Int]]) { self.kind = kind; self.version = version; self.units = units }
+    }
+
+    public enum UnitResult: Equatable, Sendable { case train(TrainResult), eval(EvalResult) }
+
+    public struct PhaseResults: Equatable, Sendable {
+        public var phase: Phase
+        public var results: [UnitResult]
+    }
+
+    struct Worker: Sendable {
+        var name: String
+        var lastSeen: Double
+        var ready = false
+        var unit: Int?     // unit id in flight
+    }
+
+    public let settings: Settings
+    /// The published weights version.
+    public private(set) var version: Int
+    private(set) var workers: [PeerID: Worker] = [:]
+    private var joinOrder: [PeerID] = []
+    private var phase: Phase?
+    private var firstUnitId = 0
+    private var nextUnitId = 0
+    private var pending: [Int] = []          // unit indices waiting for a worker
+    private var results: [Int: UnitResult] = [:]
+
+    public init(settings: Settings, version: Int) {
+        self.settings = settings
+        self.version = version
+    }
+
+    public var liveWorkers: Int { workers.count }
+    public var inPhase: Bool { phase != nil }
+
+    // MARK: inputs
+
+    /// A decoded message from a worker.
+    public mutating func onMessage(_ e: Envelope, from peer: PeerID, now: Double) -> [Directive] {
+        if case .hello(let h) = e.message { return onHello(h, from: peer, now: now) }
+        guard var w = workers[peer] else {
+            // Unknown peer (e.g. dropped after a timeout): ask it to introduce itself again.
+            return [.log("message '\(e.message.typeName)' from unknown peer \(peer); asking it to re-join"),
+                    .send(peer, .refuse(reason: "unknown worker; send hello first"))]
+        }
+        guard e.runId == settings.runId else {
+            return [.log("dropped '\(e.message.typeName)' from \(w.name): run id '\(e.runId)' is not this run's '\(settings.runId)'")]
+        }
+        w.lastSeen = now
+        workers[peer] = w
+        switch e.message {
+        case .ready:
+            workers[peer]!.ready = true
+            return dispatch()
+        case .heartbeat:
+            return [.send(peer, .heartbeat)]
+        case .fetchWeights:
+            return [.sendWeights(peer)]
+        case .trainResult(let r):
+            return onResult(.train(r), unitId: r.unitId, version: r.version, from: peer)
+        case .evalResult(let r):
+            return onResult(.eval(r), unitId: r.unitId, version: r.version, from: peer)
+        default:
+            return [.log("dropped unexpected '\(e.message.typeName)' from \(w.name)")]
+        }
+    }
+
+    /// A frame that did not decode: logged and dropped; a peer speaking another
+    /// protocol version is told so and never admitted.
+    public mutating func onUndecodable(_ error: WireError, from peer: PeerID) -> [Directive] {
+        let who = workers[peer]?.name ?? "peer \(peer)"
+        if case .protocolMismatch(let v) = error {
+            return [.log("refused \(who): it speaks protocol version \(v), this coordinator speaks \(Envelope.protocolVersion)"),
+                    .send(peer, .refuse(reason: "protocol version mismatch: worker speaks \(v), coordinator speaks \(Envelope.protocolVersion)"))]
+        }
+        return [.log("dropped malformed message from \(who): \(error)")]
+    }
+
+    /// Periodic check: drops workers silent for longer than the timeout and re-queues their units.
+    public mutating func onTick(now: Double) -> [Directive] {
+        var out: [Directive] = []
+        for peer in joinOrder where workers[peer] != nil {
+            let w = workers[peer]!
+            if now - w.lastSeen > settings.workerTimeout {
+                out.append(.log("worker \(w.name) silent for \(Int(now - w.lastSeen))s; dropped"))
+                if let u = w.unit { requeue(u) }
+                workers[peer] = nil
+            }
+        }
+        joinOrder.removeAll { workers[$0] == nil }
+        return out + dispatch()
+    }
+
+    /// Starts a phase on weights `phase.version` (which MUST be published).
+    public mutating func startPhase(_ p: Phase) -> [Directive] {
+        precondition(phase == nil, "a phase is already running")
+        precondition(p.version == version, "phase version \(p.version) is not the published \(version)")
+        phase = p
+        firstUnitId = nextUnitId
+        nextUnitId += p.units.count
+        pending = Array(0..<p.units.count)
+        results = [:]
+        if p.units.isEmpty { return complete() }
+        return dispatch()
+    }
+
+    /// The shell published new weights.
+    public mutating func onPublished(version v: Int) {
+        precondition(phase == nil, "weights change only between phases")
+        version = v
+    }
+
+    /// Tells every known worker the run is over.
+    public func shutdown(reason: String) -> [Directive] {
+        joinOrder.compactMap { workers[$0] != nil ? .send($0, .shutdown(reason: reason)) : nil }
+    }
+
+    // MARK: internals
+
+    mutating func onHello(_ h: Hello, from peer: PeerID, now: Double) -> [Directive] {
+        guard h.datasetFingerprint == settings.datasetFingerprint else {
+            return [.log("refused worker \(h.workerName): its dataset fingerprint \(h.datasetFingerprint.prefix(12))… is not the coordinator's \(settings.datasetFingerprint.prefix(12))…"),
+                    .send(peer, .refuse(reason: "dataset fingerprint mismatch: worker has \(h.datasetFingerprint.prefix(12))…, coordinator has \(settings.datasetFingerprint.prefix(12))…"))]
+        }
+        if let old = workers[peer], let u = old.unit { requeue(u) }  // re-joined: its old unit is lost
+        if workers[peer] == nil { joinOrder.append(peer) }
+        workers[peer] = Worker(name: h.workerName, lastSeen: now)
+        return [.log("worker \(h.workerName) joined (\(workers.count) live)"),
+                .send(peer, .welcome(Welcome(configJSON: settings.configJSON, version: version)))]
+    }
+
+    mutating func onResult(_ r: UnitResult, unitId: Int, version v: Int, from peer: PeerID) -> [Directive] {
+        var out: [Directive] = []
+        let name = workers[peer]!.name
+        if workers[peer]!.unit == unitId { workers[peer]!.unit = nil }
+        workers[peer]!.ready = true
+        if let p = phase, unitId >= firstUnitId, unitId < firstUnitId + p.units.count {
+            let index = unitId - firstUnitId
+            let kindMatches: Bool
+            switch r { case .train: kindMatches = p.kind == .train; case .eval: kindMatches = p.kind == .eval }
+            if v != p.version || !kindMatches {
+                out.append(.log("discarded unit \(unitId) from \(name): computed on version \(v), expected \(p.version); re-queued"))
+                if results[index] == nil && !pending.contains(index) && !inFlight(index) { pending.append(index) }
+            } else if results[index] == nil {
+                results[index] = r
+                if results.count == p.units.count { return out + complete() + dispatch() }
+            }
+        } else {
+            out.append(.log("discarded stale result for unit \(unitId) from \(name)"))
+        }
+        return out + dispatch()
+    }
+
+    func inFlight(_ index: Int) -> Bool { workers.values.contains { $0.unit == firstUnitId + index } }
+
+    mutating func requeue(_ unitId: Int) {
+        guard let p = phase else { return }
+        let index = unitId - firstUnitId
+        guard index >= 0, index < p.units.count, results[index] == nil, !pending.contains(index) else { return }
+        pending.insert(index, at: 0)
+    }
+
+    mutating func complete() -> [Directive] {
+        let p = phase!
+        let ordered = (0..<p.units.count).map { results[$0]! }
+        phase = nil
+        pending = []
+        results = [:]
+        return [.phaseComplete(PhaseResults(phase: p, results: ordered))]
+    }
+
+    /// Hands pending units to ready workers, in join order.
+    mutating func dispatch() -> [Directive] {
+        guard let p = phase else { return [] }
+        var out: [Directive] = []
+        for peer in joinOrder where !pending.isEmpty {
+            guard var w = workers[peer], w.ready, w.unit == nil else { continue }
+            let index = pending.removeFirst()
+            let id = firstUnitId + index
+            w.ready = false; w.unit = id
+            workers[peer] = w
+            out.append(.send(peer, .work(WorkUnit(id: id, kind: p.kind, version: p.version, episodes: p.units[index]))))
+        }
+        return out
+    }
+}

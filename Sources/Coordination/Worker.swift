@@ -1,0 +1,144 @@
+import Wire
+
+/// A worker's protocol logic as a value-type state machine. It introduces
+/// itself, keeps track of which weights version it holds, fetches weights it
+/// missed (late join, dropped broadcast) before computing, and never computes
+/// a unit on the wrong version. The shell owns sockets, the dataset and the math.
+public struct WorkerMachine: Sendable {
+    public enum Directive: Equatable, Sendable {
+        case send(Message)
+        /// Adopt the coordinator's resolved configuration (first welcome only).
+        case configure(configJSON: String)
+        case installWeights(Weights)
+        /// Compute this unit on the installed weights, then call `onComputed`.
+        case compute(WorkUnit)
+        case exit(code: Int32, reason: String)
+        case log(String)
+    }
+
+    enum State: Sendable { case joining, joined, stopped }
+
+    public let name: String
+    public let datasetFingerprint: String
+    /// Idle time after which the worker sends a heartbeat.
+    public var heartbeatInterval: Double = 2
+    /// Silence after which the coordinator is presumed gone.
+    public var coordinatorTimeout: Double
+
+    private var state = State.joining
+    public private(set) var runId = ""
+    public private(set) var weightsVersion = -1
+    private var pending: WorkUnit?
+    private var computing = false
+    private var configured = false
+    private var lastSent = 0.0
+    private var lastHeard = 0.0
+
+    public init(name: String, datasetFingerprint: String, coordinatorTimeout: Double = 120) {
+        self.name = name; self.datasetFingerprint = datasetFingerprint; self.coordinatorTimeout = coordinatorTimeout
+    }
+
+    public var isStopped: Bool { state == .stopped }
+
+    /// The first message. MUST be the first thing sent.
+    public mutating func onStart(now: Double) -> [Directive] {
+        lastSent = now; lastHeard = now
+        return [.send(.hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint)))]
+    }
+
+    public mutating func onMessage(_ e: Envelope, now: Double) -> [Directive] {
+        guard state != .stopped else { return [] }
+        lastHeard = now
+        if state == .joined, e.runId != runId {
+            return [.log("dropped '\(e.message.typeName)': run id '\(e.runId)' is not '\(runId)'")]
+        }
+        switch e.message {
+        case .welcome(let w):
+            var out: [Directive] = []
+            if !configured { configured = true; out.append(.configure(configJSON: w.configJSON)) }
+            state = .joined
+            runId = e.runId
+            out.append(.log("joined run \(e.runId) at weights version \(w.version)"))
+            return out + sent(.ready, now)
+        case .refuse(let reason):
+            if state == .joined, reason.hasPrefix("unknown worker") {
+                state = .joining
+                pending = nil
+                return [.log("coordinator lost track of this worker; joining again")]
+                    + sent(.hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint)), now)
+            }
+            state = .stopped
+            return [.exit(code: 1, reason: "coordinator refused this worker: \(reason)")]
+        case .shutdown(let reason):
+            state = .stopped
+            return [.exit(code: 0, reason: reason)]
+        case .weights(let w):
+            return onWeights(w, now: now)
+        case .work(let u):
+            guard state == .joined else { return [.log("dropped work before welcome")] }
+            if u.version == weightsVersion {
+                computing = true
+                return [.compute(u)]
+            }
+            if u.version > weightsVersion {
+                pending = u
+                return [.log("unit \(u.id) needs weights version \(u.version), holding \(weightsVersion); fetching")] + sent(.fetchWeights, now)
+            }
+            return [.log("unit \(u.id) is for old version \(u.version); skipping")] + sent(.ready, now)
+        case .heartbeat:
+            return []
+        default:
+            return [.log("dropped unexpected '\(e.message.typeName)'")]
+        }
+    }
+
+    mutating func onWeights(_ w: Weights, now: Double) -> [Directive] {
+        guard w.version > weightsVersion else { return [] }
+        weightsVersion = w.version
+        var out: [Directive] = [.installWeights(w)]
+        if let u = pending {
+            if u.version == w.version {
+                pending = nil
+                computing = true
+                out.append(.compute(u))
+            } else if u.version < w.version {
+                pending = nil
+                out.append(.log("unit \(u.id) became stale (version \(u.version) < \(w.version)); skipping"))
+                out += sent(.ready, now)
+            }
+        }
+        return out
+    }
+
+    /// The shell finished a unit; `result` is its trainResult or evalResult.
+    public mutating func onComputed(_ result: Message, now: Double) -> [Directive] {
+        computing = false
+        guard state == .joined else { return [] }
+        return sent(result, now)
+    }
+
+    public mutating func onUndecodable(_ error: WireError) -> [Directive] {
+        if case .protocolMismatch(let v) = error {
+            state = .stopped
+            return [.exit(code: 1, reason: "coordinator speaks protocol version \(v), this worker speaks \(Envelope.protocolVersion)")]
+        }
+        return [.log("dropped malformed message: \(error)")]
+    }
+
+    public mutating func onTick(now: Double) -> [Directive] {
+        guard state != .stopped, !computing else { return [] }
+        if now - lastHeard > coordinatorTimeout {
+            state = .stopped
+            return [.exit(code: 1, reason: "no word from the coordinator for \(Int(now - lastHeard))s")]
+        }
+        if now - lastSent > heartbeatInterval {
+            return sent(state == .joined ? .heartbeat : .hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint)), now)
+        }
+        return []
+    }
+
+    private mutating func sent(_ m: Message, _ now: Double) -> [Directive] {
+        lastSent = now
+        return [.send(m)]
+    }
+}

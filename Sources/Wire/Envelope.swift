@@ -1,0 +1,93 @@
+/// A message with the header every frame carries: magic "MTRN", the protocol
+/// version (u16), the message type (u8) and the run id (string), then the body.
+public struct Envelope: Equatable, Sendable {
+    public static let protocolVersion: UInt16 = 1
+    static let magic: [UInt8] = Array("MTRN".utf8)
+
+    public var protocolVersion: UInt16
+    public var runId: String
+    public var message: Message
+
+    public init(runId: String, message: Message, protocolVersion: UInt16 = Envelope.protocolVersion) {
+        self.runId = runId; self.message = message; self.protocolVersion = protocolVersion
+    }
+
+    public func encode() -> [UInt8] {
+        var w = ByteWriter()
+        for b in Envelope.magic { w.u8(b) }
+        w.u16(protocolVersion)
+        w.u8(Envelope.typeCode(message))
+        w.string(runId)
+        switch message {
+        case .hello(let h): w.string(h.workerName); w.string(h.datasetFingerprint)
+        case .welcome(let x): w.string(x.configJSON); w.int(x.version)
+        case .refuse(let r): w.string(r)
+        case .ready, .fetchWeights, .heartbeat: break
+        case .work(let u): w.int(u.id); w.u8(u.kind.rawValue); w.int(u.version); w.ints(u.episodes)
+        case .trainResult(let r):
+            w.int(r.unitId); w.int(r.version); w.floats(r.gradTheta); w.floats(r.gradAlpha); w.f64(r.lossSum); w.int(r.tasks)
+        case .evalResult(let r): w.int(r.unitId); w.int(r.version); w.doubles(r.sums); w.ints(r.queries); w.f64(r.lossSum)
+        case .weights(let x): w.int(x.version); w.floats(x.theta); w.floats(x.alpha)
+        case .shutdown(let r): w.string(r)
+        }
+        return w.bytes
+    }
+
+    /// Reads only the header: enough to refuse a peer that speaks another version.
+    public static func peekHeader(_ bytes: [UInt8]) throws -> (protocolVersion: UInt16, type: UInt8, runId: String) {
+        var r = ByteReader(bytes)
+        guard bytes.count >= 4, Array(bytes[0..<4]) == magic else { throw WireError.badMagic }
+        _ = try r.take(4, "magic")
+        let v = try r.u16("protocol version"), t = try r.u8("type")
+        return (v, t, try r.string("run id"))
+    }
+
+    /// Decodes a frame. A frame of another protocol version throws `.protocolMismatch`.
+    public static func decode(_ bytes: [UInt8]) throws -> Envelope {
+        let (v, t, runId) = try peekHeader(bytes)
+        guard v == protocolVersion else { throw WireError.protocolMismatch(theirs: v) }
+        var r = ByteReader(bytes)
+        _ = try r.take(4 + 2 + 1 + 4 + runId.utf8.count, "header")
+        let m: Message
+        switch t {
+        case 1: m = .hello(Hello(workerName: try r.string("worker name"), datasetFingerprint: try r.string("fingerprint")))
+        case 2: m = .welcome(Welcome(configJSON: try r.string("config"), version: try r.int("version")))
+        case 3: m = .refuse(reason: try r.string("reason"))
+        case 4: m = .ready
+        case 5:
+            let id = try r.int("unit id")
+            guard let kind = UnitKind(rawValue: try r.u8("unit kind")) else { throw WireError.invalid("unknown unit kind") }
+            m = .work(WorkUnit(id: id, kind: kind, version: try r.int("version"), episodes: try r.ints("episodes")))
+        case 7:
+            m = .trainResult(TrainResult(unitId: try r.int("unit id"), version: try r.int("version"), gradTheta: try r.floats("grad theta"),
+                                         gradAlpha: try r.floats("grad alpha"), lossSum: try r.f64("loss"), tasks: try r.int("tasks")))
+        case 8:
+            let id = try r.int("unit id"), ver = try r.int("version"), sums = try r.doubles("sums"), q = try r.ints("queries")
+            guard sums.count == 6 * q.count else { throw WireError.invalid("eval sums do not match episode count") }
+            m = .evalResult(EvalResult(unitId: id, version: ver, sums: sums, queries: q, lossSum: try r.f64("loss")))
+        case 9: m = .fetchWeights
+        case 10: m = .weights(Weights(version: try r.int("version"), theta: try r.floats("theta"), alpha: try r.floats("alpha")))
+        case 11: m = .heartbeat
+        case 12: m = .shutdown(reason: try r.string("reason"))
+        default: throw WireError.unknownType(t)
+        }
+        guard r.remaining == 0 else { throw WireError.invalid("\(r.remaining) trailing bytes after \(m.typeName)") }
+        return Envelope(runId: runId, message: m, protocolVersion: v)
+    }
+
+    static func typeCode(_ m: Message) -> UInt8 {
+        switch m {
+        case .hello: return 1
+        case .welcome: return 2
+        case .refuse: return 3
+        case .ready: return 4
+        case .work: return 5
+        case .trainResult: return 7
+        case .evalResult: return 8
+        case .fetchWeights: return 9
+        case .weights: return 10
+        case .heartbeat: return 11
+        case .shutdown: return 12
+        }
+    }
+}

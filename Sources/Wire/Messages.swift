@@ -1,0 +1,115 @@
+/// The messages of the coordinator–worker protocol (docs/PROTOCOL.md). The
+/// transport moves them as single ZeroMQ frames; nothing here knows sockets.
+
+/// A worker introduces itself. It MUST send this first, on its DEALER socket.
+public struct Hello: Equatable, Sendable {
+    public var workerName: String
+    /// SHA-256 fingerprint of the dataset file the worker opened itself.
+    public var datasetFingerprint: String
+    public init(workerName: String, datasetFingerprint: String) {
+        self.workerName = workerName; self.datasetFingerprint = datasetFingerprint
+    }
+}
+
+/// The coordinator accepts a worker and tells it what to run.
+public struct Welcome: Equatable, Sendable {
+    /// The resolved configuration as JSON: every worker computes with exactly it.
+    public var configJSON: String
+    /// The weights version currently published.
+    public var version: Int
+    public init(configJSON: String, version: Int) { self.configJSON = configJSON; self.version = version }
+}
+
+/// What a work unit asks for.
+public enum UnitKind: UInt8, Sendable { case train = 0, eval = 1 }
+
+/// A fixed chunk of tasks, computed on the weights of `version`.
+public struct WorkUnit: Equatable, Sendable {
+    public var id: Int
+    public var kind: UnitKind
+    public var version: Int
+    /// Episode indices: train episodes for `train`, val episodes for `eval`.
+    public var episodes: [Int]
+    public init(id: Int, kind: UnitKind, version: Int, episodes: [Int]) {
+        self.id = id; self.kind = kind; self.version = version; self.episodes = episodes
+    }
+}
+
+/// A train unit's result: the SUM over its tasks (in unit order) of the task gradients and meta-losses.
+public struct TrainResult: Equatable, Sendable {
+    public var unitId: Int
+    public var version: Int
+    public var gradTheta: [Float]
+    /// Meta-SGD only (empty otherwise).
+    public var gradAlpha: [Float]
+    public var lossSum: Double
+    public var tasks: Int
+    public init(unitId: Int, version: Int, gradTheta: [Float], gradAlpha: [Float], lossSum: Double, tasks: Int) {
+        self.unitId = unitId; self.version = version; self.gradTheta = gradTheta; self.gradAlpha = gradAlpha
+        self.lossSum = lossSum; self.tasks = tasks
+    }
+}
+
+/// An eval unit's result: per-episode metric sums after few-shot adaptation.
+public struct EvalResult: Equatable, Sendable {
+    public var unitId: Int
+    public var version: Int
+    /// Per episode, 6 metric sums (acc@1, hr@5, hr@10, ndcg@5, ndcg@10, mrr).
+    public var sums: [Double]
+    /// Query count per episode.
+    public var queries: [Int]
+    /// Sum over episodes of the adapted query loss.
+    public var lossSum: Double
+    public init(unitId: Int, version: Int, sums: [Double], queries: [Int], lossSum: Double) {
+        self.unitId = unitId; self.version = version; self.sums = sums; self.queries = queries; self.lossSum = lossSum
+    }
+}
+
+/// Published weights. θ (and Meta-SGD's α) in the flat parameter layout.
+public struct Weights: Equatable, Sendable {
+    public var version: Int
+    public var theta: [Float]
+    public var alpha: [Float]
+    public init(version: Int, theta: [Float], alpha: [Float]) { self.version = version; self.theta = theta; self.alpha = alpha }
+}
+
+public enum Message: Equatable, Sendable {
+    /// worker → coordinator, first message.
+    case hello(Hello)
+    /// coordinator → worker.
+    case welcome(Welcome)
+    /// coordinator → worker: not accepted (fingerprint, protocol); the worker MUST exit.
+    case refuse(reason: String)
+    /// worker → coordinator: idle, send a unit.
+    case ready
+    /// coordinator → worker.
+    case work(WorkUnit)
+    /// worker → coordinator.
+    case trainResult(TrainResult)
+    /// worker → coordinator.
+    case evalResult(EvalResult)
+    /// worker → coordinator: send the current weights (missed a broadcast, or joined late).
+    case fetchWeights
+    /// coordinator → one worker (reply to fetch) or all (PUB).
+    case weights(Weights)
+    /// worker → coordinator: still alive.
+    case heartbeat
+    /// coordinator → workers: the run is over; exit.
+    case shutdown(reason: String)
+
+    public var typeName: String {
+        switch self {
+        case .hello: return "hello"
+        case .welcome: return "welcome"
+        case .refuse: return "refuse"
+        case .ready: return "ready"
+        case .work: return "work"
+        case .trainResult: return "train_result"
+        case .evalResult: return "eval_result"
+        case .fetchWeights: return "fetch_weights"
+        case .weights: return "weights"
+        case .heartbeat: return "heartbeat"
+        case .shutdown: return "shutdown"
+        }
+    }
+}

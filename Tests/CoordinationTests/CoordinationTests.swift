@@ -1,0 +1,145 @@
+import XCTest
+import Wire
+@testable import Coordination
+
+final class CoordinatorMachineTests: XCTestCase {
+    let a = PeerID([1]), b = PeerID([2])
+    func machine() -> CoordinatorMachine {
+        CoordinatorMachine(settings: .init(runId: "run", datasetFingerprint: "fp", configJSON: "{}", workerTimeout: 10), version: 0)
+    }
+    func env(_ m: Message, run: String = "run") -> Envelope { Envelope(runId: run, message: m) }
+    func sends(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, Message)] {
+        d.compactMap { if case .send(let p, let m) = $0 { return (p, m) }; return nil }
+    }
+    func work(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, WorkUnit)] {
+        sends(d).compactMap { if case .work(let u) = $0.1 { return ($0.0, u) }; return nil }
+    }
+    func result(_ u: WorkUnit, _ x: Float) -> Message {
+        .trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: [x], gradAlpha: [], lossSum: Double(x), tasks: u.episodes.count))
+    }
+    func join(_ m: inout CoordinatorMachine, _ p: PeerID, now: Double = 0) {
+        _ = m.onMessage(env(.hello(Hello(workerName: "w\(p)", datasetFingerprint: "fp"))), from: p, now: now)
+        _ = m.onMessage(env(.ready), from: p, now: now)
+    }
+
+    func testFingerprintMismatchIsRefusedAndMatchWelcomed() {
+        var m = machine()
+        let bad = m.onMessage(env(.hello(Hello(workerName: "w", datasetFingerprint: "other"))), from: a, now: 0)
+        XCTAssertTrue(sends(bad).contains { if case .refuse(let r) = $0.1 { return r.contains("fingerprint mismatch") }; return false })
+        XCTAssertEqual(m.liveWorkers, 0)
+        let good = m.onMessage(env(.hello(Hello(workerName: "w", datasetFingerprint: "fp"))), from: a, now: 0)
+        XCTAssertEqual(sends(good).first?.1, .welcome(Welcome(configJSON: "{}", version: 0)))
+        XCTAssertEqual(m.liveWorkers, 1)
+    }
+
+    func testUnitsGoToReadyWorkersAndResultsComeBackInUnitOrder() {
+        var m = machine()
+        join(&m, a); join(&m, b)
+        let started = m.startPhase(.init(kind: .train, version: 0, units: [[1, 2], [3, 4], [5]]))
+        let w1 = work(started)
+        XCTAssertEqual(w1.map(\.0), [a, b])
+        XCTAssertEqual(w1.map(\.1.episodes), [[1, 2], [3, 4]])
+        // b finishes first and gets the third unit.
+        let d1 = m.onMessage(env(result(w1[1].1, 2)), from: b, now: 1)
+        let w2 = work(d1)
+        XCTAssertEqual(w2.map(\.0), [b]); XCTAssertEqual(w2[0].1.episodes, [5])
+        _ = m.onMessage(env(result(w2[0].1, 3)), from: b, now: 2)
+        let done = m.onMessage(env(result(w1[0].1, 1)), from: a, now: 3)
+        guard case .phaseComplete(let r)? = done.first(where: { if case .phaseComplete = $0 { return true }; return false }) else {
+            return XCTFail("phase did not complete: \(done)")
+        }
+        XCTAssertEqual(r.results.map { if case .train(let t) = $0 { return t.gradTheta[0] }; return Float(-1) }, [Float(1), 2, 3])
+        XCTAssertFalse(m.inPhase)
+    }
+
+    func testWrongVersionIsDiscardedAndRequeued() {
+        var m = machine()
+        join(&m, a)
+        let u = work(m.startPhase(.init(kind: .train, version: 0, units: [[1]])))[0].1
+        var stale = u; stale.version = 5
+        let d = m.onMessage(env(result(stale, 9)), from: a, now: 1)
+        XCTAssertTrue(d.contains { if case .log(let s) = $0 { return s.contains("discarded unit") }; return false })
+        let again = work(d)
+        XCTAssertEqual(again.first?.1.id, u.id, "the unit is handed out again")
+        XCTAssertTrue(m.inPhase)
+    }
+
+    func testSilentWorkerIsDroppedAndItsUnitReassigned() {
+        var m = machine()
+        join(&m, a); join(&m, b, now: 0)
+        let w = work(m.startPhase(.init(kind: .train, version: 0, units: [[1], [2]])))
+        _ = m.onMessage(env(result(w[1].1, 2)), from: b, now: 5)   // b done and ready; a goes silent
+        _ = m.onMessage(env(.heartbeat), from: b, now: 9)
+        let d = m.onTick(now: 11)
+        XCTAssertEqual(m.liveWorkers, 1)
+        XCTAssertEqual(work(d).map(\.0), [b])
+        XCTAssertEqual(work(d).first?.1.id, w[0].1.id)
+        // a comes back late with a valid result for a unit now also at b: first one wins, no crash.
+        let late = m.onMessage(env(result(w[0].1, 1)), from: a, now: 12)
+        XCTAssertTrue(sends(late).contains { if case .refuse = $0.1 { return true }; return false })
+    }
+
+    func testForeignRunAndMalformedAndOtherProtocolAreDropped() {
+        var m = machine()
+        join(&m, a)
+        XCTAssertTrue(m.onMessage(env(.ready, run: "other"), from: a, now: 1).allSatisfy { if case .log = $0 { return true }; return false })
+        XCTAssertTrue(m.onUndecodable(.truncated("x"), from: a).allSatisfy { if case .log = $0 { return true }; return false })
+        let d = m.onUndecodable(.protocolMismatch(theirs: 9), from: b)
+        XCTAssertTrue(sends(d).contains { if case .refuse(let r) = $0.1 { return r.contains("protocol version mismatch") }; return false })
+        XCTAssertEqual(m.shutdown(reason: "done").count, 1)
+    }
+}
+
+final class WorkerMachineTests: XCTestCase {
+    func env(_ m: Message) -> Envelope { Envelope(runId: "run", message: m) }
+
+    func testJoinFetchComputeAndExit() {
+        var w = WorkerMachine(name: "w", datasetFingerprint: "fp", coordinatorTimeout: 30)
+        XCTAssertEqual(w.onStart(now: 0), [.send(.hello(Hello(workerName: "w", datasetFingerprint: "fp")))])
+        let joined = w.onMessage(env(.welcome(Welcome(configJSON: "{c}", version: 3))), now: 1)
+        XCTAssertEqual(joined.first, .configure(configJSON: "{c}"))
+        XCTAssertEqual(joined.last, .send(.ready))
+        // Work on a version it does not hold: fetch first, compute when the weights arrive.
+        let u = WorkUnit(id: 7, kind: .train, version: 3, episodes: [1])
+        XCTAssertEqual(w.onMessage(env(.work(u)), now: 2).last, .send(.fetchWeights))
+        let wt = Weights(version: 3, theta: [1], alpha: [])
+        XCTAssertEqual(w.onMessage(env(.weights(wt)), now: 3), [.installWeights(wt), .compute(u)])
+        let r = Message.trainResult(TrainResult(unitId: 7, version: 3, gradTheta: [0], gradAlpha: [], lossSum: 0, tasks: 1))
+        XCTAssertEqual(w.onComputed(r, now: 4), [.send(r)])
+        // Same version: compute at once. An old broadcast is ignored.
+        let u2 = WorkUnit(id: 8, kind: .eval, version: 3, episodes: [2])
+        XCTAssertEqual(w.onMessage(env(.work(u2)), now: 5), [.compute(u2)])
+        XCTAssertEqual(w.onMessage(env(.weights(Weights(version: 2, theta: [0], alpha: []))), now: 6), [])
+        XCTAssertEqual(w.onMessage(env(.shutdown(reason: "done")), now: 7), [.exit(code: 0, reason: "done")])
+        XCTAssertTrue(w.isStopped)
+    }
+
+    func testStaleUnitAfterNewerWeightsIsSkipped() {
+        var w = WorkerMachine(name: "w", datasetFingerprint: "fp")
+        _ = w.onStart(now: 0)
+        _ = w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 0)
+        _ = w.onMessage(env(.work(WorkUnit(id: 1, kind: .train, version: 4, episodes: []))), now: 1)
+        let d = w.onMessage(env(.weights(Weights(version: 5, theta: [], alpha: []))), now: 2)
+        XCTAssertEqual(d.first, .installWeights(Weights(version: 5, theta: [], alpha: [])))
+        XCTAssertEqual(d.last, .send(.ready))
+        XCTAssertFalse(d.contains { if case .compute = $0 { return true }; return false })
+    }
+
+    func testRefusalsHeartbeatsAndTimeouts() {
+        var w = WorkerMachine(name: "w", datasetFingerprint: "fp", coordinatorTimeout: 30)
+        _ = w.onStart(now: 0)
+        XCTAssertEqual(w.onTick(now: 1), [])
+        XCTAssertEqual(w.onTick(now: 3), [.send(.hello(Hello(workerName: "w", datasetFingerprint: "fp")))])
+        _ = w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 4)
+        XCTAssertEqual(w.onTick(now: 7), [.send(.heartbeat)])
+        XCTAssertEqual(w.onTick(now: 40), [.exit(code: 1, reason: "no word from the coordinator for 36s")])
+
+        var r = WorkerMachine(name: "w", datasetFingerprint: "fp")
+        _ = r.onStart(now: 0)
+        XCTAssertEqual(r.onMessage(env(.refuse(reason: "dataset fingerprint mismatch")), now: 1),
+                       [.exit(code: 1, reason: "coordinator refused this worker: dataset fingerprint mismatch")])
+        var p = WorkerMachine(name: "w", datasetFingerprint: "fp")
+        XCTAssertEqual(p.onUndecodable(.protocolMismatch(theirs: 2)),
+                       [.exit(code: 1, reason: "coordinator speaks protocol version 2, this worker speaks 1")])
+    }
+}

@@ -1,0 +1,57 @@
+import XCTest
+@testable import Wire
+
+final class WireTests: XCTestCase {
+    let samples: [Message] = [
+        .hello(Hello(workerName: "w1@host", datasetFingerprint: "abc123")),
+        .welcome(Welcome(configJSON: "{\"seed\":1}", version: 7)),
+        .refuse(reason: "fingerprint mismatch"),
+        .ready, .fetchWeights, .heartbeat,
+        .work(WorkUnit(id: 3, kind: .train, version: 7, episodes: [5, 1, 9, 2])),
+        .work(WorkUnit(id: 4, kind: .eval, version: 8, episodes: [])),
+        .trainResult(TrainResult(unitId: 3, version: 7, gradTheta: [1, -2.5, .leastNonzeroMagnitude], gradAlpha: [], lossSum: 1.25, tasks: 4)),
+        .evalResult(EvalResult(unitId: 4, version: 8, sums: [1, 2, 3, 4, 5, 6], queries: [10], lossSum: 3.5)),
+        .weights(Weights(version: 8, theta: [0.5, 0.25], alpha: [0.01, 0.02])),
+        .shutdown(reason: "finished"),
+    ]
+
+    func testRoundTripEveryMessage() throws {
+        for m in samples {
+            let e = Envelope(runId: "run-42", message: m)
+            XCTAssertEqual(try Envelope.decode(e.encode()), e, m.typeName)
+        }
+    }
+
+    func testFloatsKeepTheirBits() throws {
+        let x: [Float] = [.nan, -0.0, .infinity, 1.0000001, .ulpOfOne]
+        let e = Envelope(runId: "r", message: .weights(Weights(version: 1, theta: x, alpha: [])))
+        guard case .weights(let w) = try Envelope.decode(e.encode()).message else { return XCTFail() }
+        XCTAssertEqual(w.theta.map(\.bitPattern), x.map(\.bitPattern))
+    }
+
+    func testMalformedFramesThrowAndNeverCrash() {
+        let good = Envelope(runId: "run", message: .work(WorkUnit(id: 1, kind: .train, version: 2, episodes: [1, 2, 3]))).encode()
+        // Every truncation is an error.
+        for n in 0..<good.count { XCTAssertThrowsError(try Envelope.decode(Array(good.prefix(n))), "prefix \(n)") }
+        XCTAssertThrowsError(try Envelope.decode(good + [0])) { XCTAssertTrue("\($0)".contains("trailing")) }
+        XCTAssertThrowsError(try Envelope.decode(Array("GET / HTTP/1.1".utf8))) { XCTAssertEqual($0 as? WireError, .badMagic) }
+        var unknown = good; unknown[6] = 200
+        XCTAssertThrowsError(try Envelope.decode(unknown)) { XCTAssertEqual($0 as? WireError, .unknownType(200)) }
+        // Random garbage after a valid header never crashes.
+        var g = 0x9E3779B97F4A7C15 as UInt64
+        for _ in 0..<2000 {
+            var b = Array(good.prefix(7))
+            for _ in 0..<Int(g % 60) { g = g &* 6364136223846793005 &+ 1442695040888963407; b.append(UInt8(truncatingIfNeeded: g >> 33)) }
+            _ = try? Envelope.decode(b)
+        }
+    }
+
+    func testOtherProtocolVersionIsNamed() {
+        let e = Envelope(runId: "r", message: .hello(Hello(workerName: "w", datasetFingerprint: "f")), protocolVersion: 99)
+        XCTAssertThrowsError(try Envelope.decode(e.encode())) { err in
+            XCTAssertEqual(err as? WireError, .protocolMismatch(theirs: 99))
+            XCTAssertTrue("\(err)".contains("protocol version 99"))
+        }
+        XCTAssertEqual(try Envelope.peekHeader(e.encode()).protocolVersion, 99)
+    }
+}
