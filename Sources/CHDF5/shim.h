@@ -16,6 +16,10 @@ static inline hid_t mt_h5t_ieee_f32le(void) { return H5T_IEEE_F32LE; }
 static inline hid_t mt_h5p_default(void) { return H5P_DEFAULT; }
 static inline hid_t mt_h5p_dataset_create(void) { return H5P_DATASET_CREATE; }
 static inline hid_t mt_h5s_all(void) { return H5S_ALL; }
+/* Property lists with object time stamps off, so identical contents give identical files. */
+static inline hid_t mt_h5p_dcpl_untimed(void) { hid_t p = H5Pcreate(H5P_DATASET_CREATE); H5Pset_obj_track_times(p, 0); return p; }
+static inline hid_t mt_h5p_gcpl_untimed(void) { hid_t p = H5Pcreate(H5P_GROUP_CREATE); H5Pset_obj_track_times(p, 0); return p; }
+static inline hid_t mt_h5p_fcpl_untimed(void) { hid_t p = H5Pcreate(H5P_FILE_CREATE); H5Pset_obj_track_times(p, 0); return p; }
 static inline unsigned mt_h5f_acc_trunc(void) { return H5F_ACC_TRUNC; }
 static inline unsigned mt_h5f_acc_rdonly(void) { return H5F_ACC_RDONLY; }
 static inline size_t mt_h5t_variable(void) { return H5T_VARIABLE; }

@@ -85,6 +85,23 @@ public final class Evaluator {
         }
     }
 
+    /// Few-shot on an explicit list of episodes of this split (e.g. one eval
+    /// unit), with each episode's adapted query loss.
+    public func fewShot(_ params: FloatBuffer, dims: ModelDims, policy: FewShotPolicy,
+                        episodes list: [Int]) -> [(MetricSums, Float)] {
+        let m = model(dims), ep = dataset.episodes(split)
+        let adapted = FloatBuffer(count: params.count), grads = FloatBuffer(count: params.count)
+        let rate: InnerLoop.Rate = policy.rates.map { .perElement($0) } ?? .scalar(policy.innerLR)
+        let loop = InnerLoop(steps: policy.steps, rate: rate, frozen: policy.frozen)
+        return list.map { e in
+            let support = ep.supportPairs(e)
+            supportBatch.pack(pairs: support, of: dataset, weights: policy.weighting.weights(support, in: dataset))
+            loop.adapt(model: m, from: params, into: adapted, grads: grads, support: supportBatch)
+            let s = score(m, adapted, queries: ep.queryPairs(e))
+            return (s, m.loss(adapted, queryBatch))
+        }
+    }
+
     private func score(_ m: GRU4Rec, _ params: FloatBuffer, queries: ArraySlice<Int64>) -> MetricSums {
         queryBatch.pack(pairs: queries, of: dataset)
         let logits = m.forward(params, queryBatch)

@@ -149,3 +149,16 @@ public final class MetaLearner {
         for r in ranges { (b.ptr + r.lowerBound).update(repeating: 0, count: r.count) }
     }
 }
+
+import Configuration
+
+extension MetaAlgorithm {
+    /// The algorithm a resolved config asks for (`maml.*`, `warm_start.freeze_embeddings`).
+    public init(config c: Config, layout: ParameterLayout) {
+        let kind: Kind
+        switch c.maml.algorithm { case .fomaml: kind = .fomaml; case .maml: kind = .maml; case .metasgd: kind = .metasgd }
+        self.init(kind: kind, secondOrder: c.maml.secondOrder, innerSteps: c.maml.innerSteps, innerLR: Float(c.maml.innerLR),
+                  residualLambda: Float(c.maml.residualLambda),
+                  frozen: c.warmStart.freezeEmbeddings ? [layout["embedding.weight"].range] : [])
+    }
+}

@@ -14,6 +14,9 @@ public struct Checkpoint {
     public var adamM: FloatBuffer?
     public var adamV: FloatBuffer?
     public var metaSGDAlpha: FloatBuffer?
+    /// Adam moments of the Meta-SGD rates (/meta_sgd/optimizer/{m,v}/<key>), for exact resume.
+    public var alphaAdamM: FloatBuffer?
+    public var alphaAdamV: FloatBuffer?
     /// Training curves, in insertion order.
     public var history: [(name: String, values: [Float])]
     public var iteration: Int
@@ -67,6 +70,10 @@ public enum CheckpointFile {
                 try views("optimizer/v", v)
             }
             if let a = c.metaSGDAlpha { try views("meta_sgd/alpha", a) }
+            if let m = c.alphaAdamM, let v = c.alphaAdamV {
+                try views("meta_sgd/optimizer/m", m)
+                try views("meta_sgd/optimizer/v", v)
+            }
             try f.createGroups("history")
             for h in c.history { try f.write("history/\(h.name)", h.values) }
             try f.flush()
@@ -102,6 +109,8 @@ public enum CheckpointFile {
         var m: FloatBuffer?, vv: FloatBuffer?, alpha: FloatBuffer?
         if f.exists("optimizer/m") { m = try views("optimizer/m"); vv = try views("optimizer/v") }
         if f.exists("meta_sgd/alpha") { alpha = try views("meta_sgd/alpha") }
+        var am: FloatBuffer?, av: FloatBuffer?
+        if f.exists("meta_sgd/optimizer/m") { am = try views("meta_sgd/optimizer/m"); av = try views("meta_sgd/optimizer/v") }
         var history: [(name: String, values: [Float])] = []
         if f.exists("history") {
             for n in try f.children("history") { history.append((n, try f.read("history/\(n)", as: Float.self).values)) }
@@ -109,9 +118,11 @@ public enum CheckpointFile {
         guard let kind = Checkpoint.Kind(rawValue: try f.stringAttribute("kind")) else {
             throw MetatrainError("\(path): unknown checkpoint kind")
         }
-        return Checkpoint(dims: dims, params: params, adamM: m, adamV: vv, metaSGDAlpha: alpha, history: history,
+        var c = Checkpoint(dims: dims, params: params, adamM: m, adamV: vv, metaSGDAlpha: alpha, history: history,
                           iteration: Int(try f.intAttribute("iteration")), adamStep: Int(try f.intAttribute("adam_step")),
                           seed: UInt64(bitPattern: try f.intAttribute("seed")), configJSON: try f.stringAttribute("config"),
                           datasetFingerprint: fp, kind: kind, algorithm: try f.stringAttribute("algorithm"))
+        c.alphaAdamM = am; c.alphaAdamV = av
+        return c
     }
 }

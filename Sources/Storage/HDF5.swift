@@ -46,7 +46,9 @@ public final class HDF5File {
     /// Creates (truncates) a file for writing. Prefer `writeAtomically` callers.
     public static func create(_ path: String) throws -> HDF5File {
         mt_h5_silence_errors()
-        let id = H5Fcreate(path, mt_h5f_acc_trunc(), mt_h5p_default(), mt_h5p_default())
+        let fcpl = mt_h5p_fcpl_untimed()
+        defer { H5Pclose(fcpl) }
+        let id = H5Fcreate(path, mt_h5f_acc_trunc(), fcpl, mt_h5p_default())
         guard id >= 0 else { throw MetatrainError("\(path): cannot create HDF5 file") }
         return HDF5File(path: path, id: id)
     }
@@ -68,7 +70,9 @@ public final class HDF5File {
         for part in path.split(separator: "/") {
             cur += (cur.isEmpty ? "" : "/") + part
             if H5Lexists(id, cur, mt_h5p_default()) > 0 { continue }
-            let g = H5Gcreate2(id, cur, mt_h5p_default(), mt_h5p_default(), mt_h5p_default())
+            let gcpl = mt_h5p_gcpl_untimed()
+            defer { H5Pclose(gcpl) }
+            let g = H5Gcreate2(id, cur, mt_h5p_default(), gcpl, mt_h5p_default())
             guard g >= 0 else { throw MetatrainError("\(self.path): cannot create group '\(cur)'") }
             H5Gclose(g)
         }
@@ -115,7 +119,9 @@ public final class HDF5File {
         var dims = shape.map { hsize_t($0) }
         let space = H5Screate_simple(Int32(shape.count), &dims, nil)
         defer { H5Sclose(space) }
-        let d = H5Dcreate2(id, name, T.fileType, space, mt_h5p_default(), mt_h5p_default(), mt_h5p_default())
+        let dcpl = mt_h5p_dcpl_untimed()
+        defer { H5Pclose(dcpl) }
+        let d = H5Dcreate2(id, name, T.fileType, space, mt_h5p_default(), dcpl, mt_h5p_default())
         guard d >= 0 else { throw MetatrainError("\(path): cannot create dataset '\(name)'") }
         defer { H5Dclose(d) }
         if values.count > 0 {
@@ -208,7 +214,9 @@ public final class HDF5File {
         var dims = [hsize_t(values.count)]
         let space = H5Screate_simple(1, &dims, nil)
         defer { H5Sclose(space) }
-        let d = H5Dcreate2(id, name, t, space, mt_h5p_default(), mt_h5p_default(), mt_h5p_default())
+        let dcpl = mt_h5p_dcpl_untimed()
+        defer { H5Pclose(dcpl) }
+        let d = H5Dcreate2(id, name, t, space, mt_h5p_default(), dcpl, mt_h5p_default())
         guard d >= 0 else { throw MetatrainError("\(path): cannot create dataset '\(name)'") }
         defer { H5Dclose(d) }
         let cstrings = values.map { strdup($0) }

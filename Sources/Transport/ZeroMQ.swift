@@ -117,3 +117,15 @@ func cString(_ buf: [CChar]) -> String {
     let bytes = buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
     return String(decoding: bytes, as: UTF8.self)
 }
+
+/// Waits until any of the sockets has a message or the timeout passes;
+/// returns which ones are readable.
+public func zmqPoll(_ sockets: [ZMQSocket], timeoutMs: Int) throws -> [Bool] {
+    var items = sockets.map { zmq_pollitem_t(socket: $0.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0) }
+    let n = zmq_poll(&items, Int32(items.count), timeoutMs)
+    if n < 0 {
+        if mt_zmq_errno() == mt_zmq_eintr() { return sockets.map { _ in false } }
+        throw TransportError("poll")
+    }
+    return items.map { ($0.revents & Int16(ZMQ_POLLIN)) != 0 }
+}

@@ -1,0 +1,216 @@
+import Configuration
+import Coordination
+import Core
+import Evaluation
+import Foundation
+import Training
+import Transport
+import Wire
+
+/// Runs the coordinator: owns the ROUTER (work) and PUB (weights) sockets and a
+/// timer, feeds messages to the CoordinatorMachine, and carries out its
+/// directives with the MetaTrainer's math between phases.
+public final class CoordinatorShell {
+    public let trainer: MetaTrainer
+    public let requestedEndpoint: String
+    public var workerTimeout = 60.0
+    let stop: StopFlag
+    let progress: ProgressSink?
+    /// The endpoint workers connect to, once bound.
+    public private(set) var boundEndpoint = ""
+    /// Called once the sockets are bound (e.g. to start local workers).
+    public var onBound: ((String) -> Void)?
+
+    private var router: ZMQSocket!
+    private var pub: ZMQSocket!
+    private var machine: CoordinatorMachine!
+    private var runId = ""
+    private var weightsFrame: [UInt8] = []
+    private enum Next { case train(Int), eval(Int), finish }
+    private var next = Next.finish
+    private var pendingLine: [(String, JSON)] = []
+    private var started = 0.0, startIteration = 0
+    private var lastHR10: Double?
+
+    public init(trainer: MetaTrainer, endpoint: String, stop: StopFlag, progress: ProgressSink?) {
+        self.trainer = trainer; self.requestedEndpoint = endpoint; self.stop = stop; self.progress = progress
+    }
+
+    func say(_ s: String) { trainer.run.log(s); progress?.log(s) }
+
+    /// Binds ROUTER at the endpoint and PUB next to it. Port 0 picks a free pair of ports.
+    func bind(_ ctx: ZMQContext) throws {
+        if requestedEndpoint.hasPrefix("tcp://"), requestedEndpoint.hasSuffix(":0") {
+            let host = String(requestedEndpoint.dropLast(2))
+            for _ in 0..<50 {
+                let r = try ZMQSocket(ctx, .router)
+                try r.bind(host + ":*")
+                let ep = r.lastEndpoint
+                let p = try ZMQSocket(ctx, .pub)
+                if (try? p.bind(try publishEndpoint(for: ep))) != nil {
+                    router = r; pub = p; boundEndpoint = ep
+                    return
+                }
+            }
+            throw MetatrainError("\(requestedEndpoint): could not find two free adjacent ports")
+        }
+        router = try ZMQSocket(ctx, .router)
+        pub = try ZMQSocket(ctx, .pub)
+        do {
+            try router.bind(requestedEndpoint)
+            try pub.bind(try publishEndpoint(for: requestedEndpoint))
+        } catch let e as TransportError { throw MetatrainError("cannot bind \(requestedEndpoint): \(e)") }
+        boundEndpoint = router.lastEndpoint
+    }
+
+    /// Runs to the end of training (0), or until interrupted (130).
+    public func run() throws -> Int32 {
+        let ctx = ZMQContext()
+        try bind(ctx)
+        runId = "\(trainer.config.seed)-\(getpid())-\(Int(Date().timeIntervalSince1970))"
+        machine = CoordinatorMachine(settings: .init(runId: runId, datasetFingerprint: trainer.dataset.fingerprint,
+                                                     configJSON: trainer.config.json, workerTimeout: workerTimeout),
+                                     version: trainer.iteration)
+        publishWeights()
+        say("coordinator: run \(runId), \(trainer.config.maml.algorithm.rawValue), \(trainer.iterations) iterations of \(trainer.metaBatchSize) tasks, listening on \(boundEndpoint) (weights on \(try publishEndpoint(for: boundEndpoint)))")
+        onBound?(boundEndpoint)
+        next = trainer.finished ? .finish : .train(trainer.iteration + 1)
+        started = monotonicNow(); startIteration = trainer.iteration
+        var lastTick = monotonicNow(), lastWait = monotonicNow()
+        while true {
+            if stop.isSet {
+                say("interrupted at iteration \(trainer.iteration); stopping workers")
+                if trainer.iteration > 0 && !trainer.checkpointDue(trainer.iteration) { try trainer.writePeriodicCheckpoint() }
+                shutdownWorkers("coordinator interrupted")
+                return 130
+            }
+            if !machine.inPhase {
+                switch next {
+                case .train(let t):
+                    try execute(machine.startPhase(.init(kind: .train, version: trainer.iteration, units: trainer.trainUnits(iteration: t))))
+                case .eval:
+                    try execute(machine.startPhase(.init(kind: .eval, version: trainer.iteration, units: trainer.evalUnits())))
+                case .finish:
+                    try trainer.writeFinal()
+                    say(trainer.stoppedEarly
+                        ? "early stop at iteration \(trainer.iteration): no val HR@10 improvement in \(trainer.config.eval.patience) evaluations; wrote final.h5"
+                        : "finished \(trainer.iteration) iterations; wrote final.h5")
+                    shutdownWorkers("training finished")
+                    return 0
+                }
+                continue
+            }
+            if try zmqPoll([router], timeoutMs: 100)[0] {
+                while let frames = try router.receive(timeoutMs: 0) { try receive(frames) }
+            }
+            let now = monotonicNow()
+            if now - lastTick >= 1 {
+                lastTick = now
+                try execute(machine.onTick(now: now))
+                if machine.liveWorkers == 0 && now - lastWait >= 10 {
+                    lastWait = now
+                    say("waiting for workers (metatrain worker --connect \(boundEndpoint) --data DATASET)")
+                }
+            }
+        }
+    }
+
+    func receive(_ frames: [[UInt8]]) throws {
+        guard frames.count == 2 else {
+            progress?.log("dropped a message of \(frames.count) frames")
+            return
+        }
+        let peer = PeerID(frames[0])
+        do {
+            let e = try Envelope.decode(frames[1])
+            try execute(machine.onMessage(e, from: peer, now: monotonicNow()))
+        } catch let e as WireError {
+            try execute(machine.onUndecodable(e, from: peer))
+        }
+    }
+
+    func send(_ peer: PeerID, _ bytes: [UInt8]) {
+        do { try router.send([peer.bytes, bytes]) } catch { say("could not send to \(peer): \(error)") }
+    }
+
+    func execute(_ directives: [CoordinatorMachine.Directive]) throws {
+        for d in directives {
+            switch d {
+            case .send(let peer, let m): send(peer, Envelope(runId: runId, message: m).encode())
+            case .sendWeights(let peer): send(peer, weightsFrame)
+            case .log(let s): say(s)
+            case .phaseComplete(let r): try complete(r)
+            }
+        }
+    }
+
+    func publishWeights() {
+        weightsFrame = Envelope(runId: runId, message: .weights(Weights(version: trainer.iteration, theta: trainer.theta.array,
+                                                                           alpha: trainer.alpha?.array ?? []))).encode()
+        try? pub.send([weightsFrame])
+    }
+
+    func complete(_ r: CoordinatorMachine.PhaseResults) throws {
+        switch r.phase.kind {
+        case .train:
+            let units = try r.results.map { u -> (gradTheta: [Float], gradAlpha: [Float], lossSum: Double, tasks: Int) in
+                guard case .train(let t) = u else { throw MetatrainError("train phase got an eval result") }
+                return (t.gradTheta, t.gradAlpha, t.lossSum, t.tasks)
+            }
+            let t = trainer.iteration + 1
+            let (loss, norm) = try trainer.applyTrain(units, iteration: t)
+            machine.onPublished(version: trainer.iteration)
+            publishWeights()
+            let elapsed = monotonicNow() - started
+            let rate = Double(t - startIteration) / max(elapsed, 1e-9)
+            pendingLine = [("iteration", .int(t)), ("meta_loss", .number(loss)), ("grad_norm", .number(norm)),
+                           ("workers", .int(machine.liveWorkers)), ("iter_per_s", .number(rate))]
+            let eta = Double(trainer.iterations - t) / max(rate, 1e-9)
+            progress?.update(String(format: "iter %d/%d  %.2f it/s  ETA %@  meta-loss %.4f  val HR@10 %@  workers %d",
+                                    t, trainer.iterations, rate, formatDuration(eta), loss,
+                                    lastHR10.map { String(format: "%.4f", $0) } ?? "-", machine.liveWorkers))
+            if trainer.evalDue(t) { next = .eval(t); return }
+            try finishIteration(t)
+        case .eval:
+            var per: [(MetricSums, Float)] = []
+            for u in r.results {
+                guard case .eval(let e) = u else { throw MetatrainError("eval phase got a train result") }
+                for i in 0..<e.queries.count {
+                    var s = MetricSums()
+                    s.sums = Array(e.sums[(6 * i)..<(6 * i + 6)])
+                    s.queries = e.queries[i]
+                    per.append((s, 0))
+                }
+                // Loss arrives summed per unit; spread it evenly so the mean over episodes is exact.
+                let n = e.queries.count
+                if n > 0 { for k in (per.count - n)..<per.count { per[k].1 = Float(e.lossSum / Double(n)) } }
+            }
+            let v = try trainer.applyEval(per)
+            lastHR10 = v.hr10
+            pendingLine += [("val_hr@10", .number(v.hr10)), ("val_ndcg@10", .number(v.ndcg10)), ("val_mrr", .number(v.mrr)),
+                            ("val_loss", .number(v.loss))]
+            say(String(format: "iteration %d: val HR@10 %.4f  NDCG@10 %.4f  MRR %.4f  loss %.4f%@", trainer.iteration,
+                       v.hr10, v.ndcg10, v.mrr, v.loss, v.improved ? "  (best, saved best.h5)" : ""))
+            try finishIteration(trainer.iteration)
+        }
+    }
+
+    func finishIteration(_ t: Int) throws {
+        try trainer.run.appendMetrics(.object(pendingLine))
+        pendingLine = []
+        if trainer.checkpointDue(t) { try trainer.writePeriodicCheckpoint() }
+        next = trainer.finished ? .finish : .train(t + 1)
+    }
+
+    func shutdownWorkers(_ reason: String) {
+        for d in machine.shutdown(reason: reason) { if case .send(let p, let m) = d { send(p, Envelope(runId: runId, message: m).encode()) } }
+        try? pub.send([Envelope(runId: runId, message: .shutdown(reason: reason)).encode()])
+        Thread.sleep(forTimeInterval: 0.3)   // let the frames leave before the sockets close
+    }
+}
+
+func formatDuration(_ s: Double) -> String {
+    guard s.isFinite else { return "-" }
+    let t = Int(s)
+    return t >= 3600 ? String(format: "%dh%02dm", t / 3600, t / 60 % 60) : String(format: "%dm%02ds", t / 60, t % 60)
+}

@@ -1,0 +1,42 @@
+import Core
+import Foundation
+import Transport
+
+/// Monotonic seconds, for state machines' timeouts.
+func monotonicNow() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+/// Set by SIGINT/SIGTERM; the shells poll it between messages.
+public final class StopFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    private var sources: [DispatchSourceSignal] = []
+    public init() {}
+    public var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+    public func set() { lock.lock(); value = true; lock.unlock() }
+
+    /// Routes SIGINT and SIGTERM to this flag instead of killing the process.
+    public func installSignalHandlers() {
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler { [weak self] in self?.set() }
+            s.resume()
+            sources.append(s)
+        }
+    }
+}
+
+/// The PUB endpoint that goes with a ROUTER endpoint: tcp port + 1, or the ipc path + ".pub".
+public func publishEndpoint(for endpoint: String) throws -> String {
+    if endpoint.hasPrefix("ipc://") { return endpoint + ".pub" }
+    guard endpoint.hasPrefix("tcp://"), let colon = endpoint.lastIndex(of: ":"),
+          let port = Int(endpoint[endpoint.index(after: colon)...]), port > 0, port < 65535 else {
+        throw MetatrainError("endpoint '\(endpoint)' must be tcp://HOST:PORT (PORT+1 carries weight broadcasts) or ipc://PATH")
+    }
+    return String(endpoint[..<colon]) + ":\(port + 1)"
+}
+

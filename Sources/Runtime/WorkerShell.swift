@@ -1,0 +1,114 @@
+import Configuration
+import Coordination
+import Core
+import Data
+import Foundation
+import Kernels
+import Storage
+import Training
+import Transport
+import Wire
+
+/// Runs one worker: owns a DEALER (work, results, fetches) and a SUB (weight
+/// broadcasts) socket, feeds messages to the WorkerMachine, and computes units
+/// with a UnitComputer on the dataset it opened itself.
+public final class WorkerShell {
+    let endpoint: String
+    let dataPath: String
+    let name: String
+    let protocolVersion: UInt16
+    let stop: StopFlag
+    let log: (String) -> Void
+    public var coordinatorTimeout = 120.0
+
+    private var dealer: ZMQSocket!
+    private var sub: ZMQSocket!
+    private var machine: WorkerMachine!
+    private var dataset: Dataset!
+    private var computer: UnitComputer?
+    private var latest: Weights?
+    private var installed = -1
+    private var exitCode: Int32?
+    private var subscribed = false
+    public private(set) var exitReason = ""
+
+    public init(endpoint: String, dataPath: String, name: String, protocolVersion: UInt16 = Envelope.protocolVersion,
+                stop: StopFlag, log: @escaping (String) -> Void) {
+        self.endpoint = endpoint; self.dataPath = dataPath; self.name = name; self.protocolVersion = protocolVersion
+        self.stop = stop; self.log = log
+    }
+
+    public func run() throws -> Int32 {
+        BLAS.useSingleThread()
+        dataset = try DatasetFile.read(dataPath)
+        let ctx = ZMQContext()
+        dealer = try ZMQSocket(ctx, .dealer)
+        sub = try ZMQSocket(ctx, .sub)
+        do {
+            try dealer.connect(endpoint)
+            try sub.connect(try publishEndpoint(for: endpoint))
+            try sub.subscribe()
+        } catch let e as TransportError { throw MetatrainError("cannot connect to \(endpoint): \(e)") }
+        machine = WorkerMachine(name: name, datasetFingerprint: dataset.fingerprint, coordinatorTimeout: coordinatorTimeout)
+        try execute(machine.onStart(now: monotonicNow()))
+        var lastTick = monotonicNow()
+        while exitCode == nil {
+            if stop.isSet { exitReason = "interrupted"; return 130 }
+            let ready = try zmqPoll([dealer, sub], timeoutMs: 100)
+            for (socket, isReady) in zip([dealer!, sub!], ready) where isReady && exitCode == nil {
+                while exitCode == nil, let frames = try socket.receive(timeoutMs: 0) {
+                    guard frames.count == 1 else { log("dropped a message of \(frames.count) frames"); continue }
+                    do {
+                        try execute(machine.onMessage(try Envelope.decode(frames[0]), now: monotonicNow()))
+                    } catch let e as WireError {
+                        try execute(machine.onUndecodable(e))
+                    }
+                }
+            }
+            let now = monotonicNow()
+            if exitCode == nil && now - lastTick >= 0.5 {
+                lastTick = now
+                try execute(machine.onTick(now: now))
+            }
+        }
+        return exitCode!
+    }
+
+    func execute(_ directives: [WorkerMachine.Directive]) throws {
+        for d in directives where exitCode == nil {
+            switch d {
+            case .send(let m):
+                try dealer.send([Envelope(runId: machine.runId, message: m, protocolVersion: protocolVersion).encode()])
+            case .configure(let json):
+                let config = try Config.parse(json, origin: "coordinator's config")
+                computer = UnitComputer(config: config, dataset: dataset)
+            case .installWeights(let w):
+                latest = w
+            case .compute(let u):
+                try execute(machine.onComputed(try compute(u), now: monotonicNow()))
+            case .exit(let code, let reason):
+                exitReason = reason
+                exitCode = code
+            case .log(let s):
+                log(s)
+            }
+        }
+    }
+
+    func compute(_ u: WorkUnit) throws -> Message {
+        guard let computer, let w = latest, w.version == u.version else {
+            throw MetatrainError("internal: unit \(u.id) scheduled without its weights")
+        }
+        if installed != w.version { try computer.install(theta: w.theta, alpha: w.alpha); installed = w.version }
+        switch u.kind {
+        case .train:
+            let r = computer.train(episodes: u.episodes)
+            return .trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: r.gradTheta, gradAlpha: r.gradAlpha,
+                                            lossSum: r.lossSum, tasks: r.tasks))
+        case .eval:
+            let per = computer.eval(episodes: u.episodes)
+            return .evalResult(EvalResult(unitId: u.id, version: u.version, sums: per.flatMap { $0.0.sums },
+                                          queries: per.map { $0.0.queries }, lossSum: per.reduce(0.0) { $0 + Double($1.1) }))
+        }
+    }
+}

@@ -1,0 +1,305 @@
+import Configuration
+import Core
+import Data
+import Evaluation
+import Foundation
+import GRU4Rec
+import Kernels
+import MetaLearning
+import Storage
+
+/// The coordinator's training state and math, with no sockets: θ (and
+/// Meta-SGD's α), Adam, the meta-batch plan, the reduction of unit results,
+/// validation bookkeeping with early stopping, and checkpoints. Everything a
+/// run needs to continue bit-identically lives in its periodic checkpoints.
+public final class MetaTrainer {
+    public let config: Config
+    public let dataset: Dataset
+    public let run: RunDirectory
+    public let dims: ModelDims
+    public let layout: ParameterLayout
+    public let algorithm: MetaAlgorithm
+    public let theta: FloatBuffer
+    public let alpha: FloatBuffer?
+    let adam: Adam
+    let adamAlpha: Adam?
+    let sampler: MetaBatchSampler
+    /// Val episodes used for validation (eval.val_episodes; 0 = all).
+    public let valEpisodes: [Int]
+    /// Completed iterations; equals the published weights version.
+    public private(set) var iteration = 0
+    public private(set) var stoppedEarly = false
+    private var best = -Double.infinity
+    private var evalsSinceBest = 0
+    private let gradTheta: FloatBuffer
+    private let gradAlpha: FloatBuffer?
+
+    // Curves written to every checkpoint, in this order.
+    static let iterationKeys = ["iteration", "meta_loss", "grad_norm"]
+    static let evalKeys = ["eval_iteration", "val_hr@10", "val_ndcg@10", "val_mrr", "val_loss"]
+    private var history: [String: [Float]] = [:]
+
+    public init(config: Config, dataset: Dataset, run: RunDirectory, resume: Bool) throws {
+        self.config = config; self.dataset = dataset; self.run = run
+        dims = ModelDims(V: dataset.nItems, E: config.model.embeddingDim, H: config.model.hiddenDim)
+        layout = ParameterLayout(dims)
+        algorithm = MetaAlgorithm(config: config, layout: layout)
+        adam = Adam(count: layout.count)
+        let isMetaSGD = config.maml.algorithm == .metasgd
+        adamAlpha = isMetaSGD ? Adam(count: layout.count) : nil
+        gradTheta = FloatBuffer(count: layout.count)
+        gradAlpha = isMetaSGD ? FloatBuffer(count: layout.count) : nil
+        sampler = MetaBatchSampler(dataset: dataset, seed: config.seed, batchSize: config.maml.metaBatchSize)
+        guard sampler.batchSize > 0 else { throw MetatrainError("\(run.path): the dataset has no train episodes") }
+        let nVal = dataset.episodes(.val).count
+        valEpisodes = Array(0..<(config.eval.valEpisodes > 0 ? min(config.eval.valEpisodes, nVal) : nVal))
+
+        if resume, let latest = try MetaTrainer.latestCheckpoint(in: run) {
+            let ck = try CheckpointFile.read(latest, expectedFingerprint: dataset.fingerprint)
+            guard ck.configJSON == config.json else {
+                throw MetatrainError("\(latest): its configuration differs from this run's; resume with the run's config.yaml")
+            }
+            guard ck.dims == dims, let m = ck.adamM, let v = ck.adamV else {
+                throw MetatrainError("\(latest): not a resumable meta checkpoint for these model sizes")
+            }
+            theta = ck.params
+            adam.m.assign(from: m); adam.v.assign(from: v); adam.step = ck.adamStep
+            if isMetaSGD {
+                guard let a = ck.metaSGDAlpha, let am = ck.alphaAdamM, let av = ck.alphaAdamV else {
+                    throw MetatrainError("\(latest): Meta-SGD checkpoint without rates or their Adam state")
+                }
+                alpha = a
+                adamAlpha!.m.assign(from: am); adamAlpha!.v.assign(from: av); adamAlpha!.step = ck.adamStep
+            } else { alpha = nil }
+            iteration = ck.iteration
+            for (k, v) in ck.history { history[k] = v }
+            replayEarlyStopping()
+            try truncateMetrics(after: iteration)
+            run.log("resumed from \(latest) at iteration \(iteration)")
+        } else {
+            if let warm = config.warmStart.checkpoint {
+                let ck = try CheckpointFile.read(warm, expectedFingerprint: dataset.fingerprint)
+                guard ck.dims == dims else {
+                    throw MetatrainError("\(warm): warm-start checkpoint has E \(ck.dims.E), H \(ck.dims.H), V \(ck.dims.V); this config needs E \(dims.E), H \(dims.H), V \(dims.V)")
+                }
+                theta = ck.params
+            } else {
+                var rng = SeededGenerator(seed: config.seed, [Stream.modelInit])
+                theta = GRU4Rec(dims: dims).initialParameters(rng: &rng)
+            }
+            if isMetaSGD {
+                alpha = FloatBuffer(count: layout.count)
+                for i in 0..<layout.count { alpha!.ptr[i] = Float(config.maml.innerLR) }
+            } else { alpha = nil }
+            try? FileManager.default.removeItem(atPath: run.file("metrics.jsonl"))
+        }
+        try run.saveConfig(config)
+    }
+
+    public var iterations: Int { config.maml.iterations }
+    public var finished: Bool { iteration >= iterations || stoppedEarly }
+    public var metaBatchSize: Int { sampler.batchSize }
+
+    /// Parameter ranges Adam may update (everything but frozen embeddings).
+    public var trainableRanges: [Range<Int>] {
+        var out: [Range<Int>] = [], start = 0
+        for f in algorithm.frozen.sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            if f.lowerBound > start { out.append(start..<f.lowerBound) }
+            start = f.upperBound
+        }
+        if start < layout.count { out.append(start..<layout.count) }
+        return out
+    }
+
+    /// Iteration t's meta-batch in fixed chunks of `maml.chunk_size` tasks.
+    public func trainUnits(iteration t: Int) -> [[Int]] {
+        chunks(sampler.batch(iteration: t), config.maml.chunkSize)
+    }
+
+    public func evalUnits() -> [[Int]] { chunks(valEpisodes, config.maml.chunkSize) }
+
+    func chunks(_ a: [Int], _ n: Int) -> [[Int]] {
+        stride(from: 0, to: a.count, by: n).map { Array(a[$0..<min($0 + n, a.count)]) }
+    }
+
+    public func evalDue(_ t: Int) -> Bool { !valEpisodes.isEmpty && t % config.eval.every == 0 }
+    public func checkpointDue(_ t: Int) -> Bool { t % config.checkpoint.every == 0 }
+
+    /// Reduces one iteration's unit results (IN UNIT ORDER: the sums are added in
+    /// this order, so the bits do not depend on which worker computed what),
+    /// divides by the number of tasks, clips, and takes the Adam step.
+    /// Returns the mean meta-loss and the gradient norm before clipping.
+    public func applyTrain(_ units: [(gradTheta: [Float], gradAlpha: [Float], lossSum: Double, tasks: Int)],
+                           iteration t: Int) throws -> (loss: Double, gradNorm: Double) {
+        precondition(t == iteration + 1, "iteration \(t) applied after \(iteration)")
+        let n = layout.count
+        gradTheta.zero(); gradAlpha?.zero()
+        var tasks = 0, loss = 0.0
+        for u in units {
+            guard u.gradTheta.count == n, u.gradAlpha.count == (gradAlpha == nil ? 0 : n) else {
+                throw MetatrainError("unit result has \(u.gradTheta.count) gradient entries, expected \(n)")
+            }
+            u.gradTheta.withUnsafeBufferPointer { g in for i in 0..<n { gradTheta.ptr[i] += g[i] } }
+            if let ga = gradAlpha { u.gradAlpha.withUnsafeBufferPointer { g in for i in 0..<n { ga.ptr[i] += g[i] } } }
+            tasks += u.tasks; loss += u.lossSum
+        }
+        let inv = 1 / Float(tasks)
+        for i in 0..<n { gradTheta.ptr[i] *= inv }
+        if let ga = gradAlpha { for i in 0..<n { ga.ptr[i] *= inv } }
+        // Global-norm clipping over θ and α together, then Adam.
+        let sq = BLAS.sumSquares(gradTheta.ptr, n) + (gradAlpha.map { BLAS.sumSquares($0.ptr, n) } ?? 0)
+        let norm = sq.squareRoot()
+        let coef = Float(config.maml.clipNorm / (norm + 1e-6))
+        if coef < 1 {
+            for i in 0..<n { gradTheta.ptr[i] *= coef }
+            if let ga = gradAlpha { for i in 0..<n { ga.ptr[i] *= coef } }
+        }
+        let lr = Float(config.maml.outerLR), ranges = trainableRanges
+        adam.update(theta, gradTheta, lr: lr, ranges: ranges)
+        if let alpha, let ga = gradAlpha, let aa = adamAlpha {
+            aa.update(alpha, ga, lr: lr, ranges: ranges)
+            let lo = Float(config.maml.innerLRBounds.0), hi = Float(config.maml.innerLRBounds.1)
+            for i in 0..<n { alpha.ptr[i] = min(max(alpha.ptr[i], lo), hi) }
+        }
+        iteration = t
+        let meanLoss = loss / Double(tasks)
+        for (k, v) in zip(MetaTrainer.iterationKeys, [Double(t), meanLoss, norm]) { history[k, default: []].append(Float(v)) }
+        return (meanLoss, norm)
+    }
+
+    public struct Validation: Sendable { public var hr10: Double, ndcg10: Double, mrr: Double, loss: Double, improved: Bool }
+
+    /// Records a validation at the current iteration; writes best.h5 on a new
+    /// best HR@10 and stops early after `eval.patience` evaluations without one.
+    public func applyEval(_ perEpisode: [(MetricSums, Float)]) throws -> Validation {
+        let total = perEpisode.reduce(MetricSums()) { $0 + $1.0 }
+        let loss = perEpisode.isEmpty ? 0 : perEpisode.reduce(0.0) { $0 + Double($1.1) } / Double(perEpisode.count)
+        let v = Validation(hr10: total.mean(.hr10), ndcg10: total.mean(.ndcg10), mrr: total.mean(.mrr), loss: loss,
+                           improved: total.mean(.hr10) > best)
+        for (k, x) in zip(MetaTrainer.evalKeys, [Double(iteration), v.hr10, v.ndcg10, v.mrr, v.loss]) { history[k, default: []].append(Float(x)) }
+        replayEarlyStopping()
+        if v.improved { try CheckpointFile.write(checkpoint(), to: run.file("best.h5")) }
+        return v
+    }
+
+    /// Best HR@10 and evaluations since it, recomputed from the history (so a resumed run agrees).
+    func replayEarlyStopping() {
+        best = -Double.infinity; evalsSinceBest = 0
+        for x in history["val_hr@10"] ?? [] {
+            if Double(x) > best { best = Double(x); evalsSinceBest = 0 } else { evalsSinceBest += 1 }
+        }
+        stoppedEarly = evalsSinceBest >= config.eval.patience
+    }
+
+    public var bestHR10: Double? { best.isFinite ? best : nil }
+
+    func checkpoint() -> Checkpoint {
+        var c = Checkpoint(dims: dims, params: theta, adamM: adam.m, adamV: adam.v, metaSGDAlpha: alpha,
+                           history: (MetaTrainer.iterationKeys + MetaTrainer.evalKeys).map { ($0, history[$0] ?? []) },
+                           iteration: iteration, adamStep: adam.step, seed: config.seed, configJSON: config.json,
+                           datasetFingerprint: dataset.fingerprint, kind: .meta, algorithm: config.maml.algorithm.rawValue)
+        c.alphaAdamM = adamAlpha?.m; c.alphaAdamV = adamAlpha?.v
+        return c
+    }
+
+    /// checkpoints/iter-NNNNNN.h5 (atomic), keeping the newest `checkpoint.keep`.
+    public func writePeriodicCheckpoint() throws {
+        let dir = run.file("checkpoints")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try CheckpointFile.write(checkpoint(), to: dir + "/" + String(format: "iter-%06d.h5", iteration))
+        let all = try MetaTrainer.periodicCheckpoints(in: run)
+        for old in all.dropLast(config.checkpoint.keep) { try? FileManager.default.removeItem(atPath: old) }
+    }
+
+    public func writeFinal() throws { try CheckpointFile.write(checkpoint(), to: run.file("final.h5")) }
+
+    static func periodicCheckpoints(in run: RunDirectory) throws -> [String] {
+        let dir = run.file("checkpoints")
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return [] }
+        return names.filter { $0.hasPrefix("iter-") && $0.hasSuffix(".h5") }.sorted().map { dir + "/" + $0 }
+    }
+
+    public static func latestCheckpoint(in run: RunDirectory) throws -> String? { try periodicCheckpoints(in: run).last }
+
+    /// Drops metrics.jsonl lines logged after `t` (written before a crash, recomputed now).
+    func truncateMetrics(after t: Int) throws {
+        let p = run.file("metrics.jsonl")
+        guard let text = try? String(contentsOfFile: p, encoding: .utf8) else { return }
+        let keep = text.split(separator: "\n").filter { line in
+            guard let j = try? JSON.parse(String(line)), let it = j["iteration"]?.double else { return false }
+            return Int(it) <= t
+        }
+        try writeFileAtomically(p, contents: keep.map { $0 + "\n" }.joined())
+    }
+
+    /// The policy workers use for validation's few-shot adaptation.
+    public static func fewShotPolicy(config c: Config, layout: ParameterLayout, alpha: FloatBuffer?) -> FewShotPolicy {
+        let a = MetaAlgorithm(config: c, layout: layout)
+        return FewShotPolicy(steps: c.maml.innerSteps, innerLR: Float(c.maml.innerLR),
+                             rates: c.maml.algorithm == .metasgd ? alpha : nil,
+                             weighting: SupportWeighting(c.weighting), frozen: a.frozen)
+    }
+}
+
+/// What a worker computes for one unit, on the weights it holds.
+public final class UnitComputer {
+    public let config: Config
+    public let dataset: Dataset
+    public let dims: ModelDims
+    public let layout: ParameterLayout
+    let learner: MetaLearner
+    let algorithm: MetaAlgorithm
+    let weighting: SupportWeighting
+    let evaluator: Evaluator
+    public let theta: FloatBuffer
+    public let alpha: FloatBuffer?
+    let gradTheta: FloatBuffer
+    let gradAlpha: FloatBuffer?
+    var task = MetaTask(support: PackedBatch(), query: PackedBatch())
+
+    public init(config: Config, dataset: Dataset) {
+        self.config = config; self.dataset = dataset
+        dims = ModelDims(V: dataset.nItems, E: config.model.embeddingDim, H: config.model.hiddenDim)
+        layout = ParameterLayout(dims)
+        let model = GRU4Rec(dims: dims)
+        learner = MetaLearner(model: model)
+        algorithm = MetaAlgorithm(config: config, layout: layout)
+        weighting = SupportWeighting(config.weighting)
+        evaluator = Evaluator(dataset: dataset, split: .val, limit: 1)
+        theta = FloatBuffer(count: layout.count)
+        let metasgd = config.maml.algorithm == .metasgd
+        alpha = metasgd ? FloatBuffer(count: layout.count) : nil
+        gradTheta = FloatBuffer(count: layout.count)
+        gradAlpha = metasgd ? FloatBuffer(count: layout.count) : nil
+    }
+
+    /// Copies published weights in; throws if their size does not match this run's model.
+    public func install(theta t: [Float], alpha a: [Float]) throws {
+        guard t.count == layout.count, a.count == (alpha == nil ? 0 : layout.count) else {
+            throw MetatrainError("weights of \(t.count)+\(a.count) floats do not fit this model (\(layout.count) parameters)")
+        }
+        t.withUnsafeBufferPointer { theta.ptr.update(from: $0.baseAddress!, count: t.count) }
+        if let alpha { a.withUnsafeBufferPointer { alpha.ptr.update(from: $0.baseAddress!, count: a.count) } }
+    }
+
+    /// Σ over the unit's train episodes (in order) of task gradients and meta-losses.
+    public func train(episodes: [Int]) -> (gradTheta: [Float], gradAlpha: [Float], lossSum: Double, tasks: Int) {
+        gradTheta.zero(); gradAlpha?.zero()
+        let ep = dataset.episodes(.train)
+        var loss = 0.0
+        for e in episodes {
+            let s = ep.supportPairs(e)
+            task.support.pack(pairs: s, of: dataset, weights: weighting.weights(s, in: dataset))
+            task.query.pack(pairs: ep.queryPairs(e), of: dataset)
+            loss += Double(learner.accumulate(theta: theta, alpha: alpha, task: task, algorithm: algorithm,
+                                              gradTheta: gradTheta, gradAlpha: gradAlpha))
+        }
+        return (gradTheta.array, gradAlpha?.array ?? [], loss, episodes.count)
+    }
+
+    /// Per val episode: metric sums and adapted query loss.
+    public func eval(episodes: [Int]) -> [(MetricSums, Float)] {
+        evaluator.fewShot(theta, dims: dims, policy: MetaTrainer.fewShotPolicy(config: config, layout: layout, alpha: alpha),
+                          episodes: episodes)
+    }
+}

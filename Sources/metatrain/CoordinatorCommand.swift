@@ -1,0 +1,103 @@
+import ArgumentParser
+import Configuration
+import Core
+import Foundation
+import Kernels
+import Runtime
+import Storage
+import Training
+
+/// Options shared by `coordinator` and `train`.
+struct MetaRunOptions: ParsableArguments {
+    @Option(help: "Dataset file written by prepare.") var data: String
+    @Option(help: "Run directory for config.yaml, metrics.jsonl, checkpoints and logs.") var runDir: String
+    @Flag(help: "Continue from the newest checkpoint in the run directory.") var resume = false
+    @Option(help: "Seconds of silence after which a worker is dropped and its work re-queued.") var workerTimeout = 60.0
+    @OptionGroup var config: ConfigOptions
+
+    /// The config to run with: on --resume, the run's own config.yaml (plus any --set).
+    func loadConfig() throws -> Config {
+        if resume, config.config == nil, FileManager.default.fileExists(atPath: runDir + "/config.yaml") {
+            return try Config.load(path: runDir + "/config.yaml", overrides: config.overrides + (config.seed.map { ["seed=\($0)"] } ?? []))
+        }
+        return try config.load()
+    }
+
+    func makeShell(endpoint: String, stop: StopFlag, progress: ConsoleProgress) throws -> CoordinatorShell {
+        BLAS.useSingleThread()
+        let cfg = try loadConfig()
+        let dataset = try DatasetFile.read(data)
+        let run = try RunDirectory(runDir, logName: "coordinator.log")
+        if !resume, try MetaTrainer.latestCheckpoint(in: run) != nil {
+            throw MetatrainError("\(runDir) already holds checkpoints; pass --resume to continue it or choose another --run-dir")
+        }
+        let trainer = try MetaTrainer(config: cfg, dataset: dataset, run: run, resume: resume)
+        let shell = CoordinatorShell(trainer: trainer, endpoint: endpoint, stop: stop, progress: progress)
+        shell.workerTimeout = workerTimeout
+        return shell
+    }
+}
+
+struct CoordinatorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coordinator",
+        abstract: "Runs the meta-training coordinator and waits for workers to connect.",
+        discussion: """
+        Binds a ROUTER socket at --bind for work and a PUB socket at the next port
+        for weight broadcasts. Start workers on any machine with
+        `metatrain worker --connect tcp://HOST:PORT --data DATASET`.
+        Example:
+          metatrain coordinator --data data/dataset.h5 --config configs/fomaml.yaml \\
+              --run-dir runs/fomaml --bind tcp://*:5555
+        """)
+
+    @OptionGroup var options: MetaRunOptions
+    @Option(help: "Endpoint to bind (tcp://*:PORT or ipc://PATH; PORT+1 carries weights).") var bind = "tcp://*:5555"
+
+    func run() throws {
+        let stop = StopFlag()
+        stop.installSignalHandlers()
+        let shell = try options.makeShell(endpoint: bind, stop: stop, progress: ConsoleProgress())
+        let code = try shell.run()
+        if code != 0 { Foundation.exit(code) }
+    }
+}
+
+struct WorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Runs one meta-training worker that connects to a coordinator.",
+        discussion: """
+        The worker opens the dataset itself (its fingerprint must match the
+        coordinator's), runs inner loops on the units it is sent and returns
+        their gradients. Run one per core.
+        Example:
+          metatrain worker --connect tcp://coordinator-host:5555 --data data/dataset.h5
+        """)
+
+    @Option(help: "Coordinator endpoint (tcp://HOST:PORT or ipc://PATH).") var connect: String
+    @Option(help: "Dataset file; must be the coordinator's (same fingerprint).") var data: String
+    @Option(help: "Name shown in the coordinator's log (default HOST:PID).") var name: String?
+    @Option(help: "Seconds without word from the coordinator before giving up.") var coordinatorTimeout = 120.0
+    @Option(help: ArgumentHelp("Protocol version to speak (testing only).", visibility: .hidden)) var protocolVersion: UInt16?
+    @Flag(help: "Log every protocol event.") var verbose = false
+
+    func run() throws {
+        let stop = StopFlag()
+        stop.installSignalHandlers()
+        let host = ProcessInfo.processInfo.hostName
+        let label = name ?? "\(host):\(getpid())"
+        let verbose = verbose
+        let shell = WorkerShell(endpoint: connect, dataPath: data, name: label,
+                                protocolVersion: protocolVersion ?? 1, stop: stop,
+                                log: { line in if verbose { FileHandle.standardError.write(Data("worker \(label): \(line)\n".utf8)) } })
+        shell.coordinatorTimeout = coordinatorTimeout
+        let code = try shell.run()
+        if code == 0 || code == 130 {
+            if verbose { FileHandle.standardError.write(Data("worker \(label): \(shell.exitReason)\n".utf8)) }
+            if code != 0 { Foundation.exit(code) }
+        } else {
+            throw MetatrainError("worker \(label): \(shell.exitReason)")
+        }
+    }
+}
