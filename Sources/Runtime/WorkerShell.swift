@@ -20,6 +20,8 @@ public final class WorkerShell {
     let stop: StopFlag
     let log: (String) -> Void
     public var coordinatorTimeout = 120.0
+    /// Exit when this process is no longer our parent (workers started by `train`).
+    public var exitWithParent: pid_t?
 
     private var dealer: ZMQSocket!
     private var sub: ZMQSocket!
@@ -68,6 +70,10 @@ public final class WorkerShell {
             let now = monotonicNow()
             if exitCode == nil && now - lastTick >= 0.5 {
                 lastTick = now
+                if let parent = exitWithParent, getppid() != parent {
+                    exitReason = "parent process \(parent) exited"
+                    return 1
+                }
                 try execute(machine.onTick(now: now))
             }
         }

@@ -80,6 +80,7 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Name shown in the coordinator's log (default HOST:PID).") var name: String?
     @Option(help: "Seconds without word from the coordinator before giving up.") var coordinatorTimeout = 120.0
     @Option(help: ArgumentHelp("Protocol version to speak (testing only).", visibility: .hidden)) var protocolVersion: UInt16?
+    @Option(help: ArgumentHelp("Exit when this parent process exits (set by train).", visibility: .hidden)) var exitWithParent: Int32?
     @Flag(help: "Log every protocol event.") var verbose = false
 
     func run() throws {
@@ -92,6 +93,7 @@ struct WorkerCommand: ParsableCommand {
                                 protocolVersion: protocolVersion ?? 1, stop: stop,
                                 log: { line in if verbose { FileHandle.standardError.write(Data("worker \(label): \(line)\n".utf8)) } })
         shell.coordinatorTimeout = coordinatorTimeout
+        shell.exitWithParent = exitWithParent
         let code = try shell.run()
         if code == 0 || code == 130 {
             if verbose { FileHandle.standardError.write(Data("worker \(label): \(shell.exitReason)\n".utf8)) }

@@ -33,7 +33,8 @@ struct TrainCommand: ParsableCommand {
             for i in 0..<n {
                 let p = Process()
                 p.executableURL = exe
-                p.arguments = ["worker", "--connect", endpoint, "--data", data, "--name", "local-\(i + 1)"]
+                p.arguments = ["worker", "--connect", endpoint, "--data", data, "--name", "local-\(i + 1)",
+                               "--exit-with-parent", "\(getpid())"]
                 do { try p.run(); children.append(p) } catch {
                     FileHandle.standardError.write(Data("could not start worker \(i + 1): \(error)\n".utf8))
                 }

@@ -1,0 +1,155 @@
+import Foundation
+import XCTest
+
+/// Meta-training over real ZeroMQ sockets between real processes.
+final class DistributedTests: XCTestCase {
+    static let dir = freshDir("dist")
+    static let data = dir + "/data.h5"
+    nonisolated(unsafe) static var prepared = false
+    /// Small but real: 8 tasks per iteration in chunks of 2, validation and checkpoints on the way.
+    let small = ["--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12", "--set", "maml.meta_batch_size=8",
+                 "--set", "maml.chunk_size=2", "--set", "maml.inner_steps=2", "--set", "maml.inner_lr=0.1",
+                 "--set", "maml.outer_lr=0.01", "--set", "eval.every=5", "--set", "eval.val_episodes=8",
+                 "--set", "checkpoint.every=4", "--set", "checkpoint.keep=2"]
+
+    override func setUpWithError() throws {
+        if DistributedTests.prepared { return }
+        var r = try metatrain(["synth", "--out", DistributedTests.dir + "/e.csv", "--users", "100", "--courses", "20", "--seed", "3"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        r = try metatrain(["prepare", "--events", DistributedTests.dir + "/e.csv", "--out", DistributedTests.data])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        DistributedTests.prepared = true
+    }
+
+    func bytes(_ p: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: p)) }
+
+    func testWeightsAreBitIdenticalForOneTwoAndThreeWorkers() throws {
+        var finals: [Data] = []
+        for n in [1, 2, 3] {
+            let run = DistributedTests.dir + "/w\(n)"
+            let r = try metatrain(["train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "\(n)",
+                                   "--set", "maml.iterations=12"] + small)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(r.stderr.contains("finished 12 iterations"), r.stderr)
+            finals.append(try bytes(run + "/final.h5"))
+            let metrics = try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+            XCTAssertEqual(metrics.count, 12)
+            XCTAssertTrue(metrics[4].contains("val_hr@10"), String(metrics[4]))
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints").sorted(),
+                           ["iter-000008.h5", "iter-000012.h5"])
+            XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/best.h5"))
+        }
+        XCTAssertEqual(finals[0], finals[1], "1 vs 2 workers")
+        XCTAssertEqual(finals[0], finals[2], "1 vs 3 workers")
+    }
+
+    func testResumeAfterSIGKILLEndsBitIdentical() throws {
+        let args = ["--data", DistributedTests.data, "--workers", "2", "--set", "maml.iterations=300"] + small
+        let whole = DistributedTests.dir + "/whole"
+        let r = try metatrain(["train", "--run-dir", whole] + args)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        // Same run, killed (coordinator and workers, SIGKILL) once a few checkpoints exist.
+        let killed = DistributedTests.dir + "/killed"
+        let p = try startDetached(["train", "--run-dir", killed] + args)
+        let deadline = Date().addingTimeInterval(120)
+        while ((try? FileManager.default.contentsOfDirectory(atPath: killed + "/checkpoints")) ?? []).isEmpty && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.005)
+        }
+        Thread.sleep(forTimeInterval: Double.random(in: 0...0.05))   // anywhere: mid-iteration, mid-eval, mid-write
+        p.killGroup()   // SIGKILL the train process (the coordinator)
+        p.wait()
+        // Its workers notice their parent is gone and exit on their own.
+        let gone = Date().addingTimeInterval(10)
+        while workerProcesses(connectedTo: killed).count > 0 && Date() < gone { Thread.sleep(forTimeInterval: 0.1) }
+        XCTAssertEqual(workerProcesses(connectedTo: killed), [], "orphaned workers")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: killed + "/final.h5"), "killed before the end")
+        let resumed = try metatrain(["train", "--run-dir", killed, "--resume"] + args)
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertTrue(try String(contentsOfFile: killed + "/coordinator.log", encoding: .utf8).contains("resumed from"))
+        XCTAssertEqual(try bytes(killed + "/final.h5"), try bytes(whole + "/final.h5"))
+        let lines = try String(contentsOfFile: killed + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        let wholeLines = try String(contentsOfFile: whole + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, wholeLines.count, "metrics.jsonl holds each iteration once")
+        XCTAssertEqual(lines.last.map { $0.prefix(60) }, wholeLines.last.map { $0.prefix(60) })
+        // A second start without --resume refuses to overwrite the run.
+        let again = try metatrain(["train", "--run-dir", killed] + args)
+        XCTAssertNotEqual(again.status, 0)
+        XCTAssertTrue(again.stderr.contains("--resume"), again.stderr)
+    }
+
+    func testMismatchedDatasetAndProtocolAreRefusedOnBothSides() throws {
+        let run = DistributedTests.dir + "/refuse"
+        let coord = try startDetached(["coordinator", "--data", DistributedTests.data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
+                                       "--set", "maml.iterations=5"] + small)
+        defer { coord.killGroup(); coord.wait() }
+        let endpoint = try waitForEndpoint(run + "/coordinator.log")
+        // Another dataset: fingerprint mismatch.
+        var r = try metatrain(["synth", "--out", DistributedTests.dir + "/o.csv", "--users", "50", "--courses", "20", "--seed", "4"])
+        r = try metatrain(["prepare", "--events", DistributedTests.dir + "/o.csv", "--out", DistributedTests.dir + "/o.h5"])
+        r = try metatrain(["worker", "--connect", endpoint, "--data", DistributedTests.dir + "/o.h5"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.hasPrefix("error: ") && r.stderr.contains("dataset fingerprint mismatch"), r.stderr)
+        // Another protocol version.
+        r = try metatrain(["worker", "--connect", endpoint, "--data", DistributedTests.data, "--protocol-version", "99"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("protocol version mismatch: worker speaks 99, coordinator speaks 1"), r.stderr)
+        let log = try String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)
+        XCTAssertTrue(log.contains("refused worker") && log.contains("dataset fingerprint"), log)
+        XCTAssertTrue(log.contains("speaks protocol version 99"), log)
+        // Garbage on the socket is logged and dropped; the coordinator keeps running and a good worker still trains.
+        r = try metatrain(["worker", "--connect", endpoint, "--data", DistributedTests.data])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/final.h5"))
+    }
+}
+
+/// A `metatrain` process started as the leader of its own process group, so a
+/// test can SIGKILL it together with the workers it started.
+struct GroupProcess {
+    let pid: pid_t
+    func killGroup() { kill(-pid, SIGKILL) }
+    func wait() { var status: Int32 = 0; waitpid(pid, &status, 0) }
+}
+
+func startDetached(_ args: [String]) throws -> GroupProcess {
+    var attr = posix_spawnattr_t()
+    posix_spawnattr_init(&attr)
+    defer { posix_spawnattr_destroy(&attr) }
+    posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETPGROUP))
+    posix_spawnattr_setpgroup(&attr, 0)
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+    let argv = ([metatrainPath()] + args).map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    var pid: pid_t = 0
+    let rc = posix_spawn(&pid, metatrainPath(), &actions, &attr, argv, environ)
+    guard rc == 0 else { throw NSError(domain: "posix_spawn failed", code: Int(rc)) }
+    return GroupProcess(pid: pid)
+}
+
+/// The coordinator's endpoint, read from its log once it is listening.
+func waitForEndpoint(_ log: String) throws -> String {
+    let deadline = Date().addingTimeInterval(60)
+    while Date() < deadline {
+        if let text = try? String(contentsOfFile: log, encoding: .utf8), let r = text.range(of: "listening on ") {
+            let rest = text[r.upperBound...]
+            return String(rest.prefix { $0 != " " && $0 != "\n" })
+        }
+        Thread.sleep(forTimeInterval: 0.05)
+    }
+    throw NSError(domain: "coordinator did not start", code: 1)
+}
+
+/// Pids of `metatrain worker` processes whose command line mentions `needle`.
+func workerProcesses(connectedTo needle: String) -> [Int] {
+    let dataPath = needle.components(separatedBy: "/").dropLast().joined(separator: "/")
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+    return entries.compactMap { Int($0) }.filter { pid in
+        guard let raw = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return false }
+        let cmd = String(decoding: raw.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
+        return cmd.contains(" worker ") && cmd.contains(dataPath + "/data.h5")
+    }
+}
