@@ -5,13 +5,13 @@ import Foundation
 ///
 /// - **Groups.** Users belong to one of `groups` groups. Each group has its own
 ///   course-transition table: from course c, the next course is one of three
-///   group-specific successors (probabilities 0.6 / 0.25 / 0.15). A cold-start
-///   user's first transitions reveal the group, which is what meta-learning
-///   exploits.
-/// - **Drift.** A `driftFraction` of users switch to a second group's table
-///   part-way through their history (between their 3rd and 9th visit), so
+///   group-specific successors (probabilities 0.6 / 0.25 / 0.15), drawn from a
+///   group-specific pool of courses. A cold-start user's first transitions
+///   reveal the group, which is what meta-learning exploits.
+/// - **Drift.** A `driftFraction` of users switch to their partner group's
+///   table (same courses, different order) part-way through their history, so
 ///   their most recent transitions predict the future better than their oldest
-///   ones: recency weighting helps.
+///   ones: recency weighting helps. (`driftAfter` sets the window.)
 /// - **Noisy sessions.** With probability `noiseRate` a visit is a short,
 ///   low-reliability session (1–2 events within a minute, one action kind) on a
 ///   uniformly random course that does not follow the transition table (and
@@ -23,6 +23,10 @@ public struct SynthOptions: Sendable {
     public var users = 3000, courses = 400, groups = 8
     public var minVisits = 16, maxVisits = 45
     public var driftFraction = 0.5, noiseRate = 0.2
+    /// Fraction of the courses in each group's pool (at least 5 courses).
+    public var poolFraction = 0.4
+    /// Drift happens after this many reliable visits, drawn uniformly from the range.
+    public var driftAfter = 3...9
     public var seed: UInt64 = 20_260_107
     public init() {}
 }
@@ -50,19 +54,41 @@ public enum Synth {
         return summary
     }
 
-    /// The group tables (successors[group][course] = 3 courses), from the seed alone.
+    /// The group tables (successors[group][course] = 3 courses), from the seed
+    /// alone. Groups come in partner pairs (0,1), (2,3), …: partners draw their
+    /// successors from the same pool of `poolFraction` of the courses but in a
+    /// different order. A learner's next courses concentrate on its pool, and
+    /// which order it follows is what a few support pairs reveal and a short
+    /// prefix does not.
     public static func successors(_ o: SynthOptions) -> [[[Int]]] {
         var g = SeededGenerator(seed: o.seed, [Stream.synth, 1])
-        return (0..<o.groups).map { _ in
+        let poolSize = min(o.courses, max(5, Int(Double(o.courses) * o.poolFraction)))
+        var pools: [[Int]] = []
+        for group in 0..<o.groups {
+            if group % 2 == 1 { pools.append(pools[group - 1]); continue }   // partners share a pool
+            var all = Array(0..<o.courses)
+            g.shuffle(&all)
+            pools.append(Array(all.prefix(poolSize)))
+        }
+        return pools.map { pool in
             (0..<o.courses).map { c in
                 var s: [Int] = []
                 while s.count < 3 {
-                    let x = g.below(o.courses)
+                    let x = pool[g.below(pool.count)]
                     if x != c && !s.contains(x) { s.append(x) }
                 }
                 return s
             }
         }
+    }
+
+    /// The group a drifting learner moves to: its partner (same courses, other order) when there is one.
+    static func driftTarget(_ group: Int, _ o: SynthOptions, _ g: inout SeededGenerator) -> Int {
+        let partner = group ^ 1
+        if partner < o.groups { return partner }
+        var other = group
+        while other == group { other = g.below(o.groups) }
+        return other
     }
 
     public static func generate(_ o: SynthOptions) -> (Data, SynthSummary) {
@@ -82,8 +108,8 @@ public enum Synth {
             let group1 = g.below(o.groups)
             var group2 = group1
             let drifts = o.groups > 1 && g.uniformDouble() < o.driftFraction
-            if drifts { while group2 == group1 { group2 = g.below(o.groups) } ; summary.driftUsers += 1 }
-            let driftAt = 3 + g.below(7)
+            if drifts { group2 = driftTarget(group1, o, &g); summary.driftUsers += 1 }
+            let driftAt = o.driftAfter.lowerBound + g.below(o.driftAfter.count)
             let nVisits = o.minVisits + g.below(o.maxVisits - o.minVisits + 1)
             var t = t0 + Int64(g.below(365 * 86400))
             var course = g.below(o.courses)      // position in the transition table

@@ -25,6 +25,17 @@ public struct FewShotPolicy: Sendable {
     }
 }
 
+extension FewShotPolicy {
+    /// The adaptation a meta-trained model was trained with: its inner loop's
+    /// steps, rate (or Meta-SGD's learned rates), weighting and frozen embeddings.
+    public init(metaConfig c: Config, layout: ParameterLayout, rates: FloatBuffer?) {
+        let a = MetaAlgorithm(config: c, layout: layout)
+        self.init(steps: c.maml.innerSteps, innerLR: Float(c.maml.innerLR),
+                  rates: c.maml.algorithm == .metasgd ? rates : nil,
+                  weighting: SupportWeighting(c.weighting), frozen: a.frozen)
+    }
+}
+
 /// Scores the query pairs of a split's episodes, per episode.
 public final class Evaluator {
     public let dataset: Dataset

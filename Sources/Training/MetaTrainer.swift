@@ -234,10 +234,7 @@ public final class MetaTrainer {
 
     /// The policy workers use for validation's few-shot adaptation.
     public static func fewShotPolicy(config c: Config, layout: ParameterLayout, alpha: FloatBuffer?) -> FewShotPolicy {
-        let a = MetaAlgorithm(config: c, layout: layout)
-        return FewShotPolicy(steps: c.maml.innerSteps, innerLR: Float(c.maml.innerLR),
-                             rates: c.maml.algorithm == .metasgd ? alpha : nil,
-                             weighting: SupportWeighting(c.weighting), frozen: a.frozen)
+        FewShotPolicy(metaConfig: c, layout: layout, rates: alpha)
     }
 }
 

@@ -12,9 +12,11 @@ struct EvaluateCommand: ParsableCommand {
         commandName: "evaluate",
         abstract: "Reports zero-shot and few-shot ranking metrics with bootstrap intervals.",
         discussion: """
-        Methods: a popularity baseline and each --checkpoint. Few-shot fine-tunes a
-        copy on each episode's support set (maml.inner_lr, maml.inner_steps, the
-        configured weighting). Writes report.json and prints a Markdown table.
+        Methods: a popularity baseline and each --checkpoint. Few-shot adapts a copy
+        on each episode's support set: meta checkpoints with the inner loop they
+        were trained with (algorithm, learned rates, weighting), pretrained ones
+        with plain steps (maml.inner_lr, maml.inner_steps, the configured
+        weighting). Writes report.json and prints a Markdown table.
         Example:
           metatrain evaluate --data data/dataset.h5 --checkpoint runs/gru4rec/best.h5 \\
               --split test --shots 1,3,5 --steps 1,3,5,10 --out runs/report.json
@@ -59,8 +61,13 @@ struct EvaluateCommand: ParsableCommand {
             while used.contains(name) { name = (ck.kind == .pretrain ? "gru4rec" : ck.algorithm) + "-\(k)"; k += 1 }
             used.insert(name)
             FileHandle.standardError.write(Data("evaluating \(name) (\(path)) on \(evaluator.episodes.count) \(kind.name) episodes\n".utf8))
+            // A meta checkpoint adapts as it was trained (its algorithm, rates and
+            // weighting); a pretrained one fine-tunes with this command's config.
             var p = policy
-            if let alpha = ck.metaSGDAlpha { p.rates = alpha }
+            if ck.kind == .meta {
+                let trained = try Config.parse(ck.configJSON, origin: "\(path) (stored config)")
+                p = FewShotPolicy(metaConfig: trained, layout: ck.layout, rates: ck.metaSGDAlpha)
+            }
             let zero = MethodResult(evaluator.zeroShot(ck.params, dims: ck.dims))
             let few = MethodResult(evaluator.fewShot(ck.params, dims: ck.dims, policy: p))
             methods.append(MethodReport(name: name, checkpoint: path, zeroShot: zero, fewShot: few))
