@@ -31,6 +31,11 @@ public final class CoordinatorShell {
     private var pendingLine: [(String, JSON)] = []
     private var started = 0.0, startIteration = 0
     private var lastHR10: Double?
+    /// Monotonic time at which each iteration's weights were published (for bench).
+    public private(set) var iterationEnds: [Double] = []
+    /// Seconds the coordinator itself spent per iteration on reduce, Adam and broadcast (for bench).
+    public private(set) var coordinatorSeconds: [Double] = []
+    private var plainEvery = 1
 
     public init(trainer: MetaTrainer, endpoint: String, stop: StopFlag, progress: ProgressSink?) {
         self.trainer = trainer; self.requestedEndpoint = endpoint; self.stop = stop; self.progress = progress
@@ -76,6 +81,7 @@ public final class CoordinatorShell {
         onBound?(boundEndpoint)
         next = trainer.finished ? .finish : .train(trainer.iteration + 1)
         started = monotonicNow(); startIteration = trainer.iteration
+        plainEvery = max(1, trainer.iterations / 20)
         var lastTick = monotonicNow(), lastWait = monotonicNow()
         while true {
             if stop.isSet {
@@ -158,17 +164,22 @@ public final class CoordinatorShell {
                 return (t.gradTheta, t.gradAlpha, t.lossSum, t.tasks)
             }
             let t = trainer.iteration + 1
+            let c0 = monotonicNow()
             let (loss, norm) = try trainer.applyTrain(units, iteration: t)
             machine.onPublished(version: trainer.iteration)
             publishWeights()
+            let c1 = monotonicNow()
+            coordinatorSeconds.append(c1 - c0)
+            iterationEnds.append(c1)
             let elapsed = monotonicNow() - started
             let rate = Double(t - startIteration) / max(elapsed, 1e-9)
             pendingLine = [("iteration", .int(t)), ("meta_loss", .number(loss)), ("grad_norm", .number(norm)),
                            ("workers", .int(machine.liveWorkers)), ("iter_per_s", .number(rate))]
             let eta = Double(trainer.iterations - t) / max(rate, 1e-9)
-            progress?.update(String(format: "iter %d/%d  %.2f it/s  ETA %@  meta-loss %.4f  val HR@10 %@  workers %d",
-                                    t, trainer.iterations, rate, formatDuration(eta), loss,
-                                    lastHR10.map { String(format: "%.4f", $0) } ?? "-", machine.liveWorkers))
+            let line = String(format: "iter %d/%d  %.2f it/s  ETA %@  meta-loss %.4f  val HR@10 %@  workers %d",
+                              t, trainer.iterations, rate, formatDuration(eta), loss,
+                              lastHR10.map { String(format: "%.4f", $0) } ?? "-", machine.liveWorkers)
+            if progress?.isTerminal == true { progress?.update(line) } else if t % plainEvery == 0 { say(line) }
             if trainer.evalDue(t) { next = .eval(t); return }
             try finishIteration(t)
         case .eval:

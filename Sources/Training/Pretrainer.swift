@@ -10,6 +10,8 @@ import Storage
 
 /// Reports progress: a live line on a terminal, plain lines otherwise.
 public protocol ProgressSink: AnyObject {
+    /// Whether transient updates are shown (a terminal); otherwise callers log plain lines.
+    var isTerminal: Bool { get }
     func update(_ line: String)   // transient (terminal only)
     func log(_ line: String)      // permanent
 }

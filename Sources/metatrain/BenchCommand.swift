@@ -13,14 +13,16 @@ struct BenchCommand: ParsableCommand {
         discussion: """
         Prints the single-thread sgemm rate on large matrices, the model's
         forward+backward GFLOP/s on a batch of 32 prefixes (lengths 1..50) and on
-        a support set of 5 (lengths 1..5) as fractions of it, and prepare's
-        events per second. Figures, not tests.
+        a support set of 5 (lengths 1..5) as fractions of it, prepare's events
+        per second, and FOMAML meta-iterations per second with 1 and 2 local
+        workers plus the coordinator's own time per iteration. Figures, not tests.
         Example:
           swift build -c release && .build/release/metatrain bench
         """)
 
     @Option(help: "Seconds to spend on each measurement (best of 5 blocks).") var seconds = 3.0
-    @Option(help: "Synthetic users for the prepare measurement.") var users = 3000
+    @Option(help: "Synthetic users for the prepare and meta-iteration measurements.") var users = 3000
+    @Option(help: "Meta-iterations to time per worker count (0 skips the distributed measurement).") var metaIterations = 40
 
     /// Seconds per call: the best of 5 timed blocks of `seconds`/5 each, so a
     /// neighbour stealing the CPU for a moment does not count against us.
@@ -78,5 +80,57 @@ struct BenchCommand: ParsableCommand {
         _ = try Prepare.run(csvPath: dir + "/events.csv", config: Config.defaults())
         let secs = Date().timeIntervalSince(start)
         print(String(format: "prepare: %d events in %.2fs = %.0f events/s", s.events, secs, Double(s.events) / secs))
+
+        // (d) distributed FOMAML at the default sizes (B 32, K 5, Q 10, 5 inner steps, E 64, H 128, V 1,519).
+        guard metaIterations > 0 else { return }
+        var m = SynthOptions(); m.users = users; m.courses = 1518
+        _ = try Synth.write(to: dir + "/meta.csv", options: m)
+        let (dataset, _) = try Prepare.run(csvPath: dir + "/meta.csv", config: Config.defaults())
+        try DatasetFile.write(dataset, to: dir + "/meta.h5")
+        var perIteration: [Int: Double] = [:]
+        for w in [1, 2] {
+            let (per, coord) = try metaIterations(data: dir + "/meta.h5", dataset: dataset, workers: w,
+                                                  iterations: metaIterations, dir: dir)
+            perIteration[w] = per
+            print(String(format: "FOMAML, %d worker%@: %.3f s per meta-iteration (%.2f it/s); coordinator %.1f ms = %.1f%% of the iteration",
+                         w, w == 1 ? "" : "s", per, 1 / per, coord * 1000, 100 * coord / per))
+        }
+        print(String(format: "2 workers vs 1: %.2fx (target ≥ 1.85x); 2-worker target ≤ 0.15 s", perIteration[1]! / perIteration[2]!))
+    }
+}
+
+import Runtime
+import Storage
+import Training
+
+extension BenchCommand {
+    /// Meta-iterations per second at the default sizes with `workers` local worker
+    /// processes, and the coordinator's own share of each iteration.
+    func metaIterations(data: String, dataset: Dataset, workers: Int, iterations: Int, dir: String) throws -> (perIteration: Double, coordinator: Double) {
+        let config = try Config.load(path: nil, overrides: ["maml.iterations=\(iterations)", "eval.every=1000000",
+                                                            "checkpoint.every=1000000"])
+        let run = try RunDirectory(dir + "/run-\(workers)", logName: "coordinator.log")
+        let trainer = try MetaTrainer(config: config, dataset: dataset, run: run, resume: false)
+        let stop = StopFlag()
+        let shell = CoordinatorShell(trainer: trainer, endpoint: "tcp://127.0.0.1:0", stop: stop, progress: nil)
+        var children: [Process] = []
+        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        shell.onBound = { endpoint in
+            for i in 0..<workers {
+                let p = Process()
+                p.executableURL = exe
+                p.arguments = ["worker", "--connect", endpoint, "--data", data, "--name", "bench-\(i)", "--exit-with-parent", "\(getpid())"]
+                try? p.run()
+                children.append(p)
+            }
+        }
+        _ = try shell.run()
+        for c in children { c.waitUntilExit() }
+        // Skip the first iterations (process start, first weight fetch).
+        let warm = min(5, iterations / 4)
+        let ends = shell.iterationEnds
+        let per = (ends.last! - ends[warm]) / Double(ends.count - 1 - warm)
+        let coord = shell.coordinatorSeconds[(warm + 1)...].reduce(0, +) / Double(ends.count - 1 - warm)
+        return (per, coord)
     }
 }
