@@ -86,7 +86,13 @@ public final class CoordinatorShell {
         while true {
             if stop.isSet {
                 say("interrupted at iteration \(trainer.iteration); stopping workers")
-                if trainer.iteration > 0 && !trainer.checkpointDue(trainer.iteration) { try trainer.writePeriodicCheckpoint() }
+                // Checkpoint the last completed iteration, unless its validation is still
+                // outstanding (a resume from there would skip it and diverge).
+                var validated = true
+                if case .eval = next { validated = false }
+                if validated && trainer.iteration > 0 && !trainer.checkpointDue(trainer.iteration) {
+                    try trainer.writePeriodicCheckpoint()
+                }
                 shutdownWorkers("coordinator interrupted")
                 return 130
             }

@@ -77,6 +77,25 @@ final class DistributedTests: XCTestCase {
         XCTAssertTrue(again.stderr.contains("--resume"), again.stderr)
     }
 
+    func testCtrlCStopsCoordinatorAndWorkersCleanly() throws {
+        let run = DistributedTests.dir + "/interrupted"
+        let args = ["--data", DistributedTests.data, "--workers", "2", "--set", "maml.iterations=100000"] + small
+        let p = try startDetached(["train", "--run-dir", run] + args)
+        let deadline = Date().addingTimeInterval(60)
+        while ((try? String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8)) ?? "").split(separator: "\n").count < 10
+                && Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+        kill(p.pid, SIGINT)
+        XCTAssertEqual(p.wait(), 130)
+        let log = try String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)
+        XCTAssertTrue(log.contains("interrupted at iteration"), log)
+        let gone = Date().addingTimeInterval(10)
+        while workerProcesses(connectedTo: run).count > 0 && Date() < gone { Thread.sleep(forTimeInterval: 0.1) }
+        XCTAssertEqual(workerProcesses(connectedTo: run), [], "workers still running after Ctrl-C")
+        // The interruption left a checkpoint to resume from.
+        let ckpts = try FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints")
+        XCTAssertFalse(ckpts.isEmpty)
+    }
+
     func testMismatchedDatasetAndProtocolAreRefusedOnBothSides() throws {
         let run = DistributedTests.dir + "/refuse"
         let coord = try startDetached(["coordinator", "--data", DistributedTests.data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
@@ -108,7 +127,13 @@ final class DistributedTests: XCTestCase {
 struct GroupProcess {
     let pid: pid_t
     func killGroup() { kill(-pid, SIGKILL) }
-    func wait() { var status: Int32 = 0; waitpid(pid, &status, 0) }
+    /// Waits and returns the exit status (or 128 + signal).
+    @discardableResult
+    func wait() -> Int32 {
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
 }
 
 func startDetached(_ args: [String]) throws -> GroupProcess {
