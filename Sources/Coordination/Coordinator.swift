@@ -42,7 +42,13 @@ public struct CoordinatorMachine: Sendable {
         public var version: Int
         /// Episode indices of each unit, in unit order.
         public var units: [[Int]]
-        public init(kind: UnitKind, version: Int, units: [[Int]]) { self.kind = kind; self.version = version; self.units = units }
+        /// Order in which units are handed out (default: unit order). Dispatching
+        /// the costliest first shortens the idle tail; results are still combined
+        /// in unit order, so this never changes the bits.
+        public var dispatchOrder: [Int]?
+        public init(kind: UnitKind, version: Int, units: [[Int]], dispatchOrder: [Int]? = nil) {
+            self.kind = kind; self.version = version; self.units = units; self.dispatchOrder = dispatchOrder
+        }
     }
 
     public enum UnitResult: Equatable, Sendable { case train(TrainResult), eval(EvalResult) }
@@ -143,7 +149,8 @@ public struct CoordinatorMachine: Sendable {
         phase = p
         firstUnitId = nextUnitId
         nextUnitId += p.units.count
-        pending = Array(0..<p.units.count)
+        pending = p.dispatchOrder ?? Array(0..<p.units.count)
+        precondition(pending.sorted() == Array(0..<p.units.count), "dispatch order must be a permutation of the units")
         results = [:]
         if p.units.isEmpty { return complete() }
         return dispatch()

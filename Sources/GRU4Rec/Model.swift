@@ -81,12 +81,12 @@ public final class GRU4Rec: @unchecked Sendable {
     @discardableResult
     public func forward(_ params: FloatBuffer, _ batch: PackedBatch, dropout: Float = 0,
                         rng: UnsafeMutablePointer<SeededGenerator>? = nil) -> UnsafeMutablePointer<Float> {
-        let L = batch.layout, N = L.N, B = L.B, E = dims.E, H = dims.H, V = dims.V
-        reserve(N: N, B: B)
+        let L = batch.layout, N = L.N, B = L.examples, E = dims.E, H = dims.H, V = dims.V
+        reserve(N: N, B: max(B, L.B))
         let w = layout.views(params)
         batch.tokens.withUnsafeBufferPointer { embeddingForward(x.ptr, $0.baseAddress!, w.embedding, N: N, E: E) }
         gruForward(cache, x.ptr, w.Wih, w.Whh, w.bih, w.bhh, ghStep.ptr, layout: L, E: E, H: H)
-        for b in 0..<B { (hlast.ptr + b * H).update(from: hout.ptr + L.lastRow(b) * H, count: H) }
+        for b in 0..<B { (hlast.ptr + b * H).update(from: hout.ptr + L.readoutRow[b] * H, count: H) }
         usesDropout = dropout > 0 && rng != nil
         if usesDropout, let rng {
             let keep = 1 / (1 - dropout)
@@ -102,7 +102,7 @@ public final class GRU4Rec: @unchecked Sendable {
     @discardableResult
     public func lossAndGradient(_ params: FloatBuffer, _ grads: FloatBuffer, _ batch: PackedBatch,
                                 dropout: Float = 0, rng: UnsafeMutablePointer<SeededGenerator>? = nil) -> Float {
-        let L = batch.layout, N = L.N, B = L.B, E = dims.E, H = dims.H, V = dims.V
+        let L = batch.layout, N = L.N, B = L.examples, E = dims.E, H = dims.H, V = dims.V
         forward(params, batch, dropout: dropout, rng: rng)
         let loss = batch.labels.withUnsafeBufferPointer { lab in
             batch.weights.withUnsafeBufferPointer { wt in
@@ -137,7 +137,7 @@ public final class GRU4Rec: @unchecked Sendable {
 
     /// Weighted loss only (no gradient), e.g. for validation and finite differences.
     public func loss(_ params: FloatBuffer, _ batch: PackedBatch) -> Float {
-        let B = batch.layout.B, V = dims.V
+        let B = batch.layout.examples, V = dims.V
         forward(params, batch)
         return batch.labels.withUnsafeBufferPointer { lab in
             batch.weights.withUnsafeBufferPointer { wt in
@@ -148,7 +148,7 @@ public final class GRU4Rec: @unchecked Sendable {
 
     /// FLOPs of one forward+backward over a layout (multiply-adds count 2), for benchmarks.
     public func flops(_ L: PackedLayout) -> Double {
-        let N = Double(L.N), B = Double(L.B), E = Double(dims.E), H = Double(dims.H), V = Double(dims.V)
+        let N = Double(L.N), B = Double(L.examples), E = Double(dims.E), H = Double(dims.H), V = Double(dims.V)
         let nRec = Double(L.N - (L.T > 0 ? L.batchSizes[0] : 0))
         let fwd = 2 * N * E * 3 * H + 2 * nRec * H * 3 * H + 2 * B * H * V
         let bwd = 2 * (2 * N * E * 3 * H) + 2 * (2 * nRec * H * 3 * H) + 2 * (2 * B * H * V)

@@ -1,19 +1,21 @@
 import Kernels
 
-/// A batch of (prefix → label, weight) examples packed for the GRU: sequences
-/// sorted by length (longest first, ties by input position), tokens in packed
-/// row order. Built once per batch and reusable: packing again keeps capacity.
+/// A batch of (prefix → label, weight) examples packed for the GRU: examples
+/// sorted by prefix length (longest first, ties by input position); an example
+/// whose prefix is a prefix of a longer example's shares that example's chain
+/// (an episode's consecutive pairs all do), so the GRU runs once per chain.
+/// Built once per batch and reusable: packing again keeps capacity.
 public struct PackedBatch: Sendable {
     public private(set) var layout = PackedLayout()
     /// Item index per packed row. [N]
     public private(set) var tokens: [Int32] = []
-    /// Label per sorted sequence. [B]
+    /// Label per sorted example. [examples]
     public private(set) var labels: [Int32] = []
-    /// Loss weight per sorted sequence. [B]
+    /// Loss weight per sorted example. [examples]
     public private(set) var weights: [Float] = []
-    /// Caller's index of each sorted sequence. [B]
+    /// Caller's index of each sorted example. [examples]
     public private(set) var order: [Int] = []
-    private var lengthScratch: [Int] = []
+    private var chainItems: [[Int32]] = []
 
     public init() {}
 
@@ -26,16 +28,33 @@ public struct PackedBatch: Sendable {
         // Stable sort by length, descending (ties keep input order).
         let lens = (0..<count).map(length)
         order.sort { lens[$0] != lens[$1] ? lens[$0] > lens[$1] : $0 < $1 }
-        lengthScratch.removeAll(keepingCapacity: true)
+        // Chains: each example joins the first existing chain it is a prefix of.
+        chainItems.removeAll(keepingCapacity: true)
+        var byFirst: [Int32: [Int]] = [:]
+        var readouts: [(chain: Int, length: Int)] = []
+        readouts.reserveCapacity(count)
         for i in order {
-            precondition(lens[i] >= 1, "empty prefix in batch")
-            lengthScratch.append(lens[i])
+            let l = lens[i]
+            precondition(l >= 1, "empty prefix in batch")
+            let first = item(i, 0)
+            var chain = -1
+            for c in byFirst[first] ?? [] where chainItems[c].count >= l {
+                var same = true
+                for t in 1..<l where chainItems[c][t] != item(i, t) { same = false; break }
+                if same { chain = c; break }
+            }
+            if chain < 0 {
+                chain = chainItems.count
+                chainItems.append((0..<l).map { item(i, $0) })
+                byFirst[first, default: []].append(chain)
+            }
+            readouts.append((chain, l))
         }
-        layout.reset(sortedLengths: lengthScratch)
+        layout.reset(sortedLengths: chainItems.map(\.count), readouts: readouts)
         tokens.removeAll(keepingCapacity: true)
         tokens.reserveCapacity(layout.N)
         for t in 0..<layout.T {
-            for b in 0..<layout.batchSizes[t] { tokens.append(item(order[b], t)) }
+            for b in 0..<layout.batchSizes[t] { tokens.append(chainItems[b][t]) }
         }
         labels.removeAll(keepingCapacity: true)
         weights.removeAll(keepingCapacity: true)
@@ -54,5 +73,6 @@ public struct PackedBatch: Sendable {
         for (s, i) in order.enumerated() { weights[s] = w[i] }
     }
 
-    public var count: Int { layout.B }
+    /// Number of examples.
+    public var count: Int { layout.examples }
 }

@@ -4,25 +4,38 @@ import Glibc
 import Darwin
 #endif
 
-/// Where the rows of B variable-length sequences live in a packed batch.
-/// Sequences are sorted by length, longest first (PyTorch's
-/// `pack_padded_sequence` order); time step t holds rows
-/// `offsets[t] ..< offsets[t] + batchSizes[t]`, and row `offsets[t] + b` is
-/// sequence b. No row holds padding, so no arithmetic is spent on it.
+/// Where the rows of B variable-length sequences ("chains") live in a packed
+/// batch, and where each example reads its hidden state. Chains are sorted by
+/// length, longest first (PyTorch's `pack_padded_sequence` order); time step t
+/// holds rows `offsets[t] ..< offsets[t] + batchSizes[t]`, and row
+/// `offsets[t] + b` is chain b. No row holds padding, so no arithmetic is
+/// spent on it. Examples whose prefixes are prefixes of one another (an
+/// episode's consecutive pairs) share one chain and read out at different
+/// steps, so their common steps are computed once.
 public struct PackedLayout: Sendable, Equatable {
-    /// Length of each sequence, in sorted (descending) order. [B]
+    /// Length of each chain, in sorted (descending) order. [B]
     public private(set) var lengths: [Int] = []
-    /// Number of sequences still running at each step. [T]
+    /// Number of chains still running at each step. [T]
     public private(set) var batchSizes: [Int] = []
     /// First row of each step, plus the total. [T+1]
     public private(set) var offsets: [Int] = [0]
+    /// Row whose hidden state example e reads. [examples]
+    public private(set) var readoutRow: [Int] = []
+    /// Examples grouped by readout step: those of step t are
+    /// `readoutByStep[readoutStepStart[t] ..< readoutStepStart[t+1]]`.
+    public private(set) var readoutStepStart: [Int] = [0]
+    public private(set) var readoutByStep: [Int] = []
 
     public init() {}
 
+    /// One example per chain, reading out at the chain's end.
     /// `sortedLengths` must be non-increasing and every length ≥ 1.
-    public init(sortedLengths: [Int]) { reset(sortedLengths: sortedLengths) }
+    public init(sortedLengths: [Int]) {
+        reset(sortedLengths: sortedLengths, readouts: sortedLengths.enumerated().map { ($0.offset, $0.element) })
+    }
 
-    public mutating func reset(sortedLengths: [Int]) {
+    /// `readouts[e] = (chain, length)`: example e reads chain's state after `length` steps.
+    public mutating func reset(sortedLengths: [Int], readouts: [(chain: Int, length: Int)]) {
         lengths.removeAll(keepingCapacity: true)
         lengths.append(contentsOf: sortedLengths)
         let T = sortedLengths.first ?? 0
@@ -35,12 +48,26 @@ public struct PackedLayout: Sendable, Equatable {
             batchSizes.append(bt)
             offsets.append(offsets[t] + bt)
         }
+        readoutRow.removeAll(keepingCapacity: true)
+        readoutStepStart = [Int](repeating: 0, count: T + 1)
+        for r in readouts {
+            precondition(r.length >= 1 && r.length <= sortedLengths[r.chain], "readout outside its chain")
+            readoutRow.append(offsets[r.length - 1] + r.chain)
+            readoutStepStart[r.length] += 1
+        }
+        for t in 0..<T { readoutStepStart[t + 1] += readoutStepStart[t] }
+        readoutByStep = [Int](repeating: 0, count: readouts.count)
+        var fill = readoutStepStart
+        for (e, r) in readouts.enumerated() { readoutByStep[fill[r.length - 1]] = e; fill[r.length - 1] += 1 }
     }
 
+    /// Chains.
     public var B: Int { lengths.count }
     public var T: Int { batchSizes.count }
     public var N: Int { offsets[batchSizes.count] }
-    /// Row of sequence b's last step.
+    /// Examples read out.
+    public var examples: Int { readoutRow.count }
+    /// Row of chain b's last step.
     @inline(__always) public func lastRow(_ b: Int) -> Int { offsets[lengths[b] - 1] + b }
 }
 
@@ -117,8 +144,9 @@ public func gruForward(_ cache: GRUCache, _ x: UnsafePointer<Float>,
     }
 }
 
-/// Backward of gruForward. The chain rule starts from dLast[B,H], the gradient
-/// with respect to each sequence's final hidden state (sorted order).
+/// Backward of gruForward. The chain rule starts from dLast[examples,H], the
+/// gradient with respect to each example's read-out hidden state; it is added
+/// into the running dh at the example's readout step.
 /// Accumulates into dWih, dWhh, dbih, dbhh and dx[N,E] (dx may be nil).
 /// Scratch: dh [B,H], dGi [N,3H], dGh [N,3H], overwritten.
 public func gruBackward(_ dx: UnsafeMutablePointer<Float>?,
@@ -136,8 +164,14 @@ public func gruBackward(_ dx: UnsafeMutablePointer<Float>?,
     for t in stride(from: T - 1, through: 0, by: -1) {
         let bt = layout.batchSizes[t], off = layout.offsets[t]
         let bnext = t + 1 < T ? layout.batchSizes[t + 1] : 0
-        // Sequences whose last step is t start their gradient here.
-        if bt > bnext { (dh + bnext * H).update(from: dLast + bnext * H, count: (bt - bnext) * H) }
+        // Chains whose last step is t start with zero gradient; examples read out
+        // at step t add theirs.
+        if bt > bnext { (dh + bnext * H).update(repeating: 0, count: (bt - bnext) * H) }
+        for r in layout.readoutStepStart[t]..<layout.readoutStepStart[t + 1] {
+            let e = layout.readoutByStep[r]
+            let d = dh + (layout.readoutRow[e] - off) * H, g = dLast + e * H
+            for j in 0..<H { d[j] += g[j] }
+        }
         for i in 0..<bt {
             let row = off + i
             let g = cache.gates + row * G, hn = cache.hn + row * H, hpr = cache.hprev + row * H

@@ -75,9 +75,24 @@ public final class MetaLearner {
         let n = model.parameterCount, K = a.innerSteps
         precondition(a.kind != .metasgd || (alpha != nil && gradAlpha != nil), "Meta-SGD needs rates and their gradient")
         reserve(K)
+        let plainFirstOrder = a.kind == .fomaml
+        if plainFirstOrder {
+            // FOMAML needs no θ'_k history: adapt one buffer in place, zeroing the
+            // gradient in the same pass as the update (one sweep over θ per step).
+            let cur = thetas[K], g = supportGrads.isEmpty ? v : supportGrads[0]
+            cur.assign(from: theta)
+            g.zero()
+            let lr = a.innerLR
+            for _ in 0..<K {
+                model.lossAndGradient(cur, g, task.support)
+                zeroFrozen(g, a.frozen)
+                let cp = cur.ptr, gp = g.ptr
+                for i in 0..<n { cp[i] -= lr * gp[i]; gp[i] = 0 }
+            }
+        }
         // Forward through the inner loop, keeping every θ'_k and ∇L_s(θ'_k).
-        thetas[0].assign(from: theta)
-        for k in 0..<K {
+        if !plainFirstOrder { thetas[0].assign(from: theta) }
+        for k in 0..<(plainFirstOrder ? 0 : K) {
             let g = supportGrads[k]
             g.zero()
             model.lossAndGradient(thetas[k], g, task.support)

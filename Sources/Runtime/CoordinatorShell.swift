@@ -99,9 +99,13 @@ public final class CoordinatorShell {
             if !machine.inPhase {
                 switch next {
                 case .train(let t):
-                    try execute(machine.startPhase(.init(kind: .train, version: trainer.iteration, units: trainer.trainUnits(iteration: t))))
+                    let units = trainer.trainUnits(iteration: t)
+                    try execute(machine.startPhase(.init(kind: .train, version: trainer.iteration, units: units,
+                                                         dispatchOrder: trainer.dispatchOrder(units, split: .train))))
                 case .eval:
-                    try execute(machine.startPhase(.init(kind: .eval, version: trainer.iteration, units: trainer.evalUnits())))
+                    let units = trainer.evalUnits()
+                    try execute(machine.startPhase(.init(kind: .eval, version: trainer.iteration, units: units,
+                                                         dispatchOrder: trainer.dispatchOrder(units, split: .val))))
                 case .finish:
                     try trainer.writeFinal()
                     say(trainer.stoppedEarly

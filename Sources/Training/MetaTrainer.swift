@@ -118,6 +118,18 @@ public final class MetaTrainer {
 
     public func evalUnits() -> [[Int]] { chunks(valEpisodes, config.maml.chunkSize) }
 
+    /// Units ordered by estimated cost (prefix items to run), costliest first.
+    public func dispatchOrder(_ units: [[Int]], split: SplitKind) -> [Int] {
+        let ep = dataset.episodes(split)
+        let cost = units.map { u in
+            u.reduce(0) { acc, e in
+                acc + ep.supportPairs(e).reduce(0) { $0 + dataset.prefixLength(Int($1)) } * (config.maml.innerSteps + 1)
+                    + ep.queryPairs(e).reduce(0) { $0 + dataset.prefixLength(Int($1)) }
+            }
+        }
+        return units.indices.sorted { cost[$0] != cost[$1] ? cost[$0] > cost[$1] : $0 < $1 }
+    }
+
     func chunks(_ a: [Int], _ n: Int) -> [[Int]] {
         stride(from: 0, to: a.count, by: n).map { Array(a[$0..<min($0 + n, a.count)]) }
     }

@@ -28,9 +28,10 @@ final class GradientTests: XCTestCase {
         // Larger fc scale so the loss is not flat.
         let fc = model.layout["fc.weight"]
         for i in fc.range { params[i] *= 3 }
-        let prefixes: [[Int32]] = [[1, 2, 3, 4, 5], [8], [2, 2, 7], [6, 1], [3, 4, 5, 6], [7]]
-        let labels: [Int32] = [6, 3, 1, 8, 2, 4]
-        let weights: [Float] = [1, 0.5, 2, 0.25, 1.5, 0]
+        // Includes nested prefixes ([1,2] and [1,2,3] share [1,2,3,4,5]'s chain).
+        let prefixes: [[Int32]] = [[1, 2, 3, 4, 5], [8], [2, 2, 7], [6, 1], [3, 4, 5, 6], [7], [1, 2, 3], [1, 2]]
+        let labels: [Int32] = [6, 3, 1, 8, 2, 4, 5, 7]
+        let weights: [Float] = [1, 0.5, 2, 0.25, 1.5, 0, 0.75, 1.25]
         let batch = PackedBatch(prefixes: prefixes, labels: labels, weights: weights)
         let grads = FloatBuffer(count: model.parameterCount)
         _ = model.lossAndGradient(params, grads, batch)
@@ -75,6 +76,33 @@ final class GradientTests: XCTestCase {
             let numeric = (lp - lm) / (2 * eps)
             XCTAssertEqual(numeric, grads[i], accuracy: 5e-3 * max(1e-1, abs(numeric)))
         }
+    }
+
+    /// Shared chains are exact: a batch of nested prefixes gives the weighted
+    /// combination of the examples computed one at a time.
+    func testSharedChainsEqualSeparateExamples() {
+        let model = GRU4Rec(dims: ModelDims(V: 9, E: 3, H: 10))
+        var rng = SeededGenerator(seed: 21)
+        let p = model.initialParameters(rng: &rng)
+        let prefixes: [[Int32]] = [[4, 1], [4, 1, 7, 2], [4], [4, 1, 7], [3, 3], [3]]
+        let labels: [Int32] = [7, 5, 1, 2, 8, 3]
+        let weights: [Float] = [1, 2, 0.5, 1, 1.5, 0.25]
+        let batch = PackedBatch(prefixes: prefixes, labels: labels, weights: weights)
+        XCTAssertEqual(batch.layout.B, 2, "two chains")
+        XCTAssertEqual(batch.layout.N, 6, "4 + 2 rows instead of 13")
+        let g = FloatBuffer(count: model.parameterCount)
+        let loss = model.lossAndGradient(p, g, batch)
+        let wsum = weights.reduce(0, +)
+        var want = 0.0
+        let sum = FloatBuffer(count: model.parameterCount)
+        for i in prefixes.indices {
+            let gi = FloatBuffer(count: model.parameterCount)
+            let li = model.lossAndGradient(p, gi, PackedBatch(prefixes: [prefixes[i]], labels: [labels[i]]))
+            want += Double(weights[i] * li / wsum)
+            for k in 0..<sum.count { sum[k] += weights[i] / wsum * gi[k] }
+        }
+        XCTAssertEqual(Double(loss), want, accuracy: 1e-5)
+        for k in 0..<sum.count { XCTAssertEqual(g[k], sum[k], accuracy: 1e-5) }
     }
 
     func testGradientAccumulatesAndBatchOrderDoesNotMatter() {

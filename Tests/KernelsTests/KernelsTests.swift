@@ -62,6 +62,13 @@ final class PackedLayoutTests: XCTestCase {
         XCTAssertEqual(l.offsets, [0, 4, 7, 8])
         XCTAssertEqual(l.N, 8)
         XCTAssertEqual((0..<4).map(l.lastRow), [7, 5, 6, 3])
+        XCTAssertEqual(l.readoutRow, [7, 5, 6, 3])
+        // Two readouts of chain 0 (after 1 and 3 steps) and one of chain 1 (after 2).
+        var m = PackedLayout()
+        m.reset(sortedLengths: [3, 2], readouts: [(0, 3), (1, 2), (0, 1)])
+        XCTAssertEqual(m.readoutRow, [4, 3, 0])
+        XCTAssertEqual(m.readoutStepStart, [0, 1, 2, 3])
+        XCTAssertEqual(m.readoutByStep, [2, 1, 0])
     }
 }
 

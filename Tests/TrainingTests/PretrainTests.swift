@@ -14,7 +14,7 @@ final class PretrainTests: XCTestCase {
         let dir = NSTemporaryDirectory() + "mt-pretrain-\(getpid())"
         try? FileManager.default.removeItem(atPath: dir)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        var o = SynthOptions(); o.users = 150; o.courses = 30; o.groups = 3; o.seed = 3
+        var o = SynthOptions(); o.users = 150; o.courses = 60; o.groups = 6; o.seed = 3
         _ = try Synth.write(to: dir + "/e.csv", options: o)
         let config = try Config.load(path: nil, overrides: ["model.embedding_dim=16", "model.hidden_dim=24", "pretrain.epochs=4",
                                                             "pretrain.batch_size=64", "pretrain.lr=0.01", "data.val_fraction=0.2"])
@@ -26,6 +26,7 @@ final class PretrainTests: XCTestCase {
         let r = try train("a")
         _ = try train("b")
         let pop = Evaluator(dataset: d, split: .val).popularity().reduce(MetricSums(), +).mean(.hr10)
+        print("pretrain val HR@10 \(r.bestHR10), popularity \(pop)")
         XCTAssertGreaterThan(r.bestHR10, pop + 0.15, "GRU4Rec \(r.bestHR10) vs popularity \(pop)")
         let a = try CheckpointFile.read(dir + "/a/final.h5", expectedFingerprint: d.fingerprint)
         let b = try CheckpointFile.read(dir + "/b/final.h5", expectedFingerprint: d.fingerprint)
