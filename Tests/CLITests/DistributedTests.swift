@@ -1,4 +1,6 @@
 import Foundation
+import Storage
+import Transport
 import XCTest
 
 /// Meta-training over real ZeroMQ sockets between real processes.
@@ -112,13 +114,62 @@ final class DistributedTests: XCTestCase {
         r = try metatrain(["worker", "--connect", endpoint, "--data", DistributedTests.data, "--protocol-version", "99"])
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.contains("protocol version mismatch: worker speaks 99, coordinator speaks 1"), r.stderr)
-        let log = try String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)
+        var log = try String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)
         XCTAssertTrue(log.contains("refused worker") && log.contains("dataset fingerprint"), log)
         XCTAssertTrue(log.contains("speaks protocol version 99"), log)
         // Garbage on the socket is logged and dropped; the coordinator keeps running and a good worker still trains.
+        let ctx = ZMQContext()
+        let junk = try ZMQSocket(ctx, .dealer)
+        try junk.connect(endpoint)
+        try junk.send([Array("GET / HTTP/1.1".utf8)])
+        try junk.send([Array("MTRN".utf8) + [1, 0, 5, 3, 0, 0, 0]])       // valid header, truncated body
+        try junk.send([[1, 2], [3, 4]])                                    // two frames
+        Thread.sleep(forTimeInterval: 0.3)
         r = try metatrain(["worker", "--connect", endpoint, "--data", DistributedTests.data])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/final.h5"))
+        log = try String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)
+        XCTAssertTrue(log.contains("not a metatrain message"), log)
+        XCTAssertTrue(log.contains("truncated message"), log)
+    }
+
+    func testEarlyStoppingAfterPatienceEvaluations() throws {
+        // No learning (outer_lr 0): the first validation is the best, the next two are not.
+        let run = DistributedTests.dir + "/early"
+        let r = try metatrain(["train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "1"] + small
+                              + ["--set", "maml.iterations=50", "--set", "maml.outer_lr=0", "--set", "eval.every=2", "--set", "eval.patience=2"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("early stop at iteration 6"), r.stderr)
+        XCTAssertEqual(try CheckpointFile.read(run + "/final.h5").iteration, 6)
+        XCTAssertEqual(try CheckpointFile.read(run + "/best.h5").iteration, 2)
+    }
+
+    func testWarmStartLoadsPretrainedWeightsAndChecksShapes() throws {
+        let pre = DistributedTests.dir + "/pre"
+        var r = try metatrain(["pretrain", "--data", DistributedTests.data, "--run-dir", pre, "--set", "pretrain.epochs=1",
+                               "--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        // Zero iterations: final.h5 holds exactly the warm-start weights.
+        let run = DistributedTests.dir + "/warm"
+        r = try metatrain(["train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "1"] + small
+                          + ["--set", "maml.iterations=0", "--set", "warm_start.checkpoint=\(pre)/best.h5"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(try CheckpointFile.read(run + "/final.h5").params.array, try CheckpointFile.read(pre + "/best.h5").params.array)
+        // Frozen embeddings stay exactly the pretrained ones while the rest learns.
+        let frozen = DistributedTests.dir + "/frozen"
+        r = try metatrain(["train", "--data", DistributedTests.data, "--run-dir", frozen, "--workers", "1"] + small
+                          + ["--set", "maml.iterations=5", "--set", "warm_start.checkpoint=\(pre)/best.h5",
+                             "--set", "warm_start.freeze_embeddings=true"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let a = try CheckpointFile.read(frozen + "/final.h5"), b = try CheckpointFile.read(pre + "/best.h5")
+        let emb = a.layout["embedding.weight"].range
+        XCTAssertEqual(Array(a.params.array[emb]), Array(b.params.array[emb]))
+        XCTAssertNotEqual(Array(a.params.array[emb.upperBound...]), Array(b.params.array[emb.upperBound...]))
+        // Another model size is refused with both shapes named.
+        r = try metatrain(["train", "--data", DistributedTests.data, "--run-dir", DistributedTests.dir + "/badwarm", "--workers", "1"]
+                          + small + ["--set", "model.hidden_dim=16", "--set", "warm_start.checkpoint=\(pre)/best.h5"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("warm-start checkpoint has E 8, H 12"), r.stderr)
     }
 }
 
