@@ -24,10 +24,18 @@ public enum BLAS {
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
-    /// Σ x_i² in double precision.
+    /// Σ x_i² in double precision, in a fixed order (4 interleaved lanes, then
+    /// the tail), so the result is the same bits on every run.
     public static func sumSquares(_ x: UnsafePointer<Float>, _ n: Int) -> Double {
-        var s: Double = 0
-        for i in 0..<n { let v = Double(x[i]); s += v * v }
+        var acc = SIMD4<Double>()
+        var i = 0
+        while i + 4 <= n {
+            let v = SIMD4<Double>(Double(x[i]), Double(x[i + 1]), Double(x[i + 2]), Double(x[i + 3]))
+            acc += v * v
+            i += 4
+        }
+        var s = (acc[0] + acc[1]) + (acc[2] + acc[3])
+        while i < n { let v = Double(x[i]); s += v * v; i += 1 }
         return s
     }
 }

@@ -22,6 +22,12 @@ public final class Adam: @unchecked Sendable {
     /// One step over `ranges` of the flat buffer (default: all of it). Elements
     /// outside the ranges (e.g. frozen embeddings) are left untouched, moments included.
     public func update(_ params: FloatBuffer, _ grads: FloatBuffer, lr: Float, ranges: [Range<Int>]? = nil) {
+        update(params, grads, gradScale: 1, lr: lr, ranges: ranges)
+    }
+
+    /// The same step on `gradScale · grads` (e.g. 1/tasks × a clipping factor),
+    /// without a separate pass to scale the gradient.
+    public func update(_ params: FloatBuffer, _ grads: FloatBuffer, gradScale: Float, lr: Float, ranges: [Range<Int>]? = nil) {
         precondition(params.count == m.count && grads.count == m.count)
         step += 1
         let bc1 = 1 - powf(beta1, Float(step))
@@ -32,7 +38,7 @@ public final class Adam: @unchecked Sendable {
         let b1 = beta1, b2 = beta2, e = eps
         for r in ranges ?? [0..<m.count] {
             for i in r {
-                let gi = g[i]
+                let gi = g[i] * gradScale
                 mm[i] = b1 * mm[i] + (1 - b1) * gi
                 vv[i] = b2 * vv[i] + (1 - b2) * gi * gi
                 let denom = sqrtf(vv[i]) / bc2Sqrt + e

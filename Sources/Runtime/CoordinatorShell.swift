@@ -161,8 +161,9 @@ public final class CoordinatorShell {
     }
 
     func publishWeights() {
-        weightsFrame = Envelope(runId: runId, message: .weights(Weights(version: trainer.iteration, theta: trainer.theta.array,
-                                                                           alpha: trainer.alpha?.array ?? []))).encode()
+        weightsFrame = Envelope.encodeWeights(runId: runId, version: trainer.iteration,
+                                              theta: UnsafeBufferPointer(trainer.theta.buffer),
+                                              alpha: trainer.alpha.map { UnsafeBufferPointer($0.buffer) })
         try? pub.send([weightsFrame])
     }
 

@@ -145,31 +145,33 @@ public final class MetaTrainer {
                            iteration t: Int) throws -> (loss: Double, gradNorm: Double) {
         precondition(t == iteration + 1, "iteration \(t) applied after \(iteration)")
         let n = layout.count
-        gradTheta.zero(); gradAlpha?.zero()
         var tasks = 0, loss = 0.0
-        for u in units {
+        for (k, u) in units.enumerated() {
             guard u.gradTheta.count == n, u.gradAlpha.count == (gradAlpha == nil ? 0 : n) else {
                 throw MetatrainError("unit result has \(u.gradTheta.count) gradient entries, expected \(n)")
             }
-            u.gradTheta.withUnsafeBufferPointer { g in for i in 0..<n { gradTheta.ptr[i] += g[i] } }
-            if let ga = gradAlpha { u.gradAlpha.withUnsafeBufferPointer { g in for i in 0..<n { ga.ptr[i] += g[i] } } }
+            // The first unit seeds the sum; the rest are added in unit order.
+            u.gradTheta.withUnsafeBufferPointer { g in
+                if k == 0 { gradTheta.ptr.update(from: g.baseAddress!, count: n) } else { for i in 0..<n { gradTheta.ptr[i] += g[i] } }
+            }
+            if let ga = gradAlpha {
+                u.gradAlpha.withUnsafeBufferPointer { g in
+                    if k == 0 { ga.ptr.update(from: g.baseAddress!, count: n) } else { for i in 0..<n { ga.ptr[i] += g[i] } }
+                }
+            }
             tasks += u.tasks; loss += u.lossSum
         }
-        let inv = 1 / Float(tasks)
-        for i in 0..<n { gradTheta.ptr[i] *= inv }
-        if let ga = gradAlpha { for i in 0..<n { ga.ptr[i] *= inv } }
-        // Global-norm clipping over θ and α together, then Adam.
+        // Mean over tasks and global-norm clipping over θ and α together, folded
+        // into one scale that Adam applies as it reads the gradient.
+        let inv = 1 / Double(tasks)
         let sq = BLAS.sumSquares(gradTheta.ptr, n) + (gradAlpha.map { BLAS.sumSquares($0.ptr, n) } ?? 0)
-        let norm = sq.squareRoot()
-        let coef = Float(config.maml.clipNorm / (norm + 1e-6))
-        if coef < 1 {
-            for i in 0..<n { gradTheta.ptr[i] *= coef }
-            if let ga = gradAlpha { for i in 0..<n { ga.ptr[i] *= coef } }
-        }
+        let norm = sq.squareRoot() * inv
+        let coef = config.maml.clipNorm / (norm + 1e-6)
+        let scale = Float(inv * min(coef, 1))
         let lr = Float(config.maml.outerLR), ranges = trainableRanges
-        adam.update(theta, gradTheta, lr: lr, ranges: ranges)
+        adam.update(theta, gradTheta, gradScale: scale, lr: lr, ranges: ranges)
         if let alpha, let ga = gradAlpha, let aa = adamAlpha {
-            aa.update(alpha, ga, lr: lr, ranges: ranges)
+            aa.update(alpha, ga, gradScale: scale, lr: lr, ranges: ranges)
             let lo = Float(config.maml.innerLRBounds.0), hi = Float(config.maml.innerLRBounds.1)
             for i in 0..<n { alpha.ptr[i] = min(max(alpha.ptr[i], lo), hi) }
         }

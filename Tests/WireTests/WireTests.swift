@@ -22,6 +22,18 @@ final class WireTests: XCTestCase {
         }
     }
 
+    func testDirectWeightsEncodingMatchesTheMessage() {
+        let theta: [Float] = [1, 2, 3], alpha: [Float] = [0.5, 0.25, 0.125]
+        for a in [alpha, []] {
+            let direct = theta.withUnsafeBufferPointer { t in
+                a.withUnsafeBufferPointer { ap in
+                    Envelope.encodeWeights(runId: "r", version: 4, theta: t, alpha: a.isEmpty ? nil : ap)
+                }
+            }
+            XCTAssertEqual(direct, Envelope(runId: "r", message: .weights(Weights(version: 4, theta: theta, alpha: a))).encode())
+        }
+    }
+
     func testFloatsKeepTheirBits() throws {
         let x: [Float] = [.nan, -0.0, .infinity, 1.0000001, .ulpOfOne]
         let e = Envelope(runId: "r", message: .weights(Weights(version: 1, theta: x, alpha: [])))
