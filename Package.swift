@@ -27,7 +27,7 @@ let package = Package(
         // Parameter layout table, GRU4Rec forward/backward over packed batches.
         .target(name: "GRU4Rec", dependencies: ["Kernels", "Core"]),
         // YAML experiment configuration with defaults and overrides.
-        .target(name: "Configuration", dependencies: ["Yams"]),
+        .target(name: "Configuration", dependencies: ["Yams", "Core"]),
         // CSV ingest, sessions, pairs, episodes, synthetic generator.
         .target(name: "Data", dependencies: ["Core", "Configuration"]),
         // HDF5 dataset and checkpoint files.

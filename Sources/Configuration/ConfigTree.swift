@@ -1,3 +1,4 @@
+import Core
 import Foundation
 import Yams
 
@@ -141,18 +142,5 @@ func quoteIfNeeded(_ s: String) -> String {
     return plain && !reserved ? s : jsonString(s)
 }
 
-public func jsonString(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        default:
-            if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
-        }
-    }
-    return out + "\""
-}
+/// A JSON string literal (the same quoting as every other JSON metatrain writes).
+public func jsonString(_ s: String) -> String { JSON.quote(s) }

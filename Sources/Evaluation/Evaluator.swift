@@ -82,30 +82,20 @@ public final class Evaluator {
     /// Few-shot: adapt a copy on the support set (the last `shots` support
     /// pairs when given: those closest in time to the queries), then score.
     public func fewShot(_ params: FloatBuffer, dims: ModelDims, policy: FewShotPolicy, shots: Int? = nil) -> [MetricSums] {
-        let m = model(dims), ep = dataset.episodes(split)
-        let adapted = FloatBuffer(count: params.count), grads = FloatBuffer(count: params.count)
-        let rate: InnerLoop.Rate = policy.rates.map { .perElement($0) } ?? .scalar(policy.innerLR)
-        let loop = InnerLoop(steps: policy.steps, rate: rate, frozen: policy.frozen)
-        return episodes.map { e in
-            let all = ep.supportPairs(e)
-            let support = shots.map { all.suffix(min($0, all.count)) } ?? all
-            let w = policy.weighting.weights(support, in: dataset)
-            supportBatch.pack(pairs: support, of: dataset, weights: w)
-            loop.adapt(model: m, from: params, into: adapted, grads: grads, support: supportBatch)
-            return score(m, adapted, queries: ep.queryPairs(e))
-        }
+        fewShot(params, dims: dims, policy: policy, episodes: episodes, shots: shots).map(\.0)
     }
 
     /// Few-shot on an explicit list of episodes of this split (e.g. one eval
     /// unit), with each episode's adapted query loss.
     public func fewShot(_ params: FloatBuffer, dims: ModelDims, policy: FewShotPolicy,
-                        episodes list: [Int]) -> [(MetricSums, Float)] {
+                        episodes list: [Int], shots: Int? = nil) -> [(MetricSums, Float)] {
         let m = model(dims), ep = dataset.episodes(split)
         let adapted = FloatBuffer(count: params.count), grads = FloatBuffer(count: params.count)
         let rate: InnerLoop.Rate = policy.rates.map { .perElement($0) } ?? .scalar(policy.innerLR)
         let loop = InnerLoop(steps: policy.steps, rate: rate, frozen: policy.frozen)
         return list.map { e in
-            let support = ep.supportPairs(e)
+            let all = ep.supportPairs(e)
+            let support = shots.map { all.suffix(min($0, all.count)) } ?? all
             supportBatch.pack(pairs: support, of: dataset, weights: policy.weighting.weights(support, in: dataset))
             loop.adapt(model: m, from: params, into: adapted, grads: grads, support: supportBatch)
             let s = score(m, adapted, queries: ep.queryPairs(e))
