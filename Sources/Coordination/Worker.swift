@@ -7,7 +7,7 @@ import Wire
 public struct WorkerMachine: Sendable {
     public enum Directive: Equatable, Sendable {
         case send(Message)
-        /// Adopt the coordinator's resolved configuration (first welcome only).
+        /// Adopt the coordinator's resolved configuration (when it changes); drop any installed weights.
         case configure(configJSON: String)
         case installWeights(Weights)
         /// Compute this unit on the installed weights, then call `onComputed`.
@@ -30,7 +30,7 @@ public struct WorkerMachine: Sendable {
     public private(set) var weightsVersion = -1
     private var pending: WorkUnit?
     private var computing = false
-    private var configured = false
+    private var configJSON: String?
     private var lastSent = 0.0
     private var lastHeard = 0.0
 
@@ -50,12 +50,18 @@ public struct WorkerMachine: Sendable {
         guard state != .stopped else { return [] }
         lastHeard = now
         if state == .joined, e.runId != runId {
-            return [.log("dropped '\(e.message.typeName)': run id '\(e.runId)' is not '\(runId)'")]
+            // Another run on the same endpoint: the coordinator restarted (e.g. --resume).
+            // Forget the old run's weights and pending work and join the new one.
+            state = .joining
+            pending = nil
+            weightsVersion = -1
+            return [.log("coordinator now runs '\(e.runId)' (was '\(runId)'); joining again")]
+                + sent(.hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint)), now)
         }
         switch e.message {
         case .welcome(let w):
             var out: [Directive] = []
-            if !configured { configured = true; out.append(.configure(configJSON: w.configJSON)) }
+            if configJSON != w.configJSON { configJSON = w.configJSON; out.append(.configure(configJSON: w.configJSON)) }
             state = .joined
             runId = e.runId
             out.append(.log("joined run \(e.runId) at weights version \(w.version)"))

@@ -88,8 +88,11 @@ public final class WorkerShell {
             case .configure(let json):
                 let config = try Config.parse(json, origin: "coordinator's config")
                 computer = UnitComputer(config: config, dataset: dataset)
+                installed = -1
+                latest = nil
             case .installWeights(let w):
                 latest = w
+                installed = -1   // new weights (possibly of a restarted run at a version seen before)
             case .compute(let u):
                 try execute(machine.onComputed(try compute(u), now: monotonicNow()))
             case .exit(let code, let reason):

@@ -114,6 +114,25 @@ final class WorkerMachineTests: XCTestCase {
         XCTAssertTrue(w.isStopped)
     }
 
+    /// A coordinator restarted on the same endpoint (new run id): the worker joins
+    /// the new run and takes its weights, even at a version number it held before.
+    func testRejoinsARestartedCoordinator() {
+        var w = WorkerMachine(name: "w", datasetFingerprint: "fp")
+        _ = w.onStart(now: 0)
+        _ = w.onMessage(env(.welcome(Welcome(configJSON: "{a}", version: 0))), now: 0)
+        _ = w.onMessage(env(.weights(Weights(version: 4, theta: [1], alpha: []))), now: 1)
+        let other = Envelope(runId: "run-2", message: .refuse(reason: "unknown worker; send hello first"))
+        XCTAssertEqual(w.onMessage(other, now: 2).last, .send(.hello(Hello(workerName: "w", datasetFingerprint: "fp"))))
+        let welcome = w.onMessage(Envelope(runId: "run-2", message: .welcome(Welcome(configJSON: "{b}", version: 4))), now: 3)
+        XCTAssertEqual(welcome.first, .configure(configJSON: "{b}"))
+        XCTAssertEqual(w.runId, "run-2")
+        let fresh = Weights(version: 4, theta: [2], alpha: [])
+        XCTAssertEqual(w.onMessage(Envelope(runId: "run-2", message: .weights(fresh)), now: 4), [.installWeights(fresh)])
+        // Same config on a later welcome: no reconfiguration.
+        XCTAssertFalse(w.onMessage(Envelope(runId: "run-2", message: .welcome(Welcome(configJSON: "{b}", version: 4))), now: 5)
+            .contains { if case .configure = $0 { return true }; return false })
+    }
+
     func testStaleUnitAfterNewerWeightsIsSkipped() {
         var w = WorkerMachine(name: "w", datasetFingerprint: "fp")
         _ = w.onStart(now: 0)
