@@ -79,6 +79,31 @@ final class DistributedTests: XCTestCase {
         XCTAssertTrue(again.stderr.contains("--resume"), again.stderr)
     }
 
+    func testWorkersRejoinACoordinatorRestartedWithResume() throws {
+        let args = ["--data", DistributedTests.data, "--set", "maml.iterations=300"] + small
+        let whole = DistributedTests.dir + "/restart-whole"
+        XCTAssertEqual(try metatrain(["train", "--run-dir", whole, "--workers", "2"] + args).status, 0)
+        // Coordinator and two separate worker processes; SIGKILL only the coordinator.
+        let run = DistributedTests.dir + "/restart"
+        let first = try startDetached(["coordinator", "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + args)
+        let endpoint = try waitForEndpoint(run + "/coordinator.log")
+        let workers = try (0..<2).map { i in
+            try startDetached(["worker", "--connect", endpoint, "--data", DistributedTests.data, "--name", "w\(i)"])
+        }
+        defer { for w in workers { w.killGroup(); w.wait() } }
+        let deadline = Date().addingTimeInterval(60)
+        while ((try? FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints")) ?? []).isEmpty && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.005)
+        }
+        first.killGroup()
+        first.wait()
+        // The same workers, still running, join the resumed coordinator on the same endpoint.
+        let second = try metatrain(["coordinator", "--run-dir", run, "--bind", endpoint, "--resume"] + args)
+        XCTAssertEqual(second.status, 0, second.stderr)
+        XCTAssertEqual(try bytes(run + "/final.h5"), try bytes(whole + "/final.h5"))
+        for w in workers { XCTAssertEqual(w.wait(), 0, "worker exits cleanly on the resumed run's shutdown") }
+    }
+
     func testCtrlCStopsCoordinatorAndWorkersCleanly() throws {
         let run = DistributedTests.dir + "/interrupted"
         let args = ["--data", DistributedTests.data, "--workers", "2", "--set", "maml.iterations=100000"] + small
