@@ -76,7 +76,7 @@ public final class Evaluator {
     /// Zero-shot: the parameters as they are.
     public func zeroShot(_ params: FloatBuffer, dims: ModelDims) -> [MetricSums] {
         let m = model(dims), ep = dataset.episodes(split)
-        return episodes.map { e in score(m, params, queries: ep.queryPairs(e)) }
+        return episodes.map { e in scoreWithLoss(m, params, queries: ep.queryPairs(e)).0 }
     }
 
     /// Few-shot: adapt a copy on the support set (the last `shots` support
@@ -98,20 +98,26 @@ public final class Evaluator {
             let support = shots.map { all.suffix(min($0, all.count)) } ?? all
             supportBatch.pack(pairs: support, of: dataset, weights: policy.weighting.weights(support, in: dataset))
             loop.adapt(model: m, from: params, into: adapted, grads: grads, support: supportBatch)
-            let s = score(m, adapted, queries: ep.queryPairs(e))
-            return (s, m.loss(adapted, queryBatch))
+            return scoreWithLoss(m, adapted, queries: ep.queryPairs(e))
         }
     }
 
-    private func score(_ m: GRU4Rec, _ params: FloatBuffer, queries: ArraySlice<Int64>) -> MetricSums {
+    /// Ranks every query's label (one forward pass), then turns the same logits
+    /// into the queries' mean cross-entropy.
+    private func scoreWithLoss(_ m: GRU4Rec, _ params: FloatBuffer, queries: ArraySlice<Int64>) -> (MetricSums, Float) {
         queryBatch.pack(pairs: queries, of: dataset)
         let logits = m.forward(params, queryBatch)
         var s = MetricSums()
-        let V = m.dims.V
-        for b in 0..<queryBatch.count {
+        let V = m.dims.V, B = queryBatch.count
+        for b in 0..<B {
             s.add(rank: pessimisticRank(logits + b * V, label: Int(queryBatch.labels[b]), V: V))
         }
-        return s
+        let loss = queryBatch.labels.withUnsafeBufferPointer { lab in
+            queryBatch.weights.withUnsafeBufferPointer { wt in
+                crossEntropyForward(logits, nil, logits, lab.baseAddress!, wt.baseAddress!, B: B, V: V)
+            }
+        }
+        return (s, loss)
     }
 
     /// Mean weighted query loss (zero-shot), e.g. for validation curves.

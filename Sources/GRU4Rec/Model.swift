@@ -27,7 +27,6 @@ public final class GRU4Rec: @unchecked Sendable {
     private var dGi = FloatBuffer(count: 0)      // [N,3H]
     private var dGh = FloatBuffer(count: 0)      // [N,3H]
     private var dx = FloatBuffer(count: 0)       // [N,E]
-    private var lossesBuf = FloatBuffer(count: 0) // [B]
     private var usesDropout = false
 
     public init(dims: ModelDims) {
@@ -71,7 +70,6 @@ public final class GRU4Rec: @unchecked Sendable {
         FloatBuffer.ensure(&dGi, N * 3 * H)
         FloatBuffer.ensure(&dGh, N * 3 * H)
         FloatBuffer.ensure(&dx, N * E)
-        FloatBuffer.ensure(&lossesBuf, B)
     }
 
     private var cache: GRUCache { GRUCache(gates: gates.ptr, hn: hn.ptr, hprev: hprev.ptr, hout: hout.ptr) }
@@ -91,7 +89,7 @@ public final class GRU4Rec: @unchecked Sendable {
         if usesDropout, let rng {
             let keep = 1 / (1 - dropout)
             for i in 0..<(B * H) { mask.ptr[i] = rng.pointee.uniformFloat() < dropout ? 0 : keep }
-            dropoutForward(hlast.ptr, hlast.ptr, mask.ptr, count: B * H)
+            dropoutForward(hlast.ptr, mask.ptr, count: B * H)
         }
         linearForward(logitsBuf.ptr, hlast.ptr, w.Wfc, w.bfc, N: B, I: H, O: V)
         return logitsBuf.ptr
@@ -109,25 +107,16 @@ public final class GRU4Rec: @unchecked Sendable {
                 crossEntropyForward(logitsBuf.ptr, nil, logitsBuf.ptr, lab.baseAddress!, wt.baseAddress!, B: B, V: V)
             }
         }
-        // Backward: logits buffer now holds probabilities; turn it into dlogits in place.
+        // Backward: the logits buffer now holds probabilities; turn it into dlogits in place.
         batch.labels.withUnsafeBufferPointer { lab in
             batch.weights.withUnsafeBufferPointer { wt in
-                var wsum: Double = 0
-                for b in 0..<B { wsum += Double(wt[b]) }
-                for b in 0..<B {
-                    let scale = wsum > 0 ? Float(Double(wt[b]) / wsum) : 0
-                    let d = logitsBuf.ptr + b * V
-                    for j in 1..<V { d[j] *= scale }
-                    d[Int(lab[b])] -= scale
-                }
+                crossEntropyBackward(logitsBuf.ptr, lab.baseAddress!, wt.baseAddress!, B: B, V: V)
             }
         }
         let w = layout.views(params), g = layout.views(grads)
         dlast.ptr.update(repeating: 0, count: B * H)
         linearBackward(dlast.ptr, g.Wfc, g.bfc, logitsBuf.ptr, hlast.ptr, w.Wfc, N: B, I: H, O: V)
-        if usesDropout {
-            for i in 0..<(B * H) { dlast.ptr[i] *= mask.ptr[i] }
-        }
+        if usesDropout { dropoutBackward(dlast.ptr, mask.ptr, count: B * H) }
         dx.ptr.update(repeating: 0, count: N * E)
         gruBackward(dx.ptr, g.Wih, g.Whh, g.bih, g.bhh, dlast.ptr, cache, x.ptr, w.Wih, w.Whh,
                     dh.ptr, dGi.ptr, dGh.ptr, layout: L, E: E, H: H)
@@ -141,7 +130,7 @@ public final class GRU4Rec: @unchecked Sendable {
         forward(params, batch)
         return batch.labels.withUnsafeBufferPointer { lab in
             batch.weights.withUnsafeBufferPointer { wt in
-                crossEntropyForward(logitsBuf.ptr, lossesBuf.ptr, logitsBuf.ptr, lab.baseAddress!, wt.baseAddress!, B: B, V: V)
+                crossEntropyForward(logitsBuf.ptr, nil, logitsBuf.ptr, lab.baseAddress!, wt.baseAddress!, B: B, V: V)
             }
         }
     }

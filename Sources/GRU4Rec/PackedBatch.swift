@@ -67,12 +67,6 @@ public struct PackedBatch: Sendable {
              label: { labels[$0] }, weight: { weights?[$0] ?? 1 })
     }
 
-    /// Replaces the per-sequence weights, given in the caller's order.
-    public mutating func setWeights(_ w: [Float]) {
-        precondition(w.count == order.count)
-        for (s, i) in order.enumerated() { weights[s] = w[i] }
-    }
-
     /// Number of examples.
     public var count: Int { layout.examples }
 }

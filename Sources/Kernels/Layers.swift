@@ -98,33 +98,30 @@ public func crossEntropyForward(_ probs: UnsafeMutablePointer<Float>, _ losses: 
     return wsum > 0 ? Float(total / wsum) : 0
 }
 
-/// dlogits[B,V] += (w_b / Σw) · (p_b − onehot(label_b)), column 0 left untouched.
-/// The chain rule starts here: d(loss)/d(loss) = 1.
-public func crossEntropyBackward(_ dlogits: UnsafeMutablePointer<Float>, _ probs: UnsafePointer<Float>,
-                                 _ labels: UnsafePointer<Int32>, _ weights: UnsafePointer<Float>, B: Int, V: Int) {
+/// Backward of crossEntropyForward, in place: turns the probabilities it left
+/// in `probs[B,V]` into dlogits = (w_b / Σw) · (p_b − onehot(label_b)); column 0
+/// stays 0. The chain rule starts here: d(loss)/d(loss) = 1.
+public func crossEntropyBackward(_ probs: UnsafeMutablePointer<Float>, _ labels: UnsafePointer<Int32>,
+                                 _ weights: UnsafePointer<Float>, B: Int, V: Int) {
     var wsum: Double = 0
     for b in 0..<B { wsum += Double(weights[b]) }
-    guard wsum > 0 else { return }
     for b in 0..<B {
-        let scale = Float(Double(weights[b]) / wsum)
-        if scale == 0 { continue }
-        let d = dlogits + b * V, p = probs + b * V
-        for j in 1..<V { d[j] += scale * p[j] }
+        let scale = wsum > 0 ? Float(Double(weights[b]) / wsum) : 0
+        let d = probs + b * V
+        for j in 1..<V { d[j] *= scale }
         d[Int(labels[b])] -= scale
     }
 }
 
 // MARK: - Dropout (inverted)
 
-/// out = inp ⊙ mask, where mask holds 0 or 1/(1−p) (drawn by the caller from a seeded generator).
-public func dropoutForward(_ out: UnsafeMutablePointer<Float>, _ inp: UnsafePointer<Float>,
-                           _ mask: UnsafePointer<Float>, count: Int) {
-    for i in 0..<count { out[i] = inp[i] * mask[i] }
+/// x ← x ⊙ mask, in place, where mask holds 0 or 1/(1−p) (drawn by the caller
+/// from a seeded generator). Caches nothing beyond the mask.
+public func dropoutForward(_ x: UnsafeMutablePointer<Float>, _ mask: UnsafePointer<Float>, count: Int) {
+    for i in 0..<count { x[i] *= mask[i] }
 }
 
-/// dinp += dout ⊙ mask
-public func dropoutBackward(_ dinp: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>,
-                            _ mask: UnsafePointer<Float>, count: Int) {
-    for i in 0..<count { dinp[i] += dout[i] * mask[i] }
+/// Backward of dropoutForward, in place (the forward overwrote its input): dx ← dx ⊙ mask.
+public func dropoutBackward(_ dx: UnsafeMutablePointer<Float>, _ mask: UnsafePointer<Float>, count: Int) {
+    for i in 0..<count { dx[i] *= mask[i] }
 }
-

@@ -246,10 +246,6 @@ public final class MetaTrainer {
         try writeFileAtomically(p, contents: keep.map { $0 + "\n" }.joined())
     }
 
-    /// The policy workers use for validation's few-shot adaptation.
-    public static func fewShotPolicy(config c: Config, layout: ParameterLayout, alpha: FloatBuffer?) -> FewShotPolicy {
-        FewShotPolicy(metaConfig: c, layout: layout, rates: alpha)
-    }
 }
 
 /// What a worker computes for one unit, on the weights it holds.
@@ -310,7 +306,7 @@ public final class UnitComputer {
 
     /// Per val episode: metric sums and adapted query loss.
     public func eval(episodes: [Int]) -> [(MetricSums, Float)] {
-        evaluator.fewShot(theta, dims: dims, policy: MetaTrainer.fewShotPolicy(config: config, layout: layout, alpha: alpha),
+        evaluator.fewShot(theta, dims: dims, policy: FewShotPolicy(metaConfig: config, layout: layout, rates: alpha),
                           episodes: episodes)
     }
 }
