@@ -36,13 +36,29 @@ public final class Adam: @unchecked Sendable {
         let bc2Sqrt = sqrtf(bc2)
         let p = params.ptr, g = grads.ptr, mm = m.ptr, vv = v.ptr
         let b1 = beta1, b2 = beta2, e = eps
+        // 8 lanes at a time, then the tail; every lane does the scalar rule's
+        // operations in the same order, so the bits equal the scalar loop's.
+        typealias F8 = SIMD8<Float>
+        let vb1 = F8(repeating: b1), vb2 = F8(repeating: b2), c1 = F8(repeating: 1 - b1), c2 = F8(repeating: 1 - b2)
+        let vscale = F8(repeating: gradScale), ve = F8(repeating: e), vbc2 = F8(repeating: bc2Sqrt), vstep = F8(repeating: stepSize)
         for r in ranges ?? [0..<m.count] {
-            for i in r {
+            var i = r.lowerBound
+            while i + 8 <= r.upperBound {
+                let gi = load8(UnsafePointer(g + i)) * vscale
+                let mi = vb1 * load8(UnsafePointer(mm + i)) + c1 * gi
+                let vi = vb2 * load8(UnsafePointer(vv + i)) + c2 * gi * gi
+                let denom = vi.squareRoot() / vbc2 + ve
+                let pi = load8(UnsafePointer(p + i)) - vstep * mi / denom
+                store8(mm + i, mi); store8(vv + i, vi); store8(p + i, pi)
+                i += 8
+            }
+            while i < r.upperBound {
                 let gi = g[i] * gradScale
                 mm[i] = b1 * mm[i] + (1 - b1) * gi
                 vv[i] = b2 * vv[i] + (1 - b2) * gi * gi
                 let denom = sqrtf(vv[i]) / bc2Sqrt + e
                 p[i] -= stepSize * mm[i] / denom
+                i += 1
             }
         }
     }

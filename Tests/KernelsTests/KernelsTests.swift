@@ -45,6 +45,34 @@ final class OptimizerTests: XCTestCase {
         XCTAssertEqual(adam.m[1], 0.1, accuracy: 1e-6)
     }
 
+    /// The 8-lane Adam gives the scalar rule's bits on every element, ranges with
+    /// tails of every length included.
+    func testVectorAdamHasTheScalarRulesBits() {
+        var rng = SystemRandomNumberGenerator()
+        let n = 203
+        let p = FloatBuffer((0..<n).map { _ in Float.random(in: -2...2, using: &rng) })
+        let ref = p.array
+        var m = [Float](repeating: 0, count: n), v = m, q = ref
+        let adam = Adam(count: n)
+        let ranges = [0..<1, 3..<20, 21..<150, 157..<203]
+        for step in 1...3 {
+            let g = FloatBuffer((0..<n).map { _ in Float.random(in: -1...1, using: &rng) })
+            adam.update(p, g, gradScale: 0.37, lr: 0.01, ranges: ranges)
+            let bc1 = 1 - powf(0.9, Float(step)), bc2 = sqrtf(1 - powf(0.999, Float(step))), stepSize: Float = 0.01 / bc1
+            for r in ranges {
+                for i in r {
+                    let gi = g[i] * 0.37
+                    m[i] = 0.9 * m[i] + (1 - 0.9) * gi
+                    v[i] = 0.999 * v[i] + (1 - 0.999) * gi * gi
+                    q[i] -= stepSize * m[i] / (sqrtf(v[i]) / bc2 + 1e-8)
+                }
+            }
+        }
+        XCTAssertEqual(p.array.map(\.bitPattern), q.map(\.bitPattern))
+        XCTAssertEqual(adam.m.array.map(\.bitPattern), m.map(\.bitPattern))
+        XCTAssertEqual(adam.v.array.map(\.bitPattern), v.map(\.bitPattern))
+    }
+
     func testClipGradNorm() {
         let g = FloatBuffer([3, 4])
         XCTAssertEqual(clipGradNorm(g, maxNorm: 10), 5)
@@ -89,5 +117,29 @@ final class FastMathTests: XCTestCase {
         XCTAssertEqual(fastExp(0), 1)
         XCTAssertEqual(fastTanh(-200), -1); XCTAssertEqual(fastTanh(200), 1)
         XCTAssertEqual(fastSigmoid(-200), 0, accuracy: 1e-30)
+    }
+}
+
+final class ReduceTests: XCTestCase {
+    /// The fused reduce adds sources in the given order with the bits of a plain
+    /// loop, reads unaligned sources, and returns BLAS.sumSquares' exact value.
+    func testSumInOrderIsTheSequentialSumAndItsSquares() {
+        var rng = SystemRandomNumberGenerator()
+        for n in [1, 7, 8, 2047, 2048, 2049, 5003] {
+            let sources = (0..<5).map { _ in (0..<n).map { _ in Float.random(in: -1e3...1e3, using: &rng) } }
+            // Unaligned copies: each source starts 1 byte into its buffer.
+            let raws = sources.map { s -> UnsafeMutableRawPointer in
+                let r = UnsafeMutableRawPointer.allocate(byteCount: 4 * n + 1, alignment: 16)
+                s.withUnsafeBytes { (r + 1).copyMemory(from: $0.baseAddress!, byteCount: 4 * n) }
+                return r
+            }
+            defer { raws.forEach { $0.deallocate() } }
+            let out = FloatBuffer(count: n)
+            let sq = sumInOrder(raws.map { UnsafeRawPointer($0 + 1) }, count: n, into: out.ptr)
+            var expected = sources[0]
+            for s in sources.dropFirst() { for i in 0..<n { expected[i] += s[i] } }
+            XCTAssertEqual(out.array.map(\.bitPattern), expected.map(\.bitPattern), "n = \(n)")
+            XCTAssertEqual(sq.bitPattern, BLAS.sumSquares(out.ptr, n).bitPattern, "n = \(n)")
+        }
     }
 }
