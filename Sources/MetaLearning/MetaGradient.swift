@@ -54,6 +54,8 @@ public final class MetaLearner {
     private var thetas: [FloatBuffer] = []      // θ'_0 … θ'_K
     private var supportGrads: [FloatBuffer] = [] // ∇L_s(θ'_k)
     private let v: FloatBuffer, u: FloatBuffer, gPlus: FloatBuffer, gMinus: FloatBuffer, probe: FloatBuffer
+    private lazy var alphaTask = FloatBuffer(count: model.parameterCount)  // this task's ∂/∂α (Meta-SGD)
+    private var supportGradIsZero = false   // FOMAML leaves supportGrads[0] zeroed
 
     public init(model: GRU4Rec) {
         self.model = model
@@ -69,6 +71,9 @@ public final class MetaLearner {
 
     /// Adds the task's meta-gradient into `gradTheta` (and, for Meta-SGD,
     /// `gradAlpha`) and returns the task's meta-loss. `alpha` holds Meta-SGD's rates.
+    /// Each element receives the task's contribution in ONE addition, so a sum
+    /// over tasks equals, bit for bit, a partial sum plus the remaining tasks'
+    /// gradients computed separately (what lets the coordinator split a chunk).
     @discardableResult
     public func accumulate(theta: FloatBuffer, alpha: FloatBuffer?, task: MetaTask, algorithm a: MetaAlgorithm,
                            gradTheta: FloatBuffer, gradAlpha: FloatBuffer?) -> Float {
@@ -79,16 +84,31 @@ public final class MetaLearner {
         if plainFirstOrder {
             // FOMAML needs no θ'_k history: adapt one buffer in place, zeroing the
             // gradient in the same pass as the update (one sweep over θ per step).
+            // The first step reads θ and writes θ'_1 (no separate copy of θ), and
+            // each step leaves g zeroed for the next step and the next task.
             let cur = thetas[K], g = supportGrads.isEmpty ? v : supportGrads[0]
-            cur.assign(from: theta)
-            g.zero()
+            if !supportGradIsZero { g.zero() }
             let lr = a.innerLR
-            for _ in 0..<K {
-                model.lossAndGradient(cur, g, task.support)
+            for k in 0..<K {
+                model.lossAndGradient(k == 0 ? theta : cur, g, task.support)
                 zeroFrozen(g, a.frozen)
-                let cp = cur.ptr, gp = g.ptr
-                for i in 0..<n { cp[i] -= lr * gp[i]; gp[i] = 0 }
+                let src = k == 0 ? theta.ptr : cur.ptr, cp = cur.ptr, gp = g.ptr
+                for i in 0..<n { cp[i] = src[i] - lr * gp[i]; gp[i] = 0 }
             }
+            if K == 0 { cur.assign(from: theta) }
+            supportGradIsZero = K > 0
+            if K > 0 && a.residualLambda == 0 {
+                // The query gradient goes into the (zeroed) g, then into gradTheta in
+                // one addition per element, leaving g zeroed again: no separate
+                // buffer, memset or sweep for v.
+                let queryLoss = model.lossAndGradient(cur, g, task.query)
+                let gt = gradTheta.ptr, gp = g.ptr
+                for i in 0..<n { gt[i] += gp[i]; gp[i] = 0 }
+                zeroFrozen(gradTheta, a.frozen)
+                return queryLoss
+            }
+        } else {
+            supportGradIsZero = false
         }
         // Forward through the inner loop, keeping every θ'_k and ∇L_s(θ'_k).
         if !plainFirstOrder { thetas[0].assign(from: theta) }
@@ -109,10 +129,11 @@ public final class MetaLearner {
         // Chain rule starts at the query loss of the adapted parameters.
         v.zero()
         let queryLoss = model.lossAndGradient(thetas[K], v, task.query)
+        if a.kind == .metasgd, gradAlpha != nil { alphaTask.zero() }
         if a.kind == .metasgd || a.usesHessian {
             for k in stride(from: K - 1, through: 0, by: -1) {
-                if a.kind == .metasgd, let gradAlpha {
-                    let ga = gradAlpha.ptr, gs = supportGrads[k].ptr, vp = v.ptr
+                if a.kind == .metasgd, gradAlpha != nil {
+                    let ga = alphaTask.ptr, gs = supportGrads[k].ptr, vp = v.ptr
                     let scale = 1 - a.residualLambda
                     for i in 0..<n { ga[i] -= scale * gs[i] * vp[i] }
                 }
@@ -139,6 +160,10 @@ public final class MetaLearner {
             for i in 0..<n { gt[i] += (1 - lambda) * v.ptr[i] + lambda * gMinus.ptr[i] }
         } else {
             for i in 0..<n { gt[i] += v.ptr[i] }
+        }
+        if a.kind == .metasgd, let gradAlpha {
+            let ga = gradAlpha.ptr, at = alphaTask.ptr
+            for i in 0..<n { ga[i] += at[i] }
         }
         zeroFrozen(gradTheta, a.frozen)
         if let gradAlpha { zeroFrozen(gradAlpha, a.frozen) }
