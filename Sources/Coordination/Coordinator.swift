@@ -18,11 +18,17 @@ public struct CoordinatorMachine: Sendable {
         public var runId: String
         public var datasetFingerprint: String
         public var configJSON: String
-        /// A worker silent for longer than this is dropped and its unit re-queued.
+        /// A worker silent for longer than this is dropped and its units re-queued.
         public var workerTimeout: Double
-        public init(runId: String, datasetFingerprint: String, configJSON: String, workerTimeout: Double = 60) {
+        /// Units a worker may hold at once: one it computes, the rest wait in its
+        /// socket, so it starts the next unit without a round trip to us. Extra
+        /// units go out only while more units are pending than workers are live,
+        /// so the end of a phase is still handed to whoever is idle.
+        public var unitsPerWorker: Int
+        public init(runId: String, datasetFingerprint: String, configJSON: String, workerTimeout: Double = 60,
+                    unitsPerWorker: Int = 2) {
             self.runId = runId; self.datasetFingerprint = datasetFingerprint; self.configJSON = configJSON
-            self.workerTimeout = workerTimeout
+            self.workerTimeout = workerTimeout; self.unitsPerWorker = max(1, unitsPerWorker)
         }
     }
 
@@ -62,7 +68,7 @@ public struct CoordinatorMachine: Sendable {
         var name: String
         var lastSeen: Double
         var ready = false
-        var unit: Int?     // unit id in flight
+        var units: [Int] = []   // unit ids in flight, in the order sent
     }
 
     public let settings: Settings
@@ -101,6 +107,9 @@ public struct CoordinatorMachine: Sendable {
         workers[peer] = w
         switch e.message {
         case .ready:
+            // A worker says ready when it holds nothing: anything we thought it had is lost.
+            for u in workers[peer]!.units.reversed() { requeue(u) }
+            workers[peer]!.units = []
             workers[peer]!.ready = true
             return dispatch()
         case .heartbeat:
@@ -134,7 +143,7 @@ public struct CoordinatorMachine: Sendable {
             let w = workers[peer]!
             if now - w.lastSeen > settings.workerTimeout {
                 out.append(.log("worker \(w.name) silent for \(Int(now - w.lastSeen))s; dropped"))
-                if let u = w.unit { requeue(u) }
+                for u in w.units.reversed() { requeue(u) }
                 workers[peer] = nil
             }
         }
@@ -174,7 +183,7 @@ public struct CoordinatorMachine: Sendable {
             return [.log("refused worker \(h.workerName): its dataset fingerprint \(h.datasetFingerprint.prefix(12))… is not the coordinator's \(settings.datasetFingerprint.prefix(12))…"),
                     .send(peer, .refuse(reason: "dataset fingerprint mismatch: worker has \(h.datasetFingerprint.prefix(12))…, coordinator has \(settings.datasetFingerprint.prefix(12))…"))]
         }
-        if let old = workers[peer], let u = old.unit { requeue(u) }  // re-joined: its old unit is lost
+        if let old = workers[peer] { for u in old.units.reversed() { requeue(u) } }  // re-joined: its old units are lost
         if workers[peer] == nil { joinOrder.append(peer) }
         workers[peer] = Worker(name: h.workerName, lastSeen: now)
         return [.log("worker \(h.workerName) joined (\(workers.count) live)"),
@@ -184,7 +193,7 @@ public struct CoordinatorMachine: Sendable {
     mutating func onResult(_ r: UnitResult, unitId: Int, version v: Int, from peer: PeerID) -> [Directive] {
         var out: [Directive] = []
         let name = workers[peer]!.name
-        if workers[peer]!.unit == unitId { workers[peer]!.unit = nil }
+        workers[peer]!.units.removeAll { $0 == unitId }
         workers[peer]!.ready = true
         if let p = phase, unitId >= firstUnitId, unitId < firstUnitId + p.units.count {
             let index = unitId - firstUnitId
@@ -203,7 +212,7 @@ public struct CoordinatorMachine: Sendable {
         return out + dispatch()
     }
 
-    func inFlight(_ index: Int) -> Bool { workers.values.contains { $0.unit == firstUnitId + index } }
+    func inFlight(_ index: Int) -> Bool { workers.values.contains { $0.units.contains(firstUnitId + index) } }
 
     mutating func requeue(_ unitId: Int) {
         guard let p = phase else { return }
@@ -221,17 +230,22 @@ public struct CoordinatorMachine: Sendable {
         return [.phaseComplete(PhaseResults(phase: p, results: ordered))]
     }
 
-    /// Hands pending units to ready workers, in join order.
+    /// Hands pending units to ready workers in join order: first to idle
+    /// workers, then (while more units are pending than workers are live) a
+    /// queued unit to each busy one, up to `unitsPerWorker`.
     mutating func dispatch() -> [Directive] {
         guard let p = phase else { return [] }
         var out: [Directive] = []
-        for peer in joinOrder where !pending.isEmpty {
-            guard var w = workers[peer], w.ready, w.unit == nil else { continue }
-            let index = pending.removeFirst()
-            let id = firstUnitId + index
-            w.ready = false; w.unit = id
-            workers[peer] = w
-            out.append(.send(peer, .work(WorkUnit(id: id, kind: p.kind, version: p.version, episodes: p.units[index]))))
+        for held in 0..<settings.unitsPerWorker {
+            for peer in joinOrder where !pending.isEmpty {
+                guard var w = workers[peer], w.ready, w.units.count == held else { continue }
+                if held > 0 && pending.count <= workers.count { return out }
+                let index = pending.removeFirst()
+                let id = firstUnitId + index
+                w.units.append(id)
+                workers[peer] = w
+                out.append(.send(peer, .work(WorkUnit(id: id, kind: p.kind, version: p.version, episodes: p.units[index]))))
+            }
         }
         return out
     }

@@ -4,6 +4,11 @@ import Wire
 /// itself, keeps track of which weights version it holds, fetches weights it
 /// missed (late join, dropped broadcast) before computing, and never computes
 /// a unit on the wrong version. The shell owns sockets, the dataset and the math.
+///
+/// Work and broadcasts travel on different connections, so a unit usually
+/// arrives a moment before its weights. The worker then waits up to
+/// `broadcastGrace` for the broadcast before it fetches: fetching at once
+/// would move every 1.5 MB weight vector twice.
 public struct WorkerMachine: Sendable {
     public enum Directive: Equatable, Sendable {
         case send(Message)
@@ -24,11 +29,15 @@ public struct WorkerMachine: Sendable {
     public var heartbeatInterval: Double = 2
     /// Silence after which the coordinator is presumed gone.
     public var coordinatorTimeout: Double
+    /// How long a unit waits for its weights' broadcast before the worker fetches them.
+    public var broadcastGrace: Double = 0.25
 
     private var state = State.joining
     public private(set) var runId = ""
     public private(set) var weightsVersion = -1
-    private var pending: WorkUnit?
+    private var pending: [WorkUnit] = []    // units waiting for their weights, in arrival order
+    private var fetchAt: Double?            // fetch then, unless the broadcast came
+    private var fetchedVersion = -1         // the version the last fetch was sent at
     private var computing = false
     private var configJSON: String?
     private var lastSent = 0.0
@@ -39,6 +48,9 @@ public struct WorkerMachine: Sendable {
     }
 
     public var isStopped: Bool { state == .stopped }
+
+    /// When the shell should call `onTick` next at the latest (a pending fetch), if sooner than its usual tick.
+    public var wakeAt: Double? { pending.isEmpty ? nil : fetchAt }
 
     /// The first message. MUST be the first thing sent.
     public mutating func onStart(now: Double) -> [Directive] {
@@ -53,8 +65,8 @@ public struct WorkerMachine: Sendable {
             // Another run on the same endpoint: the coordinator restarted (e.g. --resume).
             // Forget the old run's weights and pending work and join the new one.
             state = .joining
-            pending = nil
-            weightsVersion = -1
+            pending = []; fetchAt = nil
+            weightsVersion = -1; fetchedVersion = -1
             return [.log("coordinator now runs '\(e.runId)' (was '\(runId)'); joining again")]
                 + sent(.hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint)), now)
         }
@@ -65,11 +77,17 @@ public struct WorkerMachine: Sendable {
             state = .joined
             runId = e.runId
             out.append(.log("joined run \(e.runId) at weights version \(w.version)"))
-            return out + sent(.ready, now)
+            out += sent(.ready, now)
+            // Joined after that version's broadcast: fetch it now.
+            if w.version > weightsVersion && w.version > fetchedVersion {
+                fetchedVersion = w.version
+                out += sent(.fetchWeights, now)
+            }
+            return out
         case .refuse(let reason):
             if state == .joined, reason.hasPrefix("unknown worker") {
                 state = .joining
-                pending = nil
+                pending = []; fetchAt = nil
                 return [.log("coordinator lost track of this worker; joining again")]
                     + sent(.hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint)), now)
             }
@@ -87,8 +105,10 @@ public struct WorkerMachine: Sendable {
                 return [.compute(u)]
             }
             if u.version > weightsVersion {
-                pending = u
-                return [.log("unit \(u.id) needs weights version \(u.version), holding \(weightsVersion); fetching")] + sent(.fetchWeights, now)
+                pending.append(u)
+                // A fetch already on its way brings this version; otherwise give the broadcast a moment.
+                if fetchAt == nil && fetchedVersion < u.version { fetchAt = now + broadcastGrace }
+                return []
             }
             return [.log("unit \(u.id) is for old version \(u.version); skipping")] + sent(.ready, now)
         case .heartbeat:
@@ -102,16 +122,21 @@ public struct WorkerMachine: Sendable {
         guard w.version > weightsVersion else { return [] }
         weightsVersion = w.version
         var out: [Directive] = [.installWeights(w)]
-        if let u = pending {
+        let waiting = pending
+        pending = waiting.filter { $0.version > w.version }
+        if pending.isEmpty { fetchAt = nil }
+        var skipped = false
+        for u in waiting where u.version <= w.version {
             if u.version == w.version {
-                pending = nil
                 computing = true
                 out.append(.compute(u))
-            } else if u.version < w.version {
-                pending = nil
+            } else {
+                skipped = true
                 out.append(.log("unit \(u.id) became stale (version \(u.version) < \(w.version)); skipping"))
-                out += sent(.ready, now)
             }
+        }
+        if skipped && !out.contains(where: { if case .compute = $0 { return true }; return false }) && pending.isEmpty {
+            out += sent(.ready, now)
         }
         return out
     }
@@ -133,6 +158,13 @@ public struct WorkerMachine: Sendable {
 
     public mutating func onTick(now: Double) -> [Directive] {
         guard state != .stopped, !computing else { return [] }
+        if let u = pending.last, let t = fetchAt, now >= t {
+            // The broadcast did not come (dropped, or sent before we subscribed): ask for the weights.
+            fetchAt = nil
+            fetchedVersion = u.version
+            return [.log("unit \(u.id) needs weights version \(u.version), holding \(weightsVersion); no broadcast came, fetching")]
+                + sent(.fetchWeights, now)
+        }
         if now - lastHeard > coordinatorTimeout {
             state = .stopped
             return [.exit(code: 1, reason: "no word from the coordinator for \(Int(now - lastHeard))s")]

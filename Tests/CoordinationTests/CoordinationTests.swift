@@ -52,6 +52,31 @@ final class CoordinatorMachineTests: XCTestCase {
         XCTAssertFalse(m.inPhase)
     }
 
+    /// While more units are pending than workers are live, each busy worker also
+    /// gets a queued unit; the end of the phase goes to whoever is idle.
+    func testBusyWorkersGetAQueuedUnitWhileWorkRemains() {
+        var m = machine()
+        join(&m, a); join(&m, b)
+        let w0 = work(m.startPhase(.init(kind: .train, version: 0, units: (1...6).map { [$0] })))
+        XCTAssertEqual(w0.map(\.0), [a, b, a, b], "one to compute and one queued each")
+        XCTAssertEqual(w0.map(\.1.episodes), [[1], [2], [3], [4]])
+        // Two pending for two workers: finishing a unit with one still queued brings no new one.
+        XCTAssertTrue(work(m.onMessage(env(result(w0[0].1, 1)), from: a, now: 1)).isEmpty)
+        XCTAssertTrue(work(m.onMessage(env(result(w0[1].1, 2)), from: b, now: 2)).isEmpty)
+        // Whoever runs out of work gets the rest, one at a time.
+        let d3 = work(m.onMessage(env(result(w0[3].1, 4)), from: b, now: 3))
+        XCTAssertEqual(d3.map(\.0), [b]); XCTAssertEqual(d3[0].1.episodes, [5])
+        let d4 = work(m.onMessage(env(result(w0[2].1, 3)), from: a, now: 4))
+        XCTAssertEqual(d4.map(\.0), [a]); XCTAssertEqual(d4[0].1.episodes, [6])
+        // Workers that time out lose every unit they held; a worker that joins again gets them.
+        XCTAssertTrue(work(m.onTick(now: 100)).isEmpty)
+        XCTAssertEqual(m.liveWorkers, 0)
+        _ = m.onMessage(env(.hello(Hello(workerName: "b", datasetFingerprint: "fp"))), from: b, now: 100)
+        let again = work(m.onMessage(env(.ready), from: b, now: 100))
+        XCTAssertEqual(again.map(\.1.episodes), [[5]], "as many pending as workers: nothing queued")
+        XCTAssertEqual(work(m.onMessage(env(result(again[0].1, 5)), from: b, now: 101)).map(\.1.episodes), [[6]])
+    }
+
     func testWrongVersionIsDiscardedAndRequeued() {
         var m = machine()
         join(&m, a)
@@ -96,12 +121,14 @@ final class WorkerMachineTests: XCTestCase {
     func testJoinFetchComputeAndExit() {
         var w = WorkerMachine(name: "w", datasetFingerprint: "fp", coordinatorTimeout: 30)
         XCTAssertEqual(w.onStart(now: 0), [.send(.hello(Hello(workerName: "w", datasetFingerprint: "fp")))])
+        // Joined after version 3 was broadcast: ready, and fetch it at once.
         let joined = w.onMessage(env(.welcome(Welcome(configJSON: "{c}", version: 3))), now: 1)
         XCTAssertEqual(joined.first, .configure(configJSON: "{c}"))
-        XCTAssertEqual(joined.last, .send(.ready))
-        // Work on a version it does not hold: fetch first, compute when the weights arrive.
+        XCTAssertEqual(Array(joined.suffix(2)), [.send(.ready), .send(.fetchWeights)])
+        // Work on a version it does not hold yet: wait for the fetch (no second fetch), compute when the weights arrive.
         let u = WorkUnit(id: 7, kind: .train, version: 3, episodes: [1])
-        XCTAssertEqual(w.onMessage(env(.work(u)), now: 2).last, .send(.fetchWeights))
+        XCTAssertEqual(w.onMessage(env(.work(u)), now: 2), [])
+        XCTAssertNil(w.wakeAt)
         let wt = Weights(version: 3, theta: [1], alpha: [])
         XCTAssertEqual(w.onMessage(env(.weights(wt)), now: 3), [.installWeights(wt), .compute(u)])
         let r = Message.trainResult(TrainResult(unitId: 7, version: 3, gradTheta: [0], gradAlpha: [], lossSum: 0, tasks: 1))
@@ -112,6 +139,40 @@ final class WorkerMachineTests: XCTestCase {
         XCTAssertEqual(w.onMessage(env(.weights(Weights(version: 2, theta: [0], alpha: []))), now: 6), [])
         XCTAssertEqual(w.onMessage(env(.shutdown(reason: "done")), now: 7), [.exit(code: 0, reason: "done")])
         XCTAssertTrue(w.isStopped)
+    }
+
+    /// Work usually arrives a moment before its broadcast: the worker waits for
+    /// the broadcast (every queued unit kept), and fetches only if none comes.
+    func testUnitsWaitForTheBroadcastThenFetch() {
+        var w = WorkerMachine(name: "w", datasetFingerprint: "fp")
+        w.broadcastGrace = 0.25
+        _ = w.onStart(now: 0)
+        _ = w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 0)
+        _ = w.onMessage(env(.weights(Weights(version: 0, theta: [0], alpha: []))), now: 0)
+        let u1 = WorkUnit(id: 1, kind: .train, version: 1, episodes: [1])
+        let u2 = WorkUnit(id: 2, kind: .train, version: 1, episodes: [2])
+        XCTAssertEqual(w.onMessage(env(.work(u1)), now: 10), [])
+        XCTAssertEqual(w.onMessage(env(.work(u2)), now: 10.1), [], "a second (queued) unit waits too")
+        XCTAssertEqual(w.wakeAt, 10.25)
+        // The broadcast comes in time: both units run, in order, and nothing is fetched.
+        let v1 = Weights(version: 1, theta: [1], alpha: [])
+        XCTAssertEqual(w.onMessage(env(.weights(v1)), now: 10.2), [.installWeights(v1), .compute(u1), .compute(u2)])
+        XCTAssertNil(w.wakeAt)
+        for u in [u1, u2] {
+            let r = Message.trainResult(TrainResult(unitId: u.id, version: 1, gradTheta: [0], gradAlpha: [], lossSum: 0, tasks: 1))
+            XCTAssertEqual(w.onComputed(r, now: 10.3), [.send(r)])
+        }
+        XCTAssertEqual(w.onTick(now: 11), [])
+        // The next broadcast is lost: after the grace the worker fetches, once.
+        let u3 = WorkUnit(id: 3, kind: .train, version: 2, episodes: [3])
+        XCTAssertEqual(w.onMessage(env(.work(u3)), now: 20), [])
+        XCTAssertFalse(w.onTick(now: 20.1).contains(.send(.fetchWeights)), "still within the grace")
+        let d = w.onTick(now: 20.3)
+        XCTAssertEqual(d.last, .send(.fetchWeights))
+        XCTAssertNil(w.wakeAt)
+        XCTAssertFalse(w.onTick(now: 20.6).contains(.send(.fetchWeights)))
+        let v2 = Weights(version: 2, theta: [2], alpha: [])
+        XCTAssertEqual(w.onMessage(env(.weights(v2)), now: 20.7), [.installWeights(v2), .compute(u3)])
     }
 
     /// A coordinator restarted on the same endpoint (new run id): the worker joins
@@ -158,7 +219,7 @@ final class WorkerMachineTests: XCTestCase {
         XCTAssertEqual(r.onMessage(env(.refuse(reason: "dataset fingerprint mismatch")), now: 1),
                        [.exit(code: 1, reason: "coordinator refused this worker: dataset fingerprint mismatch")])
         var p = WorkerMachine(name: "w", datasetFingerprint: "fp")
-        XCTAssertEqual(p.onUndecodable(.protocolMismatch(theirs: 2)),
-                       [.exit(code: 1, reason: "coordinator speaks protocol version 2, this worker speaks 1")])
+        XCTAssertEqual(p.onUndecodable(.protocolMismatch(theirs: 9)),
+                       [.exit(code: 1, reason: "coordinator speaks protocol version 9, this worker speaks \(Envelope.protocolVersion)")])
     }
 }
