@@ -3,6 +3,7 @@ import Coordination
 import Core
 import Evaluation
 import Foundation
+import Kernels
 import Training
 import Transport
 import Wire
@@ -25,9 +26,10 @@ public final class CoordinatorShell {
     private var pub: ZMQSocket!
     private var machine: CoordinatorMachine!
     private var runId = ""
-    private var weightsFrame: [UInt8] = []
+    private var weightsFrame: OutgoingFrame!
     private enum Next { case train(Int), eval(Int), finish }
     private var next = Next.finish
+    private var plan: MetaTrainer.TrainPlan?
     private var pendingLine: [(String, JSON)] = []
     private var started = 0.0, startIteration = 0
     private var lastHR10: Double?
@@ -99,9 +101,11 @@ public final class CoordinatorShell {
             if !machine.inPhase {
                 switch next {
                 case .train(let t):
-                    let units = trainer.trainUnits(iteration: t)
-                    try execute(machine.startPhase(.init(kind: .train, version: trainer.iteration, units: units,
-                                                         dispatchOrder: trainer.dispatchOrder(units, split: .train))))
+                    // With several workers, end the phase on single tasks (the plan never changes the bits).
+                    let p = trainer.trainPlan(iteration: t, split: machine.liveWorkers - 1)
+                    plan = p
+                    try execute(machine.startPhase(.init(kind: .train, version: trainer.iteration, units: p.units,
+                                                         dispatchOrder: p.dispatchOrder)))
                 case .eval:
                     let units = trainer.evalUnits()
                     try execute(machine.startPhase(.init(kind: .eval, version: trainer.iteration, units: units,
@@ -117,7 +121,7 @@ public final class CoordinatorShell {
                 continue
             }
             if try zmqPoll([router], timeoutMs: 100)[0] {
-                while let frames = try router.receive(timeoutMs: 0) { try receive(frames) }
+                while let frames = try router.receiveFrames(timeoutMs: 0) { try receive(frames) }
             }
             let now = monotonicNow()
             if now - lastTick >= 1 {
@@ -131,14 +135,15 @@ public final class CoordinatorShell {
         }
     }
 
-    func receive(_ frames: [[UInt8]]) throws {
+    func receive(_ frames: [Frame]) throws {
         guard frames.count == 2 else {
             progress?.log("dropped a message of \(frames.count) frames")
             return
         }
-        let peer = PeerID(frames[0])
+        let peer = PeerID(Array(frames[0].bytes))
         do {
-            let e = try Envelope.decode(frames[1])
+            // Decoded in place: a result's gradients stay in its frame until the reduce reads them.
+            let e = try Envelope.decode(ByteBlock(view: frames[1].bytes, owner: frames[1]))
             try execute(machine.onMessage(e, from: peer, now: monotonicNow()))
         } catch let e as WireError {
             try execute(machine.onUndecodable(e, from: peer))
@@ -153,30 +158,43 @@ public final class CoordinatorShell {
         for d in directives {
             switch d {
             case .send(let peer, let m): send(peer, Envelope(runId: runId, message: m).encode())
-            case .sendWeights(let peer): send(peer, weightsFrame)
+            case .sendWeights(let peer):
+                do { try router.send([peer.bytes], weightsFrame) } catch { say("could not send weights to \(peer): \(error)") }
             case .log(let s): say(s)
             case .phaseComplete(let r): try complete(r)
             }
         }
     }
 
+    /// Encodes θ (and α) once into a ZeroMQ message that the broadcast and every
+    /// fetch reply share without copying.
     func publishWeights() {
-        weightsFrame = Envelope.encodeWeights(runId: runId, version: trainer.iteration,
-                                              theta: UnsafeBufferPointer(trainer.theta.buffer),
-                                              alpha: trainer.alpha.map { UnsafeBufferPointer($0.buffer) })
-        try? pub.send([weightsFrame])
+        let e = Envelope(runId: runId, message: .weights(Weights(version: trainer.iteration, theta: Floats(viewing: trainer.theta),
+                                                                 alpha: trainer.alpha.map { Floats(viewing: $0) } ?? [])))
+        let frame = OutgoingFrame(count: e.encodedCount)
+        e.encode(into: frame.mutableBytes)
+        weightsFrame = frame
+        try? pub.send([], frame)
     }
 
     func complete(_ r: CoordinatorMachine.PhaseResults) throws {
         switch r.phase.kind {
         case .train:
-            let units = try r.results.map { u -> (gradTheta: [Float], gradAlpha: [Float], lossSum: Double, tasks: Int) in
+            let results = try r.results.map { u -> TrainResult in
                 guard case .train(let t) = u else { throw MetatrainError("train phase got an eval result") }
-                return (t.gradTheta, t.gradAlpha, t.lossSum, t.tasks)
+                return t
             }
+            guard let plan else { throw MetatrainError("internal: a train phase completed without its plan") }
             let t = trainer.iteration + 1
             let c0 = monotonicNow()
-            let (loss, norm) = try trainer.applyTrain(units, iteration: t)
+            // The gradients are read where they landed (the results keep their frames alive).
+            let (loss, norm) = try withExtendedLifetime(results) {
+                try trainer.applyTrain(results.map { x in
+                    MetaTrainer.UnitSums(gradTheta: UnsafeRawBufferPointer(start: x.gradTheta.baseAddress, count: 4 * x.gradTheta.count),
+                                         gradAlpha: UnsafeRawBufferPointer(start: x.gradAlpha.baseAddress, count: 4 * x.gradAlpha.count),
+                                         lossSum: x.lossSum, tasks: x.tasks)
+                }, plan: plan, iteration: t)
+            }
             machine.onPublished(version: trainer.iteration)
             publishWeights()
             let c1 = monotonicNow()
@@ -201,11 +219,8 @@ public final class CoordinatorShell {
                     var s = MetricSums()
                     s.sums = Array(e.sums[(6 * i)..<(6 * i + 6)])
                     s.queries = e.queries[i]
-                    per.append((s, 0))
+                    per.append((s, Float(e.losses[i])))
                 }
-                // Loss arrives summed per unit; spread it evenly so the mean over episodes is exact.
-                let n = e.queries.count
-                if n > 0 { for k in (per.count - n)..<per.count { per[k].1 = Float(e.lossSum / Double(n)) } }
             }
             let v = try trainer.applyEval(per)
             lastHR10 = v.hr10

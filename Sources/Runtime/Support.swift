@@ -40,3 +40,13 @@ public func publishEndpoint(for endpoint: String) throws -> String {
     return String(endpoint[..<colon]) + ":\(port + 1)"
 }
 
+
+import Kernels
+import Wire
+
+extension Floats {
+    /// A view of a parameter or gradient buffer, to encode it without an intermediate copy.
+    init(viewing b: FloatBuffer) {
+        self.init(viewing: ByteBlock(view: UnsafeRawBufferPointer(b.buffer), owner: b))
+    }
+}

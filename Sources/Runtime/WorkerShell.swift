@@ -56,19 +56,23 @@ public final class WorkerShell {
         var lastTick = monotonicNow()
         while exitCode == nil {
             if stop.isSet { exitReason = "interrupted"; return 130 }
-            let ready = try zmqPoll([dealer, sub], timeoutMs: 100)
+            // Wake for the machine's own deadline (a pending fetch) if it comes before the next poll ends.
+            let wait = machine.wakeAt.map { max(0, min(100, Int((($0 - monotonicNow()) * 1000).rounded(.up)))) } ?? 100
+            let ready = try zmqPoll([dealer, sub], timeoutMs: wait)
             for (socket, isReady) in zip([dealer!, sub!], ready) where isReady && exitCode == nil {
-                while exitCode == nil, let frames = try socket.receive(timeoutMs: 0) {
+                while exitCode == nil, let frames = try socket.receiveFrames(timeoutMs: 0) {
                     guard frames.count == 1 else { log("dropped a message of \(frames.count) frames"); continue }
                     do {
-                        try execute(machine.onMessage(try Envelope.decode(frames[0]), now: monotonicNow()))
+                        // Decoded in place: weights stay in the received frame until installed.
+                        let e = try Envelope.decode(ByteBlock(view: frames[0].bytes, owner: frames[0]))
+                        try execute(machine.onMessage(e, now: monotonicNow()))
                     } catch let e as WireError {
                         try execute(machine.onUndecodable(e))
                     }
                 }
             }
             let now = monotonicNow()
-            if exitCode == nil && now - lastTick >= 0.5 {
+            if exitCode == nil, now - lastTick >= 0.5 || machine.wakeAt.map({ now >= $0 }) == true {
                 lastTick = now
                 if let parent = exitWithParent, getppid() != parent {
                     exitReason = "parent process \(parent) exited"
@@ -84,7 +88,11 @@ public final class WorkerShell {
         for d in directives where exitCode == nil {
             switch d {
             case .send(let m):
-                try dealer.send([Envelope(runId: machine.runId, message: m, protocolVersion: protocolVersion).encode()])
+                // Encoded straight into the outgoing ZeroMQ message (one copy of a 1.5 MB gradient).
+                let e = Envelope(runId: machine.runId, message: m, protocolVersion: protocolVersion)
+                let frame = OutgoingFrame(count: e.encodedCount)
+                e.encode(into: frame.mutableBytes)
+                try dealer.send([], frame)
             case .configure(let json):
                 let config = try Config.parse(json, origin: "coordinator's config")
                 computer = UnitComputer(config: config, dataset: dataset)
@@ -108,16 +116,20 @@ public final class WorkerShell {
         guard let computer, let w = latest, w.version == u.version else {
             throw MetatrainError("internal: unit \(u.id) scheduled without its weights")
         }
-        if installed != w.version { try computer.install(theta: w.theta, alpha: w.alpha); installed = w.version }
+        if installed != w.version {
+            try w.theta.withUnsafeBytes { t in try w.alpha.withUnsafeBytes { a in try computer.install(theta: t, alpha: a) } }
+            installed = w.version
+        }
         switch u.kind {
         case .train:
+            // Views of the computer's gradient buffers: encoded (copied) before the next unit overwrites them.
             let r = computer.train(episodes: u.episodes)
-            return .trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: r.gradTheta, gradAlpha: r.gradAlpha,
-                                            lossSum: r.lossSum, tasks: r.tasks))
+            return .trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: Floats(viewing: r.gradTheta),
+                                            gradAlpha: r.gradAlpha.map { Floats(viewing: $0) } ?? [], lossSum: r.lossSum, tasks: r.tasks))
         case .eval:
             let per = computer.eval(episodes: u.episodes)
             return .evalResult(EvalResult(unitId: u.id, version: u.version, sums: per.flatMap { $0.0.sums },
-                                          queries: per.map { $0.0.queries }, lossSum: per.reduce(0.0) { $0 + Double($1.1) }))
+                                          queries: per.map { $0.0.queries }, losses: per.map { Double($0.1) }))
         }
     }
 }

@@ -33,6 +33,7 @@ public final class MetaTrainer {
     private var evalsSinceBest = 0
     private let gradTheta: FloatBuffer
     private let gradAlpha: FloatBuffer?
+    private var scratch: [FloatBuffer] = []   // re-joined split chunks
 
     // Curves written to every checkpoint, in this order.
     static let iterationKeys = ["iteration", "meta_loss", "grad_norm"]
@@ -116,6 +117,47 @@ public final class MetaTrainer {
         chunks(sampler.batch(iteration: t), config.maml.chunkSize)
     }
 
+    /// How one meta-iteration's chunks go out as work units. A chunk goes whole,
+    /// or split into its first half (summed) followed by its remaining tasks one
+    /// by one: the coordinator re-joins the pieces in task order, which gives the
+    /// chunk's sum bit for bit, so splitting never changes the weights. (A worker
+    /// adds each task to its running sum in one addition per element, starting
+    /// from +0; such a sum is never −0, so adding a lone task's 0 + g instead of g
+    /// changes no bit.)
+    public struct TrainPlan: Equatable, Sendable {
+        /// Episodes of each work unit, in unit order.
+        public var units: [[Int]]
+        /// For each chunk, in chunk order, the units that make it, in task order.
+        public var chunkUnits: [[Int]]
+        /// Order in which units are handed out.
+        public var dispatchOrder: [Int]
+    }
+
+    /// Iteration t's plan: chunks in dispatch order (costliest first), with the
+    /// last `split` of them split so that a phase ends on single tasks, not on
+    /// whole chunks (with several workers, one worker would otherwise idle for
+    /// up to a chunk while another finishes).
+    public func trainPlan(iteration t: Int, split: Int) -> TrainPlan {
+        let chunks = trainUnits(iteration: t)
+        let byCost = dispatchOrder(chunks, split: .train)
+        let splitSet = Set(byCost.suffix(max(0, min(split, chunks.count - 1))).filter { chunks[$0].count > 1 })
+        var units: [[Int]] = [], chunkUnits: [[Int]] = []
+        for (c, chunk) in chunks.enumerated() {
+            var pieces = [chunk]
+            if splitSet.contains(c) {
+                let head = chunk.count / 2
+                pieces = [Array(chunk[..<head])] + chunk[head...].map { [$0] }
+            }
+            chunkUnits.append(Array(units.count..<(units.count + pieces.count)))
+            units += pieces
+        }
+        // Whole chunks costliest first, then the pieces, costliest first.
+        let order = byCost.filter { !splitSet.contains($0) }.map { chunkUnits[$0][0] }
+        let pieceIndices = splitSet.sorted().flatMap { chunkUnits[$0] }
+        let pieceOrder = dispatchOrder(pieceIndices.map { units[$0] }, split: .train).map { pieceIndices[$0] }
+        return TrainPlan(units: units, chunkUnits: chunkUnits, dispatchOrder: order + pieceOrder)
+    }
+
     public func evalUnits() -> [[Int]] { chunks(valEpisodes, config.maml.chunkSize) }
 
     /// Units ordered by estimated cost (prefix items to run), costliest first.
@@ -137,34 +179,59 @@ public final class MetaTrainer {
     public func evalDue(_ t: Int) -> Bool { !valEpisodes.isEmpty && t % config.eval.every == 0 }
     public func checkpointDue(_ t: Int) -> Bool { t % config.checkpoint.every == 0 }
 
+    /// One unit's result as the coordinator received it: float32 runs that may be
+    /// unaligned views into received frames, valid for the duration of the call.
+    public struct UnitSums {
+        public var gradTheta: UnsafeRawBufferPointer
+        /// Meta-SGD only (empty otherwise).
+        public var gradAlpha: UnsafeRawBufferPointer
+        public var lossSum: Double
+        public var tasks: Int
+        public init(gradTheta: UnsafeRawBufferPointer, gradAlpha: UnsafeRawBufferPointer, lossSum: Double, tasks: Int) {
+            self.gradTheta = gradTheta; self.gradAlpha = gradAlpha; self.lossSum = lossSum; self.tasks = tasks
+        }
+    }
+
     /// Reduces one iteration's unit results (IN UNIT ORDER: the sums are added in
     /// this order, so the bits do not depend on which worker computed what),
     /// divides by the number of tasks, clips, and takes the Adam step.
     /// Returns the mean meta-loss and the gradient norm before clipping.
-    public func applyTrain(_ units: [(gradTheta: [Float], gradAlpha: [Float], lossSum: Double, tasks: Int)],
-                           iteration t: Int) throws -> (loss: Double, gradNorm: Double) {
+    public func applyTrain(_ units: [UnitSums], plan: TrainPlan, iteration t: Int) throws -> (loss: Double, gradNorm: Double) {
         precondition(t == iteration + 1, "iteration \(t) applied after \(iteration)")
-        let n = layout.count
-        var tasks = 0, loss = 0.0
-        for (k, u) in units.enumerated() {
-            guard u.gradTheta.count == n, u.gradAlpha.count == (gradAlpha == nil ? 0 : n) else {
-                throw MetatrainError("unit result has \(u.gradTheta.count) gradient entries, expected \(n)")
-            }
-            // The first unit seeds the sum; the rest are added in unit order.
-            u.gradTheta.withUnsafeBufferPointer { g in
-                if k == 0 { gradTheta.ptr.update(from: g.baseAddress!, count: n) } else { for i in 0..<n { gradTheta.ptr[i] += g[i] } }
-            }
-            if let ga = gradAlpha {
-                u.gradAlpha.withUnsafeBufferPointer { g in
-                    if k == 0 { ga.ptr.update(from: g.baseAddress!, count: n) } else { for i in 0..<n { ga.ptr[i] += g[i] } }
-                }
-            }
-            tasks += u.tasks; loss += u.lossSum
+        guard !units.isEmpty, units.count == plan.units.count else {
+            throw MetatrainError("iteration \(t) has \(units.count) unit results for \(plan.units.count) units")
         }
+        let n = layout.count
+        for u in units {
+            guard u.gradTheta.count == 4 * n, u.gradAlpha.count == (gradAlpha == nil ? 0 : 4 * n) else {
+                throw MetatrainError("unit result has \(u.gradTheta.count / 4)+\(u.gradAlpha.count / 4) gradient entries, expected \(n)")
+            }
+        }
+        // Re-join split chunks in task order, then add chunk sums in chunk order
+        // (the first seeds the sum; one fused pass, squares included).
+        var tasks = 0, loss = 0.0
+        var thetaSources: [UnsafeRawPointer] = [], alphaSources: [UnsafeRawPointer] = []
+        var scratchUsed = 0
+        func joined(_ sources: [UnsafeRawPointer]) -> UnsafeRawPointer {
+            if sources.count == 1 { return sources[0] }
+            if scratch.count <= scratchUsed { scratch.append(FloatBuffer(count: n)) }
+            let buf = scratch[scratchUsed]
+            scratchUsed += 1
+            _ = sumInOrder(sources, count: n, into: buf.ptr)
+            return UnsafeRawPointer(buf.ptr)
+        }
+        for pieces in plan.chunkUnits {
+            var chunkLoss = 0.0
+            for p in pieces { tasks += units[p].tasks; chunkLoss += units[p].lossSum }
+            loss += chunkLoss
+            thetaSources.append(joined(pieces.map { units[$0].gradTheta.baseAddress! }))
+            if gradAlpha != nil { alphaSources.append(joined(pieces.map { units[$0].gradAlpha.baseAddress! })) }
+        }
+        var sq = sumInOrder(thetaSources, count: n, into: gradTheta.ptr)
+        if let ga = gradAlpha { sq += sumInOrder(alphaSources, count: n, into: ga.ptr) }
         // Mean over tasks and global-norm clipping over θ and α together, folded
         // into one scale that Adam applies as it reads the gradient.
         let inv = 1 / Double(tasks)
-        let sq = BLAS.sumSquares(gradTheta.ptr, n) + (gradAlpha.map { BLAS.sumSquares($0.ptr, n) } ?? 0)
         let norm = sq.squareRoot() * inv
         let coef = config.maml.clipNorm / (norm + 1e-6)
         let scale = Float(inv * min(coef, 1))
@@ -280,17 +347,19 @@ public final class UnitComputer {
         gradAlpha = metasgd ? FloatBuffer(count: layout.count) : nil
     }
 
-    /// Copies published weights in; throws if their size does not match this run's model.
-    public func install(theta t: [Float], alpha a: [Float]) throws {
-        guard t.count == layout.count, a.count == (alpha == nil ? 0 : layout.count) else {
-            throw MetatrainError("weights of \(t.count)+\(a.count) floats do not fit this model (\(layout.count) parameters)")
+    /// Copies published weights in (float32 runs, possibly unaligned views into
+    /// a received frame); throws if their size does not match this run's model.
+    public func install(theta t: UnsafeRawBufferPointer, alpha a: UnsafeRawBufferPointer) throws {
+        guard t.count == 4 * layout.count, a.count == (alpha == nil ? 0 : 4 * layout.count) else {
+            throw MetatrainError("weights of \(t.count / 4)+\(a.count / 4) floats do not fit this model (\(layout.count) parameters)")
         }
-        t.withUnsafeBufferPointer { theta.ptr.update(from: $0.baseAddress!, count: t.count) }
-        if let alpha { a.withUnsafeBufferPointer { alpha.ptr.update(from: $0.baseAddress!, count: a.count) } }
+        UnsafeMutableRawPointer(theta.ptr).copyMemory(from: t.baseAddress!, byteCount: t.count)
+        if let alpha { UnsafeMutableRawPointer(alpha.ptr).copyMemory(from: a.baseAddress!, byteCount: a.count) }
     }
 
     /// Σ over the unit's train episodes (in order) of task gradients and meta-losses.
-    public func train(episodes: [Int]) -> (gradTheta: [Float], gradAlpha: [Float], lossSum: Double, tasks: Int) {
+    /// The gradient buffers are this computer's own: valid until its next call.
+    public func train(episodes: [Int]) -> (gradTheta: FloatBuffer, gradAlpha: FloatBuffer?, lossSum: Double, tasks: Int) {
         gradTheta.zero(); gradAlpha?.zero()
         let ep = dataset.episodes(.train)
         var loss = 0.0
@@ -301,7 +370,7 @@ public final class UnitComputer {
             loss += Double(learner.accumulate(theta: theta, alpha: alpha, task: task, algorithm: algorithm,
                                               gradTheta: gradTheta, gradAlpha: gradAlpha))
         }
-        return (gradTheta.array, gradAlpha?.array ?? [], loss, episodes.count)
+        return (gradTheta, gradAlpha, loss, episodes.count)
     }
 
     /// Per val episode: metric sums and adapted query loss.

@@ -78,8 +78,27 @@ public final class ZMQSocket {
         }
     }
 
+    /// Sends `head` frames (e.g. a ROUTER peer identity) and then `body` as the
+    /// last frame, without copying the body: libzmq shares its buffer, so one
+    /// OutgoingFrame can go to many peers.
+    public func send(_ head: [[UInt8]], _ body: OutgoingFrame) throws {
+        for f in head {
+            let rc = f.withUnsafeBytes { zmq_send(handle, $0.baseAddress, f.count, ZMQ_SNDMORE) }
+            guard rc >= 0 else { throw TransportError("send") }
+        }
+        var msg = zmq_msg_t()
+        zmq_msg_init(&msg)
+        guard zmq_msg_copy(&msg, body.msg) == 0 else { zmq_msg_close(&msg); throw TransportError("send (copy)") }
+        guard zmq_msg_send(&msg, handle, 0) >= 0 else { zmq_msg_close(&msg); throw TransportError("send") }
+    }
+
     /// Receives one multipart message, or nil if none arrives within `timeoutMs` (−1 = wait).
     public func receive(timeoutMs: Int = -1) throws -> [[UInt8]]? {
+        try receiveFrames(timeoutMs: timeoutMs)?.map { Array($0.bytes) }
+    }
+
+    /// Like `receive`, but each frame stays in libzmq's buffer (no copy) until released.
+    public func receiveFrames(timeoutMs: Int = -1) throws -> [Frame]? {
         var item = zmq_pollitem_t(socket: handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
         let n = zmq_poll(&item, 1, timeoutMs)
         if n < 0 {
@@ -87,19 +106,44 @@ public final class ZMQSocket {
             throw TransportError("poll")
         }
         if n == 0 { return nil }
-        var frames: [[UInt8]] = []
+        var frames: [Frame] = []
         while true {
-            var msg = zmq_msg_t()
-            zmq_msg_init(&msg)
-            defer { zmq_msg_close(&msg) }
-            guard zmq_msg_recv(&msg, handle, 0) >= 0 else { throw TransportError("receive") }
-            let size = zmq_msg_size(&msg)
-            let data = zmq_msg_data(&msg)!
-            frames.append(Array(UnsafeRawBufferPointer(start: data, count: size)))
-            if zmq_msg_more(&msg) == 0 { break }
+            let f = Frame()
+            guard zmq_msg_recv(f.msg, handle, 0) >= 0 else { throw TransportError("receive") }
+            frames.append(f)
+            if zmq_msg_more(f.msg) == 0 { break }
         }
         return frames
     }
+}
+
+/// A received frame. Its bytes live in libzmq's message buffer, which is
+/// released with the Frame: large frames are read where they landed.
+public final class Frame: @unchecked Sendable {
+    let msg: UnsafeMutablePointer<zmq_msg_t>
+    init() {
+        msg = .allocate(capacity: 1)
+        zmq_msg_init(msg)
+    }
+    deinit { zmq_msg_close(msg); msg.deallocate() }
+    /// The frame's bytes; valid while the Frame is alive.
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: zmq_msg_data(msg), count: zmq_msg_size(msg)) }
+}
+
+/// A frame to send, filled in place (no intermediate array) and sent any
+/// number of times without copying its bytes.
+public final class OutgoingFrame: @unchecked Sendable {
+    let msg: UnsafeMutablePointer<zmq_msg_t>
+    public init(count: Int) {
+        msg = .allocate(capacity: 1)
+        zmq_msg_init_size(msg, count)
+    }
+    deinit { zmq_msg_close(msg); msg.deallocate() }
+    /// Write the frame's content here before the first send.
+    public var mutableBytes: UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: zmq_msg_data(msg), count: zmq_msg_size(msg))
+    }
+    public var count: Int { zmq_msg_size(msg) }
 }
 
 /// libzmq's version, e.g. (4, 3, 4).

@@ -1,7 +1,7 @@
 /// A message with the header every frame carries: magic "MTRN", the protocol
 /// version (u16), the message type (u8) and the run id (string), then the body.
 public struct Envelope: Equatable, Sendable {
-    public static let protocolVersion: UInt16 = 1
+    public static let protocolVersion: UInt16 = 2
     static let magic: [UInt8] = Array("MTRN".utf8)
 
     public var protocolVersion: UInt16
@@ -12,24 +12,29 @@ public struct Envelope: Equatable, Sendable {
         self.runId = runId; self.message = message; self.protocolVersion = protocolVersion
     }
 
-    /// The same bytes as `Envelope(runId:message: .weights(...)).encode()`, written
-    /// straight from the parameter buffers into one pre-sized frame (no
-    /// intermediate arrays: the coordinator publishes 1.5 MB per iteration).
-    public static func encodeWeights(runId: String, version: Int, theta: UnsafeBufferPointer<Float>,
-                                     alpha: UnsafeBufferPointer<Float>?) -> [UInt8] {
-        var w = ByteWriter(capacity: 64 + runId.utf8.count + 4 * (theta.count + (alpha?.count ?? 0)))
-        for b in magic { w.u8(b) }
-        w.u16(protocolVersion)
-        w.u8(10)
-        w.string(runId)
-        w.int(version)
-        w.floats(theta.baseAddress!, count: theta.count)
-        if let alpha, let base = alpha.baseAddress { w.floats(base, count: alpha.count) } else { w.u32(0) }
-        return w.bytes
+    /// The frame's bytes.
+    public func encode() -> [UInt8] {
+        var w = ByteWriter(ArraySink(capacity: 64))
+        write(to: &w)
+        return w.sink.bytes
     }
 
-    public func encode() -> [UInt8] {
-        var w = ByteWriter()
+    /// The size of the encoded frame, to size a buffer for `encode(into:)`.
+    public var encodedCount: Int {
+        var w = ByteWriter(CountingSink())
+        write(to: &w)
+        return w.sink.count
+    }
+
+    /// Writes the same bytes as `encode()` into `buffer`, which must be exactly
+    /// `encodedCount` long (e.g. a ZeroMQ message: one copy of a 1.5 MB payload).
+    public func encode(into buffer: UnsafeMutableRawBufferPointer) {
+        var w = ByteWriter(RawSink(buffer))
+        write(to: &w)
+        precondition(w.sink.position == buffer.count, "frame of \(buffer.count) bytes for a \(w.sink.position)-byte message")
+    }
+
+    func write<S: ByteSink>(to w: inout ByteWriter<S>) {
         for b in Envelope.magic { w.u8(b) }
         w.u16(protocolVersion)
         w.u8(Envelope.typeCode(message))
@@ -42,27 +47,34 @@ public struct Envelope: Equatable, Sendable {
         case .work(let u): w.int(u.id); w.u8(u.kind.rawValue); w.int(u.version); w.ints(u.episodes)
         case .trainResult(let r):
             w.int(r.unitId); w.int(r.version); w.floats(r.gradTheta); w.floats(r.gradAlpha); w.f64(r.lossSum); w.int(r.tasks)
-        case .evalResult(let r): w.int(r.unitId); w.int(r.version); w.doubles(r.sums); w.ints(r.queries); w.f64(r.lossSum)
+        case .evalResult(let r): w.int(r.unitId); w.int(r.version); w.doubles(r.sums); w.ints(r.queries); w.doubles(r.losses)
         case .weights(let x): w.int(x.version); w.floats(x.theta); w.floats(x.alpha)
         case .shutdown(let r): w.string(r)
         }
-        return w.bytes
     }
 
     /// Reads only the header: enough to refuse a peer that speaks another version.
     public static func peekHeader(_ bytes: [UInt8]) throws -> (protocolVersion: UInt16, type: UInt8, runId: String) {
-        var r = ByteReader(bytes)
-        guard bytes.count >= 4, Array(bytes[0..<4]) == magic else { throw WireError.badMagic }
+        try peekHeader(ByteBlock.copy(of: bytes))
+    }
+
+    static func peekHeader(_ block: ByteBlock) throws -> (protocolVersion: UInt16, type: UInt8, runId: String) {
+        var r = ByteReader(block)
+        guard block.bytes.count >= 4, block.bytes[0..<4].elementsEqual(magic) else { throw WireError.badMagic }
         _ = try r.take(4, "magic")
         let v = try r.u16("protocol version"), t = try r.u8("type")
         return (v, t, try r.string("run id"))
     }
 
     /// Decodes a frame. A frame of another protocol version throws `.protocolMismatch`.
-    public static func decode(_ bytes: [UInt8]) throws -> Envelope {
-        let (v, t, runId) = try peekHeader(bytes)
+    public static func decode(_ bytes: [UInt8]) throws -> Envelope { try decode(ByteBlock.copy(of: bytes)) }
+
+    /// Decodes a frame in place: float payloads (gradients, weights) are views
+    /// into `block`, which they keep alive.
+    public static func decode(_ block: ByteBlock) throws -> Envelope {
+        let (v, t, runId) = try peekHeader(block)
         guard v == protocolVersion else { throw WireError.protocolMismatch(theirs: v) }
-        var r = ByteReader(bytes)
+        var r = ByteReader(block)
         _ = try r.take(4 + 2 + 1 + 4 + runId.utf8.count, "header")
         let m: Message
         switch t {
@@ -79,8 +91,9 @@ public struct Envelope: Equatable, Sendable {
                                          gradAlpha: try r.floats("grad alpha"), lossSum: try r.f64("loss"), tasks: try r.int("tasks")))
         case 8:
             let id = try r.int("unit id"), ver = try r.int("version"), sums = try r.doubles("sums"), q = try r.ints("queries")
-            guard sums.count == 6 * q.count else { throw WireError.invalid("eval sums do not match episode count") }
-            m = .evalResult(EvalResult(unitId: id, version: ver, sums: sums, queries: q, lossSum: try r.f64("loss")))
+            let losses = try r.doubles("losses")
+            guard sums.count == 6 * q.count, losses.count == q.count else { throw WireError.invalid("eval sums or losses do not match episode count") }
+            m = .evalResult(EvalResult(unitId: id, version: ver, sums: sums, queries: q, losses: losses))
         case 9: m = .fetchWeights
         case 10: m = .weights(Weights(version: try r.int("version"), theta: try r.floats("theta"), alpha: try r.floats("alpha")))
         case 11: m = .heartbeat

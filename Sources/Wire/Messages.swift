@@ -39,12 +39,12 @@ public struct WorkUnit: Equatable, Sendable {
 public struct TrainResult: Equatable, Sendable {
     public var unitId: Int
     public var version: Int
-    public var gradTheta: [Float]
+    public var gradTheta: Floats
     /// Meta-SGD only (empty otherwise).
-    public var gradAlpha: [Float]
+    public var gradAlpha: Floats
     public var lossSum: Double
     public var tasks: Int
-    public init(unitId: Int, version: Int, gradTheta: [Float], gradAlpha: [Float], lossSum: Double, tasks: Int) {
+    public init(unitId: Int, version: Int, gradTheta: Floats, gradAlpha: Floats, lossSum: Double, tasks: Int) {
         self.unitId = unitId; self.version = version; self.gradTheta = gradTheta; self.gradAlpha = gradAlpha
         self.lossSum = lossSum; self.tasks = tasks
     }
@@ -58,19 +58,20 @@ public struct EvalResult: Equatable, Sendable {
     public var sums: [Double]
     /// Query count per episode.
     public var queries: [Int]
-    /// Sum over episodes of the adapted query loss.
-    public var lossSum: Double
-    public init(unitId: Int, version: Int, sums: [Double], queries: [Int], lossSum: Double) {
-        self.unitId = unitId; self.version = version; self.sums = sums; self.queries = queries; self.lossSum = lossSum
+    /// Adapted query loss per episode.
+    public var losses: [Double]
+    public init(unitId: Int, version: Int, sums: [Double], queries: [Int], losses: [Double]) {
+        self.unitId = unitId; self.version = version; self.sums = sums; self.queries = queries; self.losses = losses
     }
 }
 
 /// Published weights. θ (and Meta-SGD's α) in the flat parameter layout.
 public struct Weights: Equatable, Sendable {
     public var version: Int
-    public var theta: [Float]
-    public var alpha: [Float]
-    public init(version: Int, theta: [Float], alpha: [Float]) { self.version = version; self.theta = theta; self.alpha = alpha }
+    public var theta: Floats
+    /// Meta-SGD's rates (empty otherwise).
+    public var alpha: Floats
+    public init(version: Int, theta: Floats, alpha: Floats) { self.version = version; self.theta = theta; self.alpha = alpha }
 }
 
 public enum Message: Equatable, Sendable {

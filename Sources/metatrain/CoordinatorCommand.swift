@@ -6,6 +6,7 @@ import Kernels
 import Runtime
 import Storage
 import Training
+import Wire
 
 /// Options shared by `coordinator` and `train`.
 struct MetaRunOptions: ParsableArguments {
@@ -90,7 +91,7 @@ struct WorkerCommand: ParsableCommand {
         let label = name ?? "\(host):\(getpid())"
         let verbose = verbose
         let shell = WorkerShell(endpoint: connect, dataPath: data, name: label,
-                                protocolVersion: protocolVersion ?? 1, stop: stop,
+                                protocolVersion: protocolVersion ?? Envelope.protocolVersion, stop: stop,
                                 log: { line in if verbose { FileHandle.standardError.write(Data("worker \(label): \(line)\n".utf8)) } })
         shell.coordinatorTimeout = coordinatorTimeout
         shell.exitWithParent = exitWithParent

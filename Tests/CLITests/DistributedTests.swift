@@ -1,6 +1,7 @@
 import Foundation
 import Storage
 import Transport
+import Wire
 import XCTest
 
 /// Meta-training over real ZeroMQ sockets between real processes.
@@ -138,7 +139,7 @@ final class DistributedTests: XCTestCase {
         // Another protocol version.
         r = try metatrain(["worker", "--connect", endpoint, "--data", DistributedTests.data, "--protocol-version", "99"])
         XCTAssertEqual(r.status, 1)
-        XCTAssertTrue(r.stderr.contains("protocol version mismatch: worker speaks 99, coordinator speaks 1"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("protocol version mismatch: worker speaks 99, coordinator speaks \(Envelope.protocolVersion)"), r.stderr)
         var log = try String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)
         XCTAssertTrue(log.contains("refused worker") && log.contains("dataset fingerprint"), log)
         XCTAssertTrue(log.contains("speaks protocol version 99"), log)
@@ -147,7 +148,8 @@ final class DistributedTests: XCTestCase {
         let junk = try ZMQSocket(ctx, .dealer)
         try junk.connect(endpoint)
         try junk.send([Array("GET / HTTP/1.1".utf8)])
-        try junk.send([Array("MTRN".utf8) + [1, 0, 5, 3, 0, 0, 0]])       // valid header, truncated body
+        let v = Envelope.protocolVersion
+        try junk.send([Array("MTRN".utf8) + [UInt8(v & 0xff), UInt8(v >> 8), 5, 3, 0, 0, 0]])   // valid header, truncated body
         try junk.send([[1, 2], [3, 4]])                                    // two frames
         Thread.sleep(forTimeInterval: 0.3)
         r = try metatrain(["worker", "--connect", endpoint, "--data", DistributedTests.data])

@@ -10,7 +10,7 @@ final class WireTests: XCTestCase {
         .work(WorkUnit(id: 3, kind: .train, version: 7, episodes: [5, 1, 9, 2])),
         .work(WorkUnit(id: 4, kind: .eval, version: 8, episodes: [])),
         .trainResult(TrainResult(unitId: 3, version: 7, gradTheta: [1, -2.5, .leastNonzeroMagnitude], gradAlpha: [], lossSum: 1.25, tasks: 4)),
-        .evalResult(EvalResult(unitId: 4, version: 8, sums: [1, 2, 3, 4, 5, 6], queries: [10], lossSum: 3.5)),
+        .evalResult(EvalResult(unitId: 4, version: 8, sums: [1, 2, 3, 4, 5, 6, 0, 1, 1, 0.5, 0.5, 1], queries: [10, 3], losses: [3.5, 0.25])),
         .weights(Weights(version: 8, theta: [0.5, 0.25], alpha: [0.01, 0.02])),
         .shutdown(reason: "finished"),
     ]
@@ -22,23 +22,44 @@ final class WireTests: XCTestCase {
         }
     }
 
-    func testDirectWeightsEncodingMatchesTheMessage() {
-        let theta: [Float] = [1, 2, 3], alpha: [Float] = [0.5, 0.25, 0.125]
-        for a in [alpha, []] {
-            let direct = theta.withUnsafeBufferPointer { t in
-                a.withUnsafeBufferPointer { ap in
-                    Envelope.encodeWeights(runId: "r", version: 4, theta: t, alpha: a.isEmpty ? nil : ap)
-                }
-            }
-            XCTAssertEqual(direct, Envelope(runId: "r", message: .weights(Weights(version: 4, theta: theta, alpha: a))).encode())
+    /// `encode(into:)` (straight into a ZeroMQ message) writes exactly `encode()`'s bytes.
+    func testEncodingIntoAFrameMatchesTheArrayEncoding() {
+        for m in samples {
+            let e = Envelope(runId: "run-42", message: m)
+            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: e.encodedCount, alignment: 1)
+            defer { buf.deallocate() }
+            e.encode(into: buf)
+            XCTAssertEqual(Array(buf), e.encode(), m.typeName)
         }
     }
 
     func testFloatsKeepTheirBits() throws {
         let x: [Float] = [.nan, -0.0, .infinity, 1.0000001, .ulpOfOne]
-        let e = Envelope(runId: "r", message: .weights(Weights(version: 1, theta: x, alpha: [])))
+        let e = Envelope(runId: "r", message: .weights(Weights(version: 1, theta: Floats(x), alpha: [])))
         guard case .weights(let w) = try Envelope.decode(e.encode()).message else { return XCTFail() }
-        XCTAssertEqual(w.theta.map(\.bitPattern), x.map(\.bitPattern))
+        XCTAssertEqual(w.theta.array.map(\.bitPattern), x.map(\.bitPattern))
+        XCTAssertNotEqual(Floats([0.0]), Floats([-0.0]), "equality is bitwise")
+    }
+
+    /// Decoding in place: gradients are views into the received frame (at an
+    /// unaligned offset here), kept alive by the message, not copies.
+    func testDecodedFloatsAreViewsThatKeepTheFrameAlive() throws {
+        let g = (0..<1000).map { Float($0) * 0.5 - 3 }
+        let e = Envelope(runId: "odd", message: .trainResult(TrainResult(unitId: 1, version: 2, gradTheta: Floats(g),
+                                                                          gradAlpha: [], lossSum: 1, tasks: 4)))
+        var decoded: TrainResult?
+        do {
+            let block = ByteBlock.copy(of: e.encode())
+            guard case .trainResult(let r) = try Envelope.decode(block).message else { return XCTFail() }
+            let start = block.bytes.baseAddress!, end = start + block.bytes.count
+            let p = try XCTUnwrap(r.gradTheta.baseAddress)
+            XCTAssertTrue(p >= start && p < end, "a view into the frame")
+            XCTAssertNotEqual(Int(bitPattern: p) % 4, 0, "this run id puts the floats at an unaligned offset")
+            decoded = r
+        }
+        // The block went out of scope; the view still reads the right values.
+        XCTAssertEqual(decoded?.gradTheta.array, g)
+        XCTAssertEqual(decoded?.gradTheta[999], g[999])
     }
 
     func testMalformedFramesThrowAndNeverCrash() {
