@@ -15,14 +15,17 @@ struct BenchCommand: ParsableCommand {
         forward+backward GFLOP/s on a batch of 32 prefixes (lengths 1..50) and on
         a support set of 5 (lengths 1..5) as fractions of it, prepare's events
         per second, and FOMAML meta-iterations per second with 1 and 2 local
-        workers plus the coordinator's own time per iteration. Figures, not tests.
+        workers plus the coordinator's own time per iteration (runs with 1 and 2
+        workers alternate; each figure is the best block of iterations). Figures,
+        not tests.
         Example:
           swift build -c release && .build/release/metatrain bench
         """)
 
     @Option(help: "Seconds to spend on each measurement (best of 5 blocks).") var seconds = 3.0
     @Option(help: "Synthetic users for the prepare and meta-iteration measurements.") var users = 3000
-    @Option(help: "Meta-iterations to time per worker count (0 skips the distributed measurement).") var metaIterations = 40
+    @Option(help: "Meta-iterations per run and worker count (0 skips the distributed measurement).") var metaIterations = 40
+    @Option(help: "Rounds of alternating 1- and 2-worker runs.") var rounds = 3
 
     /// Seconds per call: the best of 5 timed blocks of `seconds`/5 each, so a
     /// neighbour stealing the CPU for a moment does not count against us.
@@ -87,15 +90,23 @@ struct BenchCommand: ParsableCommand {
         _ = try Synth.write(to: dir + "/meta.csv", options: m)
         let (dataset, _) = try Prepare.run(csvPath: dir + "/meta.csv", config: Config.defaults())
         try DatasetFile.write(dataset, to: dir + "/meta.h5")
-        var perIteration: [Int: Double] = [:]
+        // Runs with 1 and 2 workers alternate, so a slow spell of the machine
+        // hits both; each figure is the best block over all rounds.
+        var best: [Int: (per: Double, coord: Double)] = [:]
+        for round in 0..<rounds {
+            for w in [1, 2] {
+                let r = try metaIterations(data: dir + "/meta.h5", dataset: dataset, workers: w,
+                                           iterations: metaIterations, dir: dir, tag: "\(round)")
+                if r.per < best[w]?.per ?? .infinity { best[w] = r }
+            }
+        }
         for w in [1, 2] {
-            let (per, coord) = try metaIterations(data: dir + "/meta.h5", dataset: dataset, workers: w,
-                                                  iterations: metaIterations, dir: dir)
-            perIteration[w] = per
+            let (per, coord) = best[w]!
             print(String(format: "FOMAML, %d worker%@: %.3f s per meta-iteration (%.2f it/s); coordinator %.1f ms = %.1f%% of the iteration",
                          w, w == 1 ? "" : "s", per, 1 / per, coord * 1000, 100 * coord / per))
         }
-        print(String(format: "2 workers vs 1: %.2fx (target ≥ 1.85x); 2-worker target ≤ 0.15 s", perIteration[1]! / perIteration[2]!))
+        print(String(format: "2 workers vs 1: %.2fx (target ≥ 1.85x); 2-worker target ≤ 0.15 s, coordinator ≤ 3%%",
+                     best[1]!.per / best[2]!.per))
     }
 }
 
@@ -106,13 +117,15 @@ import Training
 extension BenchCommand {
     /// Meta-iterations per second at the default sizes with `workers` local worker
     /// processes, and the coordinator's own share of each iteration.
-    func metaIterations(data: String, dataset: Dataset, workers: Int, iterations: Int, dir: String) throws -> (perIteration: Double, coordinator: Double) {
+    func metaIterations(data: String, dataset: Dataset, workers: Int, iterations: Int, dir: String, tag: String) throws -> (per: Double, coord: Double) {
         let config = try Config.load(path: nil, overrides: ["maml.iterations=\(iterations)", "eval.every=1000000",
                                                             "checkpoint.every=1000000"])
-        let run = try RunDirectory(dir + "/run-\(workers)", logName: "coordinator.log")
+        let run = try RunDirectory(dir + "/run-\(tag)-\(workers)", logName: "coordinator.log")
         let trainer = try MetaTrainer(config: config, dataset: dataset, run: run, resume: false)
         let stop = StopFlag()
-        let shell = CoordinatorShell(trainer: trainer, endpoint: "tcp://127.0.0.1:0", stop: stop, progress: nil)
+        let endpoint = privateEndpoint()
+        defer { removeSocketFiles(endpoint) }
+        let shell = CoordinatorShell(trainer: trainer, endpoint: endpoint, stop: stop, progress: nil)
         var children: [Process] = []
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         shell.onBound = { endpoint in
@@ -126,11 +139,19 @@ extension BenchCommand {
         }
         _ = try shell.run()
         for c in children { c.waitUntilExit() }
-        // Skip the first iterations (process start, first weight fetch).
+        // Skip the first iterations (process start, first weight fetch), then
+        // take the best of 5 blocks of consecutive iterations.
         let warm = min(5, iterations / 4)
-        let ends = shell.iterationEnds
-        let per = (ends.last! - ends[warm]) / Double(ends.count - 1 - warm)
-        let coord = shell.coordinatorSeconds[(warm + 1)...].reduce(0, +) / Double(ends.count - 1 - warm)
-        return (per, coord)
+        let ends = shell.iterationEnds, coords = shell.coordinatorSeconds
+        let blockLength = max(1, (ends.count - 1 - warm) / 5)
+        var best = (per: Double.infinity, coord: 0.0)
+        var start = warm
+        while start + blockLength < ends.count {
+            let per = (ends[start + blockLength] - ends[start]) / Double(blockLength)
+            let coord = coords[(start + 1)...(start + blockLength)].reduce(0, +) / Double(blockLength)
+            if per < best.per { best = (per, coord) }
+            start += blockLength
+        }
+        return best
     }
 }

@@ -16,7 +16,8 @@ struct TrainCommand: ParsableCommand {
 
     @OptionGroup var options: MetaRunOptions
     @Option(help: "Number of local worker processes.") var workers = 2
-    @Option(help: "Endpoint for the coordinator (port 0 picks free ports).") var bind = "tcp://127.0.0.1:0"
+    @Option(help: ArgumentHelp("Endpoint for the coordinator (default: a private ipc:// socket, the fastest for local workers; tcp://HOST:PORT also lets other machines' workers join, port 0 picks free ports).", valueName: "endpoint"))
+    var bind: String?
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
@@ -25,7 +26,9 @@ struct TrainCommand: ParsableCommand {
     func run() throws {
         let stop = StopFlag()
         stop.installSignalHandlers()
-        let shell = try options.makeShell(endpoint: bind, stop: stop, progress: ConsoleProgress())
+        let endpoint = bind ?? privateEndpoint()
+        defer { removeSocketFiles(endpoint) }
+        let shell = try options.makeShell(endpoint: endpoint, stop: stop, progress: ConsoleProgress())
         var children: [Process] = []
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         let data = options.data, n = workers
@@ -51,6 +54,20 @@ struct TrainCommand: ParsableCommand {
         let code: Int32
         do { code = try shell.run() } catch { reapWorkers(); throw error }
         reapWorkers()
-        if code != 0 { Foundation.exit(code) }
+        if code != 0 { removeSocketFiles(endpoint); Foundation.exit(code) }
     }
+}
+
+/// A Unix-domain (ipc://) endpoint private to this process, for local workers:
+/// a 1.5 MB gradient costs less CPU over it than over TCP loopback, and on a
+/// machine whose cores all run workers that CPU comes out of the workers' share.
+func privateEndpoint() -> String {
+    "ipc://" + NSTemporaryDirectory() + "metatrain-\(getpid()).sock"
+}
+
+/// Removes an ipc:// endpoint's socket files (ROUTER and PUB) once the run is over.
+func removeSocketFiles(_ endpoint: String) {
+    guard endpoint.hasPrefix("ipc://") else { return }
+    let path = String(endpoint.dropFirst("ipc://".count))
+    for p in [path, path + ".pub"] { unlink(p) }
 }
