@@ -1,3 +1,4 @@
+import Dispatch
 #if canImport(Glibc)
 import Glibc
 #else
@@ -26,14 +27,29 @@ public final class Adam: @unchecked Sendable {
     }
 
     /// The same step on `gradScale · grads` (e.g. 1/tasks × a clipping factor),
-    /// without a separate pass to scale the gradient.
-    public func update(_ params: FloatBuffer, _ grads: FloatBuffer, gradScale: Float, lr: Float, ranges: [Range<Int>]? = nil) {
+    /// without a separate pass to scale the gradient. With `threads: 2` the
+    /// elements are split between two threads; every element gets the same
+    /// operations either way, so the bits do not depend on it.
+    public func update(_ params: FloatBuffer, _ grads: FloatBuffer, gradScale: Float, lr: Float, ranges: [Range<Int>]? = nil,
+                       threads: Int = 1) {
         precondition(params.count == m.count && grads.count == m.count)
         step += 1
         let bc1 = 1 - powf(beta1, Float(step))
         let bc2 = 1 - powf(beta2, Float(step))
         let stepSize = lr / bc1
         let bc2Sqrt = sqrtf(bc2)
+        let all = ranges ?? [0..<m.count]
+        if threads <= 1 {
+            apply(params, grads, gradScale: gradScale, stepSize: stepSize, bc2Sqrt: bc2Sqrt, ranges: all)
+            return
+        }
+        let parts = split(all, into: threads)
+        DispatchQueue.concurrentPerform(iterations: parts.count) { k in
+            apply(params, grads, gradScale: gradScale, stepSize: stepSize, bc2Sqrt: bc2Sqrt, ranges: parts[k])
+        }
+    }
+
+    func apply(_ params: FloatBuffer, _ grads: FloatBuffer, gradScale: Float, stepSize: Float, bc2Sqrt: Float, ranges: [Range<Int>]) {
         let p = params.ptr, g = grads.ptr, mm = m.ptr, vv = v.ptr
         let b1 = beta1, b2 = beta2, e = eps
         // 8 lanes at a time, then the tail; every lane does the scalar rule's
@@ -41,7 +57,7 @@ public final class Adam: @unchecked Sendable {
         typealias F8 = SIMD8<Float>
         let vb1 = F8(repeating: b1), vb2 = F8(repeating: b2), c1 = F8(repeating: 1 - b1), c2 = F8(repeating: 1 - b2)
         let vscale = F8(repeating: gradScale), ve = F8(repeating: e), vbc2 = F8(repeating: bc2Sqrt), vstep = F8(repeating: stepSize)
-        for r in ranges ?? [0..<m.count] {
+        for r in ranges {
             var i = r.lowerBound
             while i + 8 <= r.upperBound {
                 let gi = load8(UnsafePointer(g + i)) * vscale
@@ -62,6 +78,23 @@ public final class Adam: @unchecked Sendable {
             }
         }
     }
+}
+
+/// Splits a list of ranges into `parts` lists of about equal total length.
+func split(_ ranges: [Range<Int>], into parts: Int) -> [[Range<Int>]] {
+    let total = ranges.reduce(0) { $0 + $1.count }
+    let per = (total + parts - 1) / max(parts, 1)
+    var out: [[Range<Int>]] = [[]], room = per
+    for var r in ranges {
+        while !r.isEmpty {
+            if room == 0 { out.append([]); room = per }
+            let take = min(room, r.count)
+            out[out.count - 1].append(r.lowerBound..<(r.lowerBound + take))
+            r = (r.lowerBound + take)..<r.upperBound
+            room -= take
+        }
+    }
+    return out
 }
 
 /// torch.nn.utils.clip_grad_norm_: scales g by maxNorm / (‖g‖ + 1e-6) when that

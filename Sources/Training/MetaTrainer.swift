@@ -208,27 +208,26 @@ public final class MetaTrainer {
             }
         }
         // Re-join split chunks in task order, then add chunk sums in chunk order
-        // (the first seeds the sum; one fused pass, squares included).
+        // (the first seeds the sum; one fused pass, squares included). Every
+        // worker is waiting for the new weights now, so two threads share the
+        // work on two fixed halves of the vector: each element gets the same
+        // additions, and the squares add up as (half 1 + half 2), whatever the
+        // machine.
         var tasks = 0, loss = 0.0
-        var thetaSources: [UnsafeRawPointer] = [], alphaSources: [UnsafeRawPointer] = []
-        var scratchUsed = 0
-        func joined(_ sources: [UnsafeRawPointer]) -> UnsafeRawPointer {
-            if sources.count == 1 { return sources[0] }
-            if scratch.count <= scratchUsed { scratch.append(FloatBuffer(count: n)) }
-            let buf = scratch[scratchUsed]
-            scratchUsed += 1
-            _ = sumInOrder(sources, count: n, into: buf.ptr)
-            return UnsafeRawPointer(buf.ptr)
-        }
         for pieces in plan.chunkUnits {
             var chunkLoss = 0.0
             for p in pieces { tasks += units[p].tasks; chunkLoss += units[p].lossSum }
             loss += chunkLoss
-            thetaSources.append(joined(pieces.map { units[$0].gradTheta.baseAddress! }))
-            if gradAlpha != nil { alphaSources.append(joined(pieces.map { units[$0].gradAlpha.baseAddress! })) }
         }
-        var sq = sumInOrder(thetaSources, count: n, into: gradTheta.ptr)
-        if let ga = gradAlpha { sq += sumInOrder(alphaSources, count: n, into: ga.ptr) }
+        let thetaPieces = plan.chunkUnits.map { $0.map { units[$0].gradTheta.baseAddress! } }
+        let alphaPieces = gradAlpha == nil ? [] : plan.chunkUnits.map { $0.map { units[$0].gradAlpha.baseAddress! } }
+        let joins = plan.chunkUnits.filter { $0.count > 1 }.count * (gradAlpha == nil ? 1 : 2)
+        while scratch.count < joins { scratch.append(FloatBuffer(count: n)) }
+        let mid = n / 2 / 8 * 8
+        let work = ReduceWork(thetaPieces: thetaPieces, alphaPieces: alphaPieces, scratch: Array(scratch.prefix(joins)),
+                              gradTheta: gradTheta, gradAlpha: gradAlpha, halves: [0..<mid, mid..<n])
+        DispatchQueue.concurrentPerform(iterations: 2) { work.run(half: $0) }
+        let sq = (work.squares[0] + work.squares[1]) + (work.squares[2] + work.squares[3])
         // Mean over tasks and global-norm clipping over θ and α together, folded
         // into one scale that Adam applies as it reads the gradient.
         let inv = 1 / Double(tasks)
@@ -236,9 +235,9 @@ public final class MetaTrainer {
         let coef = config.maml.clipNorm / (norm + 1e-6)
         let scale = Float(inv * min(coef, 1))
         let lr = Float(config.maml.outerLR), ranges = trainableRanges
-        adam.update(theta, gradTheta, gradScale: scale, lr: lr, ranges: ranges)
+        adam.update(theta, gradTheta, gradScale: scale, lr: lr, ranges: ranges, threads: 2)
         if let alpha, let ga = gradAlpha, let aa = adamAlpha {
-            aa.update(alpha, ga, gradScale: scale, lr: lr, ranges: ranges)
+            aa.update(alpha, ga, gradScale: scale, lr: lr, ranges: ranges, threads: 2)
             let lo = Float(config.maml.innerLRBounds.0), hi = Float(config.maml.innerLRBounds.1)
             for i in 0..<n { alpha.ptr[i] = min(max(alpha.ptr[i], lo), hi) }
         }
@@ -377,5 +376,42 @@ public final class UnitComputer {
     public func eval(episodes: [Int]) -> [(MetricSums, Float)] {
         evaluator.fewShot(theta, dims: dims, policy: FewShotPolicy(metaConfig: config, layout: layout, rates: alpha),
                           episodes: episodes)
+    }
+}
+
+/// One iteration's reduce over two fixed halves of the parameter vector, one
+/// thread each (see MetaTrainer.applyTrain). The pointers are valid for the call.
+final class ReduceWork: @unchecked Sendable {
+    let thetaPieces: [[UnsafeRawPointer]], alphaPieces: [[UnsafeRawPointer]]
+    let scratch: [FloatBuffer]
+    let gradTheta: FloatBuffer, gradAlpha: FloatBuffer?
+    let halves: [Range<Int>]
+    /// Σ squares of θ's gradient in each half, then α's.
+    var squares = [Double](repeating: 0, count: 4)
+    private let lock = NSLock()
+
+    init(thetaPieces: [[UnsafeRawPointer]], alphaPieces: [[UnsafeRawPointer]], scratch: [FloatBuffer],
+         gradTheta: FloatBuffer, gradAlpha: FloatBuffer?, halves: [Range<Int>]) {
+        self.thetaPieces = thetaPieces; self.alphaPieces = alphaPieces; self.scratch = scratch
+        self.gradTheta = gradTheta; self.gradAlpha = gradAlpha; self.halves = halves
+    }
+
+    func run(half h: Int) {
+        let r = halves[h], at = 4 * r.lowerBound
+        var nextScratch = 0
+        func reduce(_ chunks: [[UnsafeRawPointer]], into out: FloatBuffer) -> Double {
+            var sources: [UnsafeRawPointer] = []
+            for pieces in chunks {
+                if pieces.count == 1 { sources.append(pieces[0] + at); continue }
+                let buf = scratch[nextScratch]
+                nextScratch += 1
+                _ = sumInOrder(pieces.map { $0 + at }, count: r.count, into: buf.ptr + r.lowerBound)
+                sources.append(UnsafeRawPointer(buf.ptr + r.lowerBound))
+            }
+            return sumInOrder(sources, count: r.count, into: out.ptr + r.lowerBound)
+        }
+        let sqTheta = reduce(thetaPieces, into: gradTheta)
+        let sqAlpha = gradAlpha.map { reduce(alphaPieces, into: $0) } ?? 0
+        lock.lock(); squares[h] = sqTheta; squares[2 + h] = sqAlpha; lock.unlock()
     }
 }

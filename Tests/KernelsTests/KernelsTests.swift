@@ -54,10 +54,12 @@ final class OptimizerTests: XCTestCase {
         let ref = p.array
         var m = [Float](repeating: 0, count: n), v = m, q = ref
         let adam = Adam(count: n)
+        let p2 = p.copy(), adam2 = Adam(count: n)   // the same steps on two threads
         let ranges = [0..<1, 3..<20, 21..<150, 157..<203]
         for step in 1...3 {
             let g = FloatBuffer((0..<n).map { _ in Float.random(in: -1...1, using: &rng) })
             adam.update(p, g, gradScale: 0.37, lr: 0.01, ranges: ranges)
+            adam2.update(p2, g, gradScale: 0.37, lr: 0.01, ranges: ranges, threads: 2)
             let bc1 = 1 - powf(0.9, Float(step)), bc2 = sqrtf(1 - powf(0.999, Float(step))), stepSize: Float = 0.01 / bc1
             for r in ranges {
                 for i in r {
@@ -71,6 +73,12 @@ final class OptimizerTests: XCTestCase {
         XCTAssertEqual(p.array.map(\.bitPattern), q.map(\.bitPattern))
         XCTAssertEqual(adam.m.array.map(\.bitPattern), m.map(\.bitPattern))
         XCTAssertEqual(adam.v.array.map(\.bitPattern), v.map(\.bitPattern))
+        XCTAssertEqual(p2.array.map(\.bitPattern), q.map(\.bitPattern))
+        XCTAssertEqual(adam2.m.array.map(\.bitPattern), m.map(\.bitPattern))
+        // The two threads' shares cover the ranges exactly, in order.
+        let parts = split(ranges, into: 2)
+        XCTAssertEqual(parts.count, 2)
+        XCTAssertEqual(parts.flatMap { $0 }.flatMap { Array($0) }, ranges.flatMap { Array($0) })
     }
 
     func testClipGradNorm() {
