@@ -108,3 +108,35 @@ public func clipGradNorm(_ grads: FloatBuffer, maxNorm: Float) -> Float {
     }
     return norm
 }
+
+/// dst = src − lr·g, then g = 0, 8 lanes at a time (dst may be src: an
+/// in-place step). The same operations per element as the scalar loop, so the
+/// same bits; written out because the compiler keeps the scalar loop when dst
+/// and src alias.
+public func sgdStepClearing(_ dst: UnsafeMutablePointer<Float>, from src: UnsafePointer<Float>,
+                            _ g: UnsafeMutablePointer<Float>, lr: Float, count n: Int) {
+    let vlr = F8(repeating: lr)
+    var i = 0
+    while i + 8 <= n {
+        store8(dst + i, load8(src + i) - vlr * load8(UnsafePointer(g + i)))
+        store8(g + i, F8())
+        i += 8
+    }
+    while i < n { dst[i] = src[i] - lr * g[i]; g[i] = 0; i += 1 }
+}
+
+public func sgdStepClearing(_ dst: UnsafeMutablePointer<Float>, from src: UnsafeMutablePointer<Float>,
+                            _ g: UnsafeMutablePointer<Float>, lr: Float, count n: Int) {
+    sgdStepClearing(dst, from: UnsafePointer(src), g, lr: lr, count: n)
+}
+
+/// acc += g, then g = 0, 8 lanes at a time (same bits as the scalar loop).
+public func addClearing(_ acc: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>, count n: Int) {
+    var i = 0
+    while i + 8 <= n {
+        store8(acc + i, load8(UnsafePointer(acc + i)) + load8(UnsafePointer(g + i)))
+        store8(g + i, F8())
+        i += 8
+    }
+    while i < n { acc[i] += g[i]; g[i] = 0; i += 1 }
+}

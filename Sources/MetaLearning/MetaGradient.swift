@@ -92,8 +92,7 @@ public final class MetaLearner {
             for k in 0..<K {
                 model.lossAndGradient(k == 0 ? theta : cur, g, task.support)
                 zeroFrozen(g, a.frozen)
-                let src = k == 0 ? theta.ptr : cur.ptr, cp = cur.ptr, gp = g.ptr
-                for i in 0..<n { cp[i] = src[i] - lr * gp[i]; gp[i] = 0 }
+                sgdStepClearing(cur.ptr, from: k == 0 ? theta.ptr : cur.ptr, g.ptr, lr: lr, count: n)
             }
             if K == 0 { cur.assign(from: theta) }
             supportGradIsZero = K > 0
@@ -102,8 +101,7 @@ public final class MetaLearner {
                 // one addition per element, leaving g zeroed again: no separate
                 // buffer, memset or sweep for v.
                 let queryLoss = model.lossAndGradient(cur, g, task.query)
-                let gt = gradTheta.ptr, gp = g.ptr
-                for i in 0..<n { gt[i] += gp[i]; gp[i] = 0 }
+                addClearing(gradTheta.ptr, g.ptr, count: n)
                 zeroFrozen(gradTheta, a.frozen)
                 return queryLoss
             }

@@ -129,6 +129,27 @@ final class FastMathTests: XCTestCase {
 }
 
 final class ReduceTests: XCTestCase {
+    /// The 8-lane inner-loop sweeps give the scalar loops' bits, in place or not.
+    func testSweepsHaveTheScalarLoopsBits() {
+        var rng = SystemRandomNumberGenerator()
+        let n = 1003
+        let theta = (0..<n).map { _ in Float.random(in: -2...2, using: &rng) }
+        let grad = (0..<n).map { _ in Float.random(in: -1...1, using: &rng) }
+        let lr: Float = 0.0137
+        let expected = zip(theta, grad).map { $0 - lr * $1 }
+        let src = FloatBuffer(theta), dst = FloatBuffer(count: n), g = FloatBuffer(grad)
+        sgdStepClearing(dst.ptr, from: src.ptr, g.ptr, lr: lr, count: n)
+        XCTAssertEqual(dst.array.map(\.bitPattern), expected.map(\.bitPattern))
+        XCTAssertEqual(g.array, [Float](repeating: 0, count: n))
+        let inPlace = FloatBuffer(theta), g2 = FloatBuffer(grad)
+        sgdStepClearing(inPlace.ptr, from: inPlace.ptr, g2.ptr, lr: lr, count: n)
+        XCTAssertEqual(inPlace.array.map(\.bitPattern), expected.map(\.bitPattern))
+        let acc = FloatBuffer(theta), g3 = FloatBuffer(grad)
+        addClearing(acc.ptr, g3.ptr, count: n)
+        XCTAssertEqual(acc.array.map(\.bitPattern), zip(theta, grad).map { ($0 + $1).bitPattern })
+        XCTAssertEqual(g3.array, [Float](repeating: 0, count: n))
+    }
+
     /// The fused reduce adds sources in the given order with the bits of a plain
     /// loop, reads unaligned sources, and returns BLAS.sumSquares' exact value.
     func testSumInOrderIsTheSequentialSumAndItsSquares() {
