@@ -57,6 +57,37 @@ public final class MetaLearner {
     private lazy var alphaTask = FloatBuffer(count: model.parameterCount)  // this task's ∂/∂α (Meta-SGD)
     private var supportGradIsZero = false   // FOMAML leaves supportGrads[0] zeroed
 
+    /// FOMAML's embedding sweeps cover only the rows a task's items touch. The
+    /// bits are the same as full sweeps (θ − α·0 = θ, and a running sum from +0
+    /// never holds −0, so adding +0 changes nothing), but the learner must be
+    /// told when θ's contents change: call `weightsChanged()` (a worker does on
+    /// every install). Off by default.
+    public var sparseEmbeddingSweeps = false
+    /// Embedding rows in which θ'_K may differ from θ (nil: unknown, sweep all).
+    private var staleRows: [Int]?
+    private var rowMark: [Bool] = []
+
+    /// θ's contents changed: the next task re-derives θ' in full.
+    public func weightsChanged() { staleRows = nil }
+
+    /// a ∪ b without repeats (a row swept twice would lose its update).
+    private func union(_ a: [Int], _ b: [Int]) -> [Int] {
+        if rowMark.count < model.dims.V { rowMark = [Bool](repeating: false, count: model.dims.V) }
+        var out: [Int] = []
+        for r in a + b where !rowMark[r] { rowMark[r] = true; out.append(r) }
+        for r in out { rowMark[r] = false }
+        return out
+    }
+
+    /// The distinct items of a batch's rows, in first-seen order.
+    private func distinctRows(_ tokens: [Int32]) -> [Int] {
+        if rowMark.count < model.dims.V { rowMark = [Bool](repeating: false, count: model.dims.V) }
+        var out: [Int] = []
+        for t in tokens where !rowMark[Int(t)] { rowMark[Int(t)] = true; out.append(Int(t)) }
+        for r in out { rowMark[r] = false }
+        return out
+    }
+
     public init(model: GRU4Rec) {
         self.model = model
         let n = model.parameterCount
@@ -89,24 +120,54 @@ public final class MetaLearner {
             let cur = thetas[K], g = supportGrads.isEmpty ? v : supportGrads[0]
             if !supportGradIsZero { g.zero() }
             let lr = a.innerLR
+            // With sparse sweeps, the embedding part of a sweep covers only the rows
+            // the batch's items touch (their gradient is zero elsewhere), plus, on
+            // the first step, the rows θ' still holds from the previous task.
+            let sparse = sparseEmbeddingSweeps && K > 0
+            let emb = model.layout["embedding.weight"].range, E = model.dims.E
+            precondition(emb.lowerBound == 0, "sparse sweeps expect the embedding first in the layout")
+            let supportRows = sparse ? distinctRows(task.support.tokens) : []
             for k in 0..<K {
                 model.lossAndGradient(k == 0 ? theta : cur, g, task.support)
                 zeroFrozen(g, a.frozen)
-                sgdStepClearing(cur.ptr, from: k == 0 ? theta.ptr : cur.ptr, g.ptr, lr: lr, count: n)
+                let src = k == 0 ? theta.ptr : cur.ptr
+                if !sparse {
+                    sgdStepClearing(cur.ptr, from: src, g.ptr, lr: lr, count: n)
+                    continue
+                }
+                sgdStepClearing(cur.ptr + emb.upperBound, from: src + emb.upperBound, g.ptr + emb.upperBound, lr: lr,
+                                count: n - emb.upperBound)
+                if k == 0, staleRows == nil {
+                    sgdStepClearing(cur.ptr + emb.lowerBound, from: src + emb.lowerBound, g.ptr + emb.lowerBound, lr: lr, count: emb.count)
+                } else {
+                    for r in k == 0 ? union(supportRows, staleRows!) : supportRows {
+                        let o = emb.lowerBound + r * E
+                        sgdStepClearing(cur.ptr + o, from: src + o, g.ptr + o, lr: lr, count: E)
+                    }
+                }
             }
             if K == 0 { cur.assign(from: theta) }
+            staleRows = sparse ? supportRows : (K == 0 ? [] : nil)
             supportGradIsZero = K > 0
             if K > 0 && a.residualLambda == 0 {
                 // The query gradient goes into the (zeroed) g, then into gradTheta in
                 // one addition per element, leaving g zeroed again: no separate
                 // buffer, memset or sweep for v.
                 let queryLoss = model.lossAndGradient(cur, g, task.query)
-                addClearing(gradTheta.ptr, g.ptr, count: n)
+                if sparse {
+                    addClearing(gradTheta.ptr + emb.upperBound, g.ptr + emb.upperBound, count: n - emb.upperBound)
+                    for r in distinctRows(task.query.tokens) {
+                        addClearing(gradTheta.ptr + emb.lowerBound + r * E, g.ptr + emb.lowerBound + r * E, count: E)
+                    }
+                } else {
+                    addClearing(gradTheta.ptr, g.ptr, count: n)
+                }
                 zeroFrozen(gradTheta, a.frozen)
                 return queryLoss
             }
         } else {
             supportGradIsZero = false
+            staleRows = nil
         }
         // Forward through the inner loop, keeping every θ'_k and ∇L_s(θ'_k).
         if !plainFirstOrder { thetas[0].assign(from: theta) }

@@ -336,6 +336,7 @@ public final class UnitComputer {
         layout = ParameterLayout(dims)
         let model = GRU4Rec(dims: dims)
         learner = MetaLearner(model: model)
+        learner.sparseEmbeddingSweeps = true   // install() tells it when θ changes
         algorithm = MetaAlgorithm(config: config, layout: layout)
         weighting = SupportWeighting(config.weighting)
         evaluator = Evaluator(dataset: dataset, split: .val, limit: 1)
@@ -354,6 +355,7 @@ public final class UnitComputer {
         }
         UnsafeMutableRawPointer(theta.ptr).copyMemory(from: t.baseAddress!, byteCount: t.count)
         if let alpha { UnsafeMutableRawPointer(alpha.ptr).copyMemory(from: a.baseAddress!, byteCount: a.count) }
+        learner.weightsChanged()
     }
 
     /// Σ over the unit's train episodes (in order) of task gradients and meta-losses.

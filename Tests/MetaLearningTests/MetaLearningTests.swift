@@ -83,3 +83,45 @@ final class SamplingTests: XCTestCase {
         XCTAssertEqual(MetaBatchSampler(dataset: d, seed: 7, batchSize: 32).batchSize, 6)
     }
 }
+
+final class SparseSweepTests: XCTestCase {
+    /// FOMAML with sparse embedding sweeps gives the bits of full sweeps, over a
+    /// sequence of tasks with different items (rows left over from one task must
+    /// be restored for the next) and a change of θ in between, with and without
+    /// frozen embeddings.
+    func testSparseSweepsHaveTheBitsOfFullSweeps() {
+        let dims = ModelDims(V: 40, E: 4, H: 5)
+        var rng = SeededGenerator(seed: 11)
+        func batch(_ n: Int) -> PackedBatch {
+            let prefixes = (0..<n).map { i in (0...i).map { _ in Int32(1 + rng.below(dims.V - 1)) } }
+            return PackedBatch(prefixes: prefixes, labels: prefixes.map { _ in Int32(1 + rng.below(dims.V - 1)) },
+                               weights: (0..<n).map { Float($0 + 1) })
+        }
+        let tasks = (0..<6).map { _ in MetaTask(support: batch(3), query: batch(4)) }
+        for frozen in [false, true] {
+            let layout = ParameterLayout(dims)
+            let algorithm = MetaAlgorithm(kind: .fomaml, innerSteps: 3, innerLR: 0.3,
+                                          frozen: frozen ? [layout["embedding.weight"].range] : [])
+            var results: [[UInt32]] = []
+            for sparse in [false, true] {
+                let model = GRU4Rec(dims: dims)
+                var init0 = SeededGenerator(seed: 5)
+                let theta = model.initialParameters(rng: &init0)
+                let learner = MetaLearner(model: model)
+                learner.sparseEmbeddingSweeps = sparse
+                var bits: [UInt32] = []
+                for (i, t) in tasks.enumerated() {
+                    if i == 3 {   // new weights, as a worker installs them
+                        for j in 0..<theta.count { theta[j] *= 0.9 }
+                        learner.weightsChanged()
+                    }
+                    let g = FloatBuffer(count: theta.count)
+                    let loss = learner.accumulate(theta: theta, alpha: nil, task: t, algorithm: algorithm, gradTheta: g, gradAlpha: nil)
+                    bits += g.array.map(\.bitPattern) + [loss.bitPattern]
+                }
+                results.append(bits)
+            }
+            XCTAssertEqual(results[0], results[1], "frozen: \(frozen)")
+        }
+    }
+}
