@@ -33,10 +33,6 @@ public struct ByteWriter<Sink: ByteSink> {
         u32(UInt32(f.count))
         f.withUnsafeBytes { sink.put($0) }
     }
-    public mutating func floats(_ p: UnsafePointer<Float>, count: Int) {
-        u32(UInt32(count))
-        sink.put(UnsafeRawBufferPointer(start: p, count: count * 4))
-    }
     public mutating func doubles(_ a: [Double]) { u32(UInt32(a.count)); for x in a { f64(x) } }
     public mutating func ints(_ a: [Int]) { u32(UInt32(a.count)); for x in a { int(x) } }
 }
@@ -107,11 +103,6 @@ public struct Floats: Equatable, Sendable, ExpressibleByArrayLiteral, CustomStri
         offset = 0; count = values.count
     }
     public init(arrayLiteral elements: Float...) { self.init(elements) }
-    /// A copy of `count` floats at `p`.
-    public init(copying p: UnsafePointer<Float>, count: Int) {
-        block = ByteBlock(copying: UnsafeRawBufferPointer(start: p, count: 4 * count))
-        offset = 0; self.count = count
-    }
     init(block: ByteBlock, offset: Int, count: Int) { self.block = block; self.offset = offset; self.count = count }
     /// A view of a whole block as floats (e.g. a parameter buffer about to be encoded).
     public init(viewing block: ByteBlock) {
@@ -170,7 +161,6 @@ public struct ByteReader {
     let block: ByteBlock
     public private(set) var pos = 0
     public init(_ block: ByteBlock) { self.block = block }
-    public init(_ b: [UInt8]) { block = ByteBlock.copy(of: b) }
     public var remaining: Int { block.bytes.count - pos }
 
     mutating func take(_ n: Int, _ what: String) throws -> UnsafeRawBufferPointer {
