@@ -125,11 +125,6 @@ public func sgdStepClearing(_ dst: UnsafeMutablePointer<Float>, from src: Unsafe
     while i < n { dst[i] = src[i] - lr * g[i]; g[i] = 0; i += 1 }
 }
 
-public func sgdStepClearing(_ dst: UnsafeMutablePointer<Float>, from src: UnsafeMutablePointer<Float>,
-                            _ g: UnsafeMutablePointer<Float>, lr: Float, count n: Int) {
-    sgdStepClearing(dst, from: UnsafePointer(src), g, lr: lr, count: n)
-}
-
 /// acc += g, then g = 0, 8 lanes at a time (same bits as the scalar loop).
 public func addClearing(_ acc: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>, count n: Int) {
     var i = 0

@@ -70,20 +70,12 @@ public final class MetaLearner {
     /// θ's contents changed: the next task re-derives θ' in full.
     public func weightsChanged() { staleRows = nil }
 
-    /// a ∪ b without repeats (a row swept twice would lose its update).
-    private func union(_ a: [Int], _ b: [Int]) -> [Int] {
+    /// The rows without repeats, in first-seen order (a row swept twice in one
+    /// step would lose its update).
+    private func distinct(_ rows: [Int]) -> [Int] {
         if rowMark.count < model.dims.V { rowMark = [Bool](repeating: false, count: model.dims.V) }
         var out: [Int] = []
-        for r in a + b where !rowMark[r] { rowMark[r] = true; out.append(r) }
-        for r in out { rowMark[r] = false }
-        return out
-    }
-
-    /// The distinct items of a batch's rows, in first-seen order.
-    private func distinctRows(_ tokens: [Int32]) -> [Int] {
-        if rowMark.count < model.dims.V { rowMark = [Bool](repeating: false, count: model.dims.V) }
-        var out: [Int] = []
-        for t in tokens where !rowMark[Int(t)] { rowMark[Int(t)] = true; out.append(Int(t)) }
+        for r in rows where !rowMark[r] { rowMark[r] = true; out.append(r) }
         for r in out { rowMark[r] = false }
         return out
     }
@@ -126,11 +118,11 @@ public final class MetaLearner {
             let sparse = sparseEmbeddingSweeps && K > 0
             let emb = model.layout["embedding.weight"].range, E = model.dims.E
             precondition(emb.lowerBound == 0, "sparse sweeps expect the embedding first in the layout")
-            let supportRows = sparse ? distinctRows(task.support.tokens) : []
+            let supportRows = sparse ? distinct(task.support.tokens.map { Int($0) }) : []
             for k in 0..<K {
                 model.lossAndGradient(k == 0 ? theta : cur, g, task.support)
                 zeroFrozen(g, a.frozen)
-                let src = k == 0 ? theta.ptr : cur.ptr
+                let src = UnsafePointer(k == 0 ? theta.ptr : cur.ptr)
                 if !sparse {
                     sgdStepClearing(cur.ptr, from: src, g.ptr, lr: lr, count: n)
                     continue
@@ -140,7 +132,7 @@ public final class MetaLearner {
                 if k == 0, staleRows == nil {
                     sgdStepClearing(cur.ptr + emb.lowerBound, from: src + emb.lowerBound, g.ptr + emb.lowerBound, lr: lr, count: emb.count)
                 } else {
-                    for r in k == 0 ? union(supportRows, staleRows!) : supportRows {
+                    for r in k == 0 ? distinct(supportRows + staleRows!) : supportRows {
                         let o = emb.lowerBound + r * E
                         sgdStepClearing(cur.ptr + o, from: src + o, g.ptr + o, lr: lr, count: E)
                     }
@@ -156,7 +148,7 @@ public final class MetaLearner {
                 let queryLoss = model.lossAndGradient(cur, g, task.query)
                 if sparse {
                     addClearing(gradTheta.ptr + emb.upperBound, g.ptr + emb.upperBound, count: n - emb.upperBound)
-                    for r in distinctRows(task.query.tokens) {
+                    for r in distinct(task.query.tokens.map { Int($0) }) {
                         addClearing(gradTheta.ptr + emb.lowerBound + r * E, g.ptr + emb.lowerBound + r * E, count: E)
                     }
                 } else {

@@ -138,11 +138,11 @@ final class ReduceTests: XCTestCase {
         let lr: Float = 0.0137
         let expected = zip(theta, grad).map { $0 - lr * $1 }
         let src = FloatBuffer(theta), dst = FloatBuffer(count: n), g = FloatBuffer(grad)
-        sgdStepClearing(dst.ptr, from: src.ptr, g.ptr, lr: lr, count: n)
+        sgdStepClearing(dst.ptr, from: UnsafePointer(src.ptr), g.ptr, lr: lr, count: n)
         XCTAssertEqual(dst.array.map(\.bitPattern), expected.map(\.bitPattern))
         XCTAssertEqual(g.array, [Float](repeating: 0, count: n))
         let inPlace = FloatBuffer(theta), g2 = FloatBuffer(grad)
-        sgdStepClearing(inPlace.ptr, from: inPlace.ptr, g2.ptr, lr: lr, count: n)
+        sgdStepClearing(inPlace.ptr, from: UnsafePointer(inPlace.ptr), g2.ptr, lr: lr, count: n)
         XCTAssertEqual(inPlace.array.map(\.bitPattern), expected.map(\.bitPattern))
         let acc = FloatBuffer(theta), g3 = FloatBuffer(grad)
         addClearing(acc.ptr, g3.ptr, count: n)
