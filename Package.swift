@@ -65,6 +65,7 @@ let package = Package(
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "CoordinationTests", dependencies: ["Coordination", "Wire"]),
-        .testTarget(name: "CLITests", dependencies: ["metatrain", "Storage", "Data", "Core", "Transport", "Wire"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime"]),
+        .testTarget(name: "CLITests", dependencies: ["metatrain", "Storage", "Data", "Core", "Transport", "Wire", "Runtime"]),
     ]
 )

@@ -38,6 +38,8 @@ public final class CoordinatorShell {
     /// Seconds the coordinator itself spent per iteration on reduce, Adam and broadcast (for bench).
     public private(set) var coordinatorSeconds: [Double] = []
     private var plainEvery = 1
+    /// Records this process's timeline when set (`--trace`).
+    public var trace: Trace?
 
     public init(trainer: MetaTrainer, endpoint: String, stop: StopFlag, progress: ProgressSink?) {
         self.trainer = trainer; self.requestedEndpoint = endpoint; self.stop = stop; self.progress = progress
@@ -104,10 +106,12 @@ public final class CoordinatorShell {
                     // With several workers, end the phase on single tasks (the plan never changes the bits).
                     let p = trainer.trainPlan(iteration: t, split: machine.liveWorkers - 1)
                     plan = p
+                    trace?.mark(.phase, trainer.iteration)
                     try execute(machine.startPhase(.init(kind: .train, version: trainer.iteration, units: p.units,
                                                          dispatchOrder: p.dispatchOrder)))
                 case .eval:
                     let units = trainer.evalUnits()
+                    trace?.mark(.phase, trainer.iteration)
                     try execute(machine.startPhase(.init(kind: .eval, version: trainer.iteration, units: units,
                                                          dispatchOrder: trainer.dispatchOrder(units, split: .val))))
                 case .finish:
@@ -144,6 +148,13 @@ public final class CoordinatorShell {
         do {
             // Decoded in place: a result's gradients stay in its frame until the reduce reads them.
             let e = try Envelope.decode(ByteBlock(view: frames[1].bytes, owner: frames[1]))
+            if let trace {
+                switch e.message {
+                case .trainResult(let r): trace.mark(.result, r.unitId)
+                case .evalResult(let r): trace.mark(.result, r.unitId)
+                default: break
+                }
+            }
             try execute(machine.onMessage(e, from: peer, now: monotonicNow()))
         } catch let e as WireError {
             try execute(machine.onUndecodable(e, from: peer))
@@ -157,7 +168,9 @@ public final class CoordinatorShell {
     func execute(_ directives: [CoordinatorMachine.Directive]) throws {
         for d in directives {
             switch d {
-            case .send(let peer, let m): send(peer, Envelope(runId: runId, message: m).encode())
+            case .send(let peer, let m):
+                send(peer, Envelope(runId: runId, message: m).encode())
+                if case .work(let u) = m { trace?.mark(.send, u.id) }
             case .sendWeights(let peer):
                 do { try router.send([peer.bytes], weightsFrame) } catch { say("could not send weights to \(peer): \(error)") }
             case .log(let s): say(s)
@@ -175,6 +188,7 @@ public final class CoordinatorShell {
         e.encode(into: frame.mutableBytes)
         weightsFrame = frame
         try? pub.send([], frame)
+        trace?.mark(.published, trainer.iteration)
     }
 
     func complete(_ r: CoordinatorMachine.PhaseResults) throws {

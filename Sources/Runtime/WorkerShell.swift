@@ -33,6 +33,8 @@ public final class WorkerShell {
     private var exitCode: Int32?
     private var subscribed = false
     public private(set) var exitReason = ""
+    /// Records this process's timeline when set (`--trace`).
+    public var trace: Trace?
 
     public init(endpoint: String, dataPath: String, name: String, protocolVersion: UInt16 = Envelope.protocolVersion,
                 stop: StopFlag, log: @escaping (String) -> Void) {
@@ -65,6 +67,13 @@ public final class WorkerShell {
                     do {
                         // Decoded in place: weights stay in the received frame until installed.
                         let e = try Envelope.decode(ByteBlock(view: frames[0].bytes, owner: frames[0]))
+                        if let trace {
+                            switch e.message {
+                            case .weights(let w): trace.mark(.weights, w.version)
+                            case .work(let u): trace.mark(.work, u.id)
+                            default: break
+                            }
+                        }
                         try execute(machine.onMessage(e, now: monotonicNow()))
                     } catch let e as WireError {
                         try execute(machine.onUndecodable(e))
@@ -93,6 +102,13 @@ public final class WorkerShell {
                 let frame = OutgoingFrame(count: e.encodedCount)
                 e.encode(into: frame.mutableBytes)
                 try dealer.send([], frame)
+                if let trace {
+                    switch m {
+                    case .trainResult(let r): trace.mark(.sent, r.unitId)
+                    case .evalResult(let r): trace.mark(.sent, r.unitId)
+                    default: break
+                    }
+                }
             case .configure(let json):
                 let config = try Config.parse(json, origin: "coordinator's config")
                 computer = UnitComputer(config: config, dataset: dataset)
@@ -116,6 +132,8 @@ public final class WorkerShell {
         guard let computer, let w = latest, w.version == u.version else {
             throw MetatrainError("internal: unit \(u.id) scheduled without its weights")
         }
+        trace?.mark(.compute, u.id)
+        defer { trace?.mark(.computed, u.id) }
         if installed != w.version {
             try w.theta.withUnsafeBytes { t in try w.alpha.withUnsafeBytes { a in try computer.install(theta: t, alpha: a) } }
             installed = w.version

@@ -92,7 +92,7 @@ struct BenchCommand: ParsableCommand {
         try DatasetFile.write(dataset, to: dir + "/meta.h5")
         // Runs with 1 and 2 workers alternate, so a slow spell of the machine
         // hits both; each figure is the best block over all rounds.
-        var best: [Int: (per: Double, coord: Double)] = [:]
+        var best: [Int: (per: Double, coord: Double, parts: IterationBreakdown)] = [:]
         for round in 0..<rounds {
             for w in [1, 2] {
                 let r = try metaIterations(data: dir + "/meta.h5", dataset: dataset, workers: w,
@@ -101,10 +101,15 @@ struct BenchCommand: ParsableCommand {
             }
         }
         for w in [1, 2] {
-            let (per, coord) = best[w]!
+            let (per, coord, p) = best[w]!
             print(String(format: "FOMAML, %d worker%@: %.3f s per meta-iteration (%.2f it/s); coordinator %.1f ms = %.1f%% of the iteration",
                          w, w == 1 ? "" : "s", per, 1 / per, coord * 1000, 100 * coord / per))
+            print(String(format: "  per worker: computing %.1f ms; idle %.1f ms at the start, %.1f between units, %.1f in the tail, %.1f at the end (last result to broadcast)",
+                         p.compute * 1000, p.start * 1000, p.between * 1000, p.tail * 1000, p.end * 1000))
         }
+        let (one, two) = (best[1]!.parts, best[2]!.parts)
+        print(String(format: "  computing with both cores busy: %.1f%% slower than alone (2 x %.1f ms vs %.1f ms)",
+                     100 * (2 * two.compute / one.compute - 1), two.compute * 1000, one.compute * 1000))
         print(String(format: "2 workers vs 1: %.2fx (target ≥ 1.85x); 2-worker target ≤ 0.15 s, coordinator ≤ 3%%",
                      best[1]!.per / best[2]!.per))
     }
@@ -117,22 +122,26 @@ import Training
 extension BenchCommand {
     /// Meta-iterations per second at the default sizes with `workers` local worker
     /// processes, and the coordinator's own share of each iteration.
-    func metaIterations(data: String, dataset: Dataset, workers: Int, iterations: Int, dir: String, tag: String) throws -> (per: Double, coord: Double) {
+    func metaIterations(data: String, dataset: Dataset, workers: Int, iterations: Int, dir: String, tag: String) throws
+        -> (per: Double, coord: Double, parts: IterationBreakdown) {
         let config = try Config.load(path: nil, overrides: ["maml.iterations=\(iterations)", "eval.every=1000000",
                                                             "checkpoint.every=1000000"])
-        let run = try RunDirectory(dir + "/run-\(tag)-\(workers)", logName: "coordinator.log")
+        let runDir = dir + "/run-\(tag)-\(workers)"
+        let run = try RunDirectory(runDir, logName: "coordinator.log")
         let trainer = try MetaTrainer(config: config, dataset: dataset, run: run, resume: false)
         let stop = StopFlag()
         let endpoint = privateEndpoint()
         defer { removeSocketFiles(endpoint) }
         let shell = CoordinatorShell(trainer: trainer, endpoint: endpoint, stop: stop, progress: nil)
+        shell.trace = Trace(process: "coordinator")
         var children: [Process] = []
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         shell.onBound = { endpoint in
             for i in 0..<workers {
                 let p = Process()
                 p.executableURL = exe
-                p.arguments = ["worker", "--connect", endpoint, "--data", data, "--name", "bench-\(i)", "--exit-with-parent", "\(getpid())"]
+                p.arguments = ["worker", "--connect", endpoint, "--data", data, "--name", "bench-\(i)", "--exit-with-parent", "\(getpid())",
+                               "--trace", runDir + "/worker-\(i).jsonl"]
                 try? p.run()
                 children.append(p)
             }
@@ -144,14 +153,18 @@ extension BenchCommand {
         let warm = min(5, iterations / 4)
         let ends = shell.iterationEnds, coords = shell.coordinatorSeconds
         let blockLength = max(1, (ends.count - 1 - warm) / 5)
-        var best = (per: Double.infinity, coord: 0.0)
+        var best = (per: Double.infinity, coord: 0.0, first: 0)
         var start = warm
         while start + blockLength < ends.count {
             let per = (ends[start + blockLength] - ends[start]) / Double(blockLength)
             let coord = coords[(start + 1)...(start + blockLength)].reduce(0, +) / Double(blockLength)
-            if per < best.per { best = (per, coord) }
+            if per < best.per { best = (per, coord, start) }
             start += blockLength
         }
-        return best
+        // ends[i] is version i + 1's publish, so the block's iterations end with versions first + 2 ... first + 1 + length.
+        var records = shell.trace!.records
+        for i in 0..<workers { records += try Trace.read(runDir + "/worker-\(i).jsonl") }
+        let parts = IterationBreakdown(records, versions: (best.first + 2)...(best.first + 1 + blockLength))
+        return (best.per, best.coord, parts)
     }
 }

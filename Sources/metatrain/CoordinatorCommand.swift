@@ -54,12 +54,17 @@ struct CoordinatorCommand: ParsableCommand {
 
     @OptionGroup var options: MetaRunOptions
     @Option(help: "Endpoint to bind (tcp://*:PORT or ipc://PATH; PORT+1 carries weights).") var bind = "tcp://*:5555"
+    @Option(help: ArgumentHelp("Write this process's event timeline to FILE (JSON lines) when it ends.", valueName: "file"))
+    var trace: String?
 
     func run() throws {
         let stop = StopFlag()
         stop.installSignalHandlers()
         let shell = try options.makeShell(endpoint: bind, stop: stop, progress: ConsoleProgress())
-        let code = try shell.run()
+        if let trace { shell.trace = Trace(process: "coordinator") }
+        let result = Result { try shell.run() }
+        if let trace { try shell.trace?.write(to: trace) }
+        let code = try result.get()
         if code != 0 { Foundation.exit(code) }
     }
 }
@@ -83,6 +88,8 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Protocol version to speak (testing only).", visibility: .hidden)) var protocolVersion: UInt16?
     @Option(help: ArgumentHelp("Exit when this parent process exits (set by train).", visibility: .hidden)) var exitWithParent: Int32?
     @Flag(help: "Log every protocol event.") var verbose = false
+    @Option(help: ArgumentHelp("Write this process's event timeline to FILE (JSON lines) when it ends.", valueName: "file"))
+    var trace: String?
 
     func run() throws {
         let stop = StopFlag()
@@ -95,7 +102,10 @@ struct WorkerCommand: ParsableCommand {
                                 log: { line in if verbose { FileHandle.standardError.write(Data("worker \(label): \(line)\n".utf8)) } })
         shell.coordinatorTimeout = coordinatorTimeout
         shell.exitWithParent = exitWithParent
-        let code = try shell.run()
+        if let trace { shell.trace = Trace(process: label) }
+        let result = Result { try shell.run() }
+        if let trace { try shell.trace?.write(to: trace) }
+        let code = try result.get()
         if code == 0 || code == 130 {
             if verbose { FileHandle.standardError.write(Data("worker \(label): \(shell.exitReason)\n".utf8)) }
             if code != 0 { Foundation.exit(code) }

@@ -18,6 +18,8 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Number of local worker processes.") var workers = 2
     @Option(help: ArgumentHelp("Endpoint for the coordinator (default: a private ipc:// socket, the fastest for local workers; tcp://HOST:PORT also lets other machines' workers join, port 0 picks free ports).", valueName: "endpoint"))
     var bind: String?
+    @Option(help: ArgumentHelp("Write every process's event timeline to DIR (coordinator.jsonl, worker-N.jsonl) when the run ends.", valueName: "dir"))
+    var trace: String?
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
@@ -31,13 +33,15 @@ struct TrainCommand: ParsableCommand {
         let shell = try options.makeShell(endpoint: endpoint, stop: stop, progress: ConsoleProgress())
         var children: [Process] = []
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        let data = options.data, n = workers
+        let data = options.data, n = workers, traceDir = trace
+        if trace != nil { shell.trace = Trace(process: "coordinator") }
         shell.onBound = { endpoint in
             for i in 0..<n {
                 let p = Process()
                 p.executableURL = exe
                 p.arguments = ["worker", "--connect", endpoint, "--data", data, "--name", "local-\(i + 1)",
                                "--exit-with-parent", "\(getpid())"]
+                if let traceDir { p.arguments! += ["--trace", traceDir + "/worker-\(i + 1).jsonl"] }
                 do { try p.run(); children.append(p) } catch {
                     FileHandle.standardError.write(Data("could not start worker \(i + 1): \(error)\n".utf8))
                 }
@@ -54,6 +58,7 @@ struct TrainCommand: ParsableCommand {
         let code: Int32
         do { code = try shell.run() } catch { reapWorkers(); throw error }
         reapWorkers()
+        if let trace { try shell.trace?.write(to: trace + "/coordinator.jsonl") }
         if code != 0 { removeSocketFiles(endpoint); Foundation.exit(code) }
     }
 }

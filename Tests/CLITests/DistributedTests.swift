@@ -1,4 +1,5 @@
 import Foundation
+import Runtime
 import Storage
 import Transport
 import Wire
@@ -30,9 +31,12 @@ final class DistributedTests: XCTestCase {
         var finals: [Data] = []
         for n in [1, 2, 3] {
             let run = DistributedTests.dir + "/w\(n)"
+            // The 2-worker run also records its timeline: tracing must not change the bits.
+            let trace = n == 2 ? ["--trace", run + "/trace"] : []
             let r = try metatrain(["train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "\(n)",
-                                   "--set", "maml.iterations=12"] + small)
+                                   "--set", "maml.iterations=12"] + small + trace)
             XCTAssertEqual(r.status, 0, r.stderr)
+            if n == 2 { try checkTrace(run + "/trace") }
             XCTAssertTrue(r.stderr.contains("finished 12 iterations"), r.stderr)
             finals.append(try bytes(run + "/final.h5"))
             let metrics = try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
@@ -44,6 +48,26 @@ final class DistributedTests: XCTestCase {
         }
         XCTAssertEqual(finals[0], finals[1], "1 vs 2 workers")
         XCTAssertEqual(finals[0], finals[2], "1 vs 3 workers")
+    }
+
+    /// Every unit the coordinator sent came back, and each worker computed what it received.
+    func checkTrace(_ dir: String) throws {
+        let coordinator = try Trace.read(dir + "/coordinator.jsonl")
+        let published = coordinator.filter { $0.event == .published }.map(\.n)
+        XCTAssertEqual(published, Array(0...12), "one broadcast per version")
+        let sent = Set(coordinator.filter { $0.event == .send }.map(\.n))
+        XCTAssertEqual(Set(coordinator.filter { $0.event == .result }.map(\.n)), sent)
+        var computed = Set<Int>()
+        for w in 1...2 {
+            let records = try Trace.read(dir + "/worker-\(w).jsonl")
+            XCTAssertTrue(records.allSatisfy { $0.process == "local-\(w)" })
+            let c = records.filter { $0.event == .computed }.map(\.n)
+            XCTAssertFalse(c.isEmpty, "worker \(w) computed nothing")
+            XCTAssertEqual(records.filter { $0.event == .sent }.map(\.n), c)
+            computed.formUnion(c)
+        }
+        XCTAssertEqual(computed, sent)
+        XCTAssertGreaterThan(IterationBreakdown(coordinator + (try Trace.read(dir + "/worker-1.jsonl")), versions: 2...12).iterations, 0)
     }
 
     func testResumeAfterSIGKILLEndsBitIdentical() throws {
