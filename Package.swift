@@ -19,6 +19,8 @@ let package = Package(
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
+        // glibc's mallopt, which the Glibc module leaves out (header only).
+        .systemLibrary(name: "CMalloc"),
 
         // Deterministic generators, hashing, atomic files: no C, no I/O policy.
         .target(name: "Core"),
@@ -45,7 +47,7 @@ let package = Package(
         // Coordinator and worker state machines: no sockets, clocks or files.
         .target(name: "Coordination", dependencies: ["Wire"]),
         // Shells that run the state machines over Transport, with Storage and the math.
-        .target(name: "Runtime", dependencies: ["Wire", "Coordination", "Transport", "Core", "Kernels", "GRU4Rec",
+        .target(name: "Runtime", dependencies: ["CMalloc", "Wire", "Coordination", "Transport", "Core", "Kernels", "GRU4Rec",
                                                 "Configuration", "Data", "Storage", "MetaLearning", "Evaluation", "Training"]),
         // The CLI, one file per subcommand.
         .executableTarget(name: "metatrain", dependencies: [

@@ -74,6 +74,7 @@ public final class CoordinatorShell {
 
     /// Runs to the end of training (0), or until interrupted (130).
     public func run() throws -> Int32 {
+        keepLargeBuffersMapped()
         let ctx = ZMQContext()
         try bind(ctx)
         runId = "\(trainer.config.seed)-\(getpid())-\(Int(Date().timeIntervalSince1970))"

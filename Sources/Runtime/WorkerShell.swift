@@ -43,6 +43,7 @@ public final class WorkerShell {
     }
 
     public func run() throws -> Int32 {
+        keepLargeBuffersMapped()
         BLAS.useSingleThread()
         dataset = try DatasetFile.read(dataPath)
         let ctx = ZMQContext()
