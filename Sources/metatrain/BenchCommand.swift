@@ -16,8 +16,10 @@ struct BenchCommand: ParsableCommand {
         a support set of 5 (lengths 1..5) as fractions of it, prepare's events
         per second, and FOMAML meta-iterations per second with 1 and 2 local
         workers plus the coordinator's own time per iteration (runs with 1 and 2
-        workers alternate; each figure is the best block of iterations). Figures,
-        not tests.
+        workers alternate; each figure is the best block of iterations). From the
+        processes' traces it also prints where a worker's iteration goes
+        (computing, or idle at the start, between units, in the tail, at the end)
+        and how much slower computing is with both cores busy. Figures, not tests.
         Example:
           swift build -c release && .build/release/metatrain bench
         """)

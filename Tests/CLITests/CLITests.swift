@@ -123,24 +123,28 @@ final class CLITests: XCTestCase {
     }
 }
 
+/// The repository's tools/ directory.
+let toolsDirectory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().appendingPathComponent("tools")
+
+/// Runs python3 with the arguments; returns its status and its merged stdout and stderr.
+func python(_ args: [String]) throws -> (Int32, String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = ["python3"] + args
+    let out = Pipe()
+    p.standardOutput = out; p.standardError = out
+    try p.run()
+    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.waitUntilExit()
+    return (p.terminationStatus, text)
+}
+
 /// Runs tools/check_checkpoint.py (h5py) on a checkpoint; skipped where python3 has no h5py.
 func checkWithH5py(_ path: String) throws {
-    let tools = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().appendingPathComponent("tools")
-    func python(_ args: [String]) throws -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3"] + args
-        let out = Pipe()
-        p.standardOutput = out; p.standardError = out
-        try p.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        return (p.terminationStatus, text)
-    }
     guard (try? python(["-c", "import h5py"]))?.0 == 0 else {
         throw XCTSkip("python3 with h5py not available; install it with `pip install h5py`")
     }
-    let (status, text) = try python([tools.appendingPathComponent("check_checkpoint.py").path, path])
+    let (status, text) = try python([toolsDirectory.appendingPathComponent("check_checkpoint.py").path, path])
     XCTAssertEqual(status, 0, text)
 }

@@ -68,6 +68,12 @@ final class DistributedTests: XCTestCase {
         }
         XCTAssertEqual(computed, sent)
         XCTAssertGreaterThan(IterationBreakdown(coordinator + (try Trace.read(dir + "/worker-1.jsonl")), versions: 2...12).iterations, 0)
+        // tools/trace_summary.py reads the same files.
+        if (try? python(["--version"]))?.0 == 0 {
+            let (status, text) = try python([toolsDirectory.appendingPathComponent("trace_summary.py").path, dir, "--skip", "1"])
+            XCTAssertEqual(status, 0, text)
+            XCTAssertTrue(text.contains("11 iterations, 2 worker(s)"), text)
+        }
     }
 
     func testResumeAfterSIGKILLEndsBitIdentical() throws {
