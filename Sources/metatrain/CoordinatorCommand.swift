@@ -61,7 +61,7 @@ struct CoordinatorCommand: ParsableCommand {
         let stop = StopFlag()
         stop.installSignalHandlers()
         let shell = try options.makeShell(endpoint: bind, stop: stop, progress: ConsoleProgress())
-        if let trace { shell.trace = Trace(process: "coordinator") }
+        if trace != nil { shell.trace = Trace(process: "coordinator") }
         let result = Result { try shell.run() }
         if let trace { try shell.trace?.write(to: trace) }
         let code = try result.get()
@@ -102,7 +102,7 @@ struct WorkerCommand: ParsableCommand {
                                 log: { line in if verbose { FileHandle.standardError.write(Data("worker \(label): \(line)\n".utf8)) } })
         shell.coordinatorTimeout = coordinatorTimeout
         shell.exitWithParent = exitWithParent
-        if let trace { shell.trace = Trace(process: label) }
+        if trace != nil { shell.trace = Trace(process: label) }
         let result = Result { try shell.run() }
         if let trace { try shell.trace?.write(to: trace) }
         let code = try result.get()
