@@ -149,13 +149,7 @@ public final class CoordinatorShell {
         do {
             // Decoded in place: a result's gradients stay in its frame until the reduce reads them.
             let e = try Envelope.decode(ByteBlock(view: frames[1].bytes, owner: frames[1]))
-            if let trace {
-                switch e.message {
-                case .trainResult(let r): trace.mark(.result, r.unitId)
-                case .evalResult(let r): trace.mark(.result, r.unitId)
-                default: break
-                }
-            }
+            trace?.received(e.message)
             try execute(machine.onMessage(e, from: peer, now: monotonicNow()))
         } catch let e as WireError {
             try execute(machine.onUndecodable(e, from: peer))

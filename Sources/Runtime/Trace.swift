@@ -1,5 +1,6 @@
 import Core
 import Foundation
+import Wire
 
 /// A timeline of one process's protocol and compute events, kept in memory and
 /// written as JSON lines when the process ends (`--trace`). Timestamps are
@@ -52,6 +53,26 @@ public final class Trace {
 
     public func mark(_ e: Event, _ n: Int = 0) {
         times.append(monotonicNow()); events.append(e); ns.append(n)
+    }
+
+    /// Marks a received message: a result (coordinator), weights or work (worker); others are not traced.
+    func received(_ m: Message) {
+        switch m {
+        case .trainResult(let r): mark(.result, r.unitId)
+        case .evalResult(let r): mark(.result, r.unitId)
+        case .weights(let w): mark(.weights, w.version)
+        case .work(let u): mark(.work, u.id)
+        default: break
+        }
+    }
+
+    /// Marks a result handed to ZeroMQ (worker); other messages are not traced.
+    func sent(_ m: Message) {
+        switch m {
+        case .trainResult(let r): mark(.sent, r.unitId)
+        case .evalResult(let r): mark(.sent, r.unitId)
+        default: break
+        }
     }
 
     public var records: [Record] {

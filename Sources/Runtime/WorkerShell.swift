@@ -68,13 +68,7 @@ public final class WorkerShell {
                     do {
                         // Decoded in place: weights stay in the received frame until installed.
                         let e = try Envelope.decode(ByteBlock(view: frames[0].bytes, owner: frames[0]))
-                        if let trace {
-                            switch e.message {
-                            case .weights(let w): trace.mark(.weights, w.version)
-                            case .work(let u): trace.mark(.work, u.id)
-                            default: break
-                            }
-                        }
+                        trace?.received(e.message)
                         try execute(machine.onMessage(e, now: monotonicNow()))
                     } catch let e as WireError {
                         try execute(machine.onUndecodable(e))
@@ -103,13 +97,7 @@ public final class WorkerShell {
                 let frame = OutgoingFrame(count: e.encodedCount)
                 e.encode(into: frame.mutableBytes)
                 try dealer.send([], frame)
-                if let trace {
-                    switch m {
-                    case .trainResult(let r): trace.mark(.sent, r.unitId)
-                    case .evalResult(let r): trace.mark(.sent, r.unitId)
-                    default: break
-                    }
-                }
+                trace?.sent(m)
             case .configure(let json):
                 let config = try Config.parse(json, origin: "coordinator's config")
                 computer = UnitComputer(config: config, dataset: dataset)
