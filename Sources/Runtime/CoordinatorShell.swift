@@ -33,8 +33,6 @@ public final class CoordinatorShell {
     private var pendingLine: [(String, JSON)] = []
     private var started = 0.0, startIteration = 0
     private var lastHR10: Double?
-    /// Monotonic time at which each iteration's weights were published (for bench).
-    public private(set) var iterationEnds: [Double] = []
     /// Seconds the coordinator itself spent per iteration on reduce, Adam and broadcast (for bench).
     public private(set) var coordinatorSeconds: [Double] = []
     private var plainEvery = 1
@@ -208,7 +206,6 @@ public final class CoordinatorShell {
             publishWeights()
             let c1 = monotonicNow()
             coordinatorSeconds.append(c1 - c0)
-            iterationEnds.append(c1)
             let elapsed = monotonicNow() - started
             let rate = Double(t - startIteration) / max(elapsed, 1e-9)
             pendingLine = [("iteration", .int(t)), ("meta_loss", .number(loss)), ("grad_norm", .number(norm)),

@@ -151,22 +151,25 @@ extension BenchCommand {
         _ = try shell.run()
         for c in children { c.waitUntilExit() }
         // Skip the first iterations (process start, first weight fetch), then
-        // take the best of 5 blocks of consecutive iterations.
-        let warm = min(5, iterations / 4)
-        let ends = shell.iterationEnds, coords = shell.coordinatorSeconds
-        let blockLength = max(1, (ends.count - 1 - warm) / 5)
-        var best = (per: Double.infinity, coord: 0.0, first: 0)
+        // take the best of 5 blocks of consecutive iterations. Iteration v runs
+        // from version v - 1's broadcast to version v's.
+        var records = shell.trace!.records
+        var published: [Int: Double] = [:]
+        for r in records where r.event == .published { published[r.n] = r.t }
+        let coords = shell.coordinatorSeconds   // [v - 1]: iteration v's
+        let warm = min(5, iterations / 4) + 1, last = coords.count
+        let blockLength = max(1, (last - warm) / 5)
+        var best = (per: Double.infinity, coord: 0.0, versions: 0...0)
         var start = warm
-        while start + blockLength < ends.count {
-            let per = (ends[start + blockLength] - ends[start]) / Double(blockLength)
-            let coord = coords[(start + 1)...(start + blockLength)].reduce(0, +) / Double(blockLength)
-            if per < best.per { best = (per, coord, start) }
+        while start + blockLength <= last {
+            let vs = (start + 1)...(start + blockLength)
+            let per = (published[vs.upperBound]! - published[start]!) / Double(blockLength)
+            let coord = vs.map { coords[$0 - 1] }.reduce(0, +) / Double(blockLength)
+            if per < best.per { best = (per, coord, vs) }
             start += blockLength
         }
-        // ends[i] is version i + 1's publish, so the block's iterations end with versions first + 2 ... first + 1 + length.
-        var records = shell.trace!.records
         for i in 0..<workers { records += try Trace.read(runDir + "/worker-\(i).jsonl") }
-        let parts = IterationBreakdown(records, versions: (best.first + 2)...(best.first + 1 + blockLength))
+        let parts = IterationBreakdown(records, versions: best.versions)
         return (best.per, best.coord, parts)
     }
 }
