@@ -57,17 +57,21 @@ final class DistributedTests: XCTestCase {
         XCTAssertEqual(published, Array(0...12), "one broadcast per version")
         let sent = Set(coordinator.filter { $0.event == .send }.map(\.n))
         XCTAssertEqual(Set(coordinator.filter { $0.event == .result }.map(\.n)), sent)
+        // The coordinator hands units to whichever worker is ready, and a worker that starts late on a
+        // loaded machine may get none of a 12-iteration run: only the union is fixed.
         var computed = Set<Int>()
+        var merged = coordinator
         for w in 1...2 {
             let records = try Trace.read(dir + "/worker-\(w).jsonl")
             XCTAssertTrue(records.allSatisfy { $0.process == "local-\(w)" })
             let c = records.filter { $0.event == .computed }.map(\.n)
-            XCTAssertFalse(c.isEmpty, "worker \(w) computed nothing")
             XCTAssertEqual(records.filter { $0.event == .sent }.map(\.n), c)
             computed.formUnion(c)
+            merged += records
         }
+        XCTAssertFalse(sent.isEmpty)
         XCTAssertEqual(computed, sent)
-        XCTAssertGreaterThan(IterationBreakdown(coordinator + (try Trace.read(dir + "/worker-1.jsonl")), versions: 2...12).iterations, 0)
+        XCTAssertGreaterThan(IterationBreakdown(merged, versions: 2...12).iterations, 0)
         // tools/trace_summary.py reads the same files.
         if (try? python(["--version"]))?.0 == 0 {
             let (status, text) = try python([toolsDirectory.appendingPathComponent("trace_summary.py").path, dir, "--skip", "1"])
