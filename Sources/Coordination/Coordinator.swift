@@ -88,6 +88,8 @@ public struct CoordinatorMachine: Sendable {
     }
 
     public var liveWorkers: Int { workers.count }
+    /// Whether `peer` is a live worker.
+    public func knows(_ peer: PeerID) -> Bool { workers[peer] != nil }
     public var inPhase: Bool { phase != nil }
 
     // MARK: inputs

@@ -38,6 +38,8 @@ public final class CoordinatorShell {
     private var plainEvery = 1
     /// Records this process's timeline when set (`--trace`).
     public var trace: Trace?
+    /// Workers' shared-memory files we mapped, by peer, with the path each hello offered.
+    private var shared: [PeerID: (path: String, view: SharedView)] = [:]
 
     public init(trainer: MetaTrainer, endpoint: String, stop: StopFlag, progress: ProgressSink?) {
         self.trainer = trainer; self.requestedEndpoint = endpoint; self.stop = stop; self.progress = progress
@@ -130,6 +132,7 @@ public final class CoordinatorShell {
             if now - lastTick >= 1 {
                 lastTick = now
                 try execute(machine.onTick(now: now))
+                for peer in shared.keys where !machine.knows(peer) { shared[peer] = nil }   // dropped workers
                 if machine.liveWorkers == 0 && now - lastWait >= 10 {
                     lastWait = now
                     say("waiting for workers (metatrain worker --connect \(boundEndpoint) --data DATASET)")
@@ -146,11 +149,37 @@ public final class CoordinatorShell {
         let peer = PeerID(Array(frames[0].bytes))
         do {
             // Decoded in place: a result's gradients stay in its frame until the reduce reads them.
-            let e = try Envelope.decode(ByteBlock(view: frames[1].bytes, owner: frames[1]))
+            var e = try Envelope.decode(ByteBlock(view: frames[1].bytes, owner: frames[1]))
             trace?.received(e.message)
+            switch e.message {
+            case .hello(let h): mapShared(h, from: peer)
+            case .trainResult(let r):
+                if let p = r.shared {
+                    // The gradients are read where the worker wrote them.
+                    guard let s = shared[peer] else { throw WireError.invalid("train result in shared memory that was never offered") }
+                    do { e.message = .trainResult(try s.view.resolve(r, p)) } catch {
+                        throw WireError.invalid("train result for unit \(r.unitId): \(error)")
+                    }
+                }
+            default: break
+            }
             try execute(machine.onMessage(e, from: peer, now: monotonicNow()))
         } catch let e as WireError {
             try execute(machine.onUndecodable(e, from: peer))
+        }
+    }
+
+    /// Maps the shared-memory file a hello offers, if it is on this machine
+    /// (a repeated hello offering the same file keeps the mapping).
+    func mapShared(_ h: Hello, from peer: PeerID) {
+        guard let offer = h.sharedMemory else { shared[peer] = nil; return }
+        if shared[peer]?.path == offer.path { return }
+        do {
+            shared[peer] = (offer.path, try SharedView(offer))
+            say("worker \(h.workerName): results through shared memory (\(offer.path))")
+        } catch {
+            shared[peer] = nil
+            say("worker \(h.workerName): results through the socket (shared memory: \(error))")
         }
     }
 
@@ -161,7 +190,14 @@ public final class CoordinatorShell {
     func execute(_ directives: [CoordinatorMachine.Directive]) throws {
         for d in directives {
             switch d {
-            case .send(let peer, let m):
+            case .send(let peer, var m):
+                switch m {
+                case .welcome(var w):
+                    w.sharedMemory = shared[peer] != nil
+                    m = .welcome(w)
+                case .refuse: shared[peer] = nil
+                default: break
+                }
                 send(peer, Envelope(runId: runId, message: m).encode())
                 if case .work(let u) = m { trace?.mark(.send, u.id) }
             case .sendWeights(let peer):

@@ -62,3 +62,34 @@ extension Floats {
         self.init(viewing: ByteBlock(view: UnsafeRawBufferPointer(b.buffer), owner: b))
     }
 }
+
+extension SharedArena {
+    /// This arena as a hello's offer.
+    var offer: SharedOffer { SharedOffer(path: path, token: token.map { String(format: "%02x", $0) }.joined()) }
+}
+
+extension SharedView {
+    /// Maps the file a hello offers (see `SharedArena`).
+    convenience init(_ offer: SharedOffer) throws {
+        let hex = Array(offer.token.utf8)
+        guard hex.count == 32 else { throw SharedMemoryError("a token of \(hex.count) hex digits, expected 32") }
+        var token: [UInt8] = []
+        for i in stride(from: 0, to: 32, by: 2) {
+            guard let b = UInt8(String(decoding: hex[i..<(i + 2)], as: UTF8.self), radix: 16) else {
+                throw SharedMemoryError("the token is not hex")
+            }
+            token.append(b)
+        }
+        try self.init(path: offer.path, token: token)
+    }
+
+    /// A train result with its gradients read where the worker left them.
+    func resolve(_ r: TrainResult, _ p: SharedPayload) throws -> TrainResult {
+        let raw = try bytes(offset: p.offset, count: p.byteCount)
+        var out = r
+        out.shared = nil
+        out.gradTheta = Floats(viewing: ByteBlock(view: UnsafeRawBufferPointer(rebasing: raw[0..<(4 * p.thetaCount)]), owner: self))
+        out.gradAlpha = Floats(viewing: ByteBlock(view: UnsafeRawBufferPointer(rebasing: raw[(4 * p.thetaCount)...]), owner: self))
+        return out
+    }
+}

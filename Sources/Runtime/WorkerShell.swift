@@ -35,6 +35,11 @@ public final class WorkerShell {
     public private(set) var exitReason = ""
     /// Records this process's timeline when set (`--trace`).
     public var trace: Trace?
+    /// Offer the coordinator a shared-memory file for results (used if it is on this machine).
+    public var sharedMemory = true
+    private var arena: SharedArena?
+    private var arenaAccepted = false   // some coordinator mapped `arena`: a new hello needs a new one
+    private var resultsShared = false   // the current coordinator reads results from `arena`
 
     public init(endpoint: String, dataPath: String, name: String, protocolVersion: UInt16 = Envelope.protocolVersion,
                 stop: StopFlag, log: @escaping (String) -> Void) {
@@ -45,6 +50,7 @@ public final class WorkerShell {
     public func run() throws -> Int32 {
         keepLargeBuffersMapped()
         BLAS.useSingleThread()
+        defer { arena = nil }   // removes the file if no coordinator took it (callers may exit() right after)
         dataset = try DatasetFile.read(dataPath)
         let ctx = ZMQContext()
         dealer = try ZMQSocket(ctx, .dealer)
@@ -69,6 +75,10 @@ public final class WorkerShell {
                         // Decoded in place: weights stay in the received frame until installed.
                         let e = try Envelope.decode(ByteBlock(view: frames[0].bytes, owner: frames[0]))
                         trace?.received(e.message)
+                        if case .welcome(let w) = e.message {
+                            resultsShared = w.sharedMemory && arena != nil
+                            if resultsShared { arenaAccepted = true }
+                        }
                         try execute(machine.onMessage(e, now: monotonicNow()))
                     } catch let e as WireError {
                         try execute(machine.onUndecodable(e))
@@ -91,8 +101,9 @@ public final class WorkerShell {
     func execute(_ directives: [WorkerMachine.Directive]) throws {
         for d in directives where exitCode == nil {
             switch d {
-            case .send(let m):
-                // Encoded straight into the outgoing ZeroMQ message (one copy of a 1.5 MB gradient).
+            case .send(let message):
+                let m = transported(message)
+                // Encoded straight into the outgoing ZeroMQ message (one copy of a 1.5 MB gradient, unless shared).
                 let e = Envelope(runId: machine.runId, message: m, protocolVersion: protocolVersion)
                 let frame = OutgoingFrame(count: e.encodedCount)
                 e.encode(into: frame.mutableBytes)
@@ -114,6 +125,36 @@ public final class WorkerShell {
             case .log(let s):
                 log(s)
             }
+        }
+    }
+
+    /// The transport's part of a message: a hello offers a shared-memory file,
+    /// and a train result leaves its gradients there when the coordinator mapped it.
+    func transported(_ m: Message) -> Message {
+        switch m {
+        case .hello(var h) where sharedMemory:
+            if arena == nil || arenaAccepted {
+                // A new coordinator (or one that forgot us) gets a new file: the old one is mapped by the old run.
+                arena = nil; arenaAccepted = false; resultsShared = false
+                do { arena = try SharedArena() } catch {
+                    log("results go through the socket: \(error)")
+                    sharedMemory = false
+                }
+            }
+            h.sharedMemory = arena?.offer
+            return .hello(h)
+        case .trainResult(var r) where resultsShared:
+            let p = SharedPayload(offset: 0, thetaCount: r.gradTheta.count, alphaCount: r.gradAlpha.count)
+            guard let (offset, memory) = arena!.allocate(bytes: p.byteCount, version: r.version) else { return m }
+            r.gradTheta.withUnsafeBytes { memory.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            if !r.gradAlpha.isEmpty {
+                r.gradAlpha.withUnsafeBytes { (memory.baseAddress! + 4 * p.thetaCount).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            }
+            r.shared = SharedPayload(offset: offset, thetaCount: p.thetaCount, alphaCount: p.alphaCount)
+            r.gradTheta = []; r.gradAlpha = []
+            return .trainResult(r)
+        default:
+            return m
         }
     }
 

@@ -1,7 +1,7 @@
 /// A message with the header every frame carries: magic "MTRN", the protocol
 /// version (u16), the message type (u8) and the run id (string), then the body.
 public struct Envelope: Equatable, Sendable {
-    public static let protocolVersion: UInt16 = 2
+    public static let protocolVersion: UInt16 = 3
     static let magic: [UInt8] = Array("MTRN".utf8)
 
     public var protocolVersion: UInt16
@@ -40,13 +40,22 @@ public struct Envelope: Equatable, Sendable {
         w.u8(Envelope.typeCode(message))
         w.string(runId)
         switch message {
-        case .hello(let h): w.string(h.workerName); w.string(h.datasetFingerprint)
-        case .welcome(let x): w.string(x.configJSON); w.int(x.version)
+        case .hello(let h):
+            w.string(h.workerName); w.string(h.datasetFingerprint)
+            w.bool(h.sharedMemory != nil)
+            if let o = h.sharedMemory { w.string(o.path); w.string(o.token) }
+        case .welcome(let x): w.string(x.configJSON); w.int(x.version); w.bool(x.sharedMemory)
         case .refuse(let r): w.string(r)
         case .ready, .fetchWeights, .heartbeat: break
         case .work(let u): w.int(u.id); w.u8(u.kind.rawValue); w.int(u.version); w.ints(u.episodes)
         case .trainResult(let r):
-            w.int(r.unitId); w.int(r.version); w.floats(r.gradTheta); w.floats(r.gradAlpha); w.f64(r.lossSum); w.int(r.tasks)
+            w.int(r.unitId); w.int(r.version)
+            if let p = r.shared {
+                w.u8(1); w.int(p.offset); w.u32(UInt32(p.thetaCount)); w.u32(UInt32(p.alphaCount))
+            } else {
+                w.u8(0); w.floats(r.gradTheta); w.floats(r.gradAlpha)
+            }
+            w.f64(r.lossSum); w.int(r.tasks)
         case .evalResult(let r): w.int(r.unitId); w.int(r.version); w.doubles(r.sums); w.ints(r.queries); w.doubles(r.losses)
         case .weights(let x): w.int(x.version); w.floats(x.theta); w.floats(x.alpha)
         case .shutdown(let r): w.string(r)
@@ -78,8 +87,14 @@ public struct Envelope: Equatable, Sendable {
         _ = try r.take(4 + 2 + 1 + 4 + runId.utf8.count, "header")
         let m: Message
         switch t {
-        case 1: m = .hello(Hello(workerName: try r.string("worker name"), datasetFingerprint: try r.string("fingerprint")))
-        case 2: m = .welcome(Welcome(configJSON: try r.string("config"), version: try r.int("version")))
+        case 1:
+            let name = try r.string("worker name"), fingerprint = try r.string("fingerprint")
+            let offer = try r.bool("shared memory offered")
+                ? SharedOffer(path: try r.string("shared memory path"), token: try r.string("shared memory token")) : nil
+            m = .hello(Hello(workerName: name, datasetFingerprint: fingerprint, sharedMemory: offer))
+        case 2:
+            m = .welcome(Welcome(configJSON: try r.string("config"), version: try r.int("version"),
+                                 sharedMemory: try r.bool("shared memory accepted")))
         case 3: m = .refuse(reason: try r.string("reason"))
         case 4: m = .ready
         case 5:
@@ -87,8 +102,16 @@ public struct Envelope: Equatable, Sendable {
             guard let kind = UnitKind(rawValue: try r.u8("unit kind")) else { throw WireError.invalid("unknown unit kind") }
             m = .work(WorkUnit(id: id, kind: kind, version: try r.int("version"), episodes: try r.ints("episodes")))
         case 7:
-            m = .trainResult(TrainResult(unitId: try r.int("unit id"), version: try r.int("version"), gradTheta: try r.floats("grad theta"),
-                                         gradAlpha: try r.floats("grad alpha"), lossSum: try r.f64("loss"), tasks: try r.int("tasks")))
+            let id = try r.int("unit id"), ver = try r.int("version")
+            var theta: Floats = [], alpha: Floats = [], shared: SharedPayload?
+            switch try r.u8("payload place") {
+            case 0: theta = try r.floats("grad theta"); alpha = try r.floats("grad alpha")
+            case 1: shared = SharedPayload(offset: try r.int("shared offset"), thetaCount: Int(try r.u32("shared theta count")),
+                                           alphaCount: Int(try r.u32("shared alpha count")))
+            default: throw WireError.invalid("unknown payload place")
+            }
+            m = .trainResult(TrainResult(unitId: id, version: ver, gradTheta: theta, gradAlpha: alpha, lossSum: try r.f64("loss"),
+                                         tasks: try r.int("tasks"), shared: shared))
         case 8:
             let id = try r.int("unit id"), ver = try r.int("version"), sums = try r.doubles("sums"), q = try r.ints("queries")
             let losses = try r.doubles("losses")

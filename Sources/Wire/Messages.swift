@@ -1,13 +1,25 @@
 /// The messages of the coordinator–worker protocol (docs/PROTOCOL.md). The
 /// transport moves them as single ZeroMQ frames; nothing here knows sockets.
 
+/// A worker's offer to pass result payloads through a shared-memory file:
+/// a coordinator that can open `path` and finds `token` at its start is on
+/// the same machine.
+public struct SharedOffer: Equatable, Sendable {
+    public var path: String
+    /// The file's first 16 bytes, as 32 hex digits.
+    public var token: String
+    public init(path: String, token: String) { self.path = path; self.token = token }
+}
+
 /// A worker introduces itself. It MUST send this first, on its DEALER socket.
 public struct Hello: Equatable, Sendable {
     public var workerName: String
     /// SHA-256 fingerprint of the dataset file the worker opened itself.
     public var datasetFingerprint: String
-    public init(workerName: String, datasetFingerprint: String) {
-        self.workerName = workerName; self.datasetFingerprint = datasetFingerprint
+    /// Set by the worker's transport, not its protocol logic.
+    public var sharedMemory: SharedOffer?
+    public init(workerName: String, datasetFingerprint: String, sharedMemory: SharedOffer? = nil) {
+        self.workerName = workerName; self.datasetFingerprint = datasetFingerprint; self.sharedMemory = sharedMemory
     }
 }
 
@@ -17,7 +29,24 @@ public struct Welcome: Equatable, Sendable {
     public var configJSON: String
     /// The weights version currently published.
     public var version: Int
-    public init(configJSON: String, version: Int) { self.configJSON = configJSON; self.version = version }
+    /// The coordinator mapped the worker's shared-memory file: train results may
+    /// leave their payload there. Set by the coordinator's transport.
+    public var sharedMemory: Bool
+    public init(configJSON: String, version: Int, sharedMemory: Bool = false) {
+        self.configJSON = configJSON; self.version = version; self.sharedMemory = sharedMemory
+    }
+}
+
+/// Where a train result's payload lies in the sender's shared-memory file:
+/// gradTheta's floats at `offset`, gradAlpha's right after them.
+public struct SharedPayload: Equatable, Sendable {
+    public var offset: Int
+    public var thetaCount: Int
+    public var alphaCount: Int
+    public init(offset: Int, thetaCount: Int, alphaCount: Int) {
+        self.offset = offset; self.thetaCount = thetaCount; self.alphaCount = alphaCount
+    }
+    public var byteCount: Int { 4 * (thetaCount + alphaCount) }
 }
 
 /// What a work unit asks for.
@@ -44,9 +73,14 @@ public struct TrainResult: Equatable, Sendable {
     public var gradAlpha: Floats
     public var lossSum: Double
     public var tasks: Int
-    public init(unitId: Int, version: Int, gradTheta: Floats, gradAlpha: Floats, lossSum: Double, tasks: Int) {
+    /// Set when the gradients are not in the message but in the sender's
+    /// shared-memory file (`gradTheta` and `gradAlpha` are then empty until the
+    /// receiving transport fills them in).
+    public var shared: SharedPayload?
+    public init(unitId: Int, version: Int, gradTheta: Floats, gradAlpha: Floats, lossSum: Double, tasks: Int,
+                shared: SharedPayload? = nil) {
         self.unitId = unitId; self.version = version; self.gradTheta = gradTheta; self.gradAlpha = gradAlpha
-        self.lossSum = lossSum; self.tasks = tasks
+        self.lossSum = lossSum; self.tasks = tasks; self.shared = shared
     }
 }
 

@@ -90,6 +90,8 @@ struct WorkerCommand: ParsableCommand {
     @Flag(help: "Log every protocol event.") var verbose = false
     @Option(help: ArgumentHelp("Write this process's event timeline to FILE (JSON lines) when it ends.", valueName: "file"))
     var trace: String?
+    @Flag(help: "Send results through the socket even to a coordinator on this machine (by default they go through a file in /dev/shm).")
+    var noSharedMemory = false
 
     func run() throws {
         let stop = StopFlag()
@@ -102,6 +104,7 @@ struct WorkerCommand: ParsableCommand {
                                 log: { line in if verbose { FileHandle.standardError.write(Data("worker \(label): \(line)\n".utf8)) } })
         shell.coordinatorTimeout = coordinatorTimeout
         shell.exitWithParent = exitWithParent
+        shell.sharedMemory = !noSharedMemory
         if trace != nil { shell.trace = Trace(process: label) }
         let result = Result { try shell.run() }
         if let trace { try shell.trace?.write(to: trace) }

@@ -20,6 +20,8 @@ struct TrainCommand: ParsableCommand {
     var bind: String?
     @Option(help: ArgumentHelp("Write every process's event timeline to DIR (coordinator.jsonl, worker-N.jsonl) when the run ends.", valueName: "dir"))
     var trace: String?
+    @Flag(help: "Workers send results through the socket instead of through files in /dev/shm.")
+    var noSharedMemory = false
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
@@ -33,7 +35,7 @@ struct TrainCommand: ParsableCommand {
         let shell = try options.makeShell(endpoint: endpoint, stop: stop, progress: ConsoleProgress())
         var children: [Process] = []
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        let data = options.data, n = workers, traceDir = trace
+        let data = options.data, n = workers, traceDir = trace, socketOnly = noSharedMemory
         if trace != nil { shell.trace = Trace(process: "coordinator") }
         shell.onBound = { endpoint in
             for i in 0..<n {
@@ -42,6 +44,7 @@ struct TrainCommand: ParsableCommand {
                 p.arguments = ["worker", "--connect", endpoint, "--data", data, "--name", "local-\(i + 1)",
                                "--exit-with-parent", "\(getpid())"]
                 if let traceDir { p.arguments! += ["--trace", traceDir + "/worker-\(i + 1).jsonl"] }
+                if socketOnly { p.arguments! += ["--no-shared-memory"] }
                 do { try p.run(); children.append(p) } catch {
                     FileHandle.standardError.write(Data("could not start worker \(i + 1): \(error)\n".utf8))
                 }

@@ -29,14 +29,20 @@ final class DistributedTests: XCTestCase {
 
     func testWeightsAreBitIdenticalForOneTwoAndThreeWorkers() throws {
         var finals: [Data] = []
-        for n in [1, 2, 3] {
-            let run = DistributedTests.dir + "/w\(n)"
-            // The 2-worker run also records its timeline: tracing must not change the bits.
-            let trace = n == 2 ? ["--trace", run + "/trace"] : []
+        let arenas = { Set((try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm")) ?? []).filter { $0.hasPrefix("metatrain-") } }
+        let before = arenas()
+        // Results go through shared memory, except in the last run (through the socket).
+        for (n, socket) in [(1, false), (2, false), (3, false), (2, true)] {
+            let run = DistributedTests.dir + "/w\(n)" + (socket ? "-socket" : "")
+            // The first 2-worker run also records its timeline: tracing must not change the bits.
+            let trace = n == 2 && !socket ? ["--trace", run + "/trace"] : []
             let r = try metatrain(["train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "\(n)",
-                                   "--set", "maml.iterations=12"] + small + trace)
+                                   "--set", "maml.iterations=12"] + small + trace + (socket ? ["--no-shared-memory"] : []))
             XCTAssertEqual(r.status, 0, r.stderr)
-            if n == 2 { try checkTrace(run + "/trace") }
+            if !trace.isEmpty { try checkTrace(run + "/trace") }
+            let log = try String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)
+            XCTAssertEqual(log.contains("results through shared memory"), !socket, log)
+            XCTAssertFalse(log.contains("results through the socket"), log)
             XCTAssertTrue(r.stderr.contains("finished 12 iterations"), r.stderr)
             finals.append(try bytes(run + "/final.h5"))
             let metrics = try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
@@ -48,6 +54,8 @@ final class DistributedTests: XCTestCase {
         }
         XCTAssertEqual(finals[0], finals[1], "1 vs 2 workers")
         XCTAssertEqual(finals[0], finals[2], "1 vs 3 workers")
+        XCTAssertEqual(finals[0], finals[3], "shared memory vs socket")
+        XCTAssertEqual(arenas(), before, "no shared-memory file outlives its run")
     }
 
     /// Every unit the coordinator sent came back, and each worker computed what it received.

@@ -4,12 +4,17 @@ import XCTest
 final class WireTests: XCTestCase {
     let samples: [Message] = [
         .hello(Hello(workerName: "w1@host", datasetFingerprint: "abc123")),
+        .hello(Hello(workerName: "w2@host", datasetFingerprint: "abc123",
+                     sharedMemory: SharedOffer(path: "/dev/shm/metatrain-1-ab", token: String(repeating: "0f", count: 16)))),
         .welcome(Welcome(configJSON: "{\"seed\":1}", version: 7)),
+        .welcome(Welcome(configJSON: "{}", version: 0, sharedMemory: true)),
         .refuse(reason: "fingerprint mismatch"),
         .ready, .fetchWeights, .heartbeat,
         .work(WorkUnit(id: 3, kind: .train, version: 7, episodes: [5, 1, 9, 2])),
         .work(WorkUnit(id: 4, kind: .eval, version: 8, episodes: [])),
         .trainResult(TrainResult(unitId: 3, version: 7, gradTheta: [1, -2.5, .leastNonzeroMagnitude], gradAlpha: [], lossSum: 1.25, tasks: 4)),
+        .trainResult(TrainResult(unitId: 5, version: 7, gradTheta: [], gradAlpha: [], lossSum: -0.5, tasks: 2,
+                                 shared: SharedPayload(offset: 4096 + 64, thetaCount: 368_000, alphaCount: 368_000))),
         .evalResult(EvalResult(unitId: 4, version: 8, sums: [1, 2, 3, 4, 5, 6, 0, 1, 1, 0.5, 0.5, 1], queries: [10, 3], losses: [3.5, 0.25])),
         .weights(Weights(version: 8, theta: [0.5, 0.25], alpha: [0.01, 0.02])),
         .shutdown(reason: "finished"),
@@ -70,6 +75,11 @@ final class WireTests: XCTestCase {
         XCTAssertThrowsError(try Envelope.decode(Array("GET / HTTP/1.1".utf8))) { XCTAssertEqual($0 as? WireError, .badMagic) }
         var unknown = good; unknown[6] = 200
         XCTAssertThrowsError(try Envelope.decode(unknown)) { XCTAssertEqual($0 as? WireError, .unknownType(200)) }
+        // A train result's payload is either in the message (0) or in shared memory (1).
+        var place = Envelope(runId: "run", message: .trainResult(TrainResult(unitId: 1, version: 2, gradTheta: [1], gradAlpha: [],
+                                                                             lossSum: 0, tasks: 1))).encode()
+        place[4 + 2 + 1 + 4 + 3 + 16] = 2
+        XCTAssertThrowsError(try Envelope.decode(place)) { XCTAssertEqual($0 as? WireError, .invalid("unknown payload place")) }
         // Random garbage after a valid header never crashes.
         var g = 0x9E3779B97F4A7C15 as UInt64
         for _ in 0..<2000 {

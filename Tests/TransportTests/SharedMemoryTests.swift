@@ -1,0 +1,69 @@
+import Foundation
+import XCTest
+@testable import Transport
+
+/// Worker arenas and the coordinator's views of them, in one process (the
+/// multi-process runs in CLITests use them between real workers and coordinators).
+final class SharedMemoryTests: XCTestCase {
+    func write(_ values: [Float], into m: UnsafeMutableRawBufferPointer) {
+        values.withUnsafeBytes { m.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    }
+
+    func read(_ raw: UnsafeRawBufferPointer) -> [UInt32] {
+        (0..<(raw.count / 4)).map { raw.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self) }
+    }
+
+    func testPayloadsKeepTheirBitsAndThePathIsGoneOnceMapped() throws {
+        let arena = try SharedArena()
+        XCTAssertTrue(arena.path.hasPrefix("/dev/shm/metatrain-\(getpid())-"))
+        let values: [Float] = [.nan, -0.0, .infinity, 1.0000001, .leastNonzeroMagnitude] + (0..<400_000).map { Float($0) * 0.25 }
+        let (offset, memory) = try XCTUnwrap(arena.allocate(bytes: 4 * values.count, version: 3))
+        write(values, into: memory)
+        let view = try SharedView(path: arena.path, token: arena.token)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: arena.path), "the coordinator unlinks the file once it has it")
+        XCTAssertEqual(read(try view.bytes(offset: offset, count: 4 * values.count)), values.map(\.bitPattern))
+        // The mapping is live: what the worker writes next is what the coordinator reads.
+        let (o2, m2) = try XCTUnwrap(arena.allocate(bytes: 8, version: 3))
+        write([7, 8], into: m2)
+        XCTAssertEqual(read(try view.bytes(offset: o2, count: 8)), [Float(7).bitPattern, Float(8).bitPattern])
+    }
+
+    func testSpaceIsRecycledOnlyForALaterVersion() throws {
+        let arena = try SharedArena()
+        let a = try XCTUnwrap(arena.allocate(bytes: 100, version: 5)).offset
+        let b = try XCTUnwrap(arena.allocate(bytes: 100, version: 5)).offset
+        XCTAssertGreaterThanOrEqual(b, a + 100, "payloads of one version never overlap")
+        XCTAssertEqual(b % 64, 0)
+        XCTAssertEqual(try XCTUnwrap(arena.allocate(bytes: 100, version: 4)).offset, b + 128, "an older version recycles nothing")
+        XCTAssertEqual(try XCTUnwrap(arena.allocate(bytes: 100, version: 6)).offset, a, "a later version reuses the space")
+    }
+
+    func testAnotherFileOrABadPayloadIsRefused() throws {
+        let arena = try SharedArena()
+        var wrong = arena.token; wrong[0] ^= 1
+        XCTAssertThrowsError(try SharedView(path: arena.path, token: wrong)) { XCTAssertTrue("\($0)".contains("token"), "\($0)") }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: arena.path), "a refused offer leaves the file alone")
+        // Only a worker arena's name is opened (and later unlinked).
+        let elsewhere = NSTemporaryDirectory() + "metatrain-\(getpid())-x"
+        FileManager.default.createFile(atPath: elsewhere, contents: Data(arena.token))
+        defer { try? FileManager.default.removeItem(atPath: elsewhere) }
+        XCTAssertThrowsError(try SharedView(path: elsewhere, token: arena.token)) { XCTAssertTrue("\($0)".contains("not a worker arena"), "\($0)") }
+        XCTAssertThrowsError(try SharedView(path: "/dev/shm/metatrain-../../etc/passwd", token: arena.token))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: elsewhere))
+
+        let (offset, _) = try XCTUnwrap(arena.allocate(bytes: 64, version: 0))
+        let view = try SharedView(path: arena.path, token: arena.token)
+        XCTAssertNoThrow(try view.bytes(offset: offset, count: 64))
+        XCTAssertThrowsError(try view.bytes(offset: 0, count: 16), "the header is not a payload")
+        XCTAssertThrowsError(try view.bytes(offset: offset + 2, count: 4), "misaligned")
+        XCTAssertThrowsError(try view.bytes(offset: offset, count: 1 << 30)) { XCTAssertTrue("\($0)".contains("outside the shared file"), "\($0)") }
+    }
+
+    func testAnUnclaimedArenaRemovesItsFile() throws {
+        var arena: SharedArena? = try SharedArena()
+        let path = arena!.path
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path))
+        arena = nil
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path))
+    }
+}
