@@ -19,8 +19,8 @@ let package = Package(
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
-        // glibc's mallopt, which the Glibc module leaves out (header only).
-        .systemLibrary(name: "CMalloc"),
+        // glibc calls the Glibc module leaves out: mallopt, memfd_create (header only).
+        .systemLibrary(name: "CLinux"),
 
         // Deterministic generators, hashing, atomic files: no C, no I/O policy.
         .target(name: "Core"),
@@ -41,13 +41,13 @@ let package = Package(
         // Global GRU4Rec pretraining.
         .target(name: "Training", dependencies: ["Core", "Kernels", "GRU4Rec", "Data", "Storage", "Configuration", "Evaluation"]),
         // ZeroMQ sockets: moves frames, knows nothing of training.
-        .target(name: "Transport", dependencies: ["CZeroMQ"]),
+        .target(name: "Transport", dependencies: ["CZeroMQ", "CLinux"]),
         // Typed, versioned messages and their byte encoding (imports no C).
         .target(name: "Wire"),
         // Coordinator and worker state machines: no sockets, clocks or files.
         .target(name: "Coordination", dependencies: ["Wire"]),
         // Shells that run the state machines over Transport, with Storage and the math.
-        .target(name: "Runtime", dependencies: ["CMalloc", "Wire", "Coordination", "Transport", "Core", "Kernels", "GRU4Rec",
+        .target(name: "Runtime", dependencies: ["CLinux", "Wire", "Coordination", "Transport", "Core", "Kernels", "GRU4Rec",
                                                 "Configuration", "Data", "Storage", "MetaLearning", "Evaluation", "Training"]),
         // The CLI, one file per subcommand.
         .executableTarget(name: "metatrain", dependencies: [

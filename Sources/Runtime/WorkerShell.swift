@@ -50,7 +50,6 @@ public final class WorkerShell {
     public func run() throws -> Int32 {
         keepLargeBuffersMapped()
         BLAS.useSingleThread()
-        defer { arena = nil }   // removes the file if no coordinator took it (callers may exit() right after)
         dataset = try DatasetFile.read(dataPath)
         let ctx = ZMQContext()
         dealer = try ZMQSocket(ctx, .dealer)
@@ -136,7 +135,7 @@ public final class WorkerShell {
             if arena == nil || arenaAccepted {
                 // A new coordinator (or one that forgot us) gets a new file: the old one is mapped by the old run.
                 arena = nil; arenaAccepted = false; resultsShared = false
-                do { arena = try SharedArena() } catch {
+                do { arena = try SharedArena(name: "metatrain-results") } catch {
                     log("results go through the socket: \(error)")
                     sharedMemory = false
                 }

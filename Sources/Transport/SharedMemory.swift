@@ -1,3 +1,4 @@
+import CLinux
 #if canImport(Glibc)
 import Glibc
 #else
@@ -5,25 +6,21 @@ import Darwin
 #endif
 
 /// Shared memory between a worker and a coordinator on the same machine, so a
-/// 1.5 MB gradient is written once into memory both map instead of being
-/// copied through a socket by three threads. ZeroMQ still carries every
-/// message; only the payload moves this way. Like the sockets, this moves
-/// bytes and knows nothing of what they mean.
+/// 1.5 MB gradient or weight vector is written once into memory both map
+/// instead of being copied through a socket by three threads. ZeroMQ still
+/// carries every message; only payloads move this way. Like the sockets, this
+/// moves bytes and knows nothing of what they mean.
 ///
-/// The worker owns a `SharedArena`: a file in /dev/shm whose first page holds
-/// a random token, followed by payloads. It offers the file's path and token in
-/// its hello; a coordinator that can open the path and read the same token is
-/// on the same machine, maps the file as a `SharedView` and unlinks the path,
-/// so the file disappears when both processes have closed it (even after a
-/// SIGKILL). Payload lifetime is by weights version: all payloads written for
-/// version v stay untouched until the arena is asked for space for a later
-/// version, which the worker only does after the coordinator has finished
-/// reading version v's results (it reduces them before it publishes v + 1).
+/// Each side owns a `SharedArena`: an anonymous memory file (memfd) whose first
+/// page holds a random token, followed by payloads. Its owner offers the path
+/// /proc/PID/fd/FD and the token in a message; a peer that can open the path
+/// and read the same token is on the same machine and maps it as a
+/// `SharedView`. The file has no name anywhere, so nothing is left behind
+/// however a process ends. When a payload may be overwritten is the caller's
+/// rule (by weights version, see docs/PROTOCOL.md).
 
 /// Bytes before the first payload: the token, padded to a page.
 let sharedHeaderBytes = 4096
-/// Where arenas live: a tmpfs on Linux.
-let sharedDirectory = "/dev/shm"
 /// Address space each side reserves for an arena (the file grows into it).
 let sharedReserveBytes = 1 << 32
 
@@ -34,9 +31,9 @@ public struct SharedMemoryError: Error, CustomStringConvertible {
     init(errno what: String) { description = "\(what): \(String(cString: strerror(errno)))" }
 }
 
-/// The worker's side: a growing file of payloads, mapped read-write.
+/// The owner's side: a growing file of payloads, mapped read-write.
 public final class SharedArena {
-    /// The file's path until the coordinator unlinks it.
+    /// Where another process of this user on this machine opens the file.
     public let path: String
     /// 16 random bytes at the start of the file.
     public let token: [UInt8]
@@ -46,24 +43,22 @@ public final class SharedArena {
     private var top = sharedHeaderBytes
     private var version = Int.min
 
-    /// Creates the file in /dev/shm, named after this process.
-    public init() throws {
+    /// Creates the file; `name` shows in /proc/PID/maps.
+    public init(name: String) throws {
         var rng = SystemRandomNumberGenerator()
         token = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
-        let suffix = token.prefix(6).map { String($0, radix: 16) }.joined()
-        path = "\(sharedDirectory)/metatrain-\(getpid())-\(suffix)"
-        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw SharedMemoryError(errno: "cannot create \(path)") }
+        fd = metatrain_memfd(name)
+        guard fd >= 0 else { throw SharedMemoryError(errno: "cannot create a shared-memory file") }
+        path = "/proc/\(getpid())/fd/\(fd)"
         fileSize = sharedHeaderBytes
-        guard ftruncate(fd, off_t(fileSize)) == 0 else {
-            let e = SharedMemoryError(errno: "cannot size \(path)")
-            close(fd); unlink(path)
-            throw e
+        guard posix_fallocate(fd, 0, off_t(fileSize)) == 0 else {
+            close(fd)
+            throw SharedMemoryError("cannot allocate a shared-memory file")
         }
         let p = mmap(nil, sharedReserveBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         guard let p, p != MAP_FAILED else {
-            let e = SharedMemoryError(errno: "cannot map \(path)")
-            close(fd); unlink(path)
+            let e = SharedMemoryError(errno: "cannot map a shared-memory file")
+            close(fd)
             throw e
         }
         base = p
@@ -73,7 +68,6 @@ public final class SharedArena {
     deinit {
         munmap(base, sharedReserveBytes)
         close(fd)
-        unlink(path)   // usually gone already (the coordinator unlinks it)
     }
 
     /// Space for `bytes` bytes of a payload computed on weights `version`,
@@ -83,38 +77,53 @@ public final class SharedArena {
     public func allocate(bytes: Int, version v: Int) -> (offset: Int, memory: UnsafeMutableRawBufferPointer)? {
         if v > version { version = v; top = sharedHeaderBytes }
         let offset = top, end = (top + bytes + 63) & ~63
-        guard end <= sharedReserveBytes else { return nil }
-        if end > fileSize {
-            // Grow in doubling steps, and allocate the pages now: a tmpfs that is full
-            // (Docker's /dev/shm is 64 MB) must fail here, not raise SIGBUS on a write later.
-            let size = min(sharedReserveBytes, max(end, 2 * fileSize))
-            guard posix_fallocate(fd, 0, off_t(size)) == 0 else { return nil }
-            fileSize = size
-        }
+        guard grow(to: end) else { return nil }
         top = end
         return (offset, UnsafeMutableRawBufferPointer(start: base + offset, count: bytes))
     }
+
+    /// Fixed slot `index` of `bytes` bytes each (page-aligned), for payloads
+    /// whose owner recycles them by its own rule. Nil if the file cannot grow.
+    public func slot(_ index: Int, bytes: Int) -> (offset: Int, memory: UnsafeMutableRawBufferPointer)? {
+        let stride = (bytes + 4095) & ~4095
+        let offset = sharedHeaderBytes + index * stride
+        guard grow(to: offset + stride) else { return nil }
+        return (offset, UnsafeMutableRawBufferPointer(start: base + offset, count: bytes))
+    }
+
+    /// Makes the file at least `end` bytes long, in doubling steps, allocating
+    /// the pages now: memory that runs out must fail here, not raise SIGBUS on a
+    /// write later.
+    private func grow(to end: Int) -> Bool {
+        guard end <= sharedReserveBytes else { return false }
+        guard end > fileSize else { return true }
+        let size = min(sharedReserveBytes, max(end, 2 * fileSize))
+        guard posix_fallocate(fd, 0, off_t(size)) == 0 else { return false }
+        fileSize = size
+        return true
+    }
 }
 
-/// The coordinator's side: a worker's arena, mapped read-only.
+/// The peer's side: an arena mapped read-only.
 public final class SharedView: @unchecked Sendable {
     let fd: Int32
     let base: UnsafeRawPointer
 
-    /// Opens and maps the worker's file if it holds `token` (so the worker is on
-    /// this machine), then unlinks its path.
+    /// Opens and maps the file at `path` if it holds `token` (so its owner is on this machine).
     public init(path: String, token: [UInt8]) throws {
         guard token.count == 16 else { throw SharedMemoryError("token of \(token.count) bytes, expected 16") }
-        // The path comes from a peer and is unlinked below: only a worker arena's name is acceptable.
-        guard path.hasPrefix(sharedDirectory + "/metatrain-"), !path.dropFirst(sharedDirectory.count + 1).contains("/") else {
-            throw SharedMemoryError("\(path) is not a worker arena in \(sharedDirectory)")
+        // The path comes from a peer: only another process's open file is acceptable.
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 5, parts[0].isEmpty, parts[1] == "proc", parts[3] == "fd",
+              [parts[2], parts[4]].allSatisfy({ !$0.isEmpty && $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }) else {
+            throw SharedMemoryError("\(path) is not a shared-memory file (/proc/PID/fd/FD)")
         }
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw SharedMemoryError(errno: "cannot open \(path)") }
         var head = [UInt8](repeating: 0, count: 16)
         guard pread(fd, &head, 16, 0) == 16, head == token else {
             close(fd)
-            throw SharedMemoryError("\(path) does not hold the worker's token (another machine's file?)")
+            throw SharedMemoryError("\(path) does not hold the offered token (another machine's file?)")
         }
         let p = mmap(nil, sharedReserveBytes, PROT_READ, MAP_SHARED, fd, 0)
         guard let p, p != MAP_FAILED else {
@@ -123,7 +132,6 @@ public final class SharedView: @unchecked Sendable {
             throw e
         }
         base = UnsafeRawPointer(p)
-        unlink(path)
     }
 
     deinit {

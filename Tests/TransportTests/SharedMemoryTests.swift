@@ -13,14 +13,13 @@ final class SharedMemoryTests: XCTestCase {
         (0..<(raw.count / 4)).map { raw.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self) }
     }
 
-    func testPayloadsKeepTheirBitsAndThePathIsGoneOnceMapped() throws {
-        let arena = try SharedArena()
-        XCTAssertTrue(arena.path.hasPrefix("/dev/shm/metatrain-\(getpid())-"))
+    func testPayloadsKeepTheirBitsThroughTheMapping() throws {
+        let arena = try SharedArena(name: "test")
+        XCTAssertTrue(arena.path.hasPrefix("/proc/\(getpid())/fd/"), arena.path)
         let values: [Float] = [.nan, -0.0, .infinity, 1.0000001, .leastNonzeroMagnitude] + (0..<400_000).map { Float($0) * 0.25 }
         let (offset, memory) = try XCTUnwrap(arena.allocate(bytes: 4 * values.count, version: 3))
         write(values, into: memory)
         let view = try SharedView(path: arena.path, token: arena.token)
-        XCTAssertFalse(FileManager.default.fileExists(atPath: arena.path), "the coordinator unlinks the file once it has it")
         XCTAssertEqual(read(try view.bytes(offset: offset, count: 4 * values.count)), values.map(\.bitPattern))
         // The mapping is live: what the worker writes next is what the coordinator reads.
         let (o2, m2) = try XCTUnwrap(arena.allocate(bytes: 8, version: 3))
@@ -29,27 +28,33 @@ final class SharedMemoryTests: XCTestCase {
     }
 
     func testSpaceIsRecycledOnlyForALaterVersion() throws {
-        let arena = try SharedArena()
+        let arena = try SharedArena(name: "test")
         let a = try XCTUnwrap(arena.allocate(bytes: 100, version: 5)).offset
         let b = try XCTUnwrap(arena.allocate(bytes: 100, version: 5)).offset
         XCTAssertGreaterThanOrEqual(b, a + 100, "payloads of one version never overlap")
         XCTAssertEqual(b % 64, 0)
         XCTAssertEqual(try XCTUnwrap(arena.allocate(bytes: 100, version: 4)).offset, b + 128, "an older version recycles nothing")
         XCTAssertEqual(try XCTUnwrap(arena.allocate(bytes: 100, version: 6)).offset, a, "a later version reuses the space")
+        // Fixed slots are page-aligned and do not move.
+        let s0 = try XCTUnwrap(arena.slot(0, bytes: 5000)), s1 = try XCTUnwrap(arena.slot(1, bytes: 5000))
+        XCTAssertEqual(s0.offset % 4096, 0)
+        XCTAssertEqual(s1.offset - s0.offset, 8192)
+        XCTAssertEqual(try XCTUnwrap(arena.slot(1, bytes: 5000)).offset, s1.offset)
     }
 
     func testAnotherFileOrABadPayloadIsRefused() throws {
-        let arena = try SharedArena()
+        let arena = try SharedArena(name: "test")
         var wrong = arena.token; wrong[0] ^= 1
         XCTAssertThrowsError(try SharedView(path: arena.path, token: wrong)) { XCTAssertTrue("\($0)".contains("token"), "\($0)") }
-        XCTAssertTrue(FileManager.default.fileExists(atPath: arena.path), "a refused offer leaves the file alone")
-        // Only a worker arena's name is opened (and later unlinked).
+        // Only another process's open file is opened, never a path a peer chose.
         let elsewhere = NSTemporaryDirectory() + "metatrain-\(getpid())-x"
         FileManager.default.createFile(atPath: elsewhere, contents: Data(arena.token))
         defer { try? FileManager.default.removeItem(atPath: elsewhere) }
-        XCTAssertThrowsError(try SharedView(path: elsewhere, token: arena.token)) { XCTAssertTrue("\($0)".contains("not a worker arena"), "\($0)") }
-        XCTAssertThrowsError(try SharedView(path: "/dev/shm/metatrain-../../etc/passwd", token: arena.token))
-        XCTAssertTrue(FileManager.default.fileExists(atPath: elsewhere))
+        for path in [elsewhere, "/proc/\(getpid())/fd/../../self/fd/3", "/proc/self/fd/3", "/proc/1/fd/"] {
+            XCTAssertThrowsError(try SharedView(path: path, token: arena.token), path) {
+                XCTAssertTrue("\($0)".contains("is not a shared-memory file"), "\($0)")
+            }
+        }
 
         let (offset, _) = try XCTUnwrap(arena.allocate(bytes: 64, version: 0))
         let view = try SharedView(path: arena.path, token: arena.token)
@@ -59,11 +64,16 @@ final class SharedMemoryTests: XCTestCase {
         XCTAssertThrowsError(try view.bytes(offset: offset, count: 1 << 30)) { XCTAssertTrue("\($0)".contains("outside the shared file"), "\($0)") }
     }
 
-    func testAnUnclaimedArenaRemovesItsFile() throws {
-        var arena: SharedArena? = try SharedArena()
-        let path = arena!.path
-        XCTAssertTrue(FileManager.default.fileExists(atPath: path))
+    /// The file has no name: once its owner has closed it and nobody maps it, it is gone.
+    func testTheFileLivesAsLongAsAMappingAndNoLonger() throws {
+        var arena: SharedArena? = try SharedArena(name: "test")
+        let path = arena!.path, token = arena!.token
+        let (offset, memory) = try XCTUnwrap(arena!.allocate(bytes: 8, version: 0))
+        write([1, 2], into: memory)
+        let view = try SharedView(path: path, token: token)
         arena = nil
-        XCTAssertFalse(FileManager.default.fileExists(atPath: path))
+        XCTAssertThrowsError(try SharedView(path: path, token: token), "the owner's descriptor is closed")
+        XCTAssertEqual(read(try view.bytes(offset: offset, count: 8)), [Float(1).bitPattern, Float(2).bitPattern],
+                       "a mapping outlives its owner")
     }
 }
