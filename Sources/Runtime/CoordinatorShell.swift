@@ -26,7 +26,10 @@ public final class CoordinatorShell {
     private var pub: ZMQSocket!
     private var machine: CoordinatorMachine!
     private var runId = ""
-    private var weightsFrame: OutgoingFrame!
+    /// The published weights encoded inline, made on first need (fetch replies, workers without shared memory).
+    private var weightsFrame: OutgoingFrame?
+    /// Where local workers read published weights (nil: every broadcast is inline).
+    private var weightsArena: SharedArena?
     private enum Next { case train(Int), eval(Int), finish }
     private var next = Next.finish
     private var plan: MetaTrainer.TrainPlan?
@@ -75,6 +78,9 @@ public final class CoordinatorShell {
     /// Runs to the end of training (0), or until interrupted (130).
     public func run() throws -> Int32 {
         keepLargeBuffersMapped()
+        do { weightsArena = try SharedArena(name: "metatrain-weights") } catch {
+            say("weights go through the socket: \(error)")
+        }
         let ctx = ZMQContext()
         try bind(ctx)
         runId = "\(trainer.config.seed)-\(getpid())-\(Int(Date().timeIntervalSince1970))"
@@ -157,7 +163,12 @@ public final class CoordinatorShell {
                 if let p = r.shared {
                     // The gradients are read where the worker wrote them.
                     guard let s = shared[peer] else { throw WireError.invalid("train result in shared memory that was never offered") }
-                    do { e.message = .trainResult(try s.view.resolve(r, p)) } catch {
+                    do {
+                        var resolved = r
+                        (resolved.gradTheta, resolved.gradAlpha) = try s.view.floats(p)
+                        resolved.shared = nil
+                        e.message = .trainResult(resolved)
+                    } catch {
                         throw WireError.invalid("train result for unit \(r.unitId): \(error)")
                     }
                 }
@@ -193,7 +204,7 @@ public final class CoordinatorShell {
             case .send(let peer, var m):
                 switch m {
                 case .welcome(var w):
-                    w.sharedMemory = shared[peer] != nil
+                    w.sharedMemory = shared[peer] != nil ? weightsArena?.offer : nil
                     m = .welcome(w)
                 case .refuse: shared[peer] = nil
                 default: break
@@ -201,23 +212,41 @@ public final class CoordinatorShell {
                 send(peer, Envelope(runId: runId, message: m).encode())
                 if case .work(let u) = m { trace?.mark(.send, u.id) }
             case .sendWeights(let peer):
-                do { try router.send([peer.bytes], weightsFrame) } catch { say("could not send weights to \(peer): \(error)") }
+                // Always inline: a worker fetches when it missed a broadcast or could not read one.
+                do { try router.send([peer.bytes], inlineWeights()) } catch { say("could not send weights to \(peer): \(error)") }
             case .log(let s): say(s)
             case .phaseComplete(let r): try complete(r)
             }
         }
     }
 
-    /// Encodes θ (and α) once into a ZeroMQ message that the broadcast and every
-    /// fetch reply share without copying.
-    func publishWeights() {
+    /// The current weights as one inline ZeroMQ message, encoded once per
+    /// version and shared by the broadcast and every fetch reply without copying.
+    func inlineWeights() -> OutgoingFrame {
+        if let f = weightsFrame { return f }
         let e = Envelope(runId: runId, message: .weights(Weights(version: trainer.iteration, theta: Floats(viewing: trainer.theta),
                                                                  alpha: trainer.alpha.map { Floats(viewing: $0) } ?? [])))
         let frame = OutgoingFrame(count: e.encodedCount)
         e.encode(into: frame.mutableBytes)
         weightsFrame = frame
-        try? pub.send([], frame)
-        trace?.mark(.published, trainer.iteration)
+        return frame
+    }
+
+    /// Broadcasts the current weights. When every live worker reads our shared
+    /// memory, they go into slot (version mod 2) and the broadcast says where:
+    /// a slot is rewritten two versions later, after every unit that could read
+    /// it has finished (see docs/PROTOCOL.md). Otherwise the broadcast carries them.
+    func publishWeights() {
+        weightsFrame = nil
+        let v = trainer.iteration
+        let local = shared.keys.filter { machine.knows($0) }.count
+        if let arena = weightsArena, machine.liveWorkers > 0, local == machine.liveWorkers,
+           let payload = arena.write(slot: v & 1, trainer.theta, trainer.alpha) {
+            try? pub.send([Envelope(runId: runId, message: .weights(Weights(version: v, theta: [], alpha: [], shared: payload))).encode()])
+        } else {
+            try? pub.send([], inlineWeights())
+        }
+        trace?.mark(.published, v)
     }
 
     func complete(_ r: CoordinatorMachine.PhaseResults) throws {

@@ -83,13 +83,21 @@ extension SharedView {
         try self.init(path: offer.path, token: token)
     }
 
-    /// A train result with its gradients read where the worker left them.
-    func resolve(_ r: TrainResult, _ p: SharedPayload) throws -> TrainResult {
+    /// The two float runs a payload points to, read in place (the views keep this mapping alive).
+    func floats(_ p: SharedPayload) throws -> (Floats, Floats) {
         let raw = try bytes(offset: p.offset, count: p.byteCount)
-        var out = r
-        out.shared = nil
-        out.gradTheta = Floats(viewing: ByteBlock(view: UnsafeRawBufferPointer(rebasing: raw[0..<(4 * p.thetaCount)]), owner: self))
-        out.gradAlpha = Floats(viewing: ByteBlock(view: UnsafeRawBufferPointer(rebasing: raw[(4 * p.thetaCount)...]), owner: self))
-        return out
+        return (Floats(viewing: ByteBlock(view: UnsafeRawBufferPointer(rebasing: raw[0..<(4 * p.thetaCount)]), owner: self)),
+                Floats(viewing: ByteBlock(view: UnsafeRawBufferPointer(rebasing: raw[(4 * p.thetaCount)...]), owner: self)))
+    }
+}
+
+extension SharedArena {
+    /// Writes θ then α (if any) into fixed slot `index`; nil if the file cannot grow.
+    func write(slot index: Int, _ theta: FloatBuffer, _ alpha: FloatBuffer?) -> SharedPayload? {
+        let a = alpha?.count ?? 0
+        guard let (offset, memory) = slot(index, bytes: 4 * (theta.count + a)) else { return nil }
+        memory.baseAddress!.copyMemory(from: theta.ptr, byteCount: 4 * theta.count)
+        if let alpha { (memory.baseAddress! + 4 * theta.count).copyMemory(from: alpha.ptr, byteCount: 4 * a) }
+        return SharedPayload(offset: offset, thetaCount: theta.count, alphaCount: a)
     }
 }

@@ -29,6 +29,8 @@ public final class Trace {
         case computed
         /// Worker: a unit's result handed to ZeroMQ (n = unit id).
         case sent
+        /// Worker: weights asked for (missed or unreadable broadcast, late join; n = 0).
+        case fetch
     }
 
     public struct Record: Equatable, Sendable {
@@ -66,11 +68,12 @@ public final class Trace {
         }
     }
 
-    /// Marks a result handed to ZeroMQ (worker); other messages are not traced.
+    /// Marks a result handed to ZeroMQ or a weights fetch (worker); other messages are not traced.
     func sent(_ m: Message) {
         switch m {
         case .trainResult(let r): mark(.sent, r.unitId)
         case .evalResult(let r): mark(.sent, r.unitId)
+        case .fetchWeights: mark(.fetch)
         default: break
         }
     }

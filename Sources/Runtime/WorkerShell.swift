@@ -40,6 +40,7 @@ public final class WorkerShell {
     private var arena: SharedArena?
     private var arenaAccepted = false   // some coordinator mapped `arena`: a new hello needs a new one
     private var resultsShared = false   // the current coordinator reads results from `arena`
+    private var weightsView: SharedView?   // the current coordinator's file, where broadcasts may leave weights
 
     public init(endpoint: String, dataPath: String, name: String, protocolVersion: UInt16 = Envelope.protocolVersion,
                 stop: StopFlag, log: @escaping (String) -> Void) {
@@ -74,10 +75,7 @@ public final class WorkerShell {
                         // Decoded in place: weights stay in the received frame until installed.
                         let e = try Envelope.decode(ByteBlock(view: frames[0].bytes, owner: frames[0]))
                         trace?.received(e.message)
-                        if case .welcome(let w) = e.message {
-                            resultsShared = w.sharedMemory && arena != nil
-                            if resultsShared { arenaAccepted = true }
-                        }
+                        guard let e = transported(e) else { continue }
                         try execute(machine.onMessage(e, now: monotonicNow()))
                     } catch let e as WireError {
                         try execute(machine.onUndecodable(e))
@@ -127,7 +125,41 @@ public final class WorkerShell {
         }
     }
 
-    /// The transport's part of a message: a hello offers a shared-memory file,
+    /// The transport's part of a received message: a welcome says whether the
+    /// coordinator maps our file and offers its own; a broadcast may point into
+    /// it. Nil: drop the message (a broadcast we cannot read: the unit waiting for
+    /// it will fetch the weights inline).
+    func transported(_ e: Envelope) -> Envelope? {
+        switch e.message {
+        case .welcome(let w):
+            resultsShared = w.sharedMemory != nil && arena != nil
+            weightsView = nil
+            if resultsShared, let offer = w.sharedMemory {
+                arenaAccepted = true
+                do { weightsView = try SharedView(offer) } catch { log("weights go through the socket: \(error)") }
+            }
+            return e
+        case .weights(let w) where w.shared != nil:
+            guard let view = weightsView else {
+                log("dropped weights \(w.version) in shared memory this worker does not map")
+                return nil
+            }
+            do {
+                var out = e, resolved = w
+                (resolved.theta, resolved.alpha) = try view.floats(w.shared!)
+                resolved.shared = nil
+                out.message = .weights(resolved)
+                return out
+            } catch {
+                log("dropped weights \(w.version): \(error)")
+                return nil
+            }
+        default:
+            return e
+        }
+    }
+
+    /// The transport's part of a sent message: a hello offers a shared-memory file,
     /// and a train result leaves its gradients there when the coordinator mapped it.
     func transported(_ m: Message) -> Message {
         switch m {

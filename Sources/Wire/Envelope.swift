@@ -42,22 +42,17 @@ public struct Envelope: Equatable, Sendable {
         switch message {
         case .hello(let h):
             w.string(h.workerName); w.string(h.datasetFingerprint)
-            w.bool(h.sharedMemory != nil)
-            if let o = h.sharedMemory { w.string(o.path); w.string(o.token) }
-        case .welcome(let x): w.string(x.configJSON); w.int(x.version); w.bool(x.sharedMemory)
+            w.offer(h.sharedMemory)
+        case .welcome(let x):
+            w.string(x.configJSON); w.int(x.version)
+            w.offer(x.sharedMemory)
         case .refuse(let r): w.string(r)
         case .ready, .fetchWeights, .heartbeat: break
         case .work(let u): w.int(u.id); w.u8(u.kind.rawValue); w.int(u.version); w.ints(u.episodes)
         case .trainResult(let r):
-            w.int(r.unitId); w.int(r.version)
-            if let p = r.shared {
-                w.u8(1); w.int(p.offset); w.u32(UInt32(p.thetaCount)); w.u32(UInt32(p.alphaCount))
-            } else {
-                w.u8(0); w.floats(r.gradTheta); w.floats(r.gradAlpha)
-            }
-            w.f64(r.lossSum); w.int(r.tasks)
+            w.int(r.unitId); w.int(r.version); w.payload(r.gradTheta, r.gradAlpha, r.shared); w.f64(r.lossSum); w.int(r.tasks)
         case .evalResult(let r): w.int(r.unitId); w.int(r.version); w.doubles(r.sums); w.ints(r.queries); w.doubles(r.losses)
-        case .weights(let x): w.int(x.version); w.floats(x.theta); w.floats(x.alpha)
+        case .weights(let x): w.int(x.version); w.payload(x.theta, x.alpha, x.shared)
         case .shutdown(let r): w.string(r)
         }
     }
@@ -89,12 +84,9 @@ public struct Envelope: Equatable, Sendable {
         switch t {
         case 1:
             let name = try r.string("worker name"), fingerprint = try r.string("fingerprint")
-            let offer = try r.bool("shared memory offered")
-                ? SharedOffer(path: try r.string("shared memory path"), token: try r.string("shared memory token")) : nil
-            m = .hello(Hello(workerName: name, datasetFingerprint: fingerprint, sharedMemory: offer))
+            m = .hello(Hello(workerName: name, datasetFingerprint: fingerprint, sharedMemory: try r.offer()))
         case 2:
-            m = .welcome(Welcome(configJSON: try r.string("config"), version: try r.int("version"),
-                                 sharedMemory: try r.bool("shared memory accepted")))
+            m = .welcome(Welcome(configJSON: try r.string("config"), version: try r.int("version"), sharedMemory: try r.offer()))
         case 3: m = .refuse(reason: try r.string("reason"))
         case 4: m = .ready
         case 5:
@@ -103,13 +95,7 @@ public struct Envelope: Equatable, Sendable {
             m = .work(WorkUnit(id: id, kind: kind, version: try r.int("version"), episodes: try r.ints("episodes")))
         case 7:
             let id = try r.int("unit id"), ver = try r.int("version")
-            var theta: Floats = [], alpha: Floats = [], shared: SharedPayload?
-            switch try r.u8("payload place") {
-            case 0: theta = try r.floats("grad theta"); alpha = try r.floats("grad alpha")
-            case 1: shared = SharedPayload(offset: try r.int("shared offset"), thetaCount: Int(try r.u32("shared theta count")),
-                                           alphaCount: Int(try r.u32("shared alpha count")))
-            default: throw WireError.invalid("unknown payload place")
-            }
+            let (theta, alpha, shared) = try r.payload("grad theta", "grad alpha")
             m = .trainResult(TrainResult(unitId: id, version: ver, gradTheta: theta, gradAlpha: alpha, lossSum: try r.f64("loss"),
                                          tasks: try r.int("tasks"), shared: shared))
         case 8:
@@ -118,7 +104,10 @@ public struct Envelope: Equatable, Sendable {
             guard sums.count == 6 * q.count, losses.count == q.count else { throw WireError.invalid("eval sums or losses do not match episode count") }
             m = .evalResult(EvalResult(unitId: id, version: ver, sums: sums, queries: q, losses: losses))
         case 9: m = .fetchWeights
-        case 10: m = .weights(Weights(version: try r.int("version"), theta: try r.floats("theta"), alpha: try r.floats("alpha")))
+        case 10:
+            let ver = try r.int("version")
+            let (theta, alpha, shared) = try r.payload("theta", "alpha")
+            m = .weights(Weights(version: ver, theta: theta, alpha: alpha, shared: shared))
         case 11: m = .heartbeat
         case 12: m = .shutdown(reason: try r.string("reason"))
         default: throw WireError.unknownType(t)
@@ -140,6 +129,39 @@ public struct Envelope: Equatable, Sendable {
         case .weights: return 10
         case .heartbeat: return 11
         case .shutdown: return 12
+        }
+    }
+}
+
+extension ByteWriter {
+    /// bool present, then string path and string token.
+    mutating func offer(_ o: SharedOffer?) {
+        bool(o != nil)
+        if let o { string(o.path); string(o.token) }
+    }
+
+    /// u8 place: 0 and two float runs in the message, or 1 and where they lie in shared memory.
+    mutating func payload(_ theta: Floats, _ alpha: Floats, _ shared: SharedPayload?) {
+        if let p = shared {
+            u8(1); int(p.offset); u32(UInt32(p.thetaCount)); u32(UInt32(p.alphaCount))
+        } else {
+            u8(0); floats(theta); floats(alpha)
+        }
+    }
+}
+
+extension ByteReader {
+    mutating func offer() throws -> SharedOffer? {
+        try bool("shared memory offered") ? SharedOffer(path: try string("shared memory path"), token: try string("shared memory token")) : nil
+    }
+
+    mutating func payload(_ theta: String, _ alpha: String) throws -> (Floats, Floats, SharedPayload?) {
+        switch try u8("payload place") {
+        case 0: return (try floats(theta), try floats(alpha), nil)
+        case 1:
+            return ([], [], SharedPayload(offset: try int("shared offset"), thetaCount: Int(try u32("shared \(theta) count")),
+                                          alphaCount: Int(try u32("shared \(alpha) count"))))
+        default: throw WireError.invalid("unknown payload place")
         }
     }
 }

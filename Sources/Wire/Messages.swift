@@ -29,16 +29,17 @@ public struct Welcome: Equatable, Sendable {
     public var configJSON: String
     /// The weights version currently published.
     public var version: Int
-    /// The coordinator mapped the worker's shared-memory file: train results may
-    /// leave their payload there. Set by the coordinator's transport.
-    public var sharedMemory: Bool
-    public init(configJSON: String, version: Int, sharedMemory: Bool = false) {
+    /// Set when the coordinator mapped the worker's shared-memory file (train
+    /// results may leave their payload there): the coordinator's own file, where
+    /// weight broadcasts may leave theirs. Set by the coordinator's transport.
+    public var sharedMemory: SharedOffer?
+    public init(configJSON: String, version: Int, sharedMemory: SharedOffer? = nil) {
         self.configJSON = configJSON; self.version = version; self.sharedMemory = sharedMemory
     }
 }
 
-/// Where a train result's payload lies in the sender's shared-memory file:
-/// gradTheta's floats at `offset`, gradAlpha's right after them.
+/// Where a payload lies in the sender's shared-memory file: θ's (or Σ∇θ's)
+/// floats at `offset`, α's (or Σ∇α's) right after them.
 public struct SharedPayload: Equatable, Sendable {
     public var offset: Int
     public var thetaCount: Int
@@ -105,7 +106,12 @@ public struct Weights: Equatable, Sendable {
     public var theta: Floats
     /// Meta-SGD's rates (empty otherwise).
     public var alpha: Floats
-    public init(version: Int, theta: Floats, alpha: Floats) { self.version = version; self.theta = theta; self.alpha = alpha }
+    /// Set when θ and α are not in the message but in the coordinator's
+    /// shared-memory file (they are empty until the receiving transport fills them in).
+    public var shared: SharedPayload?
+    public init(version: Int, theta: Floats, alpha: Floats, shared: SharedPayload? = nil) {
+        self.version = version; self.theta = theta; self.alpha = alpha; self.shared = shared
+    }
 }
 
 public enum Message: Equatable, Sendable {

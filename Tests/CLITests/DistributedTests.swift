@@ -71,6 +71,8 @@ final class DistributedTests: XCTestCase {
             XCTAssertTrue(records.allSatisfy { $0.process == "local-\(w)" })
             let c = records.filter { $0.event == .computed }.map(\.n)
             XCTAssertEqual(records.filter { $0.event == .sent }.map(\.n), c)
+            // Broadcasts arrive through shared memory: a worker fetches when it joins, not every iteration.
+            XCTAssertLessThanOrEqual(records.filter { $0.event == .fetch }.count, 4, "worker \(w) fetched weights")
             computed.formUnion(c)
             merged += records
         }

@@ -5,9 +5,9 @@ final class WireTests: XCTestCase {
     let samples: [Message] = [
         .hello(Hello(workerName: "w1@host", datasetFingerprint: "abc123")),
         .hello(Hello(workerName: "w2@host", datasetFingerprint: "abc123",
-                     sharedMemory: SharedOffer(path: "/dev/shm/metatrain-1-ab", token: String(repeating: "0f", count: 16)))),
+                     sharedMemory: SharedOffer(path: "/proc/12/fd/7", token: String(repeating: "0f", count: 16)))),
         .welcome(Welcome(configJSON: "{\"seed\":1}", version: 7)),
-        .welcome(Welcome(configJSON: "{}", version: 0, sharedMemory: true)),
+        .welcome(Welcome(configJSON: "{}", version: 0, sharedMemory: SharedOffer(path: "/proc/9/fd/4", token: String(repeating: "a1", count: 16)))),
         .refuse(reason: "fingerprint mismatch"),
         .ready, .fetchWeights, .heartbeat,
         .work(WorkUnit(id: 3, kind: .train, version: 7, episodes: [5, 1, 9, 2])),
@@ -17,6 +17,7 @@ final class WireTests: XCTestCase {
                                  shared: SharedPayload(offset: 4096 + 64, thetaCount: 368_000, alphaCount: 368_000))),
         .evalResult(EvalResult(unitId: 4, version: 8, sums: [1, 2, 3, 4, 5, 6, 0, 1, 1, 0.5, 0.5, 1], queries: [10, 3], losses: [3.5, 0.25])),
         .weights(Weights(version: 8, theta: [0.5, 0.25], alpha: [0.01, 0.02])),
+        .weights(Weights(version: 9, theta: [], alpha: [], shared: SharedPayload(offset: 8192, thetaCount: 368_000, alphaCount: 0))),
         .shutdown(reason: "finished"),
     ]
 
