@@ -125,12 +125,15 @@ final class DistributedTests: XCTestCase {
         let args = ["--data", DistributedTests.data, "--set", "maml.iterations=300"] + small
         let whole = DistributedTests.dir + "/restart-whole"
         XCTAssertEqual(try metatrain(["train", "--run-dir", whole, "--workers", "2"] + args).status, 0)
-        // Coordinator and two separate worker processes; SIGKILL only the coordinator.
+        // Coordinator and two separate worker processes; SIGKILL only the coordinator. Worker w1
+        // sends everything through the socket, so weights are broadcast inline while w0's results
+        // come through shared memory; after the restart w0 offers a new file.
         let run = DistributedTests.dir + "/restart"
         let first = try startDetached(["coordinator", "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + args)
         let endpoint = try waitForEndpoint(run + "/coordinator.log")
         let workers = try (0..<2).map { i in
-            try startDetached(["worker", "--connect", endpoint, "--data", DistributedTests.data, "--name", "w\(i)"])
+            try startDetached(["worker", "--connect", endpoint, "--data", DistributedTests.data, "--name", "w\(i)"]
+                              + (i == 1 ? ["--no-shared-memory"] : []))
         }
         defer { for w in workers { w.killGroup(); w.wait() } }
         let deadline = Date().addingTimeInterval(60)
@@ -143,6 +146,9 @@ final class DistributedTests: XCTestCase {
         let second = try metatrain(["coordinator", "--run-dir", run, "--bind", endpoint, "--resume"] + args)
         XCTAssertEqual(second.status, 0, second.stderr)
         XCTAssertEqual(try bytes(run + "/final.h5"), try bytes(whole + "/final.h5"))
+        let log = try String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)
+        XCTAssertEqual(log.components(separatedBy: "worker w0: results through shared memory").count - 1, 2, log)
+        XCTAssertFalse(log.contains("worker w1: results through shared memory"), log)
         for w in workers { XCTAssertEqual(w.wait(), 0, "worker exits cleanly on the resumed run's shutdown") }
     }
 
