@@ -75,8 +75,7 @@ public final class WorkerShell {
                         // Decoded in place: weights stay in the received frame until installed.
                         let e = try Envelope.decode(ByteBlock(view: frames[0].bytes, owner: frames[0]))
                         trace?.received(e.message)
-                        guard let e = transported(e) else { continue }
-                        try execute(machine.onMessage(e, now: monotonicNow()))
+                        try execute(machine.onMessage(transported(e), now: monotonicNow()))
                     } catch let e as WireError {
                         try execute(machine.onUndecodable(e))
                     }
@@ -127,9 +126,12 @@ public final class WorkerShell {
 
     /// The transport's part of a received message: a welcome says whether the
     /// coordinator maps our file and offers its own; a broadcast may point into
-    /// it. Nil: drop the message (a broadcast we cannot read: the unit waiting for
-    /// it will fetch the weights inline).
-    func transported(_ e: Envelope) -> Envelope? {
+    /// it. A broadcast we cannot read (another run's file, or none mapped) still
+    /// tells the machine that the coordinator spoke, and which run it runs: it
+    /// goes on as a heartbeat with the broadcast's run id, so a worker that has
+    /// to join a restarted coordinator notices at once, and the unit waiting for
+    /// these weights fetches them inline.
+    func transported(_ e: Envelope) -> Envelope {
         switch e.message {
         case .welcome(let w):
             resultsShared = w.sharedMemory != nil && arena != nil
@@ -140,20 +142,20 @@ public final class WorkerShell {
             }
             return e
         case .weights(let w) where w.shared != nil:
-            guard let view = weightsView else {
-                log("dropped weights \(w.version) in shared memory this worker does not map")
-                return nil
-            }
+            var out = e
             do {
-                var out = e, resolved = w
+                guard let view = weightsView, e.runId == machine.runId else {
+                    throw SharedMemoryError("not in a shared-memory file this worker maps")
+                }
+                var resolved = w
                 (resolved.theta, resolved.alpha) = try view.floats(w.shared!)
                 resolved.shared = nil
                 out.message = .weights(resolved)
-                return out
             } catch {
-                log("dropped weights \(w.version): \(error)")
-                return nil
+                log("cannot read weights \(w.version) of run \(e.runId): \(error)")
+                out.message = .heartbeat
             }
+            return out
         default:
             return e
         }
