@@ -220,12 +220,17 @@ public final class CoordinatorShell {
         }
     }
 
+    /// Views of θ and α (empty unless Meta-SGD) as the trainer holds them.
+    func currentWeights() -> (Floats, Floats) {
+        (Floats(viewing: trainer.theta), trainer.alpha.map { Floats(viewing: $0) } ?? [])
+    }
+
     /// The current weights as one inline ZeroMQ message, encoded once per
     /// version and shared by the broadcast and every fetch reply without copying.
     func inlineWeights() -> OutgoingFrame {
         if let f = weightsFrame { return f }
-        let e = Envelope(runId: runId, message: .weights(Weights(version: trainer.iteration, theta: Floats(viewing: trainer.theta),
-                                                                 alpha: trainer.alpha.map { Floats(viewing: $0) } ?? [])))
+        let (theta, alpha) = currentWeights()
+        let e = Envelope(runId: runId, message: .weights(Weights(version: trainer.iteration, theta: theta, alpha: alpha)))
         let frame = OutgoingFrame(count: e.encodedCount)
         e.encode(into: frame.mutableBytes)
         weightsFrame = frame
@@ -240,8 +245,10 @@ public final class CoordinatorShell {
         weightsFrame = nil
         let v = trainer.iteration
         let local = shared.keys.filter { machine.knows($0) }.count
+        let (theta, alpha) = currentWeights()
         if let arena = weightsArena, machine.liveWorkers > 0, local == machine.liveWorkers,
-           let payload = arena.write(slot: v & 1, trainer.theta, trainer.alpha) {
+           let space = arena.slot(v & 1, bytes: 4 * (theta.count + alpha.count)) {
+            let payload = SharedArena.put(theta, alpha, into: space)
             try? pub.send([Envelope(runId: runId, message: .weights(Weights(version: v, theta: [], alpha: [], shared: payload))).encode()])
         } else {
             try? pub.send([], inlineWeights())

@@ -92,12 +92,13 @@ extension SharedView {
 }
 
 extension SharedArena {
-    /// Writes θ then α (if any) into fixed slot `index`; nil if the file cannot grow.
-    func write(slot index: Int, _ theta: FloatBuffer, _ alpha: FloatBuffer?) -> SharedPayload? {
-        let a = alpha?.count ?? 0
-        guard let (offset, memory) = slot(index, bytes: 4 * (theta.count + a)) else { return nil }
-        memory.baseAddress!.copyMemory(from: theta.ptr, byteCount: 4 * theta.count)
-        if let alpha { (memory.baseAddress! + 4 * theta.count).copyMemory(from: alpha.ptr, byteCount: 4 * a) }
-        return SharedPayload(offset: offset, thetaCount: theta.count, alphaCount: a)
+    /// Writes θ then α back to back into `space` (from `allocate` or `slot`) and says where they lie.
+    static func put(_ theta: Floats, _ alpha: Floats, into space: (offset: Int, memory: UnsafeMutableRawBufferPointer)) -> SharedPayload {
+        let p = SharedPayload(offset: space.offset, thetaCount: theta.count, alphaCount: alpha.count)
+        precondition(space.memory.count >= p.byteCount, "\(space.memory.count) bytes for a payload of \(p.byteCount)")
+        let floats = space.memory.bindMemory(to: Float.self).baseAddress!
+        theta.copy(to: floats)
+        alpha.copy(to: floats + theta.count)
+        return p
     }
 }

@@ -177,13 +177,8 @@ public final class WorkerShell {
             h.sharedMemory = arena?.offer
             return .hello(h)
         case .trainResult(var r) where resultsShared:
-            let p = SharedPayload(offset: 0, thetaCount: r.gradTheta.count, alphaCount: r.gradAlpha.count)
-            guard let (offset, memory) = arena!.allocate(bytes: p.byteCount, version: r.version) else { return m }
-            r.gradTheta.withUnsafeBytes { memory.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-            if !r.gradAlpha.isEmpty {
-                r.gradAlpha.withUnsafeBytes { (memory.baseAddress! + 4 * p.thetaCount).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-            }
-            r.shared = SharedPayload(offset: offset, thetaCount: p.thetaCount, alphaCount: p.alphaCount)
+            guard let space = arena!.allocate(bytes: 4 * (r.gradTheta.count + r.gradAlpha.count), version: r.version) else { return m }
+            r.shared = SharedArena.put(r.gradTheta, r.gradAlpha, into: space)
             r.gradTheta = []; r.gradAlpha = []
             return .trainResult(r)
         default:
