@@ -62,6 +62,11 @@ public struct WorkerMachine: Sendable {
         guard state != .stopped else { return [] }
         lastHeard = now
         if state == .joined, e.runId != runId {
+            if case .shutdown(let reason) = e.message {
+                // The coordinator now on our endpoint is stopping: the run we joined is gone too.
+                state = .stopped
+                return [.exit(code: 0, reason: reason)]
+            }
             // Another run on the same endpoint: the coordinator restarted (e.g. --resume).
             // Forget the old run's weights and pending work and join the new one.
             state = .joining

@@ -194,6 +194,18 @@ final class WorkerMachineTests: XCTestCase {
             .contains { if case .configure = $0 { return true }; return false })
     }
 
+    /// A restarted coordinator that stops before this worker re-joined it: the
+    /// worker exits too, instead of saying hello to a coordinator that is going.
+    func testShutdownFromARestartedCoordinatorStopsAJoinedWorker() {
+        var w = WorkerMachine(name: "w", datasetFingerprint: "fp")
+        _ = w.onStart(now: 0)
+        _ = w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 0)
+        XCTAssertEqual(w.onMessage(Envelope(runId: "run-2", message: .shutdown(reason: "training finished")), now: 1),
+                       [.exit(code: 0, reason: "training finished")])
+        XCTAssertTrue(w.isStopped)
+        XCTAssertEqual(w.onTick(now: 10), [])
+    }
+
     func testStaleUnitAfterNewerWeightsIsSkipped() {
         var w = WorkerMachine(name: "w", datasetFingerprint: "fp")
         _ = w.onStart(now: 0)
