@@ -146,6 +146,17 @@ public struct WorkerMachine: Sendable {
         return out
     }
 
+    /// The shell cannot go on with what the coordinator agreed to when it
+    /// welcomed us (e.g. it cannot read the coordinator's shared memory): say
+    /// hello again, so that the coordinator admits us on the new terms.
+    public mutating func onRejoinNeeded(_ reason: String, now: Double) -> [Directive] {
+        guard state != .stopped else { return [] }
+        state = .joining
+        pending = []; fetchAt = nil
+        return [.log(reason + "; joining again")]
+            + sent(.hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint)), now)
+    }
+
     /// The shell finished a unit; `result` is its trainResult or evalResult.
     public mutating func onComputed(_ result: Message, now: Double) -> [Directive] {
         computing = false

@@ -183,7 +183,12 @@ public final class CoordinatorShell {
     /// Maps the shared-memory file a hello offers, if it is on this machine
     /// (a repeated hello offering the same file keeps the mapping).
     func mapShared(_ h: Hello, from peer: PeerID) {
-        guard let offer = h.sharedMemory else { shared[peer] = nil; return }
+        guard let offer = h.sharedMemory else {
+            if shared.removeValue(forKey: peer) != nil {
+                say("worker \(h.workerName): results and weights through the socket from now on (its new hello offers no shared memory)")
+            }
+            return
+        }
         if shared[peer]?.path == offer.path { return }
         do {
             shared[peer] = (offer.path, try SharedView(offer))

@@ -41,6 +41,7 @@ public final class WorkerShell {
     private var arenaAccepted = false   // some coordinator mapped `arena`: a new hello needs a new one
     private var resultsShared = false   // the current coordinator reads results from `arena`
     private var weightsView: SharedView?   // the current coordinator's file, where broadcasts may leave weights
+    private var rejoinReason: String?      // set when the transport needs the coordinator to admit us again
 
     public init(endpoint: String, dataPath: String, name: String, protocolVersion: UInt16 = Envelope.protocolVersion,
                 stop: StopFlag, log: @escaping (String) -> Void) {
@@ -76,6 +77,10 @@ public final class WorkerShell {
                         let e = try Envelope.decode(ByteBlock(view: frames[0].bytes, owner: frames[0]))
                         trace?.received(e.message)
                         try execute(machine.onMessage(transported(e), now: monotonicNow()))
+                        if let reason = rejoinReason {
+                            rejoinReason = nil
+                            try execute(machine.onRejoinNeeded(reason, now: monotonicNow()))
+                        }
                     } catch let e as WireError {
                         try execute(machine.onUndecodable(e))
                     }
@@ -131,6 +136,12 @@ public final class WorkerShell {
     /// goes on as a heartbeat with the broadcast's run id, so a worker that has
     /// to join a restarted coordinator notices at once, and the unit waiting for
     /// these weights fetches them inline.
+    ///
+    /// A coordinator that maps our file but whose own file we cannot open (e.g.
+    /// it runs as another user) would put every broadcast where we cannot read
+    /// it, and we would fetch the weights every iteration. So we give up shared
+    /// memory and say hello again without an offer: the coordinator then sends
+    /// us everything through the socket.
     func transported(_ e: Envelope) -> Envelope {
         switch e.message {
         case .welcome(let w):
@@ -138,7 +149,14 @@ public final class WorkerShell {
             weightsView = nil
             if resultsShared, let offer = w.sharedMemory {
                 arenaAccepted = true
-                do { weightsView = try SharedView(offer) } catch { log("weights go through the socket: \(error)") }
+                do { weightsView = try SharedView(offer) } catch {
+                    sharedMemory = false
+                    arena = nil; arenaAccepted = false; resultsShared = false
+                    rejoinReason = "cannot read the coordinator's shared memory (\(error)); results and weights go through the socket"
+                    var out = e
+                    out.message = .heartbeat
+                    return out
+                }
             }
             return e
         case .weights(let w) where w.shared != nil:

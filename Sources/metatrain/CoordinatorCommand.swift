@@ -90,7 +90,7 @@ struct WorkerCommand: ParsableCommand {
     @Flag(help: "Log every protocol event.") var verbose = false
     @Option(help: ArgumentHelp("Write this process's event timeline to FILE (JSON lines) when it ends.", valueName: "file"))
     var trace: String?
-    @Flag(help: "Send results through the socket even to a coordinator on this machine (by default they go through a file in /dev/shm).")
+    @Flag(help: "Send results and take weights through the socket even with a coordinator on this machine (by default they go through shared memory).")
     var noSharedMemory = false
 
     func run() throws {

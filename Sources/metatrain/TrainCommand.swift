@@ -20,7 +20,7 @@ struct TrainCommand: ParsableCommand {
     var bind: String?
     @Option(help: ArgumentHelp("Write every process's event timeline to DIR (coordinator.jsonl, worker-N.jsonl) when the run ends.", valueName: "dir"))
     var trace: String?
-    @Flag(help: "Workers send results through the socket instead of through files in /dev/shm.")
+    @Flag(help: "Workers send results and take weights through the socket instead of through shared memory.")
     var noSharedMemory = false
 
     func validate() throws {

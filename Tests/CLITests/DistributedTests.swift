@@ -155,6 +155,40 @@ final class DistributedTests: XCTestCase {
         for w in workers { XCTAssertEqual(w.wait(), 0, "worker exits cleanly on the resumed run's shutdown") }
     }
 
+    /// A coordinator that can open the worker's shared memory but not the other
+    /// way round (here: the coordinator runs as root, the worker as nobody). The
+    /// worker gives up shared memory and joins again, so broadcasts carry the
+    /// weights and it does not fetch them every iteration.
+    func testWorkerThatCannotReadTheCoordinatorsMemoryGoesThroughTheSocket() throws {
+        guard getuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") else {
+            throw XCTSkip("needs root and setpriv to run the worker as another user")
+        }
+        let run = DistributedTests.dir + "/asymmetric", traces = DistributedTests.dir + "/asymmetric-trace"
+        try FileManager.default.createDirectory(atPath: traces, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o777])
+        let coord = try startDetached(["coordinator", "--data", DistributedTests.data, "--run-dir", run,
+                                       "--bind", "tcp://127.0.0.1:0", "--set", "maml.iterations=12"] + small)
+        defer { coord.killGroup(); coord.wait() }
+        let endpoint = try waitForEndpoint(run + "/coordinator.log")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        p.arguments = ["--reuid=nobody", "--regid=nogroup", "--clear-groups", metatrainPath(), "worker", "--connect", endpoint,
+                       "--data", DistributedTests.data, "--name", "other-user", "--verbose", "--trace", traces + "/worker.jsonl"]
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, stderr)
+        XCTAssertTrue(stderr.contains("cannot read the coordinator's shared memory"), stderr)
+        XCTAssertEqual(coord.wait(), 0)
+        let log = try String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)
+        XCTAssertTrue(log.contains("worker other-user: results and weights through the socket from now on"), log)
+        XCTAssertTrue(log.contains("finished 12 iterations"), log)
+        let fetches = try Trace.read(traces + "/worker.jsonl").filter { $0.event == .fetch }.count
+        XCTAssertLessThanOrEqual(fetches, 2, "the worker fetched weights \(fetches) times in 12 iterations")
+    }
+
     func testCtrlCStopsCoordinatorAndWorkersCleanly() throws {
         let run = DistributedTests.dir + "/interrupted"
         let args = ["--data", DistributedTests.data, "--workers", "2", "--set", "maml.iterations=100000"] + small

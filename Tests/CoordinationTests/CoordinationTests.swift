@@ -206,6 +206,25 @@ final class WorkerMachineTests: XCTestCase {
         XCTAssertEqual(w.onTick(now: 10), [])
     }
 
+    /// The shell cannot keep the terms it was welcomed on: the worker drops what
+    /// it waits for and introduces itself again, then works as before.
+    func testRejoinNeededSaysHelloAgain() {
+        var w = WorkerMachine(name: "w", datasetFingerprint: "fp")
+        _ = w.onStart(now: 0)
+        _ = w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 0)
+        _ = w.onMessage(env(.work(WorkUnit(id: 1, kind: .train, version: 1, episodes: []))), now: 1)
+        XCTAssertEqual(w.onRejoinNeeded("cannot read", now: 2),
+                       [.log("cannot read; joining again"), .send(.hello(Hello(workerName: "w", datasetFingerprint: "fp")))])
+        XCTAssertNil(w.wakeAt, "the unit it waited for is forgotten")
+        XCTAssertEqual(w.onMessage(env(.work(WorkUnit(id: 2, kind: .train, version: 0, episodes: []))), now: 3),
+                       [.log("dropped work before welcome")])
+        XCTAssertEqual(w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 4).last, .send(.ready))
+        let u = WorkUnit(id: 3, kind: .train, version: 0, episodes: [])
+        XCTAssertEqual(w.onMessage(env(.weights(Weights(version: 0, theta: [], alpha: []))), now: 5),
+                       [.installWeights(Weights(version: 0, theta: [], alpha: []))])
+        XCTAssertEqual(w.onMessage(env(.work(u)), now: 6), [.compute(u)])
+    }
+
     func testStaleUnitAfterNewerWeightsIsSkipped() {
         var w = WorkerMachine(name: "w", datasetFingerprint: "fp")
         _ = w.onStart(now: 0)
