@@ -166,14 +166,26 @@ final class DistributedTests: XCTestCase {
         let run = DistributedTests.dir + "/asymmetric", traces = DistributedTests.dir + "/asymmetric-trace"
         try FileManager.default.createDirectory(atPath: traces, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o777])
+        // The other user needs the binary and the dataset, wherever the checkout lies.
+        let binary = DistributedTests.dir + "/metatrain-other-user"
+        try? FileManager.default.removeItem(atPath: binary)
+        try FileManager.default.copyItem(atPath: metatrainPath(), toPath: binary)
+        chmod(DistributedTests.dir, 0o755); chmod(binary, 0o755); chmod(DistributedTests.data, 0o644)
+        let asNobody = ["--reuid=nobody", "--regid=nogroup", "--clear-groups", binary]
+        let check = Process()
+        check.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        check.arguments = asNobody + ["--help"]
+        check.standardOutput = FileHandle.nullDevice; check.standardError = FileHandle.nullDevice
+        try check.run(); check.waitUntilExit()
+        guard check.terminationStatus == 0 else { throw XCTSkip("user nobody cannot run \(binary)") }
         let coord = try startDetached(["coordinator", "--data", DistributedTests.data, "--run-dir", run,
                                        "--bind", "tcp://127.0.0.1:0", "--set", "maml.iterations=12"] + small)
         defer { coord.killGroup(); coord.wait() }
         let endpoint = try waitForEndpoint(run + "/coordinator.log")
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-        p.arguments = ["--reuid=nobody", "--regid=nogroup", "--clear-groups", metatrainPath(), "worker", "--connect", endpoint,
-                       "--data", DistributedTests.data, "--name", "other-user", "--verbose", "--trace", traces + "/worker.jsonl"]
+        p.arguments = asNobody + ["worker", "--connect", endpoint, "--data", DistributedTests.data, "--name", "other-user",
+                                  "--verbose", "--trace", traces + "/worker.jsonl"]
         let err = Pipe()
         p.standardError = err
         try p.run()
