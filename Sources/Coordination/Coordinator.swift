@@ -153,6 +153,21 @@ public struct CoordinatorMachine: Sendable {
         return out + dispatch()
     }
 
+    /// A worker process is known to have ended (e.g. `train` saw its local child
+    /// exit): it is dropped at once and its units are re-queued, without waiting
+    /// for the timeout.
+    public mutating func onWorkerGone(name: String, reason: String) -> [Directive] {
+        var out: [Directive] = []
+        for peer in joinOrder where workers[peer]?.name == name {
+            let held = workers[peer]!.units
+            out.append(.log("worker \(name) \(reason); dropped" + (held.isEmpty ? "" : ", its \(held.count) unit(s) re-queued")))
+            for u in held.reversed() { requeue(u) }
+            workers[peer] = nil
+        }
+        joinOrder.removeAll { workers[$0] == nil }
+        return out + dispatch()
+    }
+
     /// Starts a phase on weights `phase.version` (which MUST be published).
     public mutating func startPhase(_ p: Phase) -> [Directive] {
         precondition(phase == nil, "a phase is already running")

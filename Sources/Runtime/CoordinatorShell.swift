@@ -21,6 +21,11 @@ public final class CoordinatorShell {
     public private(set) var boundEndpoint = ""
     /// Called once the sockets are bound (e.g. to start local workers).
     public var onBound: ((String) -> Void)?
+    /// Worker processes whoever started them saw end (`train`'s local workers).
+    public var endedWorkers: EndedWorkers?
+    /// Called on the coordinator's thread after an ended worker was dropped (e.g. to
+    /// start it again); returns a line for the log, if any.
+    public var onWorkerEnded: ((String) -> String?)?
 
     private var router: ZMQSocket!
     private var pub: ZMQSocket!
@@ -133,6 +138,10 @@ public final class CoordinatorShell {
             }
             if try zmqPoll([router], timeoutMs: 100)[0] {
                 while let frames = try router.receiveFrames(timeoutMs: 0) { try receive(frames) }
+            }
+            for (name, reason) in endedWorkers?.take() ?? [] where !stop.isSet {
+                try execute(machine.onWorkerGone(name: name, reason: reason))
+                if let line = onWorkerEnded?(name) { say(line) }
             }
             let now = monotonicNow()
             if now - lastTick >= 1 {

@@ -22,6 +22,21 @@ public func keepLargeBuffersMapped() {
 }
 
 /// Set by SIGINT/SIGTERM; the shells poll it between messages.
+/// Worker processes known to have ended, reported from any thread (e.g. a
+/// process's termination handler) and taken by the coordinator's loop.
+public final class EndedWorkers: @unchecked Sendable {
+    private let lock = NSLock()
+    private var ended: [(name: String, reason: String)] = []
+    public init() {}
+    public func report(name: String, reason: String) { lock.lock(); ended.append((name, reason)); lock.unlock() }
+    func take() -> [(name: String, reason: String)] {
+        lock.lock(); defer { lock.unlock() }
+        let out = ended
+        ended = []
+        return out
+    }
+}
+
 public final class StopFlag: @unchecked Sendable {
     private let lock = NSLock()
     private var value = false

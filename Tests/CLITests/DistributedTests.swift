@@ -201,6 +201,36 @@ final class DistributedTests: XCTestCase {
         XCTAssertLessThanOrEqual(fetches, 2, "the worker fetched weights \(fetches) times in 12 iterations")
     }
 
+    /// `train` notices a local worker die, re-queues its units at once (no wait
+    /// for the worker timeout) and starts it again; the weights do not change.
+    func testTrainStartsAKilledWorkerAgain() throws {
+        let args = ["--data", DistributedTests.data, "--set", "maml.iterations=200"] + small
+        let whole = DistributedTests.dir + "/kill-whole", run = DistributedTests.dir + "/kill"
+        XCTAssertEqual(try metatrain(["train", "--run-dir", whole, "--workers", "1"] + args).status, 0)
+        let p = try startDetached(["train", "--run-dir", run, "--workers", "2"] + args)
+        defer { p.killGroup(); p.wait() }
+        func localWorker(_ name: String) -> Int32? {
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+            return entries.compactMap { Int32($0) }.first { pid in
+                guard let raw = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return false }
+                let cmd = String(decoding: raw.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
+                return cmd.contains(" worker ") && cmd.contains("--name \(name) ") && cmd.contains("--exit-with-parent \(p.pid) ")
+            }
+        }
+        let deadline = Date().addingTimeInterval(60)
+        while ((try? String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8)) ?? "").split(separator: "\n").count < 20
+                && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
+        let victim = try XCTUnwrap(localWorker("local-2"), "no worker local-2 of train \(p.pid)")
+        kill(victim, SIGKILL)
+        XCTAssertEqual(p.wait(), 0)
+        XCTAssertEqual(try bytes(run + "/final.h5"), try bytes(whole + "/final.h5"))
+        let log = try String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)
+        XCTAssertTrue(log.contains("worker local-2 (pid \(victim)) was killed by signal 9; dropped"), log)
+        XCTAssertTrue(log.contains("started local worker 2 again as local-2.1"), log)
+        XCTAssertFalse(log.contains("silent for"), log)
+        XCTAssertNil(localWorker("local-2.1"), "the restarted worker outlived train")
+    }
+
     func testCtrlCStopsCoordinatorAndWorkersCleanly() throws {
         let run = DistributedTests.dir + "/interrupted"
         let args = ["--data", DistributedTests.data, "--workers", "2", "--set", "maml.iterations=100000"] + small

@@ -104,6 +104,22 @@ final class CoordinatorMachineTests: XCTestCase {
         XCTAssertTrue(sends(late).contains { if case .refuse = $0.1 { return true }; return false })
     }
 
+    func testEndedWorkerIsDroppedAtOnceAndItsUnitsGoToAnother() {
+        var m = machine()
+        join(&m, a); join(&m, b)
+        let sent = work(m.startPhase(.init(kind: .train, version: 0, units: [[1], [2], [3], [4], [5]])))
+        let held = sent.filter { $0.0 == a }.map { $0.1.id }
+        XCTAssertEqual(held.count, 2)
+        // b finishes its units; a's process ended: its two units go to b without a timeout.
+        for (_, u) in sent where !held.contains(u.id) { _ = m.onMessage(env(result(u, 1)), from: b, now: 1) }
+        let d = m.onWorkerGone(name: "w\(a)", reason: "(pid 7) was killed by signal 9")
+        XCTAssertEqual(d.first, .log("worker w\(a) (pid 7) was killed by signal 9; dropped, its 2 unit(s) re-queued"))
+        XCTAssertEqual(m.liveWorkers, 1)
+        XCTAssertTrue(work(d).allSatisfy { $0.0 == b })
+        XCTAssertFalse(work(d).isEmpty)
+        XCTAssertEqual(m.onWorkerGone(name: "w\(a)", reason: "again"), [], "a worker is dropped once")
+    }
+
     func testForeignRunAndMalformedAndOtherProtocolAreDropped() {
         var m = machine()
         join(&m, a)
