@@ -217,8 +217,10 @@ final class DistributedTests: XCTestCase {
                 return cmd.contains(" worker ") && cmd.contains("--name \(name) ") && cmd.contains("--exit-with-parent \(p.pid) ")
             }
         }
+        // Kill local-2 once it has joined (on a loaded machine it may join late) and the run is under way.
         let deadline = Date().addingTimeInterval(60)
-        while ((try? String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8)) ?? "").split(separator: "\n").count < 20
+        func read(_ f: String) -> String { (try? String(contentsOfFile: run + "/" + f, encoding: .utf8)) ?? "" }
+        while !(read("coordinator.log").contains("worker local-2 joined") && read("metrics.jsonl").split(separator: "\n").count >= 20)
                 && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
         let victim = try XCTUnwrap(localWorker("local-2"), "no worker local-2 of train \(p.pid)")
         kill(victim, SIGKILL)
@@ -228,6 +230,8 @@ final class DistributedTests: XCTestCase {
         XCTAssertTrue(log.contains("worker local-2 (pid \(victim)) was killed by signal 9; dropped"), log)
         XCTAssertTrue(log.contains("started local worker 2 again as local-2.1"), log)
         XCTAssertFalse(log.contains("silent for"), log)
+        let gone = Date().addingTimeInterval(10)
+        while localWorker("local-2.1") != nil && Date() < gone { Thread.sleep(forTimeInterval: 0.1) }
         XCTAssertNil(localWorker("local-2.1"), "the restarted worker outlived train")
     }
 
