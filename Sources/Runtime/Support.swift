@@ -21,7 +21,6 @@ public func keepLargeBuffersMapped() {
     _ = metatrain_keep_large_buffers(32 << 20, 256 << 20)   // 32 MB: the largest mmap threshold glibc allows
 }
 
-/// Set by SIGINT/SIGTERM; the shells poll it between messages.
 /// Worker processes known to have ended, reported from any thread (e.g. a
 /// process's termination handler) and taken by the coordinator's loop.
 public final class EndedWorkers: @unchecked Sendable {
@@ -37,6 +36,7 @@ public final class EndedWorkers: @unchecked Sendable {
     }
 }
 
+/// Set by SIGINT/SIGTERM; the shells poll it between messages.
 public final class StopFlag: @unchecked Sendable {
     private let lock = NSLock()
     private var value = false

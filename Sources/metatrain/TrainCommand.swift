@@ -63,6 +63,7 @@ final class LocalWorkers: @unchecked Sendable {
     private var endpoint = ""
     private var processes: [Process] = []
     private var restarts: [Int: Int] = [:]   // by slot
+    private var slots: [String: Int] = [:]    // by worker name
     private var stopping = false
 
     init(data: String, traceDir: String?, socketOnly: Bool) {
@@ -85,12 +86,11 @@ final class LocalWorkers: @unchecked Sendable {
         guard !stopping else { return false }
         let restart = restarts[slot, default: 0]
         let name = LocalWorkers.name(slot: slot, restart: restart)
+        slots[name] = slot
         let p = Process()
         p.executableURL = exe
         p.arguments = ["worker", "--connect", endpoint, "--data", data, "--name", name, "--exit-with-parent", "\(getpid())"]
-        if let traceDir {
-            p.arguments! += ["--trace", traceDir + "/worker-\(slot)" + (restart == 0 ? "" : ".\(restart)") + ".jsonl"]
-        }
+        if let traceDir { p.arguments! += ["--trace", traceDir + "/worker-\(name.dropFirst("local-".count)).jsonl"] }
         if socketOnly { p.arguments! += ["--no-shared-memory"] }
         let ended = self.ended
         p.terminationHandler = { [weak self] p in
@@ -111,11 +111,11 @@ final class LocalWorkers: @unchecked Sendable {
 
     /// Starts the worker named `name` again, if its slot has restarts left; returns a line for the log.
     func restart(_ name: String) -> String? {
-        guard name.hasPrefix("local-"), let slot = Int(name.dropFirst(6).prefix { $0 != "." }) else { return nil }
         lock.lock()
+        guard let slot = slots[name], name == LocalWorkers.name(slot: slot, restart: restarts[slot, default: 0]), !stopping else {
+            lock.unlock(); return nil
+        }
         let done = restarts[slot, default: 0]
-        let current = LocalWorkers.name(slot: slot, restart: done)
-        if name != current || stopping { lock.unlock(); return nil }
         if done >= maxRestarts {
             lock.unlock()
             return "worker \(name) ended; local worker \(slot) was started \(maxRestarts + 1) times, not again"
