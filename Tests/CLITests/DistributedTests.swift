@@ -55,6 +55,26 @@ final class DistributedTests: XCTestCase {
         XCTAssertEqual(finals[0], finals[3], "shared memory vs socket")
     }
 
+    /// Second-order MAML with a residual meta-loss, and second-order Meta-SGD (whose
+    /// rates travel next to θ in every result and broadcast): 1 worker and 2 give the
+    /// same bits, through shared memory and through the socket alike.
+    func testMAMLAndMetaSGDAreBitIdenticalForOneAndTwoWorkers() throws {
+        for (name, variant) in [("maml", ["maml.algorithm=maml", "maml.residual_lambda=0.1"]),
+                                ("metasgd", ["maml.algorithm=metasgd", "maml.second_order=true", "maml.inner_lr=0.05"])] {
+            var finals: [Data] = []
+            for (n, socket) in [(1, false), (2, false), (2, true)] {
+                let run = DistributedTests.dir + "/\(name)-w\(n)" + (socket ? "-socket" : "")
+                let r = try metatrain(["train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "\(n)",
+                                       "--set", "maml.iterations=6"] + small + variant.flatMap { ["--set", $0] }
+                                      + (socket ? ["--no-shared-memory"] : []))
+                XCTAssertEqual(r.status, 0, r.stderr)
+                finals.append(try bytes(run + "/final.h5"))
+            }
+            XCTAssertEqual(finals[0], finals[1], "\(name): 1 vs 2 workers")
+            XCTAssertEqual(finals[0], finals[2], "\(name): shared memory vs socket")
+        }
+    }
+
     /// Every unit the coordinator sent came back, and each worker computed what it received.
     func checkTrace(_ dir: String) throws {
         let coordinator = try Trace.read(dir + "/coordinator.jsonl")
