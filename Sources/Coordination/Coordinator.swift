@@ -144,7 +144,9 @@ public struct CoordinatorMachine: Sendable {
         for peer in joinOrder where workers[peer] != nil {
             let w = workers[peer]!
             if now - w.lastSeen > settings.workerTimeout {
-                out.append(.log("worker \(w.name) silent for \(Int(now - w.lastSeen))s; dropped"))
+                // A worker says nothing while it computes a unit: name the way out if units run that long.
+                out.append(.log("worker \(w.name) silent for \(Int(now - w.lastSeen))s; dropped"
+                                + (w.units.isEmpty ? "" : ", its \(w.units.count) unit(s) re-queued (if a unit takes longer than \(Int(settings.workerTimeout))s, raise --worker-timeout)")))
                 for u in w.units.reversed() { requeue(u) }
                 workers[peer] = nil
             }

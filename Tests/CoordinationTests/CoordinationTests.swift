@@ -96,6 +96,7 @@ final class CoordinatorMachineTests: XCTestCase {
         _ = m.onMessage(env(result(w[1].1, 2)), from: b, now: 5)   // b done and ready; a goes silent
         _ = m.onMessage(env(.heartbeat), from: b, now: 9)
         let d = m.onTick(now: 11)
+        XCTAssertEqual(d.first, .log("worker w\(a) silent for 11s; dropped, its 1 unit(s) re-queued (if a unit takes longer than 10s, raise --worker-timeout)"))
         XCTAssertEqual(m.liveWorkers, 1)
         XCTAssertEqual(work(d).map(\.0), [b])
         XCTAssertEqual(work(d).first?.1.id, w[0].1.id)
