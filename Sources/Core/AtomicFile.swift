@@ -22,6 +22,20 @@ public func writeAtomically<R>(to path: String, _ body: (_ temporaryPath: String
     }
 }
 
+/// Removes the temporary files `writeAtomically` left in `dir` when its process
+/// died mid-write (`.NAME.tmp-PID` whose PID no longer runs), and returns their
+/// names. A live writer's temporary file is left alone.
+@discardableResult
+public func removeAbandonedTemporaries(in dir: String) -> [String] {
+    guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return [] }
+    return names.filter { name in
+        guard name.hasPrefix("."), let r = name.range(of: ".tmp-", options: .backwards),
+              let pid = pid_t(name[r.upperBound...]), pid > 0 else { return false }
+        if kill(pid, 0) == 0 || errno != ESRCH { return false }
+        return unlink(dir + "/" + name) == 0
+    }.sorted()
+}
+
 /// Writes bytes atomically (temporary name, then rename).
 public func writeFileAtomically(_ path: String, contents: String) throws {
     try writeAtomically(to: path) { tmp in

@@ -115,8 +115,10 @@ final class DistributedTests: XCTestCase {
         // Same run, killed (coordinator and workers, SIGKILL) once a few checkpoints exist.
         let killed = DistributedTests.dir + "/killed"
         let p = try startDetached(["train", "--run-dir", killed] + args)
+        // (A checkpoint being written shows first as a hidden temporary file: wait for a whole one.)
         let deadline = Date().addingTimeInterval(120)
-        while ((try? FileManager.default.contentsOfDirectory(atPath: killed + "/checkpoints")) ?? []).isEmpty && Date() < deadline {
+        while ((try? FileManager.default.contentsOfDirectory(atPath: killed + "/checkpoints")) ?? []).filter({ !$0.hasPrefix(".") }).isEmpty
+                && Date() < deadline {
             Thread.sleep(forTimeInterval: 0.005)
         }
         Thread.sleep(forTimeInterval: Double.random(in: 0...0.05))   // anywhere: mid-iteration, mid-eval, mid-write
@@ -131,6 +133,10 @@ final class DistributedTests: XCTestCase {
         XCTAssertEqual(resumed.status, 0, resumed.stderr)
         XCTAssertTrue(try String(contentsOfFile: killed + "/coordinator.log", encoding: .utf8).contains("resumed from"))
         XCTAssertEqual(try bytes(killed + "/final.h5"), try bytes(whole + "/final.h5"))
+        // Killed mid-write or not, no temporary file is left behind.
+        for dir in [killed, killed + "/checkpoints"] {
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.contains(".tmp-") }, [], dir)
+        }
         let lines = try String(contentsOfFile: killed + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
         let wholeLines = try String(contentsOfFile: whole + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
         XCTAssertEqual(lines.count, wholeLines.count, "metrics.jsonl holds each iteration once")

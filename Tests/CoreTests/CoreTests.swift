@@ -62,4 +62,21 @@ final class AtomicFileTests: XCTestCase {
         try writeFileAtomically(path, contents: "whole")
         XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "whole")
     }
+
+    /// A writer SIGKILLed mid-write leaves `.NAME.tmp-PID`; it is removed once that
+    /// PID is gone, and a live writer's file is not touched.
+    func testAbandonedTemporariesAreRemovedAndLiveOnesKept() throws {
+        let dir = NSTemporaryDirectory() + "mt-abandoned-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let dead = pid_t(4_194_305)   // above any Linux pid_max
+        for name in [".iter-000004.h5.tmp-\(dead)", ".best.h5.tmp-\(getpid())", "iter-000008.h5", ".notes.tmp-x"] {
+            XCTAssertTrue(FileManager.default.createFile(atPath: dir + "/" + name, contents: Data("x".utf8)))
+        }
+        XCTAssertEqual(removeAbandonedTemporaries(in: dir), [".iter-000004.h5.tmp-\(dead)"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(),
+                       [".best.h5.tmp-\(getpid())", ".notes.tmp-x", "iter-000008.h5"])
+        XCTAssertEqual(removeAbandonedTemporaries(in: dir + "/missing"), [])
+    }
 }
