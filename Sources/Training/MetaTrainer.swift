@@ -55,10 +55,6 @@ public final class MetaTrainer {
         let nVal = dataset.episodes(.val).count
         valEpisodes = Array(0..<(config.eval.valEpisodes > 0 ? min(config.eval.valEpisodes, nVal) : nVal))
 
-        // A process killed while writing a checkpoint (or best.h5) left its temporary file.
-        for dir in [run.path, run.file("checkpoints")] {
-            for name in removeAbandonedTemporaries(in: dir) { run.log("removed \(dir)/\(name): a writer killed mid-write left it") }
-        }
         if resume, let latest = try MetaTrainer.latestCheckpoint(in: run) {
             let ck = try CheckpointFile.read(latest, expectedFingerprint: dataset.fingerprint)
             guard ck.configJSON == config.json else {

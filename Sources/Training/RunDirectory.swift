@@ -14,6 +14,10 @@ public final class RunDirectory {
         do { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
             throw MetatrainError("\(path): cannot create run directory")
         }
+        // A process killed while writing a checkpoint, best.h5 or config.yaml left its temporary file.
+        for dir in [path, file("checkpoints")] {
+            for name in removeAbandonedTemporaries(in: dir) { log("removed \(dir)/\(name): a writer killed mid-write left it") }
+        }
     }
 
     public func file(_ name: String) -> String { path + "/" + name }
