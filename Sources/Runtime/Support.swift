@@ -78,11 +78,6 @@ extension Floats {
     }
 }
 
-extension SharedArena {
-    /// This arena as a hello's offer.
-    var offer: SharedOffer { SharedOffer(path: path, token: token.map { String(format: "%02x", $0) }.joined()) }
-}
-
 extension SharedView {
     /// Maps the file a hello offers (see `SharedArena`).
     convenience init(_ offer: SharedOffer) throws {
@@ -107,6 +102,9 @@ extension SharedView {
 }
 
 extension SharedArena {
+    /// This arena as the offer a hello or welcome carries.
+    var offer: SharedOffer { SharedOffer(path: path, token: token.map { String(format: "%02x", $0) }.joined()) }
+
     /// Writes θ then α back to back into `space` (from `allocate` or `slot`) and says where they lie.
     static func put(_ theta: Floats, _ alpha: Floats, into space: (offset: Int, memory: UnsafeMutableRawBufferPointer)) -> SharedPayload {
         let p = SharedPayload(offset: space.offset, thetaCount: theta.count, alphaCount: alpha.count)

@@ -31,7 +31,6 @@ public final class WorkerShell {
     private var latest: Weights?
     private var installed = -1
     private var exitCode: Int32?
-    private var subscribed = false
     public private(set) var exitReason = ""
     /// Records this process's timeline when set (`--trace`).
     public var trace: Trace?

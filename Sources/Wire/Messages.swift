@@ -1,9 +1,9 @@
 /// The messages of the coordinator–worker protocol (docs/PROTOCOL.md). The
 /// transport moves them as single ZeroMQ frames; nothing here knows sockets.
 
-/// A worker's offer to pass result payloads through a shared-memory file:
-/// a coordinator that can open `path` and finds `token` at its start is on
-/// the same machine.
+/// An offer to pass payloads through a shared-memory file (a worker's in its
+/// hello, for results; the coordinator's in its welcome, for weights): a peer
+/// that can open `path` and finds `token` at its start is on the same machine.
 public struct SharedOffer: Equatable, Sendable {
     public var path: String
     /// The file's first 16 bytes, as 32 hex digits.
