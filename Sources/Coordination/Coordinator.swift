@@ -25,10 +25,13 @@ public struct CoordinatorMachine: Sendable {
         /// units go out only while more units are pending than workers are live,
         /// so the end of a phase is still handed to whoever is idle.
         public var unitsPerWorker: Int
+        /// While no worker is connected, the coordinator says so once, then at most this often.
+        public var waitingNoticeInterval: Double
         public init(runId: String, datasetFingerprint: String, configJSON: String, workerTimeout: Double = 60,
-                    unitsPerWorker: Int = 2) {
+                    unitsPerWorker: Int = 2, waitingNoticeInterval: Double = 30) {
             self.runId = runId; self.datasetFingerprint = datasetFingerprint; self.configJSON = configJSON
             self.workerTimeout = workerTimeout; self.unitsPerWorker = max(1, unitsPerWorker)
+            self.waitingNoticeInterval = waitingNoticeInterval
         }
     }
 
@@ -40,6 +43,9 @@ public struct CoordinatorMachine: Sendable {
         /// Every unit of the phase has a result; results are in unit order.
         case phaseComplete(PhaseResults)
         case log(String)
+        /// No worker is connected, and has not been for `seconds`: tell the user how to start one.
+        /// Given once when the last worker goes (or at the start), then at most every `waitingNoticeInterval`.
+        case waitingForWorkers(seconds: Double)
     }
 
     /// A phase: one meta-iteration's train units or one validation's eval units.
@@ -81,6 +87,9 @@ public struct CoordinatorMachine: Sendable {
     private var nextUnitId = 0
     private var pending: [Int] = []          // unit indices waiting for a worker
     private var results: [Int: UnitResult] = [:]
+    /// Since when no worker has been connected (seen by `onTick`), and when we last said so.
+    public private(set) var withoutWorkersSince: Double?
+    private var lastWaitingNotice: Double?
 
     public init(settings: Settings, version: Int) {
         self.settings = settings
@@ -97,6 +106,9 @@ public struct CoordinatorMachine: Sendable {
     /// A decoded message from a worker.
     public mutating func onMessage(_ e: Envelope, from peer: PeerID, now: Double) -> [Directive] {
         if case .hello(let h) = e.message { return onHello(h, from: peer, now: now) }
+        if case .goodbye(let reason) = e.message, workers[peer] == nil {
+            return [.log("goodbye from unknown peer \(peer): \(bounded(reason))")]   // already dropped: nothing to re-queue
+        }
         guard var w = workers[peer] else {
             // Unknown peer (e.g. dropped after a timeout): ask it to introduce itself again.
             return [.log("message '\(e.message.typeName)' from unknown peer \(peer); asking it to re-join"),
@@ -122,6 +134,8 @@ public struct CoordinatorMachine: Sendable {
             return onResult(.train(r), unitId: r.unitId, version: r.version, from: peer)
         case .evalResult(let r):
             return onResult(.eval(r), unitId: r.unitId, version: r.version, from: peer)
+        case .goodbye(let reason):
+            return drop(peer, because: "left (\(bounded(reason)))")
         default:
             return [.log("dropped unexpected '\(e.message.typeName)' from \(w.name)")]
         }
@@ -152,6 +166,16 @@ public struct CoordinatorMachine: Sendable {
             }
         }
         joinOrder.removeAll { workers[$0] == nil }
+        if workers.isEmpty {
+            let since = withoutWorkersSince ?? now
+            withoutWorkersSince = since
+            if lastWaitingNotice.map({ now - $0 >= settings.waitingNoticeInterval }) ?? true {
+                lastWaitingNotice = now
+                out.append(.waitingForWorkers(seconds: now - since))
+            }
+        } else {
+            withoutWorkersSince = nil; lastWaitingNotice = nil
+        }
         return out + dispatch()
     }
 
@@ -159,15 +183,17 @@ public struct CoordinatorMachine: Sendable {
     /// exit): it is dropped at once and its units are re-queued, without waiting
     /// for the timeout.
     public mutating func onWorkerGone(name: String, reason: String) -> [Directive] {
-        var out: [Directive] = []
-        for peer in joinOrder where workers[peer]?.name == name {
-            let held = workers[peer]!.units
-            out.append(.log("worker \(name) \(reason); dropped" + (held.isEmpty ? "" : ", its \(held.count) unit(s) re-queued")))
-            for u in held.reversed() { requeue(u) }
-            workers[peer] = nil
-        }
-        joinOrder.removeAll { workers[$0] == nil }
-        return out + dispatch()
+        joinOrder.filter { workers[$0]?.name == name }.flatMap { drop($0, because: reason) }
+    }
+
+    /// Drops a live worker at once, re-queues its units and hands them out.
+    mutating func drop(_ peer: PeerID, because reason: String) -> [Directive] {
+        guard let w = workers[peer] else { return [] }
+        for u in w.units.reversed() { requeue(u) }
+        workers[peer] = nil
+        joinOrder.removeAll { $0 == peer }
+        return [.log("worker \(w.name) \(reason); dropped" + (w.units.isEmpty ? "" : ", its \(w.units.count) unit(s) re-queued"))]
+            + dispatch()
     }
 
     /// Starts a phase on weights `phase.version` (which MUST be published).
@@ -229,6 +255,12 @@ public struct CoordinatorMachine: Sendable {
             out.append(.log("discarded stale result for unit \(unitId) from \(name)"))
         }
         return out + dispatch()
+    }
+
+    /// A peer's text as it goes into a log line: at most 200 characters, on one line.
+    func bounded(_ s: String) -> String {
+        let line = String(s.map { $0.isNewline ? " " : $0 })
+        return line.count <= 200 ? line : line.prefix(200) + "…"
     }
 
     func inFlight(_ index: Int) -> Bool { workers.values.contains { $0.units.contains(firstUnitId + index) } }

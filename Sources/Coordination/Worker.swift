@@ -1,27 +1,40 @@
 import Wire
 
 /// A worker's protocol logic as a value-type state machine. It introduces
-/// itself, keeps track of which weights version it holds, fetches weights it
-/// missed (late join, dropped broadcast) before computing, and never computes
-/// a unit on the wrong version. The shell owns sockets, the dataset and the math.
+/// itself, keeps the one record of which weights it holds (of which run and
+/// version) and whether the shell's unit computer has them installed, fetches
+/// weights it missed (late join, dropped broadcast) before computing, and never
+/// computes a unit on the wrong version. The shell owns sockets, the dataset
+/// and the math, and keeps no weights of its own: a `compute` directive carries
+/// the weights to install whenever the computer does not hold them yet.
 ///
 /// Work and broadcasts travel on different connections, so a unit usually
 /// arrives a moment before its weights. The worker then waits up to
 /// `broadcastGrace` for the broadcast before it fetches: fetching at once
-/// would move every 1.5 MB weight vector twice.
+/// would move every 1.5 MB weight vector twice. Weights that arrive before
+/// `welcome` (a broadcast can overtake it) are dropped: until the welcome the
+/// worker does not know which run and configuration it computes for, and the
+/// welcome makes it fetch what it lacks.
 public struct WorkerMachine: Sendable {
     public enum Directive: Equatable, Sendable {
         case send(Message)
-        /// Adopt the coordinator's resolved configuration (when it changes); drop any installed weights.
+        /// Build a new unit computer for this resolved configuration (when it
+        /// changes). The new computer holds no weights until a `compute` installs some.
         case configure(configJSON: String)
-        case installWeights(Weights)
-        /// Compute this unit on the installed weights, then call `onComputed`.
-        case compute(WorkUnit)
+        /// Compute this unit, then call `onComputed`. When `install` is set the
+        /// computer does not hold the unit's weights: install them first.
+        case compute(WorkUnit, install: Weights?)
         case exit(code: Int32, reason: String)
         case log(String)
     }
 
     enum State: Sendable { case joining, joined, stopped }
+
+    /// Weights of one version of one run: within a run a version's weights never change.
+    struct Held: Sendable {
+        var runId: String
+        var weights: Weights
+    }
 
     public let name: String
     public let datasetFingerprint: String
@@ -34,10 +47,13 @@ public struct WorkerMachine: Sendable {
 
     private var state = State.joining
     public private(set) var runId = ""
-    public private(set) var weightsVersion = -1
+    /// The weights this worker holds. Replacing them means the computer no longer holds what we hold.
+    private var held: Held? { didSet { computerHoldsHeld = false } }
+    /// Whether the shell's computer has `held` installed (a `compute` with `install` did it).
+    private var computerHoldsHeld = false
     private var pending: [WorkUnit] = []    // units waiting for their weights, in arrival order
     private var fetchAt: Double?            // fetch then, unless the broadcast came
-    private var fetchedVersion = -1         // the version the last fetch was sent at
+    private var fetchedVersion = -1         // the version the last fetch (in this membership) was sent at
     private var computing = false
     private var configJSON: String?
     private var lastSent = 0.0
@@ -49,13 +65,19 @@ public struct WorkerMachine: Sendable {
 
     public var isStopped: Bool { state == .stopped }
 
+    /// The version of the weights held for the current run (−1: none).
+    public var weightsVersion: Int {
+        guard let h = held, h.runId == runId else { return -1 }
+        return h.weights.version
+    }
+
     /// When the shell should call `onTick` next at the latest (a pending fetch), if sooner than its usual tick.
     public var wakeAt: Double? { pending.isEmpty ? nil : fetchAt }
 
     /// The first message. MUST be the first thing sent.
     public mutating func onStart(now: Double) -> [Directive] {
         lastSent = now; lastHeard = now
-        return [.send(.hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint)))]
+        return sent(hello, now)
     }
 
     public mutating func onMessage(_ e: Envelope, now: Double) -> [Directive] {
@@ -69,19 +91,22 @@ public struct WorkerMachine: Sendable {
             }
             // Another run on the same endpoint: the coordinator restarted (e.g. --resume).
             // Forget the old run's weights and pending work and join the new one.
-            state = .joining
-            pending = []; fetchAt = nil
-            weightsVersion = -1; fetchedVersion = -1
-            return [.log("coordinator now runs '\(e.runId)' (was '\(runId)'); joining again")]
-                + sent(.hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint)), now)
+            let old = runId
+            held = nil
+            return rejoin("coordinator now runs '\(e.runId)' (was '\(old)')", now)
         }
         switch e.message {
         case .welcome(let w):
             var out: [Directive] = []
-            if configJSON != w.configJSON { configJSON = w.configJSON; out.append(.configure(configJSON: w.configJSON)) }
-            state = .joined
             runId = e.runId
-            out.append(.log("joined run \(e.runId) at weights version \(w.version)"))
+            if held?.runId != runId { held = nil }
+            if configJSON != w.configJSON {
+                configJSON = w.configJSON
+                held = nil
+                out.append(.configure(configJSON: w.configJSON))
+            }
+            state = .joined
+            out.append(.log("joined run \(e.runId) at weights version \(w.version), holding \(weightsVersion)"))
             out += sent(.ready, now)
             // Joined after that version's broadcast: fetch it now.
             if w.version > weightsVersion && w.version > fetchedVersion {
@@ -90,11 +115,12 @@ public struct WorkerMachine: Sendable {
             }
             return out
         case .refuse(let reason):
-            if state == .joined, reason.hasPrefix("unknown worker") {
-                state = .joining
-                pending = []; fetchAt = nil
-                return [.log("coordinator lost track of this worker; joining again")]
-                    + sent(.hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint)), now)
+            if reason.hasPrefix("unknown worker") {
+                // The coordinator answers every message of a worker it does not know with this, so
+                // several can be on their way: the first sends us back to joining, the rest only
+                // say that our hello has not been answered yet.
+                if state == .joining { return [.log("coordinator does not know this worker yet; hello is on its way")] }
+                return rejoin("coordinator lost track of this worker", now)
             }
             state = .stopped
             return [.exit(code: 1, reason: "coordinator refused this worker: \(reason)")]
@@ -102,13 +128,11 @@ public struct WorkerMachine: Sendable {
             state = .stopped
             return [.exit(code: 0, reason: reason)]
         case .weights(let w):
+            guard state == .joined else { return [.log("dropped weights version \(w.version) that came before welcome")] }
             return onWeights(w, now: now)
         case .work(let u):
             guard state == .joined else { return [.log("dropped work before welcome")] }
-            if u.version == weightsVersion {
-                computing = true
-                return [.compute(u)]
-            }
+            if u.version == weightsVersion { return [compute(u)] }
             if u.version > weightsVersion {
                 pending.append(u)
                 // A fetch already on its way brings this version; otherwise give the broadcast a moment.
@@ -123,18 +147,18 @@ public struct WorkerMachine: Sendable {
         }
     }
 
+    /// Weights of the current run, from a broadcast or a fetch reply.
     mutating func onWeights(_ w: Weights, now: Double) -> [Directive] {
         guard w.version > weightsVersion else { return [] }
-        weightsVersion = w.version
-        var out: [Directive] = [.installWeights(w)]
+        held = Held(runId: runId, weights: w)
+        var out: [Directive] = []
         let waiting = pending
         pending = waiting.filter { $0.version > w.version }
         if pending.isEmpty { fetchAt = nil }
         var skipped = false
         for u in waiting where u.version <= w.version {
             if u.version == w.version {
-                computing = true
-                out.append(.compute(u))
+                out.append(compute(u))
             } else {
                 skipped = true
                 out.append(.log("unit \(u.id) became stale (version \(u.version) < \(w.version)); skipping"))
@@ -146,15 +170,32 @@ public struct WorkerMachine: Sendable {
         return out
     }
 
+    /// The directive that computes `u` on the held weights (which MUST be of its version),
+    /// installing them first if the computer does not hold them.
+    private mutating func compute(_ u: WorkUnit) -> Directive {
+        precondition(held != nil && weightsVersion == u.version, "unit \(u.id) for version \(u.version) computed holding \(weightsVersion)")
+        computing = true
+        let install = computerHoldsHeld ? nil : held!.weights
+        computerHoldsHeld = true
+        return .compute(u, install: install)
+    }
+
     /// The shell cannot go on with what the coordinator agreed to when it
     /// welcomed us (e.g. it cannot read the coordinator's shared memory): say
     /// hello again, so that the coordinator admits us on the new terms.
     public mutating func onRejoinNeeded(_ reason: String, now: Double) -> [Directive] {
         guard state != .stopped else { return [] }
-        state = .joining
+        return rejoin(reason, now)
+    }
+
+    /// The worker is going (an error, an interrupt, its parent gone): it says
+    /// goodbye with the reason, so that the coordinator re-queues its units at
+    /// once instead of waiting for the worker timeout. Nothing follows.
+    public mutating func onLeaving(_ reason: String, now: Double) -> [Directive] {
+        guard state != .stopped else { return [] }
+        state = .stopped
         pending = []; fetchAt = nil
-        return [.log(reason + "; joining again")]
-            + sent(.hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint)), now)
+        return sent(.goodbye(reason: reason), now)
     }
 
     /// The shell finished a unit; `result` is its trainResult or evalResult.
@@ -182,13 +223,27 @@ public struct WorkerMachine: Sendable {
                 + sent(.fetchWeights, now)
         }
         if now - lastHeard > coordinatorTimeout {
-            state = .stopped
-            return [.exit(code: 1, reason: "no word from the coordinator for \(Int(now - lastHeard))s")]
+            let reason = "no word from the coordinator for \(Int(now - lastHeard))s"
+            // Said in case the coordinator was only frozen: it then re-queues our units at once.
+            return onLeaving(reason, now: now) + [.exit(code: 1, reason: reason)]
         }
         if now - lastSent > heartbeatInterval {
-            return sent(state == .joined ? .heartbeat : .hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint)), now)
+            return sent(state == .joined ? .heartbeat : hello, now)
         }
         return []
+    }
+
+    private var hello: Message { .hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint)) }
+
+    /// Back to joining (the same run or a new one): units waiting for weights are
+    /// forgotten (the coordinator re-queues them) and so is any fetch on its way.
+    /// Held weights stay: they are tagged with their run, and a welcome to
+    /// another run or configuration drops them.
+    private mutating func rejoin(_ why: String, _ now: Double) -> [Directive] {
+        state = .joining
+        pending = []; fetchAt = nil
+        fetchedVersion = -1
+        return [.log(why + "; joining again")] + sent(hello, now)
     }
 
     private mutating func sent(_ m: Message, _ now: Double) -> [Directive] {

@@ -98,7 +98,7 @@ public final class CoordinatorShell {
         next = trainer.finished ? .finish : .train(trainer.iteration + 1)
         started = monotonicNow(); startIteration = trainer.iteration
         plainEvery = max(1, trainer.iterations / 20)
-        var lastTick = monotonicNow(), lastWait = monotonicNow()
+        var lastTick = monotonicNow()
         while true {
             if stop.isSet {
                 say("interrupted at iteration \(trainer.iteration); stopping workers")
@@ -148,9 +148,8 @@ public final class CoordinatorShell {
                 lastTick = now
                 try execute(machine.onTick(now: now))
                 for peer in shared.keys where !machine.knows(peer) { shared[peer] = nil }   // dropped workers
-                if machine.liveWorkers == 0 && now - lastWait >= 10 {
-                    lastWait = now
-                    say("waiting for workers (metatrain worker --connect \(boundEndpoint) --data DATASET)")
+                if let since = machine.withoutWorkersSince, progress?.isTerminal == true {
+                    progress?.update("iteration \(trainer.iteration)/\(trainer.iterations)  waiting for workers \(formatDuration(now - since))  (metatrain worker --connect \(boundEndpoint))")
                 }
             }
         }
@@ -229,6 +228,9 @@ public final class CoordinatorShell {
                 // Always inline: a worker fetches when it missed a broadcast or could not read one.
                 do { try router.send([peer.bytes], inlineWeights()) } catch { say("could not send weights to \(peer): \(error)") }
             case .log(let s): say(s)
+            case .waitingForWorkers(let seconds):
+                say("no worker connected" + (seconds >= 1 ? " for \(formatDuration(seconds))" : "")
+                    + "; waiting for workers (metatrain worker --connect \(boundEndpoint) --data DATASET)")
             case .phaseComplete(let r): try complete(r)
             }
         }

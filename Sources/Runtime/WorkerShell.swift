@@ -22,14 +22,15 @@ public final class WorkerShell {
     public var coordinatorTimeout = 120.0
     /// Exit when this process is no longer our parent (workers started by `train`).
     public var exitWithParent: pid_t?
+    /// Fault injection for tests: computing unit N+1 fails (as a real error would), so the worker says goodbye and exits.
+    public var failAfterUnits: Int?
+    private var unitsComputed = 0
 
     private var dealer: ZMQSocket!
     private var sub: ZMQSocket!
     private var machine: WorkerMachine!
     private var dataset: Dataset!
     private var computer: UnitComputer?
-    private var latest: Weights?
-    private var installed = -1
     private var exitCode: Int32?
     public private(set) var exitReason = ""
     /// Records this process's timeline when set (`--trace`).
@@ -61,10 +62,25 @@ public final class WorkerShell {
             try sub.subscribe()
         } catch let e as TransportError { throw MetatrainError("cannot connect to \(endpoint): \(e)") }
         machine = WorkerMachine(name: name, datasetFingerprint: dataset.fingerprint, coordinatorTimeout: coordinatorTimeout)
+        defer { closeSockets() }
+        do {
+            return try loop()
+        } catch {
+            // Whatever went wrong, the coordinator hears it now rather than after its worker timeout.
+            leave(because: "\(error)")
+            throw error
+        }
+    }
+
+    func loop() throws -> Int32 {
         try execute(machine.onStart(now: monotonicNow()))
         var lastTick = monotonicNow()
         while exitCode == nil {
-            if stop.isSet { exitReason = "interrupted"; return 130 }
+            if stop.isSet {
+                exitReason = "interrupted"
+                leave(because: exitReason)
+                return 130
+            }
             // Wake for the machine's own deadline (a pending fetch) if it comes before the next poll ends.
             let wait = machine.wakeAt.map { max(0, min(100, Int((($0 - monotonicNow()) * 1000).rounded(.up)))) } ?? 100
             let ready = try zmqPoll([dealer, sub], timeoutMs: wait)
@@ -90,12 +106,26 @@ public final class WorkerShell {
                 lastTick = now
                 if let parent = exitWithParent, getppid() != parent {
                     exitReason = "parent process \(parent) exited"
+                    leave(because: exitReason)
                     return 1
                 }
                 try execute(machine.onTick(now: now))
             }
         }
         return exitCode!
+    }
+
+    /// Says goodbye (once, if the machine still speaks to a coordinator) and lets it leave before the sockets close.
+    func leave(because reason: String) {
+        guard let machine, !machine.isStopped else { return }
+        try? execute(self.machine.onLeaving(reason, now: monotonicNow()))
+    }
+
+    /// Closes the sockets, giving a goodbye still queued up to a second to leave
+    /// (the process may exit right after, before any deinit would run).
+    func closeSockets() {
+        dealer?.setLinger(milliseconds: 1000)
+        dealer = nil; sub = nil
     }
 
     func execute(_ directives: [WorkerMachine.Directive]) throws {
@@ -112,13 +142,8 @@ public final class WorkerShell {
             case .configure(let json):
                 let config = try Config.parse(json, origin: "coordinator's config")
                 computer = UnitComputer(config: config, dataset: dataset)
-                installed = -1
-                latest = nil
-            case .installWeights(let w):
-                latest = w
-                installed = -1   // new weights (possibly of a restarted run at a version seen before)
-            case .compute(let u):
-                try execute(machine.onComputed(try compute(u), now: monotonicNow()))
+            case .compute(let u, let install):
+                try execute(machine.onComputed(try compute(u, install: install), now: monotonicNow()))
             case .exit(let code, let reason):
                 exitReason = reason
                 exitCode = code
@@ -203,15 +228,18 @@ public final class WorkerShell {
         }
     }
 
-    func compute(_ u: WorkUnit) throws -> Message {
-        guard let computer, let w = latest, w.version == u.version else {
-            throw MetatrainError("internal: unit \(u.id) scheduled without its weights")
+    /// Computes `u`, first installing `install` (the machine says when the computer lacks the unit's weights).
+    func compute(_ u: WorkUnit, install: Weights?) throws -> Message {
+        guard let computer else { throw MetatrainError("internal: unit \(u.id) scheduled before the configuration") }
+        if let failAfterUnits, unitsComputed >= failAfterUnits {
+            throw MetatrainError("injected failure computing unit \(u.id) (--fail-after-units \(failAfterUnits))")
         }
+        unitsComputed += 1
         trace?.mark(.compute, u.id)
         defer { trace?.mark(.computed, u.id) }
-        if installed != w.version {
+        if let w = install {
+            precondition(w.version == u.version, "unit \(u.id) for version \(u.version) installs weights \(w.version)")
             try w.theta.withUnsafeBytes { t in try w.alpha.withUnsafeBytes { a in try computer.install(theta: t, alpha: a) } }
-            installed = w.version
         }
         switch u.kind {
         case .train:

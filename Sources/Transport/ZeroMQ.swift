@@ -48,6 +48,12 @@ public final class ZMQSocket {
 
     deinit { zmq_close(handle) }
 
+    /// How long closing the socket may wait for queued messages to leave (0 by default: they are dropped).
+    public func setLinger(milliseconds: Int32) {
+        var linger = milliseconds
+        zmq_setsockopt(handle, ZMQ_LINGER, &linger, MemoryLayout<Int32>.size)
+    }
+
     public func bind(_ endpoint: String) throws {
         guard zmq_bind(handle, endpoint) == 0 else { throw TransportError("bind \(endpoint)") }
     }

@@ -1,7 +1,7 @@
 /// A message with the header every frame carries: magic "MTRN", the protocol
 /// version (u16), the message type (u8) and the run id (string), then the body.
 public struct Envelope: Equatable, Sendable {
-    public static let protocolVersion: UInt16 = 3
+    public static let protocolVersion: UInt16 = 4
     static let magic: [UInt8] = Array("MTRN".utf8)
 
     public var protocolVersion: UInt16
@@ -53,7 +53,7 @@ public struct Envelope: Equatable, Sendable {
             w.int(r.unitId); w.int(r.version); w.payload(r.gradTheta, r.gradAlpha, r.shared); w.f64(r.lossSum); w.int(r.tasks)
         case .evalResult(let r): w.int(r.unitId); w.int(r.version); w.doubles(r.sums); w.ints(r.queries); w.doubles(r.losses)
         case .weights(let x): w.int(x.version); w.payload(x.theta, x.alpha, x.shared)
-        case .shutdown(let r): w.string(r)
+        case .shutdown(let r), .goodbye(let r): w.string(r)
         }
     }
 
@@ -110,6 +110,7 @@ public struct Envelope: Equatable, Sendable {
             m = .weights(Weights(version: ver, theta: theta, alpha: alpha, shared: shared))
         case 11: m = .heartbeat
         case 12: m = .shutdown(reason: try r.string("reason"))
+        case 13: m = .goodbye(reason: try r.string("reason"))
         default: throw WireError.unknownType(t)
         }
         guard r.remaining == 0 else { throw WireError.invalid("\(r.remaining) trailing bytes after \(m.typeName)") }
@@ -129,6 +130,7 @@ public struct Envelope: Equatable, Sendable {
         case .weights: return 10
         case .heartbeat: return 11
         case .shutdown: return 12
+        case .goodbye: return 13
         }
     }
 }

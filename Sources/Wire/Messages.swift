@@ -137,6 +137,8 @@ public enum Message: Equatable, Sendable {
     case heartbeat
     /// coordinator → workers: the run is over; exit.
     case shutdown(reason: String)
+    /// worker → coordinator: this worker is going (an error, an interrupt); its units MUST be re-queued at once.
+    case goodbye(reason: String)
 
     public var typeName: String {
         switch self {
@@ -151,6 +153,7 @@ public enum Message: Equatable, Sendable {
         case .weights: return "weights"
         case .heartbeat: return "heartbeat"
         case .shutdown: return "shutdown"
+        case .goodbye: return "goodbye"
         }
     }
 }

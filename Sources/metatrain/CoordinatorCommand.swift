@@ -87,6 +87,7 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Seconds without word from the coordinator before giving up.") var coordinatorTimeout = 120.0
     @Option(help: ArgumentHelp("Protocol version to speak (testing only).", visibility: .hidden)) var protocolVersion: UInt16?
     @Option(help: ArgumentHelp("Exit when this parent process exits (set by train).", visibility: .hidden)) var exitWithParent: Int32?
+    @Option(help: ArgumentHelp("Fail with an error when asked for unit N+1 (testing only).", visibility: .hidden)) var failAfterUnits: Int?
     @Flag(help: "Log every protocol event.") var verbose = false
     @Option(help: ArgumentHelp("Write this process's event timeline to FILE (JSON lines) when it ends.", valueName: "file"))
     var trace: String?
@@ -104,6 +105,7 @@ struct WorkerCommand: ParsableCommand {
                                 log: { line in if verbose { FileHandle.standardError.write(Data("worker \(label): \(line)\n".utf8)) } })
         shell.coordinatorTimeout = coordinatorTimeout
         shell.exitWithParent = exitWithParent
+        shell.failAfterUnits = failAfterUnits
         shell.sharedMemory = !noSharedMemory
         if trace != nil { shell.trace = Trace(process: label) }
         let result = Result { try shell.run() }

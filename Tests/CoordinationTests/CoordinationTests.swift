@@ -130,6 +130,48 @@ final class CoordinatorMachineTests: XCTestCase {
         XCTAssertTrue(sends(d).contains { if case .refuse(let r) = $0.1 { return r.contains("protocol version mismatch") }; return false })
         XCTAssertEqual(m.shutdown(reason: "done").count, 1)
     }
+
+    /// A worker that says goodbye (it failed, or was interrupted) is dropped at
+    /// once and its units go to another worker, with no wait for the timeout.
+    func testGoodbyeDropsTheWorkerAtOnceAndRequeuesItsUnits() {
+        var m = machine()
+        join(&m, a); join(&m, b)
+        let sent = work(m.startPhase(.init(kind: .train, version: 0, units: [[1], [2], [3], [4], [5]])))
+        let held = sent.filter { $0.0 == a }.map { $0.1.id }
+        XCTAssertEqual(held.count, 2)
+        for (_, u) in sent where !held.contains(u.id) { _ = m.onMessage(env(result(u, 1)), from: b, now: 1) }
+        let d = m.onMessage(env(.goodbye(reason: "internal: out of memory\nsecond line")), from: a, now: 1)
+        XCTAssertEqual(d.first, .log("worker w\(a) left (internal: out of memory second line); dropped, its 2 unit(s) re-queued"))
+        XCTAssertEqual(m.liveWorkers, 1)
+        XCTAssertFalse(work(d).isEmpty)
+        XCTAssertTrue(work(d).allSatisfy { $0.0 == b && held.contains($0.1.id) })
+        // A second goodbye, or one from a stranger, is logged and nothing else: no refusal, no crash.
+        XCTAssertEqual(m.onMessage(env(.goodbye(reason: "again")), from: a, now: 2), [.log("goodbye from unknown peer \(a): again")])
+        let long = m.onMessage(env(.goodbye(reason: String(repeating: "x", count: 100_000))), from: PeerID([9]), now: 2)
+        guard case .log(let line)? = long.first else { return XCTFail("\(long)") }
+        XCTAssertLessThan(line.count, 300)
+    }
+
+    /// With no worker connected the coordinator says so once, then at most every
+    /// 30 s; a worker joining resets it, and losing the last one says so at once.
+    func testNoWorkersIsSaidOnceThenEveryThirtySeconds() {
+        var m = machine()
+        func notices(_ d: [CoordinatorMachine.Directive]) -> [Double] {
+            d.compactMap { if case .waitingForWorkers(let s) = $0 { return s }; return nil }
+        }
+        XCTAssertEqual(notices(m.onTick(now: 1)), [0])
+        XCTAssertEqual(m.withoutWorkersSince, 1)
+        for t in 2...30 { XCTAssertEqual(notices(m.onTick(now: Double(t))), [], "tick \(t)") }
+        XCTAssertEqual(notices(m.onTick(now: 31)), [30])
+        XCTAssertEqual(notices(m.onTick(now: 32)), [])
+        join(&m, a, now: 40)
+        XCTAssertEqual(notices(m.onTick(now: 41)), [])
+        XCTAssertNil(m.withoutWorkersSince)
+        _ = m.onMessage(env(.goodbye(reason: "bye")), from: a, now: 42)
+        XCTAssertEqual(notices(m.onTick(now: 43)), [0], "said at once when the last worker goes")
+        XCTAssertEqual(notices(m.onTick(now: 60)), [])
+        XCTAssertEqual(notices(m.onTick(now: 73)), [30])
+    }
 }
 
 final class WorkerMachineTests: XCTestCase {
@@ -147,12 +189,12 @@ final class WorkerMachineTests: XCTestCase {
         XCTAssertEqual(w.onMessage(env(.work(u)), now: 2), [])
         XCTAssertNil(w.wakeAt)
         let wt = Weights(version: 3, theta: [1], alpha: [])
-        XCTAssertEqual(w.onMessage(env(.weights(wt)), now: 3), [.installWeights(wt), .compute(u)])
+        XCTAssertEqual(w.onMessage(env(.weights(wt)), now: 3), [.compute(u, install: wt)])
         let r = Message.trainResult(TrainResult(unitId: 7, version: 3, gradTheta: [0], gradAlpha: [], lossSum: 0, tasks: 1))
         XCTAssertEqual(w.onComputed(r, now: 4), [.send(r)])
         // Same version: compute at once. An old broadcast is ignored.
         let u2 = WorkUnit(id: 8, kind: .eval, version: 3, episodes: [2])
-        XCTAssertEqual(w.onMessage(env(.work(u2)), now: 5), [.compute(u2)])
+        XCTAssertEqual(w.onMessage(env(.work(u2)), now: 5), [.compute(u2, install: nil)], "the computer holds version 3")
         XCTAssertEqual(w.onMessage(env(.weights(Weights(version: 2, theta: [0], alpha: []))), now: 6), [])
         XCTAssertEqual(w.onMessage(env(.shutdown(reason: "done")), now: 7), [.exit(code: 0, reason: "done")])
         XCTAssertTrue(w.isStopped)
@@ -166,6 +208,7 @@ final class WorkerMachineTests: XCTestCase {
         _ = w.onStart(now: 0)
         _ = w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 0)
         _ = w.onMessage(env(.weights(Weights(version: 0, theta: [0], alpha: []))), now: 0)
+        XCTAssertEqual(w.weightsVersion, 0)
         let u1 = WorkUnit(id: 1, kind: .train, version: 1, episodes: [1])
         let u2 = WorkUnit(id: 2, kind: .train, version: 1, episodes: [2])
         XCTAssertEqual(w.onMessage(env(.work(u1)), now: 10), [])
@@ -173,7 +216,7 @@ final class WorkerMachineTests: XCTestCase {
         XCTAssertEqual(w.wakeAt, 10.25)
         // The broadcast comes in time: both units run, in order, and nothing is fetched.
         let v1 = Weights(version: 1, theta: [1], alpha: [])
-        XCTAssertEqual(w.onMessage(env(.weights(v1)), now: 10.2), [.installWeights(v1), .compute(u1), .compute(u2)])
+        XCTAssertEqual(w.onMessage(env(.weights(v1)), now: 10.2), [.compute(u1, install: v1), .compute(u2, install: nil)])
         XCTAssertNil(w.wakeAt)
         for u in [u1, u2] {
             let r = Message.trainResult(TrainResult(unitId: u.id, version: 1, gradTheta: [0], gradAlpha: [], lossSum: 0, tasks: 1))
@@ -189,7 +232,7 @@ final class WorkerMachineTests: XCTestCase {
         XCTAssertNil(w.wakeAt)
         XCTAssertFalse(w.onTick(now: 20.6).contains(.send(.fetchWeights)))
         let v2 = Weights(version: 2, theta: [2], alpha: [])
-        XCTAssertEqual(w.onMessage(env(.weights(v2)), now: 20.7), [.installWeights(v2), .compute(u3)])
+        XCTAssertEqual(w.onMessage(env(.weights(v2)), now: 20.7), [.compute(u3, install: v2)])
     }
 
     /// A coordinator restarted on the same endpoint (new run id): the worker joins
@@ -204,8 +247,12 @@ final class WorkerMachineTests: XCTestCase {
         let welcome = w.onMessage(Envelope(runId: "run-2", message: .welcome(Welcome(configJSON: "{b}", version: 4))), now: 3)
         XCTAssertEqual(welcome.first, .configure(configJSON: "{b}"))
         XCTAssertEqual(w.runId, "run-2")
+        XCTAssertEqual(welcome.last, .send(.fetchWeights), "the old run's version 4 is not this run's")
         let fresh = Weights(version: 4, theta: [2], alpha: [])
-        XCTAssertEqual(w.onMessage(Envelope(runId: "run-2", message: .weights(fresh)), now: 4), [.installWeights(fresh)])
+        XCTAssertEqual(w.onMessage(Envelope(runId: "run-2", message: .weights(fresh)), now: 4), [])
+        XCTAssertEqual(w.weightsVersion, 4)
+        let u = WorkUnit(id: 1, kind: .train, version: 4, episodes: [1])
+        XCTAssertEqual(w.onMessage(Envelope(runId: "run-2", message: .work(u)), now: 4), [.compute(u, install: fresh)])
         // Same config on a later welcome: no reconfiguration.
         XCTAssertFalse(w.onMessage(Envelope(runId: "run-2", message: .welcome(Welcome(configJSON: "{b}", version: 4))), now: 5)
             .contains { if case .configure = $0 { return true }; return false })
@@ -235,11 +282,11 @@ final class WorkerMachineTests: XCTestCase {
         XCTAssertNil(w.wakeAt, "the unit it waited for is forgotten")
         XCTAssertEqual(w.onMessage(env(.work(WorkUnit(id: 2, kind: .train, version: 0, episodes: []))), now: 3),
                        [.log("dropped work before welcome")])
-        XCTAssertEqual(w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 4).last, .send(.ready))
+        // A fetch sent before the re-join may have been dropped with it: the new membership fetches again.
+        XCTAssertEqual(w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 4).last, .send(.fetchWeights))
         let u = WorkUnit(id: 3, kind: .train, version: 0, episodes: [])
-        XCTAssertEqual(w.onMessage(env(.weights(Weights(version: 0, theta: [], alpha: []))), now: 5),
-                       [.installWeights(Weights(version: 0, theta: [], alpha: []))])
-        XCTAssertEqual(w.onMessage(env(.work(u)), now: 6), [.compute(u)])
+        XCTAssertEqual(w.onMessage(env(.weights(Weights(version: 0, theta: [], alpha: []))), now: 5), [])
+        XCTAssertEqual(w.onMessage(env(.work(u)), now: 6), [.compute(u, install: Weights(version: 0, theta: [], alpha: []))])
     }
 
     func testStaleUnitAfterNewerWeightsIsSkipped() {
@@ -248,7 +295,7 @@ final class WorkerMachineTests: XCTestCase {
         _ = w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 0)
         _ = w.onMessage(env(.work(WorkUnit(id: 1, kind: .train, version: 4, episodes: []))), now: 1)
         let d = w.onMessage(env(.weights(Weights(version: 5, theta: [], alpha: []))), now: 2)
-        XCTAssertEqual(d.first, .installWeights(Weights(version: 5, theta: [], alpha: [])))
+        XCTAssertEqual(w.weightsVersion, 5)
         XCTAssertEqual(d.last, .send(.ready))
         XCTAssertFalse(d.contains { if case .compute = $0 { return true }; return false })
     }
@@ -260,10 +307,16 @@ final class WorkerMachineTests: XCTestCase {
         XCTAssertEqual(w.onTick(now: 3), [.send(.hello(Hello(workerName: "w", datasetFingerprint: "fp")))])
         _ = w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 4)
         XCTAssertEqual(w.onTick(now: 7), [.send(.heartbeat)])
-        XCTAssertEqual(w.onTick(now: 40), [.exit(code: 1, reason: "no word from the coordinator for 36s")])
+        XCTAssertEqual(w.onTick(now: 40), [.send(.goodbye(reason: "no word from the coordinator for 36s")),
+                                           .exit(code: 1, reason: "no word from the coordinator for 36s")])
+        XCTAssertTrue(w.isStopped)
 
         var r = WorkerMachine(name: "w", datasetFingerprint: "fp")
         _ = r.onStart(now: 0)
+        // A refusal meant for an earlier membership ("unknown worker") does not stop a joining worker.
+        XCTAssertEqual(r.onMessage(env(.refuse(reason: "unknown worker; send hello first")), now: 1),
+                       [.log("coordinator does not know this worker yet; hello is on its way")])
+        XCTAssertFalse(r.isStopped)
         XCTAssertEqual(r.onMessage(env(.refuse(reason: "dataset fingerprint mismatch")), now: 1),
                        [.exit(code: 1, reason: "coordinator refused this worker: dataset fingerprint mismatch")])
         var p = WorkerMachine(name: "w", datasetFingerprint: "fp")
