@@ -90,6 +90,9 @@ public struct CoordinatorMachine: Sendable {
     /// Since when no worker has been connected (seen by `onTick`), and when we last said so.
     public private(set) var withoutWorkersSince: Double?
     private var lastWaitingNotice: Double?
+    /// The first worker's hardware, and whether a worker on other hardware was warned about.
+    private var firstHardware: (name: String, hardware: Hardware)?
+    private var warnedHardware = false
 
     public init(settings: Settings, version: Int) {
         self.settings = settings
@@ -231,8 +234,18 @@ public struct CoordinatorMachine: Sendable {
         if let old = workers[peer] { for u in old.units.reversed() { requeue(u) } }  // re-joined: its old units are lost
         if workers[peer] == nil { joinOrder.append(peer) }
         workers[peer] = Worker(name: h.workerName, lastSeen: now)
-        return [.log("worker \(h.workerName) joined (\(workers.count) live)"),
-                .send(peer, .welcome(Welcome(configJSON: settings.configJSON, version: version)))]
+        var out: [Directive] = [.log("worker \(h.workerName) joined (\(workers.count) live; \(bounded(h.hardware.description)))")]
+        if let first = firstHardware {
+            if first.hardware != h.hardware && !warnedHardware {
+                warnedHardware = true
+                out.append(.log("warning: worker \(h.workerName) runs \(bounded(h.hardware.description)), worker \(first.name) runs "
+                                + "\(bounded(first.hardware.description)): results are bit-identical across hosts only where every "
+                                + "worker runs the same kernels; set OPENBLAS_CORETYPE to one family on every host to pin them"))
+            }
+        } else {
+            firstHardware = (h.workerName, h.hardware)
+        }
+        return out + [.send(peer, .welcome(Welcome(configJSON: settings.configJSON, version: version)))]
     }
 
     mutating func onResult(_ r: UnitResult, unitId: Int, version v: Int, from peer: PeerID) -> [Directive] {

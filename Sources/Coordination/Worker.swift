@@ -38,6 +38,8 @@ public struct WorkerMachine: Sendable {
 
     public let name: String
     public let datasetFingerprint: String
+    /// What this worker computes on, told in every hello.
+    public var hardware = Hardware.unknown
     /// Idle time after which the worker sends a heartbeat.
     public var heartbeatInterval: Double = 2
     /// Silence after which the coordinator is presumed gone.
@@ -233,7 +235,7 @@ public struct WorkerMachine: Sendable {
         return []
     }
 
-    private var hello: Message { .hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint)) }
+    private var hello: Message { .hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint, hardware: hardware)) }
 
     /// Back to joining (the same run or a new one): units waiting for weights are
     /// forgotten (the coordinator re-queues them) and so is any fetch on its way.

@@ -5,6 +5,10 @@ public enum BLAS {
     /// Workers and benchmarks run OpenBLAS on one thread; parallelism is processes.
     public static func useSingleThread() { openblas_set_num_threads(1) }
 
+    /// The kernel family OpenBLAS picked for this CPU (e.g. "Haswell"; OPENBLAS_CORETYPE overrides it).
+    /// Processes with different ones may compute different bits.
+    public static var coreName: String { String(cString: openblas_get_corename()) }
+
     /// C[m,n] = alpha · op(A) · op(B) + beta · C, where op(A) is [m,k] and op(B) is [k,n].
     /// `lda`, `ldb`, `ldc` are the row strides of A, B, C as stored.
     @inline(__always)

@@ -10,6 +10,15 @@ func monotonicNow() -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
+/// The CPU's model name from /proc/cpuinfo ("" where there is none).
+func cpuModelName() -> String {
+    guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "" }
+    for line in text.split(separator: "\n") where line.hasPrefix("model name") {
+        if let colon = line.firstIndex(of: ":") { return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces) }
+    }
+    return ""
+}
+
 /// Keeps freed message buffers in the process for reuse. ZeroMQ's I/O thread
 /// allocates every received 1.5 MB gradient or weight message afresh; with
 /// glibc's default thresholds those buffers are often mapped fresh or their

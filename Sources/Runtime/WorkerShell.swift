@@ -62,6 +62,7 @@ public final class WorkerShell {
             try sub.subscribe()
         } catch let e as TransportError { throw MetatrainError("cannot connect to \(endpoint): \(e)") }
         machine = WorkerMachine(name: name, datasetFingerprint: dataset.fingerprint, coordinatorTimeout: coordinatorTimeout)
+        machine.hardware = Hardware(cpuModel: cpuModelName(), blasCore: BLAS.coreName)
         defer { closeSockets() }
         do {
             return try loop()

@@ -42,6 +42,7 @@ public struct Envelope: Equatable, Sendable {
         switch message {
         case .hello(let h):
             w.string(h.workerName); w.string(h.datasetFingerprint)
+            w.string(h.hardware.cpuModel); w.string(h.hardware.blasCore)
             w.offer(h.sharedMemory)
         case .welcome(let x):
             w.string(x.configJSON); w.int(x.version)
@@ -84,7 +85,8 @@ public struct Envelope: Equatable, Sendable {
         switch t {
         case 1:
             let name = try r.string("worker name"), fingerprint = try r.string("fingerprint")
-            m = .hello(Hello(workerName: name, datasetFingerprint: fingerprint, sharedMemory: try r.offer()))
+            let hardware = Hardware(cpuModel: try r.string("cpu model"), blasCore: try r.string("OpenBLAS core"))
+            m = .hello(Hello(workerName: name, datasetFingerprint: fingerprint, hardware: hardware, sharedMemory: try r.offer()))
         case 2:
             m = .welcome(Welcome(configJSON: try r.string("config"), version: try r.int("version"), sharedMemory: try r.offer()))
         case 3: m = .refuse(reason: try r.string("reason"))

@@ -11,15 +11,29 @@ public struct SharedOffer: Equatable, Sendable {
     public init(path: String, token: String) { self.path = path; self.token = token }
 }
 
+/// What a worker computes on: bit-identity across hosts holds only where
+/// every worker runs the same kernels (OpenBLAS picks them by CPU type).
+public struct Hardware: Equatable, Sendable, CustomStringConvertible {
+    /// The CPU's model name (/proc/cpuinfo).
+    public var cpuModel: String
+    /// OpenBLAS's kernel family, e.g. "Haswell".
+    public var blasCore: String
+    public init(cpuModel: String, blasCore: String) { self.cpuModel = cpuModel; self.blasCore = blasCore }
+    public static let unknown = Hardware(cpuModel: "", blasCore: "")
+    public var description: String { "OpenBLAS \(blasCore.isEmpty ? "?" : blasCore) on \(cpuModel.isEmpty ? "an unknown CPU" : cpuModel)" }
+}
+
 /// A worker introduces itself. It MUST send this first, on its DEALER socket.
 public struct Hello: Equatable, Sendable {
     public var workerName: String
     /// SHA-256 fingerprint of the dataset file the worker opened itself.
     public var datasetFingerprint: String
+    public var hardware: Hardware
     /// Set by the worker's transport, not its protocol logic.
     public var sharedMemory: SharedOffer?
-    public init(workerName: String, datasetFingerprint: String, sharedMemory: SharedOffer? = nil) {
-        self.workerName = workerName; self.datasetFingerprint = datasetFingerprint; self.sharedMemory = sharedMemory
+    public init(workerName: String, datasetFingerprint: String, hardware: Hardware = .unknown, sharedMemory: SharedOffer? = nil) {
+        self.workerName = workerName; self.datasetFingerprint = datasetFingerprint; self.hardware = hardware
+        self.sharedMemory = sharedMemory
     }
 }
 

@@ -366,11 +366,26 @@ struct GroupProcess {
     func wait() -> Int32 {
         var status: Int32 = 0
         waitpid(pid, &status, 0)
-        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return GroupProcess.decode(status)
     }
+
+    /// Waits at most `seconds`; nil if the process is still running then.
+    func wait(seconds: Double) -> Int32? {
+        let deadline = Date().addingTimeInterval(seconds)
+        var status: Int32 = 0
+        while Date() < deadline {
+            if waitpid(pid, &status, WNOHANG) == pid { return GroupProcess.decode(status) }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        return nil
+    }
+
+    static func decode(_ status: Int32) -> Int32 { (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f) }
 }
 
-func startDetached(_ args: [String]) throws -> GroupProcess {
+/// Starts `metatrain ARGS` in its own process group; its stderr goes to `stderr` (a file) if given. With a
+/// `prefix` (e.g. `ip netns exec NS`) that command runs metatrain (it MUST exec it, keeping the pid).
+func startDetached(_ args: [String], stderr: String? = nil, prefix: [String] = []) throws -> GroupProcess {
     var attr = posix_spawnattr_t()
     posix_spawnattr_init(&attr)
     defer { posix_spawnattr_destroy(&attr) }
@@ -380,11 +395,12 @@ func startDetached(_ args: [String]) throws -> GroupProcess {
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
     posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-    let argv = ([metatrainPath()] + args).map { strdup($0) } + [nil]
+    posix_spawn_file_actions_addopen(&actions, 2, stderr ?? "/dev/null", stderr == nil ? O_WRONLY : O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    let command = prefix + [metatrainPath()] + args
+    let argv = command.map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     var pid: pid_t = 0
-    let rc = posix_spawn(&pid, metatrainPath(), &actions, &attr, argv, environ)
+    let rc = posix_spawn(&pid, command[0], &actions, &attr, argv, environ)
     guard rc == 0 else { throw NSError(domain: "posix_spawn failed", code: Int(rc)) }
     return GroupProcess(pid: pid)
 }

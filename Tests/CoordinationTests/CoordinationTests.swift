@@ -172,6 +172,22 @@ final class CoordinatorMachineTests: XCTestCase {
         XCTAssertEqual(notices(m.onTick(now: 60)), [])
         XCTAssertEqual(notices(m.onTick(now: 73)), [30])
     }
+
+    /// Each join names the worker's kernels; a worker on other ones gets one warning that says how to pin them.
+    func testDifferentKernelsAreWarnedAboutOnce() {
+        var m = machine()
+        func hello(_ name: String, _ core: String) -> Envelope {
+            env(.hello(Hello(workerName: name, datasetFingerprint: "fp", hardware: Hardware(cpuModel: "CPU \(core)", blasCore: core))))
+        }
+        func logs(_ d: [CoordinatorMachine.Directive]) -> [String] { d.compactMap { if case .log(let s) = $0 { return s }; return nil } }
+        XCTAssertEqual(logs(m.onMessage(hello("a", "Haswell"), from: a, now: 0)), ["worker a joined (1 live; OpenBLAS Haswell on CPU Haswell)"])
+        XCTAssertEqual(logs(m.onMessage(hello("b", "Haswell"), from: b, now: 0)), ["worker b joined (2 live; OpenBLAS Haswell on CPU Haswell)"])
+        let c = logs(m.onMessage(hello("c", "SkylakeX"), from: PeerID([3]), now: 0))
+        XCTAssertEqual(c.count, 2)
+        XCTAssertTrue(c[1].hasPrefix("warning: worker c runs OpenBLAS SkylakeX on CPU SkylakeX, worker a runs OpenBLAS Haswell on CPU Haswell"), c[1])
+        XCTAssertTrue(c[1].contains("OPENBLAS_CORETYPE"), c[1])
+        XCTAssertEqual(logs(m.onMessage(hello("d", "Zen"), from: PeerID([4]), now: 0)).count, 1, "warned once")
+    }
 }
 
 final class WorkerMachineTests: XCTestCase {

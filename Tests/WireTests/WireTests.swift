@@ -4,6 +4,7 @@ import XCTest
 final class WireTests: XCTestCase {
     let samples: [Message] = [
         .hello(Hello(workerName: "w1@host", datasetFingerprint: "abc123")),
+        .hello(Hello(workerName: "w3", datasetFingerprint: "abc123", hardware: Hardware(cpuModel: "AMD EPYC 7B13", blasCore: "Zen"))),
         .hello(Hello(workerName: "w2@host", datasetFingerprint: "abc123",
                      sharedMemory: SharedOffer(path: "/proc/12/fd/7", token: String(repeating: "0f", count: 16)))),
         .welcome(Welcome(configJSON: "{\"seed\":1}", version: 7)),
@@ -19,7 +20,14 @@ final class WireTests: XCTestCase {
         .weights(Weights(version: 8, theta: [0.5, 0.25], alpha: [0.01, 0.02])),
         .weights(Weights(version: 9, theta: [], alpha: [], shared: SharedPayload(offset: 8192, thetaCount: 368_000, alphaCount: 0))),
         .shutdown(reason: "finished"),
+        .goodbye(reason: "internal: unit 2 failed — ünïcode"),
     ]
+
+    /// Every message type has a sample here, so the round trips cover the whole protocol.
+    func testSamplesCoverEveryMessageType() {
+        XCTAssertEqual(Set(samples.map(\.typeName)).count, 12)
+        XCTAssertEqual(Envelope.typeCode(.goodbye(reason: "")), 13)
+    }
 
     func testRoundTripEveryMessage() throws {
         for m in samples {
