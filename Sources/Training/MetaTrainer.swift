@@ -31,7 +31,8 @@ public final class MetaTrainer {
     public private(set) var stoppedEarly = false
     private var best = -Double.infinity
     private var evalsSinceBest = 0
-    private let gradTheta: FloatBuffer
+    /// The last iteration's reduced meta-gradient (the tree sum, before scaling); the reduce writes it anew each time.
+    private(set) var gradTheta: FloatBuffer
     private let gradAlpha: FloatBuffer?
     private var scratch: [FloatBuffer] = []   // re-joined split chunks
 
@@ -207,24 +208,26 @@ public final class MetaTrainer {
                 throw MetatrainError("unit result has \(u.gradTheta.count / 4)+\(u.gradAlpha.count / 4) gradient entries, expected \(n)")
             }
         }
-        // Re-join split chunks in task order, then add chunk sums in chunk order
-        // (the first seeds the sum; one fused pass, squares included). Every
+        // Re-join split chunks in task order, then add the chunk sums over the
+        // fixed reduction tree on chunk indices (one fused pass, squares included). Every
         // worker is waiting for the new weights now, so two threads share the
         // work on two fixed halves of the vector: each element gets the same
         // additions, and the squares add up as (half 1 + half 2), whatever the
         // machine.
-        var tasks = 0, loss = 0.0
+        var tasks = 0, chunkLosses: [Double] = []
         for pieces in plan.chunkUnits {
             var chunkLoss = 0.0
             for p in pieces { tasks += units[p].tasks; chunkLoss += units[p].lossSum }
-            loss += chunkLoss
+            chunkLosses.append(chunkLoss)
         }
+        let tree = ReductionTree(leaves: plan.chunkUnits.count)
+        let loss = tree.sum(chunkLosses.enumerated().map { ($0..<($0 + 1), $1) })
         let thetaPieces = plan.chunkUnits.map { $0.map { units[$0].gradTheta.baseAddress! } }
         let alphaPieces = gradAlpha == nil ? [] : plan.chunkUnits.map { $0.map { units[$0].gradAlpha.baseAddress! } }
         let joins = plan.chunkUnits.filter { $0.count > 1 }.count * (gradAlpha == nil ? 1 : 2)
         while scratch.count < joins { scratch.append(FloatBuffer(count: n)) }
         let mid = n / 2 / 8 * 8
-        let work = ReduceWork(thetaPieces: thetaPieces, alphaPieces: alphaPieces, scratch: Array(scratch.prefix(joins)),
+        let work = ReduceWork(tree: tree, thetaPieces: thetaPieces, alphaPieces: alphaPieces, scratch: Array(scratch.prefix(joins)),
                               gradTheta: gradTheta, gradAlpha: gradAlpha, halves: [0..<mid, mid..<n])
         DispatchQueue.concurrentPerform(iterations: 2) { work.run(half: $0) }
         let sq = (work.squares[0] + work.squares[1]) + (work.squares[2] + work.squares[3])
@@ -384,6 +387,7 @@ public final class UnitComputer {
 /// One iteration's reduce over two fixed halves of the parameter vector, one
 /// thread each (see MetaTrainer.applyTrain). The pointers are valid for the call.
 final class ReduceWork: @unchecked Sendable {
+    let tree: ReductionTree
     let thetaPieces: [[UnsafeRawPointer]], alphaPieces: [[UnsafeRawPointer]]
     let scratch: [FloatBuffer]
     let gradTheta: FloatBuffer, gradAlpha: FloatBuffer?
@@ -392,8 +396,9 @@ final class ReduceWork: @unchecked Sendable {
     var squares = [Double](repeating: 0, count: 4)
     private let lock = NSLock()
 
-    init(thetaPieces: [[UnsafeRawPointer]], alphaPieces: [[UnsafeRawPointer]], scratch: [FloatBuffer],
+    init(tree: ReductionTree, thetaPieces: [[UnsafeRawPointer]], alphaPieces: [[UnsafeRawPointer]], scratch: [FloatBuffer],
          gradTheta: FloatBuffer, gradAlpha: FloatBuffer?, halves: [Range<Int>]) {
+        self.tree = tree
         self.thetaPieces = thetaPieces; self.alphaPieces = alphaPieces; self.scratch = scratch
         self.gradTheta = gradTheta; self.gradAlpha = gradAlpha; self.halves = halves
     }
@@ -402,15 +407,15 @@ final class ReduceWork: @unchecked Sendable {
         let r = halves[h], at = 4 * r.lowerBound
         var nextScratch = 0
         func reduce(_ chunks: [[UnsafeRawPointer]], into out: FloatBuffer) -> Double {
-            var sources: [UnsafeRawPointer] = []
-            for pieces in chunks {
-                if pieces.count == 1 { sources.append(pieces[0] + at); continue }
+            var sources: [(node: Range<Int>, source: UnsafeRawPointer)] = []
+            for (c, pieces) in chunks.enumerated() {
+                if pieces.count == 1 { sources.append((c..<(c + 1), pieces[0])); continue }
                 let buf = scratch[nextScratch]
                 nextScratch += 1
                 _ = sumInOrder(pieces.map { $0 + at }, count: r.count, into: buf.ptr + r.lowerBound)
-                sources.append(UnsafeRawPointer(buf.ptr + r.lowerBound))
+                sources.append((c..<(c + 1), UnsafeRawPointer(buf.ptr)))
             }
-            return sumInOrder(sources, count: r.count, into: out.ptr + r.lowerBound)
+            return treeSum(tree, sources, range: r, into: out.ptr)
         }
         let sqTheta = reduce(thetaPieces, into: gradTheta)
         let sqAlpha = gradAlpha.map { reduce(alphaPieces, into: $0) } ?? 0

@@ -44,6 +44,19 @@ final class SplitChunkTests: XCTestCase {
                         let r = computer.train(episodes: u)
                         return (r.gradTheta.copy(), r.gradAlpha?.copy(), r.lossSum, r.tasks)
                     }
+                    // The coordinator's gradient is the reduction tree over chunk sums (pieces re-joined in task
+                    // order first), not the chunk-order fold.
+                    let chunkSums: [[Float]] = plan.chunkUnits.map { pieces in
+                        var s = results[pieces[0]].0.array
+                        for p in pieces.dropFirst() { let g = results[p].0.array; for i in s.indices { s[i] += g[i] } }
+                        return s
+                    }
+                    func tree(_ r: Range<Int>, _ i: Int) -> Float {
+                        if r.count == 1 { return chunkSums[r.lowerBound][i] }
+                        let (a, b) = ReductionTree.children(r)
+                        return tree(a, i) + tree(b, i)
+                    }
+                    let expected = (0..<chunkSums[0].count).map { tree(0..<chunkSums.count, $0) }
                     // The buffers must outlive the call that reads them through raw pointers.
                     _ = try withExtendedLifetime(results) {
                         try trainer.applyTrain(results.map {
@@ -52,6 +65,7 @@ final class SplitChunkTests: XCTestCase {
                                                  lossSum: $0.2, tasks: $0.3)
                         }, plan: plan, iteration: t)
                     }
+                    XCTAssertEqual(trainer.gradTheta.array.map(\.bitPattern), expected.map(\.bitPattern), "tree reduction")
                 }
                 weights.append(trainer.theta.array + (trainer.alpha?.array ?? []))
             }
