@@ -29,18 +29,30 @@ public func sumInOrder(_ sources: [UnsafeRawPointer], count n: Int, into out: Un
             }
             while i < len { o[i] += p.loadUnaligned(fromByteOffset: 4 * i, as: Float.self); i += 1 }
         }
-        // Squares in sumSquares' order: 4 interleaved lanes over whole groups of 4.
-        var i = 0
-        while i + 4 <= len {
-            let v = SIMD4<Double>(Double(o[i]), Double(o[i + 1]), Double(o[i + 2]), Double(o[i + 3]))
-            acc += v * v
-            i += 4
-        }
+        blockSquares(o, len, into: &acc)
         start += len
     }
+    return finishSquares(acc, tail: UnsafePointer(out + (n - n % 4)), n % 4)
+}
+
+/// Adds the squares of `o[0..<len]`'s whole groups of 4 to `acc`, in
+/// `BLAS.sumSquares`' order (4 interleaved lanes); blocks MUST start at
+/// multiples of 4 from the vector's start, and only the last may be short.
+@inline(__always)
+func blockSquares(_ o: UnsafePointer<Float>, _ len: Int, into acc: inout SIMD4<Double>) {
+    var i = 0
+    while i + 4 <= len {
+        let v = SIMD4<Double>(Double(o[i]), Double(o[i + 1]), Double(o[i + 2]), Double(o[i + 3]))
+        acc += v * v
+        i += 4
+    }
+}
+
+/// `BLAS.sumSquares`' total: the lanes, then the last `count` (< 4) elements at `tail`.
+@inline(__always)
+func finishSquares(_ acc: SIMD4<Double>, tail: UnsafePointer<Float>, _ count: Int) -> Double {
     var s = (acc[0] + acc[1]) + (acc[2] + acc[3])
-    var i = n - n % 4
-    while i < n { let v = Double(out[i]); s += v * v; i += 1 }
+    for i in 0..<count { let v = Double(tail[i]); s += v * v }
     return s
 }
 
@@ -158,16 +170,8 @@ public func treeSum(_ tree: ReductionTree, _ parts: [(node: Range<Int>, source: 
             let (a, b) = ReductionTree.children(tree.root)
             add(eval(a, start, len, slot: 1), eval(b, start, len, slot: 2), into: o, len)
         }
-        var i = 0
-        while i + 4 <= len {
-            let v = SIMD4<Double>(Double(o[i]), Double(o[i + 1]), Double(o[i + 2]), Double(o[i + 3]))
-            acc += v * v
-            i += 4
-        }
+        blockSquares(o, len, into: &acc)
         start += len
     }
-    var s = (acc[0] + acc[1]) + (acc[2] + acc[3])
-    var i = range.upperBound - range.count % 4
-    while i < range.upperBound { let v = Double(out[i]); s += v * v; i += 1 }
-    return s
+    return finishSquares(acc, tail: UnsafePointer(out + (range.upperBound - range.count % 4)), range.count % 4)
 }

@@ -25,6 +25,18 @@ func metatrain(_ args: [String], cwd: String? = nil) throws -> Run {
     return Run(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
 }
 
+/// A synthetic event log prepared into `dir/NAME.h5` (made once; later calls return the path).
+func syntheticDataset(in dir: String, name: String = "data", users: Int = 100, courses: Int = 20, seed: Int = 3) throws -> String {
+    let path = dir + "/\(name).h5"
+    if FileManager.default.fileExists(atPath: path) { return path }
+    var r = try metatrain(["synth", "--out", dir + "/\(name).csv", "--users", "\(users)", "--courses", "\(courses)", "--seed", "\(seed)"])
+    guard r.status == 0 else { throw NSError(domain: "synth failed: \(r.stderr)", code: 1) }
+    r = try metatrain(["prepare", "--events", dir + "/\(name).csv", "--out", path])
+    guard r.status == 0 else { throw NSError(domain: "prepare failed: \(r.stderr)", code: 1) }
+    try? FileManager.default.removeItem(atPath: dir + "/\(name).csv")
+    return path
+}
+
 func freshDir(_ name: String) -> String {
     let d = NSTemporaryDirectory() + "mt-cli-\(name)-\(getpid())"
     try? FileManager.default.removeItem(atPath: d)

@@ -1,4 +1,5 @@
 import Foundation
+import Storage
 import XCTest
 
 /// Separate `metatrain worker` processes joining, failing and leaving a real
@@ -14,12 +15,9 @@ final class JoinTests: XCTestCase {
 
     override func setUpWithError() throws {
         if JoinTests.prepared { return }
-        var r = try metatrain(["synth", "--out", JoinTests.dir + "/big.csv", "--users", "6000", "--courses", "9000", "--seed", "5"])
-        XCTAssertEqual(r.status, 0, r.stderr)
-        r = try metatrain(["prepare", "--events", JoinTests.dir + "/big.csv", "--out", JoinTests.bigData])
-        XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertTrue(r.stdout.contains("vocabulary: 8986 items"), r.stdout)
-        try? FileManager.default.removeItem(atPath: JoinTests.dir + "/big.csv")
+        XCTAssertEqual(try syntheticDataset(in: JoinTests.dir, name: "big", users: 6000, courses: 9000, seed: 5), JoinTests.bigData)
+        let big = try DatasetFile.read(JoinTests.bigData)
+        XCTAssertGreaterThan(big.nItems, 8_000, "a large vocabulary")
         JoinTests.prepared = true
     }
 
@@ -136,13 +134,5 @@ final class JoinTests: XCTestCase {
         XCTAssertEqual(coord.wait(seconds: 60), 0)
     }
 
-    func smallDataset() throws -> String {
-        let path = JoinTests.dir + "/small.h5"
-        if FileManager.default.fileExists(atPath: path) { return path }
-        var r = try metatrain(["synth", "--out", JoinTests.dir + "/small.csv", "--users", "100", "--courses", "20", "--seed", "3"])
-        XCTAssertEqual(r.status, 0, r.stderr)
-        r = try metatrain(["prepare", "--events", JoinTests.dir + "/small.csv", "--out", path])
-        XCTAssertEqual(r.status, 0, r.stderr)
-        return path
-    }
+    func smallDataset() throws -> String { try syntheticDataset(in: JoinTests.dir, name: "small") }
 }

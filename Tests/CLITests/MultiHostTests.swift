@@ -16,15 +16,7 @@ final class MultiHostTests: XCTestCase {
     func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
     func bytes(_ path: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: path)) }
 
-    func dataset() throws -> String {
-        let path = MultiHostTests.dir + "/data.h5"
-        if FileManager.default.fileExists(atPath: path) { return path }
-        var r = try metatrain(["synth", "--out", MultiHostTests.dir + "/e.csv", "--users", "100", "--courses", "20", "--seed", "3"])
-        XCTAssertEqual(r.status, 0, r.stderr)
-        r = try metatrain(["prepare", "--events", MultiHostTests.dir + "/e.csv", "--out", path])
-        XCTAssertEqual(r.status, 0, r.stderr)
-        return path
-    }
+    func dataset() throws -> String { try syntheticDataset(in: MultiHostTests.dir) }
 
     /// Waits until `condition` holds, at most `seconds`.
     func waitFor(_ seconds: Double, _ what: String, _ condition: () -> Bool) throws {
