@@ -138,7 +138,7 @@ public struct CoordinatorMachine: Sendable {
         case .evalResult(let r):
             return onResult(.eval(r), unitId: r.unitId, version: r.version, from: peer)
         case .goodbye(let reason):
-            return drop(peer, because: "left (\(bounded(reason)))")
+            return [remove(peer, because: "left (\(bounded(reason)))")] + dispatch()
         default:
             return [.log("dropped unexpected '\(e.message.typeName)' from \(w.name)")]
         }
@@ -158,17 +158,12 @@ public struct CoordinatorMachine: Sendable {
     /// Periodic check: drops workers silent for longer than the timeout and re-queues their units.
     public mutating func onTick(now: Double) -> [Directive] {
         var out: [Directive] = []
-        for peer in joinOrder where workers[peer] != nil {
-            let w = workers[peer]!
-            if now - w.lastSeen > settings.workerTimeout {
-                // A worker says nothing while it computes a unit: name the way out if units run that long.
-                out.append(.log("worker \(w.name) silent for \(Int(now - w.lastSeen))s; dropped"
-                                + (w.units.isEmpty ? "" : ", its \(w.units.count) unit(s) re-queued (if a unit takes longer than \(Int(settings.workerTimeout))s, raise --worker-timeout)")))
-                for u in w.units.reversed() { requeue(u) }
-                workers[peer] = nil
-            }
+        for peer in joinOrder {
+            guard let w = workers[peer], now - w.lastSeen > settings.workerTimeout else { continue }
+            // A worker says nothing while it computes a unit: name the way out if units run that long.
+            out.append(remove(peer, because: "silent for \(Int(now - w.lastSeen))s",
+                              hint: " (if a unit takes longer than \(Int(settings.workerTimeout))s, raise --worker-timeout)"))
         }
-        joinOrder.removeAll { workers[$0] == nil }
         if workers.isEmpty {
             let since = withoutWorkersSince ?? now
             withoutWorkersSince = since
@@ -186,17 +181,18 @@ public struct CoordinatorMachine: Sendable {
     /// exit): it is dropped at once and its units are re-queued, without waiting
     /// for the timeout.
     public mutating func onWorkerGone(name: String, reason: String) -> [Directive] {
-        joinOrder.filter { workers[$0]?.name == name }.flatMap { drop($0, because: reason) }
+        joinOrder.filter { workers[$0]?.name == name }.map { remove($0, because: reason) } + dispatch()
     }
 
-    /// Drops a live worker at once, re-queues its units and hands them out.
-    mutating func drop(_ peer: PeerID, because reason: String) -> [Directive] {
-        guard let w = workers[peer] else { return [] }
+    /// Removes a live worker and re-queues its units (the caller dispatches them
+    /// once every worker it drops is gone); returns the log line that says so.
+    /// `hint` follows the count of re-queued units, when there are any.
+    mutating func remove(_ peer: PeerID, because reason: String, hint: String = "") -> Directive {
+        let w = workers[peer]!
         for u in w.units.reversed() { requeue(u) }
         workers[peer] = nil
         joinOrder.removeAll { $0 == peer }
-        return [.log("worker \(w.name) \(reason); dropped" + (w.units.isEmpty ? "" : ", its \(w.units.count) unit(s) re-queued"))]
-            + dispatch()
+        return .log("worker \(w.name) \(reason); dropped" + (w.units.isEmpty ? "" : ", its \(w.units.count) unit(s) re-queued" + hint))
     }
 
     /// Starts a phase on weights `phase.version` (which MUST be published).

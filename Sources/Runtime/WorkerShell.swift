@@ -116,10 +116,9 @@ public final class WorkerShell {
         return exitCode!
     }
 
-    /// Says goodbye (once, if the machine still speaks to a coordinator) and lets it leave before the sockets close.
+    /// Says goodbye (the machine does, once, if it still speaks to a coordinator); `closeSockets` lets it leave.
     func leave(because reason: String) {
-        guard let machine, !machine.isStopped else { return }
-        try? execute(self.machine.onLeaving(reason, now: monotonicNow()))
+        try? execute(machine.onLeaving(reason, now: monotonicNow()))
     }
 
     /// Closes the sockets, giving a goodbye still queued up to a second to leave
@@ -239,7 +238,6 @@ public final class WorkerShell {
         trace?.mark(.compute, u.id)
         defer { trace?.mark(.computed, u.id) }
         if let w = install {
-            precondition(w.version == u.version, "unit \(u.id) for version \(u.version) installs weights \(w.version)")
             try w.theta.withUnsafeBytes { t in try w.alpha.withUnsafeBytes { a in try computer.install(theta: t, alpha: a) } }
         }
         switch u.kind {

@@ -32,7 +32,7 @@ public final class MetaTrainer {
     private var best = -Double.infinity
     private var evalsSinceBest = 0
     /// The last iteration's reduced meta-gradient (the tree sum, before scaling); the reduce writes it anew each time.
-    private(set) var gradTheta: FloatBuffer
+    let gradTheta: FloatBuffer
     private let gradAlpha: FloatBuffer?
     private var scratch: [FloatBuffer] = []   // re-joined split chunks
 

@@ -55,12 +55,6 @@ final class NetworkLab {
         try run(["-n", switchNamespace, "link", "set", host.port, up ? "up" : "down"])
     }
 
-    /// Limits a host's outgoing rate with a token bucket (`tc qdisc … tbf`).
-    func limit(_ host: Host, rate: String) throws {
-        try run(["-n", host.namespace, "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms"],
-                tool: "/usr/sbin/tc")
-    }
-
     /// Bytes a host sent and received on its link so far.
     func counters(_ host: Host) -> (tx: Int, rx: Int) {
         func read(_ what: String) -> Int {
@@ -84,15 +78,15 @@ final class NetworkLab {
         namespaces.append(ns)
     }
 
-    private func run(_ args: [String], tool: String = "/usr/sbin/ip") throws {
-        let (status, out) = NetworkLab.ip(args, tool: tool)
-        guard status == 0 else { throw NSError(domain: "\(tool) \(args.joined(separator: " ")): \(out)", code: Int(status)) }
+    private func run(_ args: [String]) throws {
+        let (status, out) = NetworkLab.ip(args)
+        guard status == 0 else { throw NSError(domain: "ip \(args.joined(separator: " ")): \(out)", code: Int(status)) }
     }
 
     @discardableResult
-    static func ip(_ args: [String], tool: String = "/usr/sbin/ip") -> (Int32, String) {
+    static func ip(_ args: [String]) -> (Int32, String) {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: tool)
+        p.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
         p.arguments = args
         let pipe = Pipe()
         p.standardOutput = pipe; p.standardError = pipe

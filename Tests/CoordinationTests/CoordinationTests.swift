@@ -22,6 +22,16 @@ final class CoordinatorMachineTests: XCTestCase {
         _ = m.onMessage(env(.ready), from: p, now: now)
     }
 
+    /// Workers a and b share a phase of five units; b has returned all of its own. Returns the two a still holds.
+    func aHoldsTwoUnitsAndBFinishedItsOwn(_ m: inout CoordinatorMachine) -> [Int] {
+        join(&m, a); join(&m, b)
+        let sent = work(m.startPhase(.init(kind: .train, version: 0, units: [[1], [2], [3], [4], [5]])))
+        let held = sent.filter { $0.0 == a }.map { $0.1.id }
+        XCTAssertEqual(held.count, 2)
+        for (_, u) in sent where !held.contains(u.id) { _ = m.onMessage(env(result(u, 1)), from: b, now: 1) }
+        return held
+    }
+
     func testFingerprintMismatchIsRefusedAndMatchWelcomed() {
         var m = machine()
         let bad = m.onMessage(env(.hello(Hello(workerName: "w", datasetFingerprint: "other"))), from: a, now: 0)
@@ -106,13 +116,9 @@ final class CoordinatorMachineTests: XCTestCase {
     }
 
     func testEndedWorkerIsDroppedAtOnceAndItsUnitsGoToAnother() {
-        var m = machine()
-        join(&m, a); join(&m, b)
-        let sent = work(m.startPhase(.init(kind: .train, version: 0, units: [[1], [2], [3], [4], [5]])))
-        let held = sent.filter { $0.0 == a }.map { $0.1.id }
-        XCTAssertEqual(held.count, 2)
         // b finishes its units; a's process ended: its two units go to b without a timeout.
-        for (_, u) in sent where !held.contains(u.id) { _ = m.onMessage(env(result(u, 1)), from: b, now: 1) }
+        var m = machine()
+        let held = aHoldsTwoUnitsAndBFinishedItsOwn(&m)
         let d = m.onWorkerGone(name: "w\(a)", reason: "(pid 7) was killed by signal 9")
         XCTAssertEqual(d.first, .log("worker w\(a) (pid 7) was killed by signal 9; dropped, its 2 unit(s) re-queued"))
         XCTAssertEqual(m.liveWorkers, 1)
@@ -135,11 +141,7 @@ final class CoordinatorMachineTests: XCTestCase {
     /// once and its units go to another worker, with no wait for the timeout.
     func testGoodbyeDropsTheWorkerAtOnceAndRequeuesItsUnits() {
         var m = machine()
-        join(&m, a); join(&m, b)
-        let sent = work(m.startPhase(.init(kind: .train, version: 0, units: [[1], [2], [3], [4], [5]])))
-        let held = sent.filter { $0.0 == a }.map { $0.1.id }
-        XCTAssertEqual(held.count, 2)
-        for (_, u) in sent where !held.contains(u.id) { _ = m.onMessage(env(result(u, 1)), from: b, now: 1) }
+        let held = aHoldsTwoUnitsAndBFinishedItsOwn(&m)
         let d = m.onMessage(env(.goodbye(reason: "internal: out of memory\nsecond line")), from: a, now: 1)
         XCTAssertEqual(d.first, .log("worker w\(a) left (internal: out of memory second line); dropped, its 2 unit(s) re-queued"))
         XCTAssertEqual(m.liveWorkers, 1)
