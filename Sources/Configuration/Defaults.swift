@@ -1,4 +1,4 @@
-/// Every configuration key and its default (CONTRACTS 6). A key not in this
+/// Every configuration key and its default (docs/FORMATS.md, "Configuration"). A key not in this
 /// tree is an error; a value must have the type of its default.
 public let defaultConfigYAML = """
 seed: 20260107

@@ -32,7 +32,7 @@ public struct Episodes: Equatable, Sendable {
     public func queryPairs(_ e: Int) -> ArraySlice<Int64> { query[(e * q)..<((e + 1) * q)] }
 }
 
-/// The contents of a dataset file (CONTRACTS 2), in memory.
+/// The contents of a dataset file (docs/FORMATS.md, "Dataset"), in memory.
 public struct Dataset: Equatable, Sendable {
     public var itemIds: [String]          // [V], index 0 = "<pad>"
     public var itemCounts: [Int64]        // [V]

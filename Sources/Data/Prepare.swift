@@ -38,7 +38,7 @@ public struct PrepareSummary: Sendable {
     }
 }
 
-/// Builds a dataset from an event log exactly as CONTRACTS 2 describes.
+/// Builds a dataset from an event log exactly as docs/FORMATS.md ("How prepare builds it") describes.
 public enum Prepare {
     public static func run(csvPath: String, columns: ColumnMap = ColumnMap(), skipBadRows: Bool = false,
                            config: Config) throws -> (Dataset, PrepareSummary) {

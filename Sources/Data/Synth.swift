@@ -1,7 +1,7 @@
 import Core
 import Foundation
 
-/// A synthetic XuetangX-style event log with planted structure (CONTRACTS 5):
+/// A synthetic XuetangX-style event log with planted structure (docs/FORMATS.md, "Event log"):
 ///
 /// - **Groups.** Users belong to one of `groups` groups. Each group has its own
 ///   course-transition table: from course c, the next course is one of three

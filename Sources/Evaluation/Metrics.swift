@@ -11,7 +11,7 @@ public enum Metric: Int, CaseIterable, Sendable {
 }
 
 /// Pessimistic rank of the label among items 1..V-1: 1 + the number of other
-/// items whose score is greater than OR EQUAL to the label's (CONTRACTS 4).
+/// items whose score is greater than OR EQUAL to the label's (docs/FORMATS.md, "Metrics").
 @inline(__always)
 public func pessimisticRank(_ scores: UnsafePointer<Float>, label: Int, V: Int) -> Int {
     let s = scores[label]

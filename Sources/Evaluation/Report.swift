@@ -37,7 +37,7 @@ public struct MethodReport {
     }
 }
 
-/// Everything `evaluate` writes: report.json (CONTRACTS 4) and a Markdown table.
+/// Everything `evaluate` writes: report.json (docs/FORMATS.md, "Metrics") and a Markdown table.
 public struct EvaluationReport {
     public var split: String
     public var nEpisodes: Int

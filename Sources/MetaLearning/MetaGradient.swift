@@ -1,7 +1,7 @@
 import GRU4Rec
 import Kernels
 
-/// Which meta-gradient a task contributes (CONTRACTS 6, `maml.*`).
+/// Which meta-gradient a task contributes (docs/FORMATS.md, "Configuration", `maml.*`).
 public struct MetaAlgorithm: Sendable {
     public enum Kind: String, Sendable { case fomaml, maml, metasgd }
     public var kind: Kind

@@ -2,7 +2,7 @@ import Core
 import GRU4Rec
 import Kernels
 
-/// A checkpoint (CONTRACTS 3): model weights under /model/<state-dict key>, Adam
+/// A checkpoint (docs/FORMATS.md, "Checkpoint"): model weights under /model/<state-dict key>, Adam
 /// moments under /optimizer/{m,v}/<key>, Meta-SGD rates under /meta_sgd/alpha/<key>,
 /// curves under /history/<name>; all float32, row-major, one dataset per named
 /// view of the flat parameter layout.

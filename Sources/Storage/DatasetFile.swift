@@ -1,7 +1,7 @@
 import Core
 import Data
 
-/// The dataset file (CONTRACTS 2): `format = "metatrain-dataset"`, version 1.
+/// The dataset file (docs/FORMATS.md, "Dataset"): `format = "metatrain-dataset"`, version 1.
 public enum DatasetFile {
     public static let format = "metatrain-dataset"
     public static let version: Int64 = 1

@@ -3,7 +3,7 @@ import Core
 import Data
 import Foundation
 
-/// A run directory (CONTRACTS 7): resolved config, metrics.jsonl, checkpoints and a log.
+/// A run directory (docs/FORMATS.md, "Run directory"): resolved config, metrics.jsonl, checkpoints and a log.
 public final class RunDirectory {
     public let path: String
     private var logHandle: FileHandle?

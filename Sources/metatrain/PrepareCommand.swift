@@ -10,7 +10,7 @@ struct PrepareCommand: ParsableCommand {
         abstract: "Turns an event log CSV into a dataset HDF5 of pairs and cold-start episodes.",
         discussion: """
         Sessions, reliability, vocabulary, pairs, user split and episodes follow
-        CONTRACTS 2; the knobs are the config's data.* keys.
+        docs/FORMATS.md; the knobs are the config's data.* keys.
         Examples:
           metatrain prepare --events data/events.csv --out data/dataset.h5
           metatrain prepare --events ratings.csv --out ratings.h5 --user-col userId \\

@@ -50,7 +50,7 @@ final class CSVTests: XCTestCase {
 }
 
 final class PrepareTests: XCTestCase {
-    // Worked by hand in the comments below; see CONTRACTS 2 for the rules.
+    // Worked by hand in the comments below; see docs/FORMATS.md for the rules.
     let log = """
     username,course_id,session_id,action,time
     b,C1,s1,play_video,100
