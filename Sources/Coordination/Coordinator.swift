@@ -40,6 +40,8 @@ public struct CoordinatorMachine: Sendable {
         case send(PeerID, Message)
         /// Send the current weights to one worker (the shell owns them).
         case sendWeights(PeerID)
+        /// A unit's result was accepted (the first for its unit, on the phase's version).
+        case unitResult(index: Int, UnitResult)
         /// Every unit of the phase has a result; results are in unit order.
         case phaseComplete(PhaseResults)
         case log(String)
@@ -52,14 +54,18 @@ public struct CoordinatorMachine: Sendable {
     public struct Phase: Equatable, Sendable {
         public var kind: UnitKind
         public var version: Int
-        /// Episode indices of each unit, in unit order.
-        public var units: [[Int]]
+        /// Leaves (episode indices of each) of each unit, in unit order.
+        public var units: [[[Int]]]
         /// Order in which units are handed out (default: unit order). Dispatching
         /// the costliest first shortens the idle tail; results are still combined
         /// in unit order, so this never changes the bits.
         public var dispatchOrder: [Int]?
-        public init(kind: UnitKind, version: Int, units: [[Int]], dispatchOrder: [Int]? = nil) {
+        public init(kind: UnitKind, version: Int, units: [[[Int]]], dispatchOrder: [Int]? = nil) {
             self.kind = kind; self.version = version; self.units = units; self.dispatchOrder = dispatchOrder
+        }
+        /// A phase whose units have one leaf each.
+        public init(kind: UnitKind, version: Int, leaves: [[Int]], dispatchOrder: [Int]? = nil) {
+            self.init(kind: kind, version: version, units: leaves.map { [$0] }, dispatchOrder: dispatchOrder)
         }
     }
 
@@ -73,6 +79,8 @@ public struct CoordinatorMachine: Sendable {
     struct Worker: Sendable {
         var name: String
         var lastSeen: Double
+        /// Compute processes behind the connection (a host agent's `--procs`).
+        var procs = 1
         var ready = false
         var units: [Int] = []   // unit ids in flight, in the order sent
     }
@@ -99,7 +107,12 @@ public struct CoordinatorMachine: Sendable {
         self.version = version
     }
 
+    /// Live connections: plain workers and host agents.
     public var liveWorkers: Int { workers.count }
+    /// The live connections, in join order.
+    public var liveWorkerIDs: [PeerID] { joinOrder.filter { workers[$0] != nil } }
+    /// Compute processes behind the live connections.
+    public var liveProcs: Int { workers.values.reduce(0) { $0 + $1.procs } }
     /// Whether `peer` is a live worker.
     public func knows(_ peer: PeerID) -> Bool { workers[peer] != nil }
     public var inPhase: Bool { phase != nil }
@@ -209,6 +222,19 @@ public struct CoordinatorMachine: Sendable {
         return dispatch()
     }
 
+    /// Adds units to the running phase (a host agent's next block of the same
+    /// version); they take the indices after the phase's current units and are
+    /// handed out after every pending one, in `dispatchOrder` (relative to them).
+    public mutating func addUnits(_ units: [[[Int]]], dispatchOrder: [Int]? = nil) -> [Directive] {
+        precondition(phase != nil, "no phase to add units to")
+        let base = phase!.units.count
+        precondition(nextUnitId == firstUnitId + base, "unit ids were taken after this phase")
+        phase!.units += units
+        nextUnitId += units.count
+        pending += (dispatchOrder ?? Array(units.indices)).map { base + $0 }
+        return dispatch()
+    }
+
     /// The shell published new weights.
     public mutating func onPublished(version v: Int) {
         precondition(phase == nil, "weights change only between phases")
@@ -229,8 +255,9 @@ public struct CoordinatorMachine: Sendable {
         }
         if let old = workers[peer] { for u in old.units.reversed() { requeue(u) } }  // re-joined: its old units are lost
         if workers[peer] == nil { joinOrder.append(peer) }
-        workers[peer] = Worker(name: h.workerName, lastSeen: now)
-        var out: [Directive] = [.log("worker \(h.workerName) joined (\(workers.count) live; \(bounded(h.hardware.description)))")]
+        workers[peer] = Worker(name: h.workerName, lastSeen: now, procs: max(1, h.procs))
+        let what = h.procs > 1 ? "host agent \(h.workerName) of \(h.procs) processes" : "worker \(h.workerName)"
+        var out: [Directive] = [.log("\(what) joined (\(workers.count) live; \(bounded(h.hardware.description)))")]
         if let first = firstHardware {
             if first.hardware != h.hardware && !warnedHardware {
                 warnedHardware = true
@@ -258,6 +285,7 @@ public struct CoordinatorMachine: Sendable {
                 if results[index] == nil && !pending.contains(index) && !inFlight(index) { pending.append(index) }
             } else if results[index] == nil {
                 results[index] = r
+                out.append(.unitResult(index: index, r))
                 if results.count == p.units.count { return out + complete() + dispatch() }
             }
         } else {
@@ -290,21 +318,28 @@ public struct CoordinatorMachine: Sendable {
         return [.phaseComplete(PhaseResults(phase: p, results: ordered))]
     }
 
-    /// Hands pending units to ready workers in join order: first to idle
-    /// workers, then (while more units are pending than workers are live) a
-    /// queued unit to each busy one, up to `unitsPerWorker`.
+    /// Hands pending units to ready workers: first to workers with an idle
+    /// process (connections with more processes first, then in join order),
+    /// then, while more units are pending than processes are live, a queued
+    /// unit to each busy one, up to `unitsPerWorker` − 1 beyond its processes.
     mutating func dispatch() -> [Directive] {
         guard let p = phase else { return [] }
         var out: [Directive] = []
-        for held in 0..<settings.unitsPerWorker {
-            for peer in joinOrder where !pending.isEmpty {
-                guard var w = workers[peer], w.ready, w.units.count == held else { continue }
-                if held > 0 && pending.count <= workers.count { return out }
+        let order = joinOrder.enumerated().sorted {
+            let a = workers[$0.element]?.procs ?? 0, b = workers[$1.element]?.procs ?? 0
+            return a != b ? a > b : $0.offset < $1.offset
+        }.map(\.element)
+        let procs = liveProcs
+        let most = workers.values.map { $0.procs + settings.unitsPerWorker - 1 }.max() ?? 0
+        for held in 0..<most {
+            for peer in order where !pending.isEmpty {
+                guard var w = workers[peer], w.ready, w.units.count == held, held < w.procs + settings.unitsPerWorker - 1 else { continue }
+                if held >= w.procs && pending.count <= procs { continue }
                 let index = pending.removeFirst()
                 let id = firstUnitId + index
                 w.units.append(id)
                 workers[peer] = w
-                out.append(.send(peer, .work(WorkUnit(id: id, kind: p.kind, version: p.version, episodes: p.units[index]))))
+                out.append(.send(peer, .work(WorkUnit(id: id, kind: p.kind, version: p.version, leaves: p.units[index]))))
             }
         }
         return out

@@ -40,6 +40,8 @@ public struct WorkerMachine: Sendable {
     public let datasetFingerprint: String
     /// What this worker computes on, told in every hello.
     public var hardware = Hardware.unknown
+    /// Compute processes behind this connection, told in every hello (a host agent's `--procs`).
+    public var procs = 1
     /// Idle time after which the worker sends a heartbeat.
     public var heartbeatInterval: Double = 2
     /// Silence after which the coordinator is presumed gone.
@@ -56,7 +58,10 @@ public struct WorkerMachine: Sendable {
     private var pending: [WorkUnit] = []    // units waiting for their weights, in arrival order
     private var fetchAt: Double?            // fetch then, unless the broadcast came
     private var fetchedVersion = -1         // the version the last fetch (in this membership) was sent at
-    private var computing = false
+    /// Units handed to the shell and not yet computed. A shell that computes
+    /// in place returns before anything else happens; a host agent computes
+    /// several blocks at once on its processes and keeps ticking meanwhile.
+    private var computing = 0
     private var configJSON: String?
     private var lastSent = 0.0
     private var lastHeard = 0.0
@@ -176,7 +181,7 @@ public struct WorkerMachine: Sendable {
     /// installing them first if the computer does not hold them.
     private mutating func compute(_ u: WorkUnit) -> Directive {
         precondition(held != nil && weightsVersion == u.version, "unit \(u.id) for version \(u.version) computed holding \(weightsVersion)")
-        computing = true
+        computing += 1
         let install = computerHoldsHeld ? nil : held!.weights
         computerHoldsHeld = true
         return .compute(u, install: install)
@@ -202,7 +207,7 @@ public struct WorkerMachine: Sendable {
 
     /// The shell finished a unit; `result` is its trainResult or evalResult.
     public mutating func onComputed(_ result: Message, now: Double) -> [Directive] {
-        computing = false
+        computing = max(0, computing - 1)
         guard state == .joined else { return [] }
         return sent(result, now)
     }
@@ -216,7 +221,7 @@ public struct WorkerMachine: Sendable {
     }
 
     public mutating func onTick(now: Double) -> [Directive] {
-        guard state != .stopped, !computing else { return [] }
+        guard state != .stopped else { return [] }
         if let u = pending.last, let t = fetchAt, now >= t {
             // The broadcast did not come (dropped, or sent before we subscribed): ask for the weights.
             fetchAt = nil
@@ -235,7 +240,7 @@ public struct WorkerMachine: Sendable {
         return []
     }
 
-    private var hello: Message { .hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint, hardware: hardware)) }
+    private var hello: Message { .hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint, hardware: hardware, procs: procs)) }
 
     /// Back to joining (the same run or a new one): units waiting for weights are
     /// forgotten (the coordinator re-queues them) and so is any fetch on its way.

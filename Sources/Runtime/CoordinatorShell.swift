@@ -27,17 +27,12 @@ public final class CoordinatorShell {
     /// start it again); returns a line for the log, if any.
     public var onWorkerEnded: ((String) -> String?)?
 
-    private var router: ZMQSocket!
-    private var pub: ZMQSocket!
+    private var link: CoordinatorLink!
     private var machine: CoordinatorMachine!
     private var runId = ""
-    /// The published weights encoded inline, made on first need (fetch replies, workers without shared memory).
-    private var weightsFrame: OutgoingFrame?
-    /// Where local workers read published weights (nil: every broadcast is inline).
-    private var weightsArena: SharedArena?
     private enum Next { case train(Int), eval(Int), finish }
     private var next = Next.finish
-    private var plan: MetaTrainer.TrainPlan?
+    private var plan: TrainPlan?
     private var pendingLine: [(String, JSON)] = []
     private var started = 0.0, startIteration = 0
     private var lastHR10: Double?
@@ -46,8 +41,6 @@ public final class CoordinatorShell {
     private var plainEvery = 1
     /// Records this process's timeline when set (`--trace`).
     public var trace: Trace?
-    /// Workers' shared-memory files we mapped, by peer, with the path each hello offered.
-    private var shared: [PeerID: (path: String, view: SharedView)] = [:]
 
     public init(trainer: MetaTrainer, endpoint: String, stop: StopFlag, progress: ProgressSink?) {
         self.trainer = trainer; self.requestedEndpoint = endpoint; self.stop = stop; self.progress = progress
@@ -55,40 +48,15 @@ public final class CoordinatorShell {
 
     func say(_ s: String) { trainer.run.log(s); progress?.log(s) }
 
-    /// Binds ROUTER at the endpoint and PUB next to it. Port 0 picks a free pair of ports.
-    func bind(_ ctx: ZMQContext) throws {
-        if requestedEndpoint.hasPrefix("tcp://"), requestedEndpoint.hasSuffix(":0") {
-            let host = String(requestedEndpoint.dropLast(2))
-            for _ in 0..<50 {
-                let r = try ZMQSocket(ctx, .router)
-                try r.bind(host + ":*")
-                let ep = r.lastEndpoint
-                let p = try ZMQSocket(ctx, .pub)
-                if (try? p.bind(try publishEndpoint(for: ep))) != nil {
-                    router = r; pub = p; boundEndpoint = ep
-                    return
-                }
-            }
-            throw MetatrainError("\(requestedEndpoint): could not find two free adjacent ports")
-        }
-        router = try ZMQSocket(ctx, .router)
-        pub = try ZMQSocket(ctx, .pub)
-        do {
-            try router.bind(requestedEndpoint)
-            try pub.bind(try publishEndpoint(for: requestedEndpoint))
-        } catch let e as TransportError { throw MetatrainError("cannot bind \(requestedEndpoint): \(e)") }
-        boundEndpoint = router.lastEndpoint
-    }
-
     /// Runs to the end of training (0), or until interrupted (130).
     public func run() throws -> Int32 {
         keepLargeBuffersMapped()
-        do { weightsArena = try SharedArena(name: "metatrain-weights") } catch {
-            say("weights go through the socket: \(error)")
-        }
         let ctx = ZMQContext()
-        try bind(ctx)
+        link = CoordinatorLink(endpoint: requestedEndpoint, log: { [weak self] in self?.say($0) })
+        try link.bind(ctx)
+        boundEndpoint = link.boundEndpoint
         runId = "\(trainer.config.seed)-\(getpid())-\(Int(Date().timeIntervalSince1970))"
+        link.setRun(runId)
         machine = CoordinatorMachine(settings: .init(runId: runId, datasetFingerprint: trainer.dataset.fingerprint,
                                                      configJSON: trainer.config.json, workerTimeout: workerTimeout),
                                      version: trainer.iteration)
@@ -115,8 +83,10 @@ public final class CoordinatorShell {
             if !machine.inPhase {
                 switch next {
                 case .train(let t):
-                    // With several workers, end the phase on single tasks (the plan never changes the bits).
-                    let p = trainer.trainPlan(iteration: t, split: machine.liveWorkers - 1)
+                    // One block for a lone host; with several, at most two per host, big ones first, so
+                    // that the phase ends on single chunks (the plan never changes the bits).
+                    let hosts = machine.liveWorkers
+                    let p = trainer.trainPlan(iteration: t, blocks: hosts > 1 ? 2 * hosts : 1)
                     plan = p
                     trace?.mark(.phase, trainer.iteration)
                     try execute(machine.startPhase(.init(kind: .train, version: trainer.iteration, units: p.units,
@@ -124,7 +94,7 @@ public final class CoordinatorShell {
                 case .eval:
                     let units = trainer.evalUnits()
                     trace?.mark(.phase, trainer.iteration)
-                    try execute(machine.startPhase(.init(kind: .eval, version: trainer.iteration, units: units,
+                    try execute(machine.startPhase(.init(kind: .eval, version: trainer.iteration, leaves: units,
                                                          dispatchOrder: trainer.dispatchOrder(units, split: .val))))
                 case .finish:
                     try trainer.writeFinal()
@@ -136,8 +106,14 @@ public final class CoordinatorShell {
                 }
                 continue
             }
-            if try zmqPoll([router], timeoutMs: 100)[0] {
-                while let frames = try router.receiveFrames(timeoutMs: 0) { try receive(frames) }
+            for (peer, incoming) in try link.receive(timeoutMs: 100) {
+                switch incoming {
+                case .message(let e):
+                    trace?.received(e.message)
+                    try execute(machine.onMessage(e, from: peer, now: monotonicNow()))
+                case .undecodable(let e):
+                    try execute(machine.onUndecodable(e, from: peer))
+                }
             }
             for (name, reason) in endedWorkers?.take() ?? [] where !stop.isSet {
                 try execute(machine.onWorkerGone(name: name, reason: reason))
@@ -147,7 +123,7 @@ public final class CoordinatorShell {
             if now - lastTick >= 1 {
                 lastTick = now
                 try execute(machine.onTick(now: now))
-                for peer in shared.keys where !machine.knows(peer) { shared[peer] = nil }   // dropped workers
+                link.forget(except: { self.machine.knows($0) })   // dropped workers' files
                 if let since = machine.withoutWorkersSince, progress?.isTerminal == true {
                     progress?.update("iteration \(trainer.iteration)/\(trainer.iterations)  waiting for workers \(formatDuration(now - since))  (metatrain worker --connect \(boundEndpoint))")
                 }
@@ -155,78 +131,15 @@ public final class CoordinatorShell {
         }
     }
 
-    func receive(_ frames: [Frame]) throws {
-        guard frames.count == 2 else {
-            progress?.log("dropped a message of \(frames.count) frames")
-            return
-        }
-        let peer = PeerID(Array(frames[0].bytes))
-        do {
-            // Decoded in place: a result's gradients stay in its frame until the reduce reads them.
-            var e = try Envelope.decode(ByteBlock(view: frames[1].bytes, owner: frames[1]))
-            trace?.received(e.message)
-            switch e.message {
-            case .hello(let h): mapShared(h, from: peer)
-            case .trainResult(let r):
-                if let p = r.shared {
-                    // The gradients are read where the worker wrote them.
-                    guard let s = shared[peer] else { throw WireError.invalid("train result in shared memory that was never offered") }
-                    do {
-                        var resolved = r
-                        (resolved.gradTheta, resolved.gradAlpha) = try s.view.floats(p)
-                        resolved.shared = nil
-                        e.message = .trainResult(resolved)
-                    } catch {
-                        throw WireError.invalid("train result for unit \(r.unitId): \(error)")
-                    }
-                }
-            default: break
-            }
-            try execute(machine.onMessage(e, from: peer, now: monotonicNow()))
-        } catch let e as WireError {
-            try execute(machine.onUndecodable(e, from: peer))
-        }
-    }
-
-    /// Maps the shared-memory file a hello offers, if it is on this machine
-    /// (a repeated hello offering the same file keeps the mapping).
-    func mapShared(_ h: Hello, from peer: PeerID) {
-        guard let offer = h.sharedMemory else {
-            if shared.removeValue(forKey: peer) != nil {
-                say("worker \(h.workerName): results and weights through the socket from now on (its new hello offers no shared memory)")
-            }
-            return
-        }
-        if shared[peer]?.path == offer.path { return }
-        do {
-            shared[peer] = (offer.path, try SharedView(offer))
-            say("worker \(h.workerName): results through shared memory (\(offer.path))")
-        } catch {
-            shared[peer] = nil
-            say("worker \(h.workerName): results through the socket (shared memory: \(error))")
-        }
-    }
-
-    func send(_ peer: PeerID, _ bytes: [UInt8]) {
-        do { try router.send([peer.bytes, bytes]) } catch { say("could not send to \(peer): \(error)") }
-    }
-
     func execute(_ directives: [CoordinatorMachine.Directive]) throws {
         for d in directives {
             switch d {
-            case .send(let peer, var m):
-                switch m {
-                case .welcome(var w):
-                    w.sharedMemory = shared[peer] != nil ? weightsArena?.offer : nil
-                    m = .welcome(w)
-                case .refuse: shared[peer] = nil
-                default: break
-                }
-                send(peer, Envelope(runId: runId, message: m).encode())
+            case .send(let peer, let m):
+                link.send(peer, m)
                 if case .work(let u) = m { trace?.mark(.send, u.id) }
             case .sendWeights(let peer):
-                // Always inline: a worker fetches when it missed a broadcast or could not read one.
-                do { try router.send([peer.bytes], inlineWeights()) } catch { say("could not send weights to \(peer): \(error)") }
+                link.sendWeights(peer)
+            case .unitResult: break   // the reduce reads every result at the end of the phase
             case .log(let s): say(s)
             case .waitingForWorkers(let seconds):
                 say("no worker connected" + (seconds >= 1 ? " for \(formatDuration(seconds))" : "")
@@ -236,40 +149,12 @@ public final class CoordinatorShell {
         }
     }
 
-    /// Views of θ and α (empty unless Meta-SGD) as the trainer holds them.
-    func currentWeights() -> (Floats, Floats) {
-        (Floats(viewing: trainer.theta), trainer.alpha.map { Floats(viewing: $0) } ?? [])
-    }
-
-    /// The current weights as one inline ZeroMQ message, encoded once per
-    /// version and shared by the broadcast and every fetch reply without copying.
-    func inlineWeights() -> OutgoingFrame {
-        if let f = weightsFrame { return f }
-        let (theta, alpha) = currentWeights()
-        let e = Envelope(runId: runId, message: .weights(Weights(version: trainer.iteration, theta: theta, alpha: alpha)))
-        let frame = OutgoingFrame(count: e.encodedCount)
-        e.encode(into: frame.mutableBytes)
-        weightsFrame = frame
-        return frame
-    }
-
-    /// Broadcasts the current weights. When every live worker reads our shared
-    /// memory, they go into slot (version mod 2) and the broadcast says where:
-    /// a slot is rewritten two versions later, after every unit that could read
-    /// it has finished (see docs/PROTOCOL.md). Otherwise the broadcast carries them.
+    /// Broadcasts the current weights (θ and α, empty unless Meta-SGD, as views of the trainer's buffers).
     func publishWeights() {
-        weightsFrame = nil
-        let v = trainer.iteration
-        let local = shared.keys.filter { machine.knows($0) }.count
-        let (theta, alpha) = currentWeights()
-        if let arena = weightsArena, machine.liveWorkers > 0, local == machine.liveWorkers,
-           let space = arena.slot(v & 1, bytes: 4 * (theta.count + alpha.count)) {
-            let payload = SharedArena.put(theta, alpha, into: space)
-            try? pub.send([Envelope(runId: runId, message: .weights(Weights(version: v, theta: [], alpha: [], shared: payload))).encode()])
-        } else {
-            try? pub.send([], inlineWeights())
-        }
-        trace?.mark(.published, v)
+        link.setWeights(Weights(version: trainer.iteration, theta: Floats(viewing: trainer.theta),
+                                alpha: trainer.alpha.map { Floats(viewing: $0) } ?? []))
+        link.publish(live: machine.liveWorkerIDs)
+        trace?.mark(.published, trainer.iteration)
     }
 
     func complete(_ r: CoordinatorMachine.PhaseResults) throws {
@@ -285,7 +170,7 @@ public final class CoordinatorShell {
             // The gradients are read where they landed (the results keep their frames alive).
             let (loss, norm) = try withExtendedLifetime(results) {
                 try trainer.applyTrain(results.map { x in
-                    MetaTrainer.UnitSums(gradTheta: UnsafeRawBufferPointer(start: x.gradTheta.baseAddress, count: 4 * x.gradTheta.count),
+                    UnitSums(gradTheta: UnsafeRawBufferPointer(start: x.gradTheta.baseAddress, count: 4 * x.gradTheta.count),
                                          gradAlpha: UnsafeRawBufferPointer(start: x.gradAlpha.baseAddress, count: 4 * x.gradAlpha.count),
                                          lossSum: x.lossSum, tasks: x.tasks)
                 }, plan: plan, iteration: t)
@@ -334,8 +219,8 @@ public final class CoordinatorShell {
     }
 
     func shutdownWorkers(_ reason: String) {
-        for d in machine.shutdown(reason: reason) { if case .send(let p, let m) = d { send(p, Envelope(runId: runId, message: m).encode()) } }
-        try? pub.send([Envelope(runId: runId, message: .shutdown(reason: reason)).encode()])
+        for d in machine.shutdown(reason: reason) { if case .send(let p, let m) = d { link.send(p, m) } }
+        link.publishShutdown(reason)
         Thread.sleep(forTimeInterval: 0.3)   // let the frames leave before the sockets close
     }
 }

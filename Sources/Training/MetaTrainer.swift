@@ -34,7 +34,9 @@ public final class MetaTrainer {
     /// The last iteration's reduced meta-gradient (the tree sum, before scaling); the reduce writes it anew each time.
     let gradTheta: FloatBuffer
     private let gradAlpha: FloatBuffer?
-    private var scratch: [FloatBuffer] = []   // re-joined split chunks
+    let reducer: PlanReducer
+    /// Estimated cost of episodes, for dispatch order.
+    public let cost: UnitCost
 
     // Curves written to every checkpoint, in this order.
     static let iterationKeys = ["iteration", "meta_loss", "grad_norm"]
@@ -51,6 +53,8 @@ public final class MetaTrainer {
         adamAlpha = isMetaSGD ? Adam(count: layout.count) : nil
         gradTheta = FloatBuffer(count: layout.count)
         gradAlpha = isMetaSGD ? FloatBuffer(count: layout.count) : nil
+        reducer = PlanReducer(count: layout.count)
+        cost = UnitCost(dataset: dataset, config: config)
         sampler = MetaBatchSampler(dataset: dataset, seed: config.seed, batchSize: config.maml.metaBatchSize)
         guard sampler.batchSize > 0 else { throw MetatrainError("\(run.path): the dataset has no train episodes") }
         let nVal = dataset.episodes(.val).count
@@ -118,59 +122,24 @@ public final class MetaTrainer {
         chunks(sampler.batch(iteration: t), config.maml.chunkSize)
     }
 
-    /// How one meta-iteration's chunks go out as work units. A chunk goes whole,
-    /// or split into its first half (summed) followed by its remaining tasks one
-    /// by one: the coordinator re-joins the pieces in task order, which gives the
-    /// chunk's sum bit for bit, so splitting never changes the weights. (A worker
-    /// adds each task to its running sum in one addition per element, starting
-    /// from +0; such a sum is never −0, so adding a lone task's 0 + g instead of g
-    /// changes no bit.)
-    public struct TrainPlan: Equatable, Sendable {
-        /// Episodes of each work unit, in unit order.
-        public var units: [[Int]]
-        /// For each chunk, in chunk order, the units that make it, in task order.
-        public var chunkUnits: [[Int]]
-        /// Order in which units are handed out.
-        public var dispatchOrder: [Int]
+    /// Iteration t's plan over `blocks` nodes of the reduction tree (one per
+    /// block, biggest first; see `ReductionTree.guidedPartition`).
+    public func trainPlan(iteration t: Int, blocks k: Int) -> TrainPlan {
+        let chunks = trainUnits(iteration: t)
+        return .blocks(chunks, ReductionTree(leaves: chunks.count).guidedPartition(into: max(1, k)),
+                       cost: { cost.cost($0, split: .train) })
     }
 
-    /// Iteration t's plan: chunks in dispatch order (costliest first), with the
-    /// last `split` of them split so that a phase ends on single tasks, not on
-    /// whole chunks (with several workers, one worker would otherwise idle for
-    /// up to a chunk while another finishes).
-    public func trainPlan(iteration t: Int, split: Int) -> TrainPlan {
-        let chunks = trainUnits(iteration: t)
-        let byCost = dispatchOrder(chunks, split: .train)
-        let splitSet = Set(byCost.suffix(max(0, min(split, chunks.count - 1))).filter { chunks[$0].count > 1 })
-        var units: [[Int]] = [], chunkUnits: [[Int]] = []
-        for (c, chunk) in chunks.enumerated() {
-            var pieces = [chunk]
-            if splitSet.contains(c) {
-                let head = chunk.count / 2
-                pieces = [Array(chunk[..<head])] + chunk[head...].map { [$0] }
-            }
-            chunkUnits.append(Array(units.count..<(units.count + pieces.count)))
-            units += pieces
-        }
-        // Whole chunks costliest first, then the pieces, costliest first.
-        let order = byCost.filter { !splitSet.contains($0) }.map { chunkUnits[$0][0] }
-        let pieceIndices = splitSet.sorted().flatMap { chunkUnits[$0] }
-        let pieceOrder = dispatchOrder(pieceIndices.map { units[$0] }, split: .train).map { pieceIndices[$0] }
-        return TrainPlan(units: units, chunkUnits: chunkUnits, dispatchOrder: order + pieceOrder)
+    /// Iteration t's plan with every chunk a unit, the `split` cheapest cut into pieces.
+    public func splitPlan(iteration t: Int, split: Int) -> TrainPlan {
+        .split(trainUnits(iteration: t), split: split, cost: { cost.cost($0, split: .train) })
     }
 
     public func evalUnits() -> [[Int]] { chunks(valEpisodes, config.maml.chunkSize) }
 
     /// Units ordered by estimated cost (prefix items to run), costliest first.
     public func dispatchOrder(_ units: [[Int]], split: SplitKind) -> [Int] {
-        let ep = dataset.episodes(split)
-        let cost = units.map { u in
-            u.reduce(0) { acc, e in
-                acc + ep.supportPairs(e).reduce(0) { $0 + dataset.prefixLength(Int($1)) } * (config.maml.innerSteps + 1)
-                    + ep.queryPairs(e).reduce(0) { $0 + dataset.prefixLength(Int($1)) }
-            }
-        }
-        return units.indices.sorted { cost[$0] != cost[$1] ? cost[$0] > cost[$1] : $0 < $1 }
+        TrainPlan.costliestFirst(units.map { cost.cost($0, split: split) })
     }
 
     func chunks(_ a: [Int], _ n: Int) -> [[Int]] {
@@ -180,57 +149,19 @@ public final class MetaTrainer {
     public func evalDue(_ t: Int) -> Bool { !valEpisodes.isEmpty && t % config.eval.every == 0 }
     public func checkpointDue(_ t: Int) -> Bool { t % config.checkpoint.every == 0 }
 
-    /// One unit's result as the coordinator received it: float32 runs that may be
-    /// unaligned views into received frames, valid for the duration of the call.
-    public struct UnitSums {
-        public var gradTheta: UnsafeRawBufferPointer
-        /// Meta-SGD only (empty otherwise).
-        public var gradAlpha: UnsafeRawBufferPointer
-        public var lossSum: Double
-        public var tasks: Int
-        public init(gradTheta: UnsafeRawBufferPointer, gradAlpha: UnsafeRawBufferPointer, lossSum: Double, tasks: Int) {
-            self.gradTheta = gradTheta; self.gradAlpha = gradAlpha; self.lossSum = lossSum; self.tasks = tasks
-        }
-    }
-
     /// Reduces one iteration's unit results (IN UNIT ORDER: the sums are added in
     /// this order, so the bits do not depend on which worker computed what),
     /// divides by the number of tasks, clips, and takes the Adam step.
     /// Returns the mean meta-loss and the gradient norm before clipping.
     public func applyTrain(_ units: [UnitSums], plan: TrainPlan, iteration t: Int) throws -> (loss: Double, gradNorm: Double) {
         precondition(t == iteration + 1, "iteration \(t) applied after \(iteration)")
-        guard !units.isEmpty, units.count == plan.units.count else {
-            throw MetatrainError("iteration \(t) has \(units.count) unit results for \(plan.units.count) units")
-        }
         let n = layout.count
-        for u in units {
-            guard u.gradTheta.count == 4 * n, u.gradAlpha.count == (gradAlpha == nil ? 0 : 4 * n) else {
-                throw MetatrainError("unit result has \(u.gradTheta.count / 4)+\(u.gradAlpha.count / 4) gradient entries, expected \(n)")
-            }
+        // The tree sum over the plan's partition, in one fused pass with the squares.
+        let sums: PlanReducer.Sums
+        do { sums = try reducer.reduce(units, plan: plan, gradTheta: gradTheta, gradAlpha: gradAlpha) } catch {
+            throw MetatrainError("iteration \(t): \(error)")
         }
-        // Re-join split chunks in task order, then add the chunk sums over the
-        // fixed reduction tree on chunk indices (one fused pass, squares included). Every
-        // worker is waiting for the new weights now, so two threads share the
-        // work on two fixed halves of the vector: each element gets the same
-        // additions, and the squares add up as (half 1 + half 2), whatever the
-        // machine.
-        var tasks = 0, chunkLosses: [Double] = []
-        for pieces in plan.chunkUnits {
-            var chunkLoss = 0.0
-            for p in pieces { tasks += units[p].tasks; chunkLoss += units[p].lossSum }
-            chunkLosses.append(chunkLoss)
-        }
-        let tree = ReductionTree(leaves: plan.chunkUnits.count)
-        let loss = tree.sum(chunkLosses.enumerated().map { ($0..<($0 + 1), $1) })
-        let thetaPieces = plan.chunkUnits.map { $0.map { units[$0].gradTheta.baseAddress! } }
-        let alphaPieces = gradAlpha == nil ? [] : plan.chunkUnits.map { $0.map { units[$0].gradAlpha.baseAddress! } }
-        let joins = plan.chunkUnits.filter { $0.count > 1 }.count * (gradAlpha == nil ? 1 : 2)
-        while scratch.count < joins { scratch.append(FloatBuffer(count: n)) }
-        let mid = n / 2 / 8 * 8
-        let work = ReduceWork(tree: tree, thetaPieces: thetaPieces, alphaPieces: alphaPieces, scratch: Array(scratch.prefix(joins)),
-                              gradTheta: gradTheta, gradAlpha: gradAlpha, halves: [0..<mid, mid..<n])
-        DispatchQueue.concurrentPerform(iterations: 2) { work.run(half: $0) }
-        let sq = (work.squares[0] + work.squares[1]) + (work.squares[2] + work.squares[3])
+        let sq = sums.squares, tasks = sums.tasks, loss = sums.lossSum
         // Mean over tasks and global-norm clipping over θ and α together, folded
         // into one scale that Adam applies as it reads the gradient.
         let inv = 1 / Double(tasks)
@@ -317,108 +248,3 @@ public final class MetaTrainer {
 
 }
 
-/// What a worker computes for one unit, on the weights it holds.
-public final class UnitComputer {
-    public let config: Config
-    public let dataset: Dataset
-    public let dims: ModelDims
-    public let layout: ParameterLayout
-    let learner: MetaLearner
-    let algorithm: MetaAlgorithm
-    let weighting: SupportWeighting
-    let evaluator: Evaluator
-    public let theta: FloatBuffer
-    public let alpha: FloatBuffer?
-    let gradTheta: FloatBuffer
-    let gradAlpha: FloatBuffer?
-    var task = MetaTask(support: PackedBatch(), query: PackedBatch())
-
-    public init(config: Config, dataset: Dataset) {
-        self.config = config; self.dataset = dataset
-        dims = ModelDims(V: dataset.nItems, E: config.model.embeddingDim, H: config.model.hiddenDim)
-        layout = ParameterLayout(dims)
-        let model = GRU4Rec(dims: dims)
-        learner = MetaLearner(model: model)
-        learner.sparseEmbeddingSweeps = true   // install() tells it when θ changes
-        algorithm = MetaAlgorithm(config: config, layout: layout)
-        weighting = SupportWeighting(config.weighting)
-        evaluator = Evaluator(dataset: dataset, split: .val, limit: 1)
-        theta = FloatBuffer(count: layout.count)
-        let metasgd = config.maml.algorithm == .metasgd
-        alpha = metasgd ? FloatBuffer(count: layout.count) : nil
-        gradTheta = FloatBuffer(count: layout.count)
-        gradAlpha = metasgd ? FloatBuffer(count: layout.count) : nil
-    }
-
-    /// Copies published weights in (float32 runs, possibly unaligned views into
-    /// a received frame); throws if their size does not match this run's model.
-    public func install(theta t: UnsafeRawBufferPointer, alpha a: UnsafeRawBufferPointer) throws {
-        guard t.count == 4 * layout.count, a.count == (alpha == nil ? 0 : 4 * layout.count) else {
-            throw MetatrainError("weights of \(t.count / 4)+\(a.count / 4) floats do not fit this model (\(layout.count) parameters)")
-        }
-        UnsafeMutableRawPointer(theta.ptr).copyMemory(from: t.baseAddress!, byteCount: t.count)
-        if let alpha { UnsafeMutableRawPointer(alpha.ptr).copyMemory(from: a.baseAddress!, byteCount: a.count) }
-        learner.weightsChanged()
-    }
-
-    /// Σ over the unit's train episodes (in order) of task gradients and meta-losses.
-    /// The gradient buffers are this computer's own: valid until its next call.
-    public func train(episodes: [Int]) -> (gradTheta: FloatBuffer, gradAlpha: FloatBuffer?, lossSum: Double, tasks: Int) {
-        gradTheta.zero(); gradAlpha?.zero()
-        let ep = dataset.episodes(.train)
-        var loss = 0.0
-        for e in episodes {
-            let s = ep.supportPairs(e)
-            task.support.pack(pairs: s, of: dataset, weights: weighting.weights(s, in: dataset))
-            task.query.pack(pairs: ep.queryPairs(e), of: dataset)
-            loss += Double(learner.accumulate(theta: theta, alpha: alpha, task: task, algorithm: algorithm,
-                                              gradTheta: gradTheta, gradAlpha: gradAlpha))
-        }
-        return (gradTheta, gradAlpha, loss, episodes.count)
-    }
-
-    /// Per val episode: metric sums and adapted query loss.
-    public func eval(episodes: [Int]) -> [(MetricSums, Float)] {
-        evaluator.fewShot(theta, dims: dims, policy: FewShotPolicy(metaConfig: config, layout: layout, rates: alpha),
-                          episodes: episodes)
-    }
-}
-
-/// One iteration's reduce over two fixed halves of the parameter vector, one
-/// thread each (see MetaTrainer.applyTrain). The pointers are valid for the call.
-final class ReduceWork: @unchecked Sendable {
-    let tree: ReductionTree
-    let thetaPieces: [[UnsafeRawPointer]], alphaPieces: [[UnsafeRawPointer]]
-    let scratch: [FloatBuffer]
-    let gradTheta: FloatBuffer, gradAlpha: FloatBuffer?
-    let halves: [Range<Int>]
-    /// Σ squares of θ's gradient in each half, then α's.
-    var squares = [Double](repeating: 0, count: 4)
-    private let lock = NSLock()
-
-    init(tree: ReductionTree, thetaPieces: [[UnsafeRawPointer]], alphaPieces: [[UnsafeRawPointer]], scratch: [FloatBuffer],
-         gradTheta: FloatBuffer, gradAlpha: FloatBuffer?, halves: [Range<Int>]) {
-        self.tree = tree
-        self.thetaPieces = thetaPieces; self.alphaPieces = alphaPieces; self.scratch = scratch
-        self.gradTheta = gradTheta; self.gradAlpha = gradAlpha; self.halves = halves
-    }
-
-    func run(half h: Int) {
-        let r = halves[h], at = 4 * r.lowerBound
-        var nextScratch = 0
-        func reduce(_ chunks: [[UnsafeRawPointer]], into out: FloatBuffer) -> Double {
-            var sources: [(node: Range<Int>, source: UnsafeRawPointer)] = []
-            for (c, pieces) in chunks.enumerated() {
-                if pieces.count == 1 { sources.append((c..<(c + 1), pieces[0])); continue }
-                let buf = scratch[nextScratch]
-                nextScratch += 1
-                _ = sumInOrder(pieces.map { $0 + at }, count: r.count, into: buf.ptr + r.lowerBound)
-                sources.append((c..<(c + 1), UnsafeRawPointer(buf.ptr)))
-            }
-            return treeSum(tree, sources, range: r, into: out.ptr)
-        }
-        let sqTheta = reduce(thetaPieces, into: gradTheta)
-        let sqAlpha = gradAlpha.map { reduce(alphaPieces, into: $0) } ?? 0
-        lock.lock(); squares[h] = sqTheta; squares[2 + h] = sqAlpha; lock.unlock()
-    }
-}

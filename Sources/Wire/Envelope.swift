@@ -1,7 +1,7 @@
 /// A message with the header every frame carries: magic "MTRN", the protocol
 /// version (u16), the message type (u8) and the run id (string), then the body.
 public struct Envelope: Equatable, Sendable {
-    public static let protocolVersion: UInt16 = 4
+    public static let protocolVersion: UInt16 = 5
     static let magic: [UInt8] = Array("MTRN".utf8)
 
     public var protocolVersion: UInt16
@@ -42,14 +42,17 @@ public struct Envelope: Equatable, Sendable {
         switch message {
         case .hello(let h):
             w.string(h.workerName); w.string(h.datasetFingerprint)
-            w.string(h.hardware.cpuModel); w.string(h.hardware.blasCore)
+            w.string(h.hardware.cpuModel); w.string(h.hardware.blasCore); w.int(h.procs)
             w.offer(h.sharedMemory)
         case .welcome(let x):
             w.string(x.configJSON); w.int(x.version)
             w.offer(x.sharedMemory)
         case .refuse(let r): w.string(r)
         case .ready, .fetchWeights, .heartbeat: break
-        case .work(let u): w.int(u.id); w.u8(u.kind.rawValue); w.int(u.version); w.ints(u.episodes)
+        case .work(let u):
+            w.int(u.id); w.u8(u.kind.rawValue); w.int(u.version)
+            w.u32(UInt32(u.leaves.count))
+            for leaf in u.leaves { w.ints(leaf) }
         case .trainResult(let r):
             w.int(r.unitId); w.int(r.version); w.payload(r.gradTheta, r.gradAlpha, r.shared); w.f64(r.lossSum); w.int(r.tasks)
         case .evalResult(let r): w.int(r.unitId); w.int(r.version); w.doubles(r.sums); w.ints(r.queries); w.doubles(r.losses)
@@ -86,7 +89,9 @@ public struct Envelope: Equatable, Sendable {
         case 1:
             let name = try r.string("worker name"), fingerprint = try r.string("fingerprint")
             let hardware = Hardware(cpuModel: try r.string("cpu model"), blasCore: try r.string("OpenBLAS core"))
-            m = .hello(Hello(workerName: name, datasetFingerprint: fingerprint, hardware: hardware, sharedMemory: try r.offer()))
+            let procs = try r.int("procs")
+            guard procs >= 1 else { throw WireError.invalid("hello with \(procs) processes") }
+            m = .hello(Hello(workerName: name, datasetFingerprint: fingerprint, hardware: hardware, procs: procs, sharedMemory: try r.offer()))
         case 2:
             m = .welcome(Welcome(configJSON: try r.string("config"), version: try r.int("version"), sharedMemory: try r.offer()))
         case 3: m = .refuse(reason: try r.string("reason"))
@@ -94,7 +99,11 @@ public struct Envelope: Equatable, Sendable {
         case 5:
             let id = try r.int("unit id")
             guard let kind = UnitKind(rawValue: try r.u8("unit kind")) else { throw WireError.invalid("unknown unit kind") }
-            m = .work(WorkUnit(id: id, kind: kind, version: try r.int("version"), episodes: try r.ints("episodes")))
+            let version = try r.int("version"), n = Int(try r.u32("leaf count"))
+            guard n >= 1, n <= r.remaining / 4 else { throw WireError.invalid("work unit of \(n) leaves") }
+            var leaves: [[Int]] = []
+            for _ in 0..<n { leaves.append(try r.ints("episodes")) }
+            m = .work(WorkUnit(id: id, kind: kind, version: version, leaves: leaves))
         case 7:
             let id = try r.int("unit id"), ver = try r.int("version")
             let (theta, alpha, shared) = try r.payload("grad theta", "grad alpha")

@@ -29,11 +29,16 @@ public struct Hello: Equatable, Sendable {
     /// SHA-256 fingerprint of the dataset file the worker opened itself.
     public var datasetFingerprint: String
     public var hardware: Hardware
+    /// Compute processes behind this connection: 1 for a plain worker, N for a
+    /// host agent (`worker --procs N`). The coordinator sizes blocks and the
+    /// units a connection may hold by it.
+    public var procs: Int
     /// Set by the worker's transport, not its protocol logic.
     public var sharedMemory: SharedOffer?
-    public init(workerName: String, datasetFingerprint: String, hardware: Hardware = .unknown, sharedMemory: SharedOffer? = nil) {
+    public init(workerName: String, datasetFingerprint: String, hardware: Hardware = .unknown, procs: Int = 1,
+                sharedMemory: SharedOffer? = nil) {
         self.workerName = workerName; self.datasetFingerprint = datasetFingerprint; self.hardware = hardware
-        self.sharedMemory = sharedMemory
+        self.procs = procs; self.sharedMemory = sharedMemory
     }
 }
 
@@ -67,16 +72,25 @@ public struct SharedPayload: Equatable, Sendable {
 /// What a work unit asks for.
 public enum UnitKind: UInt8, Sendable { case train = 0, eval = 1 }
 
-/// A fixed chunk of tasks, computed on the weights of `version`.
+/// Work computed on the weights of `version`. A train unit is a block: the
+/// leaves (chunks) of one node of the reduction tree, or a piece of one chunk;
+/// its result is the node's sum over the tree (docs/PROTOCOL.md). An eval unit
+/// has one leaf of val episodes.
 public struct WorkUnit: Equatable, Sendable {
     public var id: Int
     public var kind: UnitKind
     public var version: Int
-    /// Episode indices: train episodes for `train`, val episodes for `eval`.
-    public var episodes: [Int]
-    public init(id: Int, kind: UnitKind, version: Int, episodes: [Int]) {
-        self.id = id; self.kind = kind; self.version = version; self.episodes = episodes
+    /// Episode indices of each leaf, in leaf order: train episodes for `train`, val episodes for `eval`.
+    public var leaves: [[Int]]
+    public init(id: Int, kind: UnitKind, version: Int, leaves: [[Int]]) {
+        self.id = id; self.kind = kind; self.version = version; self.leaves = leaves
     }
+    /// A unit of one leaf.
+    public init(id: Int, kind: UnitKind, version: Int, episodes: [Int]) {
+        self.init(id: id, kind: kind, version: version, leaves: [episodes])
+    }
+    /// Every episode of the unit, in leaf order.
+    public var episodes: [Int] { leaves.count == 1 ? leaves[0] : leaves.flatMap { $0 } }
 }
 
 /// A train unit's result: the SUM over its tasks (in unit order) of the task gradients and meta-losses.
