@@ -116,6 +116,8 @@ public struct CoordinatorMachine: Sendable {
     /// Whether `peer` is a live worker.
     public func knows(_ peer: PeerID) -> Bool { workers[peer] != nil }
     public var inPhase: Bool { phase != nil }
+    /// Units in the running phase (0 between phases).
+    public var phaseUnits: Int { phase?.units.count ?? 0 }
 
     // MARK: inputs
 

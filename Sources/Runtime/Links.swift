@@ -73,8 +73,8 @@ public final class CoordinatorLink {
     /// The run every outgoing envelope carries.
     public func setRun(_ id: String) { runId = id }
 
-    /// The socket to poll for incoming messages.
-    var pollable: ZMQSocket { router }
+    /// The sockets to poll for incoming messages (with another link's, by a host agent).
+    var sockets: [ZMQSocket] { [router] }
 
     /// Every message waiting now (up to `timeoutMs` for the first), with its
     /// sender. A hello's shared-memory offer is mapped here; a train result's
@@ -233,6 +233,9 @@ public final class WorkerLink {
             try sub.subscribe()
         } catch let e as TransportError { throw MetatrainError("cannot connect to \(endpoint): \(e)") }
     }
+
+    /// The sockets to poll for incoming messages (with another link's, by a host agent).
+    var sockets: [ZMQSocket] { [dealer, sub] }
 
     /// Every message waiting now on either socket (up to `timeoutMs` for the
     /// first), payloads resolved. A broadcast we cannot read (another run's

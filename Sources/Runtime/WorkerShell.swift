@@ -109,7 +109,8 @@ public final class WorkerShell {
         for d in directives where exitCode == nil {
             switch d {
             case .send(let message):
-                trace?.sent(try link.send(message, runId: machine.runId))
+                let sent = try link.send(message, runId: machine.runId)
+                trace?.sent(sent)
             case .configure(let json):
                 let config = try Config.parse(json, origin: "coordinator's config")
                 computer = UnitComputer(config: config, dataset: dataset)

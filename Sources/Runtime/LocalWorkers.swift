@@ -1,0 +1,93 @@
+import Foundation
+
+/// Worker processes started by `train` (its host agent) or by a host agent
+/// (its compute processes). A worker that dies while the run goes on (killed,
+/// out of memory, crashed) is reported to the coordinator, which re-queues its
+/// units at once instead of waiting for the worker timeout, and is started again
+/// under a new name (`local-2`, then `local-2.1`, …), at most `maxRestarts` times
+/// per slot so that a worker that cannot start does not loop.
+public final class LocalWorkers: @unchecked Sendable {
+    public let ended = EndedWorkers()
+    public let maxRestarts = 3
+    private let lock = NSLock()
+    private let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+    private let data: String, naming: (Int, Int) -> String, extra: (Int) -> [String]
+    private var endpoint = ""
+    private var processes: [Process] = []
+    private var restarts: [Int: Int] = [:]   // by slot
+    private var slots: [String: Int] = [:]    // by worker name
+    private var stopping = false
+
+    /// Workers are named `name(slot, restart)` (by default `local-2`, then
+    /// `local-2.1`, …) and run `worker --connect ENDPOINT --data DATA --name NAME`
+    /// with `extra(slot)`.
+    public init(data: String, name: @escaping (Int, Int) -> String = { slot, restart in "local-\(slot)" + (restart == 0 ? "" : ".\(restart)") },
+                extra: @escaping (Int) -> [String] = { _ in [] }) {
+        self.data = data; self.naming = name; self.extra = extra
+    }
+
+    /// Starts workers 1...n, connecting to `endpoint`.
+    public func startAll(_ n: Int, endpoint: String) {
+        lock.lock(); self.endpoint = endpoint; lock.unlock()
+        for slot in 1...n { start(slot: slot) }
+    }
+
+    func workerName(slot: Int, restart: Int) -> String { naming(slot, restart) }
+
+    /// Starts the worker of `slot` (1-based); returns false if it could not be started.
+    @discardableResult
+    func start(slot: Int) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !stopping else { return false }
+        let restart = restarts[slot, default: 0]
+        let name = workerName(slot: slot, restart: restart)
+        slots[name] = slot
+        let p = Process()
+        p.executableURL = exe
+        p.arguments = ["worker", "--connect", endpoint, "--data", data, "--name", name, "--exit-with-parent", "\(getpid())"] + extra(slot)
+        let ended = self.ended
+        p.terminationHandler = { [weak self] p in
+            // Exit 0 follows the coordinator's shutdown and 130 an interrupt: only other ends are failures.
+            guard let self, p.terminationReason == .uncaughtSignal || (p.terminationStatus != 0 && p.terminationStatus != 130) else { return }
+            self.lock.lock(); let stopping = self.stopping; self.lock.unlock()
+            if stopping { return }
+            let how = p.terminationReason == .uncaughtSignal ? "was killed by signal \(p.terminationStatus)" : "exited with status \(p.terminationStatus)"
+            ended.report(name: name, reason: "(pid \(p.processIdentifier)) \(how)")
+        }
+        do { try p.run() } catch {
+            FileHandle.standardError.write(Data("could not start worker \(name): \(error)\n".utf8))
+            return false
+        }
+        processes.append(p)
+        return true
+    }
+
+    /// Starts the worker named `name` again, if its slot has restarts left; returns a line for the log.
+    public func restart(_ name: String) -> String? {
+        lock.lock()
+        guard let slot = slots[name], name == workerName(slot: slot, restart: restarts[slot, default: 0]), !stopping else {
+            lock.unlock(); return nil
+        }
+        let done = restarts[slot, default: 0]
+        if done >= maxRestarts {
+            lock.unlock()
+            return "worker \(name) ended; local worker \(slot) was started \(maxRestarts + 1) times, not again"
+        }
+        restarts[slot] = done + 1
+        lock.unlock()
+        return start(slot: slot) ? "started local worker \(slot) again as \(workerName(slot: slot, restart: done + 1))" : nil
+    }
+
+    /// After the run: waits up to 5 s for the workers to follow the coordinator's
+    /// shutdown, then terminates any left (none may outlive `train`).
+    public func reap() {
+        lock.lock(); stopping = true; let all = processes; lock.unlock()
+        let deadline = Date().addingTimeInterval(5)
+        for c in all {
+            while c.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+            if c.isRunning { c.terminate() }
+        }
+    }
+}
+
