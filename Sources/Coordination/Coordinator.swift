@@ -320,10 +320,10 @@ public struct CoordinatorMachine: Sendable {
         return [.phaseComplete(PhaseResults(phase: p, results: ordered))]
     }
 
-    /// Hands pending units to ready workers: first to workers with an idle
-    /// process (connections with more processes first, then in join order),
-    /// then, while more units are pending than processes are live, a queued
-    /// unit to each busy one, up to `unitsPerWorker` − 1 beyond its processes.
+    /// Hands pending units to ready workers: first one to each idle process
+    /// (connections with more processes first, then in join order), then,
+    /// while more units are pending than processes are live, a queued unit to
+    /// each busy connection, up to `unitsPerWorker` − 1 beyond its processes.
     mutating func dispatch() -> [Directive] {
         guard let p = phase else { return [] }
         var out: [Directive] = []
@@ -332,16 +332,23 @@ public struct CoordinatorMachine: Sendable {
             return a != b ? a > b : $0.offset < $1.offset
         }.map(\.element)
         let procs = liveProcs
-        let most = workers.values.map { $0.procs + settings.unitsPerWorker - 1 }.max() ?? 0
+        func give(_ peer: PeerID) {
+            let index = pending.removeFirst()
+            let id = firstUnitId + index
+            workers[peer]!.units.append(id)
+            out.append(.send(peer, .work(WorkUnit(id: id, kind: p.kind, version: p.version, leaves: p.units[index]))))
+        }
+        let most = workers.values.map(\.procs).max() ?? 0
         for held in 0..<most {
             for peer in order where !pending.isEmpty {
-                guard var w = workers[peer], w.ready, w.units.count == held, held < w.procs + settings.unitsPerWorker - 1 else { continue }
-                if held >= w.procs && pending.count <= procs { continue }
-                let index = pending.removeFirst()
-                let id = firstUnitId + index
-                w.units.append(id)
-                workers[peer] = w
-                out.append(.send(peer, .work(WorkUnit(id: id, kind: p.kind, version: p.version, leaves: p.units[index]))))
+                guard let w = workers[peer], w.ready, held < w.procs, w.units.count == held else { continue }
+                give(peer)
+            }
+        }
+        for extra in 0..<max(0, settings.unitsPerWorker - 1) {
+            for peer in order where pending.count > procs {
+                guard let w = workers[peer], w.ready, w.units.count == w.procs + extra else { continue }
+                give(peer)
             }
         }
         return out

@@ -30,6 +30,8 @@ public final class HostAgent {
     let protocolVersion: UInt16
     let stop: StopFlag
     let log: (String) -> Void
+    /// Lines said whatever the verbosity: a process that died and was started again.
+    public var notice: (String) -> Void = { _ in }
     public var coordinatorTimeout = 120.0
     /// Exit when this process is no longer our parent (an agent started by `train`).
     public var exitWithParent: pid_t?
@@ -143,8 +145,10 @@ public final class HostAgent {
                     try executeDown(downMachine!.onTick(now: now))
                     down.forget(except: { self.downMachine!.knows($0) })
                     for (child, reason) in children?.ended.take() ?? [] {
-                        try executeDown(downMachine!.onWorkerGone(name: child, reason: reason))
-                        if let line = children?.restart(child) { log(line) }
+                        for d in downMachine!.onWorkerGone(name: child, reason: reason) {
+                            if case .log(let line) = d { notice(line) } else { try executeDown([d]) }
+                        }
+                        if let line = children?.restart(child) { notice(line) }
                     }
                 }
             }
@@ -185,12 +189,8 @@ public final class HostAgent {
         theta = FloatBuffer(count: n); alpha = metasgd ? FloatBuffer(count: n) : nil
         gradTheta = FloatBuffer(count: n); gradAlpha = metasgd ? FloatBuffer(count: n) : nil
         queue = []; jobs = []
-        runs += 1
-        let runId = "agent-\(getpid())-\(runs)"
-        down.setRun(runId)
-        downMachine = CoordinatorMachine(settings: .init(runId: runId, datasetFingerprint: dataset.fingerprint, configJSON: json,
-                                                         workerTimeout: 60, waitingNoticeInterval: 1e9),
-                                         version: -1)
+        innerConfig = json
+        newInnerRun()
         if children == nil {
             let traceDir = self.traceDir
             let workers = LocalWorkers(data: dataPath, name: { slot, restart in
@@ -203,6 +203,24 @@ public final class HostAgent {
         }
     }
 
+    /// The configuration of the inner run, and the coordinator's run it serves.
+    private var innerConfig = ""
+    private var innerServes = ""
+
+    /// A fresh inner run: weights versions within a run only grow, so a
+    /// coordinator's new run (a restart with `--resume` starts again at an
+    /// older version) gets a new inner run too. The processes notice the new
+    /// run id, forget what they hold and join it by themselves.
+    func newInnerRun() {
+        runs += 1
+        let runId = "agent-\(getpid())-\(runs)"
+        down.setRun(runId)
+        innerServes = upMachine.runId
+        downMachine = CoordinatorMachine(settings: .init(runId: runId, datasetFingerprint: dataset.fingerprint, configJSON: innerConfig,
+                                                         workerTimeout: 60, waitingNoticeInterval: 1e9),
+                                         version: -1)
+    }
+
     /// Starts queued units: into the running inner phase when they are of its
     /// version and kind, or as a new phase (after installing their weights) once it is done.
     func pump() throws {
@@ -211,6 +229,10 @@ public final class HostAgent {
             if let running = jobs.first {
                 guard install == nil, u.version == downMachine!.version, u.kind == running.unit.kind else { return }
             } else if let w = install {
+                if innerServes != upMachine.runId || w.version <= downMachine!.version {
+                    log("the coordinator's run is now \(upMachine.runId) at version \(w.version); the processes join a new inner run")
+                    newInnerRun()
+                }
                 try publish(w)
             }
             queue.removeFirst()

@@ -11,6 +11,9 @@ import Wire
 /// state machines: a received message's payloads are resolved before it is
 /// handed on, and a sent one's are placed as the link sees fit.
 
+/// Messages a link hands over per `receive` call at most.
+let receiveBatch = 256
+
 /// A received frame: a message, or why it could not be read.
 public enum Incoming {
     case message(Envelope)
@@ -30,8 +33,8 @@ public final class CoordinatorLink {
     private var pub: ZMQSocket!
     /// Where local workers read published weights (nil: every broadcast is inline).
     private var weightsArena: SharedArena?
-    /// Workers' shared-memory files we mapped, by peer, with the path each hello offered.
-    private var mapped: [PeerID: (path: String, view: SharedView)] = [:]
+    /// Workers' shared-memory files we mapped, by peer, with the offer each hello made.
+    private var mapped: [PeerID: (offer: SharedOffer, view: SharedView)] = [:]
     /// The weights to publish and to answer fetches with (views the owner keeps valid until the next `setWeights`).
     private var weights: Weights?
     private var runId = ""
@@ -82,7 +85,8 @@ public final class CoordinatorLink {
     public func receive(timeoutMs: Int) throws -> [(PeerID, Incoming)] {
         guard try zmqPoll([router], timeoutMs: timeoutMs)[0] else { return [] }
         var out: [(PeerID, Incoming)] = []
-        while let frames = try router.receiveFrames(timeoutMs: 0) {
+        // At most `receiveBatch` at a time, so that a flood never starves the caller's timers.
+        while out.count < receiveBatch, let frames = try router.receiveFrames(timeoutMs: 0) {
             guard frames.count == 2 else {
                 log("dropped a message of \(frames.count) frames")
                 continue
@@ -116,7 +120,9 @@ public final class CoordinatorLink {
     }
 
     /// Maps the shared-memory file a hello offers, if it is on this machine
-    /// (a repeated hello offering the same file keeps the mapping).
+    /// (a repeated hello offering the same file keeps the mapping; a new file
+    /// may have the old one's path, since a closed descriptor's number is
+    /// reused, but never its token).
     func map(_ h: Hello, from peer: PeerID) {
         guard let offer = h.sharedMemory else {
             if mapped.removeValue(forKey: peer) != nil {
@@ -124,9 +130,9 @@ public final class CoordinatorLink {
             }
             return
         }
-        if mapped[peer]?.path == offer.path { return }
+        if mapped[peer]?.offer == offer { return }
         do {
-            mapped[peer] = (offer.path, try SharedView(offer))
+            mapped[peer] = (offer, try SharedView(offer))
             log("worker \(h.workerName): results through shared memory (\(offer.path))")
         } catch {
             mapped[peer] = nil
@@ -247,7 +253,10 @@ public final class WorkerLink {
         let ready = try zmqPoll([dealer, sub], timeoutMs: timeoutMs)
         var out: [Incoming] = []
         for (socket, isReady) in zip([dealer!, sub!], ready) where isReady {
-            while let frames = try socket.receiveFrames(timeoutMs: 0) {
+            var taken = 0
+            // At most `receiveBatch` at a time, so that a flood never starves the caller's timers.
+            while taken < receiveBatch, let frames = try socket.receiveFrames(timeoutMs: 0) {
+                taken += 1
                 guard frames.count == 1 else { log("dropped a message of \(frames.count) frames"); continue }
                 do {
                     // Decoded in place: weights stay in the received frame until installed.

@@ -19,15 +19,23 @@ struct BenchCommand: ParsableCommand {
         workers alternate; each figure is the best block of iterations). From the
         processes' traces it also prints where a worker's iteration goes
         (computing, or idle at the start, between units, in the tail, at the end)
-        and how much slower computing is with both cores busy. Figures, not tests.
+        and how much slower computing is with both cores busy. With 2 workers
+        the run is what `train --workers 2` starts: one host agent of two
+        processes. --hosts measures across hosts instead (root): network
+        namespaces as hosts, links limited with tc tbf to 1 and 10 Gbit/s, time
+        per iteration against one machine in the same run, the coordinator
+        link's bytes per iteration in weight-sized payloads, and tasks per
+        second at meta-batch sizes 32, 128 and 256. Figures, not tests.
         Example:
           swift build -c release && .build/release/metatrain bench
+          sudo .build/release/metatrain bench --hosts
         """)
 
     @Option(help: "Seconds to spend on each measurement (best of 5 blocks).") var seconds = 3.0
     @Option(help: "Synthetic users for the prepare and meta-iteration measurements.") var users = 3000
     @Option(help: "Meta-iterations per run and worker count (0 skips the distributed measurement).") var metaIterations = 40
     @Option(help: "Rounds of alternating 1- and 2-worker runs.") var rounds = 3
+    @Flag(help: "Measure across hosts (network namespaces, tc tbf rate limits; needs root) instead.") var hosts = false
 
     /// Seconds per call: the best of 5 timed blocks of `seconds`/5 each, so a
     /// neighbour stealing the CPU for a moment does not count against us.
@@ -48,6 +56,14 @@ struct BenchCommand: ParsableCommand {
         #if DEBUG
         print("warning: debug build; measure with `swift build -c release`")
         #endif
+        if hosts {
+            let dir = NSTemporaryDirectory() + "metatrain-bench-\(getpid())"
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let dataset = try metaDataset(dir: dir)
+            try benchHosts(dir: dir, data: dir + "/meta.h5", dataset: dataset)
+            return
+        }
         // (a) reference: large single-thread sgemm.
         let n = 1024
         let a = FloatBuffer(count: n * n), b = FloatBuffer(count: n * n), c = FloatBuffer(count: n * n)
@@ -88,10 +104,7 @@ struct BenchCommand: ParsableCommand {
 
         // (d) distributed FOMAML at the default sizes (B 32, K 5, Q 10, 5 inner steps, E 64, H 128, V 1,519).
         guard metaIterations > 0 else { return }
-        var m = SynthOptions(); m.users = users; m.courses = 1518
-        _ = try Synth.write(to: dir + "/meta.csv", options: m)
-        let (dataset, _) = try Prepare.run(csvPath: dir + "/meta.csv", config: Config.defaults())
-        try DatasetFile.write(dataset, to: dir + "/meta.h5")
+        let dataset = try metaDataset(dir: dir)
         // Runs with 1 and 2 workers alternate, so a slow spell of the machine
         // hits both; each figure is the best block over all rounds.
         var best: [Int: (per: Double, coord: Double, parts: IterationBreakdown)] = [:]
@@ -124,6 +137,15 @@ import Training
 extension BenchCommand {
     /// Meta-iterations per second at the default sizes with `workers` local worker
     /// processes, and the coordinator's own share of each iteration.
+    /// The meta-iteration measurements' data: `users` synthetic users, 1,518 courses, at DIR/meta.h5.
+    func metaDataset(dir: String) throws -> Dataset {
+        var m = SynthOptions(); m.users = users; m.courses = 1518
+        _ = try Synth.write(to: dir + "/meta.csv", options: m)
+        let (dataset, _) = try Prepare.run(csvPath: dir + "/meta.csv", config: Config.defaults())
+        try DatasetFile.write(dataset, to: dir + "/meta.h5")
+        return dataset
+    }
+
     func metaIterations(data: String, dataset: Dataset, workers: Int, iterations: Int, dir: String, tag: String) throws
         -> (per: Double, coord: Double, parts: IterationBreakdown) {
         let config = try Config.load(path: nil, overrides: ["maml.iterations=\(iterations)", "eval.every=1000000",
@@ -138,15 +160,14 @@ extension BenchCommand {
         shell.trace = Trace(process: "coordinator")
         var children: [Process] = []
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        // What `train --workers N` starts: one plain worker, or one host agent of N processes (bench-1 … bench-N).
         shell.onBound = { endpoint in
-            for i in 0..<workers {
-                let p = Process()
-                p.executableURL = exe
-                p.arguments = ["worker", "--connect", endpoint, "--data", data, "--name", "bench-\(i)", "--exit-with-parent", "\(getpid())",
-                               "--trace", runDir + "/worker-\(i).jsonl"]
-                try? p.run()
-                children.append(p)
-            }
+            let p = Process()
+            p.executableURL = exe
+            p.arguments = ["worker", "--connect", endpoint, "--data", data, "--exit-with-parent", "\(getpid())", "--procs", "\(workers)"]
+                + (workers == 1 ? ["--name", "bench-1", "--trace", runDir + "/worker-1.jsonl"] : ["--name", "bench", "--trace-dir", runDir])
+            try? p.run()
+            children.append(p)
         }
         _ = try shell.run()
         for c in children { c.waitUntilExit() }
@@ -168,7 +189,7 @@ extension BenchCommand {
             if per < best.per { best = (per, coord, vs) }
             start += blockLength
         }
-        for i in 0..<workers { records += try Trace.read(runDir + "/worker-\(i).jsonl") }
+        for i in 1...workers { records += try Trace.read(runDir + "/worker-\(i).jsonl") }
         let parts = IterationBreakdown(records, versions: best.versions)
         return (best.per, best.coord, parts)
     }

@@ -23,7 +23,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Number of local worker processes.") var workers = 2
     @Option(help: ArgumentHelp("Endpoint for the coordinator (default: a private ipc:// socket, the fastest for local workers; tcp://HOST:PORT also lets other machines' workers join, port 0 picks free ports).", valueName: "endpoint"))
     var bind: String?
-    @Option(help: ArgumentHelp("Write every process's event timeline to DIR (coordinator.jsonl, worker-N.jsonl) when the run ends.", valueName: "dir"))
+    @Option(help: ArgumentHelp("Write every process's event timeline to DIR (coordinator.jsonl, worker-N.jsonl, agents/local.jsonl) when the run ends.", valueName: "dir"))
     var trace: String?
     @Flag(help: "Workers send results and take weights through the socket instead of through shared memory.")
     var noSharedMemory = false
@@ -45,7 +45,7 @@ struct TrainCommand: ParsableCommand {
             (n == 1 ? "local-1" : "local") + (restart == 0 ? "" : ".\(restart)")
         }, extra: { _ in
             ["--procs", "\(n)"] + (socketOnly ? ["--no-shared-memory"] : [])
-                + (trace.map { n == 1 ? ["--trace", $0 + "/worker-1.jsonl"] : ["--trace", $0 + "/agent.jsonl", "--trace-dir", $0] } ?? [])
+                + (trace.map { n == 1 ? ["--trace", $0 + "/worker-1.jsonl"] : ["--trace", $0 + "/agents/local.jsonl", "--trace-dir", $0] } ?? [])
         })
         shell.endedWorkers = workers.ended
         shell.onBound = { endpoint in workers.startAll(1, endpoint: endpoint) }

@@ -60,6 +60,7 @@ struct WorkerCommand: ParsableCommand {
             agent.exitWithParent = exitWithParent
             agent.sharedMemory = !noSharedMemory
             agent.traceDir = traceDir
+            agent.notice = { line in FileHandle.standardError.write(Data("worker \(label): \(line)\n".utf8)) }
             if trace != nil { agent.trace = Trace(process: label) }
             result = Result { try agent.run() }
             if let trace { try agent.trace?.write(to: trace) }

@@ -26,7 +26,7 @@ final class ClusterRecipeTests: XCTestCase {
                 commands.append(command.map { "\($0)" })
             }
         }
-        XCTAssertEqual(Set(kinds), ["PersistentVolumeClaim", "Service", "Job", "Deployment"])
+        XCTAssertEqual(Set(kinds), ["PersistentVolumeClaim", "Service", "Job", "DaemonSet"])
         XCTAssertEqual(servicePorts.sorted(), [5555, 5556], "PORT for work and PORT+1 for weights")
         XCTAssertEqual(commands.count, 2)
         var subcommands: [String] = []
@@ -39,6 +39,7 @@ final class ClusterRecipeTests: XCTestCase {
         XCTAssertEqual(subcommands.sorted(), ["coordinator", "worker"])
         let worker = try XCTUnwrap(commands.first { $0.dropFirst().first == "worker" })
         XCTAssertTrue(worker.contains("tcp://metatrain-coordinator:5555"), "workers connect to the Service: \(worker)")
+        XCTAssertTrue(worker.contains("--procs"), "one host agent per node: \(worker)")
         // The check itself can fail: an option the CLI does not know is refused.
         XCTAssertThrowsError(try Metatrain.parseAsRoot(["worker", "--connect", "tcp://x:5555", "--data", "d.h5", "--procs", "4x"]))
     }
@@ -71,7 +72,7 @@ final class ClusterRecipeTests: XCTestCase {
 
     /// The sbatch recipe under a real single-node Slurm (munge, slurmctld and
     /// slurmd started by the test): a short job runs the coordinator and two
-    /// workers, is requeued once a checkpoint exists, resumes from it by itself,
+    /// compute processes under one host agent, is requeued once a checkpoint exists, resumes from it by itself,
     /// and ends with the weights of an uninterrupted `train` run.
     func testSlurmRecipeRunsAndResumesAfterARequeue() throws {
         guard getuid() == 0 else { throw XCTSkip("a test Slurm cluster needs root") }
@@ -99,7 +100,7 @@ final class ClusterRecipeTests: XCTestCase {
         XCTAssertEqual(whole.status, 0, whole.stderr)
 
         let run = dir + "/run"
-        let (submitted, jobText) = sh("sbatch --parsable --nodes=1 --ntasks-per-node=2 --output=\(dir)/job-%j.out "
+        let (submitted, jobText) = sh("sbatch --parsable --nodes=1 --ntasks-per-node=1 --cpus-per-task=2 --output=\(dir)/job-%j.out "
                                       + "\(slurm)/metatrain.sbatch \(dir)/data.h5 \(dir)/experiment.yaml \(run)", env: slurmEnv)
         XCTAssertEqual(submitted, 0, jobText)
         let job = jobText.trimmingCharacters(in: .whitespacesAndNewlines)

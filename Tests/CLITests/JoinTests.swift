@@ -23,7 +23,8 @@ final class JoinTests: XCTestCase {
 
     func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
 
-    /// Many rounds of a coordinator and 2–3 separate workers started together
+    /// Many rounds of a coordinator and 2–3 separate workers (plain workers and
+    /// host agents of two processes, alternately) started together
     /// (staggered by up to 0.9 s, as machines and loaders make them), through
     /// the socket and through shared memory. No worker may fail and no round may
     /// need the worker timeout (600 s here: a stall fails the round's deadline).
@@ -48,7 +49,8 @@ final class JoinTests: XCTestCase {
                     started = delays[k]
                     let err = run + "-w\(k).err"
                     workers.append((err, try startDetached(["worker", "--connect", endpoint, "--data", JoinTests.bigData,
-                                                            "--name", "w\(k)"] + (socketOnly ? ["--no-shared-memory"] : []),
+                                                            "--name", "w\(k)", "--procs", "\(1 + (k + r) % 2)"]
+                                                           + (socketOnly ? ["--no-shared-memory"] : []),
                                                            stderr: err)))
                 }
                 defer { for (_, w) in workers { w.killGroup(); w.wait() } }
@@ -68,8 +70,8 @@ final class JoinTests: XCTestCase {
         XCTAssertEqual(rounds, 12)
     }
 
-    /// A worker that fails mid-run says goodbye with its error and one that is
-    /// interrupted (SIGTERM) says so: the coordinator drops each at once and its
+    /// A worker that fails mid-run says goodbye with its error and a host agent
+    /// that is interrupted (SIGTERM) says so, and stops its processes: the coordinator drops each at once and its
     /// units go to the remaining worker, with the worker timeout far away. The
     /// weights are those of a run that never lost a worker.
     func testFailingAndInterruptedWorkersSayGoodbyeAndTheirUnitsAreRequeuedAtOnce() throws {
@@ -87,11 +89,11 @@ final class JoinTests: XCTestCase {
             try startDetached(["worker", "--connect", endpoint, "--data", small, "--name", name] + extra, stderr: run + "-\(name).err")
         }
         // The failing and the interrupted worker join first, so that they surely hold units.
-        let failing = try worker("failing", ["--fail-after-units", "3"])
-        let interrupted = try worker("interrupted")
+        let failing = try worker("failing", ["--fail-after-units", "3", "--procs", "1"])
+        let interrupted = try worker("interrupted", ["--procs", "2"])
         defer { failing.killGroup(); interrupted.killGroup() }
         let deadline = Date().addingTimeInterval(60)
-        while !(read(run + "/coordinator.log").contains("worker interrupted joined")
+        while !(read(run + "/coordinator.log").contains("host agent interrupted of 2 processes joined")
                 && read(run + "/coordinator.log").contains("worker failing joined")) && Date() < deadline {
             Thread.sleep(forTimeInterval: 0.01)
         }
@@ -101,7 +103,7 @@ final class JoinTests: XCTestCase {
         XCTAssertTrue(read(run + "-failing.err").contains("injected failure computing unit"),
                       read(run + "-failing.err"))
         // Only now does a worker join that can finish the run.
-        let steady = try worker("steady")
+        let steady = try worker("steady", ["--procs", "2"])
         defer { steady.killGroup() }
         let status = coord.wait(seconds: 120)
         let log = read(run + "/coordinator.log")
@@ -111,7 +113,7 @@ final class JoinTests: XCTestCase {
         XCTAssertTrue(log.contains("worker failing left (injected failure computing unit"), log)
         XCTAssertFalse(log.contains("silent for"), log)
         // Every join names the kernels this machine's OpenBLAS picked; all workers here share them.
-        XCTAssertTrue(log.contains("worker steady joined (1 live; OpenBLAS "), log)
+        XCTAssertTrue(log.contains("host agent steady of 2 processes joined (1 live; OpenBLAS "), log)
         XCTAssertFalse(log.contains("warning: worker"), log)
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
                        try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")))

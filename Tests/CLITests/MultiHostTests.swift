@@ -1,4 +1,5 @@
 import Foundation
+import Runtime
 import XCTest
 
 /// Meta-training across hosts: network namespaces with their own addresses on
@@ -27,7 +28,7 @@ final class MultiHostTests: XCTestCase {
         }
     }
 
-    /// Two hosts' workers and a coordinator on a third give the bits of a
+    /// Two hosts' host agents (two processes each) and a coordinator on a third give the bits of a
     /// one-machine run; then one host's link is cut mid-run: its units go to
     /// the other host, it rejoins when the link is back, and the run still
     /// ends bit-identical.
@@ -51,7 +52,7 @@ final class MultiHostTests: XCTestCase {
                               stderr: run + ".err", prefix: lab.exec(c))
         }
         func worker(_ host: NetworkLab.Host, _ name: String, port: Int) throws -> GroupProcess {
-            try startDetached(["worker", "--connect", "tcp://\(c.address):\(port)", "--data", data, "--name", name, "--no-shared-memory"],
+            try startDetached(["worker", "--connect", "tcp://\(c.address):\(port)", "--data", data, "--name", name, "--procs", "2", "--no-shared-memory"],
                               stderr: MultiHostTests.dir + "/\(name)-\(port).err", prefix: lab.exec(host))
         }
 
@@ -66,7 +67,7 @@ final class MultiHostTests: XCTestCase {
         for w in workers { XCTAssertEqual(w.wait(seconds: 20), 0) }
         let log = read(plain + "/coordinator.log")
         XCTAssertTrue(log.contains("listening on tcp://10.213.0.1:5555"), log)
-        XCTAssertTrue(log.contains("worker host1 joined") && log.contains("worker host2 joined"), log)
+        XCTAssertTrue(log.contains("host agent host1 of 2 processes joined") && log.contains("host agent host2 of 2 processes joined"), log)
         XCTAssertEqual(try bytes(plain + "/final.h5"), try bytes(reference + "/final.h5"), "two hosts vs one machine")
         let sent = lab.counters(c)
         XCTAssertGreaterThan(sent.tx, 1_000_000, "the weights crossed the bridge")
@@ -80,7 +81,7 @@ final class MultiHostTests: XCTestCase {
         defer { for w in workers2 { w.killGroup(); w.wait() } }
         try waitFor(60, "both hosts to join and 500 iterations") {
             let log = read(cut + "/coordinator.log")
-            return log.contains("worker host1 joined") && log.contains("worker host2 joined")
+            return log.contains("host agent host1 of 2 processes joined") && log.contains("host agent host2 of 2 processes joined")
                 && read(cut + "/metrics.jsonl").split(separator: "\n").count >= 500
         }
         try lab.setLink(h1, up: false)
@@ -89,7 +90,7 @@ final class MultiHostTests: XCTestCase {
         try waitFor(60, "host 2 to go on alone") { read(cut + "/metrics.jsonl").split(separator: "\n").count >= whileCut + 100 }
         try lab.setLink(h1, up: true)
         try waitFor(120, "host 1 to rejoin") {
-            read(cut + "/coordinator.log").components(separatedBy: "worker host1 joined").count >= 3
+            read(cut + "/coordinator.log").components(separatedBy: "host agent host1 of 2 processes joined").count >= 3
         }
         XCTAssertEqual(coord2.wait(seconds: 300), 0, read(cut + "/coordinator.log"))
         for w in workers2 { XCTAssertEqual(w.wait(seconds: 20), 0) }

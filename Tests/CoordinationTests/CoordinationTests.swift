@@ -25,7 +25,7 @@ final class CoordinatorMachineTests: XCTestCase {
     /// Workers a and b share a phase of five units; b has returned all of its own. Returns the two a still holds.
     func aHoldsTwoUnitsAndBFinishedItsOwn(_ m: inout CoordinatorMachine) -> [Int] {
         join(&m, a); join(&m, b)
-        let sent = work(m.startPhase(.init(kind: .train, version: 0, units: [[1], [2], [3], [4], [5]])))
+        let sent = work(m.startPhase(.init(kind: .train, version: 0, leaves: [[1], [2], [3], [4], [5]])))
         let held = sent.filter { $0.0 == a }.map { $0.1.id }
         XCTAssertEqual(held.count, 2)
         for (_, u) in sent where !held.contains(u.id) { _ = m.onMessage(env(result(u, 1)), from: b, now: 1) }
@@ -45,7 +45,7 @@ final class CoordinatorMachineTests: XCTestCase {
     func testUnitsGoToReadyWorkersAndResultsComeBackInUnitOrder() {
         var m = machine()
         join(&m, a); join(&m, b)
-        let started = m.startPhase(.init(kind: .train, version: 0, units: [[1, 2], [3, 4], [5]]))
+        let started = m.startPhase(.init(kind: .train, version: 0, leaves: [[1, 2], [3, 4], [5]]))
         let w1 = work(started)
         XCTAssertEqual(w1.map(\.0), [a, b])
         XCTAssertEqual(w1.map(\.1.episodes), [[1, 2], [3, 4]])
@@ -67,7 +67,7 @@ final class CoordinatorMachineTests: XCTestCase {
     func testBusyWorkersGetAQueuedUnitWhileWorkRemains() {
         var m = machine()
         join(&m, a); join(&m, b)
-        let w0 = work(m.startPhase(.init(kind: .train, version: 0, units: (1...6).map { [$0] })))
+        let w0 = work(m.startPhase(.init(kind: .train, version: 0, leaves: (1...6).map { [$0] })))
         XCTAssertEqual(w0.map(\.0), [a, b, a, b], "one to compute and one queued each")
         XCTAssertEqual(w0.map(\.1.episodes), [[1], [2], [3], [4]])
         // Two pending for two workers: finishing a unit with one still queued brings no new one.
@@ -90,7 +90,7 @@ final class CoordinatorMachineTests: XCTestCase {
     func testWrongVersionIsDiscardedAndRequeued() {
         var m = machine()
         join(&m, a)
-        let u = work(m.startPhase(.init(kind: .train, version: 0, units: [[1]])))[0].1
+        let u = work(m.startPhase(.init(kind: .train, version: 0, leaves: [[1]])))[0].1
         var stale = u; stale.version = 5
         let d = m.onMessage(env(result(stale, 9)), from: a, now: 1)
         XCTAssertTrue(d.contains { if case .log(let s) = $0 { return s.contains("discarded unit") }; return false })
@@ -102,7 +102,7 @@ final class CoordinatorMachineTests: XCTestCase {
     func testSilentWorkerIsDroppedAndItsUnitReassigned() {
         var m = machine()
         join(&m, a); join(&m, b, now: 0)
-        let w = work(m.startPhase(.init(kind: .train, version: 0, units: [[1], [2]])))
+        let w = work(m.startPhase(.init(kind: .train, version: 0, leaves: [[1], [2]])))
         _ = m.onMessage(env(result(w[1].1, 2)), from: b, now: 5)   // b done and ready; a goes silent
         _ = m.onMessage(env(.heartbeat), from: b, now: 9)
         let d = m.onTick(now: 11)
@@ -192,6 +192,71 @@ final class CoordinatorMachineTests: XCTestCase {
     }
 }
 
+/// Host agents: a connection with N processes, and an agent's own phase that
+/// grows as blocks arrive.
+final class HostAgentMachineTests: XCTestCase {
+    let agent = PeerID([9]), plain = PeerID([1])
+    func env(_ m: Message) -> Envelope { Envelope(runId: "run", message: m) }
+    func machine() -> CoordinatorMachine {
+        CoordinatorMachine(settings: .init(runId: "run", datasetFingerprint: "fp", configJSON: "{}", workerTimeout: 10), version: 0)
+    }
+    func work(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, WorkUnit)] {
+        d.compactMap { if case .send(let p, .work(let u)) = $0 { return (p, u) }; return nil }
+    }
+    func join(_ m: inout CoordinatorMachine, _ p: PeerID, procs: Int) -> [CoordinatorMachine.Directive] {
+        let d = m.onMessage(env(.hello(Hello(workerName: "w\(p)", datasetFingerprint: "fp", procs: procs))), from: p, now: 0)
+        return d + m.onMessage(env(.ready), from: p, now: 0)
+    }
+    func result(_ u: WorkUnit) -> Message {
+        .trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: [Float(u.id)], gradAlpha: [], lossSum: 0, tasks: 1))
+    }
+
+    /// An agent of 3 processes takes 3 units at once, before a plain worker that joined first, and one
+    /// more queued while units remain; a plain worker holds at most 2. Blocks keep their leaves.
+    func testAnAgentHoldsAUnitPerProcessAndAQueuedOne() {
+        var m = machine()
+        let logs = join(&m, plain, procs: 1) + join(&m, agent, procs: 3)
+        XCTAssertTrue(logs.contains(.log("host agent w09 of 3 processes joined (2 live; OpenBLAS ? on an unknown CPU)")), "\(logs)")
+        XCTAssertEqual(m.liveProcs, 4)
+        let sent = work(m.startPhase(.init(kind: .train, version: 0, units: (0..<10).map { [[$0], [$0 + 100]] })))
+        XCTAssertEqual(sent.map(\.0), [agent, plain, agent, agent, agent, plain], "idle processes first, biggest host first")
+        XCTAssertEqual(sent[0].1.leaves, [[0], [100]])
+        // Four pending for four processes: no queued unit again until fewer processes are busy.
+        XCTAssertTrue(work(m.onMessage(env(result(sent[0].1)), from: agent, now: 1)).isEmpty)
+        XCTAssertTrue(work(m.onMessage(env(result(sent[1].1)), from: plain, now: 1)).isEmpty, "its queued unit runs now")
+        XCTAssertEqual(work(m.onMessage(env(result(sent[5].1)), from: plain, now: 1)).map(\.0), [plain], "an idle process")
+    }
+
+    /// Units added to a running phase take the next indices, go out after the pending ones, and each
+    /// accepted result is reported as it comes, so an agent can send a block on as soon as it is whole.
+    func testUnitsAddedToARunningPhaseReportEachResult() {
+        var m = machine()
+        _ = join(&m, plain, procs: 1)
+        let first = work(m.startPhase(.init(kind: .train, version: 0, leaves: [[1], [2], [3]])))
+        XCTAssertEqual(first.map(\.1.episodes), [[1], [2]], "one to compute and one queued")
+        XCTAssertEqual(m.phaseUnits, 3)
+        XCTAssertTrue(work(m.addUnits([[[4]], [[5]], [[6]]], dispatchOrder: [2, 0, 1])).isEmpty, "the worker holds two already")
+        XCTAssertEqual(m.phaseUnits, 6)
+        var d = m.onMessage(env(result(first[0].1)), from: plain, now: 1)
+        guard case .unitResult(index: 0, .train(let r0))? = d.first(where: { if case .unitResult = $0 { return true }; return false }) else {
+            return XCTFail("no unit result in \(d)")
+        }
+        XCTAssertEqual(r0.unitId, first[0].1.id)
+        var held = [first[1].1] + work(d).map(\.1)
+        var order = work(d).map(\.1.episodes)
+        var complete = false
+        while let u = held.first {
+            held.removeFirst()
+            d = m.onMessage(env(result(u)), from: plain, now: 2)
+            for (_, w) in work(d) { held.append(w); order.append(w.episodes) }
+            if d.contains(where: { if case .phaseComplete = $0 { return true }; return false }) { complete = true }
+        }
+        XCTAssertEqual(order, [[3], [6], [4], [5]], "added units go out after the pending one, in their own dispatch order")
+        XCTAssertTrue(complete)
+        XCTAssertFalse(m.inPhase)
+    }
+}
+
 final class WorkerMachineTests: XCTestCase {
     func env(_ m: Message) -> Envelope { Envelope(runId: "run", message: m) }
 
@@ -216,6 +281,23 @@ final class WorkerMachineTests: XCTestCase {
         XCTAssertEqual(w.onMessage(env(.weights(Weights(version: 2, theta: [0], alpha: []))), now: 6), [])
         XCTAssertEqual(w.onMessage(env(.shutdown(reason: "done")), now: 7), [.exit(code: 0, reason: "done")])
         XCTAssertTrue(w.isStopped)
+    }
+
+    /// A host agent computes blocks on its processes while it listens: it may hold
+    /// several at once, and its heartbeats keep going meanwhile.
+    func testAnAgentComputesSeveralUnitsAndHeartbeatsMeanwhile() {
+        var w = WorkerMachine(name: "agent", datasetFingerprint: "fp")
+        w.procs = 4
+        XCTAssertEqual(w.onStart(now: 0), [.send(.hello(Hello(workerName: "agent", datasetFingerprint: "fp", procs: 4)))])
+        _ = w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 0)
+        let v0 = Weights(version: 0, theta: [0], alpha: [])
+        _ = w.onMessage(env(.weights(v0)), now: 0)
+        let u1 = WorkUnit(id: 1, kind: .train, version: 0, leaves: [[1], [2]]), u2 = WorkUnit(id: 2, kind: .train, version: 0, episodes: [3])
+        XCTAssertEqual(w.onMessage(env(.work(u1)), now: 1), [.compute(u1, install: v0)])
+        XCTAssertEqual(w.onMessage(env(.work(u2)), now: 1.1), [.compute(u2, install: nil)], "a second block while the first runs")
+        XCTAssertEqual(w.onTick(now: 3.5), [.send(.heartbeat)], "heartbeats go on while the blocks are computed")
+        let r = Message.trainResult(TrainResult(unitId: 2, version: 0, gradTheta: [0], gradAlpha: [], lossSum: 0, tasks: 1))
+        XCTAssertEqual(w.onComputed(r, now: 4), [.send(r)])
     }
 
     /// Work usually arrives a moment before its broadcast: the worker waits for

@@ -5,11 +5,35 @@ import Data
 import Kernels
 @testable import Training
 
-/// A chunk split into pieces (its first half summed, then single tasks) and
-/// re-joined by the coordinator gives the weights of the chunk sent whole, bit
-/// for bit, for every algorithm: what lets the coordinator end a phase on
-/// single tasks without breaking "same bits whatever the number of workers".
+/// Every way of handing a meta-batch out gives the same bits, for every
+/// algorithm: chunks whole or cut into pieces (the first half summed, then
+/// single tasks) and re-joined, blocks of the reduction tree summed by one
+/// worker, or blocks that a host agent cuts up again and pre-reduces. That is
+/// what "same bits whatever the number of workers and hosts" rests on.
 final class SplitChunkTests: XCTestCase {
+    func unitSums(_ r: (FloatBuffer, FloatBuffer?, Double, Int)) -> UnitSums {
+        UnitSums(gradTheta: UnsafeRawBufferPointer(r.0.buffer),
+                 gradAlpha: r.1.map { UnsafeRawBufferPointer($0.buffer) } ?? UnsafeRawBufferPointer(start: nil, count: 0),
+                 lossSum: r.2, tasks: r.3)
+    }
+
+    /// Guided partitions: nodes of the tree, big first, halving towards the end.
+    func testGuidedPartitionsAreNodesBigFirst() {
+        XCTAssertEqual(ReductionTree(leaves: 8).guidedPartition(into: 4), [0..<4, 4..<6, 6..<7, 7..<8])
+        XCTAssertEqual(ReductionTree(leaves: 8).guidedPartition(into: 1), [0..<8])
+        XCTAssertEqual(ReductionTree(leaves: 6).guidedPartition(into: 3), [0..<4, 4..<5, 5..<6])
+        XCTAssertEqual(ReductionTree(leaves: 2).guidedPartition(into: 8), [0..<1, 1..<2])
+        for n in 1...70 {
+            let tree = ReductionTree(leaves: n)
+            for k in 1...20 {
+                let p = tree.guidedPartition(into: k)
+                XCTAssertTrue(tree.isPartition(p), "n \(n), k \(k)")
+                XCTAssertEqual(p.count, min(k, n), "n \(n), k \(k)")
+                XCTAssertEqual(p.map(\.count), p.map(\.count).sorted(by: >), "n \(n), k \(k): biggest first")
+            }
+        }
+    }
+
     func testSplitPlansGiveTheWeightsOfWholeChunks() throws {
         let dir = NSTemporaryDirectory() + "mt-split-\(getpid())"
         try? FileManager.default.removeItem(atPath: dir)
@@ -26,30 +50,48 @@ final class SplitChunkTests: XCTestCase {
         for (k, variant) in variants.enumerated() {
             let config = try Config.load(path: nil, overrides: base + variant)
             var weights: [[Float]] = []
-            for split in [0, 1, 2, 3] {
-                let trainer = try MetaTrainer(config: config, dataset: d, run: try RunDirectory(dir + "/r\(k)-\(split)", logName: "c.log"),
+            // Every chunk whole or the cheapest cut into pieces; blocks of the tree for 1–6 hosts;
+            // and blocks that a host agent splits again and pre-reduces over the block's subtree.
+            let plans: [(String, (MetaTrainer, Int) -> TrainPlan, Bool)] =
+                [0, 1, 2, 3].map { s in ("split \(s)", { $0.splitPlan(iteration: $1, split: s) }, false) }
+                + [1, 2, 4, 6].map { k in ("\(k) blocks", { $0.trainPlan(iteration: $1, blocks: k) }, false) }
+                + [2, 4].map { k in ("\(k) blocks via agents", { $0.trainPlan(iteration: $1, blocks: k) }, true) }
+            for (name, makePlan, viaAgent) in plans {
+                let trainer = try MetaTrainer(config: config, dataset: d, run: try RunDirectory(dir + "/r\(k)-\(name)", logName: "c.log"),
                                               resume: false)
                 let computer = UnitComputer(config: config, dataset: d)
                 for t in 1...2 {
                     try computer.install(theta: UnsafeRawBufferPointer(trainer.theta.buffer),
                                          alpha: trainer.alpha.map { UnsafeRawBufferPointer($0.buffer) } ?? UnsafeRawBufferPointer(start: nil, count: 0))
-                    let plan = trainer.trainPlan(iteration: t, split: split)
-                    // Whole chunks, or the first half summed and then single tasks; every task once.
-                    XCTAssertEqual(plan.chunkUnits.flatMap { $0 }.sorted(), Array(plan.units.indices))
-                    XCTAssertEqual(plan.chunkUnits.flatMap { $0.flatMap { plan.units[$0] } }, trainer.trainUnits(iteration: t).flatMap { $0 })
-                    XCTAssertEqual(plan.chunkUnits.filter { $0.count > 1 }.count, min(split, 2))
-                    XCTAssertEqual(plan.dispatchOrder.sorted(), Array(plan.units.indices))
-                    // Each unit computed on its own (copies: the computer reuses its buffers).
-                    let results = plan.units.map { u -> (FloatBuffer, FloatBuffer?, Double, Int) in
-                        let r = computer.train(episodes: u)
-                        return (r.gradTheta.copy(), r.gradAlpha?.copy(), r.lossSum, r.tasks)
+                    let plan = makePlan(trainer, t)
+                    let chunks = trainer.trainUnits(iteration: t)
+                    // The parts partition the tree, every unit is in one part, and every task is computed once, in order.
+                    XCTAssertTrue(ReductionTree(leaves: chunks.count).isPartition(plan.parts.map(\.node)), name)
+                    XCTAssertEqual(plan.parts.flatMap(\.units).sorted(), Array(plan.units.indices), name)
+                    XCTAssertEqual(plan.parts.flatMap { $0.units.flatMap { plan.units[$0].flatMap { $0 } } }, chunks.flatMap { $0 }, name)
+                    XCTAssertEqual(plan.dispatchOrder.sorted(), Array(plan.units.indices), name)
+                    if name.hasPrefix("split") { XCTAssertEqual(plan.parts.filter { $0.units.count > 1 }.count, min(Int(name.dropFirst(6))!, 2)) }
+                    // Each unit computed on its own (copies: the computer reuses its buffers); a host agent
+                    // computes a block's leaves (the cheapest cut into pieces) and sums them over the block's subtree.
+                    let reducer = PlanReducer(count: trainer.layout.count)
+                    let results = try plan.units.map { u -> (FloatBuffer, FloatBuffer?, Double, Int) in
+                        guard viaAgent else {
+                            let r = computer.train(leaves: u)
+                            return (r.gradTheta.copy(), r.gradAlpha?.copy(), r.lossSum, r.tasks)
+                        }
+                        let inner = TrainPlan.split(u, split: 3, cost: { trainer.cost.cost($0, split: .train) })
+                        let parts = inner.units.map { v -> (FloatBuffer, FloatBuffer?, Double, Int) in
+                            let r = computer.train(leaves: v)
+                            return (r.gradTheta.copy(), r.gradAlpha?.copy(), r.lossSum, r.tasks)
+                        }
+                        let g = FloatBuffer(count: trainer.layout.count), ga = trainer.alpha == nil ? nil : FloatBuffer(count: trainer.layout.count)
+                        let sums = try withExtendedLifetime(parts) { try reducer.reduce(parts.map(unitSums), plan: inner, gradTheta: g, gradAlpha: ga) }
+                        return (g, ga, sums.lossSum, sums.tasks)
                     }
-                    // The coordinator's gradient is the reduction tree over chunk sums (pieces re-joined in task
-                    // order first), not the chunk-order fold.
-                    let chunkSums: [[Float]] = plan.chunkUnits.map { pieces in
-                        var s = results[pieces[0]].0.array
-                        for p in pieces.dropFirst() { let g = results[p].0.array; for i in s.indices { s[i] += g[i] } }
-                        return s
+                    // The coordinator's gradient is the reduction tree over chunk sums, not the chunk-order fold.
+                    let chunkSums: [[Float]] = chunks.indices.map { c in
+                        let r = computer.train(episodes: chunks[c])
+                        return r.gradTheta.array
                     }
                     func tree(_ r: Range<Int>, _ i: Int) -> Float {
                         if r.count == 1 { return chunkSums[r.lowerBound][i] }
@@ -58,21 +100,15 @@ final class SplitChunkTests: XCTestCase {
                     }
                     let expected = (0..<chunkSums[0].count).map { tree(0..<chunkSums.count, $0) }
                     // The buffers must outlive the call that reads them through raw pointers.
-                    _ = try withExtendedLifetime(results) {
-                        try trainer.applyTrain(results.map {
-                            MetaTrainer.UnitSums(gradTheta: UnsafeRawBufferPointer($0.0.buffer),
-                                                 gradAlpha: $0.1.map { UnsafeRawBufferPointer($0.buffer) } ?? UnsafeRawBufferPointer(start: nil, count: 0),
-                                                 lossSum: $0.2, tasks: $0.3)
-                        }, plan: plan, iteration: t)
-                    }
-                    XCTAssertEqual(trainer.gradTheta.array.map(\.bitPattern), expected.map(\.bitPattern), "tree reduction")
+                    _ = try withExtendedLifetime(results) { try trainer.applyTrain(results.map(unitSums), plan: plan, iteration: t) }
+                    XCTAssertEqual(trainer.gradTheta.array.map(\.bitPattern), expected.map(\.bitPattern), "tree reduction, \(name)")
                 }
                 weights.append(trainer.theta.array + (trainer.alpha?.array ?? []))
             }
             let n = weights[0].count
             for (split, w) in weights.enumerated().dropFirst() {
                 let differ = (0..<n).filter { w[$0].bitPattern != weights[0][$0].bitPattern }
-                XCTAssertEqual(differ.count, 0, "\(variant), split \(split): \(differ.count) of \(n) values differ, first at \(differ.first ?? -1)")
+                XCTAssertEqual(differ.count, 0, "\(variant), \(plans[split].0): \(differ.count) of \(n) values differ, first at \(differ.first ?? -1)")
             }
             XCTAssertNotEqual(weights[0], try MetaTrainer(config: config, dataset: d, run: try RunDirectory(dir + "/fresh\(k)", logName: "c.log"),
                                                           resume: false).theta.array, "the steps moved the weights")

@@ -1,25 +1,28 @@
+import Core
 import Foundation
 
-/// Hosts made of Linux network namespaces on this machine, for tests of what
-/// crosses a network: a "switch" namespace holds a bridge, and each host is a
-/// namespace with its own address whose veth link plugs into that bridge.
-/// Nothing is added to the machine's own namespace, traffic goes only between
-/// these addresses, and `tearDown` (also run on deinit) removes everything.
-final class NetworkLab {
-    struct Host {
-        let namespace: String
-        let address: String
+/// Hosts made of Linux network namespaces on this machine, for measurements
+/// and tests of what crosses a network (`bench --hosts`, the multi-host
+/// test): a "switch" namespace holds a bridge, and each host is a namespace
+/// with its own address whose veth link plugs into that bridge. Nothing is
+/// added to the machine's own namespace, traffic goes only between these
+/// addresses, and `tearDown` (also run on deinit) removes everything. Needs
+/// root and iproute2.
+public final class NetworkLab {
+    public struct Host: Sendable {
+        public let namespace: String
+        public let address: String
         /// The switch side of the host's link: down cuts the host off.
-        let port: String
+        public let port: String
     }
 
-    let prefix: String
-    let switchNamespace: String
-    private(set) var hosts: [Host] = []
+    public let prefix: String
+    public let switchNamespace: String
+    public private(set) var hosts: [Host] = []
     private var namespaces: [String] = []
 
     /// Why namespaces cannot be made here, or nil if they can.
-    static func unavailableReason() -> String? {
+    public static func unavailableReason() -> String? {
         guard getuid() == 0 else { return "network namespaces need root" }
         guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") else { return "iproute2 (/usr/sbin/ip) is not installed" }
         let probe = "mtprobe\(getpid())"
@@ -29,8 +32,8 @@ final class NetworkLab {
     }
 
     /// `count` hosts at 10.213.0.1, 10.213.0.2, … (addresses exist only inside these namespaces).
-    init(hosts count: Int) throws {
-        prefix = "mt\(getpid() % 100_000)"
+    public init(hosts count: Int, tag: String = "") throws {
+        prefix = "mt\(tag)\(getpid() % 100_000)"
         switchNamespace = prefix + "sw"
         try add(namespace: switchNamespace)
         try run(["-n", switchNamespace, "link", "add", "br0", "type", "bridge"])
@@ -51,12 +54,26 @@ final class NetworkLab {
     deinit { tearDown() }
 
     /// Cuts a host's link (as a pulled cable would) or restores it.
-    func setLink(_ host: Host, up: Bool) throws {
+    public func setLink(_ host: Host, up: Bool) throws {
         try run(["-n", switchNamespace, "link", "set", host.port, up ? "up" : "down"])
     }
 
+    /// Limits the host's link to `mbit` Mbit/s in both directions with a token
+    /// bucket (tc's tbf) on each end of the veth pair; nil removes the limits.
+    public func limit(_ host: Host, mbit: Int?) throws {
+        for (ns, dev) in [(host.namespace, "eth0"), (switchNamespace, host.port)] {
+            _ = NetworkLab.run("/usr/sbin/tc", ["-n", ns, "qdisc", "del", "dev", dev, "root"])
+            guard let mbit else { continue }
+            // A burst of 2 ms at the rate (at least 64 KB), queueing at most 50 ms.
+            let burst = max(65_536, mbit * 250)
+            let (status, out) = NetworkLab.run("/usr/sbin/tc", ["-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", "\(mbit)mbit",
+                                                                  "burst", "\(burst)", "latency", "50ms"])
+            guard status == 0 else { throw MetatrainError("tc qdisc add dev \(dev) (\(ns)) tbf rate \(mbit)mbit: \(out)") }
+        }
+    }
+
     /// Bytes a host sent and received on its link so far.
-    func counters(_ host: Host) -> (tx: Int, rx: Int) {
+    public func counters(_ host: Host) -> (tx: Int, rx: Int) {
         func read(_ what: String) -> Int {
             let (_, out) = NetworkLab.ip(["netns", "exec", host.namespace, "cat", "/sys/class/net/eth0/statistics/\(what)_bytes"])
             return Int(out.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
@@ -65,9 +82,9 @@ final class NetworkLab {
     }
 
     /// The command prefix that runs a program inside `host`.
-    func exec(_ host: Host) -> [String] { ["/usr/sbin/ip", "netns", "exec", host.namespace] }
+    public func exec(_ host: Host) -> [String] { ["/usr/sbin/ip", "netns", "exec", host.namespace] }
 
-    func tearDown() {
+    public func tearDown() {
         for ns in namespaces.reversed() { _ = NetworkLab.ip(["netns", "del", ns]) }
         namespaces = []
     }
@@ -80,13 +97,15 @@ final class NetworkLab {
 
     private func run(_ args: [String]) throws {
         let (status, out) = NetworkLab.ip(args)
-        guard status == 0 else { throw NSError(domain: "ip \(args.joined(separator: " ")): \(out)", code: Int(status)) }
+        guard status == 0 else { throw MetatrainError("ip \(args.joined(separator: " ")): \(out)") }
     }
 
     @discardableResult
-    static func ip(_ args: [String]) -> (Int32, String) {
+    static func ip(_ args: [String]) -> (Int32, String) { run("/usr/sbin/ip", args) }
+
+    static func run(_ tool: String, _ args: [String]) -> (Int32, String) {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        p.executableURL = URL(fileURLWithPath: tool)
         p.arguments = args
         let pipe = Pipe()
         p.standardOutput = pipe; p.standardError = pipe
