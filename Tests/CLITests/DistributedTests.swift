@@ -243,11 +243,18 @@ final class DistributedTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
         let p = try startDetached(["train", "--run-dir", run, "--workers", "2"] + args, stderr: run + "/train.err")
         defer { p.killGroup(); p.wait() }
-        /// The process of train's group running `worker --name NAME`.
+        /// The parent of a process (nil once it is gone).
+        func parent(_ pid: Int32) -> Int32? {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return nil }
+            return Int32(stat[stat.index(close, offsetBy: 2)...].split(separator: " ")[1])
+        }
+        /// The process below train running `worker --name NAME` (its child, or a child of its host agent).
         func localWorker(_ name: String) -> Int32? {
             let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
             return entries.compactMap { Int32($0) }.first { pid in
-                guard getpgid(pid) == p.pid, let raw = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return false }
+                guard let up = parent(pid), up == p.pid || parent(up) == p.pid,
+                      let raw = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return false }
                 let cmd = String(decoding: raw.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
                 return cmd.contains(" worker ") && cmd.contains("--name \(name) ")
             }
@@ -261,15 +268,18 @@ final class DistributedTests: XCTestCase {
         }
         // Kill process local-2 once the run is under way: the agent starts it again.
         waitUntil("the run got going") { iterations() >= 20 && localWorker("local-2") != nil }
-        let child = try XCTUnwrap(localWorker("local-2"), "no process local-2 in train \(p.pid)'s group")
+        let child = try XCTUnwrap(localWorker("local-2"), "no process local-2 below train \(p.pid)")
         kill(child, SIGKILL)
         waitUntil("local-2 was started again") { localWorker("local-2.1") != nil }
         // Then kill the agent itself: train starts it again, with new processes.
         let done = iterations()
         waitUntil("the run went on") { iterations() >= done + 20 }
-        let agent = try XCTUnwrap(localWorker("local"), "no host agent in train \(p.pid)'s group")
+        let agent = try XCTUnwrap(localWorker("local"), "no host agent below train \(p.pid)")
         kill(agent, SIGKILL)
-        waitUntil("the agent was started again") { localWorker("local.1") != nil }
+        waitUntil("the agent was started again, with its processes") {
+            localWorker("local.1") != nil && localWorker("local.1-1") != nil && localWorker("local.1-2") != nil
+        }
+        let survivors = ["local.1", "local.1-1", "local.1-2"].compactMap { localWorker($0) }
         XCTAssertEqual(p.wait(), 0)
         XCTAssertEqual(try bytes(run + "/final.h5"), try bytes(whole + "/final.h5"))
         let log = read("coordinator.log"), err = read("train.err")
@@ -278,7 +288,7 @@ final class DistributedTests: XCTestCase {
         XCTAssertTrue(log.contains("worker local (pid \(agent)) was killed by signal 9; dropped"), log)
         XCTAssertTrue(log.contains("started local worker 1 again as local.1"), log)
         XCTAssertFalse(log.contains("silent for"), log)
-        waitUntil("no process outlived train") { localWorker("local.1") == nil && localWorker("local.1-1") == nil && localWorker("local.1-2") == nil }
+        waitUntil("no process outlived train") { survivors.allSatisfy { kill($0, 0) != 0 } }
     }
 
     func testCtrlCStopsCoordinatorAndWorkersCleanly() throws {
