@@ -27,6 +27,12 @@ public struct CoordinatorMachine: Sendable {
         public var unitsPerWorker: Int
         /// While no worker is connected, the coordinator says so once, then at most this often.
         public var waitingNoticeInterval: Double
+        /// Floats a train result's Σ∇θ and Σ∇α must hold (nil: not checked).
+        public var gradientCounts: (theta: Int, alpha: Int)?
+        /// Bad results (wrong unit, counts or sizes, non-finite values) after which a worker is dropped.
+        public var badResultsAllowed = 3
+        /// Whether non-finite values make a result bad (a host agent leaves that to the coordinator).
+        public var checkFinite = true
         public init(runId: String, datasetFingerprint: String, configJSON: String, workerTimeout: Double = 60,
                     unitsPerWorker: Int = 2, waitingNoticeInterval: Double = 30) {
             self.runId = runId; self.datasetFingerprint = datasetFingerprint; self.configJSON = configJSON
@@ -45,6 +51,9 @@ public struct CoordinatorMachine: Sendable {
         /// Every unit of the phase has a result; results are in unit order.
         case phaseComplete(PhaseResults)
         case log(String)
+        /// The run cannot go on (a unit gives non-finite results wherever it is computed):
+        /// keep the last good state and stop with this error.
+        case fail(String)
         /// No worker is connected, and has not been for `seconds`: tell the user how to start one.
         /// Given once when the last worker goes (or at the start), then at most every `waitingNoticeInterval`.
         case waitingForWorkers(seconds: Double)
@@ -83,6 +92,8 @@ public struct CoordinatorMachine: Sendable {
         var procs = 1
         var ready = false
         var units: [Int] = []   // unit ids in flight, in the order sent
+        /// Results dropped as bad so far.
+        var bad = 0
     }
 
     public let settings: Settings
@@ -95,6 +106,10 @@ public struct CoordinatorMachine: Sendable {
     private var nextUnitId = 0
     private var pending: [Int] = []          // unit indices waiting for a worker
     private var results: [Int: UnitResult] = [:]
+    /// Who was given each unit of the phase (by index); only they may hand in its result.
+    private var assigned: [Int: Set<PeerID>] = [:]
+    /// Workers whose result for a unit (by index) held non-finite values.
+    private var nonFinite: [Int: [String]] = [:]
     /// Since when no worker has been connected (seen by `onTick`), and when we last said so.
     public private(set) var withoutWorkersSince: Double?
     private var lastWaitingNotice: Double?
@@ -219,7 +234,7 @@ public struct CoordinatorMachine: Sendable {
         nextUnitId += p.units.count
         pending = p.dispatchOrder ?? Array(0..<p.units.count)
         precondition(pending.sorted() == Array(0..<p.units.count), "dispatch order must be a permutation of the units")
-        results = [:]
+        results = [:]; assigned = [:]; nonFinite = [:]
         if p.units.isEmpty { return complete() }
         return dispatch()
     }
@@ -273,27 +288,93 @@ public struct CoordinatorMachine: Sendable {
         return out + [.send(peer, .welcome(Welcome(configJSON: settings.configJSON, version: version)))]
     }
 
+    /// A result counts only if it comes from a worker the unit was given to, is
+    /// of the phase's version and kind, has the unit's task and episode counts
+    /// and the model's sizes, and every value in it is finite. Anything else is
+    /// dropped and counted against the worker (its unit goes out again), and a
+    /// worker with `badResultsAllowed` bad results is dropped. A unit whose
+    /// results are non-finite on two workers (or twice on the only one) stops
+    /// the run: that is the model diverging, not a worker.
     mutating func onResult(_ r: UnitResult, unitId: Int, version v: Int, from peer: PeerID) -> [Directive] {
         var out: [Directive] = []
         let name = workers[peer]!.name
+        guard let p = phase, unitId >= firstUnitId, unitId < firstUnitId + p.units.count else {
+            workers[peer]!.units.removeAll { $0 == unitId }
+            workers[peer]!.ready = true
+            return [.log("discarded stale result for unit \(unitId) from \(name)")] + dispatch()
+        }
+        let index = unitId - firstUnitId
+        guard assigned[index]?.contains(peer) == true else {
+            return bad(peer, "a result for unit \(unitId), which it was not given") + dispatch()
+        }
         workers[peer]!.units.removeAll { $0 == unitId }
         workers[peer]!.ready = true
-        if let p = phase, unitId >= firstUnitId, unitId < firstUnitId + p.units.count {
-            let index = unitId - firstUnitId
-            let kindMatches: Bool
-            switch r { case .train: kindMatches = p.kind == .train; case .eval: kindMatches = p.kind == .eval }
-            if v != p.version || !kindMatches {
-                out.append(.log("discarded unit \(unitId) from \(name): computed on version \(v), expected \(p.version); re-queued"))
-                if results[index] == nil && !pending.contains(index) && !inFlight(index) { pending.append(index) }
-            } else if results[index] == nil {
-                results[index] = r
-                out.append(.unitResult(index: index, r))
-                if results.count == p.units.count { return out + complete() + dispatch() }
-            }
-        } else {
-            out.append(.log("discarded stale result for unit \(unitId) from \(name)"))
+        let kindMatches: Bool
+        switch r { case .train: kindMatches = p.kind == .train; case .eval: kindMatches = p.kind == .eval }
+        if v != p.version || !kindMatches {
+            // Unit ids are never reused, and a worker computes a unit on its own version: this is no honest result.
+            requeueIfLost(index)
+            let what = !kindMatches ? "a result of the wrong kind for a \(p.kind == .train ? "train" : "eval") unit"
+                : "computed on version \(v), the unit is for version \(p.version)"
+            return bad(peer, "unit \(unitId): \(what)") + dispatch()
         }
+        guard results[index] == nil else { return dispatch() }
+        if let problem = check(r, leaves: p.units[index]) {
+            requeueIfLost(index)
+            if problem.nonFinite {
+                nonFinite[index, default: []].append(name)
+                let who = nonFinite[index]!
+                if Set(who).count >= 2 || (who.count >= 2 && workers.count == 1) {
+                    let episodes = p.units[index].flatMap { $0 }
+                    return [.fail("unit \(unitId) of version \(p.version) (episodes \(episodes.prefix(16).map(String.init).joined(separator: ","))"
+                                  + "\(episodes.count > 16 ? ",…" : "")) gave non-finite results on \(Set(who).count == 1 ? "worker \(who[0]) twice" : "workers " + Set(who).sorted().joined(separator: " and ")): the model diverged (lower maml.inner_lr or maml.outer_lr)")]
+                }
+            }
+            return bad(peer, "unit \(unitId): \(problem.what)") + dispatch()
+        }
+        results[index] = r
+        out.append(.unitResult(index: index, r))
+        if results.count == p.units.count { return out + complete() + dispatch() }
         return out + dispatch()
+    }
+
+    /// Why a result cannot count, if it cannot.
+    func check(_ r: UnitResult, leaves: [[Int]]) -> (what: String, nonFinite: Bool)? {
+        let episodes = leaves.reduce(0) { $0 + $1.count }
+        switch r {
+        case .train(let t):
+            guard t.tasks == episodes else { return ("it claims \(t.tasks) tasks, the unit has \(episodes)", false) }
+            if let n = settings.gradientCounts, t.gradTheta.count != n.theta || t.gradAlpha.count != n.alpha {
+                return ("gradients of \(t.gradTheta.count)+\(t.gradAlpha.count) floats, the model has \(n.theta)+\(n.alpha)", false)
+            }
+            guard !settings.checkFinite || (t.lossSum.isFinite && t.gradTheta.allFinite && t.gradAlpha.allFinite) else {
+                return ("non-finite values", true)
+            }
+        case .eval(let e):
+            guard e.queries.count == episodes else { return ("metrics of \(e.queries.count) episodes, the unit has \(episodes)", false) }
+            for (i, q) in e.queries.enumerated() {
+                guard q >= 0, q <= 1 << 20, e.losses[i].isFinite,
+                      e.sums[(6 * i)..<(6 * i + 6)].allSatisfy({ $0.isFinite && $0 >= 0 && $0 <= Double(q) }) else {
+                    return ("episode \(i)'s metrics are out of range", false)
+                }
+            }
+        }
+        return nil
+    }
+
+    /// Counts a bad result against a worker; drops the worker once it has too many.
+    mutating func bad(_ peer: PeerID, _ what: String) -> [Directive] {
+        workers[peer]!.bad += 1
+        let w = workers[peer]!
+        if w.bad >= settings.badResultsAllowed {
+            return [remove(peer, because: "sent \(w.bad) bad results (the last: \(bounded(what)))")]
+        }
+        return [.log("dropped a bad result from worker \(w.name) (\(w.bad) of \(settings.badResultsAllowed) allowed): \(bounded(what))")]
+    }
+
+    /// Puts a unit back in the queue unless it has a result, is queued, or another worker holds it.
+    mutating func requeueIfLost(_ index: Int) {
+        if results[index] == nil && !pending.contains(index) && !inFlight(index) { pending.append(index) }
     }
 
     /// A peer's text as it goes into a log line: at most 200 characters, on one line.
@@ -316,7 +397,7 @@ public struct CoordinatorMachine: Sendable {
         let ordered = (0..<p.units.count).map { results[$0]! }
         phase = nil
         pending = []
-        results = [:]
+        results = [:]; assigned = [:]; nonFinite = [:]
         return [.phaseComplete(PhaseResults(phase: p, results: ordered))]
     }
 
@@ -336,6 +417,7 @@ public struct CoordinatorMachine: Sendable {
             let index = pending.removeFirst()
             let id = firstUnitId + index
             workers[peer]!.units.append(id)
+            assigned[index, default: []].insert(peer)
             out.append(.send(peer, .work(WorkUnit(id: id, kind: p.kind, version: p.version, leaves: p.units[index]))))
         }
         let most = workers.values.map(\.procs).max() ?? 0

@@ -61,7 +61,7 @@ public struct WorkerMachine: Sendable {
     /// Units handed to the shell and not yet computed. A shell that computes
     /// in place returns before anything else happens; a host agent computes
     /// several blocks at once on its processes and keeps ticking meanwhile.
-    private var computing = 0
+    public private(set) var computing = 0
     private var configJSON: String?
     private var lastSent = 0.0
     private var lastHeard = 0.0

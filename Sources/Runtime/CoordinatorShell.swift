@@ -57,9 +57,10 @@ public final class CoordinatorShell {
         boundEndpoint = link.boundEndpoint
         runId = "\(trainer.config.seed)-\(getpid())-\(Int(Date().timeIntervalSince1970))"
         link.setRun(runId)
-        machine = CoordinatorMachine(settings: .init(runId: runId, datasetFingerprint: trainer.dataset.fingerprint,
-                                                     configJSON: trainer.config.json, workerTimeout: workerTimeout),
-                                     version: trainer.iteration)
+        var settings = CoordinatorMachine.Settings(runId: runId, datasetFingerprint: trainer.dataset.fingerprint,
+                                                   configJSON: trainer.config.json, workerTimeout: workerTimeout)
+        settings.gradientCounts = (trainer.layout.count, trainer.alpha == nil ? 0 : trainer.layout.count)
+        machine = CoordinatorMachine(settings: settings, version: trainer.iteration)
         publishWeights()
         say("coordinator: run \(runId), \(trainer.config.maml.algorithm.rawValue), \(trainer.iterations) iterations of \(trainer.metaBatchSize) tasks, listening on \(boundEndpoint) (weights on \(try publishEndpoint(for: boundEndpoint)))")
         onBound?(boundEndpoint)
@@ -145,6 +146,7 @@ public final class CoordinatorShell {
                 say("no worker connected" + (seconds >= 1 ? " for \(formatDuration(seconds))" : "")
                     + "; waiting for workers (metatrain worker --connect \(boundEndpoint) --data DATASET)")
             case .phaseComplete(let r): try complete(r)
+            case .fail(let reason): try stop(failing: reason)
             }
         }
     }
@@ -168,13 +170,15 @@ public final class CoordinatorShell {
             let t = trainer.iteration + 1
             let c0 = monotonicNow()
             // The gradients are read where they landed (the results keep their frames alive).
-            let (loss, norm) = try withExtendedLifetime(results) {
+            let step = Result { try withExtendedLifetime(results) {
                 try trainer.applyTrain(results.map { x in
                     UnitSums(gradTheta: UnsafeRawBufferPointer(start: x.gradTheta.baseAddress, count: 4 * x.gradTheta.count),
                                          gradAlpha: UnsafeRawBufferPointer(start: x.gradAlpha.baseAddress, count: 4 * x.gradAlpha.count),
                                          lossSum: x.lossSum, tasks: x.tasks)
                 }, plan: plan, iteration: t)
-            }
+            } }
+            if case .failure(let e as NonFiniteGradient) = step { try stop(failing: e.description) }
+            let (loss, norm) = try step.get()
             machine.onPublished(version: trainer.iteration)
             publishWeights()
             let c1 = monotonicNow()
@@ -216,6 +220,19 @@ public final class CoordinatorShell {
         pendingLine = []
         if trainer.checkpointDue(t) { try trainer.writePeriodicCheckpoint() }
         next = trainer.finished ? .finish : .train(t + 1)
+    }
+
+    /// The run cannot go on: keeps the last good state (a periodic checkpoint of
+    /// the last completed iteration, to resume from once the cause is fixed),
+    /// stops the workers and ends with the reason.
+    func stop(failing reason: String) throws -> Never {
+        trainer.run.log("error: " + reason)   // the console gets it as the command's error
+        if trainer.iteration > 0 && !trainer.checkpointDue(trainer.iteration) {
+            try trainer.writePeriodicCheckpoint()
+            say("kept the last good state: checkpoints/" + String(format: "iter-%06d.h5", trainer.iteration))
+        }
+        shutdownWorkers("the run stopped: \(reason)")
+        throw MetatrainError(reason)
     }
 
     func shutdownWorkers(_ reason: String) {

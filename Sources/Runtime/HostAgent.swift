@@ -216,9 +216,12 @@ public final class HostAgent {
         let runId = "agent-\(getpid())-\(runs)"
         down.setRun(runId)
         innerServes = upMachine.runId
-        downMachine = CoordinatorMachine(settings: .init(runId: runId, datasetFingerprint: dataset.fingerprint, configJSON: innerConfig,
-                                                         workerTimeout: 60, waitingNoticeInterval: 1e9),
-                                         version: -1)
+        var settings = CoordinatorMachine.Settings(runId: runId, datasetFingerprint: dataset.fingerprint, configJSON: innerConfig,
+                                                   workerTimeout: 60, waitingNoticeInterval: 1e9)
+        // Its own processes' results: sizes and counts are checked here, values by the coordinator.
+        settings.checkFinite = false
+        if let theta { settings.gradientCounts = (theta.count, alpha?.count ?? 0) }
+        downMachine = CoordinatorMachine(settings: settings, version: -1)
     }
 
     /// Starts queued units: into the running inner phase when they are of its
@@ -289,6 +292,7 @@ public final class HostAgent {
             case .phaseComplete: break   // each unit was sent on as its last result came in
             case .log(let s): log(s)
             case .waitingForWorkers: break
+            case .fail(let reason): log("internal: " + reason)
             }
         }
     }

@@ -8,6 +8,18 @@ import Kernels
 import MetaLearning
 import Storage
 
+/// A reduced meta-gradient (or meta-loss) that is not finite: the step is not taken.
+public struct NonFiniteGradient: Error, CustomStringConvertible {
+    public let iteration: Int
+    /// Episodes of each unit of the iteration.
+    public let units: [[Int]]
+    public var description: String {
+        let list = units.prefix(8).map { "[" + $0.prefix(8).map(String.init).joined(separator: ",") + ($0.count > 8 ? ",…" : "") + "]" }
+        return "iteration \(iteration): the summed meta-gradient is not finite (units of episodes \(list.joined(separator: " "))"
+            + "\(units.count > 8 ? " …" : "")); the model diverged (lower maml.inner_lr or maml.outer_lr)"
+    }
+}
+
 /// The coordinator's training state and math, with no sockets: θ (and
 /// Meta-SGD's α), Adam, the meta-batch plan, the reduction of unit results,
 /// validation bookkeeping with early stopping, and checkpoints. Everything a
@@ -162,6 +174,10 @@ public final class MetaTrainer {
             throw MetatrainError("iteration \(t): \(error)")
         }
         let sq = sums.squares, tasks = sums.tasks, loss = sums.lossSum
+        // Finite parts can still overflow: such a step is never taken.
+        guard sq.isFinite, loss.isFinite else {
+            throw NonFiniteGradient(iteration: t, units: plan.units.map { $0.flatMap { $0 } })
+        }
         // Mean over tasks and global-norm clipping over θ and α together, folded
         // into one scale that Adam applies as it reads the gradient.
         let inv = 1 / Double(tasks)

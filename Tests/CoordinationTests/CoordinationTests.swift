@@ -87,13 +87,13 @@ final class CoordinatorMachineTests: XCTestCase {
         XCTAssertEqual(work(m.onMessage(env(result(again[0].1, 5)), from: b, now: 101)).map(\.1.episodes), [[6]])
     }
 
-    func testWrongVersionIsDiscardedAndRequeued() {
+    func testWrongVersionIsABadResultAndRequeued() {
         var m = machine()
         join(&m, a)
         let u = work(m.startPhase(.init(kind: .train, version: 0, leaves: [[1]])))[0].1
         var stale = u; stale.version = 5
         let d = m.onMessage(env(result(stale, 9)), from: a, now: 1)
-        XCTAssertTrue(d.contains { if case .log(let s) = $0 { return s.contains("discarded unit") }; return false })
+        XCTAssertTrue(d.contains { if case .log(let s) = $0 { return s.contains("computed on version 5, the unit is for version 0") }; return false })
         let again = work(d)
         XCTAssertEqual(again.first?.1.id, u.id, "the unit is handed out again")
         XCTAssertTrue(m.inPhase)
@@ -192,6 +192,86 @@ final class CoordinatorMachineTests: XCTestCase {
     }
 }
 
+/// Results are checked before they count (docs/PROTOCOL.md): a bad one is
+/// dropped and counted against its sender, its unit goes out again, and a
+/// sender of three is dropped; no result ends the coordinator, but a unit that
+/// is non-finite on two workers stops the run.
+final class ResultCheckTests: XCTestCase {
+    let a = PeerID([1]), b = PeerID([2])
+    func env(_ m: Message) -> Envelope { Envelope(runId: "run", message: m) }
+    func machine() -> CoordinatorMachine {
+        var s = CoordinatorMachine.Settings(runId: "run", datasetFingerprint: "fp", configJSON: "{}", workerTimeout: 10, unitsPerWorker: 1)
+        s.gradientCounts = (2, 0)
+        return CoordinatorMachine(settings: s, version: 0)
+    }
+    func work(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, WorkUnit)] {
+        d.compactMap { if case .send(let p, .work(let u)) = $0 { return (p, u) }; return nil }
+    }
+    func logs(_ d: [CoordinatorMachine.Directive]) -> [String] { d.compactMap { if case .log(let s) = $0 { return s }; return nil } }
+    func join(_ m: inout CoordinatorMachine, _ p: PeerID) {
+        _ = m.onMessage(env(.hello(Hello(workerName: "w\(p)", datasetFingerprint: "fp"))), from: p, now: 0)
+        _ = m.onMessage(env(.ready), from: p, now: 0)
+    }
+    func train(_ u: WorkUnit, _ g: [Float] = [1, 2], tasks: Int? = nil, loss: Double = 1) -> Envelope {
+        env(.trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: Floats(g), gradAlpha: [], lossSum: loss,
+                                     tasks: tasks ?? u.episodes.count)))
+    }
+
+    func testBadResultsAreDroppedCountedAndTheirUnitsGoOutAgain() {
+        var m = machine()
+        join(&m, a); join(&m, b)
+        let sent = work(m.startPhase(.init(kind: .train, version: 0, units: [[[1, 2]], [[3]]])))
+        let ua = sent.first { $0.0 == a }!.1, ub = sent.first { $0.0 == b }!.1
+        // b hands in a's unit: not its to hand in.
+        var d = m.onMessage(train(ua), from: b, now: 1)
+        XCTAssertEqual(logs(d), ["dropped a bad result from worker w02 (1 of 3 allowed): a result for unit \(ua.id), which it was not given"])
+        // a claims too many tasks, then sends a gradient of the wrong size: each time its unit goes out again (to a).
+        d = m.onMessage(train(ua, tasks: 1 << 62), from: a, now: 1)
+        XCTAssertEqual(logs(d), ["dropped a bad result from worker w01 (1 of 3 allowed): unit \(ua.id): it claims \(1 << 62) tasks, the unit has 2"])
+        let again = work(d)
+        XCTAssertEqual(again.map(\.1.id), [ua.id])
+        d = m.onMessage(train(again[0].1, [1]), from: a, now: 1)
+        XCTAssertTrue(logs(d)[0].contains("gradients of 1+0 floats, the model has 2+0"), "\(logs(d))")
+        // The third bad result drops a; its unit goes to b once b is free.
+        d = m.onMessage(train(work(d)[0].1, loss: .infinity), from: a, now: 1)
+        XCTAssertTrue(logs(d).contains { $0.hasPrefix("worker w01 sent 3 bad results (the last: unit \(ua.id): non-finite values); dropped") }, "\(logs(d))")
+        XCTAssertEqual(m.liveWorkers, 1)
+        d = m.onMessage(train(ub, [3, 4]), from: b, now: 2)
+        XCTAssertEqual(work(d).map(\.1.id), [ua.id])
+        d = m.onMessage(train(work(d)[0].1, [5, 6]), from: b, now: 3)
+        guard case .phaseComplete(let r)? = d.last else { return XCTFail("\(d)") }
+        XCTAssertEqual(r.results.map { r -> [Float] in if case .train(let t) = r { return t.gradTheta.array }; return [] }, [[5, 6], [3, 4]])
+        // Eval metrics out of range are bad too (a hit rate above the query count).
+        var e = machine()
+        join(&e, a)
+        let u = work(e.startPhase(.init(kind: .eval, version: 0, leaves: [[1]])))[0].1
+        d = e.onMessage(env(.evalResult(EvalResult(unitId: u.id, version: 0, sums: [0, 0, 7, 0, 0, 0], queries: [1], losses: [1]))), from: a, now: 1)
+        XCTAssertTrue(logs(d)[0].contains("episode 0's metrics are out of range"), "\(logs(d))")
+    }
+
+    func testAUnitNonFiniteOnTwoWorkersStopsTheRun() {
+        var m = machine()
+        join(&m, a); join(&m, b)
+        let sent = work(m.startPhase(.init(kind: .train, version: 0, units: [[[1]], [[2]]])))
+        let ua = sent.first { $0.0 == a }!.1, ub = sent.first { $0.0 == b }!.1
+        _ = m.onMessage(train(ub), from: b, now: 1)
+        var d = m.onMessage(train(ua, [1, .nan]), from: a, now: 1)
+        XCTAssertTrue(logs(d)[0].contains("non-finite values"))
+        let next = work(d)
+        XCTAssertEqual(next.map(\.1.id), [ua.id])
+        let other = next[0].0 == a ? b : a
+        XCTAssertTrue(work(m.onMessage(env(.ready), from: other, now: 2)).isEmpty)
+        d = m.onMessage(train(next[0].1, [.infinity, 0]), from: next[0].0, now: 2)
+        if next[0].0 == a {
+            // The same worker again, with another worker live: not yet the model's fault.
+            XCTAssertFalse(d.contains { if case .fail = $0 { return true }; return false })
+            return
+        }
+        guard case .fail(let why)? = d.first else { return XCTFail("\(d)") }
+        XCTAssertTrue(why.contains("unit \(ua.id) of version 0 (episodes 1) gave non-finite results on workers w01 and w02"), why)
+    }
+}
+
 /// Host agents: a connection with N processes, and an agent's own phase that
 /// grows as blocks arrive.
 final class HostAgentMachineTests: XCTestCase {
@@ -208,7 +288,7 @@ final class HostAgentMachineTests: XCTestCase {
         return d + m.onMessage(env(.ready), from: p, now: 0)
     }
     func result(_ u: WorkUnit) -> Message {
-        .trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: [Float(u.id)], gradAlpha: [], lossSum: 0, tasks: 1))
+        .trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: [Float(u.id)], gradAlpha: [], lossSum: 0, tasks: u.episodes.count))
     }
 
     /// An agent of 3 processes takes 3 units at once, before a plain worker that joined first, and one
@@ -295,9 +375,11 @@ final class WorkerMachineTests: XCTestCase {
         let u1 = WorkUnit(id: 1, kind: .train, version: 0, leaves: [[1], [2]]), u2 = WorkUnit(id: 2, kind: .train, version: 0, episodes: [3])
         XCTAssertEqual(w.onMessage(env(.work(u1)), now: 1), [.compute(u1, install: v0)])
         XCTAssertEqual(w.onMessage(env(.work(u2)), now: 1.1), [.compute(u2, install: nil)], "a second block while the first runs")
+        XCTAssertEqual(w.computing, 2)
         XCTAssertEqual(w.onTick(now: 3.5), [.send(.heartbeat)], "heartbeats go on while the blocks are computed")
         let r = Message.trainResult(TrainResult(unitId: 2, version: 0, gradTheta: [0], gradAlpha: [], lossSum: 0, tasks: 1))
         XCTAssertEqual(w.onComputed(r, now: 4), [.send(r)])
+        XCTAssertEqual(w.computing, 1)
     }
 
     /// Work usually arrives a moment before its broadcast: the worker waits for

@@ -17,6 +17,33 @@ final class SplitChunkTests: XCTestCase {
                  lossSum: r.2, tasks: r.3)
     }
 
+    /// Finite results can still overflow when they are added: such a step is never taken.
+    func testANonFiniteSumIsNeverApplied() throws {
+        let dir = NSTemporaryDirectory() + "mt-nonfinite-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var o = SynthOptions(); o.users = 60; o.courses = 20; o.seed = 5
+        _ = try Synth.write(to: dir + "/e.csv", options: o)
+        let config = try Config.load(path: nil, overrides: ["model.embedding_dim=4", "model.hidden_dim=6", "maml.meta_batch_size=8",
+                                                            "maml.chunk_size=4"])
+        let (d, _) = try Prepare.run(csvPath: dir + "/e.csv", config: config)
+        let trainer = try MetaTrainer(config: config, dataset: d, run: try RunDirectory(dir + "/r", logName: "c.log"), resume: false)
+        let before = trainer.theta.array
+        let plan = trainer.trainPlan(iteration: 1, blocks: 2)
+        XCTAssertEqual(plan.units.count, 2)
+        let huge = (0..<2).map { _ in FloatBuffer(count: trainer.layout.count) }
+        for h in huge { for i in 0..<h.count { h.ptr[i] = 3e38 } }
+        XCTAssertThrowsError(try withExtendedLifetime(huge) {
+            try trainer.applyTrain(huge.map { unitSums(($0, nil, 1, 4)) }, plan: plan, iteration: 1)
+        }) { error in
+            XCTAssertTrue(error is NonFiniteGradient, "\(error)")
+            XCTAssertTrue("\(error)".hasPrefix("iteration 1: the summed meta-gradient is not finite (units of episodes ["), "\(error)")
+        }
+        XCTAssertEqual(trainer.theta.array, before, "the weights did not move")
+        XCTAssertEqual(trainer.iteration, 0)
+    }
+
     /// Guided partitions: nodes of the tree, big first, halving towards the end.
     func testGuidedPartitionsAreNodesBigFirst() {
         XCTAssertEqual(ReductionTree(leaves: 8).guidedPartition(into: 4), [0..<4, 4..<6, 6..<7, 7..<8])

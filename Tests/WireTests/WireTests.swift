@@ -13,6 +13,8 @@ final class WireTests: XCTestCase {
         .ready, .fetchWeights, .heartbeat,
         .work(WorkUnit(id: 3, kind: .train, version: 7, episodes: [5, 1, 9, 2])),
         .work(WorkUnit(id: 4, kind: .eval, version: 8, episodes: [])),
+        .work(WorkUnit(id: 6, kind: .train, version: 9, leaves: [[1, 2], [3], [4, 5, 6, 7]])),
+        .hello(Hello(workerName: "agent", datasetFingerprint: "abc123", procs: 16)),
         .trainResult(TrainResult(unitId: 3, version: 7, gradTheta: [1, -2.5, .leastNonzeroMagnitude], gradAlpha: [], lossSum: 1.25, tasks: 4)),
         .trainResult(TrainResult(unitId: 5, version: 7, gradTheta: [], gradAlpha: [], lossSum: -0.5, tasks: 2,
                                  shared: SharedPayload(offset: 4096 + 64, thetaCount: 368_000, alphaCount: 368_000))),
@@ -45,6 +47,38 @@ final class WireTests: XCTestCase {
             e.encode(into: buf)
             XCTAssertEqual(Array(buf), e.encode(), m.typeName)
         }
+    }
+
+    /// Every non-finite value is found, wherever it lies in a run of floats (lanes and tail), at any offset.
+    func testAllFiniteFindsEveryNaNAndInfinity() throws {
+        for count in [0, 1, 7, 8, 9, 17, 64] {
+            XCTAssertTrue(Floats([Float](repeating: 3.4e38, count: count)).allFinite)
+            for at in 0..<count {
+                for bad in [Float.nan, .infinity, -.infinity, .signalingNaN] {
+                    var x = [Float](repeating: -1, count: count)
+                    x[at] = bad
+                    XCTAssertFalse(Floats(x).allFinite, "\(bad) at \(at) of \(count)")
+                    // Unaligned, as decoded in place from a frame.
+                    let e = Envelope(runId: "r", message: .weights(Weights(version: 1, theta: Floats(x), alpha: [])))
+                    guard case .weights(let w) = try Envelope.decode(ByteBlock.copy(of: e.encode())).message else { return XCTFail() }
+                    XCTAssertFalse(w.theta.allFinite)
+                }
+            }
+        }
+    }
+
+    /// Counts that cannot be right are malformed: a unit of no leaves, a host of no processes.
+    func testImpossibleCountsAreMalformed() {
+        var bytes = Envelope(runId: "r", message: .work(WorkUnit(id: 1, kind: .train, version: 0, leaves: [[1]]))).encode()
+        let leafCount = bytes.count - 12 - 4   // u32 leaves, then the one leaf: u32 count and one i64
+        bytes.replaceSubrange(leafCount..<(leafCount + 4), with: [0, 0, 0, 0])
+        XCTAssertThrowsError(try Envelope.decode(bytes))
+        bytes.replaceSubrange(leafCount..<(leafCount + 4), with: [255, 255, 255, 127])
+        XCTAssertThrowsError(try Envelope.decode(bytes))
+        var hello = Envelope(runId: "r", message: .hello(Hello(workerName: "w", datasetFingerprint: "f", procs: 1))).encode()
+        let procs = hello.count - 1 - 8   // int procs, then bool (no offer)
+        hello.replaceSubrange(procs..<(procs + 8), with: [0, 0, 0, 0, 0, 0, 0, 0])
+        XCTAssertThrowsError(try Envelope.decode(hello))
     }
 
     func testFloatsKeepTheirBits() throws {

@@ -1,0 +1,134 @@
+import Foundation
+import Storage
+import Transport
+import Wire
+import XCTest
+
+/// A peer that speaks the protocol but lies, against a real coordinator: its
+/// results are checked before they count, it is dropped after three bad ones,
+/// nothing it sends ends the coordinator, and an honest worker then finishes
+/// the run with the weights of a run that never met it.
+final class HostilePeerTests: XCTestCase {
+    static let dir = freshDir("hostile")
+    let args = ["--set", "maml.iterations=20", "--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12",
+                "--set", "maml.meta_batch_size=8", "--set", "maml.chunk_size=2", "--set", "maml.inner_steps=2",
+                "--set", "eval.every=10", "--set", "eval.val_episodes=8", "--set", "checkpoint.every=100"]
+
+    func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+
+    func testLyingResultsAreDroppedAndThePeerWithThem() throws {
+        let data = try syntheticDataset(in: HostilePeerTests.dir)
+        let whole = HostilePeerTests.dir + "/whole"
+        XCTAssertEqual(try metatrain(["train", "--data", data, "--run-dir", whole, "--workers", "1"] + args).status, 0)
+        let run = HostilePeerTests.dir + "/run"
+        let coord = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
+                                       "--worker-timeout", "600"] + args, stderr: run + ".err")
+        defer { coord.killGroup(); coord.wait() }
+        let endpoint = try waitForEndpoint(run + "/coordinator.log")
+        let dataset = try DatasetFile.read(data)
+        let (V, E, H) = (dataset.nItems, 8, 12)
+        let n = V * E + 3 * H * E + 3 * H * H + 6 * H + V * H + V
+
+        // The stranger knows the fingerprint (prepare prints it) and joins as a plain worker.
+        let ctx = ZMQContext()
+        let peer = try ZMQSocket(ctx, .dealer)
+        try peer.connect(endpoint)
+        var runId = ""
+        func send(_ m: Message) throws { try peer.send([Envelope(runId: runId, message: m).encode()]) }
+        func next(_ wanted: (Message) -> Bool) throws -> Envelope {
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline {
+                guard let frames = try peer.receive(timeoutMs: 100), frames.count == 1 else { continue }
+                let e = try Envelope.decode(frames[0])
+                if wanted(e.message) { return e }
+            }
+            throw NSError(domain: "no such message from the coordinator in 30 s", code: 1)
+        }
+        try send(.hello(Hello(workerName: "liar", datasetFingerprint: dataset.fingerprint)))
+        runId = try next { if case .welcome = $0 { return true }; return false }.runId
+        try send(.ready)
+        func work() throws -> WorkUnit {
+            guard case .work(let u) = try next({ if case .work = $0 { return true }; return false }).message else { fatalError() }
+            return u
+        }
+        // Three lies, each about the next unit it is given: NaN, one float, 2^62 tasks.
+        var u = try work()
+        try send(.trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: Floats([Float](repeating: .nan, count: n)),
+                                          gradAlpha: [], lossSum: 1, tasks: u.episodes.count)))
+        u = try work()
+        try send(.trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: [1], gradAlpha: [], lossSum: 1, tasks: u.episodes.count)))
+        u = try work()
+        try send(.trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: Floats([Float](repeating: 0, count: n)),
+                                          gradAlpha: [], lossSum: 1, tasks: 1 << 62)))
+        let deadline = Date().addingTimeInterval(30)
+        while !read(run + "/coordinator.log").contains("worker liar sent 3 bad results") && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        // A result for a unit it holds no longer, after it was dropped: asked to introduce itself, nothing more.
+        try send(.trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: [1], gradAlpha: [], lossSum: 1, tasks: 1)))
+
+        let honest = try metatrain(["worker", "--connect", endpoint, "--data", data, "--procs", "1"])
+        XCTAssertEqual(honest.status, 0, honest.stderr)
+        XCTAssertEqual(coord.wait(seconds: 60), 0, read(run + ".err"))
+        let log = read(run + "/coordinator.log")
+        XCTAssertTrue(log.contains("dropped a bad result from worker liar (1 of 3 allowed): unit") && log.contains(": non-finite values"), log)
+        XCTAssertTrue(log.contains("(2 of 3 allowed): unit") && log.contains("gradients of 1+0 floats, the model has \(n)+0"), log)
+        XCTAssertTrue(log.contains("worker liar sent 3 bad results (the last: unit \(u.id): it claims \(1 << 62) tasks"), log)
+        XCTAssertTrue(log.contains("finished 20 iterations"), log)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
+                       try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")), "the lies changed the weights")
+    }
+
+    /// Finite gradients whose sum overflows are never applied: the coordinator
+    /// keeps the last good state and stops with an error naming the iteration.
+    func testAnOverflowingSumStopsTheRunWithoutTakingTheStep() throws {
+        let data = try syntheticDataset(in: HostilePeerTests.dir)
+        let run = HostilePeerTests.dir + "/overflow"
+        let coord = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + args,
+                                      stderr: run + ".err")
+        defer { coord.killGroup(); coord.wait() }
+        let endpoint = try waitForEndpoint(run + "/coordinator.log")
+        let dataset = try DatasetFile.read(data)
+        let n = dataset.nItems * 8 + 3 * 12 * 8 + 3 * 12 * 12 + 6 * 12 + dataset.nItems * 12 + dataset.nItems
+        // Two of them, so that the meta-batch goes out in several blocks whose sum overflows.
+        let ctx = ZMQContext()
+        let peers = try (0..<2).map { _ in try ZMQSocket(ctx, .dealer) }
+        var runIds = ["", ""]
+        for (i, peer) in peers.enumerated() {
+            try peer.connect(endpoint)
+            try peer.send([Envelope(runId: "", message: .hello(Hello(workerName: "huge\(i)", datasetFingerprint: dataset.fingerprint))).encode()])
+        }
+        let deadline = Date().addingTimeInterval(30)
+        var answered = 0
+        var status: Int32?
+        while status == nil && Date() < deadline {
+            status = coord.wait(seconds: 0.01)
+            for (i, peer) in peers.enumerated() {
+                guard let frames = try peer.receive(timeoutMs: 20), frames.count == 1, let e = try? Envelope.decode(frames[0]) else { continue }
+                switch e.message {
+                case .welcome:
+                    // Both say ready once both are in: the first meta-batch (planned before anyone joined)
+                    // is one block; the second goes out in blocks over both.
+                    runIds[i] = e.runId
+                    if !runIds.contains("") {
+                        for (k, p) in peers.enumerated() { try p.send([Envelope(runId: runIds[k], message: .ready).encode()]) }
+                    }
+                case .work(let u):
+                    answered += 1
+                    try peer.send([Envelope(runId: runIds[i], message: .trainResult(TrainResult(
+                        unitId: u.id, version: u.version, gradTheta: Floats([Float](repeating: 3e38, count: n)), gradAlpha: [],
+                        lossSum: 1, tasks: u.episodes.count))).encode()])
+                default: break
+                }
+            }
+        }
+        XCTAssertEqual(status, 1)
+        XCTAssertEqual(answered, 1 + 4, "one block, then at most two per connection, and no step taken")
+        let err = read(run + ".err"), log = read(run + "/coordinator.log")
+        XCTAssertTrue(err.contains("error: iteration 2: the summed meta-gradient is not finite (units of episodes ["), err)
+        XCTAssertEqual(err.components(separatedBy: "error: ").count, 2, "said once: \(err)")
+        XCTAssertTrue(log.contains("kept the last good state: checkpoints/iter-000001.h5"), log)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/checkpoints/iter-000001.h5"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: run + "/final.h5"))
+    }
+}
