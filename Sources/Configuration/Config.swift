@@ -136,39 +136,39 @@ public struct Config: Equatable, Sendable {
         guard seedValue >= 0 else { throw ConfigError("config: 'seed' must be ≥ 0") }
         seed = UInt64(seedValue)
         data = Data(
-            maxSeqLen: try r.int("data.max_seq_len", min: 1), kSupport: try r.int("data.k_support", min: 1),
-            qQuery: try r.int("data.q_query", min: 1), sessionGapS: try r.int("data.session_gap_s", min: 0),
-            minItemCount: try r.int("data.min_item_count", min: 1),
+            maxSeqLen: try r.int("data.max_seq_len", min: 1, max: 10_000), kSupport: try r.int("data.k_support", min: 1, max: 10_000),
+            qQuery: try r.int("data.q_query", min: 1, max: 10_000), sessionGapS: try r.int("data.session_gap_s", min: 0, max: 1 << 40),
+            minItemCount: try r.int("data.min_item_count", min: 1, max: 1 << 40),
             valFraction: try r.double("data.val_fraction", in: 0...1), testFraction: try r.double("data.test_fraction", in: 0...1),
-            trainStride: try r.int("data.train_stride", min: 1), split: try r.choice("data.split"),
-            eventsCap: try r.double("data.reliability.events_cap", in: 1e-9...Double.infinity),
-            durationCapS: try r.double("data.reliability.duration_cap_s", in: 1e-9...Double.infinity))
+            trainStride: try r.int("data.train_stride", min: 1, max: 1 << 30), split: try r.choice("data.split"),
+            eventsCap: try r.double("data.reliability.events_cap", in: 1e-9...1e12),
+            durationCapS: try r.double("data.reliability.duration_cap_s", in: 1e-9...1e12))
         guard data.valFraction + data.testFraction < 1 else {
             throw ConfigError("config: data.val_fraction + data.test_fraction must be below 1")
         }
-        model = Model(embeddingDim: try r.int("model.embedding_dim", min: 1), hiddenDim: try r.int("model.hidden_dim", min: 1),
+        model = Model(embeddingDim: try r.int("model.embedding_dim", min: 1, max: 8192), hiddenDim: try r.int("model.hidden_dim", min: 1, max: 8192),
                       dropout: try r.double("model.dropout", in: 0...0.99))
-        pretrain = Pretrain(epochs: try r.int("pretrain.epochs", min: 1), batchSize: try r.int("pretrain.batch_size", min: 1),
-                            lr: try r.double("pretrain.lr", in: 0...Double.infinity), patience: try r.int("pretrain.patience", min: 1))
+        pretrain = Pretrain(epochs: try r.int("pretrain.epochs", min: 1, max: 1_000_000), batchSize: try r.int("pretrain.batch_size", min: 1, max: 1 << 20),
+                            lr: try r.double("pretrain.lr", in: 0...100), patience: try r.int("pretrain.patience", min: 1, max: 1_000_000))
         let bounds = try r.doubles("maml.inner_lr_bounds")
-        guard bounds.count == 2, bounds[0] <= bounds[1], bounds[0] >= 0 else {
-            throw ConfigError("config: 'maml.inner_lr_bounds' must be [low, high] with 0 ≤ low ≤ high")
+        guard bounds.count == 2, bounds[0] <= bounds[1], bounds[0] >= 0, bounds[1] <= 100 else {
+            throw ConfigError("config: 'maml.inner_lr_bounds' must be [low, high] with 0 ≤ low ≤ high ≤ 100")
         }
         maml = MAML(
             algorithm: try r.choice("maml.algorithm"), secondOrder: try r.bool("maml.second_order"),
-            innerLR: try r.double("maml.inner_lr", in: 0...Double.infinity), innerLRBounds: (bounds[0], bounds[1]),
-            outerLR: try r.double("maml.outer_lr", in: 0...Double.infinity), innerSteps: try r.int("maml.inner_steps", min: 0),
-            metaBatchSize: try r.int("maml.meta_batch_size", min: 1), iterations: try r.int("maml.iterations", min: 0),
+            innerLR: try r.double("maml.inner_lr", in: 0...100), innerLRBounds: (bounds[0], bounds[1]),
+            outerLR: try r.double("maml.outer_lr", in: 0...100), innerSteps: try r.int("maml.inner_steps", min: 0, max: 10_000),
+            metaBatchSize: try r.int("maml.meta_batch_size", min: 1, max: 1 << 20), iterations: try r.int("maml.iterations", min: 0, max: 1 << 40),
             residualLambda: try r.double("maml.residual_lambda", in: 0...1),
-            clipNorm: try r.double("maml.clip_norm", in: 0...Double.infinity), chunkSize: try r.int("maml.chunk_size", min: 1))
+            clipNorm: try r.double("maml.clip_norm", in: 0...1e12), chunkSize: try r.int("maml.chunk_size", min: 1, max: 1 << 20))
         weighting = Weighting(scheme: try r.choice("weighting.scheme"), recencyKind: try r.choice("weighting.recency.kind"),
-                              recencyLambda: try r.double("weighting.recency.lambda", in: 0...Double.infinity),
-                              temperature: try r.double("weighting.recency.temperature", in: 1e-9...Double.infinity))
+                              recencyLambda: try r.double("weighting.recency.lambda", in: 0...1e6),
+                              temperature: try r.double("weighting.recency.temperature", in: 1e-9...1e6))
         warmStart = WarmStart(checkpoint: try r.optionalString("warm_start.checkpoint"),
                               freezeEmbeddings: try r.bool("warm_start.freeze_embeddings"))
-        eval = Eval(every: try r.int("eval.every", min: 1), patience: try r.int("eval.patience", min: 1),
-                    valEpisodes: try r.int("eval.val_episodes", min: 0), bootstrapSamples: try r.int("eval.bootstrap_samples", min: 1))
-        checkpoint = Checkpoint(every: try r.int("checkpoint.every", min: 1), keep: try r.int("checkpoint.keep", min: 1))
+        eval = Eval(every: try r.int("eval.every", min: 1, max: 1 << 40), patience: try r.int("eval.patience", min: 1, max: 1 << 40),
+                    valEpisodes: try r.int("eval.val_episodes", min: 0, max: 1 << 40), bootstrapSamples: try r.int("eval.bootstrap_samples", min: 1, max: 1_000_000))
+        checkpoint = Checkpoint(every: try r.int("checkpoint.every", min: 1, max: 1 << 40), keep: try r.int("checkpoint.keep", min: 1, max: 1_000_000))
     }
 
     public static func == (a: Config, b: Config) -> Bool { a.tree == b.tree }
@@ -187,9 +187,10 @@ struct Reader {
         }
         return cur
     }
-    func int(_ p: String, min: Int? = nil) throws -> Int {
+    func int(_ p: String, min: Int? = nil, max: Int? = nil) throws -> Int {
         guard case .int(let i) = try value(p) else { throw ConfigError("config: '\(p)' must be an integer") }
         if let min, i < min { throw ConfigError("config: '\(p)' must be ≥ \(min), got \(i)") }
+        if let max, i > max { throw ConfigError("config: '\(p)' must be ≤ \(max), got \(i)") }
         return i
     }
     func double(_ p: String, in range: ClosedRange<Double>) throws -> Double {
@@ -199,6 +200,7 @@ struct Reader {
         case .int(let i): d = Double(i)
         default: throw ConfigError("config: '\(p)' must be a number")
         }
+        guard d.isFinite else { throw ConfigError("config: '\(p)' must be a finite number, got \(d)") }
         guard range.contains(d) else { throw ConfigError("config: '\(p)' = \(d) is out of range \(range)") }
         return d
     }
@@ -206,9 +208,9 @@ struct Reader {
         guard case .list(let l) = try value(p) else { throw ConfigError("config: '\(p)' must be a list") }
         return try l.map {
             switch $0 {
-            case .double(let d): return d
+            case .double(let d) where d.isFinite: return d
             case .int(let i): return Double(i)
-            default: throw ConfigError("config: '\(p)' must hold numbers")
+            default: throw ConfigError("config: '\(p)' must hold finite numbers")
             }
         }
     }

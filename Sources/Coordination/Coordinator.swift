@@ -113,6 +113,8 @@ public struct CoordinatorMachine: Sendable {
     /// Since when no worker has been connected (seen by `onTick`), and when we last said so.
     public private(set) var withoutWorkersSince: Double?
     private var lastWaitingNotice: Double?
+    /// Lines about a peer's noise (unknown, malformed, foreign), rate-limited per peer and kind.
+    private var noise = NoiseLimiter()
     /// The first worker's hardware, and whether a worker on other hardware was warned about.
     private var firstHardware: (name: String, hardware: Hardware)?
     private var warnedHardware = false
@@ -140,15 +142,16 @@ public struct CoordinatorMachine: Sendable {
     public mutating func onMessage(_ e: Envelope, from peer: PeerID, now: Double) -> [Directive] {
         if case .hello(let h) = e.message { return onHello(h, from: peer, now: now) }
         if case .goodbye(let reason) = e.message, workers[peer] == nil {
-            return [.log("goodbye from unknown peer \(peer): \(bounded(reason))")]   // already dropped: nothing to re-queue
+            // Already dropped: nothing to re-queue.
+            return noisy(peer, "goodbye", now, [.log("goodbye from unknown peer \(peer): \(bounded(reason))")])
         }
         guard var w = workers[peer] else {
             // Unknown peer (e.g. dropped after a timeout): ask it to introduce itself again.
-            return [.log("message '\(e.message.typeName)' from unknown peer \(peer); asking it to re-join"),
-                    .send(peer, .refuse(reason: "unknown worker; send hello first"))]
+            return noisy(peer, "unknown", now, [.log("message '\(e.message.typeName)' from unknown peer \(peer); asking it to re-join"),
+                                                .send(peer, .refuse(reason: "unknown worker; send hello first"))])
         }
         guard e.runId == settings.runId else {
-            return [.log("dropped '\(e.message.typeName)' from \(w.name): run id '\(e.runId)' is not this run's '\(settings.runId)'")]
+            return noisy(peer, "run", now, [.log("dropped '\(e.message.typeName)' from \(w.name): run id '\(bounded(e.runId))' is not this run's '\(settings.runId)'")])
         }
         w.lastSeen = now
         workers[peer] = w
@@ -170,24 +173,34 @@ public struct CoordinatorMachine: Sendable {
         case .goodbye(let reason):
             return [remove(peer, because: "left (\(bounded(reason)))")] + dispatch()
         default:
-            return [.log("dropped unexpected '\(e.message.typeName)' from \(w.name)")]
+            return noisy(peer, "unexpected", now, [.log("dropped unexpected '\(e.message.typeName)' from \(w.name)")])
         }
+    }
+
+    /// `directives` if this peer has not said this kind of thing too often lately
+    /// (5 a minute), with a count of what was held back since; nothing otherwise.
+    mutating func noisy(_ peer: PeerID, _ kind: String, _ now: Double, _ directives: [Directive]) -> [Directive] {
+        guard let held = noise.allow(peer, kind, now: now) else { return [] }
+        guard held > 0 else { return directives }
+        return directives + [.log("(\(held) more like that from peer \(peer) were not logged)")]
     }
 
     /// A frame that did not decode: logged and dropped; a peer speaking another
     /// protocol version is told so and never admitted.
-    public mutating func onUndecodable(_ error: WireError, from peer: PeerID) -> [Directive] {
+    public mutating func onUndecodable(_ error: WireError, from peer: PeerID, now: Double = 0) -> [Directive] {
         let who = workers[peer]?.name ?? "peer \(peer)"
         if case .protocolMismatch(let v) = error {
-            return [.log("refused \(who): it speaks protocol version \(v), this coordinator speaks \(Envelope.protocolVersion)"),
-                    .send(peer, .refuse(reason: "protocol version mismatch: worker speaks \(v), coordinator speaks \(Envelope.protocolVersion)"))]
+            return noisy(peer, "protocol", now, [
+                .log("refused \(who): it speaks protocol version \(v), this coordinator speaks \(Envelope.protocolVersion)"),
+                .send(peer, .refuse(reason: "protocol version mismatch: worker speaks \(v), coordinator speaks \(Envelope.protocolVersion)"))])
         }
-        return [.log("dropped malformed message from \(who): \(error)")]
+        return noisy(peer, "malformed", now, [.log("dropped malformed message from \(who): \(error)")])
     }
 
     /// Periodic check: drops workers silent for longer than the timeout and re-queues their units.
     public mutating func onTick(now: Double) -> [Directive] {
         var out: [Directive] = []
+        noise.forget(before: now)
         for peer in joinOrder {
             guard let w = workers[peer], now - w.lastSeen > settings.workerTimeout else { continue }
             // A worker says nothing while it computes a unit: name the way out if units run that long.
@@ -267,8 +280,8 @@ public struct CoordinatorMachine: Sendable {
 
     mutating func onHello(_ h: Hello, from peer: PeerID, now: Double) -> [Directive] {
         guard h.datasetFingerprint == settings.datasetFingerprint else {
-            return [.log("refused worker \(h.workerName): its dataset fingerprint \(h.datasetFingerprint.prefix(12))… is not the coordinator's \(settings.datasetFingerprint.prefix(12))…"),
-                    .send(peer, .refuse(reason: "dataset fingerprint mismatch: worker has \(h.datasetFingerprint.prefix(12))…, coordinator has \(settings.datasetFingerprint.prefix(12))…"))]
+            return noisy(peer, "fingerprint", now, [.log("refused worker \(bounded(h.workerName)): its dataset fingerprint \(h.datasetFingerprint.prefix(12))… is not the coordinator's \(settings.datasetFingerprint.prefix(12))…"),
+                    .send(peer, .refuse(reason: "dataset fingerprint mismatch: worker has \(h.datasetFingerprint.prefix(12))…, coordinator has \(settings.datasetFingerprint.prefix(12))…"))])
         }
         if let old = workers[peer] { for u in old.units.reversed() { requeue(u) } }  // re-joined: its old units are lost
         if workers[peer] == nil { joinOrder.append(peer) }
@@ -434,5 +447,31 @@ public struct CoordinatorMachine: Sendable {
             }
         }
         return out
+    }
+}
+
+/// Rate limit for lines a peer's noise causes: at most `perWindow` of each
+/// kind per peer per `window` seconds; what is held back is counted and said
+/// with the next line let through.
+struct NoiseLimiter: Sendable {
+    var perWindow = 5
+    var window = 60.0
+    private var seen: [String: (start: Double, count: Int, held: Int)] = [:]
+
+    /// nil: hold this line back; otherwise how many were held back before it.
+    mutating func allow(_ peer: PeerID, _ kind: String, now: Double) -> Int? {
+        let key = kind + "|" + peer.description
+        var s = seen[key] ?? (now, 0, 0)
+        var held = 0
+        if now - s.start >= window { held = s.held; s = (now, 0, 0) }
+        s.count += 1
+        if s.count > perWindow { s.held += 1; seen[key] = s; return nil }
+        seen[key] = s
+        return held
+    }
+
+    /// Drops windows that ended (peers come and go; the table must not grow without end).
+    mutating func forget(before now: Double) {
+        seen = seen.filter { now - $0.value.start < window || $0.value.held > 0 && now - $0.value.start < 2 * window }
     }
 }

@@ -42,6 +42,9 @@ public struct WorkerMachine: Sendable {
     public var hardware = Hardware.unknown
     /// Compute processes behind this connection, told in every hello (a host agent's `--procs`).
     public var procs = 1
+    /// Train and val episodes in this worker's dataset: a unit that names others is refused,
+    /// whoever sent it (nil: not checked).
+    public var episodeLimits: (train: Int, val: Int)?
     /// Idle time after which the worker sends a heartbeat.
     public var heartbeatInterval: Double = 2
     /// Silence after which the coordinator is presumed gone.
@@ -139,6 +142,7 @@ public struct WorkerMachine: Sendable {
             return onWeights(w, now: now)
         case .work(let u):
             guard state == .joined else { return [.log("dropped work before welcome")] }
+            if let problem = check(u) { return [.log("refused unit \(u.id) from the coordinator: \(problem)")] }
             if u.version == weightsVersion { return [compute(u)] }
             if u.version > weightsVersion {
                 pending.append(u)
@@ -175,6 +179,17 @@ public struct WorkerMachine: Sendable {
             out += sent(.ready, now)
         }
         return out
+    }
+
+    /// Why a unit cannot be computed on this worker's dataset, if it cannot.
+    func check(_ u: WorkUnit) -> String? {
+        guard !u.leaves.isEmpty else { return "a unit of no leaves" }
+        guard let limits = episodeLimits else { return nil }
+        let n = u.kind == .train ? limits.train : limits.val
+        if let bad = u.leaves.lazy.flatMap({ $0 }).first(where: { $0 < 0 || $0 >= n }) {
+            return "episode \(bad) is not one of the dataset's \(n) \(u.kind == .train ? "train" : "val") episodes"
+        }
+        return nil
     }
 
     /// The directive that computes `u` on the held weights (which MUST be of its version),

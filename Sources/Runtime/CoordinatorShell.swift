@@ -53,6 +53,8 @@ public final class CoordinatorShell {
         keepLargeBuffersMapped()
         let ctx = ZMQContext()
         link = CoordinatorLink(endpoint: requestedEndpoint, log: { [weak self] in self?.say($0) })
+        // The largest honest frame is a result or the weights inline: θ and α, and a few headers.
+        link.maxMessageSize = 4 * (trainer.layout.count + (trainer.alpha == nil ? 0 : trainer.layout.count)) + (1 << 20)
         try link.bind(ctx)
         boundEndpoint = link.boundEndpoint
         runId = "\(trainer.config.seed)-\(getpid())-\(Int(Date().timeIntervalSince1970))"
@@ -113,7 +115,7 @@ public final class CoordinatorShell {
                     trace?.received(e.message)
                     try execute(machine.onMessage(e, from: peer, now: monotonicNow()))
                 case .undecodable(let e):
-                    try execute(machine.onUndecodable(e, from: peer))
+                    try execute(machine.onUndecodable(e, from: peer, now: monotonicNow()))
                 }
             }
             for (name, reason) in endedWorkers?.take() ?? [] where !stop.isSet {

@@ -92,6 +92,7 @@ public final class HostAgent {
         upMachine = WorkerMachine(name: name, datasetFingerprint: dataset.fingerprint, coordinatorTimeout: coordinatorTimeout)
         upMachine.hardware = Hardware(cpuModel: cpuModelName(), blasCore: BLAS.coreName)
         upMachine.procs = procs
+        upMachine.episodeLimits = (dataset.episodes(.train).count, dataset.episodes(.val).count)
         do {
             let code = try loop()
             stopChildren(exitReason)
@@ -128,7 +129,7 @@ public final class HostAgent {
                 guard downMachine != nil else { continue }   // processes start once the configuration is known
                 switch incoming {
                 case .message(let e): try executeDown(downMachine!.onMessage(e, from: peer, now: monotonicNow()))
-                case .undecodable(let e): try executeDown(downMachine!.onUndecodable(e, from: peer))
+                case .undecodable(let e): try executeDown(downMachine!.onUndecodable(e, from: peer, now: monotonicNow()))
                 }
             }
             if exitCode == nil { try pump() }

@@ -45,6 +45,10 @@ public final class CoordinatorLink {
         requestedEndpoint = endpoint; self.log = log
     }
 
+    /// The largest frame a worker may send (ZMQ_MAXMSGSIZE: a larger one ends its
+    /// connection before it is buffered); nil: no limit. Set before `bind`.
+    public var maxMessageSize: Int?
+
     /// Creates the weights file and binds ROUTER at the endpoint and PUB next to it. Port 0 picks a free pair of ports.
     public func bind(_ ctx: ZMQContext, sharedMemory: Bool = true) throws {
         if sharedMemory {
@@ -53,7 +57,7 @@ public final class CoordinatorLink {
         if requestedEndpoint.hasPrefix("tcp://"), requestedEndpoint.hasSuffix(":0") {
             let host = String(requestedEndpoint.dropLast(2))
             for _ in 0..<50 {
-                let r = try ZMQSocket(ctx, .router)
+                let r = try router(ctx)
                 try r.bind(host + ":*")
                 let ep = r.lastEndpoint
                 let p = try ZMQSocket(ctx, .pub)
@@ -64,13 +68,23 @@ public final class CoordinatorLink {
             }
             throw MetatrainError("\(requestedEndpoint): could not find two free adjacent ports")
         }
-        router = try ZMQSocket(ctx, .router)
+        router = try router(ctx)
         pub = try ZMQSocket(ctx, .pub)
         do {
             try router.bind(requestedEndpoint)
             try pub.bind(try publishEndpoint(for: requestedEndpoint))
         } catch let e as TransportError { throw MetatrainError("cannot bind \(requestedEndpoint): \(e)") }
         boundEndpoint = router.lastEndpoint
+    }
+
+    /// A ROUTER with the size limit, on which a peer that takes an identity in
+    /// use takes it over (workers pick random identities; a collision must not
+    /// stop the coordinator).
+    func router(_ ctx: ZMQContext) throws -> ZMQSocket {
+        let r = try ZMQSocket(ctx, .router)
+        if let maxMessageSize { r.setMaxMessageSize(maxMessageSize) }
+        r.setRouterHandover(true)
+        return r
     }
 
     /// The run every outgoing envelope carries.
@@ -232,6 +246,10 @@ public final class WorkerLink {
 
     public func connect(_ ctx: ZMQContext) throws {
         dealer = try ZMQSocket(ctx, .dealer)
+        // A random identity of our own, rather than the one the ROUTER would number (libzmq
+        // numbers peers from an unseeded rand(), so a stranger could take the next one).
+        var rng = SystemRandomNumberGenerator()
+        dealer.setRoutingId([UInt8.random(in: 1...255, using: &rng)] + (0..<15).map { _ in UInt8.random(in: 0...255, using: &rng) })
         sub = try ZMQSocket(ctx, .sub)
         do {
             try dealer.connect(endpoint)

@@ -52,6 +52,7 @@ public final class WorkerShell {
         try link.connect(ctx)
         machine = WorkerMachine(name: name, datasetFingerprint: dataset.fingerprint, coordinatorTimeout: coordinatorTimeout)
         machine.hardware = Hardware(cpuModel: cpuModelName(), blasCore: BLAS.coreName)
+        machine.episodeLimits = (dataset.episodes(.train).count, dataset.episodes(.val).count)
         defer { closeSockets() }
         do {
             return try loop()

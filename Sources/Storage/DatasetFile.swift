@@ -72,6 +72,13 @@ public enum DatasetFile {
         guard offsets.first == 0, offsets.last == Int64(items.count) else {
             throw MetatrainError("\(path): pairs/prefix_offsets do not cover pairs/prefix_items")
         }
+        // Every prefix: a run of 1 to max_seq_len items, in order (a worker would trap on anything else).
+        guard V >= 2, L >= 1, K >= 1, Q >= 1 else {
+            throw MetatrainError("\(path): n_items \(V), max_seq_len \(L), k_support \(K), q_query \(Q) must be at least 2, 1, 1, 1")
+        }
+        for i in 0..<P where offsets[i + 1] - offsets[i] < 1 || offsets[i + 1] - offsets[i] > Int64(L) {
+            throw MetatrainError("\(path): pairs/prefix_offsets[\(i)...\(i + 1)] = \(offsets[i])...\(offsets[i + 1]) is not a prefix of 1 to \(L) items")
+        }
         let label = try f.read("pairs/label", as: Int32.self, shape: [P]).values
         let timestamp = try f.read("pairs/timestamp", as: Int64.self, shape: [P]).values
         let reliability = try f.read("pairs/reliability", as: Float.self, shape: [P]).values

@@ -54,6 +54,26 @@ public final class ZMQSocket {
         zmq_setsockopt(handle, ZMQ_LINGER, &linger, MemoryLayout<Int32>.size)
     }
 
+    /// Frames larger than this end the connection that sent them, before they
+    /// are buffered (ZMQ_MAXMSGSIZE); set before binding or connecting.
+    public func setMaxMessageSize(_ bytes: Int) {
+        var v = Int64(bytes)
+        zmq_setsockopt(handle, ZMQ_MAXMSGSIZE, &v, MemoryLayout<Int64>.size)
+    }
+
+    /// This socket's identity towards a ROUTER (ZMQ_ROUTING_ID), instead of the
+    /// one the ROUTER would number; set before connecting.
+    public func setRoutingId(_ id: [UInt8]) {
+        _ = id.withUnsafeBytes { zmq_setsockopt(handle, ZMQ_ROUTING_ID, $0.baseAddress, id.count) }
+    }
+
+    /// A ROUTER: a new connection with an identity already in use takes it
+    /// over instead of being refused (ZMQ_ROUTER_HANDOVER).
+    public func setRouterHandover(_ on: Bool) {
+        var v: Int32 = on ? 1 : 0
+        zmq_setsockopt(handle, ZMQ_ROUTER_HANDOVER, &v, MemoryLayout<Int32>.size)
+    }
+
     public func bind(_ endpoint: String) throws {
         guard zmq_bind(handle, endpoint) == 0 else { throw TransportError("bind \(endpoint)") }
     }

@@ -90,7 +90,12 @@ public struct Envelope: Equatable, Sendable {
             let name = try r.string("worker name"), fingerprint = try r.string("fingerprint")
             let hardware = Hardware(cpuModel: try r.string("cpu model"), blasCore: try r.string("OpenBLAS core"))
             let procs = try r.int("procs")
-            guard procs >= 1 else { throw WireError.invalid("hello with \(procs) processes") }
+            guard procs >= 1, procs <= Hello.maxProcs else { throw WireError.invalid("hello with \(procs) processes") }
+            for (what, value, most) in [("worker name", name, 256), ("dataset fingerprint", fingerprint, 128),
+                                        ("CPU model", hardware.cpuModel, 256), ("OpenBLAS core", hardware.blasCore, 64)]
+            where value.utf8.count > most {
+                throw WireError.invalid("hello with a \(what) of \(value.utf8.count) bytes (at most \(most))")
+            }
             m = .hello(Hello(workerName: name, datasetFingerprint: fingerprint, hardware: hardware, procs: procs, sharedMemory: try r.offer()))
         case 2:
             m = .welcome(Welcome(configJSON: try r.string("config"), version: try r.int("version"), sharedMemory: try r.offer()))

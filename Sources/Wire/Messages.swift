@@ -35,6 +35,8 @@ public struct Hello: Equatable, Sendable {
     public var procs: Int
     /// Set by the worker's transport, not its protocol logic.
     public var sharedMemory: SharedOffer?
+    /// The most processes a hello may claim.
+    public static let maxProcs = 4096
     public init(workerName: String, datasetFingerprint: String, hardware: Hardware = .unknown, procs: Int = 1,
                 sharedMemory: SharedOffer? = nil) {
         self.workerName = workerName; self.datasetFingerprint = datasetFingerprint; self.hardware = hardware

@@ -131,4 +131,52 @@ final class HostilePeerTests: XCTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/checkpoints/iter-000001.h5"))
         XCTAssertFalse(FileManager.default.fileExists(atPath: run + "/final.h5"))
     }
+
+    /// Junk cannot grow the coordinator or its log: a frame over the size limit
+    /// ends its connection before it is buffered, 10,000 junk frames make a
+    /// few log lines, a peer that takes another's identity takes it over, and
+    /// the run still ends with the weights of a run that never met them.
+    func testJunkFloodsAndStolenIdentitiesLeaveTheRunAlone() throws {
+        let data = try syntheticDataset(in: HostilePeerTests.dir)
+        let whole = HostilePeerTests.dir + "/whole-junk"
+        XCTAssertEqual(try metatrain(["train", "--data", data, "--run-dir", whole, "--workers", "1"] + args).status, 0)
+        let run = HostilePeerTests.dir + "/junk"
+        let coord = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
+                                       "--worker-timeout", "600"] + args, stderr: run + ".err")
+        defer { coord.killGroup(); coord.wait() }
+        let endpoint = try waitForEndpoint(run + "/coordinator.log")
+        func rss() -> Int {
+            let status = read("/proc/\(coord.pid)/status")
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0   // kB
+        }
+        let before = rss()
+        let ctx = ZMQContext()
+        // 64 MiB in one frame: over the limit (the model's payload and 1 MiB), so never buffered whole.
+        let big = try ZMQSocket(ctx, .dealer)
+        try big.connect(endpoint)
+        try big.send([[UInt8](repeating: 7, count: 64 << 20)])
+        // 10,000 tiny junk frames from one peer.
+        let junk = try ZMQSocket(ctx, .dealer)
+        try junk.connect(endpoint)
+        for i in 0..<10_000 { try junk.send([[UInt8(i & 0xff), 1, 2]]) }
+        // Two peers with one identity: the second takes it over.
+        for _ in 0..<2 {
+            let twin = try ZMQSocket(ctx, .dealer)
+            twin.setRoutingId(Array("twin-identity".utf8))
+            try twin.connect(endpoint)
+            try twin.send([Envelope(runId: "", message: .heartbeat).encode()])
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+        Thread.sleep(forTimeInterval: 1)
+        XCTAssertNil(coord.wait(seconds: 0), "the coordinator is still running")
+        XCTAssertLessThan(rss() - before, 32 << 10, "the big frame was not buffered (RSS \(before) kB -> \(rss()) kB)")
+        let honest = try metatrain(["worker", "--connect", endpoint, "--data", data, "--procs", "1"])
+        XCTAssertEqual(honest.status, 0, honest.stderr)
+        XCTAssertEqual(coord.wait(seconds: 60), 0, read(run + ".err"))
+        let log = read(run + "/coordinator.log")
+        XCTAssertLessThanOrEqual(log.components(separatedBy: "dropped malformed message").count - 1, 5, log)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
+                       try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")))
+    }
 }

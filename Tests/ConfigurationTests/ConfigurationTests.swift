@@ -52,6 +52,22 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertThrowsError(try Config.load(path: nil, overrides: ["novalue"]))
     }
 
+    /// Every number is finite and every value bounded above, so that no
+    /// configuration (a coordinator's included) can overflow a worker.
+    func testNumbersAreFiniteAndBounded() throws {
+        for (key, value, says) in [("maml.outer_lr", ".inf", "'maml.outer_lr' must be a finite number"),
+                                   ("maml.clip_norm", ".inf", "'maml.clip_norm' must be a finite number"),
+                                   ("maml.inner_lr", ".nan", "'maml.inner_lr' must be a finite number"),
+                                   ("maml.inner_lr_bounds", "[0.0001, .inf]", "'maml.inner_lr_bounds' must hold finite numbers"),
+                                   ("model.embedding_dim", "1000000", "'model.embedding_dim' must be ≤ 8192, got 1000000"),
+                                   ("maml.meta_batch_size", "4611686018427387904", "'maml.meta_batch_size' must be ≤")] {
+            XCTAssertThrowsError(try Config.load(path: nil, overrides: ["\(key)=\(value)"]), key) { e in
+                XCTAssertTrue("\(e)".contains(says), "\(e)")
+            }
+        }
+        XCTAssertNoThrow(try Config.load(path: nil, overrides: ["maml.outer_lr=100", "model.embedding_dim=8192"]))
+    }
+
     func testYAMLAndJSONRoundTrip() throws {
         let c = try Config.load(path: nil, overrides: ["maml.inner_lr=0.05", "weighting.scheme=recency"])
         let fromYAML = try Config.load(path: tmp(c.yaml), overrides: [])

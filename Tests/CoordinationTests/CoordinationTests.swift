@@ -272,6 +272,30 @@ final class ResultCheckTests: XCTestCase {
     }
 }
 
+/// A peer's noise costs a few log lines a minute, not one line per frame.
+final class NoiseTests: XCTestCase {
+    let a = PeerID([1]), x = PeerID([9, 9])
+    func logs(_ d: [CoordinatorMachine.Directive]) -> [String] { d.compactMap { if case .log(let s) = $0 { return s }; return nil } }
+
+    func testMalformedAndUnknownFloodsAreLoggedFiveTimesAMinute() {
+        var m = CoordinatorMachine(settings: .init(runId: "run", datasetFingerprint: "fp", configJSON: "{}"), version: 0)
+        var lines: [String] = [], refusals = 0
+        for i in 0..<100_000 {
+            let t = Double(i) * 0.0001   // 10 s of frames
+            let d = m.onUndecodable(.badMagic, from: x, now: t) + m.onMessage(Envelope(runId: "run", message: .ready), from: x, now: t)
+            lines += logs(d)
+            refusals += d.filter { if case .send(_, .refuse) = $0 { return true }; return false }.count
+        }
+        XCTAssertEqual(lines.count, 10, "five malformed and five unknown-peer lines")
+        XCTAssertEqual(refusals, 5, "and as many refusals")
+        // A minute later the next line says how many were held back.
+        let later = logs(m.onUndecodable(.badMagic, from: x, now: 70))
+        XCTAssertEqual(later.last, "(99995 more like that from peer 0909 were not logged)")
+        // Other peers are not held back by this one.
+        XCTAssertEqual(logs(m.onUndecodable(.badMagic, from: a, now: 70)).count, 1)
+    }
+}
+
 /// Host agents: a connection with N processes, and an agent's own phase that
 /// grows as blocks arrive.
 final class HostAgentMachineTests: XCTestCase {
@@ -361,6 +385,25 @@ final class WorkerMachineTests: XCTestCase {
         XCTAssertEqual(w.onMessage(env(.weights(Weights(version: 2, theta: [0], alpha: []))), now: 6), [])
         XCTAssertEqual(w.onMessage(env(.shutdown(reason: "done")), now: 7), [.exit(code: 0, reason: "done")])
         XCTAssertTrue(w.isStopped)
+    }
+
+    /// A unit naming episodes the worker's dataset does not have is refused with a
+    /// log line, never computed (a fake coordinator cannot make a worker trap).
+    func testUnitsOutsideTheDatasetAreRefused() {
+        var w = WorkerMachine(name: "w", datasetFingerprint: "fp")
+        w.episodeLimits = (train: 10, val: 3)
+        _ = w.onStart(now: 0)
+        _ = w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 0)
+        _ = w.onMessage(env(.weights(Weights(version: 0, theta: [0], alpha: []))), now: 0)
+        XCTAssertEqual(w.onMessage(env(.work(WorkUnit(id: 1, kind: .train, version: 0, episodes: [9, 1_000_000_000]))), now: 1),
+                       [.log("refused unit 1 from the coordinator: episode 1000000000 is not one of the dataset's 10 train episodes")])
+        XCTAssertEqual(w.onMessage(env(.work(WorkUnit(id: 2, kind: .eval, version: 0, episodes: [3]))), now: 1),
+                       [.log("refused unit 2 from the coordinator: episode 3 is not one of the dataset's 3 val episodes")])
+        XCTAssertEqual(w.onMessage(env(.work(WorkUnit(id: 3, kind: .train, version: 0, leaves: []))), now: 1),
+                       [.log("refused unit 3 from the coordinator: a unit of no leaves")])
+        let ok = WorkUnit(id: 4, kind: .train, version: 0, episodes: [9, -0])
+        XCTAssertEqual(w.onMessage(env(.work(ok)), now: 1).count, 1)
+        XCTAssertEqual(w.computing, 1)
     }
 
     /// A host agent computes blocks on its processes while it listens: it may hold

@@ -33,6 +33,21 @@ final class StorageTests: XCTestCase {
         XCTAssertNotEqual(e.fingerprint, d.fingerprint)
     }
 
+    /// Prefix offsets that are not runs of 1 to max_seq_len items (every worker would trap on them) are refused when read.
+    func testPrefixOffsetsAreChecked() throws {
+        let d = try smallDataset()
+        for (name, change) in [("empty", { (e: inout Dataset) in e.prefixOffsets[1] = e.prefixOffsets[2] }),
+                               ("backwards", { (e: inout Dataset) in e.prefixOffsets[1] = e.prefixOffsets[2] + 1 })] {
+            var e = d
+            change(&e)
+            let p = tmpFile("offsets-\(name).h5")
+            try DatasetFile.write(e, to: p)
+            XCTAssertThrowsError(try DatasetFile.read(p), name) { error in
+                XCTAssertTrue("\(error)".contains("pairs/prefix_offsets[0...1]") || "\(error)".contains("pairs/prefix_offsets[1...2]"), "\(error)")
+            }
+        }
+    }
+
     func testTruncatedForeignAndMissingFiles() throws {
         let d = try smallDataset()
         let p = tmpFile("t.h5")

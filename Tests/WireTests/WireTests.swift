@@ -75,6 +75,12 @@ final class WireTests: XCTestCase {
         XCTAssertThrowsError(try Envelope.decode(bytes))
         bytes.replaceSubrange(leafCount..<(leafCount + 4), with: [255, 255, 255, 127])
         XCTAssertThrowsError(try Envelope.decode(bytes))
+        let long = Envelope(runId: "r", message: .hello(Hello(workerName: String(repeating: "w", count: 20 << 20), datasetFingerprint: "f")))
+        XCTAssertThrowsError(try Envelope.decode(long.encode())) { e in
+            XCTAssertEqual("\(e)", "invalid message: hello with a worker name of 20971520 bytes (at most 256)")
+        }
+        XCTAssertThrowsError(try Envelope.decode(Envelope(runId: "r", message: .hello(Hello(workerName: "w", datasetFingerprint: "f",
+                                                                                             procs: 1 << 40))).encode()))
         var hello = Envelope(runId: "r", message: .hello(Hello(workerName: "w", datasetFingerprint: "f", procs: 1))).encode()
         let procs = hello.count - 1 - 8   // int procs, then bool (no offer)
         hello.replaceSubrange(procs..<(procs + 8), with: [0, 0, 0, 0, 0, 0, 0, 0])
