@@ -20,6 +20,10 @@ static inline hid_t mt_h5s_all(void) { return H5S_ALL; }
 static inline hid_t mt_h5p_dcpl_untimed(void) { hid_t p = H5Pcreate(H5P_DATASET_CREATE); H5Pset_obj_track_times(p, 0); return p; }
 static inline hid_t mt_h5p_gcpl_untimed(void) { hid_t p = H5Pcreate(H5P_GROUP_CREATE); H5Pset_obj_track_times(p, 0); return p; }
 static inline hid_t mt_h5p_fcpl_untimed(void) { hid_t p = H5Pcreate(H5P_FILE_CREATE); H5Pset_obj_track_times(p, 0); return p; }
+/* A file held in memory only (the core driver without a backing store): built
+   whole in RAM, then written out by us, so that a full disk is an ordinary
+   write error and HDF5 never holds a half-written file it cannot close. */
+static inline hid_t mt_h5p_fapl_memory(void) { hid_t p = H5Pcreate(H5P_FILE_ACCESS); H5Pset_fapl_core(p, 1 << 20, 0); return p; }
 static inline unsigned mt_h5f_acc_trunc(void) { return H5F_ACC_TRUNC; }
 static inline unsigned mt_h5f_acc_rdonly(void) { return H5F_ACC_RDONLY; }
 static inline size_t mt_h5t_variable(void) { return H5T_VARIABLE; }

@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #endif
 #include <sys/mman.h>
+#include <fcntl.h>
 #if __has_include(<malloc.h>)
 #include <malloc.h>
 #define METATRAIN_HAS_MALLOPT 1
@@ -26,9 +27,35 @@ static inline int metatrain_keep_large_buffers(int mmap_threshold, int trim_thre
 /// with the last descriptor or mapping, however its owner exits.
 static inline int metatrain_memfd(const char *name) {
 #if defined(__linux__)
-    return memfd_create(name, MFD_CLOEXEC);
+    return memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
 #else
     (void)name;
     return -1;
 #endif
 }
+
+/// Seals a memfd against shrinking (it may still grow), so that a process
+/// that maps it can never fault on a page its owner cut off. 0 or -1.
+static inline int metatrain_seal_shrink(int fd) {
+#if defined(__linux__)
+    return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL);
+#else
+    (void)fd;
+    return -1;
+#endif
+}
+
+/// Whether `fd` is a memfd sealed against shrinking (F_GET_SEALS fails on any
+/// other kind of file: a FIFO, a device, a regular file).
+static inline int metatrain_is_sealed_memfd(int fd) {
+#if defined(__linux__)
+    int seals = fcntl(fd, F_GET_SEALS);
+    return seals >= 0 && (seals & F_SEAL_SHRINK) && (seals & F_SEAL_SEAL);
+#else
+    (void)fd;
+    return 0;
+#endif
+}
+
+/// Flags to open a peer's file with: never block (a FIFO), never a terminal.
+static inline int metatrain_open_peer_flags(void) { return O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY; }

@@ -1,8 +1,10 @@
 import Foundation
 
-/// Writes a file under a temporary name in the same directory and renames it
-/// into place, so readers see either the old file or the whole new one, never a
-/// half-written one. If `body` throws, the temporary file is removed.
+/// Writes a file under a temporary name in the same directory, flushes it to
+/// the disk (fsync), renames it into place and flushes the directory, so that
+/// readers, and the disk after a crash or power loss, hold either the old file
+/// or the whole new one, never a half-written one. If anything fails (a full
+/// disk included) the temporary file is removed and the old file stays.
 public func writeAtomically<R>(to path: String, _ body: (_ temporaryPath: String) throws -> R) throws -> R {
     let url = URL(fileURLWithPath: path)
     let dir = url.deletingLastPathComponent().path
@@ -12,14 +14,30 @@ public func writeAtomically<R>(to path: String, _ body: (_ temporaryPath: String
     let tmp = dir + "/." + url.lastPathComponent + ".tmp-\(getpid())"
     do {
         let r = try body(tmp)
+        try sync(tmp, what: path)
         if rename(tmp, path) != 0 {
-            throw MetatrainError("\(path): cannot rename temporary file into place (errno \(errno))")
+            throw MetatrainError("\(path): cannot rename temporary file into place (\(String(cString: strerror(errno))))")
         }
+        try sync(dir, what: path)
         return r
     } catch {
         unlink(tmp)
+        // Say so when the disk is full: HDF5's own messages do not.
+        var st = statvfs()
+        if statvfs(dir, &st) == 0, UInt64(st.f_bavail) * UInt64(st.f_frsize) < 1 << 20 {
+            throw MetatrainError("\(error); the file system holding \(dir) is full (\(UInt64(st.f_bavail) * UInt64(st.f_frsize) / 1024) KB free), "
+                                 + "and \(url.lastPathComponent) was left as it was")
+        }
         throw error
     }
+}
+
+/// fsync of a file or directory.
+func sync(_ p: String, what: String) throws {
+    let fd = open(p, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw MetatrainError("\(what): cannot open \(p) to flush it (\(String(cString: strerror(errno))))") }
+    defer { close(fd) }
+    guard fsync(fd) == 0 else { throw MetatrainError("\(what): cannot flush \(p) to the disk (\(String(cString: strerror(errno))))") }
 }
 
 /// Removes the temporary files `writeAtomically` left in `dir` when its process
@@ -39,8 +57,8 @@ public func removeAbandonedTemporaries(in dir: String) -> [String] {
 /// Writes bytes atomically (temporary name, then rename).
 public func writeFileAtomically(_ path: String, contents: String) throws {
     try writeAtomically(to: path) { tmp in
-        guard FileManager.default.createFile(atPath: tmp, contents: Data(contents.utf8)) else {
-            throw MetatrainError("\(path): cannot write file")
+        do { try Data(contents.utf8).write(to: URL(fileURLWithPath: tmp)) } catch {
+            throw MetatrainError("\(path): cannot write file (\(error.localizedDescription))")
         }
     }
 }

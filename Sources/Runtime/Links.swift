@@ -35,6 +35,9 @@ public final class CoordinatorLink {
     private var weightsArena: SharedArena?
     /// Workers' shared-memory files we mapped, by peer, with the offer each hello made.
     private var mapped: [PeerID: (offer: SharedOffer, view: SharedView)] = [:]
+    /// Each peer's last hello, until a welcome answers it: nothing a stranger
+    /// offers is opened before the coordinator has checked who it is.
+    private var offered: [PeerID: Hello] = [:]
     /// The weights to publish and to answer fetches with (views the owner keeps valid until the next `setWeights`).
     private var weights: Weights?
     private var runId = ""
@@ -110,7 +113,7 @@ public final class CoordinatorLink {
                 // Decoded in place: a result's gradients stay in its frame until the reduce reads them.
                 var e = try Envelope.decode(ByteBlock(view: frames[1].bytes, owner: frames[1]))
                 switch e.message {
-                case .hello(let h): map(h, from: peer)
+                case .hello(let h): offered[peer] = h   // opened only once the coordinator welcomes the peer
                 case .trainResult(let r):
                     if let p = r.shared {
                         guard let s = mapped[peer] else { throw WireError.invalid("train result in shared memory that was never offered") }
@@ -160,9 +163,10 @@ public final class CoordinatorLink {
         var m = message
         switch m {
         case .welcome(var w):
+            if let h = offered.removeValue(forKey: peer) { map(h, from: peer) }
             w.sharedMemory = mapped[peer] != nil ? weightsArena?.offer : nil
             m = .welcome(w)
-        case .refuse: mapped[peer] = nil
+        case .refuse: mapped[peer] = nil; offered[peer] = nil
         default: break
         }
         do { try router.send([peer.bytes, Envelope(runId: runId, message: m).encode()]) } catch { log("could not send to \(peer): \(error)") }
@@ -201,9 +205,10 @@ public final class CoordinatorLink {
         try? pub.send([Envelope(runId: runId, message: .shutdown(reason: reason)).encode()])
     }
 
-    /// Forgets the files of workers that are no longer live.
+    /// Forgets the files (and unanswered hellos) of workers that are no longer live.
     public func forget(except live: (PeerID) -> Bool) {
         for peer in mapped.keys where !live(peer) { mapped[peer] = nil }
+        for peer in offered.keys where !live(peer) { offered[peer] = nil }
     }
 
     /// The weights as one inline ZeroMQ message, encoded once per version and

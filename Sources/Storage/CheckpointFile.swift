@@ -48,36 +48,55 @@ public enum CheckpointFile {
     public static func write(_ c: Checkpoint, to path: String) throws {
         let layout = c.layout
         try writeAtomically(to: path) { tmp in
-            let f = try HDF5File.create(tmp)
-            try f.setAttribute("format", format)
-            try f.setAttribute("version", version)
-            try f.setAttribute("iteration", Int64(c.iteration))
-            try f.setAttribute("adam_step", Int64(c.adamStep))
-            try f.setAttribute("seed", Int64(bitPattern: c.seed))
-            try f.setAttribute("config", c.configJSON)
-            try f.setAttribute("dataset_fingerprint", c.datasetFingerprint)
-            try f.setAttribute("kind", c.kind.rawValue)
-            try f.setAttribute("algorithm", c.algorithm)
-            func views(_ group: String, _ b: FloatBuffer) throws {
-                precondition(b.count == layout.count)
-                for e in layout.entries {
-                    try f.write("\(group)/\(e.name)", UnsafeBufferPointer(start: b.ptr + e.offset, count: e.count), shape: e.shape)
+            try HDF5File.write(tmp) { f in
+                try f.setAttribute("format", format)
+                try f.setAttribute("version", version)
+                try f.setAttribute("iteration", Int64(c.iteration))
+                try f.setAttribute("adam_step", Int64(c.adamStep))
+                try f.setAttribute("seed", Int64(bitPattern: c.seed))
+                try f.setAttribute("config", c.configJSON)
+                try f.setAttribute("dataset_fingerprint", c.datasetFingerprint)
+                try f.setAttribute("kind", c.kind.rawValue)
+                try f.setAttribute("algorithm", c.algorithm)
+                func views(_ group: String, _ b: FloatBuffer) throws {
+                    precondition(b.count == layout.count)
+                    for e in layout.entries {
+                        try f.write("\(group)/\(e.name)", UnsafeBufferPointer(start: b.ptr + e.offset, count: e.count), shape: e.shape)
+                    }
                 }
+                try views("model", c.params)
+                if let m = c.adamM, let v = c.adamV {
+                    try views("optimizer/m", m)
+                    try views("optimizer/v", v)
+                }
+                if let a = c.metaSGDAlpha { try views("meta_sgd/alpha", a) }
+                if let m = c.alphaAdamM, let v = c.alphaAdamV {
+                    try views("meta_sgd/optimizer/m", m)
+                    try views("meta_sgd/optimizer/v", v)
+                }
+                try f.createGroups("history")
+                for h in c.history { try f.write("history/\(h.name)", h.values) }
+                try f.setAttribute("tensors_sha256", tensorsChecksum(c))
             }
-            try views("model", c.params)
-            if let m = c.adamM, let v = c.adamV {
-                try views("optimizer/m", m)
-                try views("optimizer/v", v)
-            }
-            if let a = c.metaSGDAlpha { try views("meta_sgd/alpha", a) }
-            if let m = c.alphaAdamM, let v = c.alphaAdamV {
-                try views("meta_sgd/optimizer/m", m)
-                try views("meta_sgd/optimizer/v", v)
-            }
-            try f.createGroups("history")
-            for h in c.history { try f.write("history/\(h.name)", h.values) }
-            try f.flush()
         }
+    }
+
+    /// The SHA-256 of a checkpoint's tensors: each dataset's path and then its
+    /// float32 bytes, the parameter views in layout order, the curves by name.
+    static func tensorsChecksum(_ c: Checkpoint) -> String {
+        var sum = SHA256()
+        func views(_ group: String, _ b: FloatBuffer) {
+            for e in c.layout.entries {
+                sum.update(string: "\(group)/\(e.name)")
+                sum.update(UnsafeRawBufferPointer(UnsafeBufferPointer(start: b.ptr + e.offset, count: e.count)))
+            }
+        }
+        views("model", c.params)
+        if let m = c.adamM, let v = c.adamV { views("optimizer/m", m); views("optimizer/v", v) }
+        if let a = c.metaSGDAlpha { views("meta_sgd/alpha", a) }
+        if let m = c.alphaAdamM, let v = c.alphaAdamV { views("meta_sgd/optimizer/m", m); views("meta_sgd/optimizer/v", v) }
+        for h in c.history.sorted(by: { $0.name < $1.name }) { sum.update(string: "history/\(h.name)"); sum.update(array: h.values) }
+        return sum.finalizeHex()
     }
 
     /// Reads a checkpoint, checking format, version and shapes; if
@@ -123,6 +142,13 @@ public enum CheckpointFile {
                           seed: UInt64(bitPattern: try f.intAttribute("seed")), configJSON: try f.stringAttribute("config"),
                           datasetFingerprint: fp, kind: kind, algorithm: try f.stringAttribute("algorithm"))
         c.alphaAdamM = am; c.alphaAdamV = av
+        // Every tensor as it was written (files from before the checksum have none to check).
+        if f.hasAttribute("tensors_sha256") {
+            let stored = try f.stringAttribute("tensors_sha256")
+            guard tensorsChecksum(c) == stored else {
+                throw MetatrainError("\(path): its tensors do not match their checksum (the file is damaged)")
+            }
+        }
         return c
     }
 }

@@ -9,32 +9,32 @@ public enum DatasetFile {
     /// Writes atomically: a temporary name in the same directory, then rename.
     public static func write(_ d: Dataset, to path: String) throws {
         try writeAtomically(to: path) { tmp in
-            let f = try HDF5File.create(tmp)
-            try f.setAttribute("format", format)
-            try f.setAttribute("version", version)
-            try f.setAttribute("n_items", Int64(d.nItems))
-            try f.setAttribute("max_seq_len", Int64(d.maxSeqLen))
-            try f.setAttribute("k_support", Int64(d.kSupport))
-            try f.setAttribute("q_query", Int64(d.qQuery))
-            try f.setAttribute("fingerprint", d.fingerprint)
-            try f.setAttribute("source", d.source)
-            try f.writeStrings("vocab/item_ids", d.itemIds)
-            try f.write("vocab/item_counts", d.itemCounts)
-            try f.writeStrings("users/ids", d.userIds)
-            try f.write("users/split", d.userSplit)
-            try f.write("pairs/user", d.pairUser)
-            try f.write("pairs/prefix_offsets", d.prefixOffsets)
-            try f.write("pairs/prefix_items", d.prefixItems)
-            try f.write("pairs/label", d.label)
-            try f.write("pairs/timestamp", d.timestamp)
-            try f.write("pairs/reliability", d.reliability)
-            for s in SplitKind.allCases {
-                let e = d.episodes(s)
-                try f.write("episodes/\(s.name)/support", e.support, shape: [e.count, d.kSupport])
-                try f.write("episodes/\(s.name)/query", e.query, shape: [e.count, d.qQuery])
-                try f.write("episodes/\(s.name)/user", e.user)
+            try HDF5File.write(tmp) { f in
+                try f.setAttribute("format", format)
+                try f.setAttribute("version", version)
+                try f.setAttribute("n_items", Int64(d.nItems))
+                try f.setAttribute("max_seq_len", Int64(d.maxSeqLen))
+                try f.setAttribute("k_support", Int64(d.kSupport))
+                try f.setAttribute("q_query", Int64(d.qQuery))
+                try f.setAttribute("fingerprint", d.fingerprint)
+                try f.setAttribute("source", d.source)
+                try f.writeStrings("vocab/item_ids", d.itemIds)
+                try f.write("vocab/item_counts", d.itemCounts)
+                try f.writeStrings("users/ids", d.userIds)
+                try f.write("users/split", d.userSplit)
+                try f.write("pairs/user", d.pairUser)
+                try f.write("pairs/prefix_offsets", d.prefixOffsets)
+                try f.write("pairs/prefix_items", d.prefixItems)
+                try f.write("pairs/label", d.label)
+                try f.write("pairs/timestamp", d.timestamp)
+                try f.write("pairs/reliability", d.reliability)
+                for s in SplitKind.allCases {
+                    let e = d.episodes(s)
+                    try f.write("episodes/\(s.name)/support", e.support, shape: [e.count, d.kSupport])
+                    try f.write("episodes/\(s.name)/query", e.query, shape: [e.count, d.qQuery])
+                    try f.write("episodes/\(s.name)/user", e.user)
+                }
             }
-            try f.flush()
         }
     }
 

@@ -1,4 +1,5 @@
 import CHDF5
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #else
@@ -35,13 +36,22 @@ extension Int64: HDF5Scalar {
 
 /// An open HDF5 file. The only type in metatrain that calls the HDF5 C API;
 /// every failure becomes a MetatrainError naming the file and the object.
-/// Handles are closed in deinit.
+/// Handles are closed in deinit; a writer calls `close()`, which says whether
+/// everything reached the file (a full disk shows up there at the latest).
 public final class HDF5File {
     public let path: String
     let id: hid_t
+    private var closed = false
 
     private init(path: String, id: hid_t) { self.path = path; self.id = id }
-    deinit { H5Fclose(id) }
+    deinit { if !closed { H5Fclose(id) } }
+
+    /// Closes the file, writing out what HDF5 still buffers; throws if that fails.
+    public func close() throws {
+        guard !closed else { return }
+        closed = true
+        guard H5Fclose(id) >= 0 else { throw MetatrainError("\(path): cannot finish writing the file (disk full?)") }
+    }
 
     /// Creates (truncates) a file for writing. Prefer `writeAtomically` callers.
     public static func create(_ path: String) throws -> HDF5File {
@@ -51,6 +61,30 @@ public final class HDF5File {
         let id = H5Fcreate(path, mt_h5f_acc_trunc(), fcpl, mt_h5p_default())
         guard id >= 0 else { throw MetatrainError("\(path): cannot create HDF5 file") }
         return HDF5File(path: path, id: id)
+    }
+
+    /// Builds a file in memory with `body` and writes its bytes to `path`
+    /// (which must not exist; callers write a temporary name, see
+    /// `writeAtomically`). HDF5 never writes to the disk itself, so a full disk
+    /// is a plain write error here, with nothing left open in the library.
+    public static func write(_ path: String, _ body: (HDF5File) throws -> Void) throws {
+        mt_h5_silence_errors()
+        let fcpl = mt_h5p_fcpl_untimed(), fapl = mt_h5p_fapl_memory()
+        defer { H5Pclose(fcpl); H5Pclose(fapl) }
+        let id = H5Fcreate(path, mt_h5f_acc_trunc(), fcpl, fapl)
+        guard id >= 0 else { throw MetatrainError("\(path): cannot create an HDF5 file in memory") }
+        let f = HDF5File(path: path, id: id)
+        try body(f)
+        try f.flush()
+        let size = H5Fget_file_image(id, nil, 0)
+        guard size > 0 else { throw MetatrainError("\(path): cannot take the HDF5 file's image") }
+        var image = [UInt8](repeating: 0, count: size)
+        guard H5Fget_file_image(id, &image, size) == size else { throw MetatrainError("\(path): cannot take the HDF5 file's image") }
+        try f.close()
+        do { try Data(image).write(to: URL(fileURLWithPath: path)) } catch {
+            unlink(path)
+            throw MetatrainError("\(path): cannot write \(size) bytes (\(error.localizedDescription))")
+        }
     }
 
     /// Opens a file read-only; a missing, truncated or non-HDF5 file is an error.

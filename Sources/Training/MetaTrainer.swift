@@ -72,8 +72,24 @@ public final class MetaTrainer {
         let nVal = dataset.episodes(.val).count
         valEpisodes = Array(0..<(config.eval.valEpisodes > 0 ? min(config.eval.valEpisodes, nVal) : nVal))
 
-        if resume, let latest = try MetaTrainer.latestCheckpoint(in: run) {
-            let ck = try CheckpointFile.read(latest, expectedFingerprint: dataset.fingerprint)
+        try run.lock()
+        // The newest periodic checkpoint that reads back whole; each one skipped is logged.
+        var resumeFrom: (path: String, checkpoint: Checkpoint)?
+        if resume {
+            for path in try MetaTrainer.periodicCheckpoints(in: run).reversed() {
+                do {
+                    resumeFrom = (path, try CheckpointFile.read(path, expectedFingerprint: dataset.fingerprint))
+                    break
+                } catch {
+                    run.log("skipped \(path) for --resume: \(error)")
+                    FileHandle.standardError.write(Data("warning: skipped \(path) for --resume: \(error)\n".utf8))
+                }
+            }
+        }
+        if resume, resumeFrom == nil, !(try MetaTrainer.periodicCheckpoints(in: run)).isEmpty {
+            throw MetatrainError("\(run.path): no checkpoint in checkpoints/ reads back whole (each is named above); nothing to resume from")
+        }
+        if let (latest, ck) = resumeFrom {
             guard ck.configJSON == config.json else {
                 throw MetatrainError("\(latest): its configuration differs from this run's; resume with the run's config.yaml")
             }

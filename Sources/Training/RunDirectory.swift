@@ -22,6 +22,29 @@ public final class RunDirectory {
 
     public func file(_ name: String) -> String { path + "/" + name }
 
+    private var lockFD: Int32 = -1
+
+    /// Takes the run directory for this process (an exclusive lock on
+    /// RUN/.lock, held until the process ends, however it ends); a second
+    /// coordinator on the same directory is refused, naming the holder.
+    public func lock() throws {
+        guard lockFD < 0 else { return }
+        let p = file(".lock")
+        let fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw MetatrainError("\(p): cannot open the run directory's lock (\(String(cString: strerror(errno))))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            var buf = [UInt8](repeating: 0, count: 256)
+            let n = pread(fd, &buf, buf.count, 0)
+            close(fd)
+            let holder = String(decoding: buf.prefix(max(0, n)), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            throw MetatrainError("\(path) is in use by another run (\(holder.isEmpty ? "holder unknown" : holder)); stop it or use another --run-dir")
+        }
+        let me = "process \(getpid()) on \(ProcessInfo.processInfo.hostName)\n"
+        _ = ftruncate(fd, 0)
+        _ = me.withCString { pwrite(fd, $0, strlen($0), 0) }
+        lockFD = fd
+    }
+
     /// Writes config.yaml (atomically).
     public func saveConfig(_ c: Config) throws {
         try writeFileAtomically(file("config.yaml"), contents: "# resolved configuration written by metatrain\n" + c.yaml)
@@ -34,7 +57,9 @@ public final class RunDirectory {
         guard let h = FileHandle(forWritingAtPath: p) else { throw MetatrainError("\(p): cannot open for appending") }
         defer { try? h.close() }
         h.seekToEndOfFile()
-        h.write(Data((j.compact + "\n").utf8))
+        do { try h.write(contentsOf: Data((j.compact + "\n").utf8)) } catch {
+            throw MetatrainError("\(p): cannot append a line (\(error.localizedDescription))")
+        }
     }
 
     /// Appends a line to the run's log file.
@@ -45,9 +70,12 @@ public final class RunDirectory {
             logHandle = FileHandle(forWritingAtPath: p)
             logHandle?.seekToEndOfFile()
         }
-        logHandle?.write(Data((timestamp() + " " + line + "\n").utf8))
+        try? logHandle?.write(contentsOf: Data((timestamp() + " " + line + "\n").utf8))   // a full disk loses log lines, not the run
     }
 
     private func timestamp() -> String { formatTime(Int64(Date().timeIntervalSince1970)) }
-    deinit { try? logHandle?.close() }
+    deinit {
+        try? logHandle?.close()
+        if lockFD >= 0 { close(lockFD) }
+    }
 }

@@ -55,6 +55,12 @@ public final class SharedArena {
             close(fd)
             throw SharedMemoryError("cannot allocate a shared-memory file")
         }
+        // It may grow but never shrink: a peer's mapping never loses a page it was told of.
+        guard metatrain_seal_shrink(fd) == 0 else {
+            let e = SharedMemoryError(errno: "cannot seal a shared-memory file")
+            close(fd)
+            throw e
+        }
         let p = mmap(nil, sharedReserveBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         guard let p, p != MAP_FAILED else {
             let e = SharedMemoryError(errno: "cannot map a shared-memory file")
@@ -118,8 +124,13 @@ public final class SharedView: @unchecked Sendable {
               [parts[2], parts[4]].allSatisfy({ !$0.isEmpty && $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }) else {
             throw SharedMemoryError("\(path) is not a shared-memory file (/proc/PID/fd/FD)")
         }
-        fd = open(path, O_RDONLY | O_CLOEXEC)
+        // Never blocks (a FIFO), and only a memfd its creator sealed against shrinking will do.
+        fd = open(path, metatrain_open_peer_flags())
         guard fd >= 0 else { throw SharedMemoryError(errno: "cannot open \(path)") }
+        guard metatrain_is_sealed_memfd(fd) != 0 else {
+            close(fd)
+            throw SharedMemoryError("\(path) is not a shared-memory file (a memfd sealed against shrinking)")
+        }
         var head = [UInt8](repeating: 0, count: 16)
         guard pread(fd, &head, 16, 0) == 16, head == token else {
             close(fd)
@@ -143,7 +154,8 @@ public final class SharedView: @unchecked Sendable {
     public func bytes(offset: Int, count: Int) throws -> UnsafeRawBufferPointer {
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw SharedMemoryError(errno: "fstat") }
-        guard offset >= sharedHeaderBytes, count >= 0, offset % 4 == 0, offset <= Int(st.st_size) - count else {
+        guard offset >= sharedHeaderBytes, count >= 0, offset % 4 == 0, count <= sharedReserveBytes,
+              offset <= min(Int(st.st_size), sharedReserveBytes) - count else {
             throw SharedMemoryError("payload of \(count) bytes at offset \(offset) lies outside the shared file (\(st.st_size) bytes)")
         }
         return UnsafeRawBufferPointer(start: base + offset, count: count)

@@ -94,6 +94,16 @@ final class StorageTests: XCTestCase {
         XCTAssertThrowsError(try CheckpointFile.read(p, expectedFingerprint: "xyz")) { e in
             XCTAssertTrue("\(e)".contains("not on this dataset"), "\(e)")
         }
+        // One flipped bit in a tensor, which HDF5 itself reads back without a word: the checksum catches it.
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: p))
+        let needle = withUnsafeBytes(of: m.ptr[5].bitPattern) { Data($0) } + withUnsafeBytes(of: m.ptr[6].bitPattern) { Data($0) }
+        let at = try XCTUnwrap(bytes.range(of: needle), "the Adam moments lie in the file as written").lowerBound
+        bytes[at] ^= 1
+        let damaged = tmpFile("damaged.h5")
+        try bytes.write(to: URL(fileURLWithPath: damaged))
+        XCTAssertThrowsError(try CheckpointFile.read(damaged)) { e in
+            XCTAssertTrue("\(e)".contains("its tensors do not match their checksum"), "\(e)")
+        }
     }
 }
 

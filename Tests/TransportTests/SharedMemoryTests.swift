@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import CLinux
 @testable import Transport
 
 /// Worker arenas and the coordinator's views of them, in one process (the
@@ -75,5 +76,39 @@ final class SharedMemoryTests: XCTestCase {
         XCTAssertThrowsError(try SharedView(path: path, token: token), "the owner's descriptor is closed")
         XCTAssertEqual(read(try view.bytes(offset: offset, count: 8)), [Float(1).bitPattern, Float(2).bitPattern],
                        "a mapping outlives its owner")
+    }
+
+    /// Only a memfd sealed against shrinking is mapped; a FIFO, a regular file
+    /// or an unsealed memfd behind /proc/PID/fd is refused without blocking, and
+    /// the owner itself cannot shrink its file under a peer's mapping.
+    func testOnlySealedMemfdsAreMappedAndNeverShrink() throws {
+        let fifo = NSTemporaryDirectory() + "metatrain-fifo-\(getpid())"
+        unlink(fifo)
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        defer { unlink(fifo) }
+        let fifoFD = open(fifo, O_RDWR | O_NONBLOCK)   // held open, as a stranger's process would
+        defer { close(fifoFD) }
+        let regular = NSTemporaryDirectory() + "metatrain-regular-\(getpid())"
+        FileManager.default.createFile(atPath: regular, contents: Data(repeating: 1, count: 8192))
+        defer { unlink(regular) }
+        let regularFD = open(regular, O_RDONLY)
+        defer { close(regularFD) }
+        let plainMemfd = metatrain_memfd("unsealed")   // sealing allowed, never sealed
+        defer { close(plainMemfd) }
+        XCTAssertEqual(ftruncate(plainMemfd, 8192), 0)
+        let token = [UInt8](repeating: 1, count: 16)
+        for fd in [fifoFD, regularFD, plainMemfd] {
+            let start = Date()
+            XCTAssertThrowsError(try SharedView(path: "/proc/\(getpid())/fd/\(fd)", token: token)) {
+                XCTAssertTrue("\($0)".contains("not a shared-memory file (a memfd sealed against shrinking)"), "\($0)")
+            }
+            XCTAssertLessThan(Date().timeIntervalSince(start), 1, "opening never blocks")
+        }
+        let arena = try SharedArena(name: "test")
+        XCTAssertNotNil(arena.allocate(bytes: 1 << 20, version: 0))
+        let fd = open(arena.path, O_RDWR)
+        defer { close(fd) }
+        XCTAssertEqual(ftruncate(fd, 4096), -1, "the file cannot shrink")
+        XCTAssertNoThrow(try SharedView(path: arena.path, token: arena.token))
     }
 }

@@ -1,0 +1,114 @@
+import Foundation
+import XCTest
+
+/// Run directories that survive what happens to real runs: a full disk, a
+/// damaged checkpoint, a second coordinator started on the same directory.
+final class ReliabilityTests: XCTestCase {
+    static let dir = freshDir("reliability")
+    let args = ["--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12", "--set", "maml.meta_batch_size=8",
+                "--set", "maml.chunk_size=2", "--set", "maml.inner_steps=2", "--set", "eval.every=1000", "--set", "eval.val_episodes=8"]
+
+    func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+    func bytes(_ path: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: path)) }
+
+    /// The disk fills up mid-run: the checkpoint being written is abandoned,
+    /// the previous ones stay whole, the run ends with a clear error and a
+    /// non-zero exit (no crash), and once there is room it resumes to the
+    /// weights of a run that never ran out.
+    func testAFullDiskKeepsThePreviousCheckpointAndTheRunResumes() throws {
+        guard getuid() == 0 else { throw XCTSkip("mounting a small file system needs root") }
+        let data = try syntheticDataset(in: ReliabilityTests.dir)
+        let run = ["--set", "maml.iterations=2000", "--set", "checkpoint.every=20"] + args
+        let whole = ReliabilityTests.dir + "/whole"
+        XCTAssertEqual(try metatrain(["train", "--data", data, "--run-dir", whole, "--workers", "1"] + run).status, 0)
+        let disk = ReliabilityTests.dir + "/disk"
+        try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
+        let mounted = Process()
+        mounted.executableURL = URL(fileURLWithPath: "/bin/mount")
+        mounted.arguments = ["-t", "tmpfs", "-o", "size=700k", "tmpfs", disk]
+        try mounted.run(); mounted.waitUntilExit()
+        guard mounted.terminationStatus == 0 else { throw XCTSkip("cannot mount a tmpfs here") }
+        defer {
+            let u = Process(); u.executableURL = URL(fileURLWithPath: "/bin/umount"); u.arguments = [disk]
+            try? u.run(); u.waitUntilExit()
+        }
+        let runDir = disk + "/run"
+        let p = try startDetached(["train", "--data", data, "--run-dir", runDir, "--workers", "1"] + run, stderr: ReliabilityTests.dir + "/full.err")
+        defer { p.killGroup(); p.wait() }
+        let deadline = Date().addingTimeInterval(60)
+        while ((try? FileManager.default.contentsOfDirectory(atPath: runDir + "/checkpoints")) ?? []).count < 2 && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.01)
+        }
+        // Fill what is left.
+        let filler = disk + "/filler"
+        FileManager.default.createFile(atPath: filler, contents: nil)
+        let h = try XCTUnwrap(FileHandle(forWritingAtPath: filler))
+        while (try? h.write(contentsOf: Data(count: 4096))) != nil {}
+        try h.close()
+        let status = p.wait(seconds: 60)
+        let err = read(ReliabilityTests.dir + "/full.err")
+        XCTAssertEqual(status, 1, "a clear error and exit 1, not a crash: \(err)")
+        // Whichever write meets the full disk first (a checkpoint, or a line of metrics.jsonl) says so.
+        XCTAssertTrue(err.contains("error: \(runDir)") && (err.contains("is full") || err.contains("enough space")), err)
+        let left = try FileManager.default.contentsOfDirectory(atPath: runDir + "/checkpoints")
+        XCTAssertFalse(left.contains { $0.hasPrefix(".") }, "no temporary file left: \(left)")
+        // Room again: the run resumes from what it kept and ends as if nothing happened.
+        try FileManager.default.removeItem(atPath: filler)
+        let resumed = try metatrain(["train", "--data", data, "--run-dir", runDir, "--workers", "1", "--resume"] + run)
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertEqual(try bytes(runDir + "/final.h5"), try bytes(whole + "/final.h5"))
+    }
+
+    /// `--resume` skips a damaged newest checkpoint (truncated, or a flipped
+    /// byte in a tensor that only the checksum catches), says so, and resumes
+    /// from the one before.
+    func testResumeSkipsDamagedCheckpoints() throws {
+        let data = try syntheticDataset(in: ReliabilityTests.dir)
+        let run = ["--set", "maml.iterations=12", "--set", "checkpoint.every=4", "--set", "checkpoint.keep=3"] + args
+        let whole = ReliabilityTests.dir + "/resume-whole"
+        XCTAssertEqual(try metatrain(["train", "--data", data, "--run-dir", whole, "--workers", "1"] + run).status, 0)
+        let damaged = ReliabilityTests.dir + "/damaged"
+        XCTAssertEqual(try metatrain(["train", "--data", data, "--run-dir", damaged, "--workers", "1"] + run).status, 0)
+        try FileManager.default.removeItem(atPath: damaged + "/final.h5")
+        // iter-12 truncated, iter-8 with one tensor byte flipped: only iter-4 is whole.
+        let c12 = damaged + "/checkpoints/iter-000012.h5", c8 = damaged + "/checkpoints/iter-000008.h5"
+        try bytes(c12).prefix(5000).write(to: URL(fileURLWithPath: c12))
+        var b8 = try bytes(c8)
+        let params = try bytes(whole + "/checkpoints/iter-000008.h5")
+        XCTAssertEqual(b8, params, "same run, same bytes")
+        // Flip a byte inside the first tensor's data: find 16 bytes of the embedding after the header.
+        let at = b8.count / 3
+        b8[at] ^= 0x40
+        try b8.write(to: URL(fileURLWithPath: c8))
+        let r = try metatrain(["train", "--data", data, "--run-dir", damaged, "--workers", "1", "--resume"] + run)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("warning: skipped \(c12) for --resume"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("warning: skipped \(c8) for --resume"), r.stderr)
+        XCTAssertTrue(read(damaged + "/coordinator.log").contains("resumed from \(damaged)/checkpoints/iter-000004.h5"))
+        XCTAssertEqual(try bytes(damaged + "/final.h5"), try bytes(whole + "/final.h5"))
+        // With nothing whole left, --resume is an error rather than a fresh start.
+        for f in try FileManager.default.contentsOfDirectory(atPath: damaged + "/checkpoints") {
+            try Data("junk".utf8).write(to: URL(fileURLWithPath: damaged + "/checkpoints/" + f))
+        }
+        let none = try metatrain(["train", "--data", data, "--run-dir", damaged, "--workers", "1", "--resume"] + run)
+        XCTAssertEqual(none.status, 1)
+        XCTAssertTrue(none.stderr.contains("no checkpoint in checkpoints/ reads back whole"), none.stderr)
+    }
+
+    /// A second coordinator on a run directory in use is refused and names the holder.
+    func testASecondCoordinatorOnARunDirectoryIsRefused() throws {
+        let data = try syntheticDataset(in: ReliabilityTests.dir)
+        let run = ReliabilityTests.dir + "/busy"
+        let first = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
+                                       "--set", "maml.iterations=100"] + args)
+        defer { first.killGroup(); first.wait() }
+        _ = try waitForEndpoint(run + "/coordinator.log")
+        let second = try metatrain(["train", "--data", data, "--run-dir", run, "--workers", "1", "--set", "maml.iterations=100"] + args)
+        XCTAssertEqual(second.status, 1)
+        XCTAssertTrue(second.stderr.contains("\(run) is in use by another run (process \(first.pid) on "), second.stderr)
+        // Once the holder is gone (killed outright, even), the directory is free again.
+        first.killGroup(); first.wait()
+        let third = try metatrain(["train", "--data", data, "--run-dir", run, "--workers", "1", "--resume", "--set", "maml.iterations=100"] + args)
+        XCTAssertEqual(third.status, 0, third.stderr)
+    }
+}
