@@ -38,6 +38,13 @@ public struct Config: Equatable, Sendable {
     }
     public struct Eval: Equatable, Sendable { public var every: Int, patience: Int, valEpisodes: Int, bootstrapSamples: Int }
     public struct Checkpoint: Equatable, Sendable { public var every: Int, keep: Int }
+    /// Liveness between coordinator and workers: a heartbeat every `heartbeatS`
+    /// seconds; a peer that misses `liveness` of them in a row is presumed gone.
+    public struct Cluster: Equatable, Sendable {
+        public var heartbeatS: Double, liveness: Int
+        /// Seconds of silence after which a peer is presumed gone.
+        public var silenceS: Double { heartbeatS * Double(liveness) }
+    }
 
     public var seed: UInt64
     public var data: Data
@@ -48,6 +55,7 @@ public struct Config: Equatable, Sendable {
     public var warmStart: WarmStart
     public var eval: Eval
     public var checkpoint: Checkpoint
+    public var cluster: Cluster
 
     /// The resolved tree (all keys), for saving as YAML or JSON.
     public let tree: ConfigValue
@@ -169,6 +177,7 @@ public struct Config: Equatable, Sendable {
         eval = Eval(every: try r.int("eval.every", min: 1, max: 1 << 40), patience: try r.int("eval.patience", min: 1, max: 1 << 40),
                     valEpisodes: try r.int("eval.val_episodes", min: 0, max: 1 << 40), bootstrapSamples: try r.int("eval.bootstrap_samples", min: 1, max: 1_000_000))
         checkpoint = Checkpoint(every: try r.int("checkpoint.every", min: 1, max: 1 << 40), keep: try r.int("checkpoint.keep", min: 1, max: 1_000_000))
+        cluster = Cluster(heartbeatS: try r.double("cluster.heartbeat_s", in: 0.05...60), liveness: try r.int("cluster.liveness", min: 1, max: 1000))
     }
 
     public static func == (a: Config, b: Config) -> Bool { a.tree == b.tree }

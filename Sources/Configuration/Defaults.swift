@@ -53,4 +53,7 @@ eval:
 checkpoint:
   every: 100
   keep: 3
+cluster:
+  heartbeat_s: 1.0
+  liveness: 3
 """

@@ -33,6 +33,13 @@ public struct CoordinatorMachine: Sendable {
         public var badResultsAllowed = 3
         /// Whether non-finite values make a result bad (a host agent leaves that to the coordinator).
         public var checkFinite = true
+        /// A unit held longer than this many times its expected time (measured
+        /// seconds per task so far × its tasks), and at least `minUnitDeadline`,
+        /// goes out again: a worker that heartbeats but never finishes loses it.
+        public var deadlineFactor = 10.0
+        public var minUnitDeadline = 5.0
+        /// The deadline before any unit time was measured.
+        public var firstUnitDeadline = 120.0
         public init(runId: String, datasetFingerprint: String, configJSON: String, workerTimeout: Double = 60,
                     unitsPerWorker: Int = 2, waitingNoticeInterval: Double = 30) {
             self.runId = runId; self.datasetFingerprint = datasetFingerprint; self.configJSON = configJSON
@@ -110,6 +117,13 @@ public struct CoordinatorMachine: Sendable {
     private var assigned: [Int: Set<PeerID>] = [:]
     /// Workers whose result for a unit (by index) held non-finite values.
     private var nonFinite: [Int: [String]] = [:]
+    /// The latest time seen by an `on…` call (dispatches in between use it).
+    private var clock = 0.0
+    /// When each unit in flight was last sent, and the units already sent again for lateness.
+    private var sentAt: [Int: Double] = [:]
+    private var overdue: Set<Int> = []
+    /// Measured seconds per task (moving average over accepted results, from send to result).
+    public private(set) var taskSeconds: Double?
     /// Since when no worker has been connected (seen by `onTick`), and when we last said so.
     public private(set) var withoutWorkersSince: Double?
     private var lastWaitingNotice: Double?
@@ -140,6 +154,7 @@ public struct CoordinatorMachine: Sendable {
 
     /// A decoded message from a worker.
     public mutating func onMessage(_ e: Envelope, from peer: PeerID, now: Double) -> [Directive] {
+        clock = max(clock, now)
         if case .hello(let h) = e.message { return onHello(h, from: peer, now: now) }
         if case .goodbye(let reason) = e.message, workers[peer] == nil {
             // Already dropped: nothing to re-queue.
@@ -199,8 +214,10 @@ public struct CoordinatorMachine: Sendable {
 
     /// Periodic check: drops workers silent for longer than the timeout and re-queues their units.
     public mutating func onTick(now: Double) -> [Directive] {
+        clock = max(clock, now)
         var out: [Directive] = []
         noise.forget(before: now)
+        out += overdueUnits(now: now)
         for peer in joinOrder {
             guard let w = workers[peer], now - w.lastSeen > settings.workerTimeout else { continue }
             // A worker says nothing while it computes a unit: name the way out if units run that long.
@@ -346,9 +363,36 @@ public struct CoordinatorMachine: Sendable {
             return bad(peer, "unit \(unitId): \(problem.what)") + dispatch()
         }
         results[index] = r
+        if let t = sentAt[unitId] {
+            let tasks = max(1, p.units[index].reduce(0) { $0 + $1.count })
+            let x = max(0, clock - t) / Double(tasks)
+            taskSeconds = taskSeconds.map { 0.8 * $0 + 0.2 * x } ?? x
+        }
         out.append(.unitResult(index: index, r))
         if results.count == p.units.count { return out + complete() + dispatch() }
         return out + dispatch()
+    }
+
+    /// Units held past their deadline go out again (to whoever is ready); the
+    /// holder keeps them, and whichever result comes first counts.
+    mutating func overdueUnits(now: Double) -> [Directive] {
+        guard let p = phase else { return [] }
+        var out: [Directive] = []
+        for peer in joinOrder {
+            guard let w = workers[peer] else { continue }
+            for id in w.units where !overdue.contains(id) {
+                let index = id - firstUnitId
+                guard index >= 0, index < p.units.count, results[index] == nil, let t = sentAt[id] else { continue }
+                let tasks = p.units[index].reduce(0) { $0 + $1.count }
+                let deadline = taskSeconds.map { max(settings.minUnitDeadline, settings.deadlineFactor * $0 * Double(tasks)) }
+                    ?? settings.firstUnitDeadline
+                guard now - t > deadline else { continue }
+                overdue.insert(id)
+                out.append(.log("worker \(w.name) has held unit \(id) for \(Int(now - t))s, past its deadline of \(Int(deadline))s; it goes out again"))
+                if !pending.contains(index) { pending.insert(index, at: 0) }
+            }
+        }
+        return out
     }
 
     /// Why a result cannot count, if it cannot.
@@ -410,7 +454,7 @@ public struct CoordinatorMachine: Sendable {
         let ordered = (0..<p.units.count).map { results[$0]! }
         phase = nil
         pending = []
-        results = [:]; assigned = [:]; nonFinite = [:]
+        results = [:]; assigned = [:]; nonFinite = [:]; sentAt = [:]; overdue = []
         return [.phaseComplete(PhaseResults(phase: p, results: ordered))]
     }
 
@@ -431,6 +475,7 @@ public struct CoordinatorMachine: Sendable {
             let id = firstUnitId + index
             workers[peer]!.units.append(id)
             assigned[index, default: []].insert(peer)
+            sentAt[id] = clock
             out.append(.send(peer, .work(WorkUnit(id: id, kind: p.kind, version: p.version, leaves: p.units[index]))))
         }
         let most = workers.values.map(\.procs).max() ?? 0

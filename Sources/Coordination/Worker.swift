@@ -45,9 +45,13 @@ public struct WorkerMachine: Sendable {
     /// Train and val episodes in this worker's dataset: a unit that names others is refused,
     /// whoever sent it (nil: not checked).
     public var episodeLimits: (train: Int, val: Int)?
-    /// Idle time after which the worker sends a heartbeat.
-    public var heartbeatInterval: Double = 2
-    /// Silence after which the coordinator is presumed gone.
+    /// Idle time after which the worker sends a heartbeat (the run's `cluster.heartbeat_s`
+    /// once welcomed); heartbeats go on while units are computed.
+    public var heartbeatInterval: Double = 1
+    /// Silence after which a joined worker presumes the coordinator gone and joins again
+    /// (`cluster.heartbeat_s` × `cluster.liveness`), saying hello with backoff.
+    public var livenessTimeout: Double = 3
+    /// Silence after which the worker gives up on the coordinator and exits.
     public var coordinatorTimeout: Double
     /// How long a unit waits for its weights' broadcast before the worker fetches them.
     public var broadcastGrace: Double = 0.25
@@ -68,6 +72,12 @@ public struct WorkerMachine: Sendable {
     private var configJSON: String?
     private var lastSent = 0.0
     private var lastHeard = 0.0
+    /// While joining: the wait before the next hello, doubled each time up to `maxHelloInterval`.
+    private var helloInterval = 1.0
+    public var maxHelloInterval = 8.0
+    /// Units handed to the shell, with the run they were given in: a result
+    /// computed for a run that has since gone is dropped, not sent to the next.
+    private var computingRuns: [(unitId: Int, run: String)] = []
 
     public init(name: String, datasetFingerprint: String, coordinatorTimeout: Double = 120) {
         self.name = name; self.datasetFingerprint = datasetFingerprint; self.coordinatorTimeout = coordinatorTimeout
@@ -116,6 +126,7 @@ public struct WorkerMachine: Sendable {
                 out.append(.configure(configJSON: w.configJSON))
             }
             state = .joined
+            helloInterval = heartbeatInterval
             out.append(.log("joined run \(e.runId) at weights version \(w.version), holding \(weightsVersion)"))
             out += sent(.ready, now)
             // Joined after that version's broadcast: fetch it now.
@@ -197,6 +208,7 @@ public struct WorkerMachine: Sendable {
     private mutating func compute(_ u: WorkUnit) -> Directive {
         precondition(held != nil && weightsVersion == u.version, "unit \(u.id) for version \(u.version) computed holding \(weightsVersion)")
         computing += 1
+        computingRuns.append((u.id, runId))
         let install = computerHoldsHeld ? nil : held!.weights
         computerHoldsHeld = true
         return .compute(u, install: install)
@@ -223,7 +235,12 @@ public struct WorkerMachine: Sendable {
     /// The shell finished a unit; `result` is its trainResult or evalResult.
     public mutating func onComputed(_ result: Message, now: Double) -> [Directive] {
         computing = max(0, computing - 1)
+        var unitId: Int?
+        switch result { case .trainResult(let r): unitId = r.unitId; case .evalResult(let r): unitId = r.unitId; default: break }
+        var run = runId
+        if let i = computingRuns.firstIndex(where: { $0.unitId == unitId }) { run = computingRuns.remove(at: i).run }
         guard state == .joined else { return [] }
+        guard run == runId else { return [.log("dropped the result of unit \(unitId ?? -1) of run \(run): the coordinator now runs \(runId)")] }
         return sent(result, now)
     }
 
@@ -249,8 +266,18 @@ public struct WorkerMachine: Sendable {
             // Said in case the coordinator was only frozen: it then re-queues our units at once.
             return onLeaving(reason, now: now) + [.exit(code: 1, reason: reason)]
         }
-        if now - lastSent > heartbeatInterval {
-            return sent(state == .joined ? .heartbeat : hello, now)
+        if state == .joined && now - lastHeard > livenessTimeout {
+            // Missed `liveness` heartbeats: the coordinator died, froze or was restarted. Join again
+            // (a coordinator restarted with --resume welcomes us back), saying hello with backoff.
+            helloInterval = heartbeatInterval
+            return rejoin("no word from the coordinator for \(Int((now - lastHeard) * 10) / 10).\(Int((now - lastHeard) * 10) % 10)s", now)
+        }
+        if state == .joined && now - lastSent > heartbeatInterval {
+            return sent(.heartbeat, now)
+        }
+        if state == .joining && now - lastSent > helloInterval {
+            helloInterval = min(maxHelloInterval, 2 * helloInterval)
+            return sent(hello, now)
         }
         return []
     }

@@ -14,7 +14,8 @@ import Wire
 public final class CoordinatorShell {
     public let trainer: MetaTrainer
     public let requestedEndpoint: String
-    public var workerTimeout = 60.0
+    /// Silence after which a worker is dropped (nil: the run's cluster.heartbeat_s × cluster.liveness).
+    public var workerTimeout: Double?
     let stop: StopFlag
     let progress: ProgressSink?
     /// The endpoint workers connect to, once bound.
@@ -60,7 +61,8 @@ public final class CoordinatorShell {
         runId = "\(trainer.config.seed)-\(getpid())-\(Int(Date().timeIntervalSince1970))"
         link.setRun(runId)
         var settings = CoordinatorMachine.Settings(runId: runId, datasetFingerprint: trainer.dataset.fingerprint,
-                                                   configJSON: trainer.config.json, workerTimeout: workerTimeout)
+                                                   configJSON: trainer.config.json,
+                                                   workerTimeout: workerTimeout ?? trainer.config.cluster.silenceS)
         settings.gradientCounts = (trainer.layout.count, trainer.alpha == nil ? 0 : trainer.layout.count)
         machine = CoordinatorMachine(settings: settings, version: trainer.iteration)
         publishWeights()

@@ -183,6 +183,9 @@ public final class HostAgent {
     /// processes join it again by themselves), and the processes started the first time.
     func configure(_ json: String) throws {
         let config = try Config.parse(json, origin: "coordinator's config")
+        upMachine.heartbeatInterval = config.cluster.heartbeatS
+        upMachine.livenessTimeout = config.cluster.silenceS
+        innerSilence = config.cluster.silenceS
         let n = ParameterLayout(ModelDims(V: dataset.nItems, E: config.model.embeddingDim, H: config.model.hiddenDim)).count
         let metasgd = config.maml.algorithm == .metasgd
         cost = UnitCost(dataset: dataset, config: config)
@@ -207,6 +210,7 @@ public final class HostAgent {
     /// The configuration of the inner run, and the coordinator's run it serves.
     private var innerConfig = ""
     private var innerServes = ""
+    private var innerSilence = 3.0
 
     /// A fresh inner run: weights versions within a run only grow, so a
     /// coordinator's new run (a restart with `--resume` starts again at an
@@ -218,7 +222,7 @@ public final class HostAgent {
         down.setRun(runId)
         innerServes = upMachine.runId
         var settings = CoordinatorMachine.Settings(runId: runId, datasetFingerprint: dataset.fingerprint, configJSON: innerConfig,
-                                                   workerTimeout: 60, waitingNoticeInterval: 1e9)
+                                                   workerTimeout: innerSilence, waitingNoticeInterval: 1e9)
         // Its own processes' results: sizes and counts are checked here, values by the coordinator.
         settings.checkFinite = false
         if let theta { settings.gradientCounts = (theta.count, alpha?.count ?? 0) }

@@ -11,7 +11,10 @@ import Wire
 
 /// Runs one worker: owns a DEALER (work, results, fetches) and a SUB (weight
 /// broadcasts) socket, feeds messages to the WorkerMachine, and computes units
-/// with a UnitComputer on the dataset it opened itself.
+/// with a UnitComputer on the dataset it opened itself. Units are computed on
+/// a thread of their own, one at a time, so the worker keeps listening and
+/// heartbeating while it computes: a coordinator tells a busy worker from a
+/// frozen one in seconds.
 public final class WorkerShell {
     let endpoint: String
     let dataPath: String
@@ -24,6 +27,8 @@ public final class WorkerShell {
     public var exitWithParent: pid_t?
     /// Fault injection for tests: computing unit N+1 fails (as a real error would), so the worker says goodbye and exits.
     public var failAfterUnits: Int?
+    /// Fault injection for tests: unit N+1 never finishes, while the worker goes on heartbeating.
+    public var hangAfterUnits: Int?
     private var unitsComputed = 0
 
     private var link: WorkerLink!
@@ -36,6 +41,15 @@ public final class WorkerShell {
     public var trace: Trace?
     /// Offer the coordinator a shared-memory file for results (used if it is on this machine).
     public var sharedMemory = true
+    /// Heartbeat and liveness until a configuration says otherwise (`cluster.*`).
+    public var heartbeatInterval = 1.0, livenessTimeout = 3.0
+
+    /// Units the machine handed over and the one being computed, on `computeQueue`;
+    /// it says so on `doneOut` (an inproc pair) when it is done.
+    private var waiting: [(unit: WorkUnit, install: Weights?)] = []
+    private var running: ComputeJob?
+    private let computeQueue = DispatchQueue(label: "metatrain.compute")
+    private var doneIn: ZMQSocket!, doneOut: ZMQSocket!
 
     public init(endpoint: String, dataPath: String, name: String, protocolVersion: UInt16 = Envelope.protocolVersion,
                 stop: StopFlag, log: @escaping (String) -> Void) {
@@ -50,9 +64,16 @@ public final class WorkerShell {
         let ctx = ZMQContext()
         link = WorkerLink(endpoint: endpoint, sharedMemory: sharedMemory, protocolVersion: protocolVersion, log: log)
         try link.connect(ctx)
+        let done = "inproc://metatrain-computed-\(ObjectIdentifier(self).hashValue)"
+        doneIn = try ZMQSocket(ctx, .pair)
+        try doneIn.bind(done)
+        doneOut = try ZMQSocket(ctx, .pair)
+        try doneOut.connect(done)
         machine = WorkerMachine(name: name, datasetFingerprint: dataset.fingerprint, coordinatorTimeout: coordinatorTimeout)
         machine.hardware = Hardware(cpuModel: cpuModelName(), blasCore: BLAS.coreName)
         machine.episodeLimits = (dataset.episodes(.train).count, dataset.episodes(.val).count)
+        machine.heartbeatInterval = heartbeatInterval
+        machine.livenessTimeout = livenessTimeout
         defer { closeSockets() }
         do {
             return try loop()
@@ -74,7 +95,12 @@ public final class WorkerShell {
             }
             // Wake for the machine's own deadline (a pending fetch) if it comes before the next poll ends.
             let wait = machine.wakeAt.map { max(0, min(100, Int((($0 - monotonicNow()) * 1000).rounded(.up)))) } ?? 100
-            for incoming in try link.receive(timeoutMs: wait) where exitCode == nil {
+            let ready = try zmqPoll(link.sockets + [doneIn], timeoutMs: wait)
+            if ready.last == true {
+                while try doneIn.receive(timeoutMs: 0) != nil {}
+                try finishComputing()
+            }
+            for incoming in try link.receive(timeoutMs: 0) where exitCode == nil {
                 switch incoming {
                 case .message(let e):
                     trace?.received(e.message)
@@ -115,8 +141,11 @@ public final class WorkerShell {
             case .configure(let json):
                 let config = try Config.parse(json, origin: "coordinator's config")
                 computer = UnitComputer(config: config, dataset: dataset)
+                machine.heartbeatInterval = config.cluster.heartbeatS
+                machine.livenessTimeout = config.cluster.silenceS
             case .compute(let u, let install):
-                try execute(machine.onComputed(try compute(u, install: install), now: monotonicNow()))
+                waiting.append((u, install))
+                try startComputing()
             case .exit(let code, let reason):
                 exitReason = reason
                 exitCode = code
@@ -126,15 +155,41 @@ public final class WorkerShell {
         }
     }
 
-    /// Computes `u`, first installing `install` (the machine says when the computer lacks the unit's weights).
-    func compute(_ u: WorkUnit, install: Weights?) throws -> Message {
+    /// Starts the next waiting unit on the compute thread, unless one is running.
+    func startComputing() throws {
+        guard running == nil, exitCode == nil, !waiting.isEmpty else { return }
+        let (u, install) = waiting.removeFirst()
         guard let computer else { throw MetatrainError("internal: unit \(u.id) scheduled before the configuration") }
         if let failAfterUnits, unitsComputed >= failAfterUnits {
             throw MetatrainError("injected failure computing unit \(u.id) (--fail-after-units \(failAfterUnits))")
         }
         unitsComputed += 1
         trace?.mark(.compute, u.id)
-        defer { trace?.mark(.computed, u.id) }
+        let job = ComputeJob(unit: u)
+        running = job
+        if let hangAfterUnits, unitsComputed > hangAfterUnits {
+            log("injected hang computing unit \(u.id) (--hang-after-units \(hangAfterUnits))")
+            return
+        }
+        // The computer and the pair's sending end are the compute thread's alone until it says it is done.
+        let handoff = ComputeHandoff(computer: computer, done: doneOut)
+        computeQueue.async {
+            job.finish(Result { try WorkerShell.compute(u, install: install, on: handoff.computer) })
+            try? handoff.done.send([[1]])
+        }
+    }
+
+    /// The running unit is done: its result goes to the machine (and out), and the next unit starts.
+    func finishComputing() throws {
+        guard let job = running, let result = job.result else { return }
+        running = nil
+        trace?.mark(.computed, job.unit.id)
+        try execute(machine.onComputed(try result.get(), now: monotonicNow()))
+        try startComputing()
+    }
+
+    /// Computes `u` on `computer`, first installing `install` (the machine says when the computer lacks the unit's weights).
+    static func compute(_ u: WorkUnit, install: Weights?, on computer: UnitComputer) throws -> Message {
         if let w = install {
             try w.theta.withUnsafeBytes { t in try w.alpha.withUnsafeBytes { a in try computer.install(theta: t, alpha: a) } }
         }
@@ -150,4 +205,20 @@ public final class WorkerShell {
                                           queries: per.map { $0.0.queries }, losses: per.map { Double($0.1) }))
         }
     }
+}
+
+/// One unit on the compute thread; the main thread reads its result once the thread says it is done.
+final class ComputeJob: @unchecked Sendable {
+    let unit: WorkUnit
+    private let lock = NSLock()
+    private var value: Result<Message, Error>?
+    init(unit: WorkUnit) { self.unit = unit }
+    var result: Result<Message, Error>? { lock.lock(); defer { lock.unlock() }; return value }
+    func finish(_ r: Result<Message, Error>) { lock.lock(); value = r; lock.unlock() }
+}
+
+/// What the main thread lends the compute thread for one unit.
+struct ComputeHandoff: @unchecked Sendable {
+    let computer: UnitComputer
+    let done: ZMQSocket
 }

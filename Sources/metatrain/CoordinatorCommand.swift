@@ -13,7 +13,8 @@ struct MetaRunOptions: ParsableArguments {
     @Option(help: "Dataset file written by prepare.") var data: String
     @Option(help: "Run directory for config.yaml, metrics.jsonl, checkpoints and logs.") var runDir: String
     @Flag(help: "Continue from the newest checkpoint in the run directory.") var resume = false
-    @Option(help: "Seconds of silence after which a worker is dropped and its work re-queued.") var workerTimeout = 60.0
+    @Option(help: "Seconds of silence after which a worker is dropped and its units re-queued (default: cluster.heartbeat_s × cluster.liveness, 3).")
+    var workerTimeout: Double?
     @OptionGroup var config: ConfigOptions
 
     /// The config to run with: on --resume, the run's own config.yaml (plus any --set).

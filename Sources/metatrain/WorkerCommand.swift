@@ -31,6 +31,7 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Protocol version to speak (testing only).", visibility: .hidden)) var protocolVersion: UInt16?
     @Option(help: ArgumentHelp("Exit when this parent process exits (set by train).", visibility: .hidden)) var exitWithParent: Int32?
     @Option(help: ArgumentHelp("Fail with an error when asked for unit N+1 (testing only).", visibility: .hidden)) var failAfterUnits: Int?
+    @Option(help: ArgumentHelp("Never finish unit N+1, heartbeating all the same (testing only).", visibility: .hidden)) var hangAfterUnits: Int?
     @Flag(help: "Log every protocol event.") var verbose = false
     @Option(help: ArgumentHelp("Write this process's event timeline to FILE (JSON lines) when it ends.", valueName: "file"))
     var trace: String?
@@ -71,6 +72,7 @@ struct WorkerCommand: ParsableCommand {
             shell.coordinatorTimeout = coordinatorTimeout
             shell.exitWithParent = exitWithParent
             shell.failAfterUnits = failAfterUnits
+            shell.hangAfterUnits = hangAfterUnits
             shell.sharedMemory = !noSharedMemory
             if trace != nil { shell.trace = Trace(process: label) }
             result = Result { try shell.run() }

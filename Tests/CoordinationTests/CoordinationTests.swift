@@ -296,6 +296,64 @@ final class NoiseTests: XCTestCase {
     }
 }
 
+/// Liveness in the state machines, with a manual clock.
+final class LivenessMachineTests: XCTestCase {
+    let a = PeerID([1]), b = PeerID([2])
+    func env(_ m: Message) -> Envelope { Envelope(runId: "run", message: m) }
+
+    /// A unit held past its deadline (10 x the measured time per task, at least 5 s) goes out again; the first result counts.
+    func testUnitsPastTheirDeadlineGoOutAgain() {
+        var m = CoordinatorMachine(settings: .init(runId: "run", datasetFingerprint: "fp", configJSON: "{}", workerTimeout: 100,
+                                                   unitsPerWorker: 1), version: 0)
+        for p in [a, b] {
+            _ = m.onMessage(env(.hello(Hello(workerName: "w\(p)", datasetFingerprint: "fp"))), from: p, now: 0)
+            _ = m.onMessage(env(.ready), from: p, now: 0)
+        }
+        func result(_ u: WorkUnit) -> Envelope {
+            env(.trainResult(TrainResult(unitId: u.id, version: 0, gradTheta: [1], gradAlpha: [], lossSum: 0, tasks: u.episodes.count)))
+        }
+        func work(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, WorkUnit)] {
+            d.compactMap { if case .send(let p, .work(let u)) = $0 { return (p, u) }; return nil }
+        }
+        let sent = work(m.startPhase(.init(kind: .train, version: 0, leaves: [[1], [2], [3]])))
+        XCTAssertTrue(m.onTick(now: 4).isEmpty, "no unit time measured yet: the first deadline is 120 s")
+        let ua = sent.first { $0.0 == a }!.1, ub = sent.first { $0.0 == b }!.1
+        // b's units take 4.2 s and 0.2 s: 3.4 s a task on average, so a's one-task unit is due after max(5, 10 x 3.4) = 34 s.
+        let u2 = work(m.onMessage(result(ub), from: b, now: 4.2))[0].1
+        XCTAssertTrue(work(m.onMessage(result(u2), from: b, now: 4.4)).isEmpty)
+        XCTAssertEqual(m.taskSeconds ?? 0, 3.4, accuracy: 1e-9)
+        XCTAssertTrue(m.onTick(now: 33).isEmpty)
+        let d = m.onTick(now: 35)
+        XCTAssertEqual(d.first, .log("worker w01 has held unit \(ua.id) for 35s, past its deadline of 34s; it goes out again"))
+        XCTAssertEqual(work(d).map(\.0), [b], "to the worker that is free")
+        XCTAssertTrue(m.onTick(now: 80).isEmpty, "once")
+        let done = m.onMessage(result(work(d)[0].1), from: b, now: 36)
+        XCTAssertTrue(done.contains { if case .phaseComplete = $0 { return true }; return false })
+        XCTAssertEqual(m.liveWorkers, 2, "the late worker is not dropped: it heartbeats")
+    }
+
+    /// A joined worker that hears nothing for `livenessTimeout` joins again, saying hello with backoff; it exits only after `coordinatorTimeout`.
+    func testASilentCoordinatorIsNoticedInSecondsAndJoinedAgainWithBackoff() {
+        var w = WorkerMachine(name: "w", datasetFingerprint: "fp", coordinatorTimeout: 60)
+        w.heartbeatInterval = 1; w.livenessTimeout = 3
+        _ = w.onStart(now: 0)
+        _ = w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 0)
+        XCTAssertEqual(w.onTick(now: 1.5), [.send(.heartbeat)])
+        XCTAssertEqual(w.onTick(now: 2.0), [])
+        let d = w.onTick(now: 3.2)
+        XCTAssertEqual(d, [.log("no word from the coordinator for 3.2s; joining again"), .send(.hello(Hello(workerName: "w", datasetFingerprint: "fp")))])
+        var hellos: [Double] = []
+        var t = 3.2
+        while t < 40 {
+            t += 0.1
+            if w.onTick(now: t).contains(where: { if case .send(.hello) = $0 { return true }; return false }) { hellos.append(t) }
+        }
+        let gaps = zip(hellos.dropFirst(), hellos).map { (($0 - $1) * 10).rounded() / 10 }
+        XCTAssertEqual(Array(gaps.prefix(4)), [2.1, 4.1, 8.0, 8.0], "backoff doubles up to 8 s (ticks every 0.1 s): \(hellos)")
+        XCTAssertEqual(w.onTick(now: 60.1).last, .exit(code: 1, reason: "no word from the coordinator for 60s"))
+    }
+}
+
 /// Host agents: a connection with N processes, and an agent's own phase that
 /// grows as blocks arrive.
 final class HostAgentMachineTests: XCTestCase {

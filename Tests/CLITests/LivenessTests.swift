@@ -1,0 +1,103 @@
+import Foundation
+import XCTest
+
+/// Liveness in seconds (docs/PROTOCOL.md): heartbeats flow while workers
+/// compute, so a stopped, killed or frozen worker costs seconds, not minutes;
+/// a worker that heartbeats but never finishes loses its units; a worker
+/// notices a dead coordinator in seconds and joins a resumed one by itself.
+/// Every run still ends with the weights of an undisturbed one.
+final class LivenessTests: XCTestCase {
+    static let dir = freshDir("liveness")
+    let args = ["--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12", "--set", "maml.meta_batch_size=8",
+                "--set", "maml.chunk_size=2", "--set", "maml.inner_steps=2", "--set", "eval.every=100", "--set", "eval.val_episodes=8",
+                "--set", "checkpoint.every=50", "--set", "maml.iterations=600"]
+
+    func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+    func bytes(_ path: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: path)) }
+    func iterations(_ run: String) -> Int { read(run + "/metrics.jsonl").split(separator: "\n").count }
+    func waitFor(_ seconds: Double, _ what: String, _ condition: () -> Bool) -> Double? {
+        let start = Date(), deadline = start.addingTimeInterval(seconds)
+        while !condition() {
+            guard Date() < deadline else { XCTFail("timed out waiting for \(what)"); return nil }
+            Thread.sleep(forTimeInterval: 0.01)
+        }
+        return Date().timeIntervalSince(start)
+    }
+
+    func reference() throws -> (data: String, final: Data) {
+        let data = try syntheticDataset(in: LivenessTests.dir)
+        let whole = LivenessTests.dir + "/whole"
+        if !FileManager.default.fileExists(atPath: whole + "/final.h5") {
+            let r = try metatrain(["train", "--data", data, "--run-dir", whole, "--workers", "1"] + args)
+            XCTAssertEqual(r.status, 0, r.stderr)
+        }
+        return (data, try bytes(whole + "/final.h5"))
+    }
+
+    /// SIGSTOP, then SIGKILL, of separate workers: each is dropped and its units re-issued within 5 s.
+    func testAStoppedOrKilledWorkerCostsSeconds() throws {
+        let (data, final) = try reference()
+        for (signal, name) in [(SIGSTOP, "stop"), (SIGKILL, "kill")] {
+            let run = LivenessTests.dir + "/" + name
+            let coord = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + args)
+            defer { coord.killGroup(); coord.wait() }
+            let endpoint = try waitForEndpoint(run + "/coordinator.log")
+            let victim = try startDetached(["worker", "--connect", endpoint, "--data", data, "--name", "victim", "--procs", "1"])
+            let other = try startDetached(["worker", "--connect", endpoint, "--data", data, "--name", "other", "--procs", "1"])
+            defer { for w in [victim, other] { kill(w.pid, SIGCONT); w.killGroup(); w.wait() } }
+            _ = waitFor(60, "both workers and 50 iterations") {
+                read(run + "/coordinator.log").contains("worker victim joined") && read(run + "/coordinator.log").contains("worker other joined")
+                    && iterations(run) >= 50
+            }
+            kill(victim.pid, signal)
+            let took = waitFor(30, "the victim to be dropped") { read(run + "/coordinator.log").contains("worker victim silent for") }
+            XCTAssertLessThan(took ?? 99, 5, "\(name): dropped \(took ?? -1) s after the signal")
+            if signal == SIGSTOP { kill(victim.pid, SIGCONT) }   // it comes back and joins again
+            XCTAssertEqual(coord.wait(seconds: 120), 0, read(run + "/coordinator.log"))
+            XCTAssertEqual(try bytes(run + "/final.h5"), final, name)
+        }
+    }
+
+    /// A worker that keeps heartbeating but never finishes its unit loses it to
+    /// the unit's deadline (from measured unit times), and is not dropped.
+    func testAWorkerThatNeverFinishesLosesItsUnits() throws {
+        let (data, final) = try reference()
+        let run = LivenessTests.dir + "/hang"
+        let coord = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + args)
+        defer { coord.killGroup(); coord.wait() }
+        let endpoint = try waitForEndpoint(run + "/coordinator.log")
+        let hung = try startDetached(["worker", "--connect", endpoint, "--data", data, "--name", "hung", "--procs", "1",
+                                      "--hang-after-units", "5"])
+        defer { hung.killGroup(); hung.wait() }
+        _ = waitFor(30, "the hung worker to join") { read(run + "/coordinator.log").contains("worker hung joined") }
+        let honest = try startDetached(["worker", "--connect", endpoint, "--data", data, "--name", "honest", "--procs", "1"])
+        defer { honest.killGroup(); honest.wait() }
+        XCTAssertEqual(coord.wait(seconds: 120), 0, read(run + "/coordinator.log"))
+        let log = read(run + "/coordinator.log")
+        XCTAssertTrue(log.contains("worker hung has held unit") && log.contains("past its deadline of 5s; it goes out again"), log)
+        XCTAssertFalse(log.contains("worker hung silent for"), "it heartbeats: \(log)")
+        XCTAssertEqual(try bytes(run + "/final.h5"), final)
+    }
+
+    /// The coordinator is killed: a worker notices within 5 s, keeps saying
+    /// hello with backoff, and joins the coordinator resumed on its endpoint.
+    func testAWorkerNoticesADeadCoordinatorAndJoinsTheResumedOne() throws {
+        let (data, final) = try reference()
+        let run = LivenessTests.dir + "/dead"
+        let first = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + args)
+        defer { first.killGroup(); first.wait() }
+        let endpoint = try waitForEndpoint(run + "/coordinator.log")
+        let err = LivenessTests.dir + "/dead-worker.err"
+        let worker = try startDetached(["worker", "--connect", endpoint, "--data", data, "--name", "w", "--procs", "1", "--verbose"],
+                                       stderr: err)
+        defer { worker.killGroup(); worker.wait() }
+        _ = waitFor(60, "a checkpoint") { ((try? FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints")) ?? []).count >= 1 }
+        first.killGroup(); first.wait()
+        let took = waitFor(30, "the worker to notice") { read(err).contains("no word from the coordinator for") }
+        XCTAssertLessThan(took ?? 99, 5, "noticed \(took ?? -1) s after the coordinator died")
+        let second = try metatrain(["coordinator", "--data", data, "--run-dir", run, "--bind", endpoint, "--resume"] + args)
+        XCTAssertEqual(second.status, 0, second.stderr)
+        XCTAssertEqual(worker.wait(seconds: 20), 0, "the worker followed the resumed run to its end")
+        XCTAssertEqual(try bytes(run + "/final.h5"), final)
+    }
+}
