@@ -179,4 +179,68 @@ final class HostilePeerTests: XCTestCase {
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
                        try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")))
     }
+
+    /// 10,000 frames of fuzz from a peer that joined (valid frames mutated:
+    /// flipped, cut, lengthened, retyped, or random) during a real run: the
+    /// coordinator survives every one, logs a bounded number of lines, and the
+    /// run ends with the weights of an undisturbed one.
+    func testTenThousandFuzzedFramesFromAJoinedPeer() throws {
+        let data = try syntheticDataset(in: HostilePeerTests.dir)
+        let runArgs = args.map { $0 == "maml.iterations=20" ? "maml.iterations=200" : $0 }
+        let whole = HostilePeerTests.dir + "/whole-fuzz"
+        XCTAssertEqual(try metatrain(["train", "--data", data, "--run-dir", whole, "--workers", "1"] + runArgs).status, 0)
+        let run = HostilePeerTests.dir + "/fuzz"
+        let coord = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + runArgs,
+                                      stderr: run + ".err")
+        defer { coord.killGroup(); coord.wait() }
+        let endpoint = try waitForEndpoint(run + "/coordinator.log")
+        let dataset = try DatasetFile.read(data)
+        let honest = try startDetached(["worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "honest"])
+        defer { honest.killGroup(); honest.wait() }
+        let ctx = ZMQContext()
+        let peer = try ZMQSocket(ctx, .dealer)
+        peer.setRoutingId(Array("fuzzer".utf8))
+        try peer.connect(endpoint)
+        let hello = Envelope(runId: "", message: .hello(Hello(workerName: "fuzzer", datasetFingerprint: dataset.fingerprint))).encode()
+        var runId = ""
+        try peer.send([hello])
+        let deadline = Date().addingTimeInterval(20)
+        while runId.isEmpty && Date() < deadline {
+            if let f = try peer.receive(timeoutMs: 100), let e = try? Envelope.decode(f[0]), case .welcome = e.message { runId = e.runId }
+        }
+        XCTAssertFalse(runId.isEmpty, "the fuzzer joined")
+        // Seeds of valid frames of every kind a worker sends.
+        let seeds: [[UInt8]] = [
+            hello,
+            Envelope(runId: runId, message: .ready).encode(),
+            Envelope(runId: runId, message: .heartbeat).encode(),
+            Envelope(runId: runId, message: .fetchWeights).encode(),
+            Envelope(runId: runId, message: .goodbye(reason: "fuzz")).encode(),
+            Envelope(runId: runId, message: .trainResult(TrainResult(unitId: 3, version: 1, gradTheta: [1, 2, 3], gradAlpha: [],
+                                                                     lossSum: 1, tasks: 2))).encode(),
+            Envelope(runId: runId, message: .trainResult(TrainResult(unitId: 4, version: 1, gradTheta: [], gradAlpha: [], lossSum: 1,
+                                                                     tasks: 2, shared: SharedPayload(offset: 4096, thetaCount: 9, alphaCount: 0)))).encode(),
+            Envelope(runId: runId, message: .evalResult(EvalResult(unitId: 5, version: 10, sums: [1, 1, 1, 1, 1, 1], queries: [3], losses: [2]))).encode(),
+        ]
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        func next() -> Int { state = state &* 6364136223846793005 &+ 1442695040888963407; return Int(truncatingIfNeeded: state >> 33) }
+        for i in 0..<10_000 {
+            var f = seeds[next() % seeds.count]
+            switch next() % 6 {
+            case 0: for _ in 0..<(1 + next() % 4) { f[next() % f.count] ^= UInt8(1 << (next() % 8)) }
+            case 1: f = Array(f.prefix(next() % f.count))
+            case 2: f += (0..<(next() % 64)).map { _ in UInt8(next() & 0xff) }
+            case 3: if f.count > 6 { f[6] = UInt8(next() % 16) }   // another message type
+            case 4: f = (0..<(next() % 200)).map { _ in UInt8(next() & 0xff) }
+            default: if f.count > 20 { for k in 12..<min(f.count, 28) { f[k] = UInt8(next() & 0xff) } }   // counts and ids
+            }
+            try peer.send([f])
+            if i % 1000 == 999 { try peer.send([hello]) }   // joined again if it was dropped
+        }
+        XCTAssertEqual(coord.wait(seconds: 120), 0, read(run + ".err"))
+        let log = read(run + "/coordinator.log")
+        XCTAssertLessThan(log.split(separator: "\n").count, 400, "a bounded log, not a line per frame")
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
+                       try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")), "the fuzz changed the weights")
+    }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Runtime
 import XCTest
 
 /// Liveness in seconds (docs/PROTOCOL.md): heartbeats flow while workers
@@ -99,5 +100,56 @@ final class LivenessTests: XCTestCase {
         XCTAssertEqual(second.status, 0, second.stderr)
         XCTAssertEqual(worker.wait(seconds: 20), 0, "the worker followed the resumed run to its end")
         XCTAssertEqual(try bytes(run + "/final.h5"), final)
+    }
+
+    /// 20 random SIGKILL and SIGSTOP events against separate workers over one
+    /// run (a killed worker is replaced, a stopped one continued after 0.5–2 s):
+    /// the run ends with the weights of an undisturbed one, so no unit was lost
+    /// or counted twice, and every result the coordinator counted was for a
+    /// unit it had sent.
+    func testTwentyRandomKillsAndStopsLeaveTheWeightsAlone() throws {
+        let data = try syntheticDataset(in: LivenessTests.dir)
+        let chaosArgs = args.map { $0 == "maml.iterations=600" ? "maml.iterations=5000" : $0 }
+        let whole = LivenessTests.dir + "/chaos-whole"
+        XCTAssertEqual(try metatrain(["train", "--data", data, "--run-dir", whole, "--workers", "1"] + chaosArgs).status, 0)
+        let run = LivenessTests.dir + "/chaos"
+        let coord = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
+                                       "--trace", LivenessTests.dir + "/chaos-trace.jsonl"] + chaosArgs)
+        defer { coord.killGroup(); coord.wait() }
+        let endpoint = try waitForEndpoint(run + "/coordinator.log")
+        var spawned = 0
+        func worker() throws -> GroupProcess {
+            spawned += 1
+            return try startDetached(["worker", "--connect", endpoint, "--data", data, "--name", "c\(spawned)", "--procs", "1"])
+        }
+        var workers = try (0..<3).map { _ in try worker() }
+        var all = workers
+        defer { for w in all { kill(w.pid, SIGCONT); w.killGroup(); w.wait() } }
+        var state: UInt64 = 20_261_202
+        func next(_ n: Int) -> Int { state = state &* 6364136223846793005 &+ 1442695040888963407; return Int(state >> 33) % n }
+        _ = waitFor(60, "the run to get going") { iterations(run) >= 20 }
+        var kills = 0, stops = 0, exited: Int32?
+        for _ in 0..<20 {
+            if exited == nil { exited = coord.wait(seconds: 0) }
+            guard exited == nil else { break }
+            Thread.sleep(forTimeInterval: 0.2 + Double(next(10)) / 20)
+            let i = next(workers.count), victim = workers[i]
+            if next(2) == 0 {
+                kill(victim.pid, SIGKILL); victim.wait(); kills += 1
+                workers[i] = try worker()
+                all.append(workers[i])
+            } else {
+                kill(victim.pid, SIGSTOP); stops += 1
+                Thread.sleep(forTimeInterval: 0.5 + Double(next(15)) / 10)
+                kill(victim.pid, SIGCONT)
+            }
+        }
+        XCTAssertEqual(kills + stops, 20, "all 20 events happened while the run went on")
+        XCTAssertEqual(exited ?? coord.wait(seconds: 300), 0, read(run + "/coordinator.log"))
+        XCTAssertEqual(try bytes(run + "/final.h5"), try bytes(whole + "/final.h5"), "\(kills) kills and \(stops) stops changed the weights")
+        // Every counted result answers a unit that was sent out.
+        let trace = try Trace.read(LivenessTests.dir + "/chaos-trace.jsonl")
+        let sent = Set(trace.filter { $0.event == .send }.map(\.n))
+        XCTAssertTrue(Set(trace.filter { $0.event == .result }.map(\.n)).isSubset(of: sent))
     }
 }
