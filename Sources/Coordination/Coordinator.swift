@@ -165,6 +165,10 @@ public struct CoordinatorMachine: Sendable {
             return noisy(peer, "unknown", now, [.log("message '\(e.message.typeName)' from unknown peer \(peer); asking it to re-join"),
                                                 .send(peer, .refuse(reason: "unknown worker; send hello first"))])
         }
+        if case .goodbye(let reason) = e.message, e.runId.isEmpty {
+            // Going before it read our welcome (it knows no run id yet): it goes all the same.
+            return [remove(peer, because: "left (\(bounded(reason)))")] + dispatch()
+        }
         guard e.runId == settings.runId else {
             return noisy(peer, "run", now, [.log("dropped '\(e.message.typeName)' from \(w.name): run id '\(bounded(e.runId))' is not this run's '\(settings.runId)'")])
         }

@@ -14,6 +14,8 @@ import Wire
 public final class CoordinatorShell {
     public let trainer: MetaTrainer
     public let requestedEndpoint: String
+    /// CURVE keys and the workers' keys let in (nil: none).
+    public var curve: CurveServerKeys?
     /// Silence after which a worker is dropped (nil: the run's cluster.heartbeat_s × cluster.liveness).
     public var workerTimeout: Double?
     let stop: StopFlag
@@ -56,6 +58,7 @@ public final class CoordinatorShell {
         link = CoordinatorLink(endpoint: requestedEndpoint, log: { [weak self] in self?.say($0) })
         // The largest honest frame is a result or the weights inline: θ and α, and a few headers.
         link.maxMessageSize = 4 * (trainer.layout.count + (trainer.alpha == nil ? 0 : trainer.layout.count)) + (1 << 20)
+        link.curve = curve
         try link.bind(ctx)
         boundEndpoint = link.boundEndpoint
         runId = "\(trainer.config.seed)-\(getpid())-\(Int(Date().timeIntervalSince1970))"

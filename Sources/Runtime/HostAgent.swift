@@ -40,6 +40,8 @@ public final class HostAgent {
     /// Records this process's timeline when set; `traceDir` also makes each process write its own.
     public var trace: Trace?
     public var traceDir: String?
+    /// CURVE keys towards the coordinator (nil: none); its own processes connect on a private ipc:// endpoint without.
+    public var curve: CurveClientKeys?
     public private(set) var exitReason = ""
 
     private var up: WorkerLink!
@@ -80,6 +82,7 @@ public final class HostAgent {
         dataset = try DatasetFile.read(dataPath)
         let ctx = ZMQContext()
         up = WorkerLink(endpoint: endpoint, sharedMemory: sharedMemory, protocolVersion: protocolVersion, log: log)
+        up.curve = curve
         try up.connect(ctx)
         innerEndpoint = "ipc://" + NSTemporaryDirectory() + "metatrain-agent-\(getpid()).sock"
         down = CoordinatorLink(endpoint: innerEndpoint, log: log)

@@ -51,9 +51,15 @@ public final class CoordinatorLink {
     /// The largest frame a worker may send (ZMQ_MAXMSGSIZE: a larger one ends its
     /// connection before it is buffered); nil: no limit. Set before `bind`.
     public var maxMessageSize: Int?
+    /// CURVE on both sockets (the weights' PUB too), and the keys let in; nil: none. Set before `bind`.
+    public var curve: CurveServerKeys?
+    private var zap: ZAPHandler?
+    /// Keys refused so far (each is logged once).
+    private var refused: Set<String> = []
 
     /// Creates the weights file and binds ROUTER at the endpoint and PUB next to it. Port 0 picks a free pair of ports.
     public func bind(_ ctx: ZMQContext, sharedMemory: Bool = true) throws {
+        if curve != nil { zap = try ZAPHandler(ctx) }
         if sharedMemory {
             do { weightsArena = try SharedArena(name: "metatrain-weights") } catch { log("weights go through the socket: \(error)") }
         }
@@ -63,7 +69,7 @@ public final class CoordinatorLink {
                 let r = try router(ctx)
                 try r.bind(host + ":*")
                 let ep = r.lastEndpoint
-                let p = try ZMQSocket(ctx, .pub)
+                let p = try publisher(ctx)
                 if (try? p.bind(try publishEndpoint(for: ep))) != nil {
                     router = r; pub = p; boundEndpoint = ep
                     return
@@ -72,7 +78,7 @@ public final class CoordinatorLink {
             throw MetatrainError("\(requestedEndpoint): could not find two free adjacent ports")
         }
         router = try router(ctx)
-        pub = try ZMQSocket(ctx, .pub)
+        pub = try publisher(ctx)
         do {
             try router.bind(requestedEndpoint)
             try pub.bind(try publishEndpoint(for: requestedEndpoint))
@@ -87,20 +93,42 @@ public final class CoordinatorLink {
         let r = try ZMQSocket(ctx, .router)
         if let maxMessageSize { r.setMaxMessageSize(maxMessageSize) }
         r.setRouterHandover(true)
+        if let curve { try r.setCurveServer(secretKey: curve.pair.secretKey) }
         return r
+    }
+
+    /// The weights' PUB: with CURVE, a subscriber without a listed key hears nothing.
+    func publisher(_ ctx: ZMQContext) throws -> ZMQSocket {
+        let p = try ZMQSocket(ctx, .pub)
+        if let curve { try p.setCurveServer(secretKey: curve.pair.secretKey) }
+        return p
+    }
+
+    /// Answers the CURVE handshakes waiting: a listed key gets in; another is refused and logged once.
+    func answerHandshakes() throws {
+        guard let zap, let curve else { return }
+        try zap.answer { key, address in
+            if curve.authorized.contains(key) { return true }
+            if refused.insert(key).inserted {
+                log("refused a connection from \(address): its key \(key) is not among the authorized keys")
+            }
+            return false
+        }
     }
 
     /// The run every outgoing envelope carries.
     public func setRun(_ id: String) { runId = id }
 
     /// The sockets to poll for incoming messages (with another link's, by a host agent).
-    var sockets: [ZMQSocket] { [router] }
+    var sockets: [ZMQSocket] { [router] + (zap.map { [$0.socket] } ?? []) }
 
     /// Every message waiting now (up to `timeoutMs` for the first), with its
     /// sender. A hello's shared-memory offer is mapped here; a train result's
     /// gradients are read where the worker wrote them.
     public func receive(timeoutMs: Int) throws -> [(PeerID, Incoming)] {
-        guard try zmqPoll([router], timeoutMs: timeoutMs)[0] else { return [] }
+        let ready = try zmqPoll(sockets, timeoutMs: timeoutMs)
+        if ready.count > 1, ready[1] { try answerHandshakes() }
+        guard ready[0] else { return [] }
         var out: [(PeerID, Incoming)] = []
         // At most `receiveBatch` at a time, so that a flood never starves the caller's timers.
         while out.count < receiveBatch, let frames = try router.receiveFrames(timeoutMs: 0) {
@@ -223,7 +251,7 @@ public final class CoordinatorLink {
         return frame
     }
 
-    public func close() { router = nil; pub = nil }
+    public func close() { router = nil; pub = nil; zap = nil }
 }
 
 /// A worker's end (also a host agent's end towards the coordinator): a DEALER
@@ -249,6 +277,9 @@ public final class WorkerLink {
         self.endpoint = endpoint; self.sharedMemory = sharedMemory; self.protocolVersion = protocolVersion; self.log = log
     }
 
+    /// CURVE towards the coordinator (both sockets); nil: none. Set before `connect`.
+    public var curve: CurveClientKeys?
+
     public func connect(_ ctx: ZMQContext) throws {
         dealer = try ZMQSocket(ctx, .dealer)
         // A random identity of our own, rather than the one the ROUTER would number (libzmq
@@ -256,6 +287,11 @@ public final class WorkerLink {
         var rng = SystemRandomNumberGenerator()
         dealer.setRoutingId([UInt8.random(in: 1...255, using: &rng)] + (0..<15).map { _ in UInt8.random(in: 0...255, using: &rng) })
         sub = try ZMQSocket(ctx, .sub)
+        if let curve {
+            for s in [dealer!, sub!] {
+                try s.setCurveClient(serverKey: curve.serverKey, publicKey: curve.pair.publicKey, secretKey: curve.pair.secretKey)
+            }
+        }
         do {
             try dealer.connect(endpoint)
             try sub.connect(try publishEndpoint(for: endpoint))
@@ -352,7 +388,9 @@ public final class WorkerLink {
         let e = Envelope(runId: runId, message: m, protocolVersion: protocolVersion)
         let frame = OutgoingFrame(count: e.encodedCount)
         e.encode(into: frame.mutableBytes)
-        try dealer.send([], frame)
+        // Never blocks: with no coordinator connected (not up yet, or a refused CURVE handshake)
+        // the message is dropped; hellos and heartbeats are said again, and results re-issued.
+        if try !dealer.send([], frame, wait: false) { log("no connection to the coordinator: '\(m.typeName)' not sent") }
         return m
     }
 

@@ -41,6 +41,8 @@ public final class WorkerShell {
     public var trace: Trace?
     /// Offer the coordinator a shared-memory file for results (used if it is on this machine).
     public var sharedMemory = true
+    /// CURVE keys towards the coordinator (nil: none).
+    public var curve: CurveClientKeys?
     /// Heartbeat and liveness until a configuration says otherwise (`cluster.*`).
     public var heartbeatInterval = 1.0, livenessTimeout = 3.0
 
@@ -63,6 +65,7 @@ public final class WorkerShell {
         dataset = try DatasetFile.read(dataPath)
         let ctx = ZMQContext()
         link = WorkerLink(endpoint: endpoint, sharedMemory: sharedMemory, protocolVersion: protocolVersion, log: log)
+        link.curve = curve
         try link.connect(ctx)
         let done = "inproc://metatrain-computed-\(ObjectIdentifier(self).hashValue)"
         doneIn = try ZMQSocket(ctx, .pair)

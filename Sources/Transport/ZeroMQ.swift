@@ -74,6 +74,28 @@ public final class ZMQSocket {
         zmq_setsockopt(handle, ZMQ_ROUTER_HANDOVER, &v, MemoryLayout<Int32>.size)
     }
 
+    /// Makes this socket a CURVE server with `secretKey` (Z85); set before binding.
+    /// Every peer must then complete a CURVE handshake, and the ZAP handler of
+    /// this socket's context (`ZAPHandler`) decides which client keys get in.
+    public func setCurveServer(secretKey: String) throws {
+        var on: Int32 = 1
+        guard zmq_setsockopt(handle, ZMQ_CURVE_SERVER, &on, MemoryLayout<Int32>.size) == 0,
+              zmq_setsockopt(handle, ZMQ_CURVE_SECRETKEY, secretKey, secretKey.utf8.count) == 0,
+              zmq_setsockopt(handle, ZMQ_ZAP_DOMAIN, "metatrain", 9) == 0 else {
+            throw TransportError("CURVE server options (is libzmq built with CURVE?)")
+        }
+    }
+
+    /// Makes this socket a CURVE client of the server with public key
+    /// `serverKey`, as the key pair (`publicKey`, `secretKey`); all Z85. Set before connecting.
+    public func setCurveClient(serverKey: String, publicKey: String, secretKey: String) throws {
+        guard zmq_setsockopt(handle, ZMQ_CURVE_SERVERKEY, serverKey, serverKey.utf8.count) == 0,
+              zmq_setsockopt(handle, ZMQ_CURVE_PUBLICKEY, publicKey, publicKey.utf8.count) == 0,
+              zmq_setsockopt(handle, ZMQ_CURVE_SECRETKEY, secretKey, secretKey.utf8.count) == 0 else {
+            throw TransportError("CURVE client options (a key is not 40 Z85 characters?)")
+        }
+    }
+
     public func bind(_ endpoint: String) throws {
         guard zmq_bind(handle, endpoint) == 0 else { throw TransportError("bind \(endpoint)") }
     }
@@ -108,14 +130,28 @@ public final class ZMQSocket {
     /// last frame, without copying the body: libzmq shares its buffer, so one
     /// OutgoingFrame can go to many peers.
     public func send(_ head: [[UInt8]], _ body: OutgoingFrame) throws {
+        _ = try send(head, body, wait: true)
+    }
+
+    /// As `send(_:_:)`; with `wait` false it never blocks: where the message
+    /// cannot be queued now (a DEALER with no connected peer, a full queue) it
+    /// is dropped and the call returns false.
+    public func send(_ head: [[UInt8]], _ body: OutgoingFrame, wait: Bool) throws -> Bool {
+        let more = ZMQ_SNDMORE | (wait ? 0 : ZMQ_DONTWAIT), last = wait ? 0 : ZMQ_DONTWAIT
         for f in head {
-            let rc = f.withUnsafeBytes { zmq_send(handle, $0.baseAddress, f.count, ZMQ_SNDMORE) }
+            let rc = f.withUnsafeBytes { zmq_send(handle, $0.baseAddress, f.count, more) }
+            if rc < 0 && mt_zmq_errno() == mt_zmq_eagain() && !wait { return false }
             guard rc >= 0 else { throw TransportError("send") }
         }
         var msg = zmq_msg_t()
         zmq_msg_init(&msg)
         guard zmq_msg_copy(&msg, body.msg) == 0 else { zmq_msg_close(&msg); throw TransportError("send (copy)") }
-        guard zmq_msg_send(&msg, handle, 0) >= 0 else { zmq_msg_close(&msg); throw TransportError("send") }
+        if zmq_msg_send(&msg, handle, last) < 0 {
+            zmq_msg_close(&msg)
+            if mt_zmq_errno() == mt_zmq_eagain() && !wait { return false }
+            throw TransportError("send")
+        }
+        return true
     }
 
     /// Receives one multipart message, or nil if none arrives within `timeoutMs` (−1 = wait).
@@ -181,6 +217,62 @@ public func zmqVersion() -> (Int, Int, Int) {
 
 /// Whether libzmq was built with CURVE security.
 public func zmqHasCurve() -> Bool { zmq_has("curve") != 0 }
+
+/// A CURVE key pair in Z85 text (40 characters each).
+public struct CurveKeyPair: Sendable {
+    public let publicKey: String
+    public let secretKey: String
+
+    /// A fresh key pair from libzmq (libsodium's random source).
+    public static func generate() throws -> CurveKeyPair {
+        var pub = [CChar](repeating: 0, count: 41), sec = [CChar](repeating: 0, count: 41)
+        guard zmq_curve_keypair(&pub, &sec) == 0 else { throw TransportError("zmq_curve_keypair (is libzmq built with CURVE?)") }
+        return CurveKeyPair(publicKey: cString(pub), secretKey: cString(sec))
+    }
+
+    /// The pair of a secret key (its public key derived from it).
+    public init(secretKey: String) throws {
+        guard secretKey.utf8.count == 40 else { throw TransportError("a CURVE secret key is 40 Z85 characters, got \(secretKey.utf8.count)") }
+        var pub = [CChar](repeating: 0, count: 41)
+        guard zmq_curve_public(&pub, secretKey) == 0 else { throw TransportError("not a Z85 CURVE secret key") }
+        self.init(publicKey: cString(pub), secretKey: secretKey)
+    }
+
+    init(publicKey: String, secretKey: String) { self.publicKey = publicKey; self.secretKey = secretKey }
+
+    /// Z85 text of 32 raw key bytes (what a ZAP request carries).
+    public static func z85(_ raw: [UInt8]) -> String? {
+        guard raw.count == 32 else { return nil }
+        var out = [CChar](repeating: 0, count: 41)
+        guard zmq_z85_encode(&out, raw, 32) != nil else { return nil }
+        return cString(out)
+    }
+}
+
+/// The ZAP handler (ZeroMQ's authentication protocol, RFC 27) of a context:
+/// a REP socket at inproc://zeromq.zap.01 that the CURVE server sockets of the
+/// same context ask about each client key. The owner polls `socket` and calls
+/// `answer` with its decision; this type only speaks ZAP.
+public final class ZAPHandler {
+    public let socket: ZMQSocket
+    public init(_ ctx: ZMQContext) throws {
+        socket = try ZMQSocket(ctx, .rep)
+        try socket.bind("inproc://zeromq.zap.01")
+    }
+
+    /// Answers every waiting request; `allow` gets the client's public key (Z85) and its address.
+    public func answer(_ allow: (_ key: String, _ address: String) -> Bool) throws {
+        while let f = try socket.receive(timeoutMs: 0) {
+            // version, request id, domain, address, routing id, mechanism, credentials...
+            guard f.count >= 6 else { try socket.send([Array("1.0".utf8), [], Array("400".utf8), Array("malformed".utf8), [], []]); continue }
+            let id = f[1], address = String(decoding: f[3], as: UTF8.self), mechanism = String(decoding: f[5], as: UTF8.self)
+            var ok = false
+            if mechanism == "CURVE", f.count >= 7, let key = CurveKeyPair.z85(f[6]) { ok = allow(key, address) }
+            try socket.send([Array("1.0".utf8), id, Array((ok ? "200" : "400").utf8), Array((ok ? "OK" : "not an authorized key").utf8),
+                             [], []])
+        }
+    }
+}
 
 /// A NUL-terminated C buffer as a String.
 func cString(_ buf: [CChar]) -> String {

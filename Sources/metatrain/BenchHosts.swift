@@ -89,7 +89,7 @@ extension BenchCommand {
         let coordinator = try start(c, ["coordinator", "--data", data, "--run-dir", dir + "/run", "--bind", "tcp://\(c.address):\(port)",
                                         "--set", "maml.iterations=\(iterations)", "--set", "maml.meta_batch_size=\(batch)",
                                         "--set", "eval.every=1000000", "--set", "checkpoint.every=1000000",
-                                        "--trace", dir + "/coordinator.jsonl"], log: dir + "/coordinator.out")
+                                        "--trace", dir + "/coordinator.jsonl", "--insecure"], log: dir + "/coordinator.out")
         let workers = try lab.hosts.dropFirst().enumerated().map { i, h in
             try start(h, ["worker", "--connect", "tcp://\(c.address):\(port)", "--data", data, "--procs", "\(procs)",
                           "--no-shared-memory", "--name", "host\(i + 1)"], log: dir + "/host\(i + 1).out")

@@ -25,8 +25,9 @@ struct MetaRunOptions: ParsableArguments {
         return try config.load()
     }
 
-    func makeShell(endpoint: String, stop: StopFlag, progress: ConsoleProgress) throws -> CoordinatorShell {
+    func makeShell(endpoint: String, stop: StopFlag, progress: ConsoleProgress, security: SecurityOptions) throws -> CoordinatorShell {
         BLAS.useSingleThread()
+        let curve = try security.serverKeys(for: endpoint)
         let cfg = try loadConfig()
         let dataset = try DatasetFile.read(data)
         let run = try RunDirectory(runDir, logName: "coordinator.log")
@@ -36,6 +37,7 @@ struct MetaRunOptions: ParsableArguments {
         let trainer = try MetaTrainer(config: cfg, dataset: dataset, run: run, resume: resume)
         let shell = CoordinatorShell(trainer: trainer, endpoint: endpoint, stop: stop, progress: progress)
         shell.workerTimeout = workerTimeout
+        shell.curve = curve
         return shell
     }
 }
@@ -55,17 +57,46 @@ struct CoordinatorCommand: ParsableCommand {
 
     @OptionGroup var options: MetaRunOptions
     @Option(help: "Endpoint to bind (tcp://*:PORT or ipc://PATH; PORT+1 carries weights).") var bind = "tcp://*:5555"
+    @OptionGroup var security: SecurityOptions
     @Option(help: ArgumentHelp("Write this process's event timeline to FILE (JSON lines) when it ends.", valueName: "file"))
     var trace: String?
 
     func run() throws {
         let stop = StopFlag()
         stop.installSignalHandlers()
-        let shell = try options.makeShell(endpoint: bind, stop: stop, progress: ConsoleProgress())
+        let shell = try options.makeShell(endpoint: bind, stop: stop, progress: ConsoleProgress(), security: security)
         if trace != nil { shell.trace = Trace(process: "coordinator") }
         let result = Result { try shell.run() }
         if let trace { try shell.trace?.write(to: trace) }
         let code = try result.get()
         if code != 0 { Foundation.exit(code) }
+    }
+}
+
+/// CURVE authentication for a coordinator (`coordinator`, and `train` with `--bind`).
+struct SecurityOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("The coordinator's secret key (metatrain keygen); with --authorized-keys, every socket uses CURVE.", valueName: "file"))
+    var key: String?
+    @Option(help: ArgumentHelp("Public keys of the workers let in: a file (one per line) or a directory of *.pub files.", valueName: "file-or-dir"))
+    var authorizedKeys: String?
+    @Flag(help: "Bind an address other machines can reach without keys: anyone who reaches it could join.")
+    var insecure = false
+
+    func validate() throws {
+        if (key == nil) != (authorizedKeys == nil) { throw ValidationError("--key and --authorized-keys go together") }
+        if key != nil && insecure { throw ValidationError("--insecure makes no sense with --key") }
+    }
+
+    /// The keys to bind `endpoint` with; nil for none, which only loopback or --insecure allows.
+    func serverKeys(for endpoint: String) throws -> CurveServerKeys? {
+        if let key, let authorizedKeys {
+            let pair = try KeyFiles.readSecret(key)
+            return CurveServerKeys(pair: pair, authorized: try KeyFiles.authorized(authorizedKeys).union([pair.publicKey]))
+        }
+        if !KeyFiles.isLoopback(endpoint) && !insecure {
+            throw MetatrainError("\(endpoint) can be reached from other machines, and without keys anyone who reaches it could join "
+                                 + "and send results: give --key and --authorized-keys (see metatrain keygen), or --insecure to accept that")
+        }
+        return nil
     }
 }

@@ -27,6 +27,7 @@ struct TrainCommand: ParsableCommand {
     var trace: String?
     @Flag(help: "Workers send results and take weights through the socket instead of through shared memory.")
     var noSharedMemory = false
+    @OptionGroup var security: SecurityOptions
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
@@ -37,14 +38,16 @@ struct TrainCommand: ParsableCommand {
         stop.installSignalHandlers()
         let endpoint = bind ?? privateEndpoint()
         defer { removeSocketFiles(endpoint) }
-        let shell = try options.makeShell(endpoint: endpoint, stop: stop, progress: ConsoleProgress())
+        let shell = try options.makeShell(endpoint: endpoint, stop: stop, progress: ConsoleProgress(), security: security)
+        // With keys, the local workers join with the coordinator's own (always let in).
+        let keyArgs = security.key.map { ["--key", $0, "--coordinator-key", "-"] } ?? []
         if trace != nil { shell.trace = Trace(process: "coordinator") }
         // One host agent named "local" whose processes are local-1 … local-N; a lone worker is local-1.
         let n = self.workers, trace = self.trace, socketOnly = noSharedMemory
         let workers = LocalWorkers(data: options.data, name: { _, restart in
             (n == 1 ? "local-1" : "local") + (restart == 0 ? "" : ".\(restart)")
         }, extra: { _ in
-            ["--procs", "\(n)"] + (socketOnly ? ["--no-shared-memory"] : [])
+            ["--procs", "\(n)"] + (socketOnly ? ["--no-shared-memory"] : []) + keyArgs
                 + (trace.map { n == 1 ? ["--trace", $0 + "/worker-1.jsonl"] : ["--trace", $0 + "/agents/local.jsonl", "--trace-dir", $0] } ?? [])
         })
         shell.endedWorkers = workers.ended

@@ -27,6 +27,10 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Dataset file; must be the coordinator's (same fingerprint).") var data: String
     @Option(help: "Name shown in the coordinator's log (default HOST:PID).") var name: String?
     @Option(help: "Compute processes on this machine (default: its cores); 1 computes in this process.") var procs: Int?
+    @Option(help: ArgumentHelp("This worker's secret key (metatrain keygen); with --coordinator-key, it connects with CURVE.", valueName: "file"))
+    var key: String?
+    @Option(help: ArgumentHelp("The coordinator's public key file ('-': the one --key belongs to).", valueName: "file"))
+    var coordinatorKey: String?
     @Option(help: "Seconds without word from the coordinator before giving up.") var coordinatorTimeout = 120.0
     @Option(help: ArgumentHelp("Protocol version to speak (testing only).", visibility: .hidden)) var protocolVersion: UInt16?
     @Option(help: ArgumentHelp("Exit when this parent process exits (set by train).", visibility: .hidden)) var exitWithParent: Int32?
@@ -42,6 +46,14 @@ struct WorkerCommand: ParsableCommand {
 
     func validate() throws {
         if let procs, procs < 1 { throw ValidationError("--procs must be at least 1") }
+        if (key == nil) != (coordinatorKey == nil) { throw ValidationError("--key and --coordinator-key go together") }
+    }
+
+    /// The CURVE keys to connect with, if any.
+    func clientKeys() throws -> CurveClientKeys? {
+        guard let key, let coordinatorKey else { return nil }
+        let pair = try KeyFiles.readSecret(key)
+        return CurveClientKeys(pair: pair, serverKey: coordinatorKey == "-" ? pair.publicKey : try KeyFiles.readPublic(coordinatorKey))
     }
 
     func run() throws {
@@ -52,6 +64,7 @@ struct WorkerCommand: ParsableCommand {
         let verbose = verbose
         let log: (String) -> Void = { line in if verbose { FileHandle.standardError.write(Data("worker \(label): \(line)\n".utf8)) } }
         let n = procs ?? ProcessInfo.processInfo.activeProcessorCount
+        let curve = try clientKeys()
         let result: Result<Int32, Error>
         let exitReason: () -> String
         if n > 1 {
@@ -61,6 +74,7 @@ struct WorkerCommand: ParsableCommand {
             agent.exitWithParent = exitWithParent
             agent.sharedMemory = !noSharedMemory
             agent.traceDir = traceDir
+            agent.curve = curve
             agent.notice = { line in FileHandle.standardError.write(Data("worker \(label): \(line)\n".utf8)) }
             if trace != nil { agent.trace = Trace(process: label) }
             result = Result { try agent.run() }
@@ -73,6 +87,7 @@ struct WorkerCommand: ParsableCommand {
             shell.exitWithParent = exitWithParent
             shell.failAfterUnits = failAfterUnits
             shell.hangAfterUnits = hangAfterUnits
+            shell.curve = curve
             shell.sharedMemory = !noSharedMemory
             if trace != nil { shell.trace = Trace(process: label) }
             result = Result { try shell.run() }

@@ -40,6 +40,7 @@ final class ClusterRecipeTests: XCTestCase {
         let worker = try XCTUnwrap(commands.first { $0.dropFirst().first == "worker" })
         XCTAssertTrue(worker.contains("tcp://metatrain-coordinator:5555"), "workers connect to the Service: \(worker)")
         XCTAssertTrue(worker.contains("--procs"), "one host agent per node: \(worker)")
+        for command in commands { XCTAssertTrue(command.contains("--key"), "every socket uses CURVE: \(command)") }
         // The check itself can fail: an option the CLI does not know is refused.
         XCTAssertThrowsError(try Metatrain.parseAsRoot(["worker", "--connect", "tcp://x:5555", "--data", "d.h5", "--procs", "4x"]))
     }

@@ -53,12 +53,19 @@ final class MultiHostTests: XCTestCase {
         let lab = try NetworkLab(hosts: 3)
         defer { lab.tearDown() }
         let (c, h1, h2) = (lab.hosts[0], lab.hosts[1], lab.hosts[2])
+        // The hosts are other machines: every socket uses CURVE keys.
+        let keys = MultiHostTests.dir + "/keys"
+        for name in ["coordinator", "authorized/host1", "authorized/host2"] where !FileManager.default.fileExists(atPath: keys + "/\(name).pub") {
+            XCTAssertEqual(try metatrain(["keygen", "--out", keys + "/" + name]).status, 0)
+        }
         func coordinator(_ run: String, port: Int, _ args: [String]) throws -> GroupProcess {
-            try startDetached(["coordinator", "--run-dir", run, "--bind", "tcp://\(c.address):\(port)", "--worker-timeout", "2"] + args,
+            try startDetached(["coordinator", "--run-dir", run, "--bind", "tcp://\(c.address):\(port)", "--worker-timeout", "2",
+                               "--key", keys + "/coordinator.secret", "--authorized-keys", keys + "/authorized"] + args,
                               stderr: run + ".err", prefix: lab.exec(c))
         }
         func worker(_ host: NetworkLab.Host, _ name: String, port: Int) throws -> GroupProcess {
-            try startDetached(["worker", "--connect", "tcp://\(c.address):\(port)", "--data", data, "--name", name, "--procs", "2", "--no-shared-memory"],
+            try startDetached(["worker", "--connect", "tcp://\(c.address):\(port)", "--data", data, "--name", name, "--procs", "2", "--no-shared-memory",
+                               "--key", keys + "/authorized/\(name).secret", "--coordinator-key", keys + "/coordinator.pub"],
                               stderr: MultiHostTests.dir + "/\(name)-\(port).err", prefix: lab.exec(host))
         }
 

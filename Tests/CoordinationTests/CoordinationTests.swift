@@ -152,6 +152,11 @@ final class CoordinatorMachineTests: XCTestCase {
         let long = m.onMessage(env(.goodbye(reason: String(repeating: "x", count: 100_000))), from: PeerID([9]), now: 2)
         guard case .log(let line)? = long.first else { return XCTFail("\(long)") }
         XCTAssertLessThan(line.count, 300)
+        // A worker that goes before it read its welcome knows no run id yet: its goodbye counts all the same.
+        let gone = m.onMessage(Envelope(runId: "", message: .goodbye(reason: "interrupted")), from: b, now: 3)
+        guard case .log(let left)? = gone.first else { return XCTFail("\(gone)") }
+        XCTAssertTrue(left.hasPrefix("worker w\(b) left (interrupted); dropped"), left)
+        XCTAssertEqual(m.liveWorkers, 0)
     }
 
     /// With no worker connected the coordinator says so once, then at most every
