@@ -68,7 +68,7 @@ public struct WorkerMachine: Sendable {
     /// Units handed to the shell and not yet computed. A shell that computes
     /// in place returns before anything else happens; a host agent computes
     /// several blocks at once on its processes and keeps ticking meanwhile.
-    public private(set) var computing = 0
+    public var computing: Int { computingRuns.count }
     private var configJSON: String?
     private var lastSent = 0.0
     private var lastHeard = 0.0
@@ -207,7 +207,6 @@ public struct WorkerMachine: Sendable {
     /// installing them first if the computer does not hold them.
     private mutating func compute(_ u: WorkUnit) -> Directive {
         precondition(held != nil && weightsVersion == u.version, "unit \(u.id) for version \(u.version) computed holding \(weightsVersion)")
-        computing += 1
         computingRuns.append((u.id, runId))
         let install = computerHoldsHeld ? nil : held!.weights
         computerHoldsHeld = true
@@ -234,11 +233,12 @@ public struct WorkerMachine: Sendable {
 
     /// The shell finished a unit; `result` is its trainResult or evalResult.
     public mutating func onComputed(_ result: Message, now: Double) -> [Directive] {
-        computing = max(0, computing - 1)
         var unitId: Int?
         switch result { case .trainResult(let r): unitId = r.unitId; case .evalResult(let r): unitId = r.unitId; default: break }
         var run = runId
-        if let i = computingRuns.firstIndex(where: { $0.unitId == unitId }) { run = computingRuns.remove(at: i).run }
+        if let i = computingRuns.firstIndex(where: { $0.unitId == unitId }) ?? computingRuns.indices.first {
+            run = computingRuns.remove(at: i).run
+        }
         guard state == .joined else { return [] }
         guard run == runId else { return [.log("dropped the result of unit \(unitId ?? -1) of run \(run): the coordinator now runs \(runId)")] }
         return sent(result, now)

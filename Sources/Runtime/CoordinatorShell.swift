@@ -21,7 +21,7 @@ public final class CoordinatorShell {
     let stop: StopFlag
     let progress: ProgressSink?
     /// The endpoint workers connect to, once bound.
-    public private(set) var boundEndpoint = ""
+    public var boundEndpoint: String { link?.boundEndpoint ?? "" }
     /// Called once the sockets are bound (e.g. to start local workers).
     public var onBound: ((String) -> Void)?
     /// Worker processes whoever started them saw end (`train`'s local workers).
@@ -60,7 +60,6 @@ public final class CoordinatorShell {
         link.maxMessageSize = 4 * (trainer.layout.count + (trainer.alpha == nil ? 0 : trainer.layout.count)) + (1 << 20)
         link.curve = curve
         try link.bind(ctx)
-        boundEndpoint = link.boundEndpoint
         runId = "\(trainer.config.seed)-\(getpid())-\(Int(Date().timeIntervalSince1970))"
         link.setRun(runId)
         var settings = CoordinatorMachine.Settings(runId: runId, datasetFingerprint: trainer.dataset.fingerprint,

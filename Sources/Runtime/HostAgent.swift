@@ -186,8 +186,7 @@ public final class HostAgent {
     /// processes join it again by themselves), and the processes started the first time.
     func configure(_ json: String) throws {
         let config = try Config.parse(json, origin: "coordinator's config")
-        upMachine.heartbeatInterval = config.cluster.heartbeatS
-        upMachine.livenessTimeout = config.cluster.silenceS
+        upMachine.follow(config.cluster)
         innerSilence = config.cluster.silenceS
         let n = ParameterLayout(ModelDims(V: dataset.nItems, E: config.model.embeddingDim, H: config.model.hiddenDim)).count
         let metasgd = config.maml.algorithm == .metasgd

@@ -1,4 +1,6 @@
 import CLinux
+import Configuration
+import Coordination
 import Core
 import Foundation
 import Transport
@@ -84,6 +86,14 @@ extension Floats {
     /// A view of a parameter or gradient buffer, to encode it without an intermediate copy.
     init(viewing b: FloatBuffer) {
         self.init(viewing: ByteBlock(view: UnsafeRawBufferPointer(b.buffer), owner: b))
+    }
+}
+
+extension WorkerMachine {
+    /// Heartbeats and liveness as the run's configuration says (`cluster.*`).
+    mutating func follow(_ c: Config.Cluster) {
+        heartbeatInterval = c.heartbeatS
+        livenessTimeout = c.silenceS
     }
 }
 

@@ -43,8 +43,6 @@ public final class WorkerShell {
     public var sharedMemory = true
     /// CURVE keys towards the coordinator (nil: none).
     public var curve: CurveClientKeys?
-    /// Heartbeat and liveness until a configuration says otherwise (`cluster.*`).
-    public var heartbeatInterval = 1.0, livenessTimeout = 3.0
 
     /// Units the machine handed over and the one being computed, on `computeQueue`;
     /// it says so on `doneOut` (an inproc pair) when it is done.
@@ -75,8 +73,6 @@ public final class WorkerShell {
         machine = WorkerMachine(name: name, datasetFingerprint: dataset.fingerprint, coordinatorTimeout: coordinatorTimeout)
         machine.hardware = Hardware(cpuModel: cpuModelName(), blasCore: BLAS.coreName)
         machine.episodeLimits = (dataset.episodes(.train).count, dataset.episodes(.val).count)
-        machine.heartbeatInterval = heartbeatInterval
-        machine.livenessTimeout = livenessTimeout
         defer { closeSockets() }
         do {
             return try loop()
@@ -144,8 +140,7 @@ public final class WorkerShell {
             case .configure(let json):
                 let config = try Config.parse(json, origin: "coordinator's config")
                 computer = UnitComputer(config: config, dataset: dataset)
-                machine.heartbeatInterval = config.cluster.heartbeatS
-                machine.livenessTimeout = config.cluster.silenceS
+                machine.follow(config.cluster)
             case .compute(let u, let install):
                 waiting.append((u, install))
                 try startComputing()
