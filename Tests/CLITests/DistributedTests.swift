@@ -216,7 +216,7 @@ final class DistributedTests: XCTestCase {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
         p.arguments = asNobody + ["worker", "--connect", endpoint, "--data", DistributedTests.data, "--name", "other-user",
-                                  "--verbose", "--trace", traces + "/worker.jsonl"]
+                                  "--procs", "1", "--verbose", "--trace", traces + "/worker.jsonl"]
         let err = Pipe()
         p.standardError = err
         try p.run()
