@@ -55,6 +55,9 @@ public struct WorkerMachine: Sendable {
     public var coordinatorTimeout: Double
     /// How long a unit waits for its weights' broadcast before the worker fetches them.
     public var broadcastGrace: Double = 0.25
+    /// How long a unit waits for a fetch's reply before the worker fetches again (a reply
+    /// can be lost: sent to a connection that was being replaced, or dropped at a full queue).
+    public var fetchRetry: Double = 2
 
     private var state = State.joining
     public private(set) var runId = ""
@@ -65,6 +68,7 @@ public struct WorkerMachine: Sendable {
     private var pending: [WorkUnit] = []    // units waiting for their weights, in arrival order
     private var fetchAt: Double?            // fetch then, unless the broadcast came
     private var fetchedVersion = -1         // the version the last fetch (in this membership) was sent at
+    private var fetchedAt = 0.0             // when it was sent
     /// Units handed to the shell and not yet computed. A shell that computes
     /// in place returns before anything else happens; a host agent computes
     /// several blocks at once on its processes and keeps ticking meanwhile.
@@ -131,7 +135,7 @@ public struct WorkerMachine: Sendable {
             out += sent(.ready, now)
             // Joined after that version's broadcast: fetch it now.
             if w.version > weightsVersion && w.version > fetchedVersion {
-                fetchedVersion = w.version
+                fetchedVersion = w.version; fetchedAt = now
                 out += sent(.fetchWeights, now)
             }
             return out
@@ -157,8 +161,11 @@ public struct WorkerMachine: Sendable {
             if u.version == weightsVersion { return [compute(u)] }
             if u.version > weightsVersion {
                 pending.append(u)
-                // A fetch already on its way brings this version; otherwise give the broadcast a moment.
-                if fetchAt == nil && fetchedVersion < u.version { fetchAt = now + broadcastGrace }
+                // A fetch already on its way brings this version (unless its reply is lost: then
+                // fetch again); otherwise give the broadcast a moment.
+                if fetchAt == nil {
+                    fetchAt = fetchedVersion >= u.version ? fetchedAt + fetchRetry : now + broadcastGrace
+                }
                 return []
             }
             return [.log("unit \(u.id) is for old version \(u.version); skipping")] + sent(.ready, now)
@@ -255,10 +262,13 @@ public struct WorkerMachine: Sendable {
     public mutating func onTick(now: Double) -> [Directive] {
         guard state != .stopped else { return [] }
         if let u = pending.last, let t = fetchAt, now >= t {
-            // The broadcast did not come (dropped, or sent before we subscribed): ask for the weights.
-            fetchAt = nil
-            fetchedVersion = u.version
-            return [.log("unit \(u.id) needs weights version \(u.version), holding \(weightsVersion); no broadcast came, fetching")]
+            // The broadcast did not come (dropped, or sent before we subscribed), or a fetch's
+            // reply did not: ask for the weights, and again after `fetchRetry` until they come.
+            let again = fetchedVersion >= u.version
+            fetchAt = now + fetchRetry
+            fetchedVersion = u.version; fetchedAt = now
+            return [.log("unit \(u.id) needs weights version \(u.version), holding \(weightsVersion); "
+                         + (again ? "no reply to the last fetch, fetching again" : "no broadcast came, fetching"))]
                 + sent(.fetchWeights, now)
         }
         if now - lastHeard > coordinatorTimeout {

@@ -213,16 +213,18 @@ final class DistributedTests: XCTestCase {
                                        "--bind", "tcp://127.0.0.1:0", "--set", "maml.iterations=12"] + small)
         defer { coord.killGroup(); coord.wait() }
         let endpoint = try waitForEndpoint(run + "/coordinator.log")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-        p.arguments = asNobody + ["worker", "--connect", endpoint, "--data", DistributedTests.data, "--name", "other-user",
-                                  "--procs", "1", "--verbose", "--trace", traces + "/worker.jsonl"]
-        let err = Pipe()
-        p.standardError = err
-        try p.run()
-        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 0, stderr)
+        // A host agent of 2 processes: it joins again without shared memory while its processes start.
+        let p = try startDetached(["worker", "--connect", endpoint, "--data", DistributedTests.data, "--name", "other-user",
+                                   "--procs", "2", "--verbose", "--trace", traces + "/worker.jsonl"],
+                                  stderr: traces + "/worker.err", prefix: ["/usr/bin/setpriv"] + asNobody.dropLast(), binary: binary)
+        defer { p.killGroup(); p.wait() }
+        let status = p.wait(seconds: 120)
+        let stderr = (try? String(contentsOfFile: traces + "/worker.err", encoding: .utf8)) ?? ""
+        guard let status else {
+            let log = (try? String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)) ?? ""
+            return XCTFail("the run did not end within 120 s\n--- worker:\n\(stderr)\n--- coordinator:\n\(log)")
+        }
+        XCTAssertEqual(status, 0, stderr)
         XCTAssertTrue(stderr.contains("cannot read the coordinator's shared memory"), stderr)
         XCTAssertEqual(coord.wait(), 0)
         let log = try String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)
@@ -415,7 +417,7 @@ struct GroupProcess {
 
 /// Starts `metatrain ARGS` in its own process group; its stderr goes to `stderr` (a file) if given. With a
 /// `prefix` (e.g. `ip netns exec NS`) that command runs metatrain (it MUST exec it, keeping the pid).
-func startDetached(_ args: [String], stderr: String? = nil, prefix: [String] = []) throws -> GroupProcess {
+func startDetached(_ args: [String], stderr: String? = nil, prefix: [String] = [], binary: String? = nil) throws -> GroupProcess {
     var attr = posix_spawnattr_t()
     posix_spawnattr_init(&attr)
     defer { posix_spawnattr_destroy(&attr) }
@@ -426,7 +428,7 @@ func startDetached(_ args: [String], stderr: String? = nil, prefix: [String] = [
     defer { posix_spawn_file_actions_destroy(&actions) }
     posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
     posix_spawn_file_actions_addopen(&actions, 2, stderr ?? "/dev/null", stderr == nil ? O_WRONLY : O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    let command = prefix + [metatrainPath()] + args
+    let command = prefix + [binary ?? metatrainPath()] + args
     let argv = command.map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     var pid: pid_t = 0

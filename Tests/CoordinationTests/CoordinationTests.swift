@@ -437,7 +437,7 @@ final class WorkerMachineTests: XCTestCase {
         // Work on a version it does not hold yet: wait for the fetch (no second fetch), compute when the weights arrive.
         let u = WorkUnit(id: 7, kind: .train, version: 3, episodes: [1])
         XCTAssertEqual(w.onMessage(env(.work(u)), now: 2), [])
-        XCTAssertNil(w.wakeAt)
+        XCTAssertEqual(w.wakeAt, 3, "fetch again if the reply has not come 2 s after the fetch")
         let wt = Weights(version: 3, theta: [1], alpha: [])
         XCTAssertEqual(w.onMessage(env(.weights(wt)), now: 3), [.compute(u, install: wt)])
         let r = Message.trainResult(TrainResult(unitId: 7, version: 3, gradTheta: [0], gradAlpha: [], lossSum: 0, tasks: 1))
@@ -517,10 +517,35 @@ final class WorkerMachineTests: XCTestCase {
         XCTAssertFalse(w.onTick(now: 20.1).contains(.send(.fetchWeights)), "still within the grace")
         let d = w.onTick(now: 20.3)
         XCTAssertEqual(d.last, .send(.fetchWeights))
-        XCTAssertNil(w.wakeAt)
+        XCTAssertEqual(w.wakeAt, 22.3, "the reply is awaited for fetchRetry")
         XCTAssertFalse(w.onTick(now: 20.6).contains(.send(.fetchWeights)))
         let v2 = Weights(version: 2, theta: [2], alpha: [])
         XCTAssertEqual(w.onMessage(env(.weights(v2)), now: 20.7), [.compute(u3, install: v2)])
+        XCTAssertNil(w.wakeAt)
+    }
+
+    /// A fetch's reply can be lost (sent to a connection being replaced, or
+    /// dropped): a unit waiting for weights never waits for good. The worker
+    /// fetches again every `fetchRetry` until they come, and a unit that comes
+    /// again (re-issued past its deadline) does not reset the wait.
+    func testALostFetchReplyIsFetchedAgain() {
+        var w = WorkerMachine(name: "w", datasetFingerprint: "fp")
+        _ = w.onStart(now: 0)
+        XCTAssertEqual(w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 0).last, .send(.fetchWeights))
+        let u = WorkUnit(id: 0, kind: .train, version: 0, episodes: [1])
+        XCTAssertEqual(w.onMessage(env(.work(u)), now: 0.1), [], "the fetch on its way brings version 0")
+        XCTAssertEqual(w.wakeAt, 2)
+        let fetches = { (d: [WorkerMachine.Directive]) in d.filter { $0 == .send(.fetchWeights) }.count }
+        XCTAssertEqual(fetches(w.onTick(now: 1.9)), 0)
+        XCTAssertEqual(fetches(w.onTick(now: 2)), 1, "no reply: fetch again")
+        XCTAssertEqual(w.wakeAt, 4)
+        XCTAssertEqual(w.onMessage(env(.work(u)), now: 3), [], "the unit again, past its deadline")
+        XCTAssertEqual(w.wakeAt, 4)
+        XCTAssertEqual(fetches(w.onTick(now: 4)), 1)
+        let v0 = Weights(version: 0, theta: [0], alpha: [])
+        XCTAssertEqual(w.onMessage(env(.weights(v0)), now: 4.1), [.compute(u, install: v0), .compute(u, install: nil)])
+        XCTAssertNil(w.wakeAt)
+        XCTAssertEqual(fetches(w.onTick(now: 9)), 0)
     }
 
     /// A coordinator restarted on the same endpoint (new run id): the worker joins
