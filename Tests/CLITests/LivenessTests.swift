@@ -157,4 +157,42 @@ final class LivenessTests: XCTestCase {
         let sent = Set(trace.filter { $0.event == .send }.map(\.n))
         XCTAssertTrue(Set(trace.filter { $0.event == .result }.map(\.n)).isSubset(of: sent))
     }
+
+    /// Host agents rejoin while their blocks run: the coordinator is frozen past
+    /// the agents' liveness (they join again holding blocks and queued inner
+    /// units), then one agent is frozen past the coordinator's (it is dropped,
+    /// comes back to "unknown worker" and joins again while its processes still
+    /// compute). Twice each; the run ends with the weights of an undisturbed one.
+    func testHostAgentsRejoinWhileTheirBlocksRun() throws {
+        let data = try syntheticDataset(in: LivenessTests.dir)
+        let longArgs = args.map { $0 == "maml.iterations=600" ? "maml.iterations=4000" : $0 }
+        let whole = LivenessTests.dir + "/agents-whole"
+        XCTAssertEqual(try metatrain(["train", "--data", data, "--run-dir", whole, "--workers", "1"] + longArgs).status, 0)
+        let run = LivenessTests.dir + "/agents"
+        let coord = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + longArgs)
+        defer { kill(coord.pid, SIGCONT); coord.killGroup(); coord.wait() }
+        let endpoint = try waitForEndpoint(run + "/coordinator.log")
+        let errs = ["a", "b"].map { LivenessTests.dir + "/agent-\($0).err" }
+        let agents = try ["a", "b"].enumerated().map { i, name in
+            try startDetached(["worker", "--connect", endpoint, "--data", data, "--name", name, "--procs", "2", "--verbose"], stderr: errs[i])
+        }
+        defer { for a in agents { kill(a.pid, SIGCONT); a.killGroup(); a.wait() } }
+        _ = waitFor(60, "both agents and 50 iterations") {
+            let log = read(run + "/coordinator.log")
+            return log.contains("host agent a of 2") && log.contains("host agent b of 2") && iterations(run) >= 50
+        }
+        for (victim, pause) in [(coord.pid, 4.0), (agents[0].pid, 4.0), (coord.pid, 3.6), (agents[0].pid, 4.4)] {
+            guard coord.wait(seconds: 0) == nil else { break }
+            kill(victim, SIGSTOP)
+            Thread.sleep(forTimeInterval: pause)
+            kill(victim, SIGCONT)
+            Thread.sleep(forTimeInterval: 1.5)
+        }
+        XCTAssertEqual(coord.wait(seconds: 240), 0, read(run + "/coordinator.log"))
+        let log = read(run + "/coordinator.log")
+        XCTAssertTrue(log.contains("worker a silent for"), "agent a was frozen past its liveness: \(log)")
+        XCTAssertTrue(read(errs[1]).contains("no word from the coordinator"), read(errs[1]))
+        XCTAssertEqual(try bytes(run + "/final.h5"), try bytes(whole + "/final.h5"), "rejoining agents changed the weights")
+        for (i, a) in agents.enumerated() { XCTAssertEqual(a.wait(seconds: 30), 0, read(errs[i])) }
+    }
 }
