@@ -61,6 +61,10 @@ public struct CoordinatorMachine: Sendable {
         /// The run cannot go on (a unit gives non-finite results wherever it is computed):
         /// keep the last good state and stop with this error.
         case fail(String)
+        /// Unit `index` of the phase crashed the processes that computed it twice (or failed on two
+        /// workers, or on every live one): the coordinator stops the run with this error; a host
+        /// agent gives the unit back to its coordinator instead.
+        case unitFailed(index: Int, reason: String)
         /// No worker is connected, and has not been for `seconds`: tell the user how to start one.
         /// Given once when the last worker goes (or at the start), then at most every `waitingNoticeInterval`.
         case waitingForWorkers(seconds: Double)
@@ -117,6 +121,10 @@ public struct CoordinatorMachine: Sendable {
     private var assigned: [Int: Set<PeerID>] = [:]
     /// Workers whose result for a unit (by index) held non-finite values.
     private var nonFinite: [Int: [String]] = [:]
+    /// Per unit index: the processes that crashed computing it (what `onWorkerGone` was told).
+    private var crashes: [Int: [String]] = [:]
+    /// Per unit index: the workers that gave it back as failed (`unitFailed`); it never goes to them again.
+    private var failedOn: [Int: Set<PeerID>] = [:]
     /// The latest time seen by an `on…` call (dispatches in between use it).
     private var clock = 0.0
     /// When each unit in flight was last sent, and the units already sent again for lateness.
@@ -191,6 +199,8 @@ public struct CoordinatorMachine: Sendable {
             return onResult(.eval(r), unitId: r.unitId, version: r.version, from: peer)
         case .goodbye(let reason):
             return [remove(peer, because: "left (\(bounded(reason)))")] + dispatch()
+        case .unitFailed(let unitId, let reason):
+            return onUnitFailed(unitId, reason: reason, from: peer)
         default:
             return noisy(peer, "unexpected", now, [.log("dropped unexpected '\(e.message.typeName)' from \(w.name)")])
         }
@@ -244,8 +254,31 @@ public struct CoordinatorMachine: Sendable {
     /// A worker process is known to have ended (e.g. `train` saw its local child
     /// exit): it is dropped at once and its units are re-queued, without waiting
     /// for the timeout.
-    public mutating func onWorkerGone(name: String, reason: String) -> [Directive] {
-        joinOrder.filter { workers[$0]?.name == name }.map { remove($0, because: reason) } + dispatch()
+    ///
+    /// A process that `crashed` (died of a fault, not killed) is taken to have
+    /// crashed on the unit it was computing, the first it holds: a unit on which
+    /// two processes crashed stops the run (`unitFailed`) instead of crashing
+    /// every process that takes it, for ever.
+    public mutating func onWorkerGone(name: String, reason: String, crashed: Bool = false) -> [Directive] {
+        var out: [Directive] = []
+        for peer in joinOrder where workers[peer]?.name == name {
+            if crashed, let p = phase, let id = workers[peer]!.units.first, id - firstUnitId >= 0, id - firstUnitId < p.units.count {
+                let index = id - firstUnitId
+                crashes[index, default: []].append("\(name) \(bounded(reason))")
+                if crashes[index]!.count >= 2 {
+                    out.append(.unitFailed(index: index, reason: "unit \(id) of version \(p.version) (\(episodeList(p.units[index]))) "
+                                           + "crashed the processes that computed it: " + crashes[index]!.joined(separator: "; ")))
+                }
+            }
+            out.append(remove(peer, because: reason))
+        }
+        return out + dispatch()
+    }
+
+    /// A unit's episodes for an error message (the first 16).
+    func episodeList(_ leaves: [[Int]]) -> String {
+        let episodes = leaves.flatMap { $0 }
+        return "episodes " + episodes.prefix(16).map(String.init).joined(separator: ",") + (episodes.count > 16 ? ",…" : "")
     }
 
     /// Removes a live worker and re-queues its units (the caller dispatches them
@@ -268,7 +301,7 @@ public struct CoordinatorMachine: Sendable {
         nextUnitId += p.units.count
         pending = p.dispatchOrder ?? Array(0..<p.units.count)
         precondition(pending.sorted() == Array(0..<p.units.count), "dispatch order must be a permutation of the units")
-        results = [:]; assigned = [:]; nonFinite = [:]
+        results = [:]; assigned = [:]; nonFinite = [:]; crashes = [:]; failedOn = [:]
         if p.units.isEmpty { return complete() }
         return dispatch()
     }
@@ -359,9 +392,7 @@ public struct CoordinatorMachine: Sendable {
                 nonFinite[index, default: []].append(name)
                 let who = nonFinite[index]!
                 if Set(who).count >= 2 || (who.count >= 2 && workers.count == 1) {
-                    let episodes = p.units[index].flatMap { $0 }
-                    return [.fail("unit \(unitId) of version \(p.version) (episodes \(episodes.prefix(16).map(String.init).joined(separator: ","))"
-                                  + "\(episodes.count > 16 ? ",…" : "")) gave non-finite results on \(Set(who).count == 1 ? "worker \(who[0]) twice" : "workers " + Set(who).sorted().joined(separator: " and ")): the model diverged (lower maml.inner_lr or maml.outer_lr)")]
+                    return [.fail("unit \(unitId) of version \(p.version) (\(episodeList(p.units[index]))) gave non-finite results on \(Set(who).count == 1 ? "worker \(who[0]) twice" : "workers " + Set(who).sorted().joined(separator: " and ")): the model diverged (lower maml.inner_lr or maml.outer_lr)")]
                 }
             }
             return bad(peer, "unit \(unitId): \(problem.what)") + dispatch()
@@ -374,6 +405,32 @@ public struct CoordinatorMachine: Sendable {
         }
         out.append(.unitResult(index: index, r))
         if results.count == p.units.count { return out + complete() + dispatch() }
+        return out + dispatch()
+    }
+
+    /// A worker (a host agent) gives a unit back: it crashed its processes twice.
+    /// The unit never goes to that worker again; a unit given back by two
+    /// workers, or by every live one, stops the run. Only the worker the unit
+    /// was given to may say so (anything else counts against it).
+    mutating func onUnitFailed(_ unitId: Int, reason: String, from peer: PeerID) -> [Directive] {
+        let name = workers[peer]!.name
+        guard let p = phase, unitId >= firstUnitId, unitId < firstUnitId + p.units.count else {
+            workers[peer]!.units.removeAll { $0 == unitId }
+            return [.log("worker \(name) gave back unit \(unitId), which is no longer running")] + dispatch()
+        }
+        let index = unitId - firstUnitId
+        guard workers[peer]!.units.contains(unitId) else { return bad(peer, "gave back unit \(unitId), which it does not hold") + dispatch() }
+        workers[peer]!.units.removeAll { $0 == unitId }
+        failedOn[index, default: []].insert(peer)
+        requeueIfLost(index)
+        let out: [Directive] = [.log("worker \(name) gave back unit \(unitId): \(bounded(reason))")]
+        let by = failedOn[index]!
+        if by.count >= 2 || workers.keys.allSatisfy(by.contains) {
+            let names = by.compactMap { workers[$0]?.name }.sorted()
+            return out + [.unitFailed(index: index, reason: "unit \(unitId) of version \(p.version) (\(episodeList(p.units[index]))) failed on "
+                                      + (by.count == 1 ? "worker \(names.first ?? "?"), the only one live" : "workers " + names.joined(separator: " and "))
+                                      + ": \(bounded(reason))")]
+        }
         return out + dispatch()
     }
 
@@ -458,7 +515,7 @@ public struct CoordinatorMachine: Sendable {
         let ordered = (0..<p.units.count).map { results[$0]! }
         phase = nil
         pending = []
-        results = [:]; assigned = [:]; nonFinite = [:]; sentAt = [:]; overdue = []
+        results = [:]; assigned = [:]; nonFinite = [:]; sentAt = [:]; overdue = []; crashes = [:]; failedOn = [:]
         return [.phaseComplete(PhaseResults(phase: p, results: ordered))]
     }
 
@@ -474,8 +531,13 @@ public struct CoordinatorMachine: Sendable {
             return a != b ? a > b : $0.offset < $1.offset
         }.map(\.element)
         let procs = liveProcs
+        /// The first pending unit this peer may take (not one it gave back).
+        func next(for peer: PeerID) -> Int? {
+            failedOn.isEmpty ? (pending.isEmpty ? nil : 0) : pending.firstIndex { failedOn[$0]?.contains(peer) != true }
+        }
         func give(_ peer: PeerID) {
-            let index = pending.removeFirst()
+            guard let at = next(for: peer) else { return }
+            let index = pending.remove(at: at)
             let id = firstUnitId + index
             workers[peer]!.units.append(id)
             assigned[index, default: []].insert(peer)

@@ -251,6 +251,18 @@ public struct WorkerMachine: Sendable {
         return sent(result, now)
     }
 
+    /// A host agent gives up a unit that crashed its processes twice, and with it
+    /// every other unit it holds (it starts its processes' work afresh): the
+    /// coordinator hears which unit failed, then `ready`, which re-queues the rest.
+    /// The next unit comes with its weights to install.
+    public mutating func onGaveUp(unitId: Int, reason: String, now: Double) -> [Directive] {
+        let run = computingRuns.first { $0.unitId == unitId }?.run
+        computingRuns = []
+        computerHoldsHeld = false
+        guard state == .joined, run == nil || run == runId else { return [] }
+        return sent(.unitFailed(unitId: unitId, reason: reason), now) + sent(.ready, now)
+    }
+
     public mutating func onUndecodable(_ error: WireError) -> [Directive] {
         if case .protocolMismatch(let v) = error {
             state = .stopped

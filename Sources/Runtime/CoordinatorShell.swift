@@ -122,8 +122,8 @@ public final class CoordinatorShell {
                     try execute(machine.onUndecodable(e, from: peer, now: monotonicNow()))
                 }
             }
-            for (name, reason) in endedWorkers?.take() ?? [] where !stop.isSet {
-                try execute(machine.onWorkerGone(name: name, reason: reason))
+            for (name, reason, crashed) in endedWorkers?.take() ?? [] where !stop.isSet {
+                try execute(machine.onWorkerGone(name: name, reason: reason, crashed: crashed))
                 if let line = onWorkerEnded?(name) { say(line) }
             }
             let now = monotonicNow()
@@ -152,7 +152,7 @@ public final class CoordinatorShell {
                 say("no worker connected" + (seconds >= 1 ? " for \(formatDuration(seconds))" : "")
                     + "; waiting for workers (metatrain worker --connect \(boundEndpoint) --data DATASET)")
             case .phaseComplete(let r): try complete(r)
-            case .fail(let reason): try stop(failing: reason)
+            case .fail(let reason), .unitFailed(_, let reason): try stop(failing: reason)
             }
         }
     }

@@ -148,8 +148,8 @@ public final class HostAgent {
                 if downMachine != nil {
                     try executeDown(downMachine!.onTick(now: now))
                     down.forget(except: { self.downMachine!.knows($0) })
-                    for (child, reason) in children?.ended.take() ?? [] {
-                        for d in downMachine!.onWorkerGone(name: child, reason: reason) {
+                    for (child, reason, crashed) in children?.ended.take() ?? [] {
+                        for d in downMachine!.onWorkerGone(name: child, reason: reason, crashed: crashed) {
                             if case .log(let line) = d { notice(line) } else { try executeDown([d]) }
                         }
                         if let line = children?.restart(child) { notice(line) }
@@ -300,6 +300,7 @@ public final class HostAgent {
             case .log(let s): log(s)
             case .waitingForWorkers: break
             case .fail(let reason): log("internal: " + reason)
+            case .unitFailed(let index, let reason): try giveUp(index, reason)
             }
         }
     }
@@ -335,6 +336,18 @@ public final class HostAgent {
         }
         trace?.mark(.computed, job.unit.id)
         try executeUp(upMachine.onComputed(message, now: monotonicNow()))
+    }
+
+    /// An inner unit crashed two of our processes: the coordinator gets its
+    /// block back (and, through `ready`, every other one we hold), and the
+    /// processes start afresh in a new inner run, so that the crashing unit is
+    /// not handed out again here.
+    func giveUp(_ index: Int, _ reason: String) throws {
+        let job = jobs.first { index >= $0.first && index < $0.first + $0.count }
+        notice("giving back unit \(job?.unit.id ?? -1): " + reason)
+        jobs = []; queue = []
+        newInnerRun()
+        if let job { try executeUp(upMachine.onGaveUp(unitId: job.unit.id, reason: reason, now: monotonicNow())) }
     }
 
     /// Tells the processes the run is over and waits for them (none may outlive the agent).

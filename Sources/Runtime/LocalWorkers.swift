@@ -8,6 +8,9 @@ import Foundation
 /// per slot so that a worker that cannot start does not loop.
 public final class LocalWorkers: @unchecked Sendable {
     public let ended = EndedWorkers()
+    /// Signals that mean the process faulted (a trap, a bad access), not that someone killed it:
+    /// a unit whose processes die of these twice stops the run (see `CoordinatorMachine.onWorkerGone`).
+    static let faults: Set<Int32> = [SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV, SIGSYS]
     public let maxRestarts = 3
     private let lock = NSLock()
     private let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
@@ -52,8 +55,10 @@ public final class LocalWorkers: @unchecked Sendable {
             guard let self, p.terminationReason == .uncaughtSignal || (p.terminationStatus != 0 && p.terminationStatus != 130) else { return }
             self.lock.lock(); let stopping = self.stopping; self.lock.unlock()
             if stopping { return }
-            let how = p.terminationReason == .uncaughtSignal ? "was killed by signal \(p.terminationStatus)" : "exited with status \(p.terminationStatus)"
-            ended.report(name: name, reason: "(pid \(p.processIdentifier)) \(how)")
+            let signal = p.terminationReason == .uncaughtSignal ? p.terminationStatus : nil
+            let crashed = signal.map(LocalWorkers.faults.contains) ?? false
+            let how = signal.map { crashed ? "crashed (signal \($0))" : "was killed by signal \($0)" } ?? "exited with status \(p.terminationStatus)"
+            ended.report(name: name, reason: "(pid \(p.processIdentifier)) \(how)", crashed: crashed)
         }
         do { try p.run() } catch {
             FileHandle.standardError.write(Data("could not start worker \(name): \(error)\n".utf8))

@@ -36,10 +36,13 @@ public func keepLargeBuffersMapped() {
 /// process's termination handler) and taken by the coordinator's loop.
 public final class EndedWorkers: @unchecked Sendable {
     private let lock = NSLock()
-    private var ended: [(name: String, reason: String)] = []
+    private var ended: [(name: String, reason: String, crashed: Bool)] = []
     public init() {}
-    public func report(name: String, reason: String) { lock.lock(); ended.append((name, reason)); lock.unlock() }
-    func take() -> [(name: String, reason: String)] {
+    /// `crashed`: the process died of a fault (SIGILL, SIGSEGV, …) rather than being killed or exiting.
+    public func report(name: String, reason: String, crashed: Bool = false) {
+        lock.lock(); ended.append((name, reason, crashed)); lock.unlock()
+    }
+    func take() -> [(name: String, reason: String, crashed: Bool)] {
         lock.lock(); defer { lock.unlock() }
         let out = ended
         ended = []

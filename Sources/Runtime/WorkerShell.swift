@@ -29,6 +29,10 @@ public final class WorkerShell {
     public var failAfterUnits: Int?
     /// Fault injection for tests: unit N+1 never finishes, while the worker goes on heartbeating.
     public var hangAfterUnits: Int?
+    /// Testing only: a process that is given a train unit holding this episode crashes (a trap),
+    /// as a process would on a unit that hits a bug. Read from METATRAIN_TEST_CRASH_ON_EPISODE,
+    /// so that it reaches the processes a host agent starts.
+    static let crashOnEpisode = ProcessInfo.processInfo.environment["METATRAIN_TEST_CRASH_ON_EPISODE"].flatMap { Int($0) }
     private var unitsComputed = 0
 
     private var link: WorkerLink!
@@ -160,6 +164,9 @@ public final class WorkerShell {
         guard let computer else { throw MetatrainError("internal: unit \(u.id) scheduled before the configuration") }
         if let failAfterUnits, unitsComputed >= failAfterUnits {
             throw MetatrainError("injected failure computing unit \(u.id) (--fail-after-units \(failAfterUnits))")
+        }
+        if u.kind == .train, let e = WorkerShell.crashOnEpisode, u.episodes.contains(e) {
+            fatalError("injected crash computing unit \(u.id) (METATRAIN_TEST_CRASH_ON_EPISODE=\(e))")
         }
         unitsComputed += 1
         trace?.mark(.compute, u.id)

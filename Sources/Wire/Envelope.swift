@@ -1,7 +1,7 @@
 /// A message with the header every frame carries: magic "MTRN", the protocol
 /// version (u16), the message type (u8) and the run id (string), then the body.
 public struct Envelope: Equatable, Sendable {
-    public static let protocolVersion: UInt16 = 5
+    public static let protocolVersion: UInt16 = 6
     static let magic: [UInt8] = Array("MTRN".utf8)
 
     public var protocolVersion: UInt16
@@ -58,6 +58,7 @@ public struct Envelope: Equatable, Sendable {
         case .evalResult(let r): w.int(r.unitId); w.int(r.version); w.doubles(r.sums); w.ints(r.queries); w.doubles(r.losses)
         case .weights(let x): w.int(x.version); w.payload(x.theta, x.alpha, x.shared)
         case .shutdown(let r), .goodbye(let r): w.string(r)
+        case .unitFailed(let id, let r): w.int(id); w.string(r)
         }
     }
 
@@ -127,6 +128,7 @@ public struct Envelope: Equatable, Sendable {
         case 11: m = .heartbeat
         case 12: m = .shutdown(reason: try r.string("reason"))
         case 13: m = .goodbye(reason: try r.string("reason"))
+        case 14: m = .unitFailed(unitId: try r.int("unit id"), reason: try r.string("reason"))
         default: throw WireError.unknownType(t)
         }
         guard r.remaining == 0 else { throw WireError.invalid("\(r.remaining) trailing bytes after \(m.typeName)") }
@@ -147,6 +149,7 @@ public struct Envelope: Equatable, Sendable {
         case .heartbeat: return 11
         case .shutdown: return 12
         case .goodbye: return 13
+        case .unitFailed: return 14
         }
     }
 }

@@ -169,6 +169,9 @@ public enum Message: Equatable, Sendable {
     case shutdown(reason: String)
     /// worker → coordinator: this worker is going (an error, an interrupt); its units MUST be re-queued at once.
     case goodbye(reason: String)
+    /// worker (a host agent) → coordinator: the unit crashed this worker's processes twice; it gives the
+    /// unit back and MUST NOT be given it again. A unit that fails on two workers (or on every live one) stops the run.
+    case unitFailed(unitId: Int, reason: String)
 
     public var typeName: String {
         switch self {
@@ -184,6 +187,7 @@ public enum Message: Equatable, Sendable {
         case .heartbeat: return "heartbeat"
         case .shutdown: return "shutdown"
         case .goodbye: return "goodbye"
+        case .unitFailed: return "unit_failed"
         }
     }
 }

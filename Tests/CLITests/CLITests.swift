@@ -12,10 +12,11 @@ func metatrainPath() -> String {
     return candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) ?? bin.path
 }
 
-func metatrain(_ args: [String], cwd: String? = nil) throws -> Run {
+func metatrain(_ args: [String], cwd: String? = nil, environment: [String: String] = [:]) throws -> Run {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: metatrainPath())
     p.arguments = args
+    if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
     if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
     let out = Pipe(), err = Pipe()
     p.standardOutput = out; p.standardError = err

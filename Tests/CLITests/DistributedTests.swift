@@ -1,4 +1,5 @@
 import Foundation
+import MetaLearning
 import Runtime
 import Storage
 import Transport
@@ -385,6 +386,33 @@ final class DistributedTests: XCTestCase {
                           + small + ["--set", "model.hidden_dim=16", "--set", "warm_start.checkpoint=\(pre)/best.h5"])
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.contains("warm-start checkpoint has E 8, H 12"), r.stderr)
+    }
+
+    /// A unit that crashes the processes computing it (a trap, as on a bug that
+    /// this unit's data hits) stops the run after two crashes, with an error
+    /// that names its episodes and the processes, and keeps the last good
+    /// checkpoint: with one plain worker (train restarts it, and it crashes
+    /// again), and under a host agent (two of its processes crash, it gives the
+    /// block back, and the coordinator, which has no other worker, stops).
+    /// A crash is a fault signal; a process that is killed is no crash (see testTrainStartsAKilledWorkerAgain).
+    func testAUnitThatCrashesWorkersTwiceStopsTheRun() throws {
+        let seed = 20260107
+        let episode = MetaBatchSampler(dataset: try DatasetFile.read(DistributedTests.data), seed: UInt64(seed), batchSize: 8)
+            .batch(iteration: 6)[0]
+        for n in [1, 2] {
+            let run = DistributedTests.dir + "/crash-\(n)"
+            let r = try metatrain(["train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "\(n)",
+                                   "--set", "maml.iterations=40", "--set", "seed=\(seed)"] + small,
+                                  environment: ["METATRAIN_TEST_CRASH_ON_EPISODE": "\(episode)", "SWIFT_BACKTRACE": "enable=no"])
+            XCTAssertEqual(r.status, 1, r.stderr)
+            let error = r.stderr.split(separator: "\n").last { $0.hasPrefix("error: ") }.map(String.init) ?? ""
+            XCTAssertTrue(error.contains("crashed the processes that computed it"), r.stderr)
+            XCTAssertTrue(error.contains("(signal "), error)
+            XCTAssertTrue(error.range(of: "episodes ([0-9]+,)*\(episode)[,)]", options: .regularExpression) != nil, "episode \(episode): \(error)")
+            if n == 2 { XCTAssertTrue(error.contains("failed on worker local, the only one live"), error) }
+            XCTAssertTrue(r.stderr.contains("kept the last good state"), r.stderr)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: run + "/final.h5"))
+        }
     }
 }
 

@@ -222,6 +222,61 @@ final class ResultCheckTests: XCTestCase {
                                      tasks: tasks ?? u.episodes.count)))
     }
 
+    func failures(_ d: [CoordinatorMachine.Directive]) -> [String] {
+        d.compactMap { if case .unitFailed(_, let r) = $0 { return r }; return nil }
+    }
+
+    /// A process that crashes (a fault, not a kill) is taken to have crashed on
+    /// the first unit it held; the second crash on one unit fails it, naming its
+    /// episodes and both processes. Kills never count, however many.
+    func testAUnitThatCrashesTwoProcessesFails() {
+        var m = machine()
+        join(&m, a); join(&m, b)
+        let sent = work(m.startPhase(.init(kind: .train, version: 0, units: [[[7, 8]], [[3]]])))
+        let ua = sent.first { $0.0 == a }!.1
+        var d = m.onWorkerGone(name: "w01", reason: "(pid 1) was killed by signal 9")
+        XCTAssertEqual(failures(d), [])
+        XCTAssertEqual(work(d).map(\.1.id), [], "b still holds its own unit")
+        d = m.onMessage(train(sent.first { $0.0 == b }!.1, [3, 4]), from: b, now: 1)
+        XCTAssertEqual(work(d).map(\.1.id), [ua.id], "the killed worker's unit goes to b")
+        d = m.onWorkerGone(name: "w02", reason: "(pid 2) crashed (signal 4)", crashed: true)
+        XCTAssertEqual(failures(d), [], "one crash is not enough")
+        _ = m.onMessage(env(.hello(Hello(workerName: "w01", datasetFingerprint: "fp"))), from: a, now: 2)
+        d = m.onMessage(env(.ready), from: a, now: 2)
+        XCTAssertEqual(work(d).map(\.1.id), [ua.id])
+        d = m.onWorkerGone(name: "w01", reason: "(pid 3) crashed (signal 11)", crashed: true)
+        XCTAssertEqual(failures(d).count, 1)
+        XCTAssertTrue(failures(d)[0].hasPrefix("unit \(ua.id) of version 0 (episodes 7,8) crashed the processes that computed it: "), failures(d)[0])
+        XCTAssertTrue(failures(d)[0].contains("(pid 2) crashed (signal 4)") && failures(d)[0].contains("(pid 3) crashed (signal 11)"))
+    }
+
+    /// A host agent gives a unit back (it crashed two of its processes): only the
+    /// holder may, the unit never goes to it again, and a unit given back by two
+    /// workers, or by every live one, fails.
+    func testAUnitGivenBackByEveryWorkerFails() {
+        var m = machine()
+        join(&m, a); join(&m, b)
+        let sent = work(m.startPhase(.init(kind: .train, version: 0, units: [[[1]], [[2]], [[3]]])))
+        let ua = sent.first { $0.0 == a }!.1, ub = sent.first { $0.0 == b }!.1
+        var d = m.onMessage(env(.unitFailed(unitId: ua.id, reason: "crashed")), from: b, now: 1)
+        XCTAssertEqual(logs(d), ["dropped a bad result from worker w02 (1 of 3 allowed): gave back unit \(ua.id), which it does not hold"])
+        d = m.onMessage(env(.unitFailed(unitId: ua.id, reason: "crashed a-1 and a-2")), from: a, now: 1)
+        XCTAssertEqual(failures(d), [])
+        XCTAssertEqual(logs(d), ["worker w01 gave back unit \(ua.id): crashed a-1 and a-2"])
+        XCTAssertEqual(work(d).map(\.1.id), [ua.id + 2], "a takes the next unit, not the one it gave back")
+        // b finishes its unit and takes the given-back one; b gives it back too: two workers, the unit fails.
+        d = m.onMessage(train(ub, [3, 4]), from: b, now: 2)
+        XCTAssertEqual(work(d).map(\.1.id), [ua.id])
+        d = m.onMessage(env(.unitFailed(unitId: ua.id, reason: "crashed b-1 and b-2")), from: b, now: 3)
+        XCTAssertEqual(failures(d), ["unit \(ua.id) of version 0 (episodes 1) failed on workers w01 and w02: crashed b-1 and b-2"])
+        // With one live worker, its own give-back is enough.
+        var one = machine()
+        join(&one, a)
+        let u = work(one.startPhase(.init(kind: .train, version: 0, units: [[[5, 6]]])))[0].1
+        d = one.onMessage(env(.unitFailed(unitId: u.id, reason: "crashed")), from: a, now: 1)
+        XCTAssertEqual(failures(d), ["unit \(u.id) of version 0 (episodes 5,6) failed on worker w01, the only one live: crashed"])
+    }
+
     func testBadResultsAreDroppedCountedAndTheirUnitsGoOutAgain() {
         var m = machine()
         join(&m, a); join(&m, b)

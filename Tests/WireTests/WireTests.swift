@@ -23,12 +23,13 @@ final class WireTests: XCTestCase {
         .weights(Weights(version: 9, theta: [], alpha: [], shared: SharedPayload(offset: 8192, thetaCount: 368_000, alphaCount: 0))),
         .shutdown(reason: "finished"),
         .goodbye(reason: "internal: unit 2 failed — ünïcode"),
+        .unitFailed(unitId: 17, reason: "crashed agent-1 (signal 4) and agent-2 (signal 4)"),
     ]
 
     /// Every message type has a sample here, so the round trips cover the whole protocol.
     func testSamplesCoverEveryMessageType() {
-        XCTAssertEqual(Set(samples.map(\.typeName)).count, 12)
-        XCTAssertEqual(Envelope.typeCode(.goodbye(reason: "")), 13)
+        XCTAssertEqual(Set(samples.map(\.typeName)).count, 13)
+        XCTAssertEqual(Envelope.typeCode(.unitFailed(unitId: 0, reason: "")), 14)
     }
 
     func testRoundTripEveryMessage() throws {
