@@ -6,7 +6,7 @@ import Foundation
 import Transport
 
 /// Monotonic seconds, for state machines' timeouts.
-func monotonicNow() -> Double {
+public func monotonicNow() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9

@@ -6,6 +6,7 @@ import Foundation
 import GRU4Rec
 import Kernels
 
+
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
@@ -21,7 +22,9 @@ struct BenchCommand: ParsableCommand {
         (computing, or idle at the start, between units, in the tail, at the end)
         and how much slower computing is with both cores busy. With 2 workers
         the run is what `train --workers 2` starts: one host agent of two
-        processes. --hosts measures across hosts instead (root): network
+        processes. It then kills, and in a second run stops, one of two separate
+        workers mid-run and prints the time until its units go out again.
+        --hosts measures across hosts instead (root): network
         namespaces as hosts, links limited with tc tbf to 1 and 10 Gbit/s, time
         per iteration against one machine in the same run, the coordinator
         link's bytes per iteration in weight-sized payloads, and tasks per
@@ -103,14 +106,24 @@ struct BenchCommand: ParsableCommand {
         print(String(format: "prepare: %d events in %.2fs = %.0f events/s", s.events, secs, Double(s.events) / secs))
 
         // (d) distributed FOMAML at the default sizes (B 32, K 5, Q 10, 5 inner steps, E 64, H 128, V 1,519).
-        guard metaIterations > 0 else { return }
         let dataset = try metaDataset(dir: dir)
+        if metaIterations > 0 { try distributed(data: dir + "/meta.h5", dataset: dataset, dir: dir) }
+        // (e) failover: a separate worker killed or stopped mid-run, the time until its units go out again.
+        for (signal, what) in [(SIGKILL, "SIGKILL"), (SIGSTOP, "SIGSTOP")] {
+            let (took, units) = try failover(data: dir + "/meta.h5", dataset: dataset, dir: dir, signal: signal)
+            print(String(format: "failover: a separate worker %@ed mid-run, its %d unit(s) re-issued %.2f s later (liveness %.0f s: cluster.heartbeat_s × cluster.liveness)",
+                         what == "SIGKILL" ? "kill" : "stopp", units, took, Config.defaults().cluster.silenceS))
+        }
+    }
+
+    /// (d): meta-iterations with 1 and 2 local workers.
+    func distributed(data: String, dataset: Dataset, dir: String) throws {
         // Runs with 1 and 2 workers alternate, so a slow spell of the machine
         // hits both; each figure is the best block over all rounds.
         var best: [Int: (per: Double, coord: Double, parts: IterationBreakdown)] = [:]
         for round in 0..<rounds {
             for w in [1, 2] {
-                let r = try metaIterations(data: dir + "/meta.h5", dataset: dataset, workers: w,
+                let r = try metaIterations(data: data, dataset: dataset, workers: w,
                                            iterations: metaIterations, dir: dir, tag: "\(round)")
                 if r.per < best[w]?.per ?? .infinity { best[w] = r }
             }
@@ -127,6 +140,7 @@ struct BenchCommand: ParsableCommand {
                      100 * (2 * two.compute / one.compute - 1), two.compute * 1000, one.compute * 1000))
         print(String(format: "2 workers vs 1: %.2fx (target ≥ 1.85x); 2-worker target ≤ 0.15 s, coordinator ≤ 3%%",
                      best[1]!.per / best[2]!.per))
+
     }
 }
 
@@ -144,6 +158,49 @@ extension BenchCommand {
         let (dataset, _) = try Prepare.run(csvPath: dir + "/meta.csv", config: Config.defaults())
         try DatasetFile.write(dataset, to: dir + "/meta.h5")
         return dataset
+    }
+
+    /// Two separate workers (`--procs 1`, not children of the coordinator, so that
+    /// only their silence tells); `signal` hits one 3 s into the run. Returns the
+    /// time from the signal to the first unit that goes out a second time (the
+    /// victim's, re-issued), and how many units went out again.
+    func failover(data: String, dataset: Dataset, dir: String, signal: Int32) throws -> (seconds: Double, units: Int) {
+        let config = try Config.load(path: nil, overrides: ["maml.iterations=100000", "eval.every=1000000", "checkpoint.every=1000000"])
+        let run = try RunDirectory(dir + "/failover-\(signal)", logName: "coordinator.log")
+        let trainer = try MetaTrainer(config: config, dataset: dataset, run: run, resume: false)
+        let stop = StopFlag()
+        let endpoint = privateEndpoint()
+        defer { removeSocketFiles(endpoint) }
+        let shell = CoordinatorShell(trainer: trainer, endpoint: endpoint, stop: stop, progress: nil)
+        shell.trace = Trace(process: "coordinator")
+        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        let children = Locked<[Process]>([])
+        let hit = Locked<Double?>(nil)
+        shell.onBound = { endpoint in
+            for name in ["victim", "other"] {
+                let p = Process()
+                p.executableURL = exe
+                p.arguments = ["worker", "--connect", endpoint, "--data", data, "--exit-with-parent", "\(getpid())", "--procs", "1", "--name", name]
+                try? p.run()
+                children.withLock { $0.append(p) }
+            }
+            DispatchQueue.global().asyncAfter(deadline: .now() + 3) {
+                guard let victim = children.withLock({ $0.first }) else { return }
+                hit.withLock { $0 = monotonicNow() }
+                kill(victim.processIdentifier, signal)
+                // The run goes on with the other worker for 10 s after the signal, then stops.
+                DispatchQueue.global().asyncAfter(deadline: .now() + 10) { stop.set() }
+            }
+        }
+        _ = try shell.run()
+        for c in children.withLock({ $0 }) { kill(c.processIdentifier, SIGCONT); if c.isRunning { c.terminate() }; c.waitUntilExit() }
+        guard let t0 = hit.withLock({ $0 }) else { throw MetatrainError("failover: the worker was never signalled") }
+        var sent = Set<Int>(), again: [Double] = []
+        for r in shell.trace!.records where r.event == .send {
+            if !sent.insert(r.n).inserted, r.t > t0 { again.append(r.t) }
+        }
+        guard let first = again.first else { throw MetatrainError("failover: no unit went out again after the signal") }
+        return (first - t0, again.filter { $0 - first < 1 }.count)
     }
 
     func metaIterations(data: String, dataset: Dataset, workers: Int, iterations: Int, dir: String, tag: String) throws
@@ -193,4 +250,12 @@ extension BenchCommand {
         let parts = IterationBreakdown(records, versions: best.versions)
         return (best.per, best.coord, parts)
     }
+}
+
+/// A value shared between the bench's thread and a timer's.
+final class Locked<Value>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Value
+    init(_ value: Value) { self.value = value }
+    func withLock<R>(_ body: (inout Value) -> R) -> R { lock.lock(); defer { lock.unlock() }; return body(&value) }
 }
