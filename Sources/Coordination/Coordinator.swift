@@ -40,6 +40,11 @@ public struct CoordinatorMachine: Sendable {
         public var minUnitDeadline = 5.0
         /// The deadline before any unit time was measured.
         public var firstUnitDeadline = 120.0
+        /// Spot checks (`--verify F`): this fraction of units, chosen by a generator seeded by
+        /// (`verifySeed`, version, unit index), is computed a second time by another worker and
+        /// the two results compared bit for bit. 0: none.
+        public var verifyFraction = 0.0
+        public var verifySeed: UInt64 = 0
         public init(runId: String, datasetFingerprint: String, configJSON: String, workerTimeout: Double = 60,
                     unitsPerWorker: Int = 2, waitingNoticeInterval: Double = 30) {
             self.runId = runId; self.datasetFingerprint = datasetFingerprint; self.configJSON = configJSON
@@ -125,6 +130,11 @@ public struct CoordinatorMachine: Sendable {
     private var crashes: [Int: [String]] = [:]
     /// Per unit index: the workers that gave it back as failed (`unitFailed`); it never goes to them again.
     private var failedOn: [Int: Set<PeerID>] = [:]
+    /// Per unit index chosen for a spot check: the results so far, with who sent them. The unit
+    /// goes out again, to a worker not in the list while there is one, until two results agree.
+    private var checking: [Int: [(peer: PeerID, name: String, result: UnitResult)]] = [:]
+    /// Spot checks so far: units whose results were compared, and how many of them differed.
+    public private(set) var verified = 0, mismatches = 0
     /// The latest time seen by an `on…` call (dispatches in between use it).
     private var clock = 0.0
     /// When each unit in flight was last sent, and the units already sent again for lateness.
@@ -232,6 +242,7 @@ public struct CoordinatorMachine: Sendable {
         var out: [Directive] = []
         noise.forget(before: now)
         out += overdueUnits(now: now)
+        if !checking.isEmpty { out += undecided() }
         for peer in joinOrder {
             guard let w = workers[peer], now - w.lastSeen > settings.workerTimeout else { continue }
             // A worker says nothing while it computes a unit: name the way out if units run that long.
@@ -301,7 +312,7 @@ public struct CoordinatorMachine: Sendable {
         nextUnitId += p.units.count
         pending = p.dispatchOrder ?? Array(0..<p.units.count)
         precondition(pending.sorted() == Array(0..<p.units.count), "dispatch order must be a permutation of the units")
-        results = [:]; assigned = [:]; nonFinite = [:]; crashes = [:]; failedOn = [:]
+        results = [:]; assigned = [:]; nonFinite = [:]; crashes = [:]; failedOn = [:]; checking = [:]
         if p.units.isEmpty { return complete() }
         return dispatch()
     }
@@ -397,6 +408,18 @@ public struct CoordinatorMachine: Sendable {
             }
             return bad(peer, "unit \(unitId): \(problem.what)") + dispatch()
         }
+        if settings.verifyFraction > 0, spotChecked(version: p.version, index: index) {
+            let (accepted, directives) = verify(r, index: index, unitId: unitId, from: peer)
+            guard let r = accepted else { return directives + dispatch() }
+            out += directives
+            return out + accept(r, index: index, unitId: unitId, phase: p)
+        }
+        return out + accept(r, index: index, unitId: unitId, phase: p)
+    }
+
+    /// Files the result that counts for unit `index`; completes the phase with the last one.
+    mutating func accept(_ r: UnitResult, index: Int, unitId: Int, phase p: Phase) -> [Directive] {
+        var out: [Directive] = []
         results[index] = r
         if let t = sentAt[unitId] {
             let tasks = max(1, p.units[index].reduce(0) { $0 + $1.count })
@@ -406,6 +429,87 @@ public struct CoordinatorMachine: Sendable {
         out.append(.unitResult(index: index, r))
         if results.count == p.units.count { return out + complete() + dispatch() }
         return out + dispatch()
+    }
+
+    /// Whether unit `index` of the phase on `version` is spot-checked: a draw of a
+    /// generator seeded by (verifySeed, version, index), so the same units are
+    /// checked whoever computes them and however often the run restarts.
+    func spotChecked(version: Int, index: Int) -> Bool {
+        var x = settings.verifySeed &+ 0x9E37_79B9_7F4A_7C15 &* UInt64(bitPattern: Int64(version) &+ 1)
+        x = (x ^ (UInt64(bitPattern: Int64(index)) &* 0xD1B5_4A32_D192_ED03)) &+ 0x9E37_79B9_7F4A_7C15
+        x = (x ^ (x >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        x = (x ^ (x >> 27)) &* 0x94D0_49BB_1331_11EB
+        x ^= x >> 31
+        return Double(x >> 11) / Double(1 << 53) < settings.verifyFraction
+    }
+
+    /// A spot-checked unit's result. The first goes back out for a second
+    /// opinion from another worker; two that agree bit for bit count (the
+    /// first); two that differ are logged naming both workers, and the unit is
+    /// computed a third time: the worker that disagrees with the majority is
+    /// dropped. Three different results stop the run (the hosts do not run the
+    /// same kernels). Returns the result that counts, once there is one.
+    mutating func verify(_ r: UnitResult, index: Int, unitId: Int, from peer: PeerID) -> (UnitResult?, [Directive]) {
+        var seen = checking[index] ?? []
+        // The same worker's second copy is no second opinion while another worker is live to give one.
+        let others = workers.keys.contains { p in !seen.contains { $0.peer == p } }
+        if seen.contains(where: { $0.peer == peer }) && others { requeueIfLost(index); return (nil, []) }
+        seen.append((peer, workers[peer]!.name, r))
+        checking[index] = seen
+        func again() { if !pending.contains(index) && !inFlight(index) { pending.insert(index, at: 0) } }
+        switch seen.count {
+        case 1:
+            again()
+            return (nil, [])
+        case 2:
+            if sameBits(seen[0].result, seen[1].result) {
+                verified += 1
+                return (seen[0].result, [])
+            }
+            verified += 1; mismatches += 1
+            again()
+            let line = Directive.log("verify: unit \(unitId) differs between worker \(seen[0].name) and worker \(seen[1].name); computing it a third time")
+            return (nil, [line] + undecided())
+        default:
+            let third = seen[2]
+            for (agree, disagree) in [(0, 1), (1, 0)] where sameBits(seen[agree].result, third.result) {
+                var out: [Directive] = [.log("verify: unit \(unitId): worker \(third.name) agrees with worker \(seen[agree].name)")]
+                if seen[disagree].peer != seen[agree].peer, workers[seen[disagree].peer] != nil {
+                    out.append(remove(seen[disagree].peer, because: "disagrees with the majority on unit \(unitId) (verify)"))
+                }
+                return (seen[agree].result, out)
+            }
+            return (nil, [.fail("verify: unit \(unitId) gave three different results on workers \(seen.map(\.name).joined(separator: ", ")): "
+                                + "results are bit-identical only where every host runs the same kernels (set OPENBLAS_CORETYPE on every host)")])
+        }
+    }
+
+    /// Spot checks that found two different results and have no third worker
+    /// live to decide between them: the run cannot tell which to trust.
+    func undecided() -> [Directive] {
+        guard let p = phase else { return [] }
+        for (index, seen) in checking.sorted(by: { $0.key < $1.key }) where seen.count == 2 && results[index] == nil {
+            guard !workers.keys.contains(where: { peer in !seen.contains { $0.peer == peer } }) else { continue }
+            let names = seen.map(\.name)
+            return [.fail("verify: unit \(firstUnitId + index) of version \(p.version) (\(episodeList(p.units[index]))) differs between worker "
+                          + "\(names[0]) and worker \(names[1]), and no third worker is live to decide: results are bit-identical only where "
+                          + "every host runs the same kernels (set OPENBLAS_CORETYPE on every host)")]
+        }
+        return []
+    }
+
+    /// Whether two results are the same bits (floats compared as bit patterns).
+    func sameBits(_ a: UnitResult, _ b: UnitResult) -> Bool {
+        switch (a, b) {
+        case (.train(let x), .train(let y)):
+            return x.tasks == y.tasks && x.lossSum.bitPattern == y.lossSum.bitPattern
+                && x.gradTheta == y.gradTheta && x.gradAlpha == y.gradAlpha   // Floats compare bits
+        case (.eval(let x), .eval(let y)):
+            return x.queries == y.queries && x.sums.map(\.bitPattern) == y.sums.map(\.bitPattern)
+                && x.losses.map(\.bitPattern) == y.losses.map(\.bitPattern)
+        default:
+            return false
+        }
     }
 
     /// A worker (a host agent) gives a unit back: it crashed its processes twice.
@@ -515,7 +619,7 @@ public struct CoordinatorMachine: Sendable {
         let ordered = (0..<p.units.count).map { results[$0]! }
         phase = nil
         pending = []
-        results = [:]; assigned = [:]; nonFinite = [:]; sentAt = [:]; overdue = []; crashes = [:]; failedOn = [:]
+        results = [:]; assigned = [:]; nonFinite = [:]; sentAt = [:]; overdue = []; crashes = [:]; failedOn = [:]; checking = [:]
         return [.phaseComplete(PhaseResults(phase: p, results: ordered))]
     }
 
@@ -533,7 +637,14 @@ public struct CoordinatorMachine: Sendable {
         let procs = liveProcs
         /// The first pending unit this peer may take (not one it gave back).
         func next(for peer: PeerID) -> Int? {
-            failedOn.isEmpty ? (pending.isEmpty ? nil : 0) : pending.firstIndex { failedOn[$0]?.contains(peer) != true }
+            if failedOn.isEmpty && checking.isEmpty { return pending.isEmpty ? nil : 0 }
+            return pending.firstIndex { i in
+                if failedOn[i]?.contains(peer) == true { return false }
+                // A spot check wants another worker's opinion, while another one is live.
+                // A third, after two that differ, only from a worker not heard on it yet.
+                guard let seen = checking[i], seen.contains(where: { $0.peer == peer }) else { return true }
+                return seen.count < 2 && !workers.keys.contains { p in !seen.contains { $0.peer == p } }
+            }
         }
         func give(_ peer: PeerID) {
             guard let at = next(for: peer) else { return }

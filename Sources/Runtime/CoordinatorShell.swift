@@ -44,6 +44,9 @@ public final class CoordinatorShell {
     private var plainEvery = 1
     /// Records this process's timeline when set (`--trace`).
     public var trace: Trace?
+    /// Spot checks (`--verify F`): the fraction of units computed twice and compared.
+    public var verifyFraction = 0.0
+    private var verifiedBefore = 0, mismatchesBefore = 0
 
     public init(trainer: MetaTrainer, endpoint: String, stop: StopFlag, progress: ProgressSink?) {
         self.trainer = trainer; self.requestedEndpoint = endpoint; self.stop = stop; self.progress = progress
@@ -66,6 +69,8 @@ public final class CoordinatorShell {
                                                    configJSON: trainer.config.json,
                                                    workerTimeout: workerTimeout ?? trainer.config.cluster.silenceS)
         settings.gradientCounts = (trainer.layout.count, trainer.alpha == nil ? 0 : trainer.layout.count)
+        settings.verifyFraction = verifyFraction
+        settings.verifySeed = trainer.config.seed
         machine = CoordinatorMachine(settings: settings, version: trainer.iteration)
         publishWeights()
         say("coordinator: run \(runId), \(trainer.config.maml.algorithm.rawValue), \(trainer.iterations) iterations of \(trainer.metaBatchSize) tasks, listening on \(boundEndpoint) (weights on \(try publishEndpoint(for: boundEndpoint)))")
@@ -222,6 +227,11 @@ public final class CoordinatorShell {
     }
 
     func finishIteration(_ t: Int) throws {
+        if verifyFraction > 0 {
+            // Spot checks of this iteration's units (and its validation's).
+            pendingLine += [("verified", .int(machine.verified - verifiedBefore)), ("mismatches", .int(machine.mismatches - mismatchesBefore))]
+            (verifiedBefore, mismatchesBefore) = (machine.verified, machine.mismatches)
+        }
         try trainer.run.appendMetrics(.object(pendingLine))
         pendingLine = []
         if trainer.checkpointDue(t) { try trainer.writePeriodicCheckpoint() }

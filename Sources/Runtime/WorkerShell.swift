@@ -32,6 +32,9 @@ public final class WorkerShell {
     /// Testing only: a process that is given a train unit holding this episode crashes (a trap),
     /// as a process would on a unit that hits a bug. Read from METATRAIN_TEST_CRASH_ON_EPISODE,
     /// so that it reaches the processes a host agent starts.
+    /// Testing only: every train result has the lowest bit of its first gradient flipped
+    /// (METATRAIN_TEST_FLIP_BIT=1), as a host with other kernels or bad memory would send.
+    static let flipBit = ProcessInfo.processInfo.environment["METATRAIN_TEST_FLIP_BIT"] == "1"
     static let crashOnEpisode = ProcessInfo.processInfo.environment["METATRAIN_TEST_CRASH_ON_EPISODE"].flatMap { Int($0) }
     private var unitsComputed = 0
 
@@ -202,6 +205,7 @@ public final class WorkerShell {
         case .train:
             // Views of the computer's gradient buffers: encoded (copied) before the next unit overwrites them.
             let r = computer.train(leaves: u.leaves)
+            if flipBit, r.gradTheta.count > 0 { r.gradTheta[0] = Float(bitPattern: r.gradTheta[0].bitPattern ^ 1) }
             return .trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: Floats(viewing: r.gradTheta),
                                             gradAlpha: r.gradAlpha.map { Floats(viewing: $0) } ?? [], lossSum: r.lossSum, tasks: r.tasks))
         case .eval:

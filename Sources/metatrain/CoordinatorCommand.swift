@@ -15,7 +15,13 @@ struct MetaRunOptions: ParsableArguments {
     @Flag(help: "Continue from the newest checkpoint in the run directory.") var resume = false
     @Option(help: "Seconds of silence after which a worker is dropped and its units re-queued (default: cluster.heartbeat_s × cluster.liveness, 3).")
     var workerTimeout: Double?
+    @Option(help: ArgumentHelp("Spot checks: compute this fraction of units (seeded, 0 to 1) a second time on another worker and compare the bits; a worker that disagrees with the majority is dropped. Needs hosts that run the same kernels.", valueName: "F"))
+    var verify = 0.0
     @OptionGroup var config: ConfigOptions
+
+    func validate() throws {
+        guard verify >= 0, verify <= 1 else { throw ValidationError("--verify takes a fraction from 0 to 1, not \(verify)") }
+    }
 
     /// The config to run with: on --resume, the run's own config.yaml (plus any --set).
     func loadConfig() throws -> Config {
@@ -37,6 +43,7 @@ struct MetaRunOptions: ParsableArguments {
         let trainer = try MetaTrainer(config: cfg, dataset: dataset, run: run, resume: resume)
         let shell = CoordinatorShell(trainer: trainer, endpoint: endpoint, stop: stop, progress: progress)
         shell.workerTimeout = workerTimeout
+        shell.verifyFraction = verify
         shell.curve = curve
         return shell
     }

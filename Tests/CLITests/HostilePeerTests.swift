@@ -243,4 +243,46 @@ final class HostilePeerTests: XCTestCase {
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
                        try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")), "the fuzz changed the weights")
     }
+
+    /// Spot checks (`--verify 1`): a worker whose results differ from the others'
+    /// in one bit (as a host with other kernels or bad memory would send) is
+    /// caught by the bit-for-bit comparison, outvoted by a third worker and
+    /// dropped, each time it comes back; metrics.jsonl counts the checks and
+    /// mismatches, and the run ends with the weights of a run that never met it.
+    func testSpotChecksCatchAWorkerWhoseBitsDiffer() throws {
+        let data = try syntheticDataset(in: HostilePeerTests.dir)
+        let args = self.args.map { $0 == "maml.iterations=20" ? "maml.iterations=300" : $0 }
+        let whole = HostilePeerTests.dir + "/verify-whole"
+        XCTAssertEqual(try metatrain(["train", "--data", data, "--run-dir", whole, "--workers", "1"] + args).status, 0)
+        let run = HostilePeerTests.dir + "/verify"
+        let coord = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0", "--verify", "1"] + args,
+                                      stderr: run + ".err")
+        defer { coord.killGroup(); coord.wait() }
+        let endpoint = try waitForEndpoint(run + "/coordinator.log")
+        let honest = try ["h1", "h2"].map { name in
+            try startDetached(["worker", "--connect", endpoint, "--data", data, "--name", name, "--procs", "1"])
+        }
+        defer { for w in honest { w.killGroup(); w.wait() } }
+        let deadline = Date().addingTimeInterval(30)
+        while !(read(run + "/coordinator.log").contains("worker h1 joined") && read(run + "/coordinator.log").contains("worker h2 joined")),
+              Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        setenv("METATRAIN_TEST_FLIP_BIT", "1", 1)
+        let liar = try startDetached(["worker", "--connect", endpoint, "--data", data, "--name", "liar", "--procs", "1"])
+        unsetenv("METATRAIN_TEST_FLIP_BIT")
+        defer { liar.killGroup(); liar.wait() }
+        XCTAssertEqual(coord.wait(seconds: 120), 0, read(run + ".err"))
+        let log = read(run + "/coordinator.log")
+        XCTAssertTrue(log.contains("worker liar joined"), log)
+        XCTAssertTrue(log.range(of: "verify: unit [0-9]+ differs between worker (h1|h2|liar) and worker (h1|h2|liar); computing it a third time",
+                                options: .regularExpression) != nil, log)
+        XCTAssertTrue(log.contains("worker liar disagrees with the majority on unit"), log)
+        XCTAssertFalse(log.contains("worker h1 disagrees") || log.contains("worker h2 disagrees"), log)
+        let lines = read(run + "/metrics.jsonl").split(separator: "\n").map { try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        let checked = lines.map { $0["verified"] as? Int ?? -1 }, mismatched = lines.map { $0["mismatches"] as? Int ?? -1 }
+        XCTAssertFalse(checked.contains(-1) || mismatched.contains(-1), "every line counts checks and mismatches")
+        XCTAssertEqual(checked.filter { $0 < 1 }.count, 0, "every iteration's units were checked")
+        XCTAssertGreaterThanOrEqual(mismatched.reduce(0, +), 1)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
+                       try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")), "a lie counted")
+    }
 }

@@ -692,3 +692,97 @@ final class WorkerMachineTests: XCTestCase {
                        [.exit(code: 1, reason: "coordinator speaks protocol version 9, this worker speaks \(Envelope.protocolVersion)")])
     }
 }
+
+/// Spot checks (`--verify F`): a seeded fraction of units is computed twice,
+/// by different workers where there are several, and compared bit for bit.
+final class VerifyTests: XCTestCase {
+    let a = PeerID([1]), b = PeerID([2]), c = PeerID([3])
+    func env(_ m: Message) -> Envelope { Envelope(runId: "run", message: m) }
+    func machine(_ fraction: Double = 1) -> CoordinatorMachine {
+        var s = CoordinatorMachine.Settings(runId: "run", datasetFingerprint: "fp", configJSON: "{}", workerTimeout: 10, unitsPerWorker: 1)
+        s.gradientCounts = (2, 0)
+        s.verifyFraction = fraction
+        s.verifySeed = 7
+        return CoordinatorMachine(settings: s, version: 0)
+    }
+    func work(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, WorkUnit)] {
+        d.compactMap { if case .send(let p, .work(let u)) = $0 { return (p, u) }; return nil }
+    }
+    func logs(_ d: [CoordinatorMachine.Directive]) -> [String] { d.compactMap { if case .log(let s) = $0 { return s }; return nil } }
+    func accepted(_ d: [CoordinatorMachine.Directive]) -> [TrainResult] {
+        d.compactMap { if case .unitResult(_, .train(let r)) = $0 { return r }; return nil }
+    }
+    func join(_ m: inout CoordinatorMachine, _ p: PeerID) -> [CoordinatorMachine.Directive] {
+        _ = m.onMessage(env(.hello(Hello(workerName: "w\(p)", datasetFingerprint: "fp"))), from: p, now: 0)
+        return m.onMessage(env(.ready), from: p, now: 0)
+    }
+    func train(_ u: WorkUnit, _ g: Float) -> Envelope {
+        env(.trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: [g, 1], gradAlpha: [], lossSum: 1, tasks: u.episodes.count)))
+    }
+
+    /// The units checked are a seeded draw: the same in every machine with the same
+    /// seed, about the fraction asked for, and other ones under another seed.
+    func testTheUnitsCheckedAreASeededFraction() {
+        let m = machine(0.3), same = machine(0.3)
+        let draws = (0..<10_000).map { m.spotChecked(version: $0 / 100, index: $0 % 100) }
+        XCTAssertEqual(draws, (0..<10_000).map { same.spotChecked(version: $0 / 100, index: $0 % 100) })
+        let share = Double(draws.filter { $0 }.count) / 10_000
+        XCTAssertEqual(share, 0.3, accuracy: 0.02)
+        var other = CoordinatorMachine.Settings(runId: "run", datasetFingerprint: "fp", configJSON: "{}")
+        other.verifyFraction = 0.3; other.verifySeed = 8
+        XCTAssertNotEqual(draws, (0..<10_000).map { CoordinatorMachine(settings: other, version: 0).spotChecked(version: $0 / 100, index: $0 % 100) })
+        XCTAssertFalse(machine(0).spotChecked(version: 0, index: 0))
+    }
+
+    /// A checked unit's first result waits; the unit goes to another worker,
+    /// and when the bits agree the first result counts, once.
+    func testAgreeingResultsCountOnce() {
+        var m = machine()
+        _ = join(&m, a); _ = join(&m, b)
+        let sent = work(m.startPhase(.init(kind: .train, version: 0, units: [[[1]], [[2]]])))
+        let ua = sent.first { $0.0 == a }!.1, ub = sent.first { $0.0 == b }!.1
+        var d = m.onMessage(train(ua, 0.5), from: a, now: 1)
+        XCTAssertEqual(accepted(d), [])
+        XCTAssertEqual(work(d).map(\.1.id), [], "a does not check itself while b is live")
+        d = m.onMessage(train(ub, 0.25), from: b, now: 1)
+        XCTAssertEqual(work(d).map { "\($0.0):\($0.1.id)" }.sorted(), ["\(a):\(ub.id)", "\(b):\(ua.id)"], "each unit goes to the other worker")
+        d = m.onMessage(train(ua, 0.5), from: b, now: 2)
+        XCTAssertEqual(accepted(d).map(\.unitId), [ua.id])
+        d = m.onMessage(train(ub, 0.25), from: a, now: 2)
+        XCTAssertEqual(accepted(d).map(\.unitId), [ub.id])
+        XCTAssertTrue(d.contains { if case .phaseComplete = $0 { return true }; return false })
+        XCTAssertEqual(m.verified, 2); XCTAssertEqual(m.mismatches, 0)
+    }
+
+    /// Two results that differ in one bit: logged naming both workers, computed a
+    /// third time by a third worker; the one that disagrees with the majority is dropped.
+    func testTheWorkerThatDisagreesWithTheMajorityIsDropped() {
+        var m = machine()
+        _ = join(&m, a); _ = join(&m, b)
+        let u = work(m.startPhase(.init(kind: .train, version: 0, units: [[[1]]])))[0].1
+        XCTAssertEqual(work(m.onMessage(train(u, 0.5), from: a, now: 1)).map(\.0), [b])
+        let liar = Float(bitPattern: Float(0.5).bitPattern ^ 1)
+        var d = m.onMessage(train(u, liar), from: b, now: 1)
+        XCTAssertEqual(logs(d), ["verify: unit \(u.id) differs between worker w01 and worker w02; computing it a third time"])
+        XCTAssertTrue(d.contains { if case .fail = $0 { return true }; return false }, "no third worker is live: the run cannot decide")
+        d = join(&m, c)
+        XCTAssertEqual(work(d).map(\.0), [c], "the third opinion comes from a worker not heard yet")
+        d = m.onMessage(train(u, 0.5), from: c, now: 2)
+        XCTAssertEqual(logs(d).prefix(2), ["verify: unit \(u.id): worker w03 agrees with worker w01",
+                                           "worker w02 disagrees with the majority on unit \(u.id) (verify); dropped"])
+        XCTAssertEqual(accepted(d).map(\.gradTheta), [[0.5, 1]])
+        XCTAssertEqual(m.liveWorkers, 2)
+        XCTAssertEqual(m.mismatches, 1)
+    }
+
+    /// With one worker (`train` runs one host agent) the second opinion is its own.
+    func testALoneWorkerGivesTheSecondOpinion() {
+        var m = machine()
+        _ = join(&m, a)
+        let u = work(m.startPhase(.init(kind: .train, version: 0, units: [[[1, 2]]])))[0].1
+        let d = m.onMessage(train(u, 0.5), from: a, now: 1)
+        XCTAssertEqual(work(d).map(\.1.id), [u.id])
+        XCTAssertEqual(accepted(m.onMessage(train(u, 0.5), from: a, now: 2)).map(\.unitId), [u.id])
+        XCTAssertEqual(m.verified, 1)
+    }
+}
