@@ -68,7 +68,7 @@ let package = Package(
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "CoordinationTests", dependencies: ["Coordination", "Wire"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime"]),
-        .testTarget(name: "CLITests", dependencies: ["metatrain", "Storage", "Data", "Core", "Transport", "Wire", "Runtime", "MetaLearning", "Yams",
+        .testTarget(name: "CLITests", dependencies: ["metatrain", "Storage", "Data", "Core", "Transport", "Wire", "Runtime", "MetaLearning", "Configuration", "Yams",
                                                    .product(name: "ArgumentParser", package: "swift-argument-parser")]),
     ]
 )

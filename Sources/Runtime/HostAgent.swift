@@ -193,6 +193,7 @@ public final class HostAgent {
         cost = UnitCost(dataset: dataset, config: config)
         reducer = PlanReducer(count: n)
         theta = FloatBuffer(count: n); alpha = metasgd ? FloatBuffer(count: n) : nil
+        try up.limitFrames(toModelOf: metasgd ? 2 * n : n)
         gradTheta = FloatBuffer(count: n); gradAlpha = metasgd ? FloatBuffer(count: n) : nil
         queue = []; jobs = []
         innerConfig = json

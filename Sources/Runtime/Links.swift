@@ -280,13 +280,41 @@ public final class WorkerLink {
     /// CURVE towards the coordinator (both sockets); nil: none. Set before `connect`.
     public var curve: CurveClientKeys?
 
+    /// The largest frame the coordinator may send us (ZMQ_MAXMSGSIZE on both sockets: a larger
+    /// one ends the connection before it is buffered). Until a welcome says which model the run
+    /// trains, `welcomeLimit`; then the model's θ and α inline plus 1 MiB (`limitFrames(toModelOf:)`).
+    public private(set) var maxMessageSize = WorkerLink.welcomeLimit
+    public static let welcomeLimit = 16 << 20
+    private var context: ZMQContext?
+    private var identity: [UInt8] = []
+
     public func connect(_ ctx: ZMQContext) throws {
-        dealer = try ZMQSocket(ctx, .dealer)
+        context = ctx
         // A random identity of our own, rather than the one the ROUTER would number (libzmq
         // numbers peers from an unseeded rand(), so a stranger could take the next one).
         var rng = SystemRandomNumberGenerator()
-        dealer.setRoutingId([UInt8.random(in: 1...255, using: &rng)] + (0..<15).map { _ in UInt8.random(in: 0...255, using: &rng) })
+        identity = [UInt8.random(in: 1...255, using: &rng)] + (0..<15).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        try open()
+    }
+
+    /// Sets the frame limit for a model of `floats` parameters (θ and α); the sockets are opened
+    /// again with it (same identity, so the coordinator sees the same peer; a welcome has been
+    /// read, and nothing else is on its way to us before we say `ready`).
+    public func limitFrames(toModelOf floats: Int) throws {
+        let limit = 4 * floats + (1 << 20)
+        guard limit != maxMessageSize else { return }
+        maxMessageSize = limit
+        dealer.setLinger(milliseconds: 0)
+        dealer = nil; sub = nil
+        try open()
+    }
+
+    private func open() throws {
+        guard let ctx = context else { throw MetatrainError("internal: a worker link opened before connect") }
+        dealer = try ZMQSocket(ctx, .dealer)
+        dealer.setRoutingId(identity)
         sub = try ZMQSocket(ctx, .sub)
+        for s in [dealer!, sub!] { s.setMaxMessageSize(maxMessageSize) }
         if let curve {
             for s in [dealer!, sub!] {
                 try s.setCurveClient(serverKey: curve.serverKey, publicKey: curve.pair.publicKey, secretKey: curve.pair.secretKey)
@@ -390,7 +418,18 @@ public final class WorkerLink {
         e.encode(into: frame.mutableBytes)
         // Never blocks: with no coordinator connected (not up yet, or a refused CURVE handshake)
         // the message is dropped; hellos and heartbeats are said again, and results re-issued.
-        if try !dealer.send([], frame, wait: false) { log("no connection to the coordinator: '\(m.typeName)' not sent") }
+        if try !dealer.send([], frame, wait: false) {
+            log("no connection to the coordinator: '\(m.typeName)' not sent")
+            if case .hello = m {
+                // libzmq never reconnects a connection it ended for a protocol error (e.g. a frame over
+                // our size limit): a hello that finds no connection opens the sockets afresh.
+                log("opening the connection to \(endpoint) again")
+                dealer.setLinger(milliseconds: 0)
+                dealer = nil; sub = nil
+                try open()
+                _ = try dealer.send([], frame, wait: false)
+            }
+        }
         return m
     }
 

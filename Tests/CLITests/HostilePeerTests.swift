@@ -1,3 +1,4 @@
+import Configuration
 import Foundation
 import Storage
 import Transport
@@ -284,5 +285,66 @@ final class HostilePeerTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(mismatched.reduce(0, +), 1)
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
                        try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")), "a lie counted")
+    }
+
+    /// A fake coordinator (our own ROUTER and PUB) welcomes a real worker, then
+    /// sends an 8 MiB frame and a unit naming episode 10^9: the worker, which
+    /// limits frames to its model's weights plus 1 MiB once welcomed, never
+    /// buffers the big one (the connection that carried it ends; the worker
+    /// opens it again and joins again), refuses the unit with a log line, keeps
+    /// going, and exits cleanly on shutdown.
+    func testAFakeCoordinatorCannotFloodOrCrashAWorker() throws {
+        let data = try syntheticDataset(in: HostilePeerTests.dir)
+        let ctx = ZMQContext()
+        var router: ZMQSocket!, pub: ZMQSocket!, endpoint = ""
+        for _ in 0..<50 where router == nil {
+            let r = try ZMQSocket(ctx, .router)
+            r.setRouterHandover(true)   // as the real coordinator: the worker opens its sockets again once welcomed
+            try r.bind("tcp://127.0.0.1:*")
+            let p = try ZMQSocket(ctx, .pub)
+            let port = Int(r.lastEndpoint.split(separator: ":").last!)!
+            if (try? p.bind("tcp://127.0.0.1:\(port + 1)")) != nil { router = r; pub = p; endpoint = r.lastEndpoint }
+        }
+        XCTAssertNotNil(pub)
+        let err = HostilePeerTests.dir + "/fake-coordinator-worker.err"
+        let worker = try startDetached(["worker", "--connect", endpoint, "--data", data, "--name", "w", "--procs", "1", "--verbose"], stderr: err)
+        defer { worker.killGroup(); worker.wait() }
+        func next(_ wanted: (Message) -> Bool) throws -> [UInt8] {
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline {
+                guard let frames = try router.receive(timeoutMs: 100), frames.count == 2 else { continue }
+                if wanted(try Envelope.decode(frames[1]).message) { return frames[0] }
+            }
+            throw NSError(domain: "the worker did not say that in 30 s: \(read(err))", code: 1)
+        }
+        let identity = try next { if case .hello = $0 { return true }; return false }
+        func send(_ m: Message) throws { try router.send([identity, Envelope(runId: "fake", message: m).encode()]) }
+        let config = try Config.load(path: nil, overrides: ["model.embedding_dim=8", "model.hidden_dim=12"])
+        try send(.welcome(Welcome(configJSON: config.json, version: -1)))
+        _ = try next { $0 == .ready }
+        func rss() -> Int {
+            let line = read("/proc/\(worker.pid)/status").split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0   // kB
+        }
+        let before = rss()
+        // 8 MiB: under the limit before the welcome (16 MiB), over the small model's weights + 1 MiB.
+        try router.send([identity, [UInt8](repeating: 7, count: 8 << 20)])
+        try pub.send([[UInt8](repeating: 7, count: 8 << 20)])
+        // libzmq ends the connection that carried it (and never reconnects it by itself): the worker
+        // hears nothing for its liveness (3 s), opens its sockets afresh and says hello again.
+        _ = try next { if case .hello = $0 { return true }; return false }
+        try send(.welcome(Welcome(configJSON: config.json, version: -1)))
+        _ = try next { $0 == .ready }
+        try send(.work(WorkUnit(id: 1, kind: .train, version: -1, episodes: [1_000_000_000])))
+        _ = try next { $0 == .heartbeat }
+        let deadline = Date().addingTimeInterval(10)
+        while !read(err).contains("refused unit 1"), Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        XCTAssertTrue(read(err).contains("refused unit 1 from the coordinator: episode 1000000000 is not one of the dataset's"), read(err))
+        XCTAssertNil(worker.wait(seconds: 0), "the worker is still running")
+        XCTAssertLessThan(rss() - before, 16 << 10, "RSS \(before) kB -> \(rss()) kB")
+        XCTAssertFalse(read(err).contains("malformed"), "an 8 MiB frame reached the decoder: \(read(err))")
+        XCTAssertTrue(read(err).contains("opening the connection to \(endpoint) again"), read(err))
+        try send(.shutdown(reason: "done"))
+        XCTAssertEqual(worker.wait(seconds: 10), 0, read(err))
     }
 }
