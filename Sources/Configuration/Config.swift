@@ -3,7 +3,7 @@ import Foundation
 /// A resolved experiment configuration: defaults, then the YAML file, then
 /// `--set` overrides, type-checked against the defaults and validated.
 public struct Config: Equatable, Sendable {
-    public enum Split: String, Sendable { case byFirstActivity = "by_first_activity", random }
+    public enum Split: String, Sendable, CaseIterable { case byFirstActivity = "by_first_activity", random }
     public enum Algorithm: String, Sendable, CaseIterable { case fomaml, maml, metasgd }
     public enum Scheme: String, Sendable, CaseIterable {
         case uniform, recency, reliability
@@ -111,13 +111,39 @@ public struct Config: Equatable, Sendable {
         try merge(&tree, patch, origin: "--set", path: "")
     }
 
+    /// The key among `keys` nearest to `key` (edit distance, ignoring case and `_`), if any is near.
+    static func nearest(_ key: String, in keys: [String]) -> String? {
+        func plain(_ s: String) -> [Character] { Array(s.lowercased().filter { $0 != "_" && $0 != "-" }) }
+        func distance(_ a: [Character], _ b: [Character]) -> Int {
+            guard !a.isEmpty, !b.isEmpty else { return max(a.count, b.count) }
+            var row = Array(0...b.count)
+            for i in 1...a.count {
+                var prev = row[0]
+                row[0] = i
+                for j in 1...b.count {
+                    let cur = row[j]
+                    row[j] = min(row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] == b[j - 1] ? 0 : 1))
+                    prev = cur
+                }
+            }
+            return row[b.count]
+        }
+        let k = plain(key)
+        let best = keys.map { ($0, distance(k, plain($0))) }.min { $0.1 != $1.1 ? $0.1 < $1.1 : $0.0 < $1.0 }
+        guard let (name, d) = best, d <= max(2, k.count / 3) else { return nil }
+        return name
+    }
+
     /// Merges `user` into `base`: every user key must exist in base and have a compatible type.
     static func merge(_ base: inout ConfigValue, _ user: ConfigValue, origin: String, path: String) throws {
         switch (base, user) {
         case (.map(var bm), .map(let um)):
             for k in um.keys {
                 let p = path.isEmpty ? k : "\(path).\(k)"
-                guard var bv = bm[k] else { throw ConfigError("\(origin): unknown key '\(p)'") }
+                guard var bv = bm[k] else {
+                    let hint = nearest(k, in: Array(bm.keys)).map { "; did you mean '\(path.isEmpty ? $0 : path + "." + $0)'?" } ?? ""
+                    throw ConfigError("\(origin): unknown key '\(p)'" + hint)
+                }
                 try merge(&bv, um[k]!, origin: origin, path: p)
                 bm[k] = bv
             }
@@ -234,9 +260,10 @@ struct Reader {
         default: throw ConfigError("config: '\(p)' must be a string or null")
         }
     }
-    func choice<T: RawRepresentable>(_ p: String) throws -> T where T.RawValue == String {
-        guard case .string(let s) = try value(p) else { throw ConfigError("config: '\(p)' must be a string") }
-        guard let v = T(rawValue: s) else { throw ConfigError("config: '\(p)' has unknown value '\(s)'") }
+    func choice<T: RawRepresentable & CaseIterable>(_ p: String) throws -> T where T.RawValue == String {
+        let allowed = T.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", ")
+        guard case .string(let s) = try value(p) else { throw ConfigError("config: '\(p)' must be one of \(allowed)") }
+        guard let v = T(rawValue: s) else { throw ConfigError("config: '\(p)' has unknown value '\(s)'; allowed: \(allowed)") }
         return v
     }
 }

@@ -40,6 +40,8 @@ public final class MetaTrainer {
     public let valEpisodes: [Int]
     /// Completed iterations; equals the published weights version.
     public private(set) var iteration = 0
+    /// The checkpoint this run resumed from (nil: it started afresh).
+    public private(set) var resumedFrom: String?
     public private(set) var stoppedEarly = false
     private var best = -Double.infinity
     private var evalsSinceBest = 0
@@ -90,8 +92,10 @@ public final class MetaTrainer {
             throw MetatrainError("\(run.path): no checkpoint in checkpoints/ reads back whole (each is named above); nothing to resume from")
         }
         if let (latest, ck) = resumeFrom {
-            guard ck.configJSON == config.json else {
-                throw MetatrainError("\(latest): its configuration differs from this run's; resume with the run's config.yaml")
+            let conflicts = try MetaTrainer.resumeConflicts(checkpoint: ck.configJSON, run: config.json)
+            guard conflicts.isEmpty else {
+                throw MetatrainError("\(latest): cannot resume with another " + conflicts.joined(separator: ", ")
+                                     + "; on resume only " + MetaTrainer.resumable.joined(separator: ", ") + " may change")
             }
             guard ck.dims == dims, let m = ck.adamM, let v = ck.adamV else {
                 throw MetatrainError("\(latest): not a resumable meta checkpoint for these model sizes")
@@ -110,6 +114,7 @@ public final class MetaTrainer {
             replayEarlyStopping()
             try truncateMetrics(after: iteration)
             run.log("resumed from \(latest) at iteration \(iteration)")
+            resumedFrom = latest
         } else {
             if let warm = config.warmStart.checkpoint {
                 let ck = try CheckpointFile.read(warm, expectedFingerprint: dataset.fingerprint)
@@ -258,6 +263,28 @@ public final class MetaTrainer {
     }
 
     public func writeFinal() throws { try CheckpointFile.write(checkpoint(), to: run.file("final.h5")) }
+
+    /// Keys that may change when a run resumes: how long it runs and how often it
+    /// evaluates, checkpoints and gives up; none of them changes a weight.
+    public static let resumable = ["maml.iterations", "eval.every", "eval.patience", "checkpoint.every", "checkpoint.keep", "cluster.*"]
+
+    /// The keys whose values differ between a checkpoint's configuration and a
+    /// resumed run's, other than `resumable` ones, each as "KEY (checkpoint: A, now: B)".
+    public static func resumeConflicts(checkpoint: String, run: String) throws -> [String] {
+        func flat(_ j: JSON, _ prefix: String, _ out: inout [String: String]) {
+            if case .object(let kv) = j {
+                for (k, v) in kv { flat(v, prefix.isEmpty ? k : prefix + "." + k, &out) }
+            } else {
+                out[prefix] = j.compact
+            }
+        }
+        var a: [String: String] = [:], b: [String: String] = [:]
+        flat(try JSON.parse(checkpoint), "", &a)
+        flat(try JSON.parse(run), "", &b)
+        return Set(a.keys).union(b.keys).sorted().filter { key in
+            a[key] != b[key] && !resumable.contains { $0.hasSuffix(".*") ? key.hasPrefix($0.dropLast()) : key == $0 }
+        }.map { "\($0) (checkpoint: \(a[$0] ?? "none"), now: \(b[$0] ?? "none"))" }
+    }
 
     static func periodicCheckpoints(in run: RunDirectory) throws -> [String] {
         let dir = run.file("checkpoints")

@@ -12,7 +12,9 @@ import Wire
 struct MetaRunOptions: ParsableArguments {
     @Option(help: "Dataset file written by prepare.") var data: String
     @Option(help: "Run directory for config.yaml, metrics.jsonl, checkpoints and logs.") var runDir: String
-    @Flag(help: "Continue from the newest checkpoint in the run directory.") var resume = false
+    @Flag(help: "Continue from the newest checkpoint in the run directory (an error if it has none).") var resume = false
+    @Flag(help: "Continue from the newest checkpoint if the run directory has one, otherwise start the run (for launchers that restart the coordinator).")
+    var resumeOrStart = false
     @Option(help: "Seconds of silence after which a worker is dropped and its units re-queued (default: cluster.heartbeat_s × cluster.liveness, 3).")
     var workerTimeout: Double?
     @Option(help: ArgumentHelp("Spot checks: compute this fraction of units (seeded, 0 to 1) a second time on another worker and compare the bits; a worker that disagrees with the majority is dropped. Needs hosts that run the same kernels.", valueName: "F"))
@@ -20,11 +22,25 @@ struct MetaRunOptions: ParsableArguments {
     @OptionGroup var config: ConfigOptions
 
     func validate() throws {
+        if resume && resumeOrStart { throw ValidationError("--resume and --resume-or-start: give one") }
         guard verify >= 0, verify <= 1 else { throw ValidationError("--verify takes a fraction from 0 to 1, not \(verify)") }
     }
 
+    /// Whether this start continues a run: --resume (which needs a checkpoint), or
+    /// --resume-or-start in a run directory that has one.
+    func resuming() throws -> Bool {
+        let checkpoints = ((try? FileManager.default.contentsOfDirectory(atPath: runDir + "/checkpoints")) ?? [])
+            .filter { $0.hasPrefix("iter-") && $0.hasSuffix(".h5") }
+        if resume && checkpoints.isEmpty {
+            throw MetatrainError(FileManager.default.fileExists(atPath: runDir)
+                                 ? "\(runDir) has no checkpoint to resume from (checkpoints/ holds none); start the run without --resume"
+                                 : "\(runDir) does not exist; there is nothing to resume (start the run without --resume)")
+        }
+        return resume || (resumeOrStart && !checkpoints.isEmpty)
+    }
+
     /// The config to run with: on --resume, the run's own config.yaml (plus any --set).
-    func loadConfig() throws -> Config {
+    func loadConfig(resume: Bool) throws -> Config {
         if resume, config.config == nil, FileManager.default.fileExists(atPath: runDir + "/config.yaml") {
             return try Config.load(path: runDir + "/config.yaml", overrides: config.overrides + (config.seed.map { ["seed=\($0)"] } ?? []))
         }
@@ -34,13 +50,17 @@ struct MetaRunOptions: ParsableArguments {
     func makeShell(endpoint: String, stop: StopFlag, progress: ConsoleProgress, security: SecurityOptions) throws -> CoordinatorShell {
         BLAS.useSingleThread()
         let curve = try security.serverKeys(for: endpoint)
-        let cfg = try loadConfig()
+        let resume = try resuming()
+        let cfg = try loadConfig(resume: resume)
         let dataset = try DatasetFile.read(data)
         let run = try RunDirectory(runDir, logName: "coordinator.log")
         if !resume, try MetaTrainer.latestCheckpoint(in: run) != nil {
             throw MetatrainError("\(runDir) already holds checkpoints; pass --resume to continue it or choose another --run-dir")
         }
         let trainer = try MetaTrainer(config: cfg, dataset: dataset, run: run, resume: resume)
+        if let from = trainer.resumedFrom {
+            progress.log("resumed from \(from) at iteration \(trainer.iteration) of \(trainer.iterations)")
+        }
         let shell = CoordinatorShell(trainer: trainer, endpoint: endpoint, stop: stop, progress: progress)
         shell.workerTimeout = workerTimeout
         shell.verifyFraction = verify

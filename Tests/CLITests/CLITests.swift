@@ -125,7 +125,7 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("(1 skipped)"), r.stdout)
         r = try metatrain(["prepare", "--events", dir + "/bad.csv", "--out", dir + "/x.h5", "--set", "maml.inner_lrr=1"])
         XCTAssertEqual(r.status, 1)
-        XCTAssertEqual(r.stderr, "error: --set: unknown key 'maml.inner_lrr'\n")
+        XCTAssertEqual(r.stderr, "error: --set: unknown key 'maml.inner_lrr'; did you mean 'maml.inner_lr'?\n")
         r = try metatrain(["pretrain", "--data", dir + "/missing.h5", "--run-dir", dir + "/run"])
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.hasPrefix("error: ") && r.stderr.contains("missing.h5"), r.stderr)

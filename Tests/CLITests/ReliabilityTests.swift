@@ -111,4 +111,46 @@ final class ReliabilityTests: XCTestCase {
         let third = try metatrain(["train", "--data", data, "--run-dir", run, "--workers", "1", "--resume", "--set", "maml.iterations=100"] + args)
         XCTAssertEqual(third.status, 0, third.stderr)
     }
+
+    /// Run directories never surprise: --resume without a checkpoint is an error
+    /// that says so; a finished run is extended by raising maml.iterations on
+    /// resume (to the weights of a run that was that long from the start), and
+    /// the console says where it resumed from; a key that would change the
+    /// weights is refused with its name and both values; --resume-or-start
+    /// starts a fresh directory and continues one with checkpoints.
+    func testResumeRules() throws {
+        let data = try syntheticDataset(in: ReliabilityTests.dir)
+        let base = ["--data", data, "--workers", "1", "--set", "checkpoint.every=5"] + args
+        var r = try metatrain(["train", "--run-dir", ReliabilityTests.dir + "/nowhere", "--resume"] + base)
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("nowhere does not exist; there is nothing to resume"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: ReliabilityTests.dir + "/nowhere/metrics.jsonl"))
+        try FileManager.default.createDirectory(atPath: ReliabilityTests.dir + "/empty", withIntermediateDirectories: true)
+        r = try metatrain(["train", "--run-dir", ReliabilityTests.dir + "/empty", "--resume"] + base)
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("empty has no checkpoint to resume from"), r.stderr)
+
+        let long = ReliabilityTests.dir + "/long", short = ReliabilityTests.dir + "/short"
+        XCTAssertEqual(try metatrain(["train", "--run-dir", long, "--set", "maml.iterations=30"] + base).status, 0)
+        XCTAssertEqual(try metatrain(["train", "--run-dir", short, "--set", "maml.iterations=20"] + base).status, 0)
+        r = try metatrain(["train", "--run-dir", short, "--resume", "--set", "maml.inner_lr=0.2", "--set", "maml.iterations=30"] + base)
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("cannot resume with another maml.inner_lr (checkpoint: 0.05, now: 0.2)")
+                      || r.stderr.contains("cannot resume with another maml.inner_lr"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("only maml.iterations, eval.every"), r.stderr)
+        r = try metatrain(["train", "--run-dir", short, "--resume", "--set", "maml.iterations=30"] + base)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("resumed from \(short)/checkpoints/iter-000020.h5 at iteration 20 of 30"), r.stderr)
+        XCTAssertEqual(try bytes(short + "/final.h5"), try bytes(long + "/final.h5"), "20 then 10 more iterations = 30 at once")
+        XCTAssertEqual(read(short + "/metrics.jsonl").split(separator: "\n").count, 30)
+
+        let auto = ReliabilityTests.dir + "/auto"
+        r = try metatrain(["train", "--run-dir", auto, "--resume-or-start", "--set", "maml.iterations=10"] + base)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertFalse(r.stderr.contains("resumed from"), r.stderr)
+        r = try metatrain(["train", "--run-dir", auto, "--resume-or-start", "--set", "maml.iterations=30"] + base)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("resumed from"), r.stderr)
+        XCTAssertEqual(try bytes(auto + "/final.h5"), try bytes(long + "/final.h5"))
+    }
 }

@@ -37,7 +37,14 @@ final class ConfigurationTests: XCTestCase {
             XCTAssertTrue("\(e)".contains(p))
         }
         XCTAssertThrowsError(try Config.load(path: nil, overrides: ["data.nope=1"])) { e in
-            XCTAssertTrue("\(e)".contains("unknown key 'data.nope'"), "\(e)")
+            XCTAssertEqual("\(e)", "--set: unknown key 'data.nope'", "nothing near enough to suggest")
+        }
+        // The nearest key is suggested: a typo, a missing underscore, another case.
+        for (typo, meant) in [("maml.innerlr", "maml.inner_lr"), ("maml.inner_lrr", "maml.inner_lr"), ("model.hiddendim", "model.hidden_dim"),
+                              ("Seed", "seed"), ("eval.patiense", "eval.patience")] {
+            XCTAssertThrowsError(try Config.load(path: nil, overrides: ["\(typo)=1"])) { e in
+                XCTAssertEqual("\(e)", "--set: unknown key '\(typo)'; did you mean '\(meant)'?")
+            }
         }
     }
 
@@ -46,7 +53,7 @@ final class ConfigurationTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("'model.hidden_dim' must be an integer"), "\(e)")
         }
         XCTAssertThrowsError(try Config.load(path: nil, overrides: ["maml.algorithm=reptile"])) { e in
-            XCTAssertTrue("\(e)".contains("unknown value 'reptile'"), "\(e)")
+            XCTAssertEqual("\(e)", "config: 'maml.algorithm' has unknown value 'reptile'; allowed: 'fomaml', 'maml', 'metasgd'")
         }
         XCTAssertThrowsError(try Config.load(path: nil, overrides: ["data.k_support=0"]))
         XCTAssertThrowsError(try Config.load(path: nil, overrides: ["novalue"]))
