@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turns a run directory's metrics.jsonl into PNG training curves.
 
-    pip install matplotlib
+    pip install -r tools/requirements.txt
     python3 tools/plot_run.py runs/fomaml            # writes runs/fomaml/curves.png
     python3 tools/plot_run.py runs/a runs/b -o cmp.png
 
@@ -17,8 +17,19 @@ import sys
 
 def load(run):
     path = os.path.join(run, "metrics.jsonl")
+    if not os.path.isdir(run):
+        sys.exit(f"error: {run}: no such run directory")
+    if not os.path.exists(path):
+        sys.exit(f"error: {path}: not found (has the run logged an iteration yet?)")
+    rows = []
     with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                sys.exit(f"error: {path}:{n}: not JSON ({e.msg})")
     if not rows:
         sys.exit(f"error: {path}: no metrics")
     return rows
@@ -29,13 +40,16 @@ def main():
     ap.add_argument("runs", nargs="+", help="run directories")
     ap.add_argument("-o", "--out", help="output PNG (default RUN/curves.png)")
     args = ap.parse_args()
-    import matplotlib
+    runs = [load(run) for run in args.runs]   # every run checked before anything is drawn
+    try:
+        import matplotlib
+    except ImportError:
+        sys.exit("error: matplotlib is not installed: pip install -r tools/requirements.txt")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for run in args.runs:
-        rows = load(run)
+    for run, rows in zip(args.runs, runs):
         name = os.path.basename(os.path.normpath(run))
         x = "iteration" if "iteration" in rows[0] else "epoch"
         loss = "meta_loss" if x == "iteration" else "train_loss"

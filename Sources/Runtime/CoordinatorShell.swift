@@ -38,6 +38,7 @@ public final class CoordinatorShell {
     private var plan: TrainPlan?
     private var pendingLine: [(String, JSON)] = []
     private var started = 0.0, startIteration = 0
+    private var recent: [(Int, Double)] = []   // (iteration, time) of the last iterations, for the rate
     private var lastHR10: Double?
     /// Seconds the coordinator itself spent per iteration on reduce, Adam and broadcast (for bench).
     public private(set) var coordinatorSeconds: [Double] = []
@@ -194,14 +195,19 @@ public final class CoordinatorShell {
             publishWeights()
             let c1 = monotonicNow()
             coordinatorSeconds.append(c1 - c0)
-            let elapsed = monotonicNow() - started
-            let rate = Double(t - startIteration) / max(elapsed, 1e-9)
+            // The rate over the last (up to) 20 iterations, so that it follows the run rather than its start.
+            let now = monotonicNow()
+            recent.append((t, now))
+            if recent.count > 21 { recent.removeFirst(recent.count - 21) }
+            let first = recent.count > 1 ? recent[0] : (startIteration, started)
+            let rate = Double(t - first.0) / max(now - first.1, 1e-9)
             pendingLine = [("iteration", .int(t)), ("meta_loss", .number(loss)), ("grad_norm", .number(norm)),
-                           ("workers", .int(machine.liveWorkers)), ("iter_per_s", .number(rate))]
+                           ("workers", .int(machine.liveWorkers)), ("iter_per_s", .number(rate)),
+                           ("time", .number((Date().timeIntervalSince1970 * 1000).rounded() / 1000))]
             let eta = Double(trainer.iterations - t) / max(rate, 1e-9)
-            let line = String(format: "iter %d/%d  %.2f it/s  ETA %@  meta-loss %.4f  val HR@10 %@  workers %d",
+            let line = String(format: "iter %d/%d  %.1f it/s  ETA %@  loss %.4f  HR@10 %@  %d worker%@",
                               t, trainer.iterations, rate, formatDuration(eta), loss,
-                              lastHR10.map { String(format: "%.4f", $0) } ?? "-", machine.liveWorkers)
+                              lastHR10.map { String(format: "%.4f", $0) } ?? "-", machine.liveWorkers, machine.liveWorkers == 1 ? "" : "s")
             if progress?.isTerminal == true { progress?.update(line) } else if t % plainEvery == 0 { say(line) }
             if trainer.evalDue(t) { next = .eval(t); return }
             try finishIteration(t)
@@ -258,8 +264,3 @@ public final class CoordinatorShell {
     }
 }
 
-func formatDuration(_ s: Double) -> String {
-    guard s.isFinite else { return "-" }
-    let t = Int(s)
-    return t >= 3600 ? String(format: "%dh%02dm", t / 3600, t / 60 % 60) : String(format: "%dm%02ds", t / 60, t % 60)
-}

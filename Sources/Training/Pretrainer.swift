@@ -61,6 +61,7 @@ public final class Pretrainer {
                        history: historyKeys.map { ($0, history[$0] ?? []) }, iteration: iteration, adamStep: adam.step,
                        seed: c.seed, configJSON: c.json, datasetFingerprint: fingerprint, kind: .pretrain, algorithm: "gru4rec")
         }
+        let firstEpoch = epoch, runStarted = Date()
         while epoch < p.epochs {
             epoch += 1
             let started = Date()
@@ -78,7 +79,11 @@ public final class Pretrainer {
                 clipGradNorm(grads, maxNorm: Float(c.maml.clipNorm))
                 adam.update(params, grads, lr: Float(p.lr))
                 if b % 10 == 0 || b == nBatches - 1 {
-                    progress?.update(String(format: "epoch %d/%d  batch %d/%d  loss %.4f", epoch, p.epochs, b + 1, nBatches, lossSum / Double(b + 1)))
+                    // ETA from the batches done since this process started.
+                    let done = Double((epoch - firstEpoch - 1) * nBatches + b + 1), left = Double((p.epochs - epoch + 1) * nBatches - b - 1)
+                    let eta = Date().timeIntervalSince(runStarted) / done * left
+                    progress?.update(String(format: "epoch %d/%d  batch %d/%d  loss %.4f  ETA %@", epoch, p.epochs, b + 1, nBatches,
+                                            lossSum / Double(b + 1), formatDuration(eta)))
                 }
             }
             let trainLoss = lossSum / Double(nBatches)
@@ -92,7 +97,7 @@ public final class Pretrainer {
             try run.appendMetrics(.object([
                 ("epoch", .int(epoch)), ("train_loss", .number(trainLoss)), ("val_hr@10", .number(v.mean(.hr10))),
                 ("val_ndcg@10", .number(v.mean(.ndcg10))), ("val_mrr", .number(v.mean(.mrr))), ("val_loss", .number(valLoss)),
-                ("seconds", .number(secs)),
+                ("seconds", .number(secs)), ("time", .number((Date().timeIntervalSince1970 * 1000).rounded() / 1000)),
             ]))
             var note = ""
             if score > best {

@@ -45,6 +45,31 @@ public final class RunDirectory {
         lockFD = fd
     }
 
+    /// Records who started this run, how and on what (run.json, atomically): the
+    /// command line, metatrain's version, the dataset's path and fingerprint, the
+    /// host and the start time. A later start (a resume) is appended under "resumes".
+    public func recordStart(datasetPath: String, fingerprint: String, resumedFrom: String? = nil, now: Date = Date()) throws {
+        let started = ISO8601DateFormatter().string(from: now)
+        let this: [(String, JSON)] = [
+            ("command", .array(CommandLine.arguments.map { .string($0) })), ("metatrain_version", .string(metatrainVersion)),
+            ("dataset", .object([("path", .string(URL(fileURLWithPath: datasetPath).standardizedFileURL.path)),
+                                 ("fingerprint", .string(fingerprint))])),
+            ("host", .string(ProcessInfo.processInfo.hostName)), ("pid", .int(Int(getpid()))), ("started", .string(started)),
+        ]
+        let p = file("run.json")
+        var record: [(String, JSON)]
+        if let text = try? String(contentsOfFile: p, encoding: .utf8), case .object(var first)? = try? JSON.parse(text) {
+            var resumes: [JSON] = []
+            if case .array(let a)? = first.first(where: { $0.0 == "resumes" })?.1 { resumes = a }
+            first.removeAll { $0.0 == "resumes" }
+            resumes.append(.object(this + (resumedFrom.map { [("resumed_from", .string($0))] } ?? [])))
+            record = first + [("resumes", .array(resumes))]
+        } else {
+            record = this
+        }
+        try writeFileAtomically(p, contents: JSON.object(record).pretty)
+    }
+
     /// Writes config.yaml (atomically).
     public func saveConfig(_ c: Config) throws {
         try writeFileAtomically(file("config.yaml"), contents: "# resolved configuration written by metatrain\n" + c.yaml)

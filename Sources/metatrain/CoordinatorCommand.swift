@@ -61,6 +61,7 @@ struct MetaRunOptions: ParsableArguments {
         if let from = trainer.resumedFrom {
             progress.log("resumed from \(from) at iteration \(trainer.iteration) of \(trainer.iterations)")
         }
+        try run.recordStart(datasetPath: data, fingerprint: dataset.fingerprint, resumedFrom: trainer.resumedFrom)
         let shell = CoordinatorShell(trainer: trainer, endpoint: endpoint, stop: stop, progress: progress)
         shell.workerTimeout = workerTimeout
         shell.verifyFraction = verify

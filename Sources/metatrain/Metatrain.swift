@@ -13,6 +13,7 @@ struct Metatrain: ParsableCommand {
         Example:
           metatrain demo --dir demo-run
         """,
+        version: metatrainVersion,
         subcommands: [SynthCommand.self, PrepareCommand.self, PretrainCommand.self, CoordinatorCommand.self,
                       WorkerCommand.self, TrainCommand.self, KeygenCommand.self, EvaluateCommand.self, DemoCommand.self, BenchCommand.self])
 

@@ -17,7 +17,10 @@ final class ConsoleProgress: ProgressSink {
         let now = Date()
         guard now.timeIntervalSince(lastUpdate) > 0.1 else { return }
         lastUpdate = now
-        FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8))
+        // Never as wide as the terminal: a line that wraps leaves a trail behind every update.
+        var size = winsize()
+        let columns = ioctl(2, UInt(TIOCGWINSZ), &size) == 0 && size.ws_col > 0 ? Int(size.ws_col) : 80
+        FileHandle.standardError.write(Data("\r\u{1B}[K\(line.prefix(columns - 1))".utf8))
         showing = true
     }
 

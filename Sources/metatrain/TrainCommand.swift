@@ -16,7 +16,8 @@ struct TrainCommand: ParsableCommand {
         most 3 times per worker) and its units go to the others at once; the
         weights do not change.
         Example:
-          metatrain train --data data/dataset.h5 --config configs/fomaml.yaml --run-dir runs/fomaml --workers 2
+          metatrain train --data data/dataset.h5 --config configs/fomaml.yaml \\
+              --run-dir runs/fomaml --workers 2
         """)
 
     @OptionGroup var options: MetaRunOptions

@@ -69,9 +69,25 @@ final class CLITests: XCTestCase {
         r = try metatrain(["pretrain", "--data", dir + "/data.h5", "--run-dir", dir + "/run", "--set", "pretrain.epochs=2"] + small)
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stderr.contains("epoch 2/2"), r.stderr)
-        for f in ["config.yaml", "metrics.jsonl", "best.h5", "final.h5", "pretrain.log"] {
+        for f in ["config.yaml", "metrics.jsonl", "best.h5", "final.h5", "pretrain.log", "run.json"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/run/" + f), f)
         }
+        // run.json says how the run was started, with which build, on what data, where and when.
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/run/run.json"))) as! [String: Any]
+        XCTAssertEqual((record["command"] as? [String])?.dropFirst().first, "pretrain")
+        XCTAssertEqual(record["metatrain_version"] as? String, try metatrain(["--version"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines))
+        XCTAssertEqual((record["dataset"] as? [String: Any])?["path"] as? String, dir + "/data.h5")
+        XCTAssertEqual(((record["dataset"] as? [String: Any])?["fingerprint"] as? String)?.count, 64)
+        XCTAssertNotNil(record["host"] as? String); XCTAssertNotNil(record["started"] as? String)
+        let epochs = try String(contentsOfFile: dir + "/run/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertTrue(epochs.allSatisfy { $0.contains("\"time\":") }, "every metrics line has its wall-clock time")
+        // A second pretrain into the same directory is refused; --overwrite starts it afresh.
+        r = try metatrain(["pretrain", "--data", dir + "/data.h5", "--run-dir", dir + "/run", "--set", "pretrain.epochs=2"] + small)
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("already holds a run (metrics.jsonl, best.h5, final.h5, pretrain.log, run.json, config.yaml); pass --overwrite"), r.stderr)
+        r = try metatrain(["pretrain", "--data", dir + "/data.h5", "--run-dir", dir + "/run", "--set", "pretrain.epochs=2", "--overwrite"] + small)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(try String(contentsOfFile: dir + "/run/metrics.jsonl", encoding: .utf8).split(separator: "\n").count, 2)
         r = try metatrain(["evaluate", "--data", dir + "/data.h5", "--checkpoint", dir + "/run/best.h5",
                            "--checkpoint", dir + "/run/final.h5", "--split", "test", "--shots", "1,3", "--steps", "1,2",
                            "--out", dir + "/report.json", "--set", "eval.bootstrap_samples=200"])

@@ -143,6 +143,12 @@ final class ReliabilityTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("resumed from \(short)/checkpoints/iter-000020.h5 at iteration 20 of 30"), r.stderr)
         XCTAssertEqual(try bytes(short + "/final.h5"), try bytes(long + "/final.h5"), "20 then 10 more iterations = 30 at once")
         XCTAssertEqual(read(short + "/metrics.jsonl").split(separator: "\n").count, 30)
+        // run.json keeps the first start and lists the resume, with where it resumed from.
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: short + "/run.json"))) as! [String: Any]
+        XCTAssertTrue((record["command"] as? [String] ?? []).contains("maml.iterations=20"), "\(record)")
+        let resumes = record["resumes"] as? [[String: Any]] ?? []
+        XCTAssertEqual(resumes.count, 1, "\(record)")
+        XCTAssertEqual(resumes.first?["resumed_from"] as? String, short + "/checkpoints/iter-000020.h5")
 
         let auto = ReliabilityTests.dir + "/auto"
         r = try metatrain(["train", "--run-dir", auto, "--resume-or-start", "--set", "maml.iterations=10"] + base)
