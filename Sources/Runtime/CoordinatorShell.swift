@@ -26,6 +26,8 @@ public final class CoordinatorShell {
     public var onBound: ((String) -> Void)?
     /// Worker processes whoever started them saw end (`train`'s local workers).
     public var endedWorkers: EndedWorkers?
+    /// Why the local workers (`train`'s) can no longer run, once none may start again: the run stops.
+    public var localWorkersGone: (() -> String?)?
     /// Called on the coordinator's thread after an ended worker was dropped (e.g. to
     /// start it again); returns a line for the log, if any.
     public var onWorkerEnded: ((String) -> String?)?
@@ -131,6 +133,7 @@ public final class CoordinatorShell {
             for (name, reason, crashed) in endedWorkers?.take() ?? [] where !stop.isSet {
                 try execute(machine.onWorkerGone(name: name, reason: reason, crashed: crashed))
                 if let line = onWorkerEnded?(name) { say(line) }
+                if let why = localWorkersGone?(), machine.liveWorkers == 0 { try stop(failing: why) }
             }
             let now = monotonicNow()
             if now - lastTick >= 1 {

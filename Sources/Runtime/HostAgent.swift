@@ -154,6 +154,12 @@ public final class HostAgent {
                         }
                         if let line = children?.restart(child) { notice(line) }
                     }
+                    if let why = children?.allGone {
+                        // Nothing computes here any more: leave, so that the coordinator re-queues our blocks at once.
+                        exitReason = why
+                        try executeUp(upMachine.onLeaving(why, now: now))
+                        return 1
+                    }
                 }
             }
         }

@@ -20,6 +20,9 @@ public final class LocalWorkers: @unchecked Sendable {
     private var restarts: [Int: Int] = [:]   // by slot
     private var slots: [String: Int] = [:]    // by worker name
     private var stopping = false
+    private var slotCount = 0
+    private var exhausted: Set<Int> = []      // slots whose last start ended and that may not start again
+    private var lastFailure = ""
 
     /// Workers are named `name(slot, restart)` (by default `local-2`, then
     /// `local-2.1`, …) and run `worker --connect ENDPOINT --data DATA --name NAME`
@@ -31,7 +34,7 @@ public final class LocalWorkers: @unchecked Sendable {
 
     /// Starts workers 1...n, connecting to `endpoint`.
     public func startAll(_ n: Int, endpoint: String) {
-        lock.lock(); self.endpoint = endpoint; lock.unlock()
+        lock.lock(); self.endpoint = endpoint; slotCount = n; lock.unlock()
         for slot in 1...n { start(slot: slot) }
     }
 
@@ -48,6 +51,9 @@ public final class LocalWorkers: @unchecked Sendable {
         slots[name] = slot
         let p = Process()
         p.executableURL = exe
+        // A working directory this user cannot enter (e.g. a worker started as another user from
+        // a private directory) would make every start fail: start from / then (paths are absolute).
+        if access(FileManager.default.currentDirectoryPath, X_OK) != 0 { p.currentDirectoryURL = URL(fileURLWithPath: "/") }
         p.arguments = ["worker", "--connect", endpoint, "--data", data, "--name", name, "--exit-with-parent", "\(getpid())"] + extra(slot)
         let ended = self.ended
         p.terminationHandler = { [weak self] p in
@@ -61,7 +67,10 @@ public final class LocalWorkers: @unchecked Sendable {
             ended.report(name: name, reason: "(pid \(p.processIdentifier)) \(how)", crashed: crashed)
         }
         do { try p.run() } catch {
-            FileHandle.standardError.write(Data("could not start worker \(name): \(error)\n".utf8))
+            // Said like an ended process, so that it is retried (and given up on) the same way.
+            lastFailure = "could not be started: \(error.localizedDescription)"
+            let ended = self.ended
+            DispatchQueue.global().async { ended.report(name: name, reason: "could not be started (\(error.localizedDescription))") }
             return false
         }
         processes.append(p)
@@ -76,12 +85,20 @@ public final class LocalWorkers: @unchecked Sendable {
         }
         let done = restarts[slot, default: 0]
         if done >= maxRestarts {
+            exhausted.insert(slot)
             lock.unlock()
             return "worker \(name) ended; local worker \(slot) was started \(maxRestarts + 1) times, not again"
         }
         restarts[slot] = done + 1
         lock.unlock()
         return start(slot: slot) ? "started local worker \(slot) again as \(workerName(slot: slot, restart: done + 1))" : nil
+    }
+
+    /// Why no worker runs any more, once every slot has ended and may not start again (nil while one may).
+    public var allGone: String? {
+        lock.lock(); defer { lock.unlock() }
+        guard slotCount > 0, exhausted.count == slotCount else { return nil }
+        return "every local worker process ended, each started \(maxRestarts + 1) times" + (lastFailure.isEmpty ? "" : " (the last \(lastFailure))")
     }
 
     /// After the run: waits up to 5 s for the workers to follow the coordinator's

@@ -54,6 +54,7 @@ struct TrainCommand: ParsableCommand {
         shell.endedWorkers = workers.ended
         shell.onBound = { endpoint in workers.startAll(1, endpoint: endpoint) }
         shell.onWorkerEnded = { name in workers.restart(name) }
+        shell.localWorkersGone = { workers.allGone }
         let code: Int32
         do { code = try shell.run() } catch { workers.reap(); throw error }
         workers.reap()

@@ -57,6 +57,9 @@ struct WorkerCommand: ParsableCommand {
     }
 
     func run() throws {
+        if exitWithParent != nil, ProcessInfo.processInfo.environment["METATRAIN_TEST_FAIL_AT_START"] == "1" {
+            throw MetatrainError("injected failure at start (METATRAIN_TEST_FAIL_AT_START, testing only)")
+        }
         let stop = StopFlag()
         stop.installSignalHandlers()
         let host = ProcessInfo.processInfo.hostName

@@ -388,6 +388,25 @@ final class DistributedTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("warm-start checkpoint has E 8, H 12"), r.stderr)
     }
 
+    /// Local processes that cannot run at all (each fails as it starts) are
+    /// started again 3 times, then given up on: a host agent whose processes are
+    /// all gone leaves, and `train` stops with an error once its own are gone too,
+    /// instead of waiting for workers for ever.
+    func testTrainStopsWhenNoLocalWorkerCanRun() throws {
+        for n in [1, 2] {
+            let run = DistributedTests.dir + "/nostart-\(n)"
+            setenv("METATRAIN_TEST_FAIL_AT_START", "1", 1)
+            let p = try startDetached(["train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "\(n)",
+                                       "--set", "maml.iterations=5"] + small, stderr: run + ".err")
+            unsetenv("METATRAIN_TEST_FAIL_AT_START")
+            defer { p.killGroup(); p.wait() }
+            let status = p.wait(seconds: 120)
+            let err = (try? String(contentsOfFile: run + ".err", encoding: .utf8)) ?? ""
+            XCTAssertEqual(status, 1, "train --workers \(n) did not stop: \(err)")
+            XCTAssertTrue(err.contains("error: every local worker process ended, each started 4 times"), err)
+        }
+    }
+
     /// A unit that crashes the processes computing it (a trap, as on a bug that
     /// this unit's data hits) stops the run after two crashes, with an error
     /// that names its episodes and the processes, and keeps the last good

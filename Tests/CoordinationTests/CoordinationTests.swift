@@ -118,7 +118,7 @@ final class CoordinatorMachineTests: XCTestCase {
     func testEndedWorkerIsDroppedAtOnceAndItsUnitsGoToAnother() {
         // b finishes its units; a's process ended: its two units go to b without a timeout.
         var m = machine()
-        let held = aHoldsTwoUnitsAndBFinishedItsOwn(&m)
+        _ = aHoldsTwoUnitsAndBFinishedItsOwn(&m)
         let d = m.onWorkerGone(name: "w\(a)", reason: "(pid 7) was killed by signal 9")
         XCTAssertEqual(d.first, .log("worker w\(a) (pid 7) was killed by signal 9; dropped, its 2 unit(s) re-queued"))
         XCTAssertEqual(m.liveWorkers, 1)
