@@ -15,7 +15,7 @@ struct Metatrain: ParsableCommand {
         """,
         version: metatrainVersion,
         subcommands: [SynthCommand.self, PrepareCommand.self, PretrainCommand.self, CoordinatorCommand.self,
-                      WorkerCommand.self, TrainCommand.self, KeygenCommand.self, EvaluateCommand.self, DemoCommand.self, BenchCommand.self])
+                      WorkerCommand.self, TrainCommand.self, KeygenCommand.self, ConfigCommand.self, EvaluateCommand.self, DemoCommand.self, BenchCommand.self])
 
     /// Runs the CLI: our own errors print as one `error: ...` line and exit 1.
     static func mainEntry() {

@@ -57,6 +57,29 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(top.stdout.contains("prepare"))
     }
 
+    /// `metatrain config` prints the resolved configuration (defaults, --config,
+    /// --set) as a --config file with every key explained; docs/CONFIG.md is its
+    /// Markdown table, so the documentation is exactly what the code accepts.
+    func testConfigPrintsEveryKeyAndDocsMatch() throws {
+        let dir = freshDir("config")
+        var r = try metatrain(["config", "--set", "maml.algorithm=metasgd", "--seed", "7"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("  # fomaml (first-order MAML)"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("  algorithm: metasgd\n"), r.stdout)
+        XCTAssertTrue(r.stdout.hasPrefix("# resolved configuration"), r.stdout)
+        try r.stdout.write(toFile: dir + "/c.yaml", atomically: true, encoding: .utf8)
+        let again = try metatrain(["config", "--config", dir + "/c.yaml"])
+        XCTAssertEqual(again.stdout, r.stdout, "the output is a config file that resolves to itself")
+        r = try metatrain(["config", "--set", "maml.algorithm=reptile"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertEqual(r.stderr, "error: config: 'maml.algorithm' has unknown value 'reptile'; allowed: 'fomaml', 'maml', 'metasgd'\n")
+        let table = try metatrain(["config", "--markdown"]).stdout
+        let docs = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("docs/CONFIG.md")
+        let text = try String(contentsOf: docs, encoding: .utf8)
+        XCTAssertTrue(text.contains(table), "docs/CONFIG.md is out of date: regenerate its table with `metatrain config --markdown`")
+    }
+
     func testPipelineEndToEnd() throws {
         let dir = freshDir("e2e")
         let small = ["--set", "model.embedding_dim=16", "--set", "model.hidden_dim=16", "--set", "pretrain.batch_size=64"]

@@ -91,4 +91,20 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertFalse(files.isEmpty)
         for f in files { XCTAssertNoThrow(try Config.load(path: dir.appendingPathComponent(f).path, overrides: []), f) }
     }
+
+    /// Every key has its meaning and allowed values, in the defaults' order, and
+    /// nothing is documented that is not a key; the commented YAML that
+    /// `metatrain config` prints reads back as the same configuration.
+    func testEveryKeyIsDocumentedAndTheCommentedYAMLReadsBack() throws {
+        let c = try Config.load(path: nil, overrides: ["maml.inner_lr=0.05", "weighting.scheme=recency", "warm_start.checkpoint=runs/x/best.h5"])
+        XCTAssertEqual(configKeyDocs.map(\.key), c.leaves.map(\.key))
+        XCTAssertTrue(configKeyDocs.allSatisfy { $0.doc.count > 20 })
+        let yaml = c.commentedYAML
+        for (key, _) in c.leaves {
+            let leaf = String(key.split(separator: ".").last!)
+            XCTAssertTrue(yaml.contains("# \(configKeyDocs.first { $0.key == key }!.doc)\n"), key)
+            XCTAssertTrue(yaml.contains("\(leaf): "), key)
+        }
+        XCTAssertEqual(try Config.load(path: tmp(yaml), overrides: []), c)
+    }
 }
