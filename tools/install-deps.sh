@@ -23,4 +23,8 @@ echo "system packages installed: ${packages[*]}"
 # h5py lets the tests read checkpoints independently (tools/check_checkpoint.py).
 if command -v python3 >/dev/null 2>&1; then
   python3 -m pip install --quiet h5py numpy 2>/dev/null || echo "note: could not pip install h5py; its checkpoint test will be skipped"
+  # TensorBoard reads a run's tb/ event files in a test, as a user's tensorboard would.
+  if [[ " $* " == *" --tests "* ]]; then
+    python3 -m pip install --quiet tensorboard 2>/dev/null || echo "note: could not pip install tensorboard; its event-file test will be skipped"
+  fi
 fi

@@ -1,6 +1,7 @@
 import Configuration
 import Core
 import Data
+import Storage
 import Foundation
 
 /// A run directory (docs/FORMATS.md, "Run directory"): resolved config, metrics.jsonl, checkpoints and a log.
@@ -75,8 +76,14 @@ public final class RunDirectory {
         try writeFileAtomically(file("config.yaml"), contents: "# resolved configuration written by metatrain\n" + c.yaml)
     }
 
-    /// Appends one JSON object line to metrics.jsonl (the line is written whole, then flushed).
+    /// The run's TensorBoard events (RUN/tb), made on the first metrics line.
+    private var tensorBoard: TensorBoardEvents?
+    private var tensorBoardFailed = false
+
+    /// Appends one JSON object line to metrics.jsonl (the line is written whole, then flushed),
+    /// and its numbers as TensorBoard scalars at its `iteration` (or `epoch`).
     public func appendMetrics(_ j: JSON) throws {
+        defer { tensorBoardScalars(j) }
         let p = file("metrics.jsonl")
         if !FileManager.default.fileExists(atPath: p) { _ = FileManager.default.createFile(atPath: p, contents: nil) }
         guard let h = FileHandle(forWritingAtPath: p) else { throw MetatrainError("\(p): cannot open for appending") }
@@ -84,6 +91,25 @@ public final class RunDirectory {
         h.seekToEndOfFile()
         do { try h.write(contentsOf: Data((j.compact + "\n").utf8)) } catch {
             throw MetatrainError("\(p): cannot append a line (\(error.localizedDescription))")
+        }
+    }
+
+    /// A metrics line's numbers as scalars in RUN/tb (tags are the metrics.jsonl keys). A failure
+    /// there is logged once and costs the run nothing: metrics.jsonl is the record.
+    func tensorBoardScalars(_ j: JSON) {
+        guard !tensorBoardFailed, case .object(let kv) = j else { return }
+        func number(_ v: JSON) -> Double? {
+            switch v { case .int(let i): return Double(i); case .number(let d): return d; default: return nil }
+        }
+        guard let step = kv.first(where: { $0.0 == "iteration" || $0.0 == "epoch" }).flatMap({ number($0.1) }) else { return }
+        let wall = kv.first { $0.0 == "time" }.flatMap { number($0.1) } ?? Date().timeIntervalSince1970
+        let values = kv.filter { !["iteration", "epoch", "time"].contains($0.0) }.compactMap { k, v in number(v).map { (tag: k, value: $0) } }
+        do {
+            if tensorBoard == nil { tensorBoard = try TensorBoardEvents(directory: file("tb")) }
+            try tensorBoard!.scalars(values, step: Int(step), wallTime: wall)
+        } catch {
+            tensorBoardFailed = true
+            log("TensorBoard events are off for this run: \(error)")
         }
     }
 

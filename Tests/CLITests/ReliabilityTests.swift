@@ -25,7 +25,7 @@ final class ReliabilityTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
         let mounted = Process()
         mounted.executableURL = URL(fileURLWithPath: "/bin/mount")
-        mounted.arguments = ["-t", "tmpfs", "-o", "size=700k", "tmpfs", disk]
+        mounted.arguments = ["-t", "tmpfs", "-o", "size=2m", "tmpfs", disk]
         try mounted.run(); mounted.waitUntilExit()
         guard mounted.terminationStatus == 0 else { throw XCTSkip("cannot mount a tmpfs here") }
         defer {
@@ -108,7 +108,7 @@ final class ReliabilityTests: XCTestCase {
         XCTAssertTrue(second.stderr.contains("\(run) is in use by another run (process \(first.pid) on "), second.stderr)
         // Once the holder is gone (killed outright, even), the directory is free again.
         first.killGroup(); first.wait()
-        let third = try metatrain(["train", "--data", data, "--run-dir", run, "--workers", "1", "--resume", "--set", "maml.iterations=100"] + args)
+        let third = try metatrain(["train", "--data", data, "--run-dir", run, "--workers", "1", "--resume-or-start", "--set", "maml.iterations=100"] + args)
         XCTAssertEqual(third.status, 0, third.stderr)
     }
 
@@ -133,6 +133,36 @@ final class ReliabilityTests: XCTestCase {
         let long = ReliabilityTests.dir + "/long", short = ReliabilityTests.dir + "/short"
         XCTAssertEqual(try metatrain(["train", "--run-dir", long, "--set", "maml.iterations=30"] + base).status, 0)
         XCTAssertEqual(try metatrain(["train", "--run-dir", short, "--set", "maml.iterations=20"] + base).status, 0)
+        // Metrics also go to TensorBoard (RUN/tb), one event file per process that wrote to the run.
+        let events = try FileManager.default.contentsOfDirectory(atPath: long + "/tb")
+        XCTAssertEqual(events.count, 1); XCTAssertTrue(events[0].hasPrefix("events.out.tfevents."), "\(events)")
+        XCTAssertGreaterThan(try bytes(long + "/tb/" + events[0]).count, 30 * 60)
+        // TensorBoard itself (when installed) reads every iteration's meta-loss at its step.
+        let script = """
+        import sys
+        try:
+            from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        except ImportError:
+            sys.exit(3)
+        ea = EventAccumulator(sys.argv[1]); ea.Reload()
+        s = ea.Scalars("meta_loss")
+        print(len(s), s[0].step, s[-1].step, "%.4f" % s[-1].value)
+        """
+        let tb = Process(), out = Pipe()
+        tb.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        tb.arguments = ["python3", "-c", script, long + "/tb"]
+        tb.standardOutput = out; tb.standardError = FileHandle.nullDevice
+        if (try? tb.run()) != nil {
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            tb.waitUntilExit()
+            if tb.terminationStatus == 3 {
+                print("note: tensorboard is not installed; its reading of the event file was not checked")
+            } else {
+                let last = read(long + "/metrics.jsonl").split(separator: "\n").last.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+                let loss = (last?["meta_loss"] as? Double).map { String(format: "%.4f", Float($0)) } ?? "?"
+                XCTAssertEqual(text.trimmingCharacters(in: .whitespacesAndNewlines), "30 1 30 \(loss)")
+            }
+        }
         r = try metatrain(["train", "--run-dir", short, "--resume", "--set", "maml.inner_lr=0.2", "--set", "maml.iterations=30"] + base)
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.contains("cannot resume with another maml.inner_lr (checkpoint: 0.05, now: 0.2)")

@@ -121,3 +121,64 @@ final class DeterministicFileTests: XCTestCase {
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: tmpFile("a.h5"))), try Data(contentsOf: URL(fileURLWithPath: tmpFile("b.h5"))))
     }
 }
+
+/// TensorBoard event files: CRC-32C known answers, and a file read back record
+/// by record (lengths and both CRCs checked, protos decoded).
+final class TensorBoardEventsTests: XCTestCase {
+    func testCRC32CKnownAnswers() {
+        XCTAssertEqual(TensorBoardEvents.crc32c(Array("123456789".utf8)), 0xE306_9283)
+        XCTAssertEqual(TensorBoardEvents.crc32c([]), 0)
+        XCTAssertEqual(TensorBoardEvents.crc32c([UInt8](repeating: 0, count: 32)), 0x8A91_36AA)
+        XCTAssertEqual(TensorBoardEvents.crc32c([UInt8](repeating: 0xFF, count: 32)), 0x62A8_AB43)
+    }
+
+    /// Reads TFRecords, checking each length and data CRC; returns the records.
+    func records(_ path: String) throws -> [[UInt8]] {
+        let b = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        var out: [[UInt8]] = [], i = 0
+        func u32(_ at: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(b[at + $1]) << (8 * $1) } }
+        while i < b.count {
+            let n = Int((0..<8).reduce(UInt64(0)) { $0 | UInt64(b[i + $1]) << (8 * $1) })
+            XCTAssertEqual(u32(i + 8), TensorBoardEvents.maskedCRC(Array(b[i..<(i + 8)])))
+            let data = Array(b[(i + 12)..<(i + 12 + n)])
+            XCTAssertEqual(u32(i + 12 + n), TensorBoardEvents.maskedCRC(data))
+            out.append(data)
+            i += 16 + n
+        }
+        return out
+    }
+
+    /// Decodes (field, wire type, value bytes or varint) of one proto message.
+    func fields(_ m: [UInt8]) -> [(Int, [UInt8], UInt64)] {
+        var out: [(Int, [UInt8], UInt64)] = [], i = 0
+        func varint() -> UInt64 { var v: UInt64 = 0, s: UInt64 = 0; while true { let x = m[i]; i += 1; v |= UInt64(x & 0x7F) << s; s += 7; if x < 0x80 { return v } } }
+        while i < m.count {
+            let key = varint(), field = Int(key >> 3)
+            switch key & 7 {
+            case 0: out.append((field, [], varint()))
+            case 1: out.append((field, Array(m[i..<(i + 8)]), 0)); i += 8
+            case 5: out.append((field, Array(m[i..<(i + 4)]), 0)); i += 4
+            default: let n = Int(varint()); out.append((field, Array(m[i..<(i + n)]), 0)); i += n
+            }
+        }
+        return out
+    }
+
+    func testScalarsReadBack() throws {
+        let dir = NSTemporaryDirectory() + "tb-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        let w = try TensorBoardEvents(directory: dir, now: Date(timeIntervalSince1970: 1_800_000_000))
+        try w.scalars([("meta_loss", 2.5), ("val_hr@10", 0.125)], step: 300, wallTime: 1_800_000_001.5)
+        let recs = try records(w.path)
+        XCTAssertEqual(recs.count, 2)
+        XCTAssertEqual(fields(recs[0]).map(\.0), [1, 3])
+        XCTAssertEqual(String(decoding: fields(recs[0])[1].1, as: UTF8.self), "brain.Event:2")
+        let e = fields(recs[1])
+        XCTAssertEqual(e.map(\.0), [1, 2, 5])
+        XCTAssertEqual(Double(bitPattern: e[0].1.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }), 1_800_000_001.5)
+        XCTAssertEqual(e[1].2, 300)
+        let values = fields(e[2].1).map { fields($0.1) }
+        XCTAssertEqual(values.map { String(decoding: $0[0].1, as: UTF8.self) }, ["meta_loss", "val_hr@10"])
+        XCTAssertEqual(values.map { Float(bitPattern: $0[1].1.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }) }, [2.5, 0.125])
+    }
+}
