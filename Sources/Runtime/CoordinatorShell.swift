@@ -208,8 +208,8 @@ public final class CoordinatorShell {
                            ("workers", .int(machine.liveWorkers)), ("iter_per_s", .number(rate)),
                            ("time", .number((Date().timeIntervalSince1970 * 1000).rounded() / 1000))]
             let eta = Double(trainer.iterations - t) / max(rate, 1e-9)
-            let line = String(format: "iter %d/%d  %.1f it/s  ETA %@  loss %.4f  HR@10 %@  %d worker%@",
-                              t, trainer.iterations, rate, formatDuration(eta), loss,
+            let line = String(format: "iter %d/%d  %.1f it/s  %@ ETA %@  loss %.4f  HR@10 %@  %d worker%@",
+                              t, trainer.iterations, rate, formatDuration(now - started), formatDuration(eta), loss,
                               lastHR10.map { String(format: "%.4f", $0) } ?? "-", machine.liveWorkers, machine.liveWorkers == 1 ? "" : "s")
             if progress?.isTerminal == true { progress?.update(line) } else if t % plainEvery == 0 { say(line) }
             if trainer.evalDue(t) { next = .eval(t); return }

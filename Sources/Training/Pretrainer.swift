@@ -82,8 +82,8 @@ public final class Pretrainer {
                     // ETA from the batches done since this process started.
                     let done = Double((epoch - firstEpoch - 1) * nBatches + b + 1), left = Double((p.epochs - epoch + 1) * nBatches - b - 1)
                     let eta = Date().timeIntervalSince(runStarted) / done * left
-                    progress?.update(String(format: "epoch %d/%d  batch %d/%d  loss %.4f  ETA %@", epoch, p.epochs, b + 1, nBatches,
-                                            lossSum / Double(b + 1), formatDuration(eta)))
+                    progress?.update(String(format: "epoch %d/%d  batch %d/%d  loss %.4f  %@ ETA %@", epoch, p.epochs, b + 1, nBatches,
+                                            lossSum / Double(b + 1), formatDuration(Date().timeIntervalSince(runStarted)), formatDuration(eta)))
                 }
             }
             let trainLoss = lossSum / Double(nBatches)

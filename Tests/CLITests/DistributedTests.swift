@@ -168,8 +168,10 @@ final class DistributedTests: XCTestCase {
                               + (i == 1 ? ["--no-shared-memory", "--procs", "1"] : ["--procs", "2"]))
         }
         defer { for w in workers { w.killGroup(); w.wait() } }
+        // A whole checkpoint (not the temporary file one is written under) to resume from.
         let deadline = Date().addingTimeInterval(60)
-        while ((try? FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints")) ?? []).isEmpty && Date() < deadline {
+        while !((try? FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints")) ?? []).contains(where: { $0.hasPrefix("iter-") })
+              && Date() < deadline {
             Thread.sleep(forTimeInterval: 0.005)
         }
         first.killGroup()
@@ -214,10 +216,15 @@ final class DistributedTests: XCTestCase {
                                        "--bind", "tcp://127.0.0.1:0", "--set", "maml.iterations=12"] + small)
         defer { coord.killGroup(); coord.wait() }
         let endpoint = try waitForEndpoint(run + "/coordinator.log")
-        // A host agent of 2 processes: it joins again without shared memory while its processes start.
+        // A host agent of 2 processes: it joins again without shared memory while its processes start. It
+        // starts in a directory its user cannot enter (as from a private checkout): its processes start all the same.
+        let closed = DistributedTests.dir + "/closed"
+        try FileManager.default.createDirectory(atPath: closed, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let p = try startDetached(["worker", "--connect", endpoint, "--data", DistributedTests.data, "--name", "other-user",
                                    "--procs", "2", "--verbose", "--trace", traces + "/worker.jsonl"],
-                                  stderr: traces + "/worker.err", prefix: ["/usr/bin/setpriv"] + asNobody.dropLast(), binary: binary)
+                                  stderr: traces + "/worker.err",
+                                  prefix: ["/bin/sh", "-c", "cd \"$0\" && exec \"$@\"", closed, "/usr/bin/setpriv"] + asNobody.dropLast(),
+                                  binary: binary)
         defer { p.killGroup(); p.wait() }
         let status = p.wait(seconds: 120)
         let stderr = (try? String(contentsOfFile: traces + "/worker.err", encoding: .utf8)) ?? ""
@@ -227,6 +234,7 @@ final class DistributedTests: XCTestCase {
         }
         XCTAssertEqual(status, 0, stderr)
         XCTAssertTrue(stderr.contains("cannot read the coordinator's shared memory"), stderr)
+        XCTAssertTrue(stderr.contains("worker other-user-2 joined"), "both processes started: \(stderr)")
         XCTAssertEqual(coord.wait(), 0)
         let log = try String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)
         XCTAssertTrue(log.contains("worker other-user: results and weights through the socket from now on"), log)

@@ -97,7 +97,9 @@ final class LivenessTests: XCTestCase {
         let worker = try startDetached(["worker", "--connect", endpoint, "--data", data, "--name", "w", "--procs", "1", "--verbose"],
                                        stderr: err)
         defer { worker.killGroup(); worker.wait() }
-        _ = waitFor(60, "a checkpoint") { ((try? FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints")) ?? []).count >= 1 }
+        _ = waitFor(60, "a whole checkpoint") {
+            ((try? FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints")) ?? []).contains { $0.hasPrefix("iter-") }
+        }
         first.killGroup(); first.wait()
         let took = waitFor(30, "the worker to notice") { read(err).contains("no word from the coordinator for") }
         XCTAssertLessThan(took ?? 99, 5, "noticed \(took ?? -1) s after the coordinator died")
