@@ -304,6 +304,11 @@ public final class WorkerLink {
         let limit = 4 * floats + (1 << 20)
         guard limit != maxMessageSize else { return }
         maxMessageSize = limit
+        try reopen()
+    }
+
+    /// Closes both sockets at once (nothing queued is kept) and opens them again, same identity.
+    private func reopen() throws {
         dealer.setLinger(milliseconds: 0)
         dealer = nil; sub = nil
         try open()
@@ -424,9 +429,7 @@ public final class WorkerLink {
                 // libzmq never reconnects a connection it ended for a protocol error (e.g. a frame over
                 // our size limit): a hello that finds no connection opens the sockets afresh.
                 log("opening the connection to \(endpoint) again")
-                dealer.setLinger(milliseconds: 0)
-                dealer = nil; sub = nil
-                try open()
+                try reopen()
                 _ = try dealer.send([], frame, wait: false)
             }
         }
