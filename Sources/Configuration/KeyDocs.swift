@@ -3,7 +3,11 @@
 /// the resolved values, and docs/CONFIG.md is that output as a table; a test
 /// keeps the three in step (every key documented, nothing documented that is
 /// not a key).
-public let configKeyDocs: [(key: String, doc: String)] = [
+public let configKeyDocs: [(key: String, doc: String)] = baseKeyDocs.map { key, doc in
+    (key, Config.mayChangeOnResume(key) ? doc + " May change on --resume." : doc)
+}
+
+private let baseKeyDocs: [(key: String, doc: String)] = [
     ("seed", "Seeds every generator (splits, sampling, dropout, initialisation): same seed and config, same bits. Integer ≥ 0."),
     ("data.max_seq_len", "L: the longest prefix kept before a label (older visits are cut). 1–10000."),
     ("data.k_support", "K: support pairs per episode (the learner's first interactions). 1–10000."),
@@ -30,7 +34,7 @@ public let configKeyDocs: [(key: String, doc: String)] = [
     ("maml.outer_lr", "Adam learning rate of the meta-update. 0–100."),
     ("maml.inner_steps", "Gradient steps on the support set per task. 0–10000."),
     ("maml.meta_batch_size", "Tasks (users) per meta-iteration. ≥ 1."),
-    ("maml.iterations", "Meta-iterations to run (may be raised on --resume to extend a run). ≥ 0."),
+    ("maml.iterations", "Meta-iterations to run (raise it on --resume to extend a run). ≥ 0."),
     ("maml.residual_lambda", "λ of the residual meta-loss (1-λ)·L_q(θ') + λ·L_q(θ); 0 is plain MAML. 0–1."),
     ("maml.clip_norm", "The meta-gradient (and pretraining gradient) is clipped to this global norm. ≥ 0."),
     ("maml.chunk_size", "Tasks per chunk, the leaves of the reduction tree: the unit of work sent to workers. ≥ 1."),
@@ -40,17 +44,25 @@ public let configKeyDocs: [(key: String, doc: String)] = [
     ("weighting.recency.temperature", "τ of the softmax kernel. > 0."),
     ("warm_start.checkpoint", "A pretrained GRU4Rec checkpoint (best.h5) to start meta-training from, or null for a fresh initialisation."),
     ("warm_start.freeze_embeddings", "Keep the warm-started course embeddings fixed during meta-training."),
-    ("eval.every", "Validate every this many meta-iterations (few-shot HR@10 on val users). ≥ 1; may change on --resume."),
-    ("eval.patience", "Meta-training stops after this many validations without a better HR@10. ≥ 1; may change on --resume."),
+    ("eval.every", "Validate every this many meta-iterations (few-shot HR@10 on val users). ≥ 1."),
+    ("eval.patience", "Meta-training stops after this many validations without a better HR@10. ≥ 1."),
     ("eval.val_episodes", "Validation episodes used (0: all). ≥ 0."),
     ("eval.bootstrap_samples", "Bootstrap resamples for the confidence intervals of evaluate. 1–10^6."),
-    ("checkpoint.every", "Write checkpoints/iter-N.h5 every this many iterations. ≥ 1; may change on --resume."),
-    ("checkpoint.keep", "Periodic checkpoints kept (the newest). ≥ 1; may change on --resume."),
-    ("cluster.heartbeat_s", "Seconds between heartbeats of a quiet coordinator or worker. 0.05–60; may change on --resume."),
-    ("cluster.liveness", "Heartbeats missed before a peer is presumed gone (silence = heartbeat_s × liveness). 1–1000; may change on --resume."),
+    ("checkpoint.every", "Write checkpoints/iter-N.h5 every this many iterations. ≥ 1."),
+    ("checkpoint.keep", "Periodic checkpoints kept (the newest). ≥ 1."),
+    ("cluster.heartbeat_s", "Seconds between heartbeats of a quiet coordinator or worker. 0.05–60."),
+    ("cluster.liveness", "Heartbeats missed before a peer is presumed gone (silence = heartbeat_s × liveness). 1–1000."),
 ]
 
 extension Config {
+    /// Keys that may change when a run resumes: how long it runs and how often it
+    /// evaluates, checkpoints and gives up; none of them changes a weight.
+    public static let resumableKeys = ["maml.iterations", "eval.every", "eval.patience", "checkpoint.every", "checkpoint.keep", "cluster.*"]
+
+    public static func mayChangeOnResume(_ key: String) -> Bool {
+        resumableKeys.contains { $0.hasSuffix(".*") ? key.hasPrefix($0.dropLast()) : key == $0 }
+    }
+
     /// The resolved configuration as YAML with each key's meaning and allowed values above it.
     public var commentedYAML: String {
         let docs = Dictionary(uniqueKeysWithValues: configKeyDocs.map { ($0.key, $0.doc) })

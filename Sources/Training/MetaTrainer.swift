@@ -95,7 +95,7 @@ public final class MetaTrainer {
             let conflicts = try MetaTrainer.resumeConflicts(checkpoint: ck.configJSON, run: config.json)
             guard conflicts.isEmpty else {
                 throw MetatrainError("\(latest): cannot resume with another " + conflicts.joined(separator: ", ")
-                                     + "; on resume only " + MetaTrainer.resumable.joined(separator: ", ") + " may change")
+                                     + "; on resume only " + Config.resumableKeys.joined(separator: ", ") + " may change")
             }
             guard ck.dims == dims, let m = ck.adamM, let v = ck.adamV else {
                 throw MetatrainError("\(latest): not a resumable meta checkpoint for these model sizes")
@@ -264,12 +264,8 @@ public final class MetaTrainer {
 
     public func writeFinal() throws { try CheckpointFile.write(checkpoint(), to: run.file("final.h5")) }
 
-    /// Keys that may change when a run resumes: how long it runs and how often it
-    /// evaluates, checkpoints and gives up; none of them changes a weight.
-    public static let resumable = ["maml.iterations", "eval.every", "eval.patience", "checkpoint.every", "checkpoint.keep", "cluster.*"]
-
     /// The keys whose values differ between a checkpoint's configuration and a
-    /// resumed run's, other than `resumable` ones, each as "KEY (checkpoint: A, now: B)".
+    /// resumed run's, other than `Config.resumableKeys`, each as "KEY (checkpoint: A, now: B)".
     public static func resumeConflicts(checkpoint: String, run: String) throws -> [String] {
         func flat(_ j: JSON, _ prefix: String, _ out: inout [String: String]) {
             if case .object(let kv) = j {
@@ -282,12 +278,16 @@ public final class MetaTrainer {
         flat(try JSON.parse(checkpoint), "", &a)
         flat(try JSON.parse(run), "", &b)
         return Set(a.keys).union(b.keys).sorted().filter { key in
-            a[key] != b[key] && !resumable.contains { $0.hasSuffix(".*") ? key.hasPrefix($0.dropLast()) : key == $0 }
+            a[key] != b[key] && !Config.mayChangeOnResume(key)
         }.map { "\($0) (checkpoint: \(a[$0] ?? "none"), now: \(b[$0] ?? "none"))" }
     }
 
-    static func periodicCheckpoints(in run: RunDirectory) throws -> [String] {
-        let dir = run.file("checkpoints")
+    static func periodicCheckpoints(in run: RunDirectory) throws -> [String] { periodicCheckpoints(inRunDirectory: run.path) }
+
+    /// The whole periodic checkpoints (no temporary files) of the run directory at `path`, oldest first,
+    /// without creating anything (the directory may not exist).
+    public static func periodicCheckpoints(inRunDirectory path: String) -> [String] {
+        let dir = path + "/checkpoints"
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return [] }
         return names.filter { $0.hasPrefix("iter-") && $0.hasSuffix(".h5") }.sorted().map { dir + "/" + $0 }
     }

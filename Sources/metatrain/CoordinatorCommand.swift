@@ -29,8 +29,7 @@ struct MetaRunOptions: ParsableArguments {
     /// Whether this start continues a run: --resume (which needs a checkpoint), or
     /// --resume-or-start in a run directory that has one.
     func resuming() throws -> Bool {
-        let checkpoints = ((try? FileManager.default.contentsOfDirectory(atPath: runDir + "/checkpoints")) ?? [])
-            .filter { $0.hasPrefix("iter-") && $0.hasSuffix(".h5") }
+        let checkpoints = MetaTrainer.periodicCheckpoints(inRunDirectory: runDir)
         if resume && checkpoints.isEmpty {
             throw MetatrainError(FileManager.default.fileExists(atPath: runDir)
                                  ? "\(runDir) has no checkpoint to resume from (checkpoints/ holds none); start the run without --resume"
