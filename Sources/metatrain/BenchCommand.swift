@@ -160,19 +160,26 @@ extension BenchCommand {
         return dataset
     }
 
+    /// A tracing coordinator at the default sizes for `iterations` (no validation, no
+    /// checkpoints) on `endpoint`, and the flag that stops it.
+    func benchCoordinator(dataset: Dataset, runDir: String, iterations: Int, endpoint: String) throws -> (CoordinatorShell, StopFlag) {
+        let config = try Config.load(path: nil, overrides: ["maml.iterations=\(iterations)", "eval.every=1000000", "checkpoint.every=1000000"])
+        let run = try RunDirectory(runDir, logName: "coordinator.log")
+        let trainer = try MetaTrainer(config: config, dataset: dataset, run: run, resume: false)
+        let stop = StopFlag()
+        let shell = CoordinatorShell(trainer: trainer, endpoint: endpoint, stop: stop, progress: nil)
+        shell.trace = Trace(process: "coordinator")
+        return (shell, stop)
+    }
+
     /// Two separate workers (`--procs 1`, not children of the coordinator, so that
     /// only their silence tells); `signal` hits one 3 s into the run. Returns the
     /// time from the signal to the first unit that goes out a second time (the
     /// victim's, re-issued), and how many units went out again.
     func failover(data: String, dataset: Dataset, dir: String, signal: Int32) throws -> (seconds: Double, units: Int) {
-        let config = try Config.load(path: nil, overrides: ["maml.iterations=100000", "eval.every=1000000", "checkpoint.every=1000000"])
-        let run = try RunDirectory(dir + "/failover-\(signal)", logName: "coordinator.log")
-        let trainer = try MetaTrainer(config: config, dataset: dataset, run: run, resume: false)
-        let stop = StopFlag()
         let endpoint = privateEndpoint()
         defer { removeSocketFiles(endpoint) }
-        let shell = CoordinatorShell(trainer: trainer, endpoint: endpoint, stop: stop, progress: nil)
-        shell.trace = Trace(process: "coordinator")
+        let (shell, stop) = try benchCoordinator(dataset: dataset, runDir: dir + "/failover-\(signal)", iterations: 100_000, endpoint: endpoint)
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         let children = Locked<[Process]>([])
         let hit = Locked<Double?>(nil)
@@ -205,16 +212,10 @@ extension BenchCommand {
 
     func metaIterations(data: String, dataset: Dataset, workers: Int, iterations: Int, dir: String, tag: String) throws
         -> (per: Double, coord: Double, parts: IterationBreakdown) {
-        let config = try Config.load(path: nil, overrides: ["maml.iterations=\(iterations)", "eval.every=1000000",
-                                                            "checkpoint.every=1000000"])
         let runDir = dir + "/run-\(tag)-\(workers)"
-        let run = try RunDirectory(runDir, logName: "coordinator.log")
-        let trainer = try MetaTrainer(config: config, dataset: dataset, run: run, resume: false)
-        let stop = StopFlag()
         let endpoint = privateEndpoint()
         defer { removeSocketFiles(endpoint) }
-        let shell = CoordinatorShell(trainer: trainer, endpoint: endpoint, stop: stop, progress: nil)
-        shell.trace = Trace(process: "coordinator")
+        let (shell, _) = try benchCoordinator(dataset: dataset, runDir: runDir, iterations: iterations, endpoint: endpoint)
         var children: [Process] = []
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         // What `train --workers N` starts: one plain worker, or one host agent of N processes (bench-1 … bench-N).
