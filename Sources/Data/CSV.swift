@@ -1,17 +1,21 @@
 import Foundation
 
-/// An RFC 4180 CSV scanner over bytes in memory: fields separated by commas,
-/// records by LF or CRLF, fields optionally quoted with "" as an escaped quote
-/// (quoted fields may hold commas and newlines). It yields byte ranges, so the
-/// caller decides which fields become strings.
+/// An RFC 4180 CSV scanner over bytes in memory: fields separated by one
+/// delimiter byte (a comma unless told otherwise; a tab for TSV and RecBole
+/// files), records by LF or CRLF, fields optionally quoted with "" as an
+/// escaped quote (quoted fields may hold delimiters and newlines). It yields
+/// byte ranges, so the caller decides which fields become strings.
 public struct CSVScanner {
     public let bytes: UnsafeBufferPointer<UInt8>
+    public let delimiter: UInt8
     private var pos = 0
     /// Physical line number (1-based) where the next record starts.
     public private(set) var line = 1
 
-    public init(_ bytes: UnsafeBufferPointer<UInt8>) {
+    public init(_ bytes: UnsafeBufferPointer<UInt8>, delimiter: UInt8 = 0x2C) {
+        precondition(delimiter != 0x22 && delimiter != 0x0A && delimiter != 0x0D, "delimiter cannot be a quote or newline")
         self.bytes = bytes
+        self.delimiter = delimiter
         // Skip a UTF-8 byte-order mark.
         if bytes.count >= 3 && bytes[0] == 0xEF && bytes[1] == 0xBB && bytes[2] == 0xBF { pos = 3 }
     }
@@ -52,17 +56,17 @@ public struct CSVScanner {
                 }
                 fields.append(Field(start: s, end: pos, quoted: q))
                 pos += 1 // closing quote
-                if pos < n && bytes[pos] != 0x2C && bytes[pos] != 0x0A && bytes[pos] != 0x0D {
+                if pos < n && bytes[pos] != delimiter && bytes[pos] != 0x0A && bytes[pos] != 0x0D {
                     throw ScanError.junkAfterQuote(line: startLine)
                 }
             } else {
                 let s = pos
-                while pos < n && bytes[pos] != 0x2C && bytes[pos] != 0x0A && bytes[pos] != 0x0D { pos += 1 }
+                while pos < n && bytes[pos] != delimiter && bytes[pos] != 0x0A && bytes[pos] != 0x0D { pos += 1 }
                 fields.append(Field(start: s, end: pos, quoted: false))
             }
             if pos >= n { return startLine }
             let c = bytes[pos]
-            if c == 0x2C { pos += 1; if pos >= n { fields.append(Field(start: pos, end: pos, quoted: false)); return startLine }; continue }
+            if c == delimiter { pos += 1; if pos >= n { fields.append(Field(start: pos, end: pos, quoted: false)); return startLine }; continue }
             if c == 0x0D { pos += 1; if pos < n && bytes[pos] == 0x0A { pos += 1 } ; line += 1; return startLine }
             if c == 0x0A { pos += 1; line += 1; return startLine }
         }
@@ -75,12 +79,3 @@ public struct CSVScanner {
 
     public func isEmpty(_ f: Field) -> Bool { f.start == f.end }
 }
-
-/// Quotes a field for CSV output when needed.
-public func csvField(_ s: String) -> String {
-    if s.contains(",") || s.contains("\"") || s.contains("\n") || s.contains("\r") {
-        return "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\""
-    }
-    return s
-}
-

@@ -10,6 +10,52 @@ public struct ColumnMap: Sendable, Equatable {
     public var session: String = "session_id", action: String = "action"
     public var sessionRequired = false, actionRequired = false
     public init() {}
+
+    /// RecBole's standard atomic-file columns (`user_id`, `item_id`, `timestamp`).
+    public static var recBole: ColumnMap {
+        var m = ColumnMap()
+        m.user = "user_id"; m.item = "item_id"; m.time = "timestamp"
+        return m
+    }
+}
+
+/// How an event log's fields are separated.
+public enum Delimiter {
+    /// Parses `--delimiter`: `comma`, `tab`, `semicolon`, `pipe`, `space`, `\t`,
+    /// or any single ASCII character other than a quote or a newline.
+    public static func parse(_ text: String) throws -> UInt8 {
+        let named: [String: UInt8] = ["comma": 0x2C, "tab": 0x09, "\\t": 0x09, "\t": 0x09, "semicolon": 0x3B,
+                                      "pipe": 0x7C, "space": 0x20]
+        if let b = named[text.lowercased()] { return b }
+        let bytes = Array(text.utf8)
+        guard bytes.count == 1, bytes[0] < 0x80 else {
+            throw MetatrainError("--delimiter: '\(text)' is not one character (allowed: comma, tab, semicolon, pipe, space, or any single ASCII character)")
+        }
+        guard bytes[0] != 0x22, bytes[0] != 0x0A, bytes[0] != 0x0D else {
+            throw MetatrainError("--delimiter: a quote or a newline cannot separate fields")
+        }
+        return bytes[0]
+    }
+
+    /// The delimiter a file's name implies: a tab for `.tsv` and RecBole `.inter`
+    /// files, a comma otherwise.
+    public static func implied(byFileName name: String) -> UInt8 {
+        let lower = name.lowercased()
+        return lower.hasSuffix(".inter") || lower.hasSuffix(".tsv") ? 0x09 : 0x2C
+    }
+}
+
+/// RecBole atomic files name each column `name:type`; the type is dropped so
+/// the columns are found by name. Only a header whose every field carries one of
+/// RecBole's types counts as such.
+func strippingRecBoleTypes(_ header: [String]) -> [String] {
+    let types: Set<String> = ["token", "token_seq", "float", "float_seq"]
+    let split = header.map { h -> (String, String)? in
+        guard let c = h.lastIndex(of: ":") else { return nil }
+        return (String(h[..<c]), String(h[h.index(after: c)...]))
+    }
+    guard !header.isEmpty, split.allSatisfy({ $0 != nil && types.contains($0!.1) && !$0!.0.isEmpty }) else { return header }
+    return split.map { $0!.0 }
 }
 
 /// What `prepare` reports after building a dataset.
@@ -40,8 +86,9 @@ public struct PrepareSummary: Sendable {
 
 /// Builds a dataset from an event log exactly as docs/FORMATS.md ("How prepare builds it") describes.
 public enum Prepare {
-    public static func run(csvPath: String, columns: ColumnMap = ColumnMap(), skipBadRows: Bool = false,
-                           config: Config) throws -> (Dataset, PrepareSummary) {
+    /// `delimiter` nil means the one the file name implies (`Delimiter.implied`).
+    public static func run(csvPath: String, columns: ColumnMap = ColumnMap(), delimiter: UInt8? = nil,
+                           skipBadRows: Bool = false, config: Config) throws -> (Dataset, PrepareSummary) {
         let url = URL(fileURLWithPath: csvPath)
         let data: Data
         do { data = try Data(contentsOf: url, options: .alwaysMapped) } catch {
@@ -50,7 +97,8 @@ public enum Prepare {
         let fileName = url.lastPathComponent
         return try data.withUnsafeBytes { raw in
             try build(bytes: raw.bindMemory(to: UInt8.self), fileName: fileName, columns: columns,
-                      skipBadRows: skipBadRows, config: config)
+                      delimiter: delimiter ?? Delimiter.implied(byFileName: fileName), skipBadRows: skipBadRows,
+                      config: config)
         }
     }
 
@@ -59,13 +107,13 @@ public enum Prepare {
     struct Events {
         var user: [Int32] = [], item: [Int32] = [], time: [Int64] = [], session: [Int32] = [], action: [Int32] = []
         var userNames: [String] = [], itemNames: [String] = []
-        var nSessionKeys = 0, nActions = 0
+        var nActions = 0
     }
 
-    static func build(bytes: UnsafeBufferPointer<UInt8>, fileName: String, columns: ColumnMap,
+    static func build(bytes: UnsafeBufferPointer<UInt8>, fileName: String, columns: ColumnMap, delimiter: UInt8 = 0x2C,
                       skipBadRows: Bool, config: Config) throws -> (Dataset, PrepareSummary) {
         var summary = PrepareSummary()
-        var scanner = CSVScanner(bytes)
+        var scanner = CSVScanner(bytes, delimiter: delimiter)
         var fields: [CSVScanner.Field] = []
         func scanError(_ e: Error) -> MetatrainError {
             switch e {
@@ -77,11 +125,14 @@ public enum Prepare {
         let headerLine: Int?
         do { headerLine = try scanner.next(into: &fields) } catch { throw scanError(error) }
         guard headerLine != nil else { throw MetatrainError("\(fileName): empty file (no header)") }
-        let header = fields.map { scanner.string($0).trimmingCharacters(in: .whitespaces) }
+        let header = strippingRecBoleTypes(fields.map { scanner.string($0).trimmingCharacters(in: .whitespaces) })
         func column(_ name: String, required: Bool) throws -> Int? {
             if let i = header.firstIndex(of: name) { return i }
             if required {
-                throw MetatrainError("\(fileName):1: no column '\(name)' in header (columns: \(header.joined(separator: ", ")))")
+                var hint = ""
+                if header.count == 1 && delimiter != 0x09 && header[0].contains("\t") { hint = "; the file looks tab-separated: use --delimiter tab" }
+                else if header.count == 1 && delimiter != 0x3B && header[0].contains(";") { hint = "; use --delimiter ';'?" }
+                throw MetatrainError("\(fileName):1: no column '\(name)' in header (columns: \(header.joined(separator: ", ")))\(hint)")
             }
             return nil
         }
@@ -138,6 +189,7 @@ public enum Prepare {
         guard summary.events > 0 else { throw MetatrainError("\(fileName): no valid events") }
         let source = "\(fileName); user=\(columns.user) item=\(columns.item) time=\(columns.time) "
             + "session=\(cs != nil ? columns.session : "-") action=\(ca != nil ? columns.action : "-")"
+            + (delimiter == 0x2C ? "" : delimiter == 0x09 ? " delimiter=tab" : " delimiter=\(Character(Unicode.Scalar(delimiter)))")
         return build(events: ev, source: source, config: config, summary: &summary)
     }
 

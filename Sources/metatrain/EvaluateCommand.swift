@@ -16,14 +16,19 @@ struct EvaluateCommand: ParsableCommand {
         on each episode's support set: meta checkpoints with the inner loop they
         were trained with (algorithm, learned rates, weighting), pretrained ones
         with plain steps (maml.inner_lr, maml.inner_steps, the configured
-        weighting). Writes report.json and prints a Markdown table.
+        weighting). Each checkpoint is named by its run directory (runs/fomaml/final.h5
+        and runs/fomaml/checkpoints/it000100.h5 are both "fomaml"; two from one run
+        are "fomaml/final" and "fomaml/it000100") unless --name is given.
+        Writes report.json and prints a Markdown table.
         Example:
           metatrain evaluate --data data/dataset.h5 --checkpoint runs/gru4rec/best.h5 \\
-              --split test --shots 1,3,5 --steps 1,3,5,10 --out runs/report.json
+              --checkpoint runs/fomaml/final.h5 --split test --shots 1,3,5 --steps 1,3,5,10 \\
+              --out runs/report.json
         """)
 
     @Option(help: "Dataset file written by prepare.") var data: String
     @Option(help: "Checkpoint to evaluate (repeatable; paired differences are against the first).") var checkpoint: [String] = []
+    @Option(help: "Name of each --checkpoint in the report, in the same order (default: its run directory's name).") var name: [String] = []
     @Option(help: "Episodes to evaluate: val or test.") var split = "test"
     @Option(help: "Support-set sizes for the shots ablation, e.g. 1,3,5.") var shots: String?
     @Option(help: "Inner-step counts for the steps ablation, e.g. 1,3,5,10.") var steps: String?
@@ -34,6 +39,38 @@ struct EvaluateCommand: ParsableCommand {
     func validate() throws {
         guard SplitKind(name: split) != nil, split != "train" else { throw ValidationError("--split must be val or test") }
         _ = try parseList(shots, "--shots"); _ = try parseList(steps, "--steps")
+        if !name.isEmpty && name.count != checkpoint.count {
+            throw ValidationError("--name is given \(name.count) times for \(checkpoint.count) --checkpoint; give one per checkpoint or none")
+        }
+        if Set(name).count != name.count || name.contains("popularity") {
+            throw ValidationError("--name values must differ from each other and from 'popularity'")
+        }
+    }
+
+    /// Report names for checkpoint paths: the run directory's name (the
+    /// directory holding the file, or its parent for files under checkpoints/);
+    /// checkpoints that share a run directory are told apart by file name, and
+    /// any name still taken gets -2, -3, ...
+    static func names(forCheckpoints paths: [String]) -> [String] {
+        func parts(_ path: String) -> (run: String, stem: String) {
+            let url = URL(fileURLWithPath: path).standardizedFileURL
+            let stem = url.deletingPathExtension().lastPathComponent
+            var dir = url.deletingLastPathComponent()
+            if dir.lastPathComponent == "checkpoints" { dir = dir.deletingLastPathComponent() }
+            let run = dir.lastPathComponent
+            return (run.isEmpty || run == "/" ? stem : run, stem)
+        }
+        let p = paths.map(parts)
+        var runCount: [String: Int] = [:]
+        for x in p { runCount[x.run, default: 0] += 1 }
+        var used: Set<String> = ["popularity"], out: [String] = []
+        for x in p {
+            let base = runCount[x.run]! > 1 ? "\(x.run)/\(x.stem)" : x.run
+            var n = base, k = 2
+            while used.contains(n) { n = "\(base)-\(k)"; k += 1 }
+            used.insert(n); out.append(n)
+        }
+        return out
     }
 
     func parseList(_ s: String?, _ flag: String) throws -> [Int] {
@@ -53,13 +90,9 @@ struct EvaluateCommand: ParsableCommand {
         let policy = FewShotPolicy(config: config)
         var methods = [MethodReport(name: "popularity", checkpoint: nil, zeroShot: MethodResult(evaluator.popularity()), fewShot: nil)]
         var ablations: [(kind: String, method: String, values: [(String, MethodResult)])] = []
-        var used = Set(["popularity"])
-        for path in checkpoint {
+        let names = name.isEmpty ? Self.names(forCheckpoints: checkpoint) : name
+        for (path, name) in zip(checkpoint, names) {
             let ck = try CheckpointFile.read(path, expectedFingerprint: dataset.fingerprint)
-            var name = ck.kind == .pretrain ? "gru4rec" : ck.algorithm
-            var k = 2
-            while used.contains(name) { name = (ck.kind == .pretrain ? "gru4rec" : ck.algorithm) + "-\(k)"; k += 1 }
-            used.insert(name)
             FileHandle.standardError.write(Data("evaluating \(name) (\(path)) on \(evaluator.episodes.count) \(kind.name) episodes\n".utf8))
             // A meta checkpoint adapts as it was trained (its algorithm, rates and
             // weighting); a pretrained one fine-tunes with this command's config.

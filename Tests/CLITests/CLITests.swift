@@ -115,16 +115,16 @@ final class CLITests: XCTestCase {
                            "--checkpoint", dir + "/run/final.h5", "--split", "test", "--shots", "1,3", "--steps", "1,2",
                            "--out", dir + "/report.json", "--set", "eval.bootstrap_samples=200"])
         XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertTrue(r.stdout.contains("| gru4rec | few-shot |"), r.stdout)
-        XCTAssertTrue(r.stdout.contains("Paired differences against gru4rec"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("| run/best | few-shot |"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("Paired differences against run/best"), r.stdout)
         let report = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/report.json"))) as! [String: Any]
         XCTAssertEqual(report["split"] as? String, "test")
         XCTAssertEqual(report["n_episodes"] as? Int, 12)
         let methods = report["methods"] as! [String: Any]
-        XCTAssertEqual(Set(methods.keys), ["popularity", "gru4rec", "gru4rec-2"])
+        XCTAssertEqual(Set(methods.keys), ["popularity", "run/best", "run/final"])
         let pop = methods["popularity"] as! [String: Any]
         XCTAssertNil(pop["few_shot"])
-        let g = methods["gru4rec"] as! [String: Any]
+        let g = methods["run/best"] as! [String: Any]
         for setting in ["zero_shot", "few_shot"] {
             let m = g[setting] as! [String: Any]
             for k in ["acc@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr"] {
@@ -135,10 +135,20 @@ final class CLITests: XCTestCase {
             }
             XCTAssertEqual(m["n_queries"] as? Int, 120)
         }
-        XCTAssertNotNil((methods["gru4rec-2"] as! [String: Any])["paired_vs_first"])
+        XCTAssertNotNil((methods["run/final"] as! [String: Any])["paired_vs_first"])
         let abl = report["ablations"] as! [String: Any]
-        XCTAssertEqual(Set(((abl["shots"] as! [String: Any])["gru4rec"] as! [String: Any]).keys), ["1", "3"])
-        XCTAssertEqual(Set(((abl["steps"] as! [String: Any])["gru4rec"] as! [String: Any]).keys), ["1", "2"])
+        XCTAssertEqual(Set(((abl["shots"] as! [String: Any])["run/best"] as! [String: Any]).keys), ["1", "3"])
+        XCTAssertEqual(Set(((abl["steps"] as! [String: Any])["run/best"] as! [String: Any]).keys), ["1", "2"])
+        // A lone checkpoint is named by its run directory; --name overrides, one per checkpoint.
+        r = try metatrain(["evaluate", "--data", dir + "/data.h5", "--checkpoint", dir + "/run/best.h5", "--episodes", "2"])
+        XCTAssertTrue(r.stdout.contains("| run | zero-shot |"), r.stdout)
+        r = try metatrain(["evaluate", "--data", dir + "/data.h5", "--checkpoint", dir + "/run/best.h5", "--name", "gru4rec",
+                           "--checkpoint", dir + "/run/final.h5", "--name", "last epoch", "--episodes", "2"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("| gru4rec | few-shot |") && r.stdout.contains("| last epoch | few-shot |"), r.stdout)
+        r = try metatrain(["evaluate", "--data", dir + "/data.h5", "--checkpoint", dir + "/run/best.h5", "--name", "a", "--name", "b"])
+        XCTAssertEqual(r.status, 64)
+        XCTAssertTrue(r.stderr.contains("--name is given 2 times for 1 --checkpoint"), r.stderr)
 
         // The checkpoint reads with h5py under PyTorch's state-dict names (tools/check_checkpoint.py).
         try checkWithH5py(dir + "/run/best.h5")

@@ -10,7 +10,7 @@ import XCTest
 final class PlantedEffectsTests: XCTestCase {
     /// Synthesises and prepares a log, meta-trains FOMAML with uniform weights and
     /// with `variant` settings (2 workers each), and evaluates both on test users.
-    /// Returns report.json's methods ("fomaml" = uniform, "fomaml-2" = variant).
+    /// Returns report.json's methods (named by their run directories, "uniform" and "variant").
     func uniformVersus(_ variant: [String], synth: [String], name: String) throws -> [String: Any] {
         let dir = freshDir(name)
         var r = try metatrain(["synth", "--out", dir + "/e.csv", "--users", "1000", "--courses", "40"] + synth)
@@ -35,7 +35,7 @@ final class PlantedEffectsTests: XCTestCase {
     /// The variant beats uniform few-shot on MRR and NDCG@10 by more than 0.01,
     /// with paired (user-level bootstrap) 95% intervals that exclude zero.
     func assertVariantBeatsUniform(_ methods: [String: Any], _ what: String) {
-        let paired = ((methods["fomaml-2"] as! [String: Any])["paired_vs_first"] as! [String: Any])["few_shot"] as! [String: Any]
+        let paired = ((methods["variant"] as! [String: Any])["paired_vs_first"] as! [String: Any])["few_shot"] as! [String: Any]
         for key in ["mrr", "ndcg@10"] {
             let d = paired[key] as! [String: Any]
             let diff = d["diff"] as! Double, ci = d["ci95"] as! [Double]

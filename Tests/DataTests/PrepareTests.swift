@@ -47,6 +47,31 @@ final class CSVTests: XCTestCase {
             XCTAssertNil(try s.next(into: &f))
         }
     }
+
+    func testOtherDelimiters() throws {
+        let text = "a\tb\tc\n\"x\ty\"\t,2\n\t\t\n"
+        var bytes = Array(text.utf8)
+        try bytes.withUnsafeMutableBufferPointer { buf in
+            var s = CSVScanner(UnsafeBufferPointer(buf), delimiter: 0x09)
+            var f: [CSVScanner.Field] = []
+            XCTAssertEqual(try s.next(into: &f), 1); XCTAssertEqual(f.map(s.string), ["a", "b", "c"])
+            // The comma is an ordinary character when tabs separate fields.
+            XCTAssertEqual(try s.next(into: &f), 2); XCTAssertEqual(f.map(s.string), ["x\ty", ",2"])
+            XCTAssertEqual(try s.next(into: &f), 3); XCTAssertEqual(f.map(s.string), ["", "", ""])
+            XCTAssertNil(try s.next(into: &f))
+        }
+        XCTAssertEqual(try Delimiter.parse("tab"), 0x09)
+        XCTAssertEqual(try Delimiter.parse("\\t"), 0x09)
+        XCTAssertEqual(try Delimiter.parse("comma"), 0x2C)
+        XCTAssertEqual(try Delimiter.parse(";"), 0x3B)
+        XCTAssertEqual(try Delimiter.parse("|"), 0x7C)
+        for bad in ["\"", "ab", "", "é"] {
+            XCTAssertThrowsError(try Delimiter.parse(bad)) { XCTAssertTrue("\($0)".contains("--delimiter"), "\($0)") }
+        }
+        XCTAssertEqual(Delimiter.implied(byFileName: "ml-100k.inter"), 0x09)
+        XCTAssertEqual(Delimiter.implied(byFileName: "x.TSV"), 0x09)
+        XCTAssertEqual(Delimiter.implied(byFileName: "x.csv"), 0x2C)
+    }
 }
 
 final class PrepareTests: XCTestCase {
@@ -154,6 +179,31 @@ final class PrepareTests: XCTestCase {
         XCTAssertEqual(d.itemIds[1], "31")
         XCTAssertEqual(d.nPairs, 3)
         XCTAssertTrue(d.source.contains("action=rating"))
+    }
+
+    /// The same log as a semicolon file, a TSV and a RecBole atomic file gives
+    /// the same dataset as the CSV.
+    func testDelimitersAndRecBoleHeadersGiveTheSameDataset() throws {
+        let (csv, _) = try Prepare.run(csvPath: writeTemp("same.csv", log), config: try config())
+        let semicolons = log.replacingOccurrences(of: ",", with: ";")
+        let (semi, _) = try Prepare.run(csvPath: writeTemp("same.txt", semicolons), delimiter: 0x3B, config: try config())
+        XCTAssertEqual(semi.fingerprint, csv.fingerprint)
+        XCTAssertTrue(semi.source.contains("delimiter=;"), semi.source)
+        let tabs = log.replacingOccurrences(of: ",", with: "\t")
+        let (tsv, _) = try Prepare.run(csvPath: writeTemp("same.tsv", tabs), config: try config())
+        XCTAssertEqual(tsv.fingerprint, csv.fingerprint)
+        // RecBole: typed headers, its standard column names, tabs.
+        let inter = tabs.replacingOccurrences(of: "username\tcourse_id\tsession_id\taction\ttime",
+                                              with: "user_id:token\titem_id:token\tsession_id:token\taction:token\ttimestamp:float")
+        let (rb, _) = try Prepare.run(csvPath: writeTemp("same.inter", inter), columns: .recBole, config: try config())
+        XCTAssertEqual(rb.fingerprint, csv.fingerprint)
+        // A tab file read as commas names the fix.
+        XCTAssertThrowsError(try Prepare.run(csvPath: writeTemp("tabs.csv", tabs), config: try config())) {
+            XCTAssertTrue("\($0)".contains("use --delimiter tab"), "\($0)")
+        }
+        // A header that only looks typed is read as it is.
+        XCTAssertEqual(strippingRecBoleTypes(["a:token", "b:rating"]), ["a:token", "b:rating"])
+        XCTAssertEqual(strippingRecBoleTypes(["user_id:token", "item_id:token_seq", "r:float"]), ["user_id", "item_id", "r"])
     }
 }
 
