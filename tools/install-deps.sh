@@ -26,5 +26,7 @@ if command -v python3 >/dev/null 2>&1; then
   # TensorBoard reads a run's tb/ event files in a test, as a user's tensorboard would.
   if [[ " $* " == *" --tests "* ]]; then
     python3 -m pip install --quiet tensorboard 2>/dev/null || echo "note: could not pip install tensorboard; its event-file test will be skipped"
+    # pyarrow writes the notebook-shaped parquet fixtures that tools/import_notebooks.py reads.
+    python3 -m pip install --quiet pyarrow 2>/dev/null || echo "note: could not pip install pyarrow; the notebook import test will be skipped"
   fi
 fi

@@ -17,8 +17,8 @@ struct EvaluateCommand: ParsableCommand {
         were trained with (algorithm, learned rates, weighting), pretrained ones
         with plain steps (maml.inner_lr, maml.inner_steps, the configured
         weighting). Each checkpoint is named by its run directory (runs/fomaml/final.h5
-        and runs/fomaml/checkpoints/it000100.h5 are both "fomaml"; two from one run
-        are "fomaml/final" and "fomaml/it000100") unless --name is given.
+        and runs/fomaml/checkpoints/iter-000100.h5 are both "fomaml"; two from one run
+        are "fomaml/final" and "fomaml/iter-000100") unless --name is given.
         Writes report.json and prints a Markdown table.
         Example:
           metatrain evaluate --data data/dataset.h5 --checkpoint runs/gru4rec/best.h5 \\
