@@ -57,7 +57,8 @@ private let baseKeyDocs: [(key: String, doc: String)] = [
 extension Config {
     /// Keys that may change when a run resumes: how long it runs and how often it
     /// evaluates, checkpoints and gives up; none of them changes a weight.
-    public static let resumableKeys = ["maml.iterations", "eval.every", "eval.patience", "checkpoint.every", "checkpoint.keep", "cluster.*"]
+    public static let resumableKeys = ["maml.iterations", "eval.every", "eval.patience", "checkpoint.every", "checkpoint.keep",
+                                       "pretrain.epochs", "pretrain.patience", "cluster.*"]
 
     public static func mayChangeOnResume(_ key: String) -> Bool {
         resumableKeys.contains { $0.hasSuffix(".*") ? key.hasPrefix($0.dropLast()) : key == $0 }

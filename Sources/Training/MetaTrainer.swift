@@ -112,7 +112,7 @@ public final class MetaTrainer {
             iteration = ck.iteration
             for (k, v) in ck.history { history[k] = v }
             replayEarlyStopping()
-            try truncateMetrics(after: iteration)
+            try run.truncateMetrics(key: "iteration", after: iteration)
             run.log("resumed from \(latest) at iteration \(iteration)")
             resumedFrom = latest
         } else {
@@ -294,16 +294,6 @@ public final class MetaTrainer {
 
     public static func latestCheckpoint(in run: RunDirectory) throws -> String? { try periodicCheckpoints(in: run).last }
 
-    /// Drops metrics.jsonl lines logged after `t` (written before a crash, recomputed now).
-    func truncateMetrics(after t: Int) throws {
-        let p = run.file("metrics.jsonl")
-        guard let text = try? String(contentsOfFile: p, encoding: .utf8) else { return }
-        let keep = text.split(separator: "\n").filter { line in
-            guard let j = try? JSON.parse(String(line)), let it = j["iteration"]?.double else { return false }
-            return Int(it) <= t
-        }
-        try writeFileAtomically(p, contents: keep.map { $0 + "\n" }.joined())
-    }
 
 }
 

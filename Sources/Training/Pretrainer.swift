@@ -22,7 +22,14 @@ public protocol ProgressSink: AnyObject {
 /// epoch, keeps best.h5, stops after `pretrain.patience` epochs without
 /// improvement, and writes final.h5.
 public final class Pretrainer {
-    public struct Result: Sendable { public var epochs: Int, bestEpoch: Int, bestHR10: Double, stoppedEarly: Bool }
+    public struct Result: Sendable {
+        public var epochs: Int, bestEpoch: Int, bestHR10: Double, stoppedEarly: Bool
+        /// The checkpoint a `--resume` continued from, if any.
+        public var resumedFrom: String?
+    }
+
+    /// The checkpoint written after every epoch, which `--resume` continues from.
+    public static let resumeCheckpoint = "last.h5"
 
     let dataset: Dataset, fingerprint: String, config: Config, run: RunDirectory
     weak var progress: ProgressSink?
@@ -33,7 +40,11 @@ public final class Pretrainer {
 
     func say(_ s: String) { run.log(s); progress?.log(s) }
 
-    public func train() throws -> Result {
+    /// Trains from scratch, or with `resume` from the run directory's last.h5:
+    /// the weights, Adam state and history of its epoch, then the same epochs an
+    /// uninterrupted run computes (shuffles and dropout are seeded by epoch), so
+    /// the bits match. Only `Config.resumableKeys` may differ from its config.
+    public func train(resume: Bool = false) throws -> Result {
         let c = config, p = c.pretrain
         let dims = ModelDims(V: dataset.nItems, E: c.model.embeddingDim, H: c.model.hiddenDim)
         let model = GRU4Rec(dims: dims)
@@ -41,8 +52,6 @@ public final class Pretrainer {
         let params = model.initialParameters(rng: &initRNG)
         let grads = FloatBuffer(count: model.parameterCount)
         let adam = Adam(count: model.parameterCount)
-        try run.saveConfig(c)
-
         let trainPairs: [Int64] = (0..<dataset.nPairs).compactMap {
             dataset.userSplit[Int(dataset.pairUser[$0])] == SplitKind.train.rawValue ? Int64($0) : nil
         }
@@ -53,7 +62,14 @@ public final class Pretrainer {
 
         var history: [String: [Float]] = [:]
         let historyKeys = ["epoch", "train_loss", "val_hr@10", "val_ndcg@10", "val_mrr", "val_loss"]
-        var best = -Double.infinity, bestEpoch = 0, sinceBest = 0, epoch = 0, stoppedEarly = false
+        // Scores compare as Float, as the history stores them, so a resumed run
+        // replays the same best epoch and patience count.
+        var best = -Float.infinity, bestEpoch = 0, sinceBest = 0, epoch = 0, stoppedEarly = false
+        func record(score: Float, epoch: Int) -> Bool {
+            if score > best { best = score; bestEpoch = epoch; sinceBest = 0; return true }
+            sinceBest += 1
+            return false
+        }
         var batch = PackedBatch()
         let nBatches = (trainPairs.count + p.batchSize - 1) / p.batchSize
         func checkpoint(_ iteration: Int) -> Checkpoint {
@@ -61,8 +77,41 @@ public final class Pretrainer {
                        history: historyKeys.map { ($0, history[$0] ?? []) }, iteration: iteration, adamStep: adam.step,
                        seed: c.seed, configJSON: c.json, datasetFingerprint: fingerprint, kind: .pretrain, algorithm: "gru4rec")
         }
+        var resumedFrom: String?
+        if resume {
+            let path = run.file(Self.resumeCheckpoint)
+            guard FileManager.default.fileExists(atPath: path) else {
+                throw MetatrainError("\(run.path): no \(Self.resumeCheckpoint) to resume from (it is written after each epoch)")
+            }
+            let ck = try CheckpointFile.read(path, expectedFingerprint: fingerprint)
+            let conflicts = try MetaTrainer.resumeConflicts(checkpoint: ck.configJSON, run: c.json)
+            guard conflicts.isEmpty else {
+                throw MetatrainError("\(path): cannot resume with another " + conflicts.joined(separator: ", ")
+                                     + "; on resume only " + Config.resumableKeys.joined(separator: ", ") + " may change")
+            }
+            guard ck.kind == .pretrain, ck.dims == dims, let m = ck.adamM, let v = ck.adamV else {
+                throw MetatrainError("\(path): not a resumable pretraining checkpoint for these model sizes")
+            }
+            params.assign(from: ck.params)
+            adam.m.assign(from: m); adam.v.assign(from: v); adam.step = ck.adamStep
+            for (k, v) in ck.history where historyKeys.contains(k) { history[k] = v }
+            epoch = ck.iteration
+            guard history["epoch"]?.count == epoch else { throw MetatrainError("\(path): history does not cover its \(epoch) epochs") }
+            for e in 0..<epoch {
+                _ = record(score: val.episodes.isEmpty ? -history["train_loss"]![e] : history["val_hr@10"]![e], epoch: e + 1)
+            }
+            try run.truncateMetrics(key: "epoch", after: epoch)
+            resumedFrom = path
+            say("resumed from \(path) at epoch \(epoch)")
+        }
+        try run.saveConfig(c)
         let firstEpoch = epoch, runStarted = Date()
         while epoch < p.epochs {
+            if sinceBest >= p.patience {
+                say("early stop: no val HR@10 improvement for \(p.patience) epochs (best \(String(format: "%.4f", best)) at epoch \(bestEpoch))")
+                stoppedEarly = true
+                break
+            }
             epoch += 1
             let started = Date()
             var order = trainPairs
@@ -89,7 +138,6 @@ public final class Pretrainer {
             let trainLoss = lossSum / Double(nBatches)
             let v = val.zeroShot(params, dims: dims).reduce(MetricSums(), +)
             let valLoss = val.episodes.isEmpty ? trainLoss : val.queryLoss(params, dims: dims)
-            let score = val.episodes.isEmpty ? -trainLoss : v.mean(.hr10)
             for (k, x) in zip(historyKeys, [Double(epoch), trainLoss, v.mean(.hr10), v.mean(.ndcg10), v.mean(.mrr), valLoss]) {
                 history[k, default: []].append(Float(x))
             }
@@ -100,22 +148,16 @@ public final class Pretrainer {
                 ("seconds", .number(secs)), ("time", .number((Date().timeIntervalSince1970 * 1000).rounded() / 1000)),
             ]))
             var note = ""
-            if score > best {
-                best = score; bestEpoch = epoch; sinceBest = 0
+            if record(score: val.episodes.isEmpty ? -history["train_loss"]!.last! : history["val_hr@10"]!.last!, epoch: epoch) {
                 try CheckpointFile.write(checkpoint(epoch), to: run.file("best.h5"))
                 note = "  (best, saved best.h5)"
-            } else {
-                sinceBest += 1
             }
+            try CheckpointFile.write(checkpoint(epoch), to: run.file(Self.resumeCheckpoint))
             say(String(format: "epoch %d/%d  train loss %.4f  val HR@10 %.4f  NDCG@10 %.4f  MRR %.4f  val loss %.4f  %.1fs%@",
                        epoch, p.epochs, trainLoss, v.mean(.hr10), v.mean(.ndcg10), v.mean(.mrr), valLoss, secs, note))
-            if sinceBest >= p.patience && epoch < p.epochs {
-                say("early stop: no val HR@10 improvement for \(p.patience) epochs (best \(String(format: "%.4f", best)) at epoch \(bestEpoch))")
-                stoppedEarly = true
-                break
-            }
         }
         try CheckpointFile.write(checkpoint(epoch), to: run.file("final.h5"))
-        return Result(epochs: epoch, bestEpoch: bestEpoch, bestHR10: val.episodes.isEmpty ? 0 : best, stoppedEarly: stoppedEarly)
+        return Result(epochs: epoch, bestEpoch: bestEpoch, bestHR10: val.episodes.isEmpty ? 0 : Double(best), stoppedEarly: stoppedEarly,
+                      resumedFrom: resumedFrom)
     }
 }

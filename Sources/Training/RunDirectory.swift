@@ -71,6 +71,18 @@ public final class RunDirectory {
         try writeFileAtomically(p, contents: JSON.object(record).pretty)
     }
 
+    /// Drops metrics.jsonl lines whose `key` (iteration or epoch) is past `t`:
+    /// lines written before a crash that a resumed run computes again.
+    public func truncateMetrics(key: String, after t: Int) throws {
+        let p = file("metrics.jsonl")
+        guard let text = try? String(contentsOfFile: p, encoding: .utf8) else { return }
+        let keep = text.split(separator: "\n").filter { line in
+            guard let j = try? JSON.parse(String(line)), let it = j[key]?.double else { return false }
+            return Int(it) <= t
+        }
+        try writeFileAtomically(p, contents: keep.map { $0 + "\n" }.joined())
+    }
+
     /// Writes config.yaml (atomically).
     public func saveConfig(_ c: Config) throws {
         try writeFileAtomically(file("config.yaml"), contents: "# resolved configuration written by metatrain\n" + c.yaml)

@@ -107,10 +107,19 @@ final class CLITests: XCTestCase {
         // A second pretrain into the same directory is refused; --overwrite starts it afresh.
         r = try metatrain(["pretrain", "--data", dir + "/data.h5", "--run-dir", dir + "/run", "--set", "pretrain.epochs=2"] + small)
         XCTAssertEqual(r.status, 1)
-        XCTAssertTrue(r.stderr.contains("already holds a run (metrics.jsonl, best.h5, final.h5, pretrain.log, run.json, config.yaml); pass --overwrite"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("already holds a run (metrics.jsonl, best.h5, last.h5, final.h5, pretrain.log, run.json, config.yaml, tb); pass --overwrite"), r.stderr)
         r = try metatrain(["pretrain", "--data", dir + "/data.h5", "--run-dir", dir + "/run", "--set", "pretrain.epochs=2", "--overwrite"] + small)
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(try String(contentsOfFile: dir + "/run/metrics.jsonl", encoding: .utf8).split(separator: "\n").count, 2)
+        // --resume continues it, here to a third epoch; it needs a run to continue.
+        r = try metatrain(["pretrain", "--data", dir + "/data.h5", "--run-dir", dir + "/run", "--set", "pretrain.epochs=3", "--resume"] + small)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("resumed from \(dir)/run/last.h5 at epoch 2") && r.stderr.contains("epoch 3/3"), r.stderr)
+        XCTAssertEqual(try String(contentsOfFile: dir + "/run/metrics.jsonl", encoding: .utf8).split(separator: "\n").count, 3)
+        XCTAssertTrue(try String(contentsOfFile: dir + "/run/run.json", encoding: .utf8).contains("\"resumed_from\""))
+        r = try metatrain(["pretrain", "--data", dir + "/data.h5", "--run-dir", dir + "/nothing", "--resume"] + small)
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("no such run directory; nothing to resume"), r.stderr)
         r = try metatrain(["evaluate", "--data", dir + "/data.h5", "--checkpoint", dir + "/run/best.h5",
                            "--checkpoint", dir + "/run/final.h5", "--split", "test", "--shots", "1,3", "--steps", "1,2",
                            "--out", dir + "/report.json", "--set", "eval.bootstrap_samples=200"])

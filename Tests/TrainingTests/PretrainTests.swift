@@ -38,4 +38,52 @@ final class PretrainTests: XCTestCase {
         XCTAssertEqual(lines.count, r.epochs)
         XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/a/config.yaml"))
     }
+
+    /// A run stopped after 2 epochs and resumed to 4 (as after a kill, or to
+    /// extend it) gives the bits of an uninterrupted 4-epoch run: weights, Adam
+    /// state, best epoch and metrics. Keys that may not change are refused by name.
+    func testResumeGivesTheBitsOfAnUninterruptedRun() throws {
+        let dir = NSTemporaryDirectory() + "mt-pretrain-resume-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var o = SynthOptions(); o.users = 80; o.courses = 30; o.groups = 4; o.seed = 4
+        _ = try Synth.write(to: dir + "/e.csv", options: o)
+        let base = ["model.embedding_dim=8", "model.hidden_dim=8", "pretrain.batch_size=64", "pretrain.lr=0.01",
+                    "data.val_fraction=0.2", "pretrain.patience=3"]
+        let config = try Config.load(path: nil, overrides: base + ["pretrain.epochs=4"])
+        let (d, _) = try Prepare.run(csvPath: dir + "/e.csv", config: config)
+        func train(_ name: String, _ extra: [String], resume: Bool = false) throws -> Pretrainer.Result {
+            try Pretrainer(dataset: d, fingerprint: d.fingerprint, config: try Config.load(path: nil, overrides: base + extra),
+                           run: try RunDirectory(dir + "/" + name, logName: "pretrain.log"), progress: nil).train(resume: resume)
+        }
+        let whole = try train("whole", ["pretrain.epochs=4"])
+        XCTAssertNil(whole.resumedFrom)
+        _ = try train("parts", ["pretrain.epochs=2"])
+        // A crash after the metrics line but before last.h5: the line is dropped and recomputed.
+        let metrics = dir + "/parts/metrics.jsonl"
+        try (try String(contentsOfFile: metrics, encoding: .utf8) + "{\"epoch\":3,\"train_loss\":9}\n").write(toFile: metrics, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try train("parts", ["pretrain.epochs=4", "model.dropout=0.5"], resume: true)) { e in
+            XCTAssertTrue("\(e)".contains("cannot resume with another model.dropout (checkpoint: 0"), "\(e)")
+        }
+        let parts = try train("parts", ["pretrain.epochs=4"], resume: true)
+        XCTAssertEqual(parts.resumedFrom, dir + "/parts/last.h5")
+        XCTAssertEqual(parts.epochs, whole.epochs); XCTAssertEqual(parts.bestEpoch, whole.bestEpoch)
+        XCTAssertEqual(parts.bestHR10, whole.bestHR10)
+        for file in ["final.h5", "best.h5", "last.h5"] {
+            let a = try CheckpointFile.read(dir + "/whole/" + file), b = try CheckpointFile.read(dir + "/parts/" + file)
+            XCTAssertEqual(a.params.array, b.params.array, file); XCTAssertEqual(a.adamM?.array, b.adamM?.array, file); XCTAssertEqual(a.adamStep, b.adamStep, file)
+            XCTAssertEqual(a.iteration, b.iteration, file)
+            XCTAssertEqual(a.history.map { $0.values }, b.history.map { $0.values }, file)
+        }
+        func numbers(_ path: String) throws -> [[Double]] {
+            try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map { line in
+                let j = try JSON.parse(String(line))
+                return ["epoch", "train_loss", "val_hr@10", "val_loss"].map { j[$0]?.double ?? .nan }
+            }
+        }
+        XCTAssertEqual(try numbers(dir + "/whole/metrics.jsonl"), try numbers(metrics))
+        XCTAssertThrowsError(try train("nothing", ["pretrain.epochs=4"], resume: true)) { e in
+            XCTAssertTrue("\(e)".contains("no last.h5 to resume from"), "\(e)")
+        }
+    }
 }
