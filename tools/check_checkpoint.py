@@ -8,21 +8,39 @@ the weights into that module (strict=True). Exit status 0 when all hold.
     python3 tools/check_checkpoint.py runs/gru4rec/best.h5
 """
 import json
+import os
 import sys
 
-import h5py
-import numpy as np
+
+class Failed(Exception):
+    pass
+
+
+def check(cond, message):
+    if not cond:
+        raise Failed(message)
 
 
 def main(path):
-    with h5py.File(path, "r") as f:
+    import h5py
+    import numpy as np
+    if not os.path.exists(path):
+        raise Failed("no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise Failed(f"not an HDF5 file ({e})")
+    with f:
         a = f.attrs
-        assert a["format"] == "metatrain-checkpoint", a["format"]
-        assert int(a["version"]) == 1
+        check(a.get("format") == "metatrain-checkpoint", f"not a metatrain checkpoint (format {a.get('format')!r})")
+        check(int(a["version"]) == 1, f"version {a['version']} is not 1")
         for k in ["iteration", "adam_step", "seed", "config", "dataset_fingerprint", "kind", "algorithm"]:
-            assert k in a, f"missing attribute {k}"
-        json.loads(a["config"])
-        assert a["kind"] in ("pretrain", "meta")
+            check(k in a, f"missing attribute {k}")
+        try:
+            json.loads(a["config"])
+        except ValueError as e:
+            raise Failed(f"attribute config is not JSON ({e})")
+        check(a["kind"] in ("pretrain", "meta"), f"kind {a['kind']!r} is not pretrain or meta")
         V, E = f["model/embedding.weight"].shape
         H = f["model/gru.weight_hh_l0"].shape[1]
         want = {
@@ -31,13 +49,14 @@ def main(path):
         }
         state = {}
         for k, shape in want.items():
+            check("model/" + k in f, f"missing dataset model/{k}")
             d = f["model/" + k]
-            assert d.shape == shape, f"{k}: {d.shape} != {shape}"
-            assert d.dtype == np.float32, f"{k}: {d.dtype}"
+            check(d.shape == shape, f"{k}: shape {d.shape}, expected {shape}")
+            check(d.dtype == np.float32, f"{k}: {d.dtype}, expected float32")
             state[k] = np.asarray(d)
             if "optimizer" in f:
-                assert f["optimizer/m/" + k].shape == shape and f["optimizer/v/" + k].shape == shape
-        assert not np.any(state["embedding.weight"][0]), "padding row is not zero"
+                check(f["optimizer/m/" + k].shape == shape and f["optimizer/v/" + k].shape == shape, f"optimizer state of {k}: wrong shape")
+        check(not np.any(state["embedding.weight"][0]), "padding row is not zero")
         try:
             import torch
         except ImportError:
@@ -54,4 +73,11 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
+        sys.exit("usage: tools/check_checkpoint.py CHECKPOINT.h5")
+    try:
+        main(sys.argv[1])
+    except ImportError as e:
+        sys.exit(f"error: {e.name} is not installed (pip install -r tools/requirements.txt)")
+    except (Failed, KeyError) as e:
+        sys.exit(f"error: {sys.argv[1]}: {e}")

@@ -12,9 +12,13 @@ weighted mean cross-entropy over items 1..V-1 (item 0 excluded).
 """
 import json
 import os
+import sys
 
-import autograd.numpy as np
-from autograd import grad
+try:
+    import autograd.numpy as np
+    from autograd import grad
+except ImportError as e:
+    sys.exit(f"error: {e.name} is not installed (pip install -r tools/requirements.txt)")
 
 V, E, H = 11, 4, 9
 rs = np.random.RandomState(7)
@@ -75,6 +79,10 @@ out = {
     "grads": {k: g.ravel().tolist() for k, g in zip(names, grads)},
 }
 path = os.path.join(os.path.dirname(__file__), "..", "Tests", "GRU4RecTests", "Fixtures", "gru4rec_reference.json")
-with open(path, "w") as f:
-    json.dump(out, f, indent=1)
+try:
+    with open(path + ".tmp", "w") as f:
+        json.dump(out, f, indent=1)
+    os.replace(path + ".tmp", path)
+except OSError as e:
+    sys.exit(f"error: {path}: {e.strerror}")
 print("wrote", os.path.normpath(path), "loss", loss)

@@ -24,13 +24,17 @@ import sys
 def load(paths):
     records = []
     for p in paths:
-        with open(p) as f:
+        try:
+            f = open(p)
+        except OSError as e:
+            sys.exit(f"error: {p}: {e.strerror}")
+        with f:
             for i, line in enumerate(f, 1):
                 try:
                     r = json.loads(line)
                     records.append((float(r["t"]), r["process"], r["event"], int(r["n"])))
-                except (ValueError, KeyError) as e:
-                    sys.exit(f"{p}:{i}: not a trace record ({e})")
+                except (ValueError, KeyError, TypeError) as e:
+                    sys.exit(f"error: {p}:{i}: not a trace record ({e})")
     records.sort()
     return records
 
@@ -46,7 +50,7 @@ def main():
     recs = load(paths)
     coord = [r for r in recs if r[1] == "coordinator"]
     if not coord:
-        sys.exit("no coordinator trace among " + ", ".join(paths))
+        sys.exit("error: no coordinator trace among " + ", ".join(paths))
     published = {n: t for t, _, e, n in coord if e == "published"}
     results = {n: t for t, _, e, n in coord if e == "result"}
     workers = sorted({r[1] for r in recs} - {"coordinator"})
@@ -93,7 +97,7 @@ def main():
         if v in weights:
             path["broadcast"].append(statistics.median(weights[v]) - hi)
     if not parts["length"]:
-        sys.exit("no complete iterations after --skip")
+        sys.exit("error: no complete iterations after --skip")
     ms = lambda xs: 1000 * statistics.mean(xs)
     print(f"{len(parts['length'])} iterations, {len(workers)} worker(s): {ms(parts['length']):.1f} ms each")
     print(f"  per worker: computing {ms(parts['compute']):.1f} ms; idle {ms(parts['start']):.1f} at the start, "

@@ -149,4 +149,29 @@ final class DataInTests: XCTestCase {
         XCTAssertEqual(status, 1)
         XCTAssertEqual(text, "error: \(dir)/nowhere: no such directory\n")
     }
+
+    /// Every tool meets a missing input with one line that names it and a
+    /// non-zero status, never a traceback.
+    func testToolsFailWithOneLine() throws {
+        guard (try? python(["-c", "pass"]))?.0 == 0 else { throw XCTSkip("python3 is not available") }
+        let dir = freshDir("tools")
+        try "{\"t\": 1}\n".write(toFile: dir + "/bad.jsonl", atomically: true, encoding: .utf8)
+        try "not hdf5".write(toFile: dir + "/bad.h5", atomically: true, encoding: .utf8)
+        let cases: [(tool: String, args: [String], names: String)] = [
+            ("check_checkpoint.py", [dir + "/missing.h5"], "missing.h5"),
+            ("check_checkpoint.py", [dir + "/bad.h5"], "bad.h5"),
+            ("trace_summary.py", [dir + "/missing.jsonl"], "missing.jsonl"),
+            ("trace_summary.py", [dir + "/bad.jsonl"], "bad.jsonl:1"),
+            ("plot_run.py", [dir + "/no-run"], "no-run"),
+            ("import_notebooks.py", ["--dir", dir + "/none", "--out", dir + "/x.h5"], "none"),
+        ]
+        for c in cases {
+            let (status, text) = try python([toolsDirectory.appendingPathComponent(c.tool).path] + c.args)
+            XCTAssertNotEqual(status, 0, "\(c.tool): \(text)")
+            XCTAssertEqual(text.split(separator: "\n").count, 1, "\(c.tool): \(text)")
+            XCTAssertTrue(text.hasPrefix("error: "), "\(c.tool): \(text)")
+            // A tool whose package is missing says which one instead.
+            XCTAssertTrue(text.contains(c.names) || text.contains("is not installed"), "\(c.tool): \(text)")
+        }
+    }
 }
