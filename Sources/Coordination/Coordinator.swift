@@ -181,7 +181,7 @@ public struct CoordinatorMachine: Sendable {
         guard var w = workers[peer] else {
             // Unknown peer (e.g. dropped after a timeout): ask it to introduce itself again.
             return noisy(peer, "unknown", now, [.log("message '\(e.message.typeName)' from unknown peer \(peer); asking it to re-join"),
-                                                .send(peer, .refuse(reason: "unknown worker; send hello first"))])
+                                                .send(peer, .refuse(.unknownWorker, detail: "send hello first"))])
         }
         if case .goodbye(let reason) = e.message, e.runId.isEmpty {
             // Going before it read our welcome (it knows no run id yet): it goes all the same.
@@ -231,7 +231,7 @@ public struct CoordinatorMachine: Sendable {
         if case .protocolMismatch(let v) = error {
             return noisy(peer, "protocol", now, [
                 .log("refused \(who): it speaks protocol version \(v), this coordinator speaks \(Envelope.protocolVersion)"),
-                .send(peer, .refuse(reason: "protocol version mismatch: worker speaks \(v), coordinator speaks \(Envelope.protocolVersion)"))])
+                .send(peer, .refuse(.protocolVersion, detail: "worker speaks \(v), coordinator speaks \(Envelope.protocolVersion)"))])
         }
         return noisy(peer, "malformed", now, [.log("dropped malformed message from \(who): \(error)")])
     }
@@ -346,7 +346,7 @@ public struct CoordinatorMachine: Sendable {
     mutating func onHello(_ h: Hello, from peer: PeerID, now: Double) -> [Directive] {
         guard h.datasetFingerprint == settings.datasetFingerprint else {
             return noisy(peer, "fingerprint", now, [.log("refused worker \(bounded(h.workerName)): its dataset fingerprint \(h.datasetFingerprint.prefix(12))… is not the coordinator's \(settings.datasetFingerprint.prefix(12))…"),
-                    .send(peer, .refuse(reason: "dataset fingerprint mismatch: worker has \(h.datasetFingerprint.prefix(12))…, coordinator has \(settings.datasetFingerprint.prefix(12))…"))])
+                    .send(peer, .refuse(.datasetFingerprint, detail: "worker has \(h.datasetFingerprint.prefix(12))…, coordinator has \(settings.datasetFingerprint.prefix(12))…"))])
         }
         if let old = workers[peer] { for u in old.units.reversed() { requeue(u) } }  // re-joined: its old units are lost
         if workers[peer] == nil { joinOrder.append(peer) }

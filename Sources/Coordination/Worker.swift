@@ -139,8 +139,8 @@ public struct WorkerMachine: Sendable {
                 out += sent(.fetchWeights, now)
             }
             return out
-        case .refuse(let reason):
-            if reason.hasPrefix("unknown worker") {
+        case .refuse(let reason, let detail):
+            if reason == .unknownWorker {
                 // The coordinator answers every message of a worker it does not know with this, so
                 // several can be on their way: the first sends us back to joining, the rest only
                 // say that our hello has not been answered yet.
@@ -148,7 +148,7 @@ public struct WorkerMachine: Sendable {
                 return rejoin("coordinator lost track of this worker", now)
             }
             state = .stopped
-            return [.exit(code: 1, reason: "coordinator refused this worker: \(reason)")]
+            return [.exit(code: 1, reason: "coordinator refused this worker: \(reason.text): \(detail)")]
         case .shutdown(let reason):
             state = .stopped
             return [.exit(code: 0, reason: reason)]

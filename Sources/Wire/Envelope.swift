@@ -1,7 +1,7 @@
 /// A message with the header every frame carries: magic "MTRN", the protocol
 /// version (u16), the message type (u8) and the run id (string), then the body.
 public struct Envelope: Equatable, Sendable {
-    public static let protocolVersion: UInt16 = 6
+    public static let protocolVersion: UInt16 = 7
     static let magic: [UInt8] = Array("MTRN".utf8)
 
     public var protocolVersion: UInt16
@@ -47,7 +47,7 @@ public struct Envelope: Equatable, Sendable {
         case .welcome(let x):
             w.string(x.configJSON); w.int(x.version)
             w.offer(x.sharedMemory)
-        case .refuse(let r): w.string(r)
+        case .refuse(let reason, let detail): w.u8(reason.rawValue); w.string(detail)
         case .ready, .fetchWeights, .heartbeat: break
         case .work(let u):
             w.int(u.id); w.u8(u.kind.rawValue); w.int(u.version)
@@ -100,7 +100,10 @@ public struct Envelope: Equatable, Sendable {
             m = .hello(Hello(workerName: name, datasetFingerprint: fingerprint, hardware: hardware, procs: procs, sharedMemory: try r.offer()))
         case 2:
             m = .welcome(Welcome(configJSON: try r.string("config"), version: try r.int("version"), sharedMemory: try r.offer()))
-        case 3: m = .refuse(reason: try r.string("reason"))
+        case 3:
+            let code = try r.u8("refusal reason")
+            guard let reason = RefusalReason(rawValue: code) else { throw WireError.invalid("unknown refusal reason \(code)") }
+            m = .refuse(reason, detail: try r.string("detail"))
         case 4: m = .ready
         case 5:
             let id = try r.int("unit id")

@@ -144,13 +144,35 @@ public struct Weights: Equatable, Sendable {
     }
 }
 
+/// Why a coordinator refused a worker, as a code on the wire, so the worker
+/// acts on the reason without reading the text.
+public enum RefusalReason: UInt8, Equatable, Sendable, CaseIterable {
+    /// A message from a worker the coordinator has no record of (it never said
+    /// hello, or was dropped): the worker says hello again.
+    case unknownWorker = 1
+    /// The worker speaks another protocol version: it MUST exit.
+    case protocolVersion = 2
+    /// The worker's dataset is not the coordinator's: it MUST exit.
+    case datasetFingerprint = 3
+
+    /// How logs say it.
+    public var text: String {
+        switch self {
+        case .unknownWorker: return "unknown worker"
+        case .protocolVersion: return "protocol version mismatch"
+        case .datasetFingerprint: return "dataset fingerprint mismatch"
+        }
+    }
+}
+
 public enum Message: Equatable, Sendable {
     /// worker → coordinator, first message.
     case hello(Hello)
     /// coordinator → worker.
     case welcome(Welcome)
-    /// coordinator → worker: not accepted (fingerprint, protocol); the worker MUST exit.
-    case refuse(reason: String)
+    /// coordinator → worker: not accepted. For `unknownWorker` the worker says hello again;
+    /// for any other reason it MUST exit. `detail` is for people.
+    case refuse(RefusalReason, detail: String)
     /// worker → coordinator: idle, send a unit.
     case ready
     /// coordinator → worker.

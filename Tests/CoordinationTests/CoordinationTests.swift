@@ -35,7 +35,7 @@ final class CoordinatorMachineTests: XCTestCase {
     func testFingerprintMismatchIsRefusedAndMatchWelcomed() {
         var m = machine()
         let bad = m.onMessage(env(.hello(Hello(workerName: "w", datasetFingerprint: "other"))), from: a, now: 0)
-        XCTAssertTrue(sends(bad).contains { if case .refuse(let r) = $0.1 { return r.contains("fingerprint mismatch") }; return false })
+        XCTAssertTrue(sends(bad).contains { if case .refuse(.datasetFingerprint, let r) = $0.1 { return r.contains("worker has") }; return false })
         XCTAssertEqual(m.liveWorkers, 0)
         let good = m.onMessage(env(.hello(Hello(workerName: "w", datasetFingerprint: "fp"))), from: a, now: 0)
         XCTAssertEqual(sends(good).first?.1, .welcome(Welcome(configJSON: "{}", version: 0)))
@@ -133,7 +133,7 @@ final class CoordinatorMachineTests: XCTestCase {
         XCTAssertTrue(m.onMessage(env(.ready, run: "other"), from: a, now: 1).allSatisfy { if case .log = $0 { return true }; return false })
         XCTAssertTrue(m.onUndecodable(.truncated("x"), from: a).allSatisfy { if case .log = $0 { return true }; return false })
         let d = m.onUndecodable(.protocolMismatch(theirs: 9), from: b)
-        XCTAssertTrue(sends(d).contains { if case .refuse(let r) = $0.1 { return r.contains("protocol version mismatch") }; return false })
+        XCTAssertTrue(sends(d).contains { if case .refuse(.protocolVersion, let r) = $0.1 { return r.contains("worker speaks") }; return false })
         XCTAssertEqual(m.shutdown(reason: "done").count, 1)
     }
 
@@ -610,7 +610,7 @@ final class WorkerMachineTests: XCTestCase {
         _ = w.onStart(now: 0)
         _ = w.onMessage(env(.welcome(Welcome(configJSON: "{a}", version: 0))), now: 0)
         _ = w.onMessage(env(.weights(Weights(version: 4, theta: [1], alpha: []))), now: 1)
-        let other = Envelope(runId: "run-2", message: .refuse(reason: "unknown worker; send hello first"))
+        let other = Envelope(runId: "run-2", message: .refuse(.unknownWorker, detail: "send hello first"))
         XCTAssertEqual(w.onMessage(other, now: 2).last, .send(.hello(Hello(workerName: "w", datasetFingerprint: "fp"))))
         let welcome = w.onMessage(Envelope(runId: "run-2", message: .welcome(Welcome(configJSON: "{b}", version: 4))), now: 3)
         XCTAssertEqual(welcome.first, .configure(configJSON: "{b}"))
@@ -682,11 +682,11 @@ final class WorkerMachineTests: XCTestCase {
         var r = WorkerMachine(name: "w", datasetFingerprint: "fp")
         _ = r.onStart(now: 0)
         // A refusal meant for an earlier membership ("unknown worker") does not stop a joining worker.
-        XCTAssertEqual(r.onMessage(env(.refuse(reason: "unknown worker; send hello first")), now: 1),
+        XCTAssertEqual(r.onMessage(env(.refuse(.unknownWorker, detail: "send hello first")), now: 1),
                        [.log("coordinator does not know this worker yet; hello is on its way")])
         XCTAssertFalse(r.isStopped)
-        XCTAssertEqual(r.onMessage(env(.refuse(reason: "dataset fingerprint mismatch")), now: 1),
-                       [.exit(code: 1, reason: "coordinator refused this worker: dataset fingerprint mismatch")])
+        XCTAssertEqual(r.onMessage(env(.refuse(.datasetFingerprint, detail: "worker has 0123…")), now: 1),
+                       [.exit(code: 1, reason: "coordinator refused this worker: dataset fingerprint mismatch: worker has 0123…")])
         var p = WorkerMachine(name: "w", datasetFingerprint: "fp")
         XCTAssertEqual(p.onUndecodable(.protocolMismatch(theirs: 9)),
                        [.exit(code: 1, reason: "coordinator speaks protocol version 9, this worker speaks \(Envelope.protocolVersion)")])

@@ -75,7 +75,7 @@ final class JoinInterleavingTests: XCTestCase {
                 send(.welcome(Welcome(configJSON: c.config, version: c.version)))
             case _ where !c.knowsWorker:
                 if case .goodbye = m { break }
-                send(.refuse(reason: "unknown worker; send hello first"))
+                send(.refuse(.unknownWorker, detail: "send hello first"))
             case .ready:
                 c.outstanding = nil
                 c.workerReady = true
@@ -238,7 +238,7 @@ final class JoinInterleavingTests: XCTestCase {
                 w.computed = []
                 w.sub = [Envelope(runId: "run-1", message: .weights(Self.weights(run: 1, version: 3)))]
                 if viaBroadcast { w.sub.append(Envelope(runId: "run-2", message: .weights(Self.weights(run: 2, version: 2)))) }
-                if viaRefusal { w.dealer.append(Envelope(runId: "run-2", message: .refuse(reason: "unknown worker; send hello first"))) }
+                if viaRefusal { w.dealer.append(Envelope(runId: "run-2", message: .refuse(.unknownWorker, detail: "send hello first"))) }
                 paths += try explore(w, Limits(drops: 1))
             }
         }
@@ -256,7 +256,7 @@ final class JoinInterleavingTests: XCTestCase {
         XCTAssertEqual(w.computed.map(\.version), [2])
         w.coordinator.knowsWorker = false
         w.coordinator.outstanding = nil
-        w.dealer = [Envelope(runId: "run-1", message: .refuse(reason: "unknown worker; send hello first"))]
+        w.dealer = [Envelope(runId: "run-1", message: .refuse(.unknownWorker, detail: "send hello first"))]
         XCTAssertGreaterThan(try explore(w, Limits()), 100)
         // A fetch's reply may also come after the retry timer went off: the worker fetches again.
         XCTAssertGreaterThan(try explore(w, Limits(drops: 1, graces: 1)), 100)

@@ -9,7 +9,7 @@ final class WireTests: XCTestCase {
                      sharedMemory: SharedOffer(path: "/proc/12/fd/7", token: String(repeating: "0f", count: 16)))),
         .welcome(Welcome(configJSON: "{\"seed\":1}", version: 7)),
         .welcome(Welcome(configJSON: "{}", version: 0, sharedMemory: SharedOffer(path: "/proc/9/fd/4", token: String(repeating: "a1", count: 16)))),
-        .refuse(reason: "fingerprint mismatch"),
+        .refuse(.datasetFingerprint, detail: "worker has 0123…, coordinator has 4567…"), .refuse(.unknownWorker, detail: ""),
         .ready, .fetchWeights, .heartbeat,
         .work(WorkUnit(id: 3, kind: .train, version: 7, episodes: [5, 1, 9, 2])),
         .work(WorkUnit(id: 4, kind: .eval, version: 8, episodes: [])),
