@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Layout: C system libraries at the bottom, then math (Kernels, GRU4Rec),
-// data and formats (Data, Storage), training and evaluation, transport,
+// data and formats (Datasets, Storage), training and evaluation, transport,
 // and the CLI on top. Imports point one way: metatrain -> the rest.
 let package = Package(
     name: "metatrain",
@@ -31,15 +31,15 @@ let package = Package(
         // YAML experiment configuration with defaults and overrides.
         .target(name: "Configuration", dependencies: ["Yams", "Core"]),
         // CSV ingest, sessions, pairs, episodes, synthetic generator.
-        .target(name: "Data", dependencies: ["Core", "Configuration"]),
+        .target(name: "Datasets", dependencies: ["Core", "Configuration"]),
         // HDF5 dataset and checkpoint files.
-        .target(name: "Storage", dependencies: ["CHDF5", "Core", "Data", "GRU4Rec"]),
+        .target(name: "Storage", dependencies: ["CHDF5", "Core", "Datasets", "GRU4Rec"]),
         // Support weighting and inner loops (adaptation); meta-gradients build on it.
-        .target(name: "MetaLearning", dependencies: ["Core", "Kernels", "GRU4Rec", "Data", "Configuration"]),
+        .target(name: "MetaLearning", dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Configuration"]),
         // Metrics, baselines, few-shot adaptation, bootstrap, reports.
-        .target(name: "Evaluation", dependencies: ["Core", "Kernels", "GRU4Rec", "Data", "Storage", "Configuration", "MetaLearning"]),
+        .target(name: "Evaluation", dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "Configuration", "MetaLearning"]),
         // Global GRU4Rec pretraining.
-        .target(name: "Training", dependencies: ["Core", "Kernels", "GRU4Rec", "Data", "Storage", "Configuration", "Evaluation"]),
+        .target(name: "Training", dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "Configuration", "Evaluation"]),
         // ZeroMQ sockets: moves frames, knows nothing of training.
         .target(name: "Transport", dependencies: ["CZeroMQ", "CLinux"]),
         // Typed, versioned messages and their byte encoding (imports no C).
@@ -48,27 +48,27 @@ let package = Package(
         .target(name: "Coordination", dependencies: ["Wire"]),
         // Shells that run the state machines over Transport, with Storage and the math.
         .target(name: "Runtime", dependencies: ["CLinux", "Wire", "Coordination", "Transport", "Core", "Kernels", "GRU4Rec",
-                                                "Configuration", "Data", "Storage", "MetaLearning", "Evaluation", "Training"]),
+                                                "Configuration", "Datasets", "Storage", "MetaLearning", "Evaluation", "Training"]),
         // The CLI, one file per subcommand.
         .executableTarget(name: "metatrain", dependencies: [
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            "Core", "Kernels", "GRU4Rec", "Configuration", "Data", "Storage", "MetaLearning", "Evaluation", "Training", "Transport", "Wire", "Coordination", "Runtime",
+            "Core", "Kernels", "GRU4Rec", "Configuration", "Datasets", "Storage", "MetaLearning", "Evaluation", "Training", "Transport", "Wire", "Coordination", "Runtime",
         ]),
 
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Core"]),
         .testTarget(name: "GRU4RecTests", dependencies: ["GRU4Rec", "Kernels", "Core"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ConfigurationTests", dependencies: ["Configuration"]),
-        .testTarget(name: "DataTests", dependencies: ["Data", "Core", "Configuration"]),
-        .testTarget(name: "StorageTests", dependencies: ["Storage", "Data", "GRU4Rec", "Core", "Configuration"]),
-        .testTarget(name: "MetaLearningTests", dependencies: ["MetaLearning", "GRU4Rec", "Kernels", "Data", "Core", "Configuration"]),
-        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "GRU4Rec", "Data", "Core", "Configuration"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Storage", "Data", "Configuration", "Core"]),
+        .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "Core", "Configuration"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage", "Datasets", "GRU4Rec", "Core", "Configuration"]),
+        .testTarget(name: "MetaLearningTests", dependencies: ["MetaLearning", "GRU4Rec", "Kernels", "Datasets", "Core", "Configuration"]),
+        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "GRU4Rec", "Datasets", "Core", "Configuration"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Storage", "Datasets", "Configuration", "Core"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "CoordinationTests", dependencies: ["Coordination", "Wire"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime"]),
-        .testTarget(name: "CLITests", dependencies: ["metatrain", "Storage", "Data", "Core", "Transport", "Wire", "Runtime", "MetaLearning", "Configuration", "Yams",
+        .testTarget(name: "CLITests", dependencies: ["metatrain", "Storage", "Datasets", "Core", "Transport", "Wire", "Runtime", "MetaLearning", "Configuration", "Yams",
                                                    .product(name: "ArgumentParser", package: "swift-argument-parser")]),
     ]
 )

@@ -14,7 +14,6 @@ static inline hid_t mt_h5t_std_i32le(void) { return H5T_STD_I32LE; }
 static inline hid_t mt_h5t_std_i64le(void) { return H5T_STD_I64LE; }
 static inline hid_t mt_h5t_ieee_f32le(void) { return H5T_IEEE_F32LE; }
 static inline hid_t mt_h5p_default(void) { return H5P_DEFAULT; }
-static inline hid_t mt_h5p_dataset_create(void) { return H5P_DATASET_CREATE; }
 static inline hid_t mt_h5s_all(void) { return H5S_ALL; }
 /* Property lists with object time stamps off, so identical contents give identical files. */
 static inline hid_t mt_h5p_dcpl_untimed(void) { hid_t p = H5Pcreate(H5P_DATASET_CREATE); H5Pset_obj_track_times(p, 0); return p; }
@@ -27,12 +26,7 @@ static inline hid_t mt_h5p_fapl_memory(void) { hid_t p = H5Pcreate(H5P_FILE_ACCE
 static inline unsigned mt_h5f_acc_trunc(void) { return H5F_ACC_TRUNC; }
 static inline unsigned mt_h5f_acc_rdonly(void) { return H5F_ACC_RDONLY; }
 static inline size_t mt_h5t_variable(void) { return H5T_VARIABLE; }
-static inline int mt_h5t_cset_utf8(void) { return H5T_CSET_UTF8; }
-static inline int mt_h5t_class_string(void) { return H5T_STRING; }
-static inline int mt_h5t_class_float(void) { return H5T_FLOAT; }
-static inline int mt_h5t_class_integer(void) { return H5T_INTEGER; }
 
 /* Silence HDF5's own stderr error stack; we report errors ourselves. */
 static inline void mt_h5_silence_errors(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
-static inline int mt_h5_is_hdf5(const char *path) { return H5Fis_hdf5(path) > 0; }
 #endif

@@ -67,17 +67,6 @@ public struct SeededGenerator: RandomNumberGenerator, Sendable {
             if i != j { a.swapAt(i, j) }
         }
     }
-
-    /// Index drawn with probability proportional to `weights`.
-    public mutating func categorical(_ weights: [Double]) -> Int {
-        let total = weights.reduce(0, +)
-        var u = uniformDouble() * total
-        for (i, w) in weights.enumerated() {
-            u -= w
-            if u < 0 { return i }
-        }
-        return weights.count - 1
-    }
 }
 
 /// Stream names: one word per purpose, so generators for different purposes

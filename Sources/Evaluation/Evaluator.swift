@@ -1,6 +1,6 @@
 import Configuration
 import Core
-import Data
+import Datasets
 import GRU4Rec
 import Kernels
 import MetaLearning

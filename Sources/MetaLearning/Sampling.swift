@@ -1,5 +1,5 @@
 import Core
-import Data
+import Datasets
 
 /// Draws meta-batches: iteration t takes `batchSize` distinct train users, then
 /// one of each user's train episodes, from a generator keyed by (seed, t) alone,

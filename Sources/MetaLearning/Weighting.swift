@@ -1,5 +1,5 @@
 import Configuration
-import Data
+import Datasets
 #if canImport(Glibc)
 import Glibc
 #else

@@ -1,7 +1,7 @@
 import Configuration
 import Coordination
 import Core
-import Data
+import Datasets
 import Foundation
 import Kernels
 import Storage

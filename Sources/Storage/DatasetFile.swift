@@ -1,5 +1,5 @@
 import Core
-import Data
+import Datasets
 
 /// The dataset file (docs/FORMATS.md, "Dataset"): `format = "metatrain-dataset"`, version 1.
 public enum DatasetFile {

@@ -1,6 +1,6 @@
 import Configuration
 import Core
-import Data
+import Datasets
 import Dispatch
 import Foundation
 import Kernels

@@ -1,6 +1,6 @@
 import Configuration
 import Core
-import Data
+import Datasets
 import Evaluation
 import Foundation
 import GRU4Rec

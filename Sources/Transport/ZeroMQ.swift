@@ -21,14 +21,13 @@ public final class ZMQContext: @unchecked Sendable {
 /// A ZeroMQ socket that moves multipart frames and nothing else: it knows no
 /// message types, versions or training. Not thread-safe (ZeroMQ sockets never are).
 public final class ZMQSocket {
-    public enum Kind { case router, dealer, pub, sub, req, rep, pair
+    public enum Kind { case router, dealer, pub, sub, rep, pair
         var raw: Int32 {
             switch self {
             case .router: return ZMQ_ROUTER
             case .dealer: return ZMQ_DEALER
             case .pub: return ZMQ_PUB
             case .sub: return ZMQ_SUB
-            case .req: return ZMQ_REQ
             case .rep: return ZMQ_REP
             case .pair: return ZMQ_PAIR
             }

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Configuration
 import Core
-import Data
+import Datasets
 import Evaluation
 import Foundation
 import Kernels

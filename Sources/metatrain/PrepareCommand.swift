@@ -1,6 +1,6 @@
 import ArgumentParser
 import Configuration
-import Data
+import Datasets
 import Foundation
 import Storage
 

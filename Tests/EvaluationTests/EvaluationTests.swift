@@ -1,7 +1,7 @@
 import XCTest
 import Configuration
 import Core
-import Data
+import Datasets
 import GRU4Rec
 import Kernels
 import MetaLearning

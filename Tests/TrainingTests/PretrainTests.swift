@@ -1,7 +1,7 @@
 import XCTest
 import Configuration
 import Core
-import Data
+import Datasets
 import Evaluation
 import Storage
 @testable import Training

@@ -1,7 +1,7 @@
 import XCTest
 import Configuration
 import Core
-@testable import Data
+@testable import Datasets
 
 func tempPath(_ name: String) -> String {
     let dir = NSTemporaryDirectory() + "mt-tests-\(getpid())"
