@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
 /// Deterministic random numbers. Every generator in metatrain is built from an
 /// explicit key — (seed, purpose, iteration, ...) — never from global state, so
 /// any draw can be recomputed from its key alone.
@@ -95,11 +101,9 @@ struct SplitMix64 {
 }
 
 #if canImport(Glibc)
-import Glibc
 @inline(__always) func _log(_ x: Double) -> Double { Glibc.log(x) }
 @inline(__always) func _cos(_ x: Double) -> Double { Glibc.cos(x) }
 #else
-import Darwin
 @inline(__always) func _log(_ x: Double) -> Double { Darwin.log(x) }
 @inline(__always) func _cos(_ x: Double) -> Double { Darwin.cos(x) }
 #endif

@@ -1,3 +1,4 @@
+import Configuration
 import GRU4Rec
 import Kernels
 
@@ -240,8 +241,6 @@ public final class MetaLearner {
         for r in ranges { (b.ptr + r.lowerBound).update(repeating: 0, count: r.count) }
     }
 }
-
-import Configuration
 
 extension MetaAlgorithm {
     /// The algorithm a resolved config asks for (`maml.*`, `warm_start.freeze_embeddings`).

@@ -3,7 +3,9 @@ import Configuration
 import Coordination
 import Core
 import Foundation
+import Kernels
 import Transport
+import Wire
 
 /// Monotonic seconds, for state machines' timeouts.
 public func monotonicNow() -> Double {
@@ -80,10 +82,6 @@ public func publishEndpoint(for endpoint: String) throws -> String {
     }
     return String(endpoint[..<colon]) + ":\(port + 1)"
 }
-
-
-import Kernels
-import Wire
 
 extension Floats {
     /// A view of a parameter or gradient buffer, to encode it without an intermediate copy.

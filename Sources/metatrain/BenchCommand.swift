@@ -5,7 +5,9 @@ import Datasets
 import Foundation
 import GRU4Rec
 import Kernels
-
+import Runtime
+import Storage
+import Training
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -143,10 +145,6 @@ struct BenchCommand: ParsableCommand {
 
     }
 }
-
-import Runtime
-import Storage
-import Training
 
 extension BenchCommand {
     /// Meta-iterations per second at the default sizes with `workers` local worker
