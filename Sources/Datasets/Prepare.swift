@@ -193,114 +193,176 @@ public enum Prepare {
         return build(events: ev, source: source, config: config, summary: &summary)
     }
 
-    // MARK: - Steps 3–10
+    // MARK: - Steps 3–10, one function each
 
     static func byteLess(_ a: String, _ b: String) -> Bool { a.utf8.lexicographicallyPrecedes(b.utf8) }
 
     static func build(events ev: Events, source: String, config: Config, summary: inout PrepareSummary) -> (Dataset, PrepareSummary) {
         let d = config.data
-        let E = ev.user.count
-        // Users in byte order of their ids.
-        let userOrder = (0..<ev.userNames.count).sorted { byteLess(ev.userNames[$0], ev.userNames[$1]) }
-        var userRank = [Int](repeating: 0, count: userOrder.count)
-        for (r, u) in userOrder.enumerated() { userRank[u] = r }
-        let U = userOrder.count
+        let users = groupByUser(ev)
+        let sessions = splitSessions(ev, users, gapS: d.sessionGapS)
+        summary.sessions = sessions.count
+        let reliability = sessionReliability(sessions, nActions: ev.nActions, hasActions: !ev.action.isEmpty, data: d)
+        let vocab = vocabulary(ev, minCount: d.minItemCount)
+        summary.droppedItems = vocab.dropped
+        let pairs = makePairs(ev, users, sessionOf: sessions.of, reliability: reliability, itemMap: vocab.map, maxSeqLen: d.maxSeqLen)
+        let split = splitUsers(ev, users, pairs, config: config, summary: &summary)
+        let episodes = makeEpisodes(split, pairs, data: d)
 
-        // Step 3: events grouped by user (rank), each user's by (time, row).
-        var userStart = [Int](repeating: 0, count: U + 1)
-        for e in 0..<E { userStart[userRank[Int(ev.user[e])] + 1] += 1 }
-        for u in 0..<U { userStart[u + 1] += userStart[u] }
-        var ordered = [Int32](repeating: 0, count: E)
-        var fill = userStart
-        for e in 0..<E { let r = userRank[Int(ev.user[e])]; ordered[fill[r]] = Int32(e); fill[r] += 1 }
-        for u in 0..<U {
-            ordered[userStart[u]..<userStart[u + 1]].sort { ev.time[Int($0)] != ev.time[Int($1)] ? ev.time[Int($0)] < ev.time[Int($1)] : $0 < $1 }
+        for s in SplitKind.allCases {
+            summary.usersPerSplit[s] = split.filter { $0 == s.rawValue }.count
+            summary.episodesPerSplit[s] = episodes[s]!.count
         }
+        summary.pairs = pairs.label.count
+        summary.vocabulary = vocab.ids.count
+        let ds = Dataset(itemIds: vocab.ids, itemCounts: vocab.counts, userIds: users.order.map { ev.userNames[$0] },
+                         userSplit: split, pairUser: pairs.user, prefixOffsets: pairs.prefixOffsets, prefixItems: pairs.prefixItems,
+                         label: pairs.label, timestamp: pairs.timestamp, reliability: pairs.reliability, episodes: episodes,
+                         maxSeqLen: d.maxSeqLen, kSupport: d.kSupport, qQuery: d.qQuery, source: source)
+        return (ds, summary)
+    }
 
-        // Step 4: sessions (global ids), step 5: their reliability.
-        var sessionOf = [Int32](repeating: 0, count: E)   // by event id
-        var sEvents: [Int] = [], sMin: [Int64] = [], sMax: [Int64] = [], sActions: [Int] = []
-        var seenAction = Set<Int64>()
+    /// Users in byte order of their ids, and their events.
+    struct Users {
+        /// Raw user id of each rank, and rank of each raw id.
+        var order: [Int], rank: [Int]
+        /// Events of the user of rank u: `events[start[u]..<start[u + 1]]`, by (time, row).
+        var start: [Int], events: [Int32]
+        var count: Int { order.count }
+    }
+
+    /// Step 3: events grouped by user (in byte order of user ids), each user's by (time, row).
+    static func groupByUser(_ ev: Events) -> Users {
+        let E = ev.user.count
+        let order = (0..<ev.userNames.count).sorted { byteLess(ev.userNames[$0], ev.userNames[$1]) }
+        var rank = [Int](repeating: 0, count: order.count)
+        for (r, u) in order.enumerated() { rank[u] = r }
+        let U = order.count
+        var start = [Int](repeating: 0, count: U + 1)
+        for e in 0..<E { start[rank[Int(ev.user[e])] + 1] += 1 }
+        for u in 0..<U { start[u + 1] += start[u] }
+        var ordered = [Int32](repeating: 0, count: E)
+        var fill = start
+        for e in 0..<E { let r = rank[Int(ev.user[e])]; ordered[fill[r]] = Int32(e); fill[r] += 1 }
         for u in 0..<U {
+            ordered[start[u]..<start[u + 1]].sort { ev.time[Int($0)] != ev.time[Int($1)] ? ev.time[Int($0)] < ev.time[Int($1)] : $0 < $1 }
+        }
+        return Users(order: order, rank: rank, start: start, events: ordered)
+    }
+
+    /// Sessions with global ids: each event's session, and each session's size,
+    /// time extent and distinct actions.
+    struct Sessions {
+        var of: [Int32]
+        var events: [Int] = [], minTime: [Int64] = [], maxTime: [Int64] = [], actions: [Int] = []
+        var count: Int { events.count }
+        mutating func open(at t: Int64) -> Int32 {
+            events.append(0); minTime.append(t); maxTime.append(t); actions.append(0)
+            return Int32(events.count - 1)
+        }
+    }
+
+    /// Step 4: sessions from the session column, or by time gaps longer than `gapS`.
+    static func splitSessions(_ ev: Events, _ users: Users, gapS: Int) -> Sessions {
+        var s = Sessions(of: [Int32](repeating: 0, count: ev.user.count))
+        var seenAction = Set<Int64>()
+        for u in 0..<users.count {
             var local: [Int32: Int32] = [:]
             var prevTime: Int64 = .min, current: Int32 = -1
-            for k in userStart[u]..<userStart[u + 1] {
-                let e = Int(ordered[k]), t = ev.time[e]
-                let s: Int32
+            for k in users.start[u]..<users.start[u + 1] {
+                let e = Int(users.events[k]), t = ev.time[e]
+                let id: Int32
                 if !ev.session.isEmpty {
-                    if let x = local[ev.session[e]] { s = x } else {
-                        s = Int32(sEvents.count); local[ev.session[e]] = s
-                        sEvents.append(0); sMin.append(t); sMax.append(t); sActions.append(0)
-                    }
+                    if let x = local[ev.session[e]] { id = x } else { id = s.open(at: t); local[ev.session[e]] = id }
                 } else {
-                    if current < 0 || t - prevTime > Int64(d.sessionGapS) {
-                        current = Int32(sEvents.count)
-                        sEvents.append(0); sMin.append(t); sMax.append(t); sActions.append(0)
-                    }
-                    s = current
+                    if current < 0 || t - prevTime > Int64(gapS) { current = s.open(at: t) }
+                    id = current
                 }
                 prevTime = t
-                sessionOf[e] = s
-                let si = Int(s)
-                sEvents[si] += 1
-                sMin[si] = min(sMin[si], t); sMax[si] = max(sMax[si], t)
-                if !ev.action.isEmpty, seenAction.insert(Int64(si) << 32 | Int64(ev.action[e])).inserted { sActions[si] += 1 }
+                s.of[e] = id
+                let i = Int(id)
+                s.events[i] += 1
+                s.minTime[i] = min(s.minTime[i], t); s.maxTime[i] = max(s.maxTime[i], t)
+                if !ev.action.isEmpty, seenAction.insert(Int64(i) << 32 | Int64(ev.action[e])).inserted { s.actions[i] += 1 }
             }
         }
-        summary.sessions = sEvents.count
-        let hasActions = !ev.action.isEmpty
-        let sessionReliability: [Float] = (0..<sEvents.count).map { s in
-            let intensity = min(Double(sEvents[s]) / d.eventsCap, 1)
-            let extent = min(Double(sMax[s] - sMin[s]) / d.durationCapS, 1)
+        return s
+    }
+
+    /// Step 5: each session's reliability, the mean of its capped intensity,
+    /// extent and (with actions) composition.
+    static func sessionReliability(_ s: Sessions, nActions: Int, hasActions: Bool, data d: Config.Data) -> [Float] {
+        (0..<s.count).map { i in
+            let intensity = min(Double(s.events[i]) / d.eventsCap, 1)
+            let extent = min(Double(s.maxTime[i] - s.minTime[i]) / d.durationCapS, 1)
             if hasActions {
-                let composition = Double(sActions[s]) / Double(max(ev.nActions, 1))
+                let composition = Double(s.actions[i]) / Double(max(nActions, 1))
                 return Float((intensity + extent + composition) / 3)
             }
             return Float((intensity + extent) / 2)
         }
+    }
 
-        // Step 6: vocabulary.
+    /// Step 6: items with at least `minCount` events, most frequent first (ties
+    /// in byte order); index 0 is padding. `map` takes a raw item to its index (0: dropped).
+    static func vocabulary(_ ev: Events, minCount: Int) -> (map: [Int32], ids: [String], counts: [Int64], dropped: Int) {
         var counts = [Int64](repeating: 0, count: ev.itemNames.count)
-        for e in 0..<E { counts[Int(ev.item[e])] += 1 }
-        let kept = (0..<counts.count).filter { counts[$0] >= Int64(d.minItemCount) }
+        for e in 0..<ev.item.count { counts[Int(ev.item[e])] += 1 }
+        let kept = (0..<counts.count).filter { counts[$0] >= Int64(minCount) }
             .sorted { counts[$0] != counts[$1] ? counts[$0] > counts[$1] : byteLess(ev.itemNames[$0], ev.itemNames[$1]) }
-        var itemMap = [Int32](repeating: 0, count: counts.count)
-        for (i, raw) in kept.enumerated() { itemMap[raw] = Int32(i + 1) }
-        summary.droppedItems = counts.count - kept.count
-        let itemIds = ["<pad>"] + kept.map { ev.itemNames[$0] }
-        let itemCounts = [0] + kept.map { counts[$0] }
+        var map = [Int32](repeating: 0, count: counts.count)
+        for (i, raw) in kept.enumerated() { map[raw] = Int32(i + 1) }
+        return (map, ["<pad>"] + kept.map { ev.itemNames[$0] }, [0] + kept.map { counts[$0] }, counts.count - kept.count)
+    }
 
-        // Steps 7–8: visits and pairs, user by user.
-        let L = d.maxSeqLen
-        var pairUser: [Int32] = [], prefixOffsets: [Int64] = [0], prefixItems: [Int32] = []
+    /// The pairs of every user, stored user by user and chronologically.
+    struct Pairs {
+        var user: [Int32] = [], prefixOffsets: [Int64] = [0], prefixItems: [Int32] = []
         var label: [Int32] = [], timestamp: [Int64] = [], reliability: [Float] = []
-        var userPairStart = [Int](repeating: 0, count: U + 1)
-        var firstTime = [Int64](repeating: 0, count: U)
+        /// Pairs of the user of rank u: `userStart[u]..<userStart[u + 1]`.
+        var userStart: [Int] = []
+        /// Time of each user's first event (for the split by first activity).
+        var firstTime: [Int64] = []
+        func count(ofUser u: Int) -> Int { userStart[u + 1] - userStart[u] }
+    }
+
+    /// Steps 7–8: each user's visits (kept items, repeats of the previous one
+    /// merged), then a pair per visit after the first: the last `maxSeqLen`
+    /// visits before it → it.
+    static func makePairs(_ ev: Events, _ users: Users, sessionOf: [Int32], reliability: [Float], itemMap: [Int32],
+                          maxSeqLen L: Int) -> Pairs {
+        var p = Pairs()
+        p.userStart = [Int](repeating: 0, count: users.count + 1)
+        p.firstTime = [Int64](repeating: 0, count: users.count)
         var visits: [Int32] = [], vTime: [Int64] = [], vSession: [Int32] = []
-        for u in 0..<U {
-            userPairStart[u] = label.count
-            firstTime[u] = ev.time[Int(ordered[userStart[u]])]
+        for u in 0..<users.count {
+            p.userStart[u] = p.label.count
+            p.firstTime[u] = ev.time[Int(users.events[users.start[u]])]
             visits.removeAll(keepingCapacity: true); vTime.removeAll(keepingCapacity: true); vSession.removeAll(keepingCapacity: true)
-            for k in userStart[u]..<userStart[u + 1] {
-                let e = Int(ordered[k])
+            for k in users.start[u]..<users.start[u + 1] {
+                let e = Int(users.events[k])
                 let item = itemMap[Int(ev.item[e])]
                 if item == 0 || item == visits.last { continue }
                 visits.append(item); vTime.append(ev.time[e]); vSession.append(sessionOf[e])
             }
             if visits.count < 2 { continue }
             for t in 1..<visits.count {
-                pairUser.append(Int32(u))
-                prefixItems.append(contentsOf: visits[max(0, t - L)..<t])
-                prefixOffsets.append(Int64(prefixItems.count))
-                label.append(visits[t]); timestamp.append(vTime[t]); reliability.append(sessionReliability[Int(vSession[t])])
+                p.user.append(Int32(u))
+                p.prefixItems.append(contentsOf: visits[max(0, t - L)..<t])
+                p.prefixOffsets.append(Int64(p.prefixItems.count))
+                p.label.append(visits[t]); p.timestamp.append(vTime[t]); p.reliability.append(reliability[Int(vSession[t])])
             }
         }
-        userPairStart[U] = label.count
+        p.userStart[users.count] = p.label.count
+        return p
+    }
 
-        // Step 9: split.
+    /// Step 9: val and test users, drawn from those with K + Q pairs, by first
+    /// activity (the latest are test, then val) or at random (seeded).
+    static func splitUsers(_ ev: Events, _ users: Users, _ pairs: Pairs, config: Config, summary: inout PrepareSummary) -> [Int8] {
+        let d = config.data, U = users.count
         let need = d.kSupport + d.qQuery
-        func nPairs(_ u: Int) -> Int { userPairStart[u + 1] - userPairStart[u] }
-        var eligible = (0..<U).filter { nPairs($0) >= need }
+        var eligible = (0..<U).filter { pairs.count(ofUser: $0) >= need }
         summary.eligibleUsers = eligible.count
         let wantVal = Int((d.valFraction * Double(U) + 1e-9).rounded(.down))
         let wantTest = Int((d.testFraction * Double(U) + 1e-9).rounded(.down))
@@ -311,7 +373,8 @@ public enum Prepare {
         var split = [Int8](repeating: SplitKind.train.rawValue, count: U)
         switch d.split {
         case .byFirstActivity:
-            eligible.sort { firstTime[$0] != firstTime[$1] ? firstTime[$0] < firstTime[$1] : byteLess(ev.userNames[userOrder[$0]], ev.userNames[userOrder[$1]]) }
+            let first = pairs.firstTime
+            eligible.sort { first[$0] != first[$1] ? first[$0] < first[$1] : byteLess(ev.userNames[users.order[$0]], ev.userNames[users.order[$1]]) }
             for u in eligible.suffix(nTest) { split[u] = SplitKind.test.rawValue }
             for u in eligible.dropLast(nTest).suffix(nVal) { split[u] = SplitKind.val.rawValue }
         case .random:
@@ -320,13 +383,18 @@ public enum Prepare {
             for u in eligible.prefix(nTest) { split[u] = SplitKind.test.rawValue }
             for u in eligible.dropFirst(nTest).prefix(nVal) { split[u] = SplitKind.val.rawValue }
         }
+        return split
+    }
 
-        // Step 10: episodes.
+    /// Step 10: a train user's windows of K + Q pairs every `train_stride`
+    /// pairs; a val or test user's first K + Q pairs.
+    static func makeEpisodes(_ split: [Int8], _ pairs: Pairs, data d: Config.Data) -> [SplitKind: Episodes] {
+        let need = d.kSupport + d.qQuery
         var episodes: [SplitKind: Episodes] = [:]
         for s in SplitKind.allCases { episodes[s] = Episodes(k: d.kSupport, q: d.qQuery) }
-        for u in 0..<U {
+        for u in 0..<split.count {
             let kind = SplitKind(rawValue: split[u])!
-            let n = nPairs(u), base = userPairStart[u]
+            let n = pairs.count(ofUser: u), base = pairs.userStart[u]
             var starts: [Int] = []
             if kind == .train {
                 var i = 0
@@ -338,17 +406,6 @@ public enum Prepare {
                 episodes[kind]!.user.append(Int32(u))
             }
         }
-
-        for s in SplitKind.allCases {
-            summary.usersPerSplit[s] = split.filter { $0 == s.rawValue }.count
-            summary.episodesPerSplit[s] = episodes[s]!.count
-        }
-        summary.pairs = label.count
-        summary.vocabulary = itemIds.count
-        let ds = Dataset(itemIds: itemIds, itemCounts: itemCounts, userIds: userOrder.map { ev.userNames[$0] },
-                         userSplit: split, pairUser: pairUser, prefixOffsets: prefixOffsets, prefixItems: prefixItems,
-                         label: label, timestamp: timestamp, reliability: reliability, episodes: episodes,
-                         maxSeqLen: L, kSupport: d.kSupport, qQuery: d.qQuery, source: source)
-        return (ds, summary)
+        return episodes
     }
 }
