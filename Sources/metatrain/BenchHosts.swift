@@ -80,7 +80,7 @@ extension BenchCommand {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: lab.exec(host)[0])
             p.arguments = Array(lab.exec(host).dropFirst()) + [exe] + args
-            FileManager.default.createFile(atPath: log, contents: nil)
+            _ = FileManager.default.createFile(atPath: log, contents: nil)
             p.standardOutput = FileHandle(forWritingAtPath: log); p.standardError = p.standardOutput
             try p.run()
             return p

@@ -1,3 +1,8 @@
+// Module metatrain: the command-line tool. One file per subcommand (synth,
+// prepare, pretrain, train, coordinator, worker, evaluate, config, keygen,
+// demo, bench), each a ParsableCommand with a one-sentence abstract and an
+// example in its help; the work itself lives in the library modules.
+
 import ArgumentParser
 import Configuration
 import Core

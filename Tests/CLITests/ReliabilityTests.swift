@@ -41,7 +41,7 @@ final class ReliabilityTests: XCTestCase {
         }
         // Fill what is left.
         let filler = disk + "/filler"
-        FileManager.default.createFile(atPath: filler, contents: nil)
+        _ = FileManager.default.createFile(atPath: filler, contents: nil)
         let h = try XCTUnwrap(FileHandle(forWritingAtPath: filler))
         while (try? h.write(contentsOf: Data(count: 4096))) != nil {}
         try h.close()
