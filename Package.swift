@@ -8,11 +8,11 @@ let package = Package(
     name: "metatrain",
     platforms: [.macOS(.v13)],
     products: [
-        .executable(name: "metatrain", targets: ["metatrain"]),
+        .executable(name: "metatrain", targets: ["metatrain"])
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0")
     ],
     targets: [
         // System libraries (module.modulemap + shim.h).
@@ -37,9 +37,13 @@ let package = Package(
         // Support weighting and inner loops (adaptation); meta-gradients build on it.
         .target(name: "MetaLearning", dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Configuration"]),
         // Metrics, baselines, few-shot adaptation, bootstrap, reports.
-        .target(name: "Evaluation", dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "Configuration", "MetaLearning"]),
+        .target(
+            name: "Evaluation",
+            dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "Configuration", "MetaLearning"]),
         // Global GRU4Rec pretraining.
-        .target(name: "Training", dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "Configuration", "Evaluation"]),
+        .target(
+            name: "Training",
+            dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "Configuration", "Evaluation"]),
         // ZeroMQ sockets: moves frames, knows nothing of training.
         .target(name: "Transport", dependencies: ["CZeroMQ", "CLinux"]),
         // Typed, versioned messages and their byte encoding (imports no C).
@@ -47,13 +51,20 @@ let package = Package(
         // Coordinator and worker state machines: no sockets, clocks or files.
         .target(name: "Coordination", dependencies: ["Wire"]),
         // Shells that run the state machines over Transport, with Storage and the math.
-        .target(name: "Runtime", dependencies: ["CLinux", "Wire", "Coordination", "Transport", "Core", "Kernels", "GRU4Rec",
-                                                "Configuration", "Datasets", "Storage", "MetaLearning", "Evaluation", "Training"]),
+        .target(
+            name: "Runtime",
+            dependencies: [
+                "CLinux", "Wire", "Coordination", "Transport", "Core", "Kernels", "GRU4Rec",
+                "Configuration", "Datasets", "Storage", "MetaLearning", "Evaluation", "Training"
+            ]),
         // The CLI, one file per subcommand.
-        .executableTarget(name: "metatrain", dependencies: [
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            "Core", "Kernels", "GRU4Rec", "Configuration", "Datasets", "Storage", "MetaLearning", "Evaluation", "Training", "Transport", "Wire", "Coordination", "Runtime",
-        ]),
+        .executableTarget(
+            name: "metatrain",
+            dependencies: [
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "Core", "Kernels", "GRU4Rec", "Configuration", "Datasets", "Storage", "MetaLearning", "Evaluation",
+                "Training", "Transport", "Wire", "Coordination", "Runtime"
+            ]),
 
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Core"]),
@@ -61,14 +72,24 @@ let package = Package(
         .testTarget(name: "ConfigurationTests", dependencies: ["Configuration"]),
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "Core", "Configuration"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Datasets", "GRU4Rec", "Core", "Configuration"]),
-        .testTarget(name: "MetaLearningTests", dependencies: ["MetaLearning", "GRU4Rec", "Kernels", "Datasets", "Core", "Configuration"]),
-        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "GRU4Rec", "Datasets", "Core", "Configuration"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Storage", "Datasets", "Configuration", "Core"]),
+        .testTarget(
+            name: "MetaLearningTests",
+            dependencies: ["MetaLearning", "GRU4Rec", "Kernels", "Datasets", "Core", "Configuration"]),
+        .testTarget(
+            name: "EvaluationTests", dependencies: ["Evaluation", "GRU4Rec", "Datasets", "Core", "Configuration"]),
+        .testTarget(
+            name: "TrainingTests",
+            dependencies: ["Training", "Evaluation", "Storage", "Datasets", "Configuration", "Core"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "CoordinationTests", dependencies: ["Coordination", "Wire"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime"]),
-        .testTarget(name: "CLITests", dependencies: ["metatrain", "Storage", "Datasets", "Core", "Transport", "Wire", "Runtime", "MetaLearning", "Configuration", "Yams",
-                                                   .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .testTarget(
+            name: "CLITests",
+            dependencies: [
+                "metatrain", "Storage", "Datasets", "Core", "Transport", "Wire", "Runtime", "MetaLearning",
+                "Configuration", "Yams",
+                .product(name: "ArgumentParser", package: "swift-argument-parser")
+            ])
     ]
 )

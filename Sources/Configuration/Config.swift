@@ -36,7 +36,9 @@ public struct Config: Equatable, Sendable {
         public var checkpoint: String?
         public var freezeEmbeddings: Bool
     }
-    public struct Eval: Equatable, Sendable { public var every: Int, patience: Int, valEpisodes: Int, bootstrapSamples: Int }
+    public struct Eval: Equatable, Sendable {
+        public var every: Int, patience: Int, valEpisodes: Int, bootstrapSamples: Int
+    }
     public struct Checkpoint: Equatable, Sendable { public var every: Int, keep: Int }
     /// Liveness between coordinator and workers: a heartbeat every `heartbeatS`
     /// seconds; a peer that misses `liveness` of them in a row is presumed gone.
@@ -141,7 +143,10 @@ public struct Config: Equatable, Sendable {
             for k in um.keys {
                 let p = path.isEmpty ? k : "\(path).\(k)"
                 guard var bv = bm[k] else {
-                    let hint = nearest(k, in: Array(bm.keys)).map { "; did you mean '\(path.isEmpty ? $0 : path + "." + $0)'?" } ?? ""
+                    let hint =
+                        nearest(k, in: Array(bm.keys)).map {
+                            "; did you mean '\(path.isEmpty ? $0 : path + "." + $0)'?"
+                        } ?? ""
                     throw ConfigError("\(origin): unknown key '\(p)'" + hint)
                 }
                 try merge(&bv, um[k]!, origin: origin, path: p)
@@ -170,20 +175,28 @@ public struct Config: Equatable, Sendable {
         guard seedValue >= 0 else { throw ConfigError("config: 'seed' must be ≥ 0") }
         seed = UInt64(seedValue)
         data = Data(
-            maxSeqLen: try r.int("data.max_seq_len", min: 1, max: 10_000), kSupport: try r.int("data.k_support", min: 1, max: 10_000),
-            qQuery: try r.int("data.q_query", min: 1, max: 10_000), sessionGapS: try r.int("data.session_gap_s", min: 0, max: 1 << 40),
+            maxSeqLen: try r.int("data.max_seq_len", min: 1, max: 10_000),
+            kSupport: try r.int("data.k_support", min: 1, max: 10_000),
+            qQuery: try r.int("data.q_query", min: 1, max: 10_000),
+            sessionGapS: try r.int("data.session_gap_s", min: 0, max: 1 << 40),
             minItemCount: try r.int("data.min_item_count", min: 1, max: 1 << 40),
-            valFraction: try r.double("data.val_fraction", in: 0...1), testFraction: try r.double("data.test_fraction", in: 0...1),
+            valFraction: try r.double("data.val_fraction", in: 0...1),
+            testFraction: try r.double("data.test_fraction", in: 0...1),
             trainStride: try r.int("data.train_stride", min: 1, max: 1 << 30), split: try r.choice("data.split"),
             eventsCap: try r.double("data.reliability.events_cap", in: 1e-9...1e12),
             durationCapS: try r.double("data.reliability.duration_cap_s", in: 1e-9...1e12))
         guard data.valFraction + data.testFraction < 1 else {
             throw ConfigError("config: data.val_fraction + data.test_fraction must be below 1")
         }
-        model = Model(embeddingDim: try r.int("model.embedding_dim", min: 1, max: 8192), hiddenDim: try r.int("model.hidden_dim", min: 1, max: 8192),
-                      dropout: try r.double("model.dropout", in: 0...0.99))
-        pretrain = Pretrain(epochs: try r.int("pretrain.epochs", min: 1, max: 1_000_000), batchSize: try r.int("pretrain.batch_size", min: 1, max: 1 << 20),
-                            lr: try r.double("pretrain.lr", in: 0...100), patience: try r.int("pretrain.patience", min: 1, max: 1_000_000))
+        model = Model(
+            embeddingDim: try r.int("model.embedding_dim", min: 1, max: 8192),
+            hiddenDim: try r.int("model.hidden_dim", min: 1, max: 8192),
+            dropout: try r.double("model.dropout", in: 0...0.99))
+        pretrain = Pretrain(
+            epochs: try r.int("pretrain.epochs", min: 1, max: 1_000_000),
+            batchSize: try r.int("pretrain.batch_size", min: 1, max: 1 << 20),
+            lr: try r.double("pretrain.lr", in: 0...100),
+            patience: try r.int("pretrain.patience", min: 1, max: 1_000_000))
         let bounds = try r.doubles("maml.inner_lr_bounds")
         guard bounds.count == 2, bounds[0] <= bounds[1], bounds[0] >= 0, bounds[1] <= 100 else {
             throw ConfigError("config: 'maml.inner_lr_bounds' must be [low, high] with 0 ≤ low ≤ high ≤ 100")
@@ -191,19 +204,31 @@ public struct Config: Equatable, Sendable {
         maml = MAML(
             algorithm: try r.choice("maml.algorithm"), secondOrder: try r.bool("maml.second_order"),
             innerLR: try r.double("maml.inner_lr", in: 0...100), innerLRBounds: (bounds[0], bounds[1]),
-            outerLR: try r.double("maml.outer_lr", in: 0...100), innerSteps: try r.int("maml.inner_steps", min: 0, max: 10_000),
-            metaBatchSize: try r.int("maml.meta_batch_size", min: 1, max: 1 << 20), iterations: try r.int("maml.iterations", min: 0, max: 1 << 40),
+            outerLR: try r.double("maml.outer_lr", in: 0...100),
+            innerSteps: try r.int("maml.inner_steps", min: 0, max: 10_000),
+            metaBatchSize: try r.int("maml.meta_batch_size", min: 1, max: 1 << 20),
+            iterations: try r.int("maml.iterations", min: 0, max: 1 << 40),
             residualLambda: try r.double("maml.residual_lambda", in: 0...1),
-            clipNorm: try r.double("maml.clip_norm", in: 0...1e12), chunkSize: try r.int("maml.chunk_size", min: 1, max: 1 << 20))
-        weighting = Weighting(scheme: try r.choice("weighting.scheme"), recencyKind: try r.choice("weighting.recency.kind"),
-                              recencyLambda: try r.double("weighting.recency.lambda", in: 0...1e6),
-                              temperature: try r.double("weighting.recency.temperature", in: 1e-9...1e6))
-        warmStart = WarmStart(checkpoint: try r.optionalString("warm_start.checkpoint"),
-                              freezeEmbeddings: try r.bool("warm_start.freeze_embeddings"))
-        eval = Eval(every: try r.int("eval.every", min: 1, max: 1 << 40), patience: try r.int("eval.patience", min: 1, max: 1 << 40),
-                    valEpisodes: try r.int("eval.val_episodes", min: 0, max: 1 << 40), bootstrapSamples: try r.int("eval.bootstrap_samples", min: 1, max: 1_000_000))
-        checkpoint = Checkpoint(every: try r.int("checkpoint.every", min: 1, max: 1 << 40), keep: try r.int("checkpoint.keep", min: 1, max: 1_000_000))
-        cluster = Cluster(heartbeatS: try r.double("cluster.heartbeat_s", in: 0.05...60), liveness: try r.int("cluster.liveness", min: 1, max: 1000))
+            clipNorm: try r.double("maml.clip_norm", in: 0...1e12),
+            chunkSize: try r.int("maml.chunk_size", min: 1, max: 1 << 20))
+        weighting = Weighting(
+            scheme: try r.choice("weighting.scheme"), recencyKind: try r.choice("weighting.recency.kind"),
+            recencyLambda: try r.double("weighting.recency.lambda", in: 0...1e6),
+            temperature: try r.double("weighting.recency.temperature", in: 1e-9...1e6))
+        warmStart = WarmStart(
+            checkpoint: try r.optionalString("warm_start.checkpoint"),
+            freezeEmbeddings: try r.bool("warm_start.freeze_embeddings"))
+        eval = Eval(
+            every: try r.int("eval.every", min: 1, max: 1 << 40),
+            patience: try r.int("eval.patience", min: 1, max: 1 << 40),
+            valEpisodes: try r.int("eval.val_episodes", min: 0, max: 1 << 40),
+            bootstrapSamples: try r.int("eval.bootstrap_samples", min: 1, max: 1_000_000))
+        checkpoint = Checkpoint(
+            every: try r.int("checkpoint.every", min: 1, max: 1 << 40),
+            keep: try r.int("checkpoint.keep", min: 1, max: 1_000_000))
+        cluster = Cluster(
+            heartbeatS: try r.double("cluster.heartbeat_s", in: 0.05...60),
+            liveness: try r.int("cluster.liveness", min: 1, max: 1000))
     }
 
     public static func == (a: Config, b: Config) -> Bool { a.tree == b.tree }
@@ -217,7 +242,9 @@ struct Reader {
     func value(_ path: String) throws -> ConfigValue {
         var cur = root
         for part in path.split(separator: ".") {
-            guard case .map(let m) = cur, let v = m[String(part)] else { throw ConfigError("config: missing key '\(path)'") }
+            guard case .map(let m) = cur, let v = m[String(part)] else {
+                throw ConfigError("config: missing key '\(path)'")
+            }
             cur = v
         }
         return cur
@@ -263,7 +290,9 @@ struct Reader {
     func choice<T: RawRepresentable & CaseIterable>(_ p: String) throws -> T where T.RawValue == String {
         let allowed = T.allCases.map { "'\($0.rawValue)'" }.joined(separator: ", ")
         guard case .string(let s) = try value(p) else { throw ConfigError("config: '\(p)' must be one of \(allowed)") }
-        guard let v = T(rawValue: s) else { throw ConfigError("config: '\(p)' has unknown value '\(s)'; allowed: \(allowed)") }
+        guard let v = T(rawValue: s) else {
+            throw ConfigError("config: '\(p)' has unknown value '\(s)'; allowed: \(allowed)")
+        }
         return v
     }
 }

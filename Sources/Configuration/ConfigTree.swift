@@ -99,8 +99,11 @@ extension ConfigValue {
         let pad = String(repeating: " ", count: indent)
         for k in m.keys {
             let v = m[k]!
-            if case .map = v { out += "\(pad)\(k):\n" + v.yaml(indent: indent + 2) }
-            else { out += "\(pad)\(k): \(v.scalarYAML)\n" }
+            if case .map = v {
+                out += "\(pad)\(k):\n" + v.yaml(indent: indent + 2)
+            } else {
+                out += "\(pad)\(k): \(v.scalarYAML)\n"
+            }
         }
         return out
     }

@@ -45,8 +45,10 @@ public struct CoordinatorMachine: Sendable {
         /// the two results compared bit for bit. 0: none.
         public var verifyFraction = 0.0
         public var verifySeed: UInt64 = 0
-        public init(runId: String, datasetFingerprint: String, configJSON: String, workerTimeout: Double = 60,
-                    unitsPerWorker: Int = 2, waitingNoticeInterval: Double = 30) {
+        public init(
+            runId: String, datasetFingerprint: String, configJSON: String, workerTimeout: Double = 60,
+            unitsPerWorker: Int = 2, waitingNoticeInterval: Double = 30
+        ) {
             self.runId = runId; self.datasetFingerprint = datasetFingerprint; self.configJSON = configJSON
             self.workerTimeout = workerTimeout; self.unitsPerWorker = max(1, unitsPerWorker)
             self.waitingNoticeInterval = waitingNoticeInterval
@@ -107,7 +109,7 @@ public struct CoordinatorMachine: Sendable {
         /// Compute processes behind the connection (a host agent's `--procs`).
         var procs = 1
         var ready = false
-        var units: [Int] = []   // unit ids in flight, in the order sent
+        var units: [Int] = [] // unit ids in flight, in the order sent
         /// Results dropped as bad so far.
         var bad = 0
     }
@@ -120,7 +122,7 @@ public struct CoordinatorMachine: Sendable {
     private var phase: Phase?
     private var firstUnitId = 0
     private var nextUnitId = 0
-    private var pending: [Int] = []          // unit indices waiting for a worker
+    private var pending: [Int] = [] // unit indices waiting for a worker
     private var results: [Int: UnitResult] = [:]
     /// Who was given each unit of the phase (by index); only they may hand in its result.
     private var assigned: [Int: Set<PeerID>] = [:]
@@ -180,15 +182,25 @@ public struct CoordinatorMachine: Sendable {
         }
         guard var w = workers[peer] else {
             // Unknown peer (e.g. dropped after a timeout): ask it to introduce itself again.
-            return noisy(peer, "unknown", now, [.log("message '\(e.message.typeName)' from unknown peer \(peer); asking it to re-join"),
-                                                .send(peer, .refuse(.unknownWorker, detail: "send hello first"))])
+            return noisy(
+                peer, "unknown", now,
+                [
+                    .log("message '\(e.message.typeName)' from unknown peer \(peer); asking it to re-join"),
+                    .send(peer, .refuse(.unknownWorker, detail: "send hello first"))
+                ])
         }
         if case .goodbye(let reason) = e.message, e.runId.isEmpty {
             // Going before it read our welcome (it knows no run id yet): it goes all the same.
             return [remove(peer, because: "left (\(bounded(reason)))")] + dispatch()
         }
         guard e.runId == settings.runId else {
-            return noisy(peer, "run", now, [.log("dropped '\(e.message.typeName)' from \(w.name): run id '\(bounded(e.runId))' is not this run's '\(settings.runId)'")])
+            return noisy(
+                peer, "run", now,
+                [
+                    .log(
+                        "dropped '\(e.message.typeName)' from \(w.name): run id '\(bounded(e.runId))' is not this run's '\(settings.runId)'"
+                    )
+                ])
         }
         w.lastSeen = now
         workers[peer] = w
@@ -229,9 +241,18 @@ public struct CoordinatorMachine: Sendable {
     public mutating func onUndecodable(_ error: WireError, from peer: PeerID, now: Double = 0) -> [Directive] {
         let who = workers[peer]?.name ?? "peer \(peer)"
         if case .protocolMismatch(let v) = error {
-            return noisy(peer, "protocol", now, [
-                .log("refused \(who): it speaks protocol version \(v), this coordinator speaks \(Envelope.protocolVersion)"),
-                .send(peer, .refuse(.protocolVersion, detail: "worker speaks \(v), coordinator speaks \(Envelope.protocolVersion)"))])
+            return noisy(
+                peer, "protocol", now,
+                [
+                    .log(
+                        "refused \(who): it speaks protocol version \(v), this coordinator speaks \(Envelope.protocolVersion)"
+                    ),
+                    .send(
+                        peer,
+                        .refuse(
+                            .protocolVersion,
+                            detail: "worker speaks \(v), coordinator speaks \(Envelope.protocolVersion)"))
+                ])
         }
         return noisy(peer, "malformed", now, [.log("dropped malformed message from \(who): \(error)")])
     }
@@ -246,8 +267,10 @@ public struct CoordinatorMachine: Sendable {
         for peer in joinOrder {
             guard let w = workers[peer], now - w.lastSeen > settings.workerTimeout else { continue }
             // A worker says nothing while it computes a unit: name the way out if units run that long.
-            out.append(remove(peer, because: "silent for \(Int(now - w.lastSeen))s",
-                              hint: " (if a unit takes longer than \(Int(settings.workerTimeout))s, raise --worker-timeout)"))
+            out.append(
+                remove(
+                    peer, because: "silent for \(Int(now - w.lastSeen))s",
+                    hint: " (if a unit takes longer than \(Int(settings.workerTimeout))s, raise --worker-timeout)"))
         }
         if workers.isEmpty {
             let since = withoutWorkersSince ?? now
@@ -273,12 +296,17 @@ public struct CoordinatorMachine: Sendable {
     public mutating func onWorkerGone(name: String, reason: String, crashed: Bool = false) -> [Directive] {
         var out: [Directive] = []
         for peer in joinOrder where workers[peer]?.name == name {
-            if crashed, let p = phase, let id = workers[peer]!.units.first, id - firstUnitId >= 0, id - firstUnitId < p.units.count {
+            if crashed, let p = phase, let id = workers[peer]!.units.first, id - firstUnitId >= 0,
+                id - firstUnitId < p.units.count
+            {
                 let index = id - firstUnitId
                 crashes[index, default: []].append("\(name) \(bounded(reason))")
                 if crashes[index]!.count >= 2 {
-                    out.append(.unitFailed(index: index, reason: "unit \(id) of version \(p.version) (\(episodeList(p.units[index]))) "
-                                           + "crashed the processes that computed it: " + crashes[index]!.joined(separator: "; ")))
+                    out.append(
+                        .unitFailed(
+                            index: index,
+                            reason: "unit \(id) of version \(p.version) (\(episodeList(p.units[index]))) "
+                                + "crashed the processes that computed it: " + crashes[index]!.joined(separator: "; ")))
                 }
             }
             out.append(remove(peer, because: reason))
@@ -289,7 +317,8 @@ public struct CoordinatorMachine: Sendable {
     /// A unit's episodes for an error message (the first 16).
     func episodeList(_ leaves: [[Int]]) -> String {
         let episodes = leaves.flatMap { $0 }
-        return "episodes " + episodes.prefix(16).map(String.init).joined(separator: ",") + (episodes.count > 16 ? ",…" : "")
+        return "episodes " + episodes.prefix(16).map(String.init).joined(separator: ",")
+            + (episodes.count > 16 ? ",…" : "")
     }
 
     /// Removes a live worker and re-queues its units (the caller dispatches them
@@ -300,7 +329,9 @@ public struct CoordinatorMachine: Sendable {
         for u in w.units.reversed() { requeue(u) }
         workers[peer] = nil
         joinOrder.removeAll { $0 == peer }
-        return .log("worker \(w.name) \(reason); dropped" + (w.units.isEmpty ? "" : ", its \(w.units.count) unit(s) re-queued" + hint))
+        return .log(
+            "worker \(w.name) \(reason); dropped"
+                + (w.units.isEmpty ? "" : ", its \(w.units.count) unit(s) re-queued" + hint))
     }
 
     /// Starts a phase on weights `phase.version` (which MUST be published).
@@ -345,10 +376,22 @@ public struct CoordinatorMachine: Sendable {
 
     mutating func onHello(_ h: Hello, from peer: PeerID, now: Double) -> [Directive] {
         guard h.datasetFingerprint == settings.datasetFingerprint else {
-            return noisy(peer, "fingerprint", now, [.log("refused worker \(bounded(h.workerName)): its dataset fingerprint \(h.datasetFingerprint.prefix(12))… is not the coordinator's \(settings.datasetFingerprint.prefix(12))…"),
-                    .send(peer, .refuse(.datasetFingerprint, detail: "worker has \(h.datasetFingerprint.prefix(12))…, coordinator has \(settings.datasetFingerprint.prefix(12))…"))])
+            return noisy(
+                peer, "fingerprint", now,
+                [
+                    .log(
+                        "refused worker \(bounded(h.workerName)): its dataset fingerprint \(h.datasetFingerprint.prefix(12))… is not the coordinator's \(settings.datasetFingerprint.prefix(12))…"
+                    ),
+                    .send(
+                        peer,
+                        .refuse(
+                            .datasetFingerprint,
+                            detail:
+                                "worker has \(h.datasetFingerprint.prefix(12))…, coordinator has \(settings.datasetFingerprint.prefix(12))…"
+                        ))
+                ])
         }
-        if let old = workers[peer] { for u in old.units.reversed() { requeue(u) } }  // re-joined: its old units are lost
+        if let old = workers[peer] { for u in old.units.reversed() { requeue(u) } } // re-joined: its old units are lost
         if workers[peer] == nil { joinOrder.append(peer) }
         workers[peer] = Worker(name: h.workerName, lastSeen: now, procs: max(1, h.procs))
         let what = h.procs > 1 ? "host agent \(h.workerName) of \(h.procs) processes" : "worker \(h.workerName)"
@@ -356,9 +399,12 @@ public struct CoordinatorMachine: Sendable {
         if let first = firstHardware {
             if first.hardware != h.hardware && !warnedHardware {
                 warnedHardware = true
-                out.append(.log("warning: worker \(h.workerName) runs \(bounded(h.hardware.description)), worker \(first.name) runs "
-                                + "\(bounded(first.hardware.description)): results are bit-identical across hosts only where every "
-                                + "worker runs the same kernels; set OPENBLAS_CORETYPE to one family on every host to pin them"))
+                out.append(
+                    .log(
+                        "warning: worker \(h.workerName) runs \(bounded(h.hardware.description)), worker \(first.name) runs "
+                            + "\(bounded(first.hardware.description)): results are bit-identical across hosts only where every "
+                            + "worker runs the same kernels; set OPENBLAS_CORETYPE to one family on every host to pin them"
+                    ))
             }
         } else {
             firstHardware = (h.workerName, h.hardware)
@@ -388,11 +434,16 @@ public struct CoordinatorMachine: Sendable {
         workers[peer]!.units.removeAll { $0 == unitId }
         workers[peer]!.ready = true
         let kindMatches: Bool
-        switch r { case .train: kindMatches = p.kind == .train; case .eval: kindMatches = p.kind == .eval }
+        switch r {
+        case .train: kindMatches = p.kind == .train;
+        case .eval: kindMatches = p.kind == .eval
+        }
         if v != p.version || !kindMatches {
             // Unit ids are never reused, and a worker computes a unit on its own version: this is no honest result.
             requeueIfLost(index)
-            let what = !kindMatches ? "a result of the wrong kind for a \(p.kind == .train ? "train" : "eval") unit"
+            let what =
+                !kindMatches
+                ? "a result of the wrong kind for a \(p.kind == .train ? "train" : "eval") unit"
                 : "computed on version \(v), the unit is for version \(p.version)"
             return bad(peer, "unit \(unitId): \(what)") + dispatch()
         }
@@ -403,7 +454,11 @@ public struct CoordinatorMachine: Sendable {
                 nonFinite[index, default: []].append(name)
                 let who = nonFinite[index]!
                 if Set(who).count >= 2 || (who.count >= 2 && workers.count == 1) {
-                    return [.fail("unit \(unitId) of version \(p.version) (\(episodeList(p.units[index]))) gave non-finite results on \(Set(who).count == 1 ? "worker \(who[0]) twice" : "workers " + Set(who).sorted().joined(separator: " and ")): the model diverged (lower maml.inner_lr or maml.outer_lr)")]
+                    return [
+                        .fail(
+                            "unit \(unitId) of version \(p.version) (\(episodeList(p.units[index]))) gave non-finite results on \(Set(who).count == 1 ? "worker \(who[0]) twice" : "workers " + Set(who).sorted().joined(separator: " and ")): the model diverged (lower maml.inner_lr or maml.outer_lr)"
+                        )
+                    ]
                 }
             }
             return bad(peer, "unit \(unitId): \(problem.what)") + dispatch()
@@ -468,19 +523,31 @@ public struct CoordinatorMachine: Sendable {
             }
             verified += 1; mismatches += 1
             again()
-            let line = Directive.log("verify: unit \(unitId) differs between worker \(seen[0].name) and worker \(seen[1].name); computing it a third time")
+            let line = Directive.log(
+                "verify: unit \(unitId) differs between worker \(seen[0].name) and worker \(seen[1].name); computing it a third time"
+            )
             return (nil, [line] + undecided())
         default:
             let third = seen[2]
             for (agree, disagree) in [(0, 1), (1, 0)] where sameBits(seen[agree].result, third.result) {
-                var out: [Directive] = [.log("verify: unit \(unitId): worker \(third.name) agrees with worker \(seen[agree].name)")]
+                var out: [Directive] = [
+                    .log("verify: unit \(unitId): worker \(third.name) agrees with worker \(seen[agree].name)")
+                ]
                 if seen[disagree].peer != seen[agree].peer, workers[seen[disagree].peer] != nil {
-                    out.append(remove(seen[disagree].peer, because: "disagrees with the majority on unit \(unitId) (verify)"))
+                    out.append(
+                        remove(seen[disagree].peer, because: "disagrees with the majority on unit \(unitId) (verify)"))
                 }
                 return (seen[agree].result, out)
             }
-            return (nil, [.fail("verify: unit \(unitId) gave three different results on workers \(seen.map(\.name).joined(separator: ", ")): "
-                                + "results are bit-identical only where every host runs the same kernels (set OPENBLAS_CORETYPE on every host)")])
+            return (
+                nil,
+                [
+                    .fail(
+                        "verify: unit \(unitId) gave three different results on workers \(seen.map(\.name).joined(separator: ", ")): "
+                            + "results are bit-identical only where every host runs the same kernels (set OPENBLAS_CORETYPE on every host)"
+                    )
+                ]
+            )
         }
     }
 
@@ -491,9 +558,12 @@ public struct CoordinatorMachine: Sendable {
         for (index, seen) in checking.sorted(by: { $0.key < $1.key }) where seen.count == 2 && results[index] == nil {
             guard !workers.keys.contains(where: { peer in !seen.contains { $0.peer == peer } }) else { continue }
             let names = seen.map(\.name)
-            return [.fail("verify: unit \(firstUnitId + index) of version \(p.version) (\(episodeList(p.units[index]))) differs between worker "
-                          + "\(names[0]) and worker \(names[1]), and no third worker is live to decide: results are bit-identical only where "
-                          + "every host runs the same kernels (set OPENBLAS_CORETYPE on every host)")]
+            return [
+                .fail(
+                    "verify: unit \(firstUnitId + index) of version \(p.version) (\(episodeList(p.units[index]))) differs between worker "
+                        + "\(names[0]) and worker \(names[1]), and no third worker is live to decide: results are bit-identical only where "
+                        + "every host runs the same kernels (set OPENBLAS_CORETYPE on every host)")
+            ]
         }
         return []
     }
@@ -503,7 +573,7 @@ public struct CoordinatorMachine: Sendable {
         switch (a, b) {
         case (.train(let x), .train(let y)):
             return x.tasks == y.tasks && x.lossSum.bitPattern == y.lossSum.bitPattern
-                && x.gradTheta == y.gradTheta && x.gradAlpha == y.gradAlpha   // Floats compare bits
+                && x.gradTheta == y.gradTheta && x.gradAlpha == y.gradAlpha // Floats compare bits
         case (.eval(let x), .eval(let y)):
             return x.queries == y.queries && x.sums.map(\.bitPattern) == y.sums.map(\.bitPattern)
                 && x.losses.map(\.bitPattern) == y.losses.map(\.bitPattern)
@@ -523,7 +593,9 @@ public struct CoordinatorMachine: Sendable {
             return [.log("worker \(name) gave back unit \(unitId), which is no longer running")] + dispatch()
         }
         let index = unitId - firstUnitId
-        guard workers[peer]!.units.contains(unitId) else { return bad(peer, "gave back unit \(unitId), which it does not hold") + dispatch() }
+        guard workers[peer]!.units.contains(unitId) else {
+            return bad(peer, "gave back unit \(unitId), which it does not hold") + dispatch()
+        }
         workers[peer]!.units.removeAll { $0 == unitId }
         failedOn[index, default: []].insert(peer)
         requeueIfLost(index)
@@ -531,9 +603,15 @@ public struct CoordinatorMachine: Sendable {
         let by = failedOn[index]!
         if by.count >= 2 || workers.keys.allSatisfy(by.contains) {
             let names = by.compactMap { workers[$0]?.name }.sorted()
-            return out + [.unitFailed(index: index, reason: "unit \(unitId) of version \(p.version) (\(episodeList(p.units[index]))) failed on "
-                                      + (by.count == 1 ? "worker \(names.first ?? "?"), the only one live" : "workers " + names.joined(separator: " and "))
-                                      + ": \(bounded(reason))")]
+            return out + [
+                .unitFailed(
+                    index: index,
+                    reason: "unit \(unitId) of version \(p.version) (\(episodeList(p.units[index]))) failed on "
+                        + (by.count == 1
+                            ? "worker \(names.first ?? "?"), the only one live"
+                            : "workers " + names.joined(separator: " and "))
+                        + ": \(bounded(reason))")
+            ]
         }
         return out + dispatch()
     }
@@ -549,11 +627,15 @@ public struct CoordinatorMachine: Sendable {
                 let index = id - firstUnitId
                 guard index >= 0, index < p.units.count, results[index] == nil, let t = sentAt[id] else { continue }
                 let tasks = p.units[index].reduce(0) { $0 + $1.count }
-                let deadline = taskSeconds.map { max(settings.minUnitDeadline, settings.deadlineFactor * $0 * Double(tasks)) }
+                let deadline =
+                    taskSeconds.map { max(settings.minUnitDeadline, settings.deadlineFactor * $0 * Double(tasks)) }
                     ?? settings.firstUnitDeadline
                 guard now - t > deadline else { continue }
                 overdue.insert(id)
-                out.append(.log("worker \(w.name) has held unit \(id) for \(Int(now - t))s, past its deadline of \(Int(deadline))s; it goes out again"))
+                out.append(
+                    .log(
+                        "worker \(w.name) has held unit \(id) for \(Int(now - t))s, past its deadline of \(Int(deadline))s; it goes out again"
+                    ))
                 if !pending.contains(index) { pending.insert(index, at: 0) }
             }
         }
@@ -567,16 +649,22 @@ public struct CoordinatorMachine: Sendable {
         case .train(let t):
             guard t.tasks == episodes else { return ("it claims \(t.tasks) tasks, the unit has \(episodes)", false) }
             if let n = settings.gradientCounts, t.gradTheta.count != n.theta || t.gradAlpha.count != n.alpha {
-                return ("gradients of \(t.gradTheta.count)+\(t.gradAlpha.count) floats, the model has \(n.theta)+\(n.alpha)", false)
+                return (
+                    "gradients of \(t.gradTheta.count)+\(t.gradAlpha.count) floats, the model has \(n.theta)+\(n.alpha)",
+                    false
+                )
             }
             guard !settings.checkFinite || (t.lossSum.isFinite && t.gradTheta.allFinite && t.gradAlpha.allFinite) else {
                 return ("non-finite values", true)
             }
         case .eval(let e):
-            guard e.queries.count == episodes else { return ("metrics of \(e.queries.count) episodes, the unit has \(episodes)", false) }
+            guard e.queries.count == episodes else {
+                return ("metrics of \(e.queries.count) episodes, the unit has \(episodes)", false)
+            }
             for (i, q) in e.queries.enumerated() {
                 guard q >= 0, q <= 1 << 20, e.losses[i].isFinite,
-                      e.sums[(6 * i)..<(6 * i + 6)].allSatisfy({ $0.isFinite && $0 >= 0 && $0 <= Double(q) }) else {
+                    e.sums[(6 * i)..<(6 * i + 6)].allSatisfy({ $0.isFinite && $0 >= 0 && $0 <= Double(q) })
+                else {
                     return ("episode \(i)'s metrics are out of range", false)
                 }
             }
@@ -591,7 +679,11 @@ public struct CoordinatorMachine: Sendable {
         if w.bad >= settings.badResultsAllowed {
             return [remove(peer, because: "sent \(w.bad) bad results (the last: \(bounded(what)))")]
         }
-        return [.log("dropped a bad result from worker \(w.name) (\(w.bad) of \(settings.badResultsAllowed) allowed): \(bounded(what))")]
+        return [
+            .log(
+                "dropped a bad result from worker \(w.name) (\(w.bad) of \(settings.badResultsAllowed) allowed): \(bounded(what))"
+            )
+        ]
     }
 
     /// Puts a unit back in the queue unless it has a result, is queued, or another worker holds it.
@@ -619,7 +711,8 @@ public struct CoordinatorMachine: Sendable {
         let ordered = (0..<p.units.count).map { results[$0]! }
         phase = nil
         pending = []
-        results = [:]; assigned = [:]; nonFinite = [:]; sentAt = [:]; overdue = []; crashes = [:]; failedOn = [:]; checking = [:]
+        results = [:]; assigned = [:]; nonFinite = [:]; sentAt = [:]; overdue = []; crashes = [:]; failedOn = [:];
+        checking = [:]
         return [.phaseComplete(PhaseResults(phase: p, results: ordered))]
     }
 

@@ -65,10 +65,10 @@ public struct WorkerMachine: Sendable {
     private var held: Held? { didSet { computerHoldsHeld = false } }
     /// Whether the shell's computer has `held` installed (a `compute` with `install` did it).
     private var computerHoldsHeld = false
-    private var pending: [WorkUnit] = []    // units waiting for their weights, in arrival order
-    private var fetchAt: Double?            // fetch then, unless the broadcast came
-    private var fetchedVersion = -1         // the version the last fetch (in this membership) was sent at
-    private var fetchedAt = 0.0             // when it was sent
+    private var pending: [WorkUnit] = [] // units waiting for their weights, in arrival order
+    private var fetchAt: Double? // fetch then, unless the broadcast came
+    private var fetchedVersion = -1 // the version the last fetch (in this membership) was sent at
+    private var fetchedAt = 0.0 // when it was sent
     /// Units handed to the shell and not yet computed. A shell that computes
     /// in place returns before anything else happens; a host agent computes
     /// several blocks at once on its processes and keeps ticking meanwhile.
@@ -153,7 +153,9 @@ public struct WorkerMachine: Sendable {
             state = .stopped
             return [.exit(code: 0, reason: reason)]
         case .weights(let w):
-            guard state == .joined else { return [.log("dropped weights version \(w.version) that came before welcome")] }
+            guard state == .joined else {
+                return [.log("dropped weights version \(w.version) that came before welcome")]
+            }
             return onWeights(w, now: now)
         case .work(let u):
             guard state == .joined else { return [.log("dropped work before welcome")] }
@@ -193,7 +195,11 @@ public struct WorkerMachine: Sendable {
                 out.append(.log("unit \(u.id) became stale (version \(u.version) < \(w.version)); skipping"))
             }
         }
-        if skipped && !out.contains(where: { if case .compute = $0 { return true }; return false }) && pending.isEmpty {
+        if skipped
+            && !out.contains(where: {
+                if case .compute = $0 { return true }; return false
+            }) && pending.isEmpty
+        {
             out += sent(.ready, now)
         }
         return out
@@ -213,7 +219,9 @@ public struct WorkerMachine: Sendable {
     /// The directive that computes `u` on the held weights (which MUST be of its version),
     /// installing them first if the computer does not hold them.
     private mutating func compute(_ u: WorkUnit) -> Directive {
-        precondition(held != nil && weightsVersion == u.version, "unit \(u.id) for version \(u.version) computed holding \(weightsVersion)")
+        precondition(
+            held != nil && weightsVersion == u.version,
+            "unit \(u.id) for version \(u.version) computed holding \(weightsVersion)")
         computingRuns.append((u.id, runId))
         let install = computerHoldsHeld ? nil : held!.weights
         computerHoldsHeld = true
@@ -241,13 +249,19 @@ public struct WorkerMachine: Sendable {
     /// The shell finished a unit; `result` is its trainResult or evalResult.
     public mutating func onComputed(_ result: Message, now: Double) -> [Directive] {
         var unitId: Int?
-        switch result { case .trainResult(let r): unitId = r.unitId; case .evalResult(let r): unitId = r.unitId; default: break }
+        switch result {
+        case .trainResult(let r): unitId = r.unitId;
+        case .evalResult(let r): unitId = r.unitId;
+        default: break
+        }
         var run = runId
         if let i = computingRuns.firstIndex(where: { $0.unitId == unitId }) ?? computingRuns.indices.first {
             run = computingRuns.remove(at: i).run
         }
         guard state == .joined else { return [] }
-        guard run == runId else { return [.log("dropped the result of unit \(unitId ?? -1) of run \(run): the coordinator now runs \(runId)")] }
+        guard run == runId else {
+            return [.log("dropped the result of unit \(unitId ?? -1) of run \(run): the coordinator now runs \(runId)")]
+        }
         return sent(result, now)
     }
 
@@ -266,7 +280,11 @@ public struct WorkerMachine: Sendable {
     public mutating func onUndecodable(_ error: WireError) -> [Directive] {
         if case .protocolMismatch(let v) = error {
             state = .stopped
-            return [.exit(code: 1, reason: "coordinator speaks protocol version \(v), this worker speaks \(Envelope.protocolVersion)")]
+            return [
+                .exit(
+                    code: 1,
+                    reason: "coordinator speaks protocol version \(v), this worker speaks \(Envelope.protocolVersion)")
+            ]
         }
         return [.log("dropped malformed message: \(error)")]
     }
@@ -279,8 +297,11 @@ public struct WorkerMachine: Sendable {
             let again = fetchedVersion >= u.version
             fetchAt = now + fetchRetry
             fetchedVersion = u.version; fetchedAt = now
-            return [.log("unit \(u.id) needs weights version \(u.version), holding \(weightsVersion); "
-                         + (again ? "no reply to the last fetch, fetching again" : "no broadcast came, fetching"))]
+            return [
+                .log(
+                    "unit \(u.id) needs weights version \(u.version), holding \(weightsVersion); "
+                        + (again ? "no reply to the last fetch, fetching again" : "no broadcast came, fetching"))
+            ]
                 + sent(.fetchWeights, now)
         }
         if now - lastHeard > coordinatorTimeout {
@@ -292,7 +313,9 @@ public struct WorkerMachine: Sendable {
             // Missed `liveness` heartbeats: the coordinator died, froze or was restarted. Join again
             // (a coordinator restarted with --resume welcomes us back), saying hello with backoff.
             helloInterval = heartbeatInterval
-            return rejoin("no word from the coordinator for \(Int((now - lastHeard) * 10) / 10).\(Int((now - lastHeard) * 10) % 10)s", now)
+            return rejoin(
+                "no word from the coordinator for \(Int((now - lastHeard) * 10) / 10).\(Int((now - lastHeard) * 10) % 10)s",
+                now)
         }
         if state == .joined && now - lastSent > heartbeatInterval {
             return sent(.heartbeat, now)
@@ -304,7 +327,9 @@ public struct WorkerMachine: Sendable {
         return []
     }
 
-    private var hello: Message { .hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint, hardware: hardware, procs: procs)) }
+    private var hello: Message {
+        .hello(Hello(workerName: name, datasetFingerprint: datasetFingerprint, hardware: hardware, procs: procs))
+    }
 
     /// Back to joining (the same run or a new one): units waiting for weights are
     /// forgotten (the coordinator re-queues them) and so is any fetch on its way.

@@ -16,7 +16,8 @@ public func writeAtomically<R>(to path: String, _ body: (_ temporaryPath: String
         let r = try body(tmp)
         try sync(tmp, what: path)
         if rename(tmp, path) != 0 {
-            throw MetatrainError("\(path): cannot rename temporary file into place (\(String(cString: strerror(errno))))")
+            throw MetatrainError(
+                "\(path): cannot rename temporary file into place (\(String(cString: strerror(errno))))")
         }
         try sync(dir, what: path)
         return r
@@ -25,8 +26,9 @@ public func writeAtomically<R>(to path: String, _ body: (_ temporaryPath: String
         // Say so when the disk is full: HDF5's own messages do not.
         var st = statvfs()
         if statvfs(dir, &st) == 0, UInt64(st.f_bavail) * UInt64(st.f_frsize) < 1 << 20 {
-            throw MetatrainError("\(error); the file system holding \(dir) is full (\(UInt64(st.f_bavail) * UInt64(st.f_frsize) / 1024) KB free), "
-                                 + "and \(url.lastPathComponent) was left as it was")
+            throw MetatrainError(
+                "\(error); the file system holding \(dir) is full (\(UInt64(st.f_bavail) * UInt64(st.f_frsize) / 1024) KB free), "
+                    + "and \(url.lastPathComponent) was left as it was")
         }
         throw error
     }
@@ -35,9 +37,13 @@ public func writeAtomically<R>(to path: String, _ body: (_ temporaryPath: String
 /// fsync of a file or directory.
 func sync(_ p: String, what: String) throws {
     let fd = open(p, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw MetatrainError("\(what): cannot open \(p) to flush it (\(String(cString: strerror(errno))))") }
+    guard fd >= 0 else {
+        throw MetatrainError("\(what): cannot open \(p) to flush it (\(String(cString: strerror(errno))))")
+    }
     defer { close(fd) }
-    guard fsync(fd) == 0 else { throw MetatrainError("\(what): cannot flush \(p) to the disk (\(String(cString: strerror(errno))))") }
+    guard fsync(fd) == 0 else {
+        throw MetatrainError("\(what): cannot flush \(p) to the disk (\(String(cString: strerror(errno))))")
+    }
 }
 
 /// Removes the temporary files `writeAtomically` left in `dir` when its process
@@ -48,7 +54,8 @@ public func removeAbandonedTemporaries(in dir: String) -> [String] {
     guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return [] }
     return names.filter { name in
         guard name.hasPrefix("."), let r = name.range(of: ".tmp-", options: .backwards),
-              let pid = pid_t(name[r.upperBound...]), pid > 0 else { return false }
+            let pid = pid_t(name[r.upperBound...]), pid > 0
+        else { return false }
         if kill(pid, 0) == 0 || errno != ESRCH { return false }
         return unlink(dir + "/" + name) == 0
     }.sorted()

@@ -36,13 +36,19 @@ public indirect enum JSON: Equatable, Sendable {
         case .string(let s): return JSON.quote(s)
         case .array(let a):
             if a.isEmpty { return "[]" }
-            if a.allSatisfy({ if case .object = $0 { return false }; if case .array = $0 { return false }; return true }) {
-                return "[" + a.map { $0.render(indent: nil, level: 0) }.joined(separator: indent == nil ? "," : ", ") + "]"
+            if a.allSatisfy({
+                if case .object = $0 { return false }; if case .array = $0 { return false }; return true
+            }) {
+                return "[" + a.map { $0.render(indent: nil, level: 0) }.joined(separator: indent == nil ? "," : ", ")
+                    + "]"
             }
-            return "[" + nl + a.map { pad(level + 1) + $0.render(indent: indent, level: level + 1) }.joined(separator: "," + nl) + nl + pad(level) + "]"
+            return "[" + nl
+                + a.map { pad(level + 1) + $0.render(indent: indent, level: level + 1) }.joined(separator: "," + nl)
+                + nl + pad(level) + "]"
         case .object(let kv):
             if kv.isEmpty { return "{}" }
-            return "{" + nl + kv.map { pad(level + 1) + JSON.quote($0.0) + sep + $0.1.render(indent: indent, level: level + 1) }
+            return "{" + nl
+                + kv.map { pad(level + 1) + JSON.quote($0.0) + sep + $0.1.render(indent: indent, level: level + 1) }
                 .joined(separator: "," + nl) + nl + pad(level) + "}"
         }
     }
@@ -85,7 +91,11 @@ public indirect enum JSON: Equatable, Sendable {
     }
 
     public var double: Double? {
-        switch self { case .int(let i): return Double(i); case .number(let d): return d; default: return nil }
+        switch self {
+        case .int(let i): return Double(i);
+        case .number(let d): return d;
+        default: return nil
+        }
     }
     public var string: String? { if case .string(let s) = self { return s }; return nil }
     public var array: [JSON]? { if case .array(let a) = self { return a }; return nil }

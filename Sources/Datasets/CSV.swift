@@ -13,7 +13,8 @@ public struct CSVScanner {
     public private(set) var line = 1
 
     public init(_ bytes: UnsafeBufferPointer<UInt8>, delimiter: UInt8 = 0x2C) {
-        precondition(delimiter != 0x22 && delimiter != 0x0A && delimiter != 0x0D, "delimiter cannot be a quote or newline")
+        precondition(
+            delimiter != 0x22 && delimiter != 0x0A && delimiter != 0x0D, "delimiter cannot be a quote or newline")
         self.bytes = bytes
         self.delimiter = delimiter
         // Skip a UTF-8 byte-order mark.
@@ -66,8 +67,11 @@ public struct CSVScanner {
             }
             if pos >= n { return startLine }
             let c = bytes[pos]
-            if c == delimiter { pos += 1; if pos >= n { fields.append(Field(start: pos, end: pos, quoted: false)); return startLine }; continue }
-            if c == 0x0D { pos += 1; if pos < n && bytes[pos] == 0x0A { pos += 1 } ; line += 1; return startLine }
+            if c == delimiter {
+                pos += 1; if pos >= n { fields.append(Field(start: pos, end: pos, quoted: false)); return startLine };
+                continue
+            }
+            if c == 0x0D { pos += 1; if pos < n && bytes[pos] == 0x0A { pos += 1 }; line += 1; return startLine }
             if c == 0x0A { pos += 1; line += 1; return startLine }
         }
     }

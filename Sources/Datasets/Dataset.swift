@@ -34,25 +34,27 @@ public struct Episodes: Equatable, Sendable {
 
 /// The contents of a dataset file (docs/FORMATS.md, "Dataset"), in memory.
 public struct Dataset: Equatable, Sendable {
-    public var itemIds: [String]          // [V], index 0 = "<pad>"
-    public var itemCounts: [Int64]        // [V]
-    public var userIds: [String]          // [U]
-    public var userSplit: [Int8]          // [U]
-    public var pairUser: [Int32]          // [P]
-    public var prefixOffsets: [Int64]     // [P+1]
-    public var prefixItems: [Int32]       // [sum]
-    public var label: [Int32]             // [P]
-    public var timestamp: [Int64]         // [P]
-    public var reliability: [Float]       // [P]
+    public var itemIds: [String] // [V], index 0 = "<pad>"
+    public var itemCounts: [Int64] // [V]
+    public var userIds: [String] // [U]
+    public var userSplit: [Int8] // [U]
+    public var pairUser: [Int32] // [P]
+    public var prefixOffsets: [Int64] // [P+1]
+    public var prefixItems: [Int32] // [sum]
+    public var label: [Int32] // [P]
+    public var timestamp: [Int64] // [P]
+    public var reliability: [Float] // [P]
     public var episodes: [SplitKind: Episodes]
     public var maxSeqLen: Int
     public var kSupport: Int
     public var qQuery: Int
     public var source: String
 
-    public init(itemIds: [String], itemCounts: [Int64], userIds: [String], userSplit: [Int8], pairUser: [Int32],
-                prefixOffsets: [Int64], prefixItems: [Int32], label: [Int32], timestamp: [Int64], reliability: [Float],
-                episodes: [SplitKind: Episodes], maxSeqLen: Int, kSupport: Int, qQuery: Int, source: String) {
+    public init(
+        itemIds: [String], itemCounts: [Int64], userIds: [String], userSplit: [Int8], pairUser: [Int32],
+        prefixOffsets: [Int64], prefixItems: [Int32], label: [Int32], timestamp: [Int64], reliability: [Float],
+        episodes: [SplitKind: Episodes], maxSeqLen: Int, kSupport: Int, qQuery: Int, source: String
+    ) {
         self.itemIds = itemIds; self.itemCounts = itemCounts; self.userIds = userIds; self.userSplit = userSplit
         self.pairUser = pairUser; self.prefixOffsets = prefixOffsets; self.prefixItems = prefixItems
         self.label = label; self.timestamp = timestamp; self.reliability = reliability; self.episodes = episodes
@@ -85,7 +87,9 @@ public struct Dataset: Equatable, Sendable {
             name(path)
             for s in a { h.update(string: s); h.update(array: [UInt8(0)]) }
         }
-        func numbers<T: FixedWidthInteger>(_ path: String, _ a: [T]) { name(path); h.update(array: a.map { $0.littleEndian }) }
+        func numbers<T: FixedWidthInteger>(_ path: String, _ a: [T]) {
+            name(path); h.update(array: a.map { $0.littleEndian })
+        }
         strings("vocab/item_ids", itemIds)
         numbers("vocab/item_counts", itemCounts)
         strings("users/ids", userIds)

@@ -24,12 +24,16 @@ public enum Delimiter {
     /// Parses `--delimiter`: `comma`, `tab`, `semicolon`, `pipe`, `space`, `\t`,
     /// or any single ASCII character other than a quote or a newline.
     public static func parse(_ text: String) throws -> UInt8 {
-        let named: [String: UInt8] = ["comma": 0x2C, "tab": 0x09, "\\t": 0x09, "\t": 0x09, "semicolon": 0x3B,
-                                      "pipe": 0x7C, "space": 0x20]
+        let named: [String: UInt8] = [
+            "comma": 0x2C, "tab": 0x09, "\\t": 0x09, "\t": 0x09, "semicolon": 0x3B,
+            "pipe": 0x7C, "space": 0x20
+        ]
         if let b = named[text.lowercased()] { return b }
         let bytes = Array(text.utf8)
         guard bytes.count == 1, bytes[0] < 0x80 else {
-            throw MetatrainError("--delimiter: '\(text)' is not one character (allowed: comma, tab, semicolon, pipe, space, or any single ASCII character)")
+            throw MetatrainError(
+                "--delimiter: '\(text)' is not one character (allowed: comma, tab, semicolon, pipe, space, or any single ASCII character)"
+            )
         }
         guard bytes[0] != 0x22, bytes[0] != 0x0A, bytes[0] != 0x0D else {
             throw MetatrainError("--delimiter: a quote or a newline cannot separate fields")
@@ -54,7 +58,9 @@ func strippingRecBoleTypes(_ header: [String]) -> [String] {
         guard let c = h.lastIndex(of: ":") else { return nil }
         return (String(h[..<c]), String(h[h.index(after: c)...]))
     }
-    guard !header.isEmpty, split.allSatisfy({ $0 != nil && types.contains($0!.1) && !$0!.0.isEmpty }) else { return header }
+    guard !header.isEmpty, split.allSatisfy({ $0 != nil && types.contains($0!.1) && !$0!.0.isEmpty }) else {
+        return header
+    }
     return split.map { $0!.0 }
 }
 
@@ -78,7 +84,9 @@ public struct PrepareSummary: Sendable {
         s += "users: " + SplitKind.allCases.map { "\($0.name) \(usersPerSplit[$0] ?? 0)" }.joined(separator: ", ")
         s += " (\(eligibleUsers) eligible for val/test)\n"
         s += "pairs: \(pairs)\n"
-        s += "episodes: " + SplitKind.allCases.map { "\($0.name) \(episodesPerSplit[$0] ?? 0)" }.joined(separator: ", ") + "\n"
+        s +=
+            "episodes: " + SplitKind.allCases.map { "\($0.name) \(episodesPerSplit[$0] ?? 0)" }.joined(separator: ", ")
+            + "\n"
         for w in warnings { s += "warning: \(w)\n" }
         return s
     }
@@ -87,8 +95,10 @@ public struct PrepareSummary: Sendable {
 /// Builds a dataset from an event log exactly as docs/FORMATS.md ("How prepare builds it") describes.
 public enum Prepare {
     /// `delimiter` nil means the one the file name implies (`Delimiter.implied`).
-    public static func run(csvPath: String, columns: ColumnMap = ColumnMap(), delimiter: UInt8? = nil,
-                           skipBadRows: Bool = false, config: Config) throws -> (Dataset, PrepareSummary) {
+    public static func run(
+        csvPath: String, columns: ColumnMap = ColumnMap(), delimiter: UInt8? = nil,
+        skipBadRows: Bool = false, config: Config
+    ) throws -> (Dataset, PrepareSummary) {
         let url = URL(fileURLWithPath: csvPath)
         let data: Data
         do { data = try Data(contentsOf: url, options: .alwaysMapped) } catch {
@@ -96,9 +106,10 @@ public enum Prepare {
         }
         let fileName = url.lastPathComponent
         return try data.withUnsafeBytes { raw in
-            try build(bytes: raw.bindMemory(to: UInt8.self), fileName: fileName, columns: columns,
-                      delimiter: delimiter ?? Delimiter.implied(byFileName: fileName), skipBadRows: skipBadRows,
-                      config: config)
+            try build(
+                bytes: raw.bindMemory(to: UInt8.self), fileName: fileName, columns: columns,
+                delimiter: delimiter ?? Delimiter.implied(byFileName: fileName), skipBadRows: skipBadRows,
+                config: config)
         }
     }
 
@@ -110,15 +121,19 @@ public enum Prepare {
         var nActions = 0
     }
 
-    static func build(bytes: UnsafeBufferPointer<UInt8>, fileName: String, columns: ColumnMap, delimiter: UInt8 = 0x2C,
-                      skipBadRows: Bool, config: Config) throws -> (Dataset, PrepareSummary) {
+    static func build(
+        bytes: UnsafeBufferPointer<UInt8>, fileName: String, columns: ColumnMap, delimiter: UInt8 = 0x2C,
+        skipBadRows: Bool, config: Config
+    ) throws -> (Dataset, PrepareSummary) {
         var summary = PrepareSummary()
         var scanner = CSVScanner(bytes, delimiter: delimiter)
         var fields: [CSVScanner.Field] = []
         func scanError(_ e: Error) -> MetatrainError {
             switch e {
-            case CSVScanner.ScanError.unterminatedQuote(let l): return MetatrainError("\(fileName):\(l): unterminated quoted field")
-            case CSVScanner.ScanError.junkAfterQuote(let l): return MetatrainError("\(fileName):\(l): text after a closing quote")
+            case CSVScanner.ScanError.unterminatedQuote(let l):
+                return MetatrainError("\(fileName):\(l): unterminated quoted field")
+            case CSVScanner.ScanError.junkAfterQuote(let l):
+                return MetatrainError("\(fileName):\(l): text after a closing quote")
             default: return MetatrainError("\(fileName): \(e)")
             }
         }
@@ -130,9 +145,13 @@ public enum Prepare {
             if let i = header.firstIndex(of: name) { return i }
             if required {
                 var hint = ""
-                if header.count == 1 && delimiter != 0x09 && header[0].contains("\t") { hint = "; the file looks tab-separated: use --delimiter tab" }
-                else if header.count == 1 && delimiter != 0x3B && header[0].contains(";") { hint = "; use --delimiter ';'?" }
-                throw MetatrainError("\(fileName):1: no column '\(name)' in header (columns: \(header.joined(separator: ", ")))\(hint)")
+                if header.count == 1 && delimiter != 0x09 && header[0].contains("\t") {
+                    hint = "; the file looks tab-separated: use --delimiter tab"
+                } else if header.count == 1 && delimiter != 0x3B && header[0].contains(";") {
+                    hint = "; use --delimiter ';'?"
+                }
+                throw MetatrainError(
+                    "\(fileName):1: no column '\(name)' in header (columns: \(header.joined(separator: ", ")))\(hint)")
             }
             return nil
         }
@@ -166,12 +185,16 @@ public enum Prepare {
                 problem = "empty item (column '\(columns.item)')"
             } else {
                 let f = fields[ct]
-                if let v = parseTime(UnsafeBufferPointer(rebasing: bytes[f.start..<f.end])) { t = v } else {
+                if let v = parseTime(UnsafeBufferPointer(rebasing: bytes[f.start..<f.end])) {
+                    t = v
+                } else {
                     problem = "unparseable time '\(scanner.string(f))' (column '\(columns.time)')"
                 }
             }
             if let problem {
-                if !skipBadRows { throw MetatrainError("\(fileName):\(line): \(problem) (use --skip-bad-rows to skip such rows)") }
+                if !skipBadRows {
+                    throw MetatrainError("\(fileName):\(line): \(problem) (use --skip-bad-rows to skip such rows)")
+                }
                 summary.skippedRows += 1
                 if summary.skippedExamples.count < 5 { summary.skippedExamples.append("line \(line): \(problem)") }
                 continue
@@ -185,11 +208,15 @@ public enum Prepare {
         ev.userNames = userNames!; ev.itemNames = itemNames!
         ev.nActions = actionIndex.count
         summary.events = ev.user.count
-        if !summary.skippedExamples.isEmpty { summary.warnings.append("skipped rows, first ones: " + summary.skippedExamples.joined(separator: "; ")) }
+        if !summary.skippedExamples.isEmpty {
+            summary.warnings.append("skipped rows, first ones: " + summary.skippedExamples.joined(separator: "; "))
+        }
         guard summary.events > 0 else { throw MetatrainError("\(fileName): no valid events") }
-        let source = "\(fileName); user=\(columns.user) item=\(columns.item) time=\(columns.time) "
+        let source =
+            "\(fileName); user=\(columns.user) item=\(columns.item) time=\(columns.time) "
             + "session=\(cs != nil ? columns.session : "-") action=\(ca != nil ? columns.action : "-")"
-            + (delimiter == 0x2C ? "" : delimiter == 0x09 ? " delimiter=tab" : " delimiter=\(Character(Unicode.Scalar(delimiter)))")
+            + (delimiter == 0x2C
+                ? "" : delimiter == 0x09 ? " delimiter=tab" : " delimiter=\(Character(Unicode.Scalar(delimiter)))")
         return build(events: ev, source: source, config: config, summary: &summary)
     }
 
@@ -197,7 +224,9 @@ public enum Prepare {
 
     static func byteLess(_ a: String, _ b: String) -> Bool { a.utf8.lexicographicallyPrecedes(b.utf8) }
 
-    static func build(events ev: Events, source: String, config: Config, summary: inout PrepareSummary) -> (Dataset, PrepareSummary) {
+    static func build(events ev: Events, source: String, config: Config, summary: inout PrepareSummary) -> (
+        Dataset, PrepareSummary
+    ) {
         let d = config.data
         let users = groupByUser(ev)
         let sessions = splitSessions(ev, users, gapS: d.sessionGapS)
@@ -205,7 +234,8 @@ public enum Prepare {
         let reliability = sessionReliability(sessions, nActions: ev.nActions, hasActions: !ev.action.isEmpty, data: d)
         let vocab = vocabulary(ev, minCount: d.minItemCount)
         summary.droppedItems = vocab.dropped
-        let pairs = makePairs(ev, users, sessionOf: sessions.of, reliability: reliability, itemMap: vocab.map, maxSeqLen: d.maxSeqLen)
+        let pairs = makePairs(
+            ev, users, sessionOf: sessions.of, reliability: reliability, itemMap: vocab.map, maxSeqLen: d.maxSeqLen)
         let split = splitUsers(ev, users, pairs, config: config, summary: &summary)
         let episodes = makeEpisodes(split, pairs, data: d)
 
@@ -215,10 +245,11 @@ public enum Prepare {
         }
         summary.pairs = pairs.label.count
         summary.vocabulary = vocab.ids.count
-        let ds = Dataset(itemIds: vocab.ids, itemCounts: vocab.counts, userIds: users.order.map { ev.userNames[$0] },
-                         userSplit: split, pairUser: pairs.user, prefixOffsets: pairs.prefixOffsets, prefixItems: pairs.prefixItems,
-                         label: pairs.label, timestamp: pairs.timestamp, reliability: pairs.reliability, episodes: episodes,
-                         maxSeqLen: d.maxSeqLen, kSupport: d.kSupport, qQuery: d.qQuery, source: source)
+        let ds = Dataset(
+            itemIds: vocab.ids, itemCounts: vocab.counts, userIds: users.order.map { ev.userNames[$0] },
+            userSplit: split, pairUser: pairs.user, prefixOffsets: pairs.prefixOffsets, prefixItems: pairs.prefixItems,
+            label: pairs.label, timestamp: pairs.timestamp, reliability: pairs.reliability, episodes: episodes,
+            maxSeqLen: d.maxSeqLen, kSupport: d.kSupport, qQuery: d.qQuery, source: source)
         return (ds, summary)
     }
 
@@ -245,7 +276,9 @@ public enum Prepare {
         var fill = start
         for e in 0..<E { let r = rank[Int(ev.user[e])]; ordered[fill[r]] = Int32(e); fill[r] += 1 }
         for u in 0..<U {
-            ordered[start[u]..<start[u + 1]].sort { ev.time[Int($0)] != ev.time[Int($1)] ? ev.time[Int($0)] < ev.time[Int($1)] : $0 < $1 }
+            ordered[start[u]..<start[u + 1]].sort {
+                ev.time[Int($0)] != ev.time[Int($1)] ? ev.time[Int($0)] < ev.time[Int($1)] : $0 < $1
+            }
         }
         return Users(order: order, rank: rank, start: start, events: ordered)
     }
@@ -283,7 +316,9 @@ public enum Prepare {
                 let i = Int(id)
                 s.events[i] += 1
                 s.minTime[i] = min(s.minTime[i], t); s.maxTime[i] = max(s.maxTime[i], t)
-                if !ev.action.isEmpty, seenAction.insert(Int64(i) << 32 | Int64(ev.action[e])).inserted { s.actions[i] += 1 }
+                if !ev.action.isEmpty, seenAction.insert(Int64(i) << 32 | Int64(ev.action[e])).inserted {
+                    s.actions[i] += 1
+                }
             }
         }
         return s
@@ -305,14 +340,19 @@ public enum Prepare {
 
     /// Step 6: items with at least `minCount` events, most frequent first (ties
     /// in byte order); index 0 is padding. `map` takes a raw item to its index (0: dropped).
-    static func vocabulary(_ ev: Events, minCount: Int) -> (map: [Int32], ids: [String], counts: [Int64], dropped: Int) {
+    static func vocabulary(_ ev: Events, minCount: Int) -> (map: [Int32], ids: [String], counts: [Int64], dropped: Int)
+    {
         var counts = [Int64](repeating: 0, count: ev.itemNames.count)
         for e in 0..<ev.item.count { counts[Int(ev.item[e])] += 1 }
         let kept = (0..<counts.count).filter { counts[$0] >= Int64(minCount) }
-            .sorted { counts[$0] != counts[$1] ? counts[$0] > counts[$1] : byteLess(ev.itemNames[$0], ev.itemNames[$1]) }
+            .sorted {
+                counts[$0] != counts[$1] ? counts[$0] > counts[$1] : byteLess(ev.itemNames[$0], ev.itemNames[$1])
+            }
         var map = [Int32](repeating: 0, count: counts.count)
         for (i, raw) in kept.enumerated() { map[raw] = Int32(i + 1) }
-        return (map, ["<pad>"] + kept.map { ev.itemNames[$0] }, [0] + kept.map { counts[$0] }, counts.count - kept.count)
+        return (
+            map, ["<pad>"] + kept.map { ev.itemNames[$0] }, [0] + kept.map { counts[$0] }, counts.count - kept.count
+        )
     }
 
     /// The pairs of every user, stored user by user and chronologically.
@@ -329,8 +369,10 @@ public enum Prepare {
     /// Steps 7–8: each user's visits (kept items, repeats of the previous one
     /// merged), then a pair per visit after the first: the last `maxSeqLen`
     /// visits before it → it.
-    static func makePairs(_ ev: Events, _ users: Users, sessionOf: [Int32], reliability: [Float], itemMap: [Int32],
-                          maxSeqLen L: Int) -> Pairs {
+    static func makePairs(
+        _ ev: Events, _ users: Users, sessionOf: [Int32], reliability: [Float], itemMap: [Int32],
+        maxSeqLen L: Int
+    ) -> Pairs {
         var p = Pairs()
         p.userStart = [Int](repeating: 0, count: users.count + 1)
         p.firstTime = [Int64](repeating: 0, count: users.count)
@@ -338,7 +380,8 @@ public enum Prepare {
         for u in 0..<users.count {
             p.userStart[u] = p.label.count
             p.firstTime[u] = ev.time[Int(users.events[users.start[u]])]
-            visits.removeAll(keepingCapacity: true); vTime.removeAll(keepingCapacity: true); vSession.removeAll(keepingCapacity: true)
+            visits.removeAll(keepingCapacity: true); vTime.removeAll(keepingCapacity: true);
+            vSession.removeAll(keepingCapacity: true)
             for k in users.start[u]..<users.start[u + 1] {
                 let e = Int(users.events[k])
                 let item = itemMap[Int(ev.item[e])]
@@ -350,7 +393,8 @@ public enum Prepare {
                 p.user.append(Int32(u))
                 p.prefixItems.append(contentsOf: visits[max(0, t - L)..<t])
                 p.prefixOffsets.append(Int64(p.prefixItems.count))
-                p.label.append(visits[t]); p.timestamp.append(vTime[t]); p.reliability.append(reliability[Int(vSession[t])])
+                p.label.append(visits[t]); p.timestamp.append(vTime[t]);
+                p.reliability.append(reliability[Int(vSession[t])])
             }
         }
         p.userStart[users.count] = p.label.count
@@ -359,7 +403,9 @@ public enum Prepare {
 
     /// Step 9: val and test users, drawn from those with K + Q pairs, by first
     /// activity (the latest are test, then val) or at random (seeded).
-    static func splitUsers(_ ev: Events, _ users: Users, _ pairs: Pairs, config: Config, summary: inout PrepareSummary) -> [Int8] {
+    static func splitUsers(_ ev: Events, _ users: Users, _ pairs: Pairs, config: Config, summary: inout PrepareSummary)
+        -> [Int8]
+    {
         let d = config.data, U = users.count
         let need = d.kSupport + d.qQuery
         var eligible = (0..<U).filter { pairs.count(ofUser: $0) >= need }
@@ -368,13 +414,18 @@ public enum Prepare {
         let wantTest = Int((d.testFraction * Double(U) + 1e-9).rounded(.down))
         let nTest = min(wantTest, eligible.count), nVal = min(wantVal, eligible.count - nTest)
         if nTest < wantTest || nVal < wantVal {
-            summary.warnings.append("only \(eligible.count) users have \(need) pairs: val gets \(nVal) of \(wantVal), test \(nTest) of \(wantTest)")
+            summary.warnings.append(
+                "only \(eligible.count) users have \(need) pairs: val gets \(nVal) of \(wantVal), test \(nTest) of \(wantTest)"
+            )
         }
         var split = [Int8](repeating: SplitKind.train.rawValue, count: U)
         switch d.split {
         case .byFirstActivity:
             let first = pairs.firstTime
-            eligible.sort { first[$0] != first[$1] ? first[$0] < first[$1] : byteLess(ev.userNames[users.order[$0]], ev.userNames[users.order[$1]]) }
+            eligible.sort {
+                first[$0] != first[$1]
+                    ? first[$0] < first[$1] : byteLess(ev.userNames[users.order[$0]], ev.userNames[users.order[$1]])
+            }
             for u in eligible.suffix(nTest) { split[u] = SplitKind.test.rawValue }
             for u in eligible.dropLast(nTest).suffix(nVal) { split[u] = SplitKind.val.rawValue }
         case .random:
@@ -399,7 +450,9 @@ public enum Prepare {
             if kind == .train {
                 var i = 0
                 while i + need <= n { starts.append(i); i += d.trainStride }
-            } else if n >= need { starts = [0] }
+            } else if n >= need {
+                starts = [0]
+            }
             for i in starts {
                 episodes[kind]!.support.append(contentsOf: (0..<d.kSupport).map { Int64(base + i + $0) })
                 episodes[kind]!.query.append(contentsOf: (0..<d.qQuery).map { Int64(base + i + d.kSupport + $0) })

@@ -35,7 +35,7 @@ public let xuetangxActions = [
     "load_video", "play_video", "pause_video", "seek_video", "stop_video", "problem_get", "problem_check",
     "problem_check_correct", "problem_check_incorrect", "problem_save", "reset_problem", "create_thread",
     "create_comment", "delete_thread", "delete_comment", "click_forum", "close_forum", "click_info",
-    "click_courseware", "click_about", "click_progress", "close_courseware", "close_info",
+    "click_courseware", "click_about", "click_progress", "close_courseware", "close_info"
 ]
 
 public struct SynthSummary: Sendable {
@@ -65,7 +65,7 @@ public enum Synth {
         let poolSize = min(o.courses, max(5, Int(Double(o.courses) * o.poolFraction)))
         var pools: [[Int]] = []
         for group in 0..<o.groups {
-            if group % 2 == 1 { pools.append(pools[group - 1]); continue }   // partners share a pool
+            if group % 2 == 1 { pools.append(pools[group - 1]); continue } // partners share a pool
             var all = Array(0..<o.courses)
             g.shuffle(&all)
             pools.append(Array(all.prefix(poolSize)))
@@ -112,8 +112,8 @@ public enum Synth {
             let driftAt = o.driftAfter.lowerBound + g.below(o.driftAfter.count)
             let nVisits = o.minVisits + g.below(o.maxVisits - o.minVisits + 1)
             var t = t0 + Int64(g.below(365 * 86400))
-            var course = g.below(o.courses)      // position in the transition table
-            var last = -1                        // last course written (visits must change course)
+            var course = g.below(o.courses) // position in the transition table
+            var last = -1 // last course written (visits must change course)
             var reliableVisits = 0
             for v in 0..<nVisits {
                 let noisy = v > 0 && g.uniformDouble() < o.noiseRate
@@ -135,7 +135,9 @@ public enum Synth {
                 let nEvents = noisy ? 1 + g.below(2) : 3 + g.below(10)
                 var et = t
                 for k in 0..<nEvents {
-                    let action = noisy ? noisyActions[v % noisyActions.count]
+                    let action =
+                        noisy
+                        ? noisyActions[v % noisyActions.count]
                         : (k == 0 ? "load_video" : reliableActions[g.below(reliableActions.count)])
                     let line = "\(user),\(courseNames[c]),\(session),\(action),\(formatTime(et))\n"
                     out.append(contentsOf: Array(line.utf8))

@@ -20,15 +20,17 @@ public func parseTime(_ b: UnsafeBufferPointer<UInt8>) -> Int64? {
     // ISO form: 4 digits then '-'
     if e - s >= 19, s + 4 < e, b[s + 4] == 0x2D {
         guard let y = num(s, 4), b[s + 7] == 0x2D, let mo = num(s + 5, 2), let d = num(s + 8, 2),
-              b[s + 10] == 0x20 || b[s + 10] == 0x54, let h = num(s + 11, 2), b[s + 13] == 0x3A,
-              let mi = num(s + 14, 2), b[s + 16] == 0x3A, let sec = num(s + 17, 2),
-              (1...12).contains(mo), (1...31).contains(d), h < 24, mi < 60, sec < 61 else { return nil }
+            b[s + 10] == 0x20 || b[s + 10] == 0x54, let h = num(s + 11, 2), b[s + 13] == 0x3A,
+            let mi = num(s + 14, 2), b[s + 16] == 0x3A, let sec = num(s + 17, 2),
+            (1...12).contains(mo), (1...31).contains(d), h < 24, mi < 60, sec < 61
+        else { return nil }
         var i = s + 19
         if i < e && b[i] == 0x2E { i += 1; guard digit(i) != nil else { return nil }; while digit(i) != nil { i += 1 } }
         var offset = 0
         if i < e {
-            if b[i] == 0x5A && i + 1 == e { i += 1 }
-            else if b[i] == 0x2B || b[i] == 0x2D {
+            if b[i] == 0x5A && i + 1 == e {
+                i += 1
+            } else if b[i] == 0x2B || b[i] == 0x2D {
                 let sign = b[i] == 0x2D ? -1 : 1
                 guard let oh = num(i + 1, 2) else { return nil }
                 var j = i + 3
@@ -36,7 +38,9 @@ public func parseTime(_ b: UnsafeBufferPointer<UInt8>) -> Int64? {
                 guard let om = num(j, 2), j + 2 == e else { return nil }
                 offset = sign * (oh * 3600 + om * 60)
                 i = e
-            } else { return nil }
+            } else {
+                return nil
+            }
         }
         guard i == e else { return nil }
         return Int64(daysFromCivil(y, mo, d)) * 86400 + Int64(h * 3600 + mi * 60 + sec - offset)

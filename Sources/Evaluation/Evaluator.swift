@@ -14,14 +14,17 @@ public struct FewShotPolicy: Sendable {
     public var weighting: SupportWeighting
     public var frozen: [Range<Int>] = []
 
-    public init(steps: Int, innerLR: Float, rates: FloatBuffer? = nil, weighting: SupportWeighting, frozen: [Range<Int>] = []) {
+    public init(
+        steps: Int, innerLR: Float, rates: FloatBuffer? = nil, weighting: SupportWeighting, frozen: [Range<Int>] = []
+    ) {
         self.steps = steps; self.innerLR = innerLR; self.rates = rates; self.weighting = weighting; self.frozen = frozen
     }
 
     /// Plain fine-tuning with the configured maml.inner_lr, maml.inner_steps and weighting.
     public init(config: Config) {
-        self.init(steps: config.maml.innerSteps, innerLR: Float(config.maml.innerLR),
-                  weighting: SupportWeighting(config.weighting))
+        self.init(
+            steps: config.maml.innerSteps, innerLR: Float(config.maml.innerLR),
+            weighting: SupportWeighting(config.weighting))
     }
 }
 
@@ -30,9 +33,10 @@ extension FewShotPolicy {
     /// steps, rate (or Meta-SGD's learned rates), weighting and frozen embeddings.
     public init(metaConfig c: Config, layout: ParameterLayout, rates: FloatBuffer?) {
         let a = MetaAlgorithm(config: c, layout: layout)
-        self.init(steps: c.maml.innerSteps, innerLR: Float(c.maml.innerLR),
-                  rates: c.maml.algorithm == .metasgd ? rates : nil,
-                  weighting: SupportWeighting(c.weighting), frozen: a.frozen)
+        self.init(
+            steps: c.maml.innerSteps, innerLR: Float(c.maml.innerLR),
+            rates: c.maml.algorithm == .metasgd ? rates : nil,
+            weighting: SupportWeighting(c.weighting), frozen: a.frozen)
     }
 }
 
@@ -67,7 +71,11 @@ public final class Evaluator {
         return counts.withUnsafeBufferPointer { scores in
             episodes.map { e in
                 var s = MetricSums()
-                for p in ep.queryPairs(e) { s.add(rank: pessimisticRank(scores.baseAddress!, label: Int(dataset.label[Int(p)]), V: dataset.nItems)) }
+                for p in ep.queryPairs(e) {
+                    s.add(
+                        rank: pessimisticRank(scores.baseAddress!, label: Int(dataset.label[Int(p)]), V: dataset.nItems)
+                    )
+                }
                 return s
             }
         }
@@ -81,14 +89,18 @@ public final class Evaluator {
 
     /// Few-shot: adapt a copy on the support set (the last `shots` support
     /// pairs when given: those closest in time to the queries), then score.
-    public func fewShot(_ params: FloatBuffer, dims: ModelDims, policy: FewShotPolicy, shots: Int? = nil) -> [MetricSums] {
+    public func fewShot(_ params: FloatBuffer, dims: ModelDims, policy: FewShotPolicy, shots: Int? = nil)
+        -> [MetricSums]
+    {
         fewShot(params, dims: dims, policy: policy, episodes: episodes, shots: shots).map(\.0)
     }
 
     /// Few-shot on an explicit list of episodes of this split (e.g. one eval
     /// unit), with each episode's adapted query loss.
-    public func fewShot(_ params: FloatBuffer, dims: ModelDims, policy: FewShotPolicy,
-                        episodes list: [Int], shots: Int? = nil) -> [(MetricSums, Float)] {
+    public func fewShot(
+        _ params: FloatBuffer, dims: ModelDims, policy: FewShotPolicy,
+        episodes list: [Int], shots: Int? = nil
+    ) -> [(MetricSums, Float)] {
         let m = model(dims), ep = dataset.episodes(split)
         let adapted = FloatBuffer(count: params.count), grads = FloatBuffer(count: params.count)
         let rate: InnerLoop.Rate = policy.rates.map { .perElement($0) } ?? .scalar(policy.innerLR)

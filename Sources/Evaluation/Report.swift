@@ -10,19 +10,25 @@ public struct MethodResult {
         let t = total
         var kv: [(String, JSON)] = Metric.allCases.map { ($0.key, .number(t.mean($0))) }
         kv.append(("n_queries", .int(t.queries)))
-        kv.append(("ci95", .object(Metric.allCases.map { m in
-            let (lo, hi) = boot.interval(perEpisode, m)
-            return (m.key, .array([.number(lo), .number(hi)]))
-        })))
+        kv.append(
+            (
+                "ci95",
+                .object(
+                    Metric.allCases.map { m in
+                        let (lo, hi) = boot.interval(perEpisode, m)
+                        return (m.key, .array([.number(lo), .number(hi)]))
+                    })
+            ))
         return .object(kv)
     }
 
     public func pairedJSON(against other: MethodResult, _ boot: Bootstrap) -> JSON {
-        .object(Metric.allCases.map { m in
-            let d = total.mean(m) - other.total.mean(m)
-            let (lo, hi) = boot.pairedInterval(perEpisode, other.perEpisode, m)
-            return (m.key, .object([("diff", .number(d)), ("ci95", .array([.number(lo), .number(hi)]))]))
-        })
+        .object(
+            Metric.allCases.map { m in
+                let d = total.mean(m) - other.total.mean(m)
+                let (lo, hi) = boot.pairedInterval(perEpisode, other.perEpisode, m)
+                return (m.key, .object([("diff", .number(d)), ("ci95", .array([.number(lo), .number(hi)]))]))
+            })
     }
 }
 
@@ -64,18 +70,26 @@ public struct EvaluationReport {
             if let ref = reference, ref.name != m.name {
                 var paired: [(String, JSON)] = [("against", .string(ref.name))]
                 paired.append(("zero_shot", m.zeroShot.pairedJSON(against: ref.zeroShot, bootstrap)))
-                if let f = m.fewShot, let rf = ref.fewShot { paired.append(("few_shot", f.pairedJSON(against: rf, bootstrap))) }
+                if let f = m.fewShot, let rf = ref.fewShot {
+                    paired.append(("few_shot", f.pairedJSON(against: rf, bootstrap)))
+                }
                 kv.append(("paired_vs_first", .object(paired)))
             }
             ms.append((m.name, .object(kv)))
         }
-        var root: [(String, JSON)] = [("split", .string(split)), ("n_episodes", .int(nEpisodes)), ("methods", .object(ms))]
+        var root: [(String, JSON)] = [
+            ("split", .string(split)), ("n_episodes", .int(nEpisodes)), ("methods", .object(ms))
+        ]
         if !ablations.isEmpty {
             var kinds: [(String, JSON)] = []
             for kind in ["shots", "steps"] {
                 let rows = ablations.filter { $0.kind == kind }
                 if rows.isEmpty { continue }
-                kinds.append((kind, .object(rows.map { r in (r.method, .object(r.values.map { ($0.0, $0.1.json(bootstrap)) })) })))
+                kinds.append(
+                    (
+                        kind,
+                        .object(rows.map { r in (r.method, .object(r.values.map { ($0.0, $0.1.json(bootstrap)) })) })
+                    ))
             }
             root.append(("ablations", .object(kinds)))
         }
@@ -89,21 +103,30 @@ public struct EvaluationReport {
             return String(format: "%.4f [%.4f, %.4f]", r.total.mean(m), lo, hi)
         }
         let head = "| method | setting | " + Metric.allCases.map(\.key).joined(separator: " | ") + " |"
-        var lines = ["\(split) split, \(nEpisodes) episodes, 95% user-bootstrap intervals", "", head,
-                     "|" + String(repeating: " --- |", count: Metric.allCases.count + 2)]
+        var lines = [
+            "\(split) split, \(nEpisodes) episodes, 95% user-bootstrap intervals", "", head,
+            "|" + String(repeating: " --- |", count: Metric.allCases.count + 2)
+        ]
         for m in methods {
-            lines.append("| \(m.name) | zero-shot | " + Metric.allCases.map { cell(m.zeroShot, $0) }.joined(separator: " | ") + " |")
+            lines.append(
+                "| \(m.name) | zero-shot | " + Metric.allCases.map { cell(m.zeroShot, $0) }.joined(separator: " | ")
+                    + " |")
             if let f = m.fewShot {
-                lines.append("| \(m.name) | few-shot | " + Metric.allCases.map { cell(f, $0) }.joined(separator: " | ") + " |")
+                lines.append(
+                    "| \(m.name) | few-shot | " + Metric.allCases.map { cell(f, $0) }.joined(separator: " | ") + " |")
             }
         }
         if let ref = reference, methods.contains(where: { $0.checkpoint != nil && $0.name != ref.name }) {
             lines += ["", "Paired differences against \(ref.name) (HR@10, NDCG@10, MRR):", ""]
             for m in methods where m.checkpoint != nil && m.name != ref.name {
-                for (label, a, b) in [("zero-shot", m.zeroShot, ref.zeroShot)] + ((m.fewShot != nil && ref.fewShot != nil) ? [("few-shot", m.fewShot!, ref.fewShot!)] : []) {
+                for (label, a, b) in [("zero-shot", m.zeroShot, ref.zeroShot)]
+                    + ((m.fewShot != nil && ref.fewShot != nil) ? [("few-shot", m.fewShot!, ref.fewShot!)] : [])
+                {
                     let parts = [Metric.hr10, .ndcg10, .mrr].map { metric -> String in
                         let (lo, hi) = bootstrap.pairedInterval(a.perEpisode, b.perEpisode, metric)
-                        return String(format: "%@ %+.4f [%+.4f, %+.4f]", metric.key, a.total.mean(metric) - b.total.mean(metric), lo, hi)
+                        return String(
+                            format: "%@ %+.4f [%+.4f, %+.4f]", metric.key, a.total.mean(metric) - b.total.mean(metric),
+                            lo, hi)
                     }
                     lines.append("- \(m.name) \(label): " + parts.joined(separator: "; "))
                 }
@@ -112,10 +135,16 @@ public struct EvaluationReport {
         for kind in ["shots", "steps"] {
             let rows = ablations.filter { $0.kind == kind }
             if rows.isEmpty { continue }
-            lines += ["", "Ablation over \(kind) (few-shot):", "", "| method | \(kind) | hr@10 | ndcg@10 | mrr |", "| --- | --- | --- | --- | --- |"]
+            lines += [
+                "", "Ablation over \(kind) (few-shot):", "", "| method | \(kind) | hr@10 | ndcg@10 | mrr |",
+                "| --- | --- | --- | --- | --- |"
+            ]
             for r in rows {
                 for (v, res) in r.values {
-                    lines.append(String(format: "| %@ | %@ | %.4f | %.4f | %.4f |", r.method, v, res.total.mean(.hr10), res.total.mean(.ndcg10), res.total.mean(.mrr)))
+                    lines.append(
+                        String(
+                            format: "| %@ | %@ | %.4f | %.4f | %.4f |", r.method, v, res.total.mean(.hr10),
+                            res.total.mean(.ndcg10), res.total.mean(.mrr)))
                 }
             }
         }

@@ -13,20 +13,20 @@ public final class GRU4Rec: @unchecked Sendable {
     public let layout: ParameterLayout
 
     // Workspace (grown on demand, never per step).
-    private var x = FloatBuffer(count: 0)        // [N,E] embedded inputs
-    private var gates = FloatBuffer(count: 0)    // [N,3H]
-    private var hn = FloatBuffer(count: 0)       // [N,H]
-    private var hprev = FloatBuffer(count: 0)    // [N,H]
-    private var hout = FloatBuffer(count: 0)     // [N,H]
-    private var ghStep = FloatBuffer(count: 0)   // [B,3H]
-    private var hlast = FloatBuffer(count: 0)    // [B,H] final hidden (after dropout)
-    private var mask = FloatBuffer(count: 0)     // [B,H] dropout mask
+    private var x = FloatBuffer(count: 0) // [N,E] embedded inputs
+    private var gates = FloatBuffer(count: 0) // [N,3H]
+    private var hn = FloatBuffer(count: 0) // [N,H]
+    private var hprev = FloatBuffer(count: 0) // [N,H]
+    private var hout = FloatBuffer(count: 0) // [N,H]
+    private var ghStep = FloatBuffer(count: 0) // [B,3H]
+    private var hlast = FloatBuffer(count: 0) // [B,H] final hidden (after dropout)
+    private var mask = FloatBuffer(count: 0) // [B,H] dropout mask
     private var logitsBuf = FloatBuffer(count: 0) // [B,V], becomes probs then dlogits
-    private var dlast = FloatBuffer(count: 0)    // [B,H]
-    private var dh = FloatBuffer(count: 0)       // [B,H]
-    private var dGi = FloatBuffer(count: 0)      // [N,3H]
-    private var dGh = FloatBuffer(count: 0)      // [N,3H]
-    private var dx = FloatBuffer(count: 0)       // [N,E]
+    private var dlast = FloatBuffer(count: 0) // [B,H]
+    private var dh = FloatBuffer(count: 0) // [B,H]
+    private var dGi = FloatBuffer(count: 0) // [N,3H]
+    private var dGh = FloatBuffer(count: 0) // [N,3H]
+    private var dx = FloatBuffer(count: 0) // [N,E]
     private var usesDropout = false
 
     public init(dims: ModelDims) {
@@ -77,8 +77,10 @@ public final class GRU4Rec: @unchecked Sendable {
     /// Forward to logits. Returns a pointer to logits [B,V] in the batch's sorted order,
     /// valid until the next call on this model.
     @discardableResult
-    public func forward(_ params: FloatBuffer, _ batch: PackedBatch, dropout: Float = 0,
-                        rng: UnsafeMutablePointer<SeededGenerator>? = nil) -> UnsafeMutablePointer<Float> {
+    public func forward(
+        _ params: FloatBuffer, _ batch: PackedBatch, dropout: Float = 0,
+        rng: UnsafeMutablePointer<SeededGenerator>? = nil
+    ) -> UnsafeMutablePointer<Float> {
         let L = batch.layout, N = L.N, B = L.examples, E = dims.E, H = dims.H, V = dims.V
         reserve(N: N, B: max(B, L.B))
         let w = layout.views(params)
@@ -98,8 +100,10 @@ public final class GRU4Rec: @unchecked Sendable {
     /// Weighted cross-entropy Σwℓ/Σw of the batch and its gradient, ACCUMULATED
     /// into `grads` (same layout as params). Returns the loss.
     @discardableResult
-    public func lossAndGradient(_ params: FloatBuffer, _ grads: FloatBuffer, _ batch: PackedBatch,
-                                dropout: Float = 0, rng: UnsafeMutablePointer<SeededGenerator>? = nil) -> Float {
+    public func lossAndGradient(
+        _ params: FloatBuffer, _ grads: FloatBuffer, _ batch: PackedBatch,
+        dropout: Float = 0, rng: UnsafeMutablePointer<SeededGenerator>? = nil
+    ) -> Float {
         let L = batch.layout, N = L.N, B = L.examples, E = dims.E, H = dims.H, V = dims.V
         forward(params, batch, dropout: dropout, rng: rng)
         let loss = batch.labels.withUnsafeBufferPointer { lab in
@@ -118,8 +122,9 @@ public final class GRU4Rec: @unchecked Sendable {
         linearBackward(dlast.ptr, g.Wfc, g.bfc, logitsBuf.ptr, hlast.ptr, w.Wfc, N: B, I: H, O: V)
         if usesDropout { dropoutBackward(dlast.ptr, mask.ptr, count: B * H) }
         dx.ptr.update(repeating: 0, count: N * E)
-        gruBackward(dx.ptr, g.Wih, g.Whh, g.bih, g.bhh, dlast.ptr, cache, x.ptr, w.Wih, w.Whh,
-                    dh.ptr, dGi.ptr, dGh.ptr, layout: L, E: E, H: H)
+        gruBackward(
+            dx.ptr, g.Wih, g.Whh, g.bih, g.bhh, dlast.ptr, cache, x.ptr, w.Wih, w.Whh,
+            dh.ptr, dGi.ptr, dGh.ptr, layout: L, E: E, H: H)
         batch.tokens.withUnsafeBufferPointer { embeddingBackward(g.embedding, dx.ptr, $0.baseAddress!, N: N, E: E) }
         return loss
     }

@@ -21,8 +21,10 @@ public struct PackedBatch: Sendable {
 
     /// Packs `count` examples: example i has prefix length `length(i)` (≥ 1),
     /// items `item(i, 0..<length)`, oldest first, `label(i)` and `weight(i)`.
-    public mutating func pack(count: Int, length: (Int) -> Int, item: (Int, Int) -> Int32,
-                              label: (Int) -> Int32, weight: (Int) -> Float) {
+    public mutating func pack(
+        count: Int, length: (Int) -> Int, item: (Int, Int) -> Int32,
+        label: (Int) -> Int32, weight: (Int) -> Float
+    ) {
         order.removeAll(keepingCapacity: true)
         order.append(contentsOf: 0..<count)
         // Stable sort by length, descending (ties keep input order).
@@ -63,8 +65,9 @@ public struct PackedBatch: Sendable {
 
     /// Convenience for tests and small callers.
     public init(prefixes: [[Int32]], labels: [Int32], weights: [Float]? = nil) {
-        pack(count: prefixes.count, length: { prefixes[$0].count }, item: { prefixes[$0][$1] },
-             label: { labels[$0] }, weight: { weights?[$0] ?? 1 })
+        pack(
+            count: prefixes.count, length: { prefixes[$0].count }, item: { prefixes[$0][$1] },
+            label: { labels[$0] }, weight: { weights?[$0] ?? 1 })
     }
 
     /// Number of examples.

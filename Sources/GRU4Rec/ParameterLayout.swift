@@ -31,7 +31,7 @@ public struct ParameterLayout: Sendable, Equatable {
             ("gru.bias_ih_l0", [3 * d.H]),
             ("gru.bias_hh_l0", [3 * d.H]),
             ("fc.weight", [d.V, d.H]),
-            ("fc.bias", [d.V]),
+            ("fc.bias", [d.V])
         ]
         var off = 0
         var es: [Entry] = []

@@ -55,4 +55,6 @@ public func fastExp(_ x0: F8) -> F8 {
 @inline(__always) public func fastTanh(_ x: F8) -> F8 { 2 / (1 + fastExp(-2 * x)) - 1 }
 
 @inline(__always) func load8(_ p: UnsafePointer<Float>) -> F8 { UnsafeRawPointer(p).loadUnaligned(as: F8.self) }
-@inline(__always) func store8(_ p: UnsafeMutablePointer<Float>, _ v: F8) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: F8.self) }
+@inline(__always) func store8(_ p: UnsafeMutablePointer<Float>, _ v: F8) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: F8.self)
+}

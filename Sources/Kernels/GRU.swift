@@ -81,8 +81,10 @@ public struct GRUCache {
     public var hprev: UnsafeMutablePointer<Float>
     /// h per row. [N, H]
     public var hout: UnsafeMutablePointer<Float>
-    public init(gates: UnsafeMutablePointer<Float>, hn: UnsafeMutablePointer<Float>,
-                hprev: UnsafeMutablePointer<Float>, hout: UnsafeMutablePointer<Float>) {
+    public init(
+        gates: UnsafeMutablePointer<Float>, hn: UnsafeMutablePointer<Float>,
+        hprev: UnsafeMutablePointer<Float>, hout: UnsafeMutablePointer<Float>
+    ) {
         self.gates = gates; self.hn = hn; self.hprev = hprev; self.hout = hout
     }
 }
@@ -97,11 +99,13 @@ public struct GRUCache {
 /// The input projections of all steps are one sgemm; each step adds one
 /// [B_t,H]·[H,3H] sgemm. `ghStep` is scratch of at least [B,3H].
 /// Caches gates, hn, hprev and hout (see GRUCache).
-public func gruForward(_ cache: GRUCache, _ x: UnsafePointer<Float>,
-                       _ Wih: UnsafePointer<Float>, _ Whh: UnsafePointer<Float>,
-                       _ bih: UnsafePointer<Float>, _ bhh: UnsafePointer<Float>,
-                       _ ghStep: UnsafeMutablePointer<Float>,
-                       layout: PackedLayout, E: Int, H: Int) {
+public func gruForward(
+    _ cache: GRUCache, _ x: UnsafePointer<Float>,
+    _ Wih: UnsafePointer<Float>, _ Whh: UnsafePointer<Float>,
+    _ bih: UnsafePointer<Float>, _ bhh: UnsafePointer<Float>,
+    _ ghStep: UnsafeMutablePointer<Float>,
+    layout: PackedLayout, E: Int, H: Int
+) {
     let N = layout.N, G = 3 * H
     // Input projections of every step at once: gates[N,3H] = x·Wihᵀ + bih.
     linearForward(cache.gates, x, Wih, bih, N: N, I: E, O: G)
@@ -121,7 +125,7 @@ public func gruForward(_ cache: GRUCache, _ x: UnsafePointer<Float>,
             let g = cache.gates + row * G, gh = ghStep + i * G
             let hn = cache.hn + row * H, hpr = cache.hprev + row * H, ho = cache.hout + row * H
             var j0 = 0
-            while j0 + 8 <= H {   // 8 lanes at a time
+            while j0 + 8 <= H { // 8 lanes at a time
                 let r = fastSigmoid(load8(g + j0) + load8(gh + j0))
                 let z = fastSigmoid(load8(g + H + j0) + load8(gh + H + j0))
                 let hnj = load8(gh + 2 * H + j0)
@@ -149,15 +153,17 @@ public func gruForward(_ cache: GRUCache, _ x: UnsafePointer<Float>,
 /// into the running dh at the example's readout step.
 /// Accumulates into dWih, dWhh, dbih, dbhh and dx[N,E] (dx may be nil).
 /// Scratch: dh [B,H], dGi [N,3H], dGh [N,3H], overwritten.
-public func gruBackward(_ dx: UnsafeMutablePointer<Float>?,
-                        _ dWih: UnsafeMutablePointer<Float>, _ dWhh: UnsafeMutablePointer<Float>,
-                        _ dbih: UnsafeMutablePointer<Float>, _ dbhh: UnsafeMutablePointer<Float>,
-                        _ dLast: UnsafePointer<Float>,
-                        _ cache: GRUCache, _ x: UnsafePointer<Float>,
-                        _ Wih: UnsafePointer<Float>, _ Whh: UnsafePointer<Float>,
-                        _ dh: UnsafeMutablePointer<Float>, _ dGi: UnsafeMutablePointer<Float>,
-                        _ dGh: UnsafeMutablePointer<Float>,
-                        layout: PackedLayout, E: Int, H: Int) {
+public func gruBackward(
+    _ dx: UnsafeMutablePointer<Float>?,
+    _ dWih: UnsafeMutablePointer<Float>, _ dWhh: UnsafeMutablePointer<Float>,
+    _ dbih: UnsafeMutablePointer<Float>, _ dbhh: UnsafeMutablePointer<Float>,
+    _ dLast: UnsafePointer<Float>,
+    _ cache: GRUCache, _ x: UnsafePointer<Float>,
+    _ Wih: UnsafePointer<Float>, _ Whh: UnsafePointer<Float>,
+    _ dh: UnsafeMutablePointer<Float>, _ dGi: UnsafeMutablePointer<Float>,
+    _ dGh: UnsafeMutablePointer<Float>,
+    layout: PackedLayout, E: Int, H: Int
+) {
     let N = layout.N, G = 3 * H, T = layout.T
     guard N > 0 else { return }
     // Walk the steps in reverse; dh[b] holds dL/dh for sequence b at step t.
@@ -184,19 +190,21 @@ public func gruBackward(_ dx: UnsafeMutablePointer<Float>?,
                 let drpre = dnpre * hn[j] * r * (1 - r)
                 di[j] = drpre; di[H + j] = dzpre; di[2 * H + j] = dnpre
                 dg[j] = drpre; dg[H + j] = dzpre; dg[2 * H + j] = dnpre * r
-                d[j] = dhv * z   // direct path h' ← z ⊙ h
+                d[j] = dhv * z // direct path h' ← z ⊙ h
             }
         }
         // Path through the recurrent weights: dh_prev += dGh_t · Whh.
         if t > 0 {
-            BLAS.sgemm(false, false, m: bt, n: H, k: G, a: dGh + off * G, lda: G, b: Whh, ldb: H,
-                       beta: 1, c: dh, ldc: H)
+            BLAS.sgemm(
+                false, false, m: bt, n: H, k: G, a: dGh + off * G, lda: G, b: Whh, ldb: H,
+                beta: 1, c: dh, ldc: H)
         }
     }
     // Weight gradients of all steps at once.
-    let r1 = layout.offsets[min(1, T)]  // rows of step 0 have h_prev = 0
-    BLAS.sgemm(true, false, m: G, n: H, k: N - r1, a: dGh + r1 * G, lda: G, b: cache.hprev + r1 * H, ldb: H,
-               beta: 1, c: dWhh, ldc: H)
+    let r1 = layout.offsets[min(1, T)] // rows of step 0 have h_prev = 0
+    BLAS.sgemm(
+        true, false, m: G, n: H, k: N - r1, a: dGh + r1 * G, lda: G, b: cache.hprev + r1 * H, ldb: H,
+        beta: 1, c: dWhh, ldc: H)
     addColumnSums(dbhh, dGh, rows: N, cols: G)
     linearBackward(dx, dWih, dbih, dGi, x, Wih, N: N, I: E, O: G)
 }

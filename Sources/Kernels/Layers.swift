@@ -16,8 +16,10 @@ import Darwin
 // MARK: - Embedding
 
 /// out[N,E] = W[tokens[i], :]
-public func embeddingForward(_ out: UnsafeMutablePointer<Float>, _ tokens: UnsafePointer<Int32>,
-                             _ W: UnsafePointer<Float>, N: Int, E: Int) {
+public func embeddingForward(
+    _ out: UnsafeMutablePointer<Float>, _ tokens: UnsafePointer<Int32>,
+    _ W: UnsafePointer<Float>, N: Int, E: Int
+) {
     for i in 0..<N {
         (out + i * E).update(from: W + Int(tokens[i]) * E, count: E)
     }
@@ -25,8 +27,10 @@ public func embeddingForward(_ out: UnsafeMutablePointer<Float>, _ tokens: Unsaf
 
 /// dW[tokens[i], :] += dout[i, :]. Row 0 (padding) never receives gradient,
 /// matching `nn.Embedding(padding_idx=0)`.
-public func embeddingBackward(_ dW: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>,
-                              _ tokens: UnsafePointer<Int32>, N: Int, E: Int) {
+public func embeddingBackward(
+    _ dW: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>,
+    _ tokens: UnsafePointer<Int32>, N: Int, E: Int
+) {
     for i in 0..<N {
         let t = Int(tokens[i])
         if t == 0 { continue }
@@ -38,16 +42,20 @@ public func embeddingBackward(_ dW: UnsafeMutablePointer<Float>, _ dout: UnsafeP
 // MARK: - Linear
 
 /// out[N,O] = inp[N,I] · W[O,I]ᵀ + b[O]
-public func linearForward(_ out: UnsafeMutablePointer<Float>, _ inp: UnsafePointer<Float>,
-                          _ W: UnsafePointer<Float>, _ b: UnsafePointer<Float>, N: Int, I: Int, O: Int) {
+public func linearForward(
+    _ out: UnsafeMutablePointer<Float>, _ inp: UnsafePointer<Float>,
+    _ W: UnsafePointer<Float>, _ b: UnsafePointer<Float>, N: Int, I: Int, O: Int
+) {
     for i in 0..<N { (out + i * O).update(from: b, count: O) }
     BLAS.sgemm(false, true, m: N, n: O, k: I, a: inp, lda: I, b: W, ldb: I, beta: 1, c: out, ldc: O)
 }
 
 /// dinp[N,I] += dout · W; dW[O,I] += doutᵀ · inp; db[O] += Σ_rows dout. `dinp` may be nil.
-public func linearBackward(_ dinp: UnsafeMutablePointer<Float>?, _ dW: UnsafeMutablePointer<Float>,
-                           _ db: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>,
-                           _ inp: UnsafePointer<Float>, _ W: UnsafePointer<Float>, N: Int, I: Int, O: Int) {
+public func linearBackward(
+    _ dinp: UnsafeMutablePointer<Float>?, _ dW: UnsafeMutablePointer<Float>,
+    _ db: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>,
+    _ inp: UnsafePointer<Float>, _ W: UnsafePointer<Float>, N: Int, I: Int, O: Int
+) {
     if let dinp { BLAS.sgemm(false, false, m: N, n: I, k: O, a: dout, lda: O, b: W, ldb: I, beta: 1, c: dinp, ldc: I) }
     BLAS.sgemm(true, false, m: O, n: I, k: N, a: dout, lda: O, b: inp, ldb: I, beta: 1, c: dW, ldc: I)
     addColumnSums(db, dout, rows: N, cols: O)
@@ -68,13 +76,15 @@ public func addColumnSums(_ db: UnsafeMutablePointer<Float>, _ x: UnsafePointer<
 /// the padding item, is excluded from the softmax). Writes the probabilities
 /// (column 0 set to 0) into `probs[B,V]` for the backward pass and returns the
 /// loss, accumulated in double precision. `probs` may alias `logits`. `losses[B]`, if given, receives ℓ_b.
-public func crossEntropyForward(_ probs: UnsafeMutablePointer<Float>, _ losses: UnsafeMutablePointer<Float>?,
-                                _ logits: UnsafePointer<Float>, _ labels: UnsafePointer<Int32>,
-                                _ weights: UnsafePointer<Float>, B: Int, V: Int) -> Float {
+public func crossEntropyForward(
+    _ probs: UnsafeMutablePointer<Float>, _ losses: UnsafeMutablePointer<Float>?,
+    _ logits: UnsafePointer<Float>, _ labels: UnsafePointer<Int32>,
+    _ weights: UnsafePointer<Float>, B: Int, V: Int
+) -> Float {
     var total: Double = 0, wsum: Double = 0
     for b in 0..<B {
         let z = logits + b * V, p = probs + b * V
-        let zl = z[Int(labels[b])]   // read before probs may overwrite logits in place
+        let zl = z[Int(labels[b])] // read before probs may overwrite logits in place
         var mx = -Float.infinity
         for j in 1..<V where z[j] > mx { mx = z[j] }
         var s: Float = 0
@@ -101,8 +111,10 @@ public func crossEntropyForward(_ probs: UnsafeMutablePointer<Float>, _ losses: 
 /// Backward of crossEntropyForward, in place: turns the probabilities it left
 /// in `probs[B,V]` into dlogits = (w_b / Σw) · (p_b − onehot(label_b)); column 0
 /// stays 0. The chain rule starts here: d(loss)/d(loss) = 1.
-public func crossEntropyBackward(_ probs: UnsafeMutablePointer<Float>, _ labels: UnsafePointer<Int32>,
-                                 _ weights: UnsafePointer<Float>, B: Int, V: Int) {
+public func crossEntropyBackward(
+    _ probs: UnsafeMutablePointer<Float>, _ labels: UnsafePointer<Int32>,
+    _ weights: UnsafePointer<Float>, B: Int, V: Int
+) {
     var wsum: Double = 0
     for b in 0..<B { wsum += Double(weights[b]) }
     for b in 0..<B {

@@ -1,4 +1,5 @@
 import Dispatch
+
 #if canImport(Glibc)
 import Glibc
 #else
@@ -30,8 +31,10 @@ public final class Adam: @unchecked Sendable {
     /// without a separate pass to scale the gradient. With `threads: 2` the
     /// elements are split between two threads; every element gets the same
     /// operations either way, so the bits do not depend on it.
-    public func update(_ params: FloatBuffer, _ grads: FloatBuffer, gradScale: Float, lr: Float, ranges: [Range<Int>]? = nil,
-                       threads: Int = 1) {
+    public func update(
+        _ params: FloatBuffer, _ grads: FloatBuffer, gradScale: Float, lr: Float, ranges: [Range<Int>]? = nil,
+        threads: Int = 1
+    ) {
         precondition(params.count == m.count && grads.count == m.count)
         step += 1
         let bc1 = 1 - powf(beta1, Float(step))
@@ -49,14 +52,18 @@ public final class Adam: @unchecked Sendable {
         }
     }
 
-    func apply(_ params: FloatBuffer, _ grads: FloatBuffer, gradScale: Float, stepSize: Float, bc2Sqrt: Float, ranges: [Range<Int>]) {
+    func apply(
+        _ params: FloatBuffer, _ grads: FloatBuffer, gradScale: Float, stepSize: Float, bc2Sqrt: Float,
+        ranges: [Range<Int>]
+    ) {
         let p = params.ptr, g = grads.ptr, mm = m.ptr, vv = v.ptr
         let b1 = beta1, b2 = beta2, e = eps
         // 8 lanes at a time, then the tail; every lane does the scalar rule's
         // operations in the same order, so the bits equal the scalar loop's.
         typealias F8 = SIMD8<Float>
         let vb1 = F8(repeating: b1), vb2 = F8(repeating: b2), c1 = F8(repeating: 1 - b1), c2 = F8(repeating: 1 - b2)
-        let vscale = F8(repeating: gradScale), ve = F8(repeating: e), vbc2 = F8(repeating: bc2Sqrt), vstep = F8(repeating: stepSize)
+        let vscale = F8(repeating: gradScale), ve = F8(repeating: e), vbc2 = F8(repeating: bc2Sqrt),
+            vstep = F8(repeating: stepSize)
         for r in ranges {
             var i = r.lowerBound
             while i + 8 <= r.upperBound {
@@ -113,8 +120,10 @@ public func clipGradNorm(_ grads: FloatBuffer, maxNorm: Float) -> Float {
 /// in-place step). The same operations per element as the scalar loop, so the
 /// same bits; written out because the compiler keeps the scalar loop when dst
 /// and src alias.
-public func sgdStepClearing(_ dst: UnsafeMutablePointer<Float>, from src: UnsafePointer<Float>,
-                            _ g: UnsafeMutablePointer<Float>, lr: Float, count n: Int) {
+public func sgdStepClearing(
+    _ dst: UnsafeMutablePointer<Float>, from src: UnsafePointer<Float>,
+    _ g: UnsafeMutablePointer<Float>, lr: Float, count n: Int
+) {
     let vlr = F8(repeating: lr)
     var i = 0
     while i + 8 <= n {

@@ -11,7 +11,7 @@
 /// whole 1.5 MB buffer per source.
 public func sumInOrder(_ sources: [UnsafeRawPointer], count n: Int, into out: UnsafeMutablePointer<Float>) -> Double {
     precondition(!sources.isEmpty, "nothing to reduce")
-    let block = 2048   // a multiple of 8 (and of sumSquares' 4 lanes)
+    let block = 2048 // a multiple of 8 (and of sumSquares' 4 lanes)
     var acc = SIMD4<Double>()
     var start = 0
     while start < n {
@@ -88,9 +88,13 @@ public struct ReductionTree: Equatable, Sendable {
         while node != r {
             guard node.count > 1 else { return false }
             let (a, b) = ReductionTree.children(node)
-            if a.lowerBound <= r.lowerBound && r.upperBound <= a.upperBound { node = a }
-            else if b.lowerBound <= r.lowerBound && r.upperBound <= b.upperBound { node = b }
-            else { return false }
+            if a.lowerBound <= r.lowerBound && r.upperBound <= a.upperBound {
+                node = a
+            } else if b.lowerBound <= r.lowerBound && r.upperBound <= b.upperBound {
+                node = b
+            } else {
+                return false
+            }
         }
         return true
     }
@@ -123,12 +127,14 @@ public struct ReductionTree: Equatable, Sendable {
 /// `BLAS.sumSquares(out + range.lowerBound, range.count)` would. One pass in
 /// cache-sized blocks: every part is read once and `out` written once; the
 /// tree's inner sums of a block live in a few blocks of scratch.
-public func treeSum(_ tree: ReductionTree, _ parts: [(node: Range<Int>, source: UnsafeRawPointer)],
-                    range: Range<Int>, into out: UnsafeMutablePointer<Float>) -> Double {
+public func treeSum(
+    _ tree: ReductionTree, _ parts: [(node: Range<Int>, source: UnsafeRawPointer)],
+    range: Range<Int>, into out: UnsafeMutablePointer<Float>
+) -> Double {
     precondition(tree.isPartition(parts.map(\.node)), "not a partition of the tree into nodes")
-    let block = 2048   // a multiple of 8 (and of sumSquares' 4 lanes)
+    let block = 2048 // a multiple of 8 (and of sumSquares' 4 lanes)
     var depth = 0, r = tree.root
-    while r.count > 1 { r = ReductionTree.children(r).0; depth += 1 }   // the left spine is the deepest path
+    while r.count > 1 { r = ReductionTree.children(r).0; depth += 1 } // the left spine is the deepest path
     let slots = 2 * depth + 1
     let scratch = UnsafeMutablePointer<Float>.allocate(capacity: slots * block)
     defer { scratch.deallocate() }
@@ -154,7 +160,9 @@ public func treeSum(_ tree: ReductionTree, _ parts: [(node: Range<Int>, source: 
             i += 8
         }
         while i < len {
-            o[i] = x.loadUnaligned(fromByteOffset: 4 * i, as: Float.self) + y.loadUnaligned(fromByteOffset: 4 * i, as: Float.self)
+            o[i] =
+                x.loadUnaligned(fromByteOffset: 4 * i, as: Float.self)
+                + y.loadUnaligned(fromByteOffset: 4 * i, as: Float.self)
             i += 1
         }
     }

@@ -17,8 +17,10 @@ public struct InnerLoop {
     /// Adapts a copy of θ in `adapted` (overwritten), using `grads` as scratch.
     /// Returns the support loss at each step (before its update).
     @discardableResult
-    public func adapt(model: GRU4Rec, from theta: FloatBuffer, into adapted: FloatBuffer, grads: FloatBuffer,
-                      support: PackedBatch) -> [Float] {
+    public func adapt(
+        model: GRU4Rec, from theta: FloatBuffer, into adapted: FloatBuffer, grads: FloatBuffer,
+        support: PackedBatch
+    ) -> [Float] {
         adapted.assign(from: theta)
         var losses: [Float] = []
         for _ in 0..<steps {

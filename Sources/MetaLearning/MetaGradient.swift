@@ -16,8 +16,10 @@ public struct MetaAlgorithm: Sendable {
     /// Parameter ranges excluded from inner and outer updates (frozen embeddings).
     public var frozen: [Range<Int>]
 
-    public init(kind: Kind, secondOrder: Bool = false, innerSteps: Int, innerLR: Float, residualLambda: Float = 0,
-                frozen: [Range<Int>] = []) {
+    public init(
+        kind: Kind, secondOrder: Bool = false, innerSteps: Int, innerLR: Float, residualLambda: Float = 0,
+        frozen: [Range<Int>] = []
+    ) {
         self.kind = kind; self.secondOrder = secondOrder; self.innerSteps = innerSteps; self.innerLR = innerLR
         self.residualLambda = residualLambda; self.frozen = frozen
     }
@@ -52,11 +54,11 @@ public struct MetaTask {
 public final class MetaLearner {
     public let model: GRU4Rec
     public var hvpScale: Float = 1e-3
-    private var thetas: [FloatBuffer] = []      // θ'_0 … θ'_K
+    private var thetas: [FloatBuffer] = [] // θ'_0 … θ'_K
     private var supportGrads: [FloatBuffer] = [] // ∇L_s(θ'_k)
     private let v: FloatBuffer, u: FloatBuffer, gPlus: FloatBuffer, gMinus: FloatBuffer, probe: FloatBuffer
-    private lazy var alphaTask = FloatBuffer(count: model.parameterCount)  // this task's ∂/∂α (Meta-SGD)
-    private var supportGradIsZero = false   // FOMAML leaves supportGrads[0] zeroed
+    private lazy var alphaTask = FloatBuffer(count: model.parameterCount) // this task's ∂/∂α (Meta-SGD)
+    private var supportGradIsZero = false // FOMAML leaves supportGrads[0] zeroed
 
     /// FOMAML's embedding sweeps cover only the rows a task's items touch. The
     /// bits are the same as full sweeps (θ − α·0 = θ, and a running sum from +0
@@ -99,10 +101,13 @@ public final class MetaLearner {
     /// over tasks equals, bit for bit, a partial sum plus the remaining tasks'
     /// gradients computed separately (what lets the coordinator split a chunk).
     @discardableResult
-    public func accumulate(theta: FloatBuffer, alpha: FloatBuffer?, task: MetaTask, algorithm a: MetaAlgorithm,
-                           gradTheta: FloatBuffer, gradAlpha: FloatBuffer?) -> Float {
+    public func accumulate(
+        theta: FloatBuffer, alpha: FloatBuffer?, task: MetaTask, algorithm a: MetaAlgorithm,
+        gradTheta: FloatBuffer, gradAlpha: FloatBuffer?
+    ) -> Float {
         let n = model.parameterCount, K = a.innerSteps
-        precondition(a.kind != .metasgd || (alpha != nil && gradAlpha != nil), "Meta-SGD needs rates and their gradient")
+        precondition(
+            a.kind != .metasgd || (alpha != nil && gradAlpha != nil), "Meta-SGD needs rates and their gradient")
         reserve(K)
         let plainFirstOrder = a.kind == .fomaml
         if plainFirstOrder {
@@ -128,10 +133,13 @@ public final class MetaLearner {
                     sgdStepClearing(cur.ptr, from: src, g.ptr, lr: lr, count: n)
                     continue
                 }
-                sgdStepClearing(cur.ptr + emb.upperBound, from: src + emb.upperBound, g.ptr + emb.upperBound, lr: lr,
-                                count: n - emb.upperBound)
+                sgdStepClearing(
+                    cur.ptr + emb.upperBound, from: src + emb.upperBound, g.ptr + emb.upperBound, lr: lr,
+                    count: n - emb.upperBound)
                 if k == 0, staleRows == nil {
-                    sgdStepClearing(cur.ptr + emb.lowerBound, from: src + emb.lowerBound, g.ptr + emb.lowerBound, lr: lr, count: emb.count)
+                    sgdStepClearing(
+                        cur.ptr + emb.lowerBound, from: src + emb.lowerBound, g.ptr + emb.lowerBound, lr: lr,
+                        count: emb.count)
                 } else {
                     for r in k == 0 ? distinct(supportRows + staleRows!) : supportRows {
                         let o = emb.lowerBound + r * E
@@ -223,7 +231,8 @@ public final class MetaLearner {
     }
 
     /// out = H(θ)·u by central differences of the batch gradient.
-    public func hessianVectorProduct(at theta: FloatBuffer, _ u: FloatBuffer, batch: PackedBatch, into out: FloatBuffer) {
+    public func hessianVectorProduct(at theta: FloatBuffer, _ u: FloatBuffer, batch: PackedBatch, into out: FloatBuffer)
+    {
         let n = model.parameterCount
         var uMax: Float = 0, tMax: Float = 0
         for i in 0..<n { uMax = max(uMax, abs(u.ptr[i])); tMax = max(tMax, abs(theta.ptr[i])) }
@@ -246,9 +255,14 @@ extension MetaAlgorithm {
     /// The algorithm a resolved config asks for (`maml.*`, `warm_start.freeze_embeddings`).
     public init(config c: Config, layout: ParameterLayout) {
         let kind: Kind
-        switch c.maml.algorithm { case .fomaml: kind = .fomaml; case .maml: kind = .maml; case .metasgd: kind = .metasgd }
-        self.init(kind: kind, secondOrder: c.maml.secondOrder, innerSteps: c.maml.innerSteps, innerLR: Float(c.maml.innerLR),
-                  residualLambda: Float(c.maml.residualLambda),
-                  frozen: c.warmStart.freezeEmbeddings ? [layout["embedding.weight"].range] : [])
+        switch c.maml.algorithm {
+        case .fomaml: kind = .fomaml;
+        case .maml: kind = .maml;
+        case .metasgd: kind = .metasgd
+        }
+        self.init(
+            kind: kind, secondOrder: c.maml.secondOrder, innerSteps: c.maml.innerSteps, innerLR: Float(c.maml.innerLR),
+            residualLambda: Float(c.maml.residualLambda),
+            frozen: c.warmStart.freezeEmbeddings ? [layout["embedding.weight"].range] : [])
     }
 }

@@ -1,5 +1,6 @@
 import Configuration
 import Datasets
+
 #if canImport(Glibc)
 import Glibc
 #else
@@ -15,8 +16,10 @@ public struct SupportWeighting: Sendable, Equatable {
     public var lambda: Double
     public var temperature: Double
 
-    public init(scheme: Config.Scheme = .uniform, recencyKind: Config.RecencyKind = .exponential,
-                lambda: Double = 0.5, temperature: Double = 1) {
+    public init(
+        scheme: Config.Scheme = .uniform, recencyKind: Config.RecencyKind = .exponential,
+        lambda: Double = 0.5, temperature: Double = 1
+    ) {
         self.scheme = scheme; self.recencyKind = recencyKind; self.lambda = lambda; self.temperature = temperature
     }
 

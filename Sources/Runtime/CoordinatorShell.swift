@@ -40,7 +40,7 @@ public final class CoordinatorShell {
     private var plan: TrainPlan?
     private var pendingLine: [(String, JSON)] = []
     private var started = 0.0, startIteration = 0
-    private var recent: [(Int, Double)] = []   // (iteration, time) of the last iterations, for the rate
+    private var recent: [(Int, Double)] = [] // (iteration, time) of the last iterations, for the rate
     private var lastHR10: Double?
     /// Seconds the coordinator itself spent per iteration on reduce, Adam and broadcast (for bench).
     public private(set) var coordinatorSeconds: [Double] = []
@@ -68,15 +68,18 @@ public final class CoordinatorShell {
         try link.bind(ctx)
         runId = "\(trainer.config.seed)-\(getpid())-\(Int(Date().timeIntervalSince1970))"
         link.setRun(runId)
-        var settings = CoordinatorMachine.Settings(runId: runId, datasetFingerprint: trainer.dataset.fingerprint,
-                                                   configJSON: trainer.config.json,
-                                                   workerTimeout: workerTimeout ?? trainer.config.cluster.silenceS)
+        var settings = CoordinatorMachine.Settings(
+            runId: runId, datasetFingerprint: trainer.dataset.fingerprint,
+            configJSON: trainer.config.json,
+            workerTimeout: workerTimeout ?? trainer.config.cluster.silenceS)
         settings.gradientCounts = (trainer.layout.count, trainer.alpha == nil ? 0 : trainer.layout.count)
         settings.verifyFraction = verifyFraction
         settings.verifySeed = trainer.config.seed
         machine = CoordinatorMachine(settings: settings, version: trainer.iteration)
         publishWeights()
-        say("coordinator: run \(runId), \(trainer.config.maml.algorithm.rawValue), \(trainer.iterations) iterations of \(trainer.metaBatchSize) tasks, listening on \(boundEndpoint) (weights on \(try publishEndpoint(for: boundEndpoint)))")
+        say(
+            "coordinator: run \(runId), \(trainer.config.maml.algorithm.rawValue), \(trainer.iterations) iterations of \(trainer.metaBatchSize) tasks, listening on \(boundEndpoint) (weights on \(try publishEndpoint(for: boundEndpoint)))"
+        )
         onBound?(boundEndpoint)
         next = trainer.finished ? .finish : .train(trainer.iteration + 1)
         started = monotonicNow(); startIteration = trainer.iteration
@@ -104,18 +107,25 @@ public final class CoordinatorShell {
                     let p = trainer.trainPlan(iteration: t, blocks: hosts > 1 ? 2 * hosts : 1)
                     plan = p
                     trace?.mark(.phase, trainer.iteration)
-                    try execute(machine.startPhase(.init(kind: .train, version: trainer.iteration, units: p.units,
-                                                         dispatchOrder: p.dispatchOrder)))
+                    try execute(
+                        machine.startPhase(
+                            .init(
+                                kind: .train, version: trainer.iteration, units: p.units,
+                                dispatchOrder: p.dispatchOrder)))
                 case .eval:
                     let units = trainer.evalUnits()
                     trace?.mark(.phase, trainer.iteration)
-                    try execute(machine.startPhase(.init(kind: .eval, version: trainer.iteration, leaves: units,
-                                                         dispatchOrder: trainer.dispatchOrder(units, split: .val))))
+                    try execute(
+                        machine.startPhase(
+                            .init(
+                                kind: .eval, version: trainer.iteration, leaves: units,
+                                dispatchOrder: trainer.dispatchOrder(units, split: .val))))
                 case .finish:
                     try trainer.writeFinal()
-                    say(trainer.stoppedEarly
-                        ? "early stop at iteration \(trainer.iteration): no val HR@10 improvement in \(trainer.config.eval.patience) evaluations; wrote final.h5"
-                        : "finished \(trainer.iteration) iterations; wrote final.h5")
+                    say(
+                        trainer.stoppedEarly
+                            ? "early stop at iteration \(trainer.iteration): no val HR@10 improvement in \(trainer.config.eval.patience) evaluations; wrote final.h5"
+                            : "finished \(trainer.iteration) iterations; wrote final.h5")
                     shutdownWorkers("training finished")
                     return 0
                 }
@@ -139,9 +149,11 @@ public final class CoordinatorShell {
             if now - lastTick >= 1 {
                 lastTick = now
                 try execute(machine.onTick(now: now))
-                link.forget(except: { self.machine.knows($0) })   // dropped workers' files
+                link.forget(except: { self.machine.knows($0) }) // dropped workers' files
                 if let since = machine.withoutWorkersSince, progress?.isTerminal == true {
-                    progress?.update("iteration \(trainer.iteration)/\(trainer.iterations)  waiting for workers \(formatDuration(now - since))  (metatrain worker --connect \(boundEndpoint))")
+                    progress?.update(
+                        "iteration \(trainer.iteration)/\(trainer.iterations)  waiting for workers \(formatDuration(now - since))  (metatrain worker --connect \(boundEndpoint))"
+                    )
                 }
             }
         }
@@ -155,11 +167,12 @@ public final class CoordinatorShell {
                 if case .work(let u) = m { trace?.mark(.send, u.id) }
             case .sendWeights(let peer):
                 link.sendWeights(peer)
-            case .unitResult: break   // the reduce reads every result at the end of the phase
+            case .unitResult: break // the reduce reads every result at the end of the phase
             case .log(let s): say(s)
             case .waitingForWorkers(let seconds):
-                say("no worker connected" + (seconds >= 1 ? " for \(formatDuration(seconds))" : "")
-                    + "; waiting for workers (metatrain worker --connect \(boundEndpoint) --data DATASET)")
+                say(
+                    "no worker connected" + (seconds >= 1 ? " for \(formatDuration(seconds))" : "")
+                        + "; waiting for workers (metatrain worker --connect \(boundEndpoint) --data DATASET)")
             case .phaseComplete(let r): try complete(r)
             case .fail(let reason), .unitFailed(_, let reason): try stop(failing: reason)
             }
@@ -168,8 +181,10 @@ public final class CoordinatorShell {
 
     /// Broadcasts the current weights (θ and α, empty unless Meta-SGD, as views of the trainer's buffers).
     func publishWeights() {
-        link.setWeights(Weights(version: trainer.iteration, theta: Floats(viewing: trainer.theta),
-                                alpha: trainer.alpha.map { Floats(viewing: $0) } ?? []))
+        link.setWeights(
+            Weights(
+                version: trainer.iteration, theta: Floats(viewing: trainer.theta),
+                alpha: trainer.alpha.map { Floats(viewing: $0) } ?? []))
         link.publish(live: machine.liveWorkerIDs)
         trace?.mark(.published, trainer.iteration)
     }
@@ -185,13 +200,19 @@ public final class CoordinatorShell {
             let t = trainer.iteration + 1
             let c0 = monotonicNow()
             // The gradients are read where they landed (the results keep their frames alive).
-            let step = Result { try withExtendedLifetime(results) {
-                try trainer.applyTrain(results.map { x in
-                    UnitSums(gradTheta: UnsafeRawBufferPointer(start: x.gradTheta.baseAddress, count: 4 * x.gradTheta.count),
-                                         gradAlpha: UnsafeRawBufferPointer(start: x.gradAlpha.baseAddress, count: 4 * x.gradAlpha.count),
-                                         lossSum: x.lossSum, tasks: x.tasks)
-                }, plan: plan, iteration: t)
-            } }
+            let step = Result {
+                try withExtendedLifetime(results) {
+                    try trainer.applyTrain(
+                        results.map { x in
+                            UnitSums(
+                                gradTheta: UnsafeRawBufferPointer(
+                                    start: x.gradTheta.baseAddress, count: 4 * x.gradTheta.count),
+                                gradAlpha: UnsafeRawBufferPointer(
+                                    start: x.gradAlpha.baseAddress, count: 4 * x.gradAlpha.count),
+                                lossSum: x.lossSum, tasks: x.tasks)
+                        }, plan: plan, iteration: t)
+                }
+            }
             if case .failure(let e as NonFiniteGradient) = step { try stop(failing: e.description) }
             let (loss, norm) = try step.get()
             machine.onPublished(version: trainer.iteration)
@@ -204,13 +225,17 @@ public final class CoordinatorShell {
             if recent.count > 21 { recent.removeFirst(recent.count - 21) }
             let first = recent.count > 1 ? recent[0] : (startIteration, started)
             let rate = Double(t - first.0) / max(now - first.1, 1e-9)
-            pendingLine = [("iteration", .int(t)), ("meta_loss", .number(loss)), ("grad_norm", .number(norm)),
-                           ("workers", .int(machine.liveWorkers)), ("iter_per_s", .number(rate)),
-                           ("time", .number((Date().timeIntervalSince1970 * 1000).rounded() / 1000))]
+            pendingLine = [
+                ("iteration", .int(t)), ("meta_loss", .number(loss)), ("grad_norm", .number(norm)),
+                ("workers", .int(machine.liveWorkers)), ("iter_per_s", .number(rate)),
+                ("time", .number((Date().timeIntervalSince1970 * 1000).rounded() / 1000))
+            ]
             let eta = Double(trainer.iterations - t) / max(rate, 1e-9)
-            let line = String(format: "iter %d/%d  %.1f it/s  %@ ETA %@  loss %.4f  HR@10 %@  %d worker%@",
-                              t, trainer.iterations, rate, formatDuration(now - started), formatDuration(eta), loss,
-                              lastHR10.map { String(format: "%.4f", $0) } ?? "-", machine.liveWorkers, machine.liveWorkers == 1 ? "" : "s")
+            let line = String(
+                format: "iter %d/%d  %.1f it/s  %@ ETA %@  loss %.4f  HR@10 %@  %d worker%@",
+                t, trainer.iterations, rate, formatDuration(now - started), formatDuration(eta), loss,
+                lastHR10.map { String(format: "%.4f", $0) } ?? "-", machine.liveWorkers,
+                machine.liveWorkers == 1 ? "" : "s")
             if progress?.isTerminal == true { progress?.update(line) } else if t % plainEvery == 0 { say(line) }
             if trainer.evalDue(t) { next = .eval(t); return }
             try finishIteration(t)
@@ -227,10 +252,14 @@ public final class CoordinatorShell {
             }
             let v = try trainer.applyEval(per)
             lastHR10 = v.hr10
-            pendingLine += [("val_hr@10", .number(v.hr10)), ("val_ndcg@10", .number(v.ndcg10)), ("val_mrr", .number(v.mrr)),
-                            ("val_loss", .number(v.loss))]
-            say(String(format: "iteration %d: val HR@10 %.4f  NDCG@10 %.4f  MRR %.4f  loss %.4f%@", trainer.iteration,
-                       v.hr10, v.ndcg10, v.mrr, v.loss, v.improved ? "  (best, saved best.h5)" : ""))
+            pendingLine += [
+                ("val_hr@10", .number(v.hr10)), ("val_ndcg@10", .number(v.ndcg10)), ("val_mrr", .number(v.mrr)),
+                ("val_loss", .number(v.loss))
+            ]
+            say(
+                String(
+                    format: "iteration %d: val HR@10 %.4f  NDCG@10 %.4f  MRR %.4f  loss %.4f%@", trainer.iteration,
+                    v.hr10, v.ndcg10, v.mrr, v.loss, v.improved ? "  (best, saved best.h5)" : ""))
             try finishIteration(trainer.iteration)
         }
     }
@@ -238,7 +267,10 @@ public final class CoordinatorShell {
     func finishIteration(_ t: Int) throws {
         if verifyFraction > 0 {
             // Spot checks of this iteration's units (and its validation's).
-            pendingLine += [("verified", .int(machine.verified - verifiedBefore)), ("mismatches", .int(machine.mismatches - mismatchesBefore))]
+            pendingLine += [
+                ("verified", .int(machine.verified - verifiedBefore)),
+                ("mismatches", .int(machine.mismatches - mismatchesBefore))
+            ]
             (verifiedBefore, mismatchesBefore) = (machine.verified, machine.mismatches)
         }
         try trainer.run.appendMetrics(.object(pendingLine))
@@ -251,7 +283,7 @@ public final class CoordinatorShell {
     /// the last completed iteration, to resume from once the cause is fixed),
     /// stops the workers and ends with the reason.
     func stop(failing reason: String) throws -> Never {
-        trainer.run.log("error: " + reason)   // the console gets it as the command's error
+        trainer.run.log("error: " + reason) // the console gets it as the command's error
         if trainer.iteration > 0 && !trainer.checkpointDue(trainer.iteration) {
             try trainer.writePeriodicCheckpoint()
             say("kept the last good state: checkpoints/" + String(format: "iter-%06d.h5", trainer.iteration))
@@ -263,7 +295,6 @@ public final class CoordinatorShell {
     func shutdownWorkers(_ reason: String) {
         for d in machine.shutdown(reason: reason) { if case .send(let p, let m) = d { link.send(p, m) } }
         link.publishShutdown(reason)
-        Thread.sleep(forTimeInterval: 0.3)   // let the frames leave before the sockets close
+        Thread.sleep(forTimeInterval: 0.3) // let the frames leave before the sockets close
     }
 }
-

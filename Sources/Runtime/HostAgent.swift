@@ -71,8 +71,11 @@ public final class HostAgent {
     }
     private var jobs: [Job] = []
 
-    public init(endpoint: String, dataPath: String, name: String, procs: Int, protocolVersion: UInt16 = Envelope.protocolVersion,
-                stop: StopFlag, log: @escaping (String) -> Void) {
+    public init(
+        endpoint: String, dataPath: String, name: String, procs: Int,
+        protocolVersion: UInt16 = Envelope.protocolVersion,
+        stop: StopFlag, log: @escaping (String) -> Void
+    ) {
         self.endpoint = endpoint; self.dataPath = dataPath; self.name = name; self.procs = procs
         self.protocolVersion = protocolVersion; self.stop = stop; self.log = log
     }
@@ -92,7 +95,8 @@ public final class HostAgent {
             let path = String(innerEndpoint.dropFirst("ipc://".count))
             unlink(path); unlink(path + ".pub")
         }
-        upMachine = WorkerMachine(name: name, datasetFingerprint: dataset.fingerprint, coordinatorTimeout: coordinatorTimeout)
+        upMachine = WorkerMachine(
+            name: name, datasetFingerprint: dataset.fingerprint, coordinatorTimeout: coordinatorTimeout)
         upMachine.hardware = Hardware(cpuModel: cpuModelName(), blasCore: BLAS.coreName)
         upMachine.procs = procs
         upMachine.episodeLimits = (dataset.episodes(.train).count, dataset.episodes(.val).count)
@@ -116,23 +120,27 @@ public final class HostAgent {
                 try executeUp(upMachine.onLeaving(exitReason, now: monotonicNow()))
                 return 130
             }
-            let wait = upMachine.wakeAt.map { max(0, min(100, Int((($0 - monotonicNow()) * 1000).rounded(.up)))) } ?? 100
+            let wait =
+                upMachine.wakeAt.map { max(0, min(100, Int((($0 - monotonicNow()) * 1000).rounded(.up)))) } ?? 100
             _ = try zmqPoll(up.sockets + down.sockets, timeoutMs: wait)
             for incoming in try up.receive(timeoutMs: 0) where exitCode == nil {
                 switch incoming {
                 case .message(let e):
                     trace?.received(e.message)
                     try executeUp(upMachine.onMessage(e, now: monotonicNow()))
-                    if let reason = up.takeRejoinReason() { try executeUp(upMachine.onRejoinNeeded(reason, now: monotonicNow())) }
+                    if let reason = up.takeRejoinReason() {
+                        try executeUp(upMachine.onRejoinNeeded(reason, now: monotonicNow()))
+                    }
                 case .undecodable(let e):
                     try executeUp(upMachine.onUndecodable(e))
                 }
             }
             for (peer, incoming) in try down.receive(timeoutMs: 0) where exitCode == nil {
-                guard downMachine != nil else { continue }   // processes start once the configuration is known
+                guard downMachine != nil else { continue } // processes start once the configuration is known
                 switch incoming {
                 case .message(let e): try executeDown(downMachine!.onMessage(e, from: peer, now: monotonicNow()))
-                case .undecodable(let e): try executeDown(downMachine!.onUndecodable(e, from: peer, now: monotonicNow()))
+                case .undecodable(let e):
+                    try executeDown(downMachine!.onUndecodable(e, from: peer, now: monotonicNow()))
                 }
             }
             if exitCode == nil { try pump() }
@@ -194,7 +202,8 @@ public final class HostAgent {
         let config = try Config.parse(json, origin: "coordinator's config")
         upMachine.follow(config.cluster)
         innerSilence = config.cluster.silenceS
-        let n = ParameterLayout(ModelDims(V: dataset.nItems, E: config.model.embeddingDim, H: config.model.hiddenDim)).count
+        let n = ParameterLayout(ModelDims(V: dataset.nItems, E: config.model.embeddingDim, H: config.model.hiddenDim))
+            .count
         let metasgd = config.maml.algorithm == .metasgd
         cost = UnitCost(dataset: dataset, config: config)
         reducer = PlanReducer(count: n)
@@ -206,11 +215,14 @@ public final class HostAgent {
         newInnerRun()
         if children == nil {
             let traceDir = self.traceDir
-            let workers = LocalWorkers(data: dataPath, name: { slot, restart in
-                "\(self.name)-\(slot)" + (restart == 0 ? "" : ".\(restart)")
-            }, extra: { slot in
-                ["--procs", "1"] + (traceDir.map { ["--trace", $0 + "/worker-\(slot).jsonl"] } ?? [])
-            })
+            let workers = LocalWorkers(
+                data: dataPath,
+                name: { slot, restart in
+                    "\(self.name)-\(slot)" + (restart == 0 ? "" : ".\(restart)")
+                },
+                extra: { slot in
+                    ["--procs", "1"] + (traceDir.map { ["--trace", $0 + "/worker-\(slot).jsonl"] } ?? [])
+                })
             children = workers
             workers.startAll(procs, endpoint: down.boundEndpoint)
         }
@@ -230,8 +242,9 @@ public final class HostAgent {
         let runId = "agent-\(getpid())-\(runs)"
         down.setRun(runId)
         innerServes = upMachine.runId
-        var settings = CoordinatorMachine.Settings(runId: runId, datasetFingerprint: dataset.fingerprint, configJSON: innerConfig,
-                                                   workerTimeout: innerSilence, waitingNoticeInterval: 1e9)
+        var settings = CoordinatorMachine.Settings(
+            runId: runId, datasetFingerprint: dataset.fingerprint, configJSON: innerConfig,
+            workerTimeout: innerSilence, waitingNoticeInterval: 1e9)
         // Its own processes' results: sizes and counts are checked here, values by the coordinator.
         settings.checkFinite = false
         if let theta { settings.gradientCounts = (theta.count, alpha?.count ?? 0) }
@@ -247,7 +260,9 @@ public final class HostAgent {
                 guard install == nil, u.version == downMachine!.version, u.kind == running.unit.kind else { return }
             } else if let w = install {
                 if innerServes != upMachine.runId || w.version <= downMachine!.version {
-                    log("the coordinator's run is now \(upMachine.runId) at version \(w.version); the processes join a new inner run")
+                    log(
+                        "the coordinator's run is now \(upMachine.runId) at version \(w.version); the processes join a new inner run"
+                    )
                     newInnerRun()
                 }
                 try publish(w)
@@ -264,11 +279,14 @@ public final class HostAgent {
     /// Copies weights in and publishes them to the processes.
     func publish(_ w: Weights) throws {
         guard let theta, w.theta.count == theta.count, w.alpha.count == (alpha?.count ?? 0) else {
-            throw MetatrainError("weights of \(w.theta.count)+\(w.alpha.count) floats do not fit this model (\(theta?.count ?? 0) parameters)")
+            throw MetatrainError(
+                "weights of \(w.theta.count)+\(w.alpha.count) floats do not fit this model (\(theta?.count ?? 0) parameters)"
+            )
         }
         w.theta.copy(to: theta.ptr)
         if let alpha { w.alpha.copy(to: alpha.ptr) }
-        down.setWeights(Weights(version: w.version, theta: Floats(viewing: theta), alpha: alpha.map { Floats(viewing: $0) } ?? []))
+        down.setWeights(
+            Weights(version: w.version, theta: Floats(viewing: theta), alpha: alpha.map { Floats(viewing: $0) } ?? []))
         downMachine!.onPublished(version: w.version)
         down.publish(live: downMachine!.liveWorkerIDs)
     }
@@ -281,7 +299,8 @@ public final class HostAgent {
         switch u.kind {
         case .train:
             let c = cost!
-            let p = TrainPlan.split(u.leaves, split: max(0, downMachine!.liveProcs - 1), cost: { c.cost($0, split: .train) })
+            let p = TrainPlan.split(
+                u.leaves, split: max(0, downMachine!.liveProcs - 1), cost: { c.cost($0, split: .train) })
             plan = p; units = p.units; order = p.dispatchOrder
         case .eval:
             units = [u.leaves]; order = nil
@@ -291,7 +310,8 @@ public final class HostAgent {
         if running {
             try executeDown(downMachine!.addUnits(units, dispatchOrder: order))
         } else {
-            try executeDown(downMachine!.startPhase(.init(kind: u.kind, version: u.version, units: units, dispatchOrder: order)))
+            try executeDown(
+                downMachine!.startPhase(.init(kind: u.kind, version: u.version, units: units, dispatchOrder: order)))
         }
     }
 
@@ -303,7 +323,7 @@ public final class HostAgent {
             case .send(let peer, let m): down.send(peer, m)
             case .sendWeights(let peer): down.sendWeights(peer)
             case .unitResult(let index, let r): try collect(index, r)
-            case .phaseComplete: break   // each unit was sent on as its last result came in
+            case .phaseComplete: break // each unit was sent on as its last result came in
             case .log(let s): log(s)
             case .waitingForWorkers: break
             case .fail(let reason): log("internal: " + reason)
@@ -328,18 +348,28 @@ public final class HostAgent {
             }
             // Read where the processes wrote them (the results keep their frames and files alive).
             let total = try withExtendedLifetime(sums) {
-                try reducer!.reduce(sums.map {
-                    UnitSums(gradTheta: UnsafeRawBufferPointer(start: $0.gradTheta.baseAddress, count: 4 * $0.gradTheta.count),
-                             gradAlpha: UnsafeRawBufferPointer(start: $0.gradAlpha.baseAddress, count: 4 * $0.gradAlpha.count),
-                             lossSum: $0.lossSum, tasks: $0.tasks)
-                }, plan: job.plan!, gradTheta: gradTheta!, gradAlpha: gradAlpha)
+                try reducer!.reduce(
+                    sums.map {
+                        UnitSums(
+                            gradTheta: UnsafeRawBufferPointer(
+                                start: $0.gradTheta.baseAddress, count: 4 * $0.gradTheta.count),
+                            gradAlpha: UnsafeRawBufferPointer(
+                                start: $0.gradAlpha.baseAddress, count: 4 * $0.gradAlpha.count),
+                            lossSum: $0.lossSum, tasks: $0.tasks)
+                    }, plan: job.plan!, gradTheta: gradTheta!, gradAlpha: gradAlpha)
             }
-            message = .trainResult(TrainResult(unitId: job.unit.id, version: job.unit.version, gradTheta: Floats(viewing: gradTheta!),
-                                               gradAlpha: gradAlpha.map { Floats(viewing: $0) } ?? [],
-                                               lossSum: total.lossSum, tasks: total.tasks))
+            message = .trainResult(
+                TrainResult(
+                    unitId: job.unit.id, version: job.unit.version, gradTheta: Floats(viewing: gradTheta!),
+                    gradAlpha: gradAlpha.map { Floats(viewing: $0) } ?? [],
+                    lossSum: total.lossSum, tasks: total.tasks))
         case .eval:
-            guard case .eval(let e) = results[0] else { throw MetatrainError("internal: a train result for an eval unit") }
-            message = .evalResult(EvalResult(unitId: job.unit.id, version: job.unit.version, sums: e.sums, queries: e.queries, losses: e.losses))
+            guard case .eval(let e) = results[0] else {
+                throw MetatrainError("internal: a train result for an eval unit")
+            }
+            message = .evalResult(
+                EvalResult(
+                    unitId: job.unit.id, version: job.unit.version, sums: e.sums, queries: e.queries, losses: e.losses))
         }
         trace?.mark(.computed, job.unit.id)
         try executeUp(upMachine.onComputed(message, now: monotonicNow()))

@@ -14,7 +14,10 @@ public enum KeyFiles {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         for (path, text, mode) in [(base + ".secret", pair.secretKey, 0o600), (base + ".pub", pair.publicKey, 0o644)] {
             let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode_t(mode))
-            guard fd >= 0 else { throw MetatrainError("\(path): cannot create (\(String(cString: strerror(errno)))); keys are never overwritten") }
+            guard fd >= 0 else {
+                throw MetatrainError(
+                    "\(path): cannot create (\(String(cString: strerror(errno)))); keys are never overwritten")
+            }
             let line = text + "\n"
             let ok = line.withCString { write(fd, $0, strlen($0)) } == line.utf8.count && fsync(fd) == 0
             close(fd)
@@ -44,7 +47,9 @@ public enum KeyFiles {
     /// Every public key in a file (one per line) or in a directory's `*.pub` files.
     public static func authorized(_ path: String) throws -> Set<String> {
         var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw MetatrainError("\(path): no such file or directory") }
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw MetatrainError("\(path): no such file or directory")
+        }
         if !isDir.boolValue { return Set(try publicKeys(in: path)) }
         let names = try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasSuffix(".pub") }.sorted()
         var keys = Set<String>()
@@ -55,7 +60,9 @@ public enum KeyFiles {
 
     static func publicKeys(in path: String) throws -> [String] {
         var keys: [String] = []
-        for (i, raw) in try read(path, keepLines: true).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        for (i, raw) in try read(path, keepLines: true).split(separator: "\n", omittingEmptySubsequences: false)
+            .enumerated()
+        {
             let line = raw.trimmingCharacters(in: .whitespaces)
             if line.isEmpty || line.hasPrefix("#") { continue }
             let key = String(line.split(separator: " ")[0])
@@ -68,7 +75,9 @@ public enum KeyFiles {
     }
 
     static func read(_ path: String, keepLines: Bool = false) throws -> String {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw MetatrainError("\(path): cannot read") }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw MetatrainError("\(path): cannot read")
+        }
         return keepLines ? text : text.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 

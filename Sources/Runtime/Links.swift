@@ -61,7 +61,9 @@ public final class CoordinatorLink {
     public func bind(_ ctx: ZMQContext, sharedMemory: Bool = true) throws {
         if curve != nil { zap = try ZAPHandler(ctx) }
         if sharedMemory {
-            do { weightsArena = try SharedArena(name: "metatrain-weights") } catch { log("weights go through the socket: \(error)") }
+            do { weightsArena = try SharedArena(name: "metatrain-weights") } catch {
+                log("weights go through the socket: \(error)")
+            }
         }
         if requestedEndpoint.hasPrefix("tcp://"), requestedEndpoint.hasSuffix(":0") {
             let host = String(requestedEndpoint.dropLast(2))
@@ -141,10 +143,12 @@ public final class CoordinatorLink {
                 // Decoded in place: a result's gradients stay in its frame until the reduce reads them.
                 var e = try Envelope.decode(ByteBlock(view: frames[1].bytes, owner: frames[1]))
                 switch e.message {
-                case .hello(let h): offered[peer] = h   // opened only once the coordinator welcomes the peer
+                case .hello(let h): offered[peer] = h // opened only once the coordinator welcomes the peer
                 case .trainResult(let r):
                     if let p = r.shared {
-                        guard let s = mapped[peer] else { throw WireError.invalid("train result in shared memory that was never offered") }
+                        guard let s = mapped[peer] else {
+                            throw WireError.invalid("train result in shared memory that was never offered")
+                        }
                         do {
                             var resolved = r
                             (resolved.gradTheta, resolved.gradAlpha) = try s.view.floats(p)
@@ -171,7 +175,9 @@ public final class CoordinatorLink {
     func map(_ h: Hello, from peer: PeerID) {
         guard let offer = h.sharedMemory else {
             if mapped.removeValue(forKey: peer) != nil {
-                log("worker \(h.workerName): results and weights through the socket from now on (its new hello offers no shared memory)")
+                log(
+                    "worker \(h.workerName): results and weights through the socket from now on (its new hello offers no shared memory)"
+                )
             }
             return
         }
@@ -197,7 +203,9 @@ public final class CoordinatorLink {
         case .refuse: mapped[peer] = nil; offered[peer] = nil
         default: break
         }
-        do { try router.send([peer.bytes, Envelope(runId: runId, message: m).encode()]) } catch { log("could not send to \(peer): \(error)") }
+        do { try router.send([peer.bytes, Envelope(runId: runId, message: m).encode()]) } catch {
+            log("could not send to \(peer): \(error)")
+        }
     }
 
     /// The weights that `publish` and `sendWeights` send from now on.
@@ -220,9 +228,14 @@ public final class CoordinatorLink {
     public func publish(live: [PeerID]) {
         guard let w = weights else { return }
         if let arena = weightsArena, !live.isEmpty, live.allSatisfy({ mapped[$0] != nil }),
-           let space = arena.slot(w.version & 1, bytes: 4 * (w.theta.count + w.alpha.count)) {
+            let space = arena.slot(w.version & 1, bytes: 4 * (w.theta.count + w.alpha.count))
+        {
             let payload = SharedArena.put(w.theta, w.alpha, into: space)
-            try? pub.send([Envelope(runId: runId, message: .weights(Weights(version: w.version, theta: [], alpha: [], shared: payload))).encode()])
+            try? pub.send([
+                Envelope(
+                    runId: runId, message: .weights(Weights(version: w.version, theta: [], alpha: [], shared: payload))
+                ).encode()
+            ])
         } else if let frame = inlineWeights() {
             try? pub.send([], frame)
         }
@@ -266,15 +279,18 @@ public final class WorkerLink {
     /// Offer the coordinator a shared-memory file for results (used if it is on this machine).
     public private(set) var sharedMemory: Bool
     private var arena: SharedArena?
-    private var arenaAccepted = false   // some coordinator mapped `arena`: a new hello needs a new one
-    private var resultsShared = false   // the current coordinator reads results from `arena`
-    private var weightsView: SharedView?   // the current coordinator's file, where broadcasts may leave weights
-    private var welcomedRun: String?       // the run whose welcome set up `weightsView`
-    private var rejoinReason: String?      // set when the coordinator must admit us again on new terms
+    private var arenaAccepted = false // some coordinator mapped `arena`: a new hello needs a new one
+    private var resultsShared = false // the current coordinator reads results from `arena`
+    private var weightsView: SharedView? // the current coordinator's file, where broadcasts may leave weights
+    private var welcomedRun: String? // the run whose welcome set up `weightsView`
+    private var rejoinReason: String? // set when the coordinator must admit us again on new terms
 
-    public init(endpoint: String, sharedMemory: Bool, protocolVersion: UInt16 = Envelope.protocolVersion,
-                log: @escaping (String) -> Void) {
-        self.endpoint = endpoint; self.sharedMemory = sharedMemory; self.protocolVersion = protocolVersion; self.log = log
+    public init(
+        endpoint: String, sharedMemory: Bool, protocolVersion: UInt16 = Envelope.protocolVersion,
+        log: @escaping (String) -> Void
+    ) {
+        self.endpoint = endpoint; self.sharedMemory = sharedMemory; self.protocolVersion = protocolVersion;
+        self.log = log
     }
 
     /// CURVE towards the coordinator (both sockets); nil: none. Set before `connect`.
@@ -293,7 +309,8 @@ public final class WorkerLink {
         // A random identity of our own, rather than the one the ROUTER would number (libzmq
         // numbers peers from an unseeded rand(), so a stranger could take the next one).
         var rng = SystemRandomNumberGenerator()
-        identity = [UInt8.random(in: 1...255, using: &rng)] + (0..<15).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        identity =
+            [UInt8.random(in: 1...255, using: &rng)] + (0..<15).map { _ in UInt8.random(in: 0...255, using: &rng) }
         try open()
     }
 
@@ -322,7 +339,8 @@ public final class WorkerLink {
         for s in [dealer!, sub!] { s.setMaxMessageSize(maxMessageSize) }
         if let curve {
             for s in [dealer!, sub!] {
-                try s.setCurveClient(serverKey: curve.serverKey, publicKey: curve.pair.publicKey, secretKey: curve.pair.secretKey)
+                try s.setCurveClient(
+                    serverKey: curve.serverKey, publicKey: curve.pair.publicKey, secretKey: curve.pair.secretKey)
             }
         }
         do {
@@ -385,7 +403,8 @@ public final class WorkerLink {
                 do { weightsView = try SharedView(offer) } catch {
                     sharedMemory = false
                     arena = nil; arenaAccepted = false; resultsShared = false
-                    rejoinReason = "cannot read the coordinator's shared memory (\(error)); results and weights go through the socket"
+                    rejoinReason =
+                        "cannot read the coordinator's shared memory (\(error)); results and weights go through the socket"
                     var out = e
                     out.message = .heartbeat
                     return out
@@ -450,7 +469,8 @@ public final class WorkerLink {
             h.sharedMemory = arena?.offer
             return .hello(h)
         case .trainResult(var r) where resultsShared:
-            guard let space = arena!.allocate(bytes: 4 * (r.gradTheta.count + r.gradAlpha.count), version: r.version) else { return m }
+            guard let space = arena!.allocate(bytes: 4 * (r.gradTheta.count + r.gradAlpha.count), version: r.version)
+            else { return m }
             r.shared = SharedArena.put(r.gradTheta, r.gradAlpha, into: space)
             r.gradTheta = []; r.gradAlpha = []
             return .trainResult(r)

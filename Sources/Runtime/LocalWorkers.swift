@@ -17,18 +17,22 @@ public final class LocalWorkers: @unchecked Sendable {
     private let data: String, naming: (Int, Int) -> String, extra: (Int) -> [String]
     private var endpoint = ""
     private var processes: [Process] = []
-    private var restarts: [Int: Int] = [:]   // by slot
-    private var slots: [String: Int] = [:]    // by worker name
+    private var restarts: [Int: Int] = [:] // by slot
+    private var slots: [String: Int] = [:] // by worker name
     private var stopping = false
     private var slotCount = 0
-    private var exhausted: Set<Int> = []      // slots whose last start ended and that may not start again
+    private var exhausted: Set<Int> = [] // slots whose last start ended and that may not start again
     private var lastFailure = ""
 
     /// Workers are named `name(slot, restart)` (by default `local-2`, then
     /// `local-2.1`, …) and run `worker --connect ENDPOINT --data DATA --name NAME`
     /// with `extra(slot)`.
-    public init(data: String, name: @escaping (Int, Int) -> String = { slot, restart in "local-\(slot)" + (restart == 0 ? "" : ".\(restart)") },
-                extra: @escaping (Int) -> [String] = { _ in [] }) {
+    public init(
+        data: String,
+        name: @escaping (Int, Int) -> String = { slot, restart in "local-\(slot)" + (restart == 0 ? "" : ".\(restart)")
+        },
+        extra: @escaping (Int) -> [String] = { _ in [] }
+    ) {
         self.data = data; self.naming = name; self.extra = extra
     }
 
@@ -53,24 +57,34 @@ public final class LocalWorkers: @unchecked Sendable {
         p.executableURL = exe
         // A working directory this user cannot enter (e.g. a worker started as another user from
         // a private directory) would make every start fail: start from / then (paths are absolute).
-        if access(FileManager.default.currentDirectoryPath, X_OK) != 0 { p.currentDirectoryURL = URL(fileURLWithPath: "/") }
-        p.arguments = ["worker", "--connect", endpoint, "--data", data, "--name", name, "--exit-with-parent", "\(getpid())"] + extra(slot)
+        if access(FileManager.default.currentDirectoryPath, X_OK) != 0 {
+            p.currentDirectoryURL = URL(fileURLWithPath: "/")
+        }
+        p.arguments =
+            ["worker", "--connect", endpoint, "--data", data, "--name", name, "--exit-with-parent", "\(getpid())"]
+            + extra(slot)
         let ended = self.ended
         p.terminationHandler = { [weak self] p in
             // Exit 0 follows the coordinator's shutdown and 130 an interrupt: only other ends are failures.
-            guard let self, p.terminationReason == .uncaughtSignal || (p.terminationStatus != 0 && p.terminationStatus != 130) else { return }
+            guard let self,
+                p.terminationReason == .uncaughtSignal || (p.terminationStatus != 0 && p.terminationStatus != 130)
+            else { return }
             self.lock.lock(); let stopping = self.stopping; self.lock.unlock()
             if stopping { return }
             let signal = p.terminationReason == .uncaughtSignal ? p.terminationStatus : nil
             let crashed = signal.map(LocalWorkers.faults.contains) ?? false
-            let how = signal.map { crashed ? "crashed (signal \($0))" : "was killed by signal \($0)" } ?? "exited with status \(p.terminationStatus)"
+            let how =
+                signal.map { crashed ? "crashed (signal \($0))" : "was killed by signal \($0)" }
+                ?? "exited with status \(p.terminationStatus)"
             ended.report(name: name, reason: "(pid \(p.processIdentifier)) \(how)", crashed: crashed)
         }
         do { try p.run() } catch {
             // Said like an ended process, so that it is retried (and given up on) the same way.
             lastFailure = "could not be started: \(error.localizedDescription)"
             let ended = self.ended
-            DispatchQueue.global().async { ended.report(name: name, reason: "could not be started (\(error.localizedDescription))") }
+            DispatchQueue.global().async {
+                ended.report(name: name, reason: "could not be started (\(error.localizedDescription))")
+            }
             return false
         }
         processes.append(p)
@@ -80,7 +94,8 @@ public final class LocalWorkers: @unchecked Sendable {
     /// Starts the worker named `name` again, if its slot has restarts left; returns a line for the log.
     public func restart(_ name: String) -> String? {
         lock.lock()
-        guard let slot = slots[name], name == workerName(slot: slot, restart: restarts[slot, default: 0]), !stopping else {
+        guard let slot = slots[name], name == workerName(slot: slot, restart: restarts[slot, default: 0]), !stopping
+        else {
             lock.unlock(); return nil
         }
         let done = restarts[slot, default: 0]
@@ -91,14 +106,16 @@ public final class LocalWorkers: @unchecked Sendable {
         }
         restarts[slot] = done + 1
         lock.unlock()
-        return start(slot: slot) ? "started local worker \(slot) again as \(workerName(slot: slot, restart: done + 1))" : nil
+        return start(slot: slot)
+            ? "started local worker \(slot) again as \(workerName(slot: slot, restart: done + 1))" : nil
     }
 
     /// Why no worker runs any more, once every slot has ended and may not start again (nil while one may).
     public var allGone: String? {
         lock.lock(); defer { lock.unlock() }
         guard slotCount > 0, exhausted.count == slotCount else { return nil }
-        return "every local worker process ended, each started \(maxRestarts + 1) times" + (lastFailure.isEmpty ? "" : " (the last \(lastFailure))")
+        return "every local worker process ended, each started \(maxRestarts + 1) times"
+            + (lastFailure.isEmpty ? "" : " (the last \(lastFailure))")
     }
 
     /// After the run: waits up to 5 s for the workers to follow the coordinator's
@@ -112,4 +129,3 @@ public final class LocalWorkers: @unchecked Sendable {
         }
     }
 }
-

@@ -24,7 +24,9 @@ public final class NetworkLab {
     /// Why namespaces cannot be made here, or nil if they can.
     public static func unavailableReason() -> String? {
         guard getuid() == 0 else { return "network namespaces need root" }
-        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") else { return "iproute2 (/usr/sbin/ip) is not installed" }
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") else {
+            return "iproute2 (/usr/sbin/ip) is not installed"
+        }
         let probe = "mtprobe\(getpid())"
         let (status, out) = NetworkLab.ip(["netns", "add", probe])
         _ = NetworkLab.ip(["netns", "del", probe])
@@ -66,16 +68,24 @@ public final class NetworkLab {
             guard let mbit else { continue }
             // A burst of 2 ms at the rate (at least 64 KB), queueing at most 50 ms.
             let burst = max(65_536, mbit * 250)
-            let (status, out) = NetworkLab.run("/usr/sbin/tc", ["-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", "\(mbit)mbit",
-                                                                  "burst", "\(burst)", "latency", "50ms"])
-            guard status == 0 else { throw MetatrainError("tc qdisc add dev \(dev) (\(ns)) tbf rate \(mbit)mbit: \(out)") }
+            let (status, out) = NetworkLab.run(
+                "/usr/sbin/tc",
+                [
+                    "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", "\(mbit)mbit",
+                    "burst", "\(burst)", "latency", "50ms"
+                ])
+            guard status == 0 else {
+                throw MetatrainError("tc qdisc add dev \(dev) (\(ns)) tbf rate \(mbit)mbit: \(out)")
+            }
         }
     }
 
     /// Bytes a host sent and received on its link so far.
     public func counters(_ host: Host) -> (tx: Int, rx: Int) {
         func read(_ what: String) -> Int {
-            let (_, out) = NetworkLab.ip(["netns", "exec", host.namespace, "cat", "/sys/class/net/eth0/statistics/\(what)_bytes"])
+            let (_, out) = NetworkLab.ip([
+                "netns", "exec", host.namespace, "cat", "/sys/class/net/eth0/statistics/\(what)_bytes"
+            ])
             return Int(out.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
         }
         return (read("tx"), read("rx"))
@@ -90,7 +100,7 @@ public final class NetworkLab {
     }
 
     private func add(namespace ns: String) throws {
-        _ = NetworkLab.ip(["netns", "del", ns])   // left over from a killed earlier run of this pid
+        _ = NetworkLab.ip(["netns", "del", ns]) // left over from a killed earlier run of this pid
         try run(["netns", "add", ns])
         namespaces.append(ns)
     }

@@ -18,7 +18,9 @@ public func monotonicNow() -> Double {
 func cpuModelName() -> String {
     guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "" }
     for line in text.split(separator: "\n") where line.hasPrefix("model name") {
-        if let colon = line.firstIndex(of: ":") { return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces) }
+        if let colon = line.firstIndex(of: ":") {
+            return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+        }
     }
     return ""
 }
@@ -31,7 +33,7 @@ func cpuModelName() -> String {
 /// on the path from the last result to the next broadcast). Fixed thresholds
 /// keep the pages mapped: a process's heap stays at its peak size instead.
 public func keepLargeBuffersMapped() {
-    _ = metatrain_keep_large_buffers(32 << 20, 256 << 20)   // 32 MB: the largest mmap threshold glibc allows
+    _ = metatrain_keep_large_buffers(32 << 20, 256 << 20) // 32 MB: the largest mmap threshold glibc allows
 }
 
 /// Worker processes known to have ended, reported from any thread (e.g. a
@@ -77,8 +79,10 @@ public final class StopFlag: @unchecked Sendable {
 public func publishEndpoint(for endpoint: String) throws -> String {
     if endpoint.hasPrefix("ipc://") { return endpoint + ".pub" }
     guard endpoint.hasPrefix("tcp://"), let colon = endpoint.lastIndex(of: ":"),
-          let port = Int(endpoint[endpoint.index(after: colon)...]), port > 0, port < 65535 else {
-        throw MetatrainError("endpoint '\(endpoint)' must be tcp://HOST:PORT (PORT+1 carries weight broadcasts) or ipc://PATH")
+        let port = Int(endpoint[endpoint.index(after: colon)...]), port > 0, port < 65535
+    else {
+        throw MetatrainError(
+            "endpoint '\(endpoint)' must be tcp://HOST:PORT (PORT+1 carries weight broadcasts) or ipc://PATH")
     }
     return String(endpoint[..<colon]) + ":\(port + 1)"
 }
@@ -116,8 +120,11 @@ extension SharedView {
     /// The two float runs a payload points to, read in place (the views keep this mapping alive).
     func floats(_ p: SharedPayload) throws -> (Floats, Floats) {
         let raw = try bytes(offset: p.offset, count: p.byteCount)
-        return (Floats(viewing: ByteBlock(view: UnsafeRawBufferPointer(rebasing: raw[0..<(4 * p.thetaCount)]), owner: self)),
-                Floats(viewing: ByteBlock(view: UnsafeRawBufferPointer(rebasing: raw[(4 * p.thetaCount)...]), owner: self)))
+        return (
+            Floats(
+                viewing: ByteBlock(view: UnsafeRawBufferPointer(rebasing: raw[0..<(4 * p.thetaCount)]), owner: self)),
+            Floats(viewing: ByteBlock(view: UnsafeRawBufferPointer(rebasing: raw[(4 * p.thetaCount)...]), owner: self))
+        )
     }
 }
 
@@ -126,7 +133,9 @@ extension SharedArena {
     var offer: SharedOffer { SharedOffer(path: path, token: token.map { String(format: "%02x", $0) }.joined()) }
 
     /// Writes θ then α back to back into `space` (from `allocate` or `slot`) and says where they lie.
-    static func put(_ theta: Floats, _ alpha: Floats, into space: (offset: Int, memory: UnsafeMutableRawBufferPointer)) -> SharedPayload {
+    static func put(_ theta: Floats, _ alpha: Floats, into space: (offset: Int, memory: UnsafeMutableRawBufferPointer))
+        -> SharedPayload
+    {
         let p = SharedPayload(offset: space.offset, thetaCount: theta.count, alphaCount: alpha.count)
         precondition(space.memory.count >= p.byteCount, "\(space.memory.count) bytes for a payload of \(p.byteCount)")
         let floats = space.memory.bindMemory(to: Float.self).baseAddress!

@@ -88,19 +88,23 @@ public final class Trace {
         s.reserveCapacity(64 * times.count)
         for i in 0..<times.count {
             // Microseconds: JSON.number keeps only 6 significant digits.
-            s += String(format: "{\"t\":%.6f,\"process\":%@,\"event\":\"%@\",\"n\":%d}\n", times[i],
-                        JSON.quote(process), events[i].rawValue, ns[i])
+            s += String(
+                format: "{\"t\":%.6f,\"process\":%@,\"event\":\"%@\",\"n\":%d}\n", times[i],
+                JSON.quote(process), events[i].rawValue, ns[i])
         }
         try writeFileAtomically(path, contents: s)
     }
 
     /// Reads a file written by `write(to:)`.
     public static func read(_ path: String) throws -> [Record] {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw MetatrainError("\(path): cannot read trace") }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw MetatrainError("\(path): cannot read trace")
+        }
         var out: [Record] = []
         for (i, line) in text.split(separator: "\n").enumerated() {
             guard let j = try? JSON.parse(String(line)), let t = j["t"]?.double, let p = j["process"]?.string,
-                  let e = j["event"]?.string.flatMap(Event.init(rawValue:)), let n = j["n"]?.double else {
+                let e = j["event"]?.string.flatMap(Event.init(rawValue:)), let n = j["n"]?.double
+            else {
                 throw MetatrainError("\(path):\(i + 1): not a trace record")
             }
             out.append(Record(t: t, process: p, event: e, n: Int(n)))
@@ -139,7 +143,9 @@ public struct IterationBreakdown: Equatable, Sendable {
         var open: [String: Double] = [:]
         for r in records.sorted(by: { $0.t < $1.t }) where r.process != "coordinator" {
             if r.event == .compute { open[r.process] = r.t }
-            if r.event == .computed, let s = open.removeValue(forKey: r.process) { intervals[r.process, default: []].append((s, r.t)) }
+            if r.event == .computed, let s = open.removeValue(forKey: r.process) {
+                intervals[r.process, default: []].append((s, r.t))
+            }
         }
         let workers = intervals.keys.sorted()
         guard !workers.isEmpty else { return }

@@ -35,7 +35,9 @@ public final class WorkerShell {
     /// Testing only: every train result has the lowest bit of its first gradient flipped
     /// (METATRAIN_TEST_FLIP_BIT=1), as a host with other kernels or bad memory would send.
     static let flipBit = ProcessInfo.processInfo.environment["METATRAIN_TEST_FLIP_BIT"] == "1"
-    static let crashOnEpisode = ProcessInfo.processInfo.environment["METATRAIN_TEST_CRASH_ON_EPISODE"].flatMap { Int($0) }
+    static let crashOnEpisode = ProcessInfo.processInfo.environment["METATRAIN_TEST_CRASH_ON_EPISODE"].flatMap {
+        Int($0)
+    }
     private var unitsComputed = 0
 
     private var link: WorkerLink!
@@ -58,8 +60,10 @@ public final class WorkerShell {
     private let computeQueue = DispatchQueue(label: "metatrain.compute")
     private var doneIn: ZMQSocket!, doneOut: ZMQSocket!
 
-    public init(endpoint: String, dataPath: String, name: String, protocolVersion: UInt16 = Envelope.protocolVersion,
-                stop: StopFlag, log: @escaping (String) -> Void) {
+    public init(
+        endpoint: String, dataPath: String, name: String, protocolVersion: UInt16 = Envelope.protocolVersion,
+        stop: StopFlag, log: @escaping (String) -> Void
+    ) {
         self.endpoint = endpoint; self.dataPath = dataPath; self.name = name; self.protocolVersion = protocolVersion
         self.stop = stop; self.log = log
     }
@@ -77,7 +81,8 @@ public final class WorkerShell {
         try doneIn.bind(done)
         doneOut = try ZMQSocket(ctx, .pair)
         try doneOut.connect(done)
-        machine = WorkerMachine(name: name, datasetFingerprint: dataset.fingerprint, coordinatorTimeout: coordinatorTimeout)
+        machine = WorkerMachine(
+            name: name, datasetFingerprint: dataset.fingerprint, coordinatorTimeout: coordinatorTimeout)
         machine.hardware = Hardware(cpuModel: cpuModelName(), blasCore: BLAS.coreName)
         machine.episodeLimits = (dataset.episodes(.train).count, dataset.episodes(.val).count)
         defer { closeSockets() }
@@ -111,7 +116,9 @@ public final class WorkerShell {
                 case .message(let e):
                     trace?.received(e.message)
                     try execute(machine.onMessage(e, now: monotonicNow()))
-                    if let reason = link.takeRejoinReason() { try execute(machine.onRejoinNeeded(reason, now: monotonicNow())) }
+                    if let reason = link.takeRejoinReason() {
+                        try execute(machine.onRejoinNeeded(reason, now: monotonicNow()))
+                    }
                 case .undecodable(let e):
                     try execute(machine.onUndecodable(e))
                 }
@@ -200,19 +207,25 @@ public final class WorkerShell {
     /// Computes `u` on `computer`, first installing `install` (the machine says when the computer lacks the unit's weights).
     static func compute(_ u: WorkUnit, install: Weights?, on computer: UnitComputer) throws -> Message {
         if let w = install {
-            try w.theta.withUnsafeBytes { t in try w.alpha.withUnsafeBytes { a in try computer.install(theta: t, alpha: a) } }
+            try w.theta.withUnsafeBytes { t in
+                try w.alpha.withUnsafeBytes { a in try computer.install(theta: t, alpha: a) }
+            }
         }
         switch u.kind {
         case .train:
             // Views of the computer's gradient buffers: encoded (copied) before the next unit overwrites them.
             let r = computer.train(leaves: u.leaves)
             if flipBit, r.gradTheta.count > 0 { r.gradTheta[0] = Float(bitPattern: r.gradTheta[0].bitPattern ^ 1) }
-            return .trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: Floats(viewing: r.gradTheta),
-                                            gradAlpha: r.gradAlpha.map { Floats(viewing: $0) } ?? [], lossSum: r.lossSum, tasks: r.tasks))
+            return .trainResult(
+                TrainResult(
+                    unitId: u.id, version: u.version, gradTheta: Floats(viewing: r.gradTheta),
+                    gradAlpha: r.gradAlpha.map { Floats(viewing: $0) } ?? [], lossSum: r.lossSum, tasks: r.tasks))
         case .eval:
             let per = computer.eval(episodes: u.episodes)
-            return .evalResult(EvalResult(unitId: u.id, version: u.version, sums: per.flatMap { $0.0.sums },
-                                          queries: per.map { $0.0.queries }, losses: per.map { Double($0.1) }))
+            return .evalResult(
+                EvalResult(
+                    unitId: u.id, version: u.version, sums: per.flatMap { $0.0.sums },
+                    queries: per.map { $0.0.queries }, losses: per.map { Double($0.1) }))
         }
     }
 }

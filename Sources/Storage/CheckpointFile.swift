@@ -27,10 +27,12 @@ public struct Checkpoint {
     public var kind: Kind
     public var algorithm: String
 
-    public init(dims: ModelDims, params: FloatBuffer, adamM: FloatBuffer? = nil, adamV: FloatBuffer? = nil,
-                metaSGDAlpha: FloatBuffer? = nil, history: [(name: String, values: [Float])] = [],
-                iteration: Int, adamStep: Int, seed: UInt64, configJSON: String, datasetFingerprint: String,
-                kind: Kind, algorithm: String) {
+    public init(
+        dims: ModelDims, params: FloatBuffer, adamM: FloatBuffer? = nil, adamV: FloatBuffer? = nil,
+        metaSGDAlpha: FloatBuffer? = nil, history: [(name: String, values: [Float])] = [],
+        iteration: Int, adamStep: Int, seed: UInt64, configJSON: String, datasetFingerprint: String,
+        kind: Kind, algorithm: String
+    ) {
         self.dims = dims; self.params = params; self.adamM = adamM; self.adamV = adamV
         self.metaSGDAlpha = metaSGDAlpha; self.history = history; self.iteration = iteration
         self.adamStep = adamStep; self.seed = seed; self.configJSON = configJSON
@@ -61,7 +63,9 @@ public enum CheckpointFile {
                 func views(_ group: String, _ b: FloatBuffer) throws {
                     precondition(b.count == layout.count)
                     for e in layout.entries {
-                        try f.write("\(group)/\(e.name)", UnsafeBufferPointer(start: b.ptr + e.offset, count: e.count), shape: e.shape)
+                        try f.write(
+                            "\(group)/\(e.name)", UnsafeBufferPointer(start: b.ptr + e.offset, count: e.count),
+                            shape: e.shape)
                     }
                 }
                 try views("model", c.params)
@@ -94,8 +98,12 @@ public enum CheckpointFile {
         views("model", c.params)
         if let m = c.adamM, let v = c.adamV { views("optimizer/m", m); views("optimizer/v", v) }
         if let a = c.metaSGDAlpha { views("meta_sgd/alpha", a) }
-        if let m = c.alphaAdamM, let v = c.alphaAdamV { views("meta_sgd/optimizer/m", m); views("meta_sgd/optimizer/v", v) }
-        for h in c.history.sorted(by: { $0.name < $1.name }) { sum.update(string: "history/\(h.name)"); sum.update(array: h.values) }
+        if let m = c.alphaAdamM, let v = c.alphaAdamV {
+            views("meta_sgd/optimizer/m", m); views("meta_sgd/optimizer/v", v)
+        }
+        for h in c.history.sorted(by: { $0.name < $1.name }) {
+            sum.update(string: "history/\(h.name)"); sum.update(array: h.values)
+        }
         return sum.finalizeHex()
     }
 
@@ -107,10 +115,14 @@ public enum CheckpointFile {
             throw MetatrainError("\(path): not a metatrain checkpoint (format attribute is not '\(format)')")
         }
         let v = try f.intAttribute("version")
-        guard v == version else { throw MetatrainError("\(path): checkpoint version \(v) is not supported (expected \(version))") }
+        guard v == version else {
+            throw MetatrainError("\(path): checkpoint version \(v) is not supported (expected \(version))")
+        }
         let fp = try f.stringAttribute("dataset_fingerprint")
         if let expectedFingerprint, fp != expectedFingerprint {
-            throw MetatrainError("\(path): checkpoint was trained on dataset \(fp.prefix(12))…, not on this dataset (\(expectedFingerprint.prefix(12))…)")
+            throw MetatrainError(
+                "\(path): checkpoint was trained on dataset \(fp.prefix(12))…, not on this dataset (\(expectedFingerprint.prefix(12))…)"
+            )
         }
         let emb = try f.shape("model/embedding.weight")
         let whh = try f.shape("model/gru.weight_hh_l0")
@@ -129,18 +141,23 @@ public enum CheckpointFile {
         if f.exists("optimizer/m") { m = try views("optimizer/m"); vv = try views("optimizer/v") }
         if f.exists("meta_sgd/alpha") { alpha = try views("meta_sgd/alpha") }
         var am: FloatBuffer?, av: FloatBuffer?
-        if f.exists("meta_sgd/optimizer/m") { am = try views("meta_sgd/optimizer/m"); av = try views("meta_sgd/optimizer/v") }
+        if f.exists("meta_sgd/optimizer/m") {
+            am = try views("meta_sgd/optimizer/m"); av = try views("meta_sgd/optimizer/v")
+        }
         var history: [(name: String, values: [Float])] = []
         if f.exists("history") {
-            for n in try f.children("history") { history.append((n, try f.read("history/\(n)", as: Float.self).values)) }
+            for n in try f.children("history") {
+                history.append((n, try f.read("history/\(n)", as: Float.self).values))
+            }
         }
         guard let kind = Checkpoint.Kind(rawValue: try f.stringAttribute("kind")) else {
             throw MetatrainError("\(path): unknown checkpoint kind")
         }
-        var c = Checkpoint(dims: dims, params: params, adamM: m, adamV: vv, metaSGDAlpha: alpha, history: history,
-                          iteration: Int(try f.intAttribute("iteration")), adamStep: Int(try f.intAttribute("adam_step")),
-                          seed: UInt64(bitPattern: try f.intAttribute("seed")), configJSON: try f.stringAttribute("config"),
-                          datasetFingerprint: fp, kind: kind, algorithm: try f.stringAttribute("algorithm"))
+        var c = Checkpoint(
+            dims: dims, params: params, adamM: m, adamV: vv, metaSGDAlpha: alpha, history: history,
+            iteration: Int(try f.intAttribute("iteration")), adamStep: Int(try f.intAttribute("adam_step")),
+            seed: UInt64(bitPattern: try f.intAttribute("seed")), configJSON: try f.stringAttribute("config"),
+            datasetFingerprint: fp, kind: kind, algorithm: try f.stringAttribute("algorithm"))
         c.alphaAdamM = am; c.alphaAdamV = av
         // Every tensor as it was written (files from before the checksum have none to check).
         if f.hasAttribute("tensors_sha256") {

@@ -50,7 +50,9 @@ public enum DatasetFile {
             throw MetatrainError("\(f.path): not a metatrain dataset (format attribute is not '\(format)')")
         }
         let v = try f.intAttribute("version")
-        guard v == version else { throw MetatrainError("\(f.path): dataset version \(v) is not supported (expected \(version))") }
+        guard v == version else {
+            throw MetatrainError("\(f.path): dataset version \(v) is not supported (expected \(version))")
+        }
     }
 
     /// Reads and validates a dataset file: format, version, shapes, index ranges
@@ -61,7 +63,9 @@ public enum DatasetFile {
         let V = Int(try f.intAttribute("n_items")), L = Int(try f.intAttribute("max_seq_len"))
         let K = Int(try f.intAttribute("k_support")), Q = Int(try f.intAttribute("q_query"))
         let itemIds = try f.readStrings("vocab/item_ids")
-        guard itemIds.count == V else { throw MetatrainError("\(path): vocab/item_ids has \(itemIds.count) entries, n_items is \(V)") }
+        guard itemIds.count == V else {
+            throw MetatrainError("\(path): vocab/item_ids has \(itemIds.count) entries, n_items is \(V)")
+        }
         let itemCounts = try f.read("vocab/item_counts", as: Int64.self, shape: [V]).values
         let userIds = try f.readStrings("users/ids")
         let userSplit = try f.read("users/split", as: Int8.self, shape: [userIds.count]).values
@@ -74,10 +78,13 @@ public enum DatasetFile {
         }
         // Every prefix: a run of 1 to max_seq_len items, in order (a worker would trap on anything else).
         guard V >= 2, L >= 1, K >= 1, Q >= 1 else {
-            throw MetatrainError("\(path): n_items \(V), max_seq_len \(L), k_support \(K), q_query \(Q) must be at least 2, 1, 1, 1")
+            throw MetatrainError(
+                "\(path): n_items \(V), max_seq_len \(L), k_support \(K), q_query \(Q) must be at least 2, 1, 1, 1")
         }
         for i in 0..<P where offsets[i + 1] - offsets[i] < 1 || offsets[i + 1] - offsets[i] > Int64(L) {
-            throw MetatrainError("\(path): pairs/prefix_offsets[\(i)...\(i + 1)] = \(offsets[i])...\(offsets[i + 1]) is not a prefix of 1 to \(L) items")
+            throw MetatrainError(
+                "\(path): pairs/prefix_offsets[\(i)...\(i + 1)] = \(offsets[i])...\(offsets[i + 1]) is not a prefix of 1 to \(L) items"
+            )
         }
         let label = try f.read("pairs/label", as: Int32.self, shape: [P]).values
         let timestamp = try f.read("pairs/timestamp", as: Int64.self, shape: [P]).values
@@ -98,10 +105,11 @@ public enum DatasetFile {
             }
             episodes[s] = Episodes(k: K, q: Q, support: support, query: query, user: user)
         }
-        let d = Dataset(itemIds: itemIds, itemCounts: itemCounts, userIds: userIds, userSplit: userSplit,
-                        pairUser: pairUser, prefixOffsets: offsets, prefixItems: items, label: label,
-                        timestamp: timestamp, reliability: reliability, episodes: episodes,
-                        maxSeqLen: L, kSupport: K, qQuery: Q, source: try f.stringAttribute("source"))
+        let d = Dataset(
+            itemIds: itemIds, itemCounts: itemCounts, userIds: userIds, userSplit: userSplit,
+            pairUser: pairUser, prefixOffsets: offsets, prefixItems: items, label: label,
+            timestamp: timestamp, reliability: reliability, episodes: episodes,
+            maxSeqLen: L, kSupport: K, qQuery: Q, source: try f.stringAttribute("source"))
         let stored = try f.stringAttribute("fingerprint")
         guard d.fingerprint == stored else {
             throw MetatrainError("\(path): contents do not match the stored fingerprint (file modified or corrupt)")

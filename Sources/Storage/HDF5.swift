@@ -1,11 +1,12 @@
 import CHDF5
+import Core
 import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #else
 import Darwin
 #endif
-import Core
 
 /// Numeric element types metatrain stores.
 public protocol HDF5Scalar {
@@ -79,7 +80,9 @@ public final class HDF5File {
         let size = H5Fget_file_image(id, nil, 0)
         guard size > 0 else { throw MetatrainError("\(path): cannot take the HDF5 file's image") }
         var image = [UInt8](repeating: 0, count: size)
-        guard H5Fget_file_image(id, &image, size) == size else { throw MetatrainError("\(path): cannot take the HDF5 file's image") }
+        guard H5Fget_file_image(id, &image, size) == size else {
+            throw MetatrainError("\(path): cannot take the HDF5 file's image")
+        }
         try f.close()
         do { try Data(image).write(to: URL(fileURLWithPath: path)) } catch {
             unlink(path)
@@ -159,7 +162,8 @@ public final class HDF5File {
         guard d >= 0 else { throw MetatrainError("\(path): cannot create dataset '\(name)'") }
         defer { H5Dclose(d) }
         if values.count > 0 {
-            guard H5Dwrite(d, T.memoryType, mt_h5s_all(), mt_h5s_all(), mt_h5p_default(), values.baseAddress) >= 0 else {
+            guard H5Dwrite(d, T.memoryType, mt_h5s_all(), mt_h5s_all(), mt_h5p_default(), values.baseAddress) >= 0
+            else {
                 throw MetatrainError("\(path): cannot write dataset '\(name)'")
             }
         }
@@ -189,7 +193,9 @@ public final class HDF5File {
     }
 
     /// Reads a whole numeric dataset, checking its element class and (if given) its shape.
-    public func read<T: HDF5Scalar>(_ name: String, as: T.Type = T.self, shape expected: [Int]? = nil) throws -> (values: [T], shape: [Int]) {
+    public func read<T: HDF5Scalar>(_ name: String, as: T.Type = T.self, shape expected: [Int]? = nil) throws -> (
+        values: [T], shape: [Int]
+    ) {
         guard exists(name) else { throw MetatrainError("\(path): missing dataset '\(name)'") }
         let d = H5Dopen2(id, name, mt_h5p_default())
         guard d >= 0 else { throw MetatrainError("\(path): cannot open dataset '\(name)'") }
@@ -312,7 +318,9 @@ public final class HDF5File {
         guard a >= 0 else { throw MetatrainError("\(path): cannot create attribute '\(name)'") }
         defer { H5Aclose(a) }
         var v = value
-        guard H5Awrite(a, mt_h5t_native_int64(), &v) >= 0 else { throw MetatrainError("\(path): cannot write attribute '\(name)'") }
+        guard H5Awrite(a, mt_h5t_native_int64(), &v) >= 0 else {
+            throw MetatrainError("\(path): cannot write attribute '\(name)'")
+        }
     }
 
     private func openAttribute(_ name: String) throws -> hid_t {
@@ -329,7 +337,9 @@ public final class HDF5File {
         defer { H5Aclose(a) }
         let ft = H5Aget_type(a)
         defer { H5Tclose(ft) }
-        guard H5Tget_class(ft) == H5T_STRING else { throw MetatrainError("\(path): attribute '\(name)' is not a string") }
+        guard H5Tget_class(ft) == H5T_STRING else {
+            throw MetatrainError("\(path): attribute '\(name)' is not a string")
+        }
         if H5Tis_variable_str(ft) > 0 {
             let t = vlenStringType()
             defer { H5Tclose(t) }
@@ -349,9 +359,13 @@ public final class HDF5File {
         defer { H5Aclose(a) }
         let ft = H5Aget_type(a)
         defer { H5Tclose(ft) }
-        guard H5Tget_class(ft) == H5T_INTEGER else { throw MetatrainError("\(path): attribute '\(name)' is not an integer") }
+        guard H5Tget_class(ft) == H5T_INTEGER else {
+            throw MetatrainError("\(path): attribute '\(name)' is not an integer")
+        }
         var v: Int64 = 0
-        guard H5Aread(a, mt_h5t_native_int64(), &v) >= 0 else { throw MetatrainError("\(path): cannot read attribute '\(name)'") }
+        guard H5Aread(a, mt_h5t_native_int64(), &v) >= 0 else {
+            throw MetatrainError("\(path): cannot read attribute '\(name)'")
+        }
         return v
     }
 

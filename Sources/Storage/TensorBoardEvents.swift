@@ -20,8 +20,11 @@ public final class TensorBoardEvents {
     /// Creates DIR/events.out.tfevents.SECONDS.HOST.PID and writes its version record.
     public init(directory: String, now: Date = Date()) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        path = directory + "/events.out.tfevents.\(Int(now.timeIntervalSince1970)).\(ProcessInfo.processInfo.hostName).\(getpid())"
-        guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path) else {
+        path =
+            directory
+            + "/events.out.tfevents.\(Int(now.timeIntervalSince1970)).\(ProcessInfo.processInfo.hostName).\(getpid())"
+        guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path)
+        else {
             throw MetatrainError("\(path): cannot create TensorBoard event file")
         }
         handle = h
@@ -56,7 +59,9 @@ public final class TensorBoardEvents {
         out += withUnsafeBytes(of: TensorBoardEvents.maskedCRC(length).littleEndian, Array.init)
         out += data
         out += withUnsafeBytes(of: TensorBoardEvents.maskedCRC(data).littleEndian, Array.init)
-        do { try handle.write(contentsOf: Data(out)) } catch { throw MetatrainError("\(path): cannot write (\(error.localizedDescription))") }
+        do { try handle.write(contentsOf: Data(out)) } catch {
+            throw MetatrainError("\(path): cannot write (\(error.localizedDescription))")
+        }
     }
 
     /// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78).
@@ -89,7 +94,11 @@ struct Proto {
         bytes.append(UInt8(v))
     }
     mutating func varint(_ field: Int, _ v: UInt64) { key(field, 0); raw(v) }
-    mutating func double(_ field: Int, _ v: Double) { key(field, 1); bytes += withUnsafeBytes(of: v.bitPattern.littleEndian, Array.init) }
-    mutating func float(_ field: Int, _ v: Float) { key(field, 5); bytes += withUnsafeBytes(of: v.bitPattern.littleEndian, Array.init) }
+    mutating func double(_ field: Int, _ v: Double) {
+        key(field, 1); bytes += withUnsafeBytes(of: v.bitPattern.littleEndian, Array.init)
+    }
+    mutating func float(_ field: Int, _ v: Float) {
+        key(field, 5); bytes += withUnsafeBytes(of: v.bitPattern.littleEndian, Array.init)
+    }
     mutating func bytes(_ field: Int, _ b: [UInt8]) { key(field, 2); raw(UInt64(b.count)); bytes += b }
 }

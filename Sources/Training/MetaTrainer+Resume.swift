@@ -10,7 +10,8 @@ extension MetaTrainer {
     /// The newest periodic checkpoint that reads back whole, each one skipped
     /// logged and printed; nil when there is none at all. Checkpoints that are
     /// all damaged are an error, never a fresh start.
-    static func resumePoint(in run: RunDirectory, fingerprint: String) throws -> (path: String, checkpoint: Checkpoint)? {
+    static func resumePoint(in run: RunDirectory, fingerprint: String) throws -> (path: String, checkpoint: Checkpoint)?
+    {
         let all = try periodicCheckpoints(in: run)
         for path in all.reversed() {
             do {
@@ -21,7 +22,9 @@ extension MetaTrainer {
             }
         }
         if !all.isEmpty {
-            throw MetatrainError("\(run.path): no checkpoint in checkpoints/ reads back whole (each is named above); nothing to resume from")
+            throw MetatrainError(
+                "\(run.path): no checkpoint in checkpoints/ reads back whole (each is named above); nothing to resume from"
+            )
         }
         return nil
     }
@@ -31,8 +34,9 @@ extension MetaTrainer {
     static func checkResumable(_ ck: Checkpoint, path: String, config: Config, dims: ModelDims) throws {
         let conflicts = try resumeConflicts(checkpoint: ck.configJSON, run: config.json)
         guard conflicts.isEmpty else {
-            throw MetatrainError("\(path): cannot resume with another " + conflicts.joined(separator: ", ")
-                                 + "; on resume only " + Config.resumableKeys.joined(separator: ", ") + " may change")
+            throw MetatrainError(
+                "\(path): cannot resume with another " + conflicts.joined(separator: ", ")
+                    + "; on resume only " + Config.resumableKeys.joined(separator: ", ") + " may change")
         }
         guard ck.dims == dims, ck.adamM != nil, ck.adamV != nil else {
             throw MetatrainError("\(path): not a resumable meta checkpoint for these model sizes")
@@ -40,10 +44,11 @@ extension MetaTrainer {
     }
 
     func checkpoint() -> Checkpoint {
-        var c = Checkpoint(dims: dims, params: theta, adamM: adam.m, adamV: adam.v, metaSGDAlpha: alpha,
-                           history: (MetaTrainer.iterationKeys + MetaTrainer.evalKeys).map { ($0, history[$0] ?? []) },
-                           iteration: iteration, adamStep: adam.step, seed: config.seed, configJSON: config.json,
-                           datasetFingerprint: dataset.fingerprint, kind: .meta, algorithm: config.maml.algorithm.rawValue)
+        var c = Checkpoint(
+            dims: dims, params: theta, adamM: adam.m, adamV: adam.v, metaSGDAlpha: alpha,
+            history: (MetaTrainer.iterationKeys + MetaTrainer.evalKeys).map { ($0, history[$0] ?? []) },
+            iteration: iteration, adamStep: adam.step, seed: config.seed, configJSON: config.json,
+            datasetFingerprint: dataset.fingerprint, kind: .meta, algorithm: config.maml.algorithm.rawValue)
         c.alphaAdamM = adamAlpha?.m; c.alphaAdamV = adamAlpha?.v
         return c
     }
@@ -77,7 +82,9 @@ extension MetaTrainer {
         }.map { "\($0) (checkpoint: \(a[$0] ?? "none"), now: \(b[$0] ?? "none"))" }
     }
 
-    static func periodicCheckpoints(in run: RunDirectory) throws -> [String] { periodicCheckpoints(inRunDirectory: run.path) }
+    static func periodicCheckpoints(in run: RunDirectory) throws -> [String] {
+        periodicCheckpoints(inRunDirectory: run.path)
+    }
 
     /// The whole periodic checkpoints (no temporary files) of the run directory at `path`, oldest first,
     /// without creating anything (the directory may not exist).
@@ -87,5 +94,7 @@ extension MetaTrainer {
         return names.filter { $0.hasPrefix("iter-") && $0.hasSuffix(".h5") }.sorted().map { dir + "/" + $0 }
     }
 
-    public static func latestCheckpoint(in run: RunDirectory) throws -> String? { try periodicCheckpoints(in: run).last }
+    public static func latestCheckpoint(in run: RunDirectory) throws -> String? {
+        try periodicCheckpoints(in: run).last
+    }
 }

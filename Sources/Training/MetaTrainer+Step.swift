@@ -8,8 +8,11 @@ public struct NonFiniteGradient: Error, CustomStringConvertible {
     /// Episodes of each unit of the iteration.
     public let units: [[Int]]
     public var description: String {
-        let list = units.prefix(8).map { "[" + $0.prefix(8).map(String.init).joined(separator: ",") + ($0.count > 8 ? ",…" : "") + "]" }
-        return "iteration \(iteration): the summed meta-gradient is not finite (units of episodes \(list.joined(separator: " "))"
+        let list = units.prefix(8).map {
+            "[" + $0.prefix(8).map(String.init).joined(separator: ",") + ($0.count > 8 ? ",…" : "") + "]"
+        }
+        return
+            "iteration \(iteration): the summed meta-gradient is not finite (units of episodes \(list.joined(separator: " "))"
             + "\(units.count > 8 ? " …" : "")); the model diverged (lower maml.inner_lr or maml.outer_lr)"
     }
 }
@@ -32,7 +35,9 @@ extension MetaTrainer {
     /// this order, so the bits do not depend on which worker computed what),
     /// divides by the number of tasks, clips, and takes the Adam step.
     /// Returns the mean meta-loss and the gradient norm before clipping.
-    public func applyTrain(_ units: [UnitSums], plan: TrainPlan, iteration t: Int) throws -> (loss: Double, gradNorm: Double) {
+    public func applyTrain(_ units: [UnitSums], plan: TrainPlan, iteration t: Int) throws -> (
+        loss: Double, gradNorm: Double
+    ) {
         precondition(t == iteration + 1, "iteration \(t) applied after \(iteration)")
         let n = layout.count
         // The tree sum over the plan's partition, in one fused pass with the squares.
@@ -60,7 +65,9 @@ extension MetaTrainer {
         }
         iteration = t
         let meanLoss = loss / Double(tasks)
-        for (k, v) in zip(MetaTrainer.iterationKeys, [Double(t), meanLoss, norm]) { history[k, default: []].append(Float(v)) }
+        for (k, v) in zip(MetaTrainer.iterationKeys, [Double(t), meanLoss, norm]) {
+            history[k, default: []].append(Float(v))
+        }
         return (meanLoss, norm)
     }
 }

@@ -72,7 +72,9 @@ public final class MetaTrainer {
         let resumeFrom = resume ? try MetaTrainer.resumePoint(in: run, fingerprint: dataset.fingerprint) : nil
         if let (latest, ck) = resumeFrom {
             try MetaTrainer.checkResumable(ck, path: latest, config: config, dims: dims)
-            guard let m = ck.adamM, let v = ck.adamV else { throw MetatrainError("\(latest): checkpoint without Adam state") }
+            guard let m = ck.adamM, let v = ck.adamV else {
+                throw MetatrainError("\(latest): checkpoint without Adam state")
+            }
             theta = ck.params
             adam.m.assign(from: m); adam.v.assign(from: v); adam.step = ck.adamStep
             if isMetaSGD {
@@ -81,7 +83,9 @@ public final class MetaTrainer {
                 }
                 alpha = a
                 adamAlpha!.m.assign(from: am); adamAlpha!.v.assign(from: av); adamAlpha!.step = ck.adamStep
-            } else { alpha = nil }
+            } else {
+                alpha = nil
+            }
             iteration = ck.iteration
             for (k, v) in ck.history { history[k] = v }
             replayEarlyStopping()
@@ -92,7 +96,9 @@ public final class MetaTrainer {
             if let warm = config.warmStart.checkpoint {
                 let ck = try CheckpointFile.read(warm, expectedFingerprint: dataset.fingerprint)
                 guard ck.dims == dims else {
-                    throw MetatrainError("\(warm): warm-start checkpoint has E \(ck.dims.E), H \(ck.dims.H), V \(ck.dims.V); this config needs E \(dims.E), H \(dims.H), V \(dims.V)")
+                    throw MetatrainError(
+                        "\(warm): warm-start checkpoint has E \(ck.dims.E), H \(ck.dims.H), V \(ck.dims.V); this config needs E \(dims.E), H \(dims.H), V \(dims.V)"
+                    )
                 }
                 theta = ck.params
             } else {
@@ -102,7 +108,9 @@ public final class MetaTrainer {
             if isMetaSGD {
                 alpha = FloatBuffer(count: layout.count)
                 for i in 0..<layout.count { alpha!.ptr[i] = Float(config.maml.innerLR) }
-            } else { alpha = nil }
+            } else {
+                alpha = nil
+            }
             try? FileManager.default.removeItem(atPath: run.file("metrics.jsonl"))
         }
         try run.saveConfig(config)
@@ -121,8 +129,9 @@ public final class MetaTrainer {
     /// block, biggest first; see `ReductionTree.guidedPartition`).
     public func trainPlan(iteration t: Int, blocks k: Int) -> TrainPlan {
         let chunks = trainUnits(iteration: t)
-        return .blocks(chunks, ReductionTree(leaves: chunks.count).guidedPartition(into: max(1, k)),
-                       cost: { cost.cost($0, split: .train) })
+        return .blocks(
+            chunks, ReductionTree(leaves: chunks.count).guidedPartition(into: max(1, k)),
+            cost: { cost.cost($0, split: .train) })
     }
 
     /// Iteration t's plan with every chunk a unit, the `split` cheapest cut into pieces.
@@ -144,4 +153,3 @@ public final class MetaTrainer {
     public func evalDue(_ t: Int) -> Bool { !valEpisodes.isEmpty && t % config.eval.every == 0 }
     public func checkpointDue(_ t: Int) -> Bool { t % config.checkpoint.every == 0 }
 }
-

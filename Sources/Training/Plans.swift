@@ -55,15 +55,19 @@ public struct TrainPlan: Equatable, Sendable {
     /// One unit per block of `blocks` (a partition of the tree into nodes),
     /// handed out biggest first (then costliest first).
     public static func blocks(_ chunks: [[Int]], _ blocks: [Range<Int>], cost: ([Int]) -> Int) -> TrainPlan {
-        precondition(ReductionTree(leaves: chunks.count).isPartition(blocks), "blocks must be a partition of the tree into nodes")
+        precondition(
+            ReductionTree(leaves: chunks.count).isPartition(blocks), "blocks must be a partition of the tree into nodes"
+        )
         let units = blocks.map { Array(chunks[$0]) }
         let costs = units.map { $0.reduce(0) { $0 + cost($1) } }
         let order = units.indices.sorted {
-            units[$0].count != units[$1].count ? units[$0].count > units[$1].count
+            units[$0].count != units[$1].count
+                ? units[$0].count > units[$1].count
                 : costs[$0] != costs[$1] ? costs[$0] > costs[$1] : $0 < $1
         }
-        return TrainPlan(leaves: chunks.count, units: units,
-                         parts: blocks.enumerated().map { Part(node: $1, units: [$0]) }, dispatchOrder: order)
+        return TrainPlan(
+            leaves: chunks.count, units: units,
+            parts: blocks.enumerated().map { Part(node: $1, units: [$0]) }, dispatchOrder: order)
     }
 
     /// Indices sorted by cost, costliest first (ties in index order).
@@ -132,14 +136,18 @@ public final class PlanReducer {
 
     /// Writes the tree sum of `units` (in unit order, as `plan` made them) into
     /// `gradTheta` (and `gradAlpha`); throws on results of the wrong size.
-    public func reduce(_ units: [UnitSums], plan: TrainPlan, gradTheta: FloatBuffer, gradAlpha: FloatBuffer?) throws -> Sums {
+    public func reduce(_ units: [UnitSums], plan: TrainPlan, gradTheta: FloatBuffer, gradAlpha: FloatBuffer?) throws
+        -> Sums
+    {
         let n = count
         guard !units.isEmpty, units.count == plan.units.count else {
             throw MetatrainError("\(units.count) unit results for \(plan.units.count) units")
         }
         for u in units {
             guard u.gradTheta.count == 4 * n, u.gradAlpha.count == (gradAlpha == nil ? 0 : 4 * n) else {
-                throw MetatrainError("a unit result has \(u.gradTheta.count / 4)+\(u.gradAlpha.count / 4) gradient entries, expected \(n)")
+                throw MetatrainError(
+                    "a unit result has \(u.gradTheta.count / 4)+\(u.gradAlpha.count / 4) gradient entries, expected \(n)"
+                )
             }
         }
         var tasks = 0, partLosses: [(node: Range<Int>, value: Double)] = []
@@ -156,9 +164,10 @@ public final class PlanReducer {
         let joins = plan.parts.filter { $0.units.count > 1 }.count * (gradAlpha == nil ? 1 : 2)
         while scratch.count < joins { scratch.append(FloatBuffer(count: n)) }
         let mid = n / 2 / 8 * 8
-        let work = ReduceWork(tree: tree, nodes: nodes, thetaPieces: thetaPieces, alphaPieces: alphaPieces,
-                              scratch: Array(scratch.prefix(joins)), gradTheta: gradTheta, gradAlpha: gradAlpha,
-                              halves: [0..<mid, mid..<n])
+        let work = ReduceWork(
+            tree: tree, nodes: nodes, thetaPieces: thetaPieces, alphaPieces: alphaPieces,
+            scratch: Array(scratch.prefix(joins)), gradTheta: gradTheta, gradAlpha: gradAlpha,
+            halves: [0..<mid, mid..<n])
         DispatchQueue.concurrentPerform(iterations: 2) { work.run(half: $0) }
         let squares = (work.squares[0] + work.squares[1]) + (work.squares[2] + work.squares[3])
         return Sums(squares: squares, lossSum: lossSum, tasks: tasks)
@@ -178,8 +187,10 @@ final class ReduceWork: @unchecked Sendable {
     var squares = [Double](repeating: 0, count: 4)
     private let lock = NSLock()
 
-    init(tree: ReductionTree, nodes: [Range<Int>], thetaPieces: [[UnsafeRawPointer]], alphaPieces: [[UnsafeRawPointer]],
-         scratch: [FloatBuffer], gradTheta: FloatBuffer, gradAlpha: FloatBuffer?, halves: [Range<Int>]) {
+    init(
+        tree: ReductionTree, nodes: [Range<Int>], thetaPieces: [[UnsafeRawPointer]], alphaPieces: [[UnsafeRawPointer]],
+        scratch: [FloatBuffer], gradTheta: FloatBuffer, gradAlpha: FloatBuffer?, halves: [Range<Int>]
+    ) {
         self.tree = tree; self.nodes = nodes
         self.thetaPieces = thetaPieces; self.alphaPieces = alphaPieces; self.scratch = scratch
         self.gradTheta = gradTheta; self.gradAlpha = gradAlpha; self.halves = halves

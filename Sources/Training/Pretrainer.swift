@@ -12,8 +12,8 @@ import Storage
 public protocol ProgressSink: AnyObject {
     /// Whether transient updates are shown (a terminal); otherwise callers log plain lines.
     var isTerminal: Bool { get }
-    func update(_ line: String)   // transient (terminal only)
-    func log(_ line: String)      // permanent
+    func update(_ line: String) // transient (terminal only)
+    func log(_ line: String) // permanent
 }
 
 /// The global GRU4Rec baseline: trains one model on all train-user pairs with
@@ -35,7 +35,8 @@ public final class Pretrainer {
     weak var progress: ProgressSink?
 
     public init(dataset: Dataset, fingerprint: String, config: Config, run: RunDirectory, progress: ProgressSink?) {
-        self.dataset = dataset; self.fingerprint = fingerprint; self.config = config; self.run = run; self.progress = progress
+        self.dataset = dataset; self.fingerprint = fingerprint; self.config = config; self.run = run;
+        self.progress = progress
     }
 
     func say(_ s: String) { run.log(s); progress?.log(s) }
@@ -58,7 +59,9 @@ public final class Pretrainer {
         guard !trainPairs.isEmpty else { throw MetatrainError("\(run.path): no train-user pairs to pretrain on") }
         let val = Evaluator(dataset: dataset, split: .val, limit: c.eval.valEpisodes)
         if val.episodes.isEmpty { say("warning: no validation episodes; best.h5 follows the training loss") }
-        say("pretrain: \(trainPairs.count) train pairs, \(val.episodes.count) val episodes, \(model.parameterCount) parameters (V \(dims.V), E \(dims.E), H \(dims.H))")
+        say(
+            "pretrain: \(trainPairs.count) train pairs, \(val.episodes.count) val episodes, \(model.parameterCount) parameters (V \(dims.V), E \(dims.E), H \(dims.H))"
+        )
 
         var history: [String: [Float]] = [:]
         let historyKeys = ["epoch", "train_loss", "val_hr@10", "val_ndcg@10", "val_mrr", "val_loss"]
@@ -73,21 +76,25 @@ public final class Pretrainer {
         var batch = PackedBatch()
         let nBatches = (trainPairs.count + p.batchSize - 1) / p.batchSize
         func checkpoint(_ iteration: Int) -> Checkpoint {
-            Checkpoint(dims: dims, params: params, adamM: adam.m, adamV: adam.v,
-                       history: historyKeys.map { ($0, history[$0] ?? []) }, iteration: iteration, adamStep: adam.step,
-                       seed: c.seed, configJSON: c.json, datasetFingerprint: fingerprint, kind: .pretrain, algorithm: "gru4rec")
+            Checkpoint(
+                dims: dims, params: params, adamM: adam.m, adamV: adam.v,
+                history: historyKeys.map { ($0, history[$0] ?? []) }, iteration: iteration, adamStep: adam.step,
+                seed: c.seed, configJSON: c.json, datasetFingerprint: fingerprint, kind: .pretrain, algorithm: "gru4rec"
+            )
         }
         var resumedFrom: String?
         if resume {
             let path = run.file(Self.resumeCheckpoint)
             guard FileManager.default.fileExists(atPath: path) else {
-                throw MetatrainError("\(run.path): no \(Self.resumeCheckpoint) to resume from (it is written after each epoch)")
+                throw MetatrainError(
+                    "\(run.path): no \(Self.resumeCheckpoint) to resume from (it is written after each epoch)")
             }
             let ck = try CheckpointFile.read(path, expectedFingerprint: fingerprint)
             let conflicts = try MetaTrainer.resumeConflicts(checkpoint: ck.configJSON, run: c.json)
             guard conflicts.isEmpty else {
-                throw MetatrainError("\(path): cannot resume with another " + conflicts.joined(separator: ", ")
-                                     + "; on resume only " + Config.resumableKeys.joined(separator: ", ") + " may change")
+                throw MetatrainError(
+                    "\(path): cannot resume with another " + conflicts.joined(separator: ", ")
+                        + "; on resume only " + Config.resumableKeys.joined(separator: ", ") + " may change")
             }
             guard ck.kind == .pretrain, ck.dims == dims, let m = ck.adamM, let v = ck.adamV else {
                 throw MetatrainError("\(path): not a resumable pretraining checkpoint for these model sizes")
@@ -96,9 +103,12 @@ public final class Pretrainer {
             adam.m.assign(from: m); adam.v.assign(from: v); adam.step = ck.adamStep
             for (k, v) in ck.history where historyKeys.contains(k) { history[k] = v }
             epoch = ck.iteration
-            guard history["epoch"]?.count == epoch else { throw MetatrainError("\(path): history does not cover its \(epoch) epochs") }
+            guard history["epoch"]?.count == epoch else {
+                throw MetatrainError("\(path): history does not cover its \(epoch) epochs")
+            }
             for e in 0..<epoch {
-                _ = record(score: val.episodes.isEmpty ? -history["train_loss"]![e] : history["val_hr@10"]![e], epoch: e + 1)
+                _ = record(
+                    score: val.episodes.isEmpty ? -history["train_loss"]![e] : history["val_hr@10"]![e], epoch: e + 1)
             }
             try run.truncateMetrics(key: "epoch", after: epoch)
             resumedFrom = path
@@ -108,7 +118,9 @@ public final class Pretrainer {
         let firstEpoch = epoch, runStarted = Date()
         while epoch < p.epochs {
             if sinceBest >= p.patience {
-                say("early stop: no val HR@10 improvement for \(p.patience) epochs (best \(String(format: "%.4f", best)) at epoch \(bestEpoch))")
+                say(
+                    "early stop: no val HR@10 improvement for \(p.patience) epochs (best \(String(format: "%.4f", best)) at epoch \(bestEpoch))"
+                )
                 stoppedEarly = true
                 break
             }
@@ -123,41 +135,58 @@ public final class Pretrainer {
                 let slice = order[(b * p.batchSize)..<min((b + 1) * p.batchSize, order.count)]
                 batch.pack(pairs: slice, of: dataset)
                 grads.zero()
-                let loss = model.lossAndGradient(params, grads, batch, dropout: Float(c.model.dropout), rng: &dropoutRNG)
+                let loss = model.lossAndGradient(
+                    params, grads, batch, dropout: Float(c.model.dropout), rng: &dropoutRNG)
                 lossSum += Double(loss)
                 clipGradNorm(grads, maxNorm: Float(c.maml.clipNorm))
                 adam.update(params, grads, lr: Float(p.lr))
                 if b % 10 == 0 || b == nBatches - 1 {
                     // ETA from the batches done since this process started.
-                    let done = Double((epoch - firstEpoch - 1) * nBatches + b + 1), left = Double((p.epochs - epoch + 1) * nBatches - b - 1)
+                    let done = Double((epoch - firstEpoch - 1) * nBatches + b + 1),
+                        left = Double((p.epochs - epoch + 1) * nBatches - b - 1)
                     let eta = Date().timeIntervalSince(runStarted) / done * left
-                    progress?.update(String(format: "epoch %d/%d  batch %d/%d  loss %.4f  %@ ETA %@", epoch, p.epochs, b + 1, nBatches,
-                                            lossSum / Double(b + 1), formatDuration(Date().timeIntervalSince(runStarted)), formatDuration(eta)))
+                    progress?.update(
+                        String(
+                            format: "epoch %d/%d  batch %d/%d  loss %.4f  %@ ETA %@", epoch, p.epochs, b + 1, nBatches,
+                            lossSum / Double(b + 1), formatDuration(Date().timeIntervalSince(runStarted)),
+                            formatDuration(eta)))
                 }
             }
             let trainLoss = lossSum / Double(nBatches)
             let v = val.zeroShot(params, dims: dims).reduce(MetricSums(), +)
             let valLoss = val.episodes.isEmpty ? trainLoss : val.queryLoss(params, dims: dims)
-            for (k, x) in zip(historyKeys, [Double(epoch), trainLoss, v.mean(.hr10), v.mean(.ndcg10), v.mean(.mrr), valLoss]) {
+            for (k, x) in zip(
+                historyKeys, [Double(epoch), trainLoss, v.mean(.hr10), v.mean(.ndcg10), v.mean(.mrr), valLoss])
+            {
                 history[k, default: []].append(Float(x))
             }
             let secs = Date().timeIntervalSince(started)
-            try run.appendMetrics(.object([
-                ("epoch", .int(epoch)), ("train_loss", .number(trainLoss)), ("val_hr@10", .number(v.mean(.hr10))),
-                ("val_ndcg@10", .number(v.mean(.ndcg10))), ("val_mrr", .number(v.mean(.mrr))), ("val_loss", .number(valLoss)),
-                ("seconds", .number(secs)), ("time", .number((Date().timeIntervalSince1970 * 1000).rounded() / 1000)),
-            ]))
+            try run.appendMetrics(
+                .object([
+                    ("epoch", .int(epoch)), ("train_loss", .number(trainLoss)), ("val_hr@10", .number(v.mean(.hr10))),
+                    ("val_ndcg@10", .number(v.mean(.ndcg10))), ("val_mrr", .number(v.mean(.mrr))),
+                    ("val_loss", .number(valLoss)),
+                    ("seconds", .number(secs)),
+                    ("time", .number((Date().timeIntervalSince1970 * 1000).rounded() / 1000))
+                ]))
             var note = ""
-            if record(score: val.episodes.isEmpty ? -history["train_loss"]!.last! : history["val_hr@10"]!.last!, epoch: epoch) {
+            if record(
+                score: val.episodes.isEmpty ? -history["train_loss"]!.last! : history["val_hr@10"]!.last!, epoch: epoch)
+            {
                 try CheckpointFile.write(checkpoint(epoch), to: run.file("best.h5"))
                 note = "  (best, saved best.h5)"
             }
             try CheckpointFile.write(checkpoint(epoch), to: run.file(Self.resumeCheckpoint))
-            say(String(format: "epoch %d/%d  train loss %.4f  val HR@10 %.4f  NDCG@10 %.4f  MRR %.4f  val loss %.4f  %.1fs%@",
-                       epoch, p.epochs, trainLoss, v.mean(.hr10), v.mean(.ndcg10), v.mean(.mrr), valLoss, secs, note))
+            say(
+                String(
+                    format:
+                        "epoch %d/%d  train loss %.4f  val HR@10 %.4f  NDCG@10 %.4f  MRR %.4f  val loss %.4f  %.1fs%@",
+                    epoch, p.epochs, trainLoss, v.mean(.hr10), v.mean(.ndcg10), v.mean(.mrr), valLoss, secs, note))
         }
         try CheckpointFile.write(checkpoint(epoch), to: run.file("final.h5"))
-        return Result(epochs: epoch, bestEpoch: bestEpoch, bestHR10: val.episodes.isEmpty ? 0 : Double(best), stoppedEarly: stoppedEarly,
-                      resumedFrom: resumedFrom)
+        return Result(
+            epochs: epoch, bestEpoch: bestEpoch, bestHR10: val.episodes.isEmpty ? 0 : Double(best),
+            stoppedEarly: stoppedEarly,
+            resumedFrom: resumedFrom)
     }
 }

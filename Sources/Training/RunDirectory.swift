@@ -1,8 +1,8 @@
 import Configuration
 import Core
 import Datasets
-import Storage
 import Foundation
+import Storage
 
 /// A run directory (docs/FORMATS.md, "Run directory"): resolved config, metrics.jsonl, checkpoints and a log.
 public final class RunDirectory {
@@ -17,7 +17,9 @@ public final class RunDirectory {
         }
         // A process killed while writing a checkpoint, best.h5 or config.yaml left its temporary file.
         for dir in [path, file("checkpoints")] {
-            for name in removeAbandonedTemporaries(in: dir) { log("removed \(dir)/\(name): a writer killed mid-write left it") }
+            for name in removeAbandonedTemporaries(in: dir) {
+                log("removed \(dir)/\(name): a writer killed mid-write left it")
+            }
         }
     }
 
@@ -32,13 +34,18 @@ public final class RunDirectory {
         guard lockFD < 0 else { return }
         let p = file(".lock")
         let fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw MetatrainError("\(p): cannot open the run directory's lock (\(String(cString: strerror(errno))))") }
+        guard fd >= 0 else {
+            throw MetatrainError("\(p): cannot open the run directory's lock (\(String(cString: strerror(errno))))")
+        }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             var buf = [UInt8](repeating: 0, count: 256)
             let n = pread(fd, &buf, buf.count, 0)
             close(fd)
-            let holder = String(decoding: buf.prefix(max(0, n)), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            throw MetatrainError("\(path) is in use by another run (\(holder.isEmpty ? "holder unknown" : holder)); stop it or use another --run-dir")
+            let holder = String(decoding: buf.prefix(max(0, n)), as: UTF8.self).trimmingCharacters(
+                in: .whitespacesAndNewlines)
+            throw MetatrainError(
+                "\(path) is in use by another run (\(holder.isEmpty ? "holder unknown" : holder)); stop it or use another --run-dir"
+            )
         }
         let me = "process \(getpid()) on \(ProcessInfo.processInfo.hostName)\n"
         _ = ftruncate(fd, 0)
@@ -49,17 +56,27 @@ public final class RunDirectory {
     /// Records who started this run, how and on what (run.json, atomically): the
     /// command line, metatrain's version, the dataset's path and fingerprint, the
     /// host and the start time. A later start (a resume) is appended under "resumes".
-    public func recordStart(datasetPath: String, fingerprint: String, resumedFrom: String? = nil, now: Date = Date()) throws {
+    public func recordStart(datasetPath: String, fingerprint: String, resumedFrom: String? = nil, now: Date = Date())
+        throws
+    {
         let started = ISO8601DateFormatter().string(from: now)
         let this: [(String, JSON)] = [
-            ("command", .array(CommandLine.arguments.map { .string($0) })), ("metatrain_version", .string(metatrainVersion)),
-            ("dataset", .object([("path", .string(URL(fileURLWithPath: datasetPath).standardizedFileURL.path)),
-                                 ("fingerprint", .string(fingerprint))])),
-            ("host", .string(ProcessInfo.processInfo.hostName)), ("pid", .int(Int(getpid()))), ("started", .string(started)),
+            ("command", .array(CommandLine.arguments.map { .string($0) })),
+            ("metatrain_version", .string(metatrainVersion)),
+            (
+                "dataset",
+                .object([
+                    ("path", .string(URL(fileURLWithPath: datasetPath).standardizedFileURL.path)),
+                    ("fingerprint", .string(fingerprint))
+                ])
+            ),
+            ("host", .string(ProcessInfo.processInfo.hostName)), ("pid", .int(Int(getpid()))),
+            ("started", .string(started))
         ]
         let p = file("run.json")
         var record: [(String, JSON)]
-        if let text = try? String(contentsOfFile: p, encoding: .utf8), case .object(var first)? = try? JSON.parse(text) {
+        if let text = try? String(contentsOfFile: p, encoding: .utf8), case .object(var first)? = try? JSON.parse(text)
+        {
             var resumes: [JSON] = []
             if case .array(let a)? = first.first(where: { $0.0 == "resumes" })?.1 { resumes = a }
             first.removeAll { $0.0 == "resumes" }
@@ -85,7 +102,8 @@ public final class RunDirectory {
 
     /// Writes config.yaml (atomically).
     public func saveConfig(_ c: Config) throws {
-        try writeFileAtomically(file("config.yaml"), contents: "# resolved configuration written by metatrain\n" + c.yaml)
+        try writeFileAtomically(
+            file("config.yaml"), contents: "# resolved configuration written by metatrain\n" + c.yaml)
     }
 
     /// The run's TensorBoard events (RUN/tb), made on the first metrics line.
@@ -111,11 +129,19 @@ public final class RunDirectory {
     func tensorBoardScalars(_ j: JSON) {
         guard !tensorBoardFailed, case .object(let kv) = j else { return }
         func number(_ v: JSON) -> Double? {
-            switch v { case .int(let i): return Double(i); case .number(let d): return d; default: return nil }
+            switch v {
+            case .int(let i): return Double(i);
+            case .number(let d): return d;
+            default: return nil
+            }
         }
-        guard let step = kv.first(where: { $0.0 == "iteration" || $0.0 == "epoch" }).flatMap({ number($0.1) }) else { return }
+        guard let step = kv.first(where: { $0.0 == "iteration" || $0.0 == "epoch" }).flatMap({ number($0.1) }) else {
+            return
+        }
         let wall = kv.first { $0.0 == "time" }.flatMap { number($0.1) } ?? Date().timeIntervalSince1970
-        let values = kv.filter { !["iteration", "epoch", "time"].contains($0.0) }.compactMap { k, v in number(v).map { (tag: k, value: $0) } }
+        let values = kv.filter { !["iteration", "epoch", "time"].contains($0.0) }.compactMap { k, v in
+            number(v).map { (tag: k, value: $0) }
+        }
         do {
             if tensorBoard == nil { tensorBoard = try TensorBoardEvents(directory: file("tb")) }
             try tensorBoard!.scalars(values, step: Int(step), wallTime: wall)
@@ -129,11 +155,14 @@ public final class RunDirectory {
     public func log(_ line: String) {
         if logHandle == nil {
             let p = file(logName)
-            if !FileManager.default.fileExists(atPath: p) { _ = FileManager.default.createFile(atPath: p, contents: nil) }
+            if !FileManager.default.fileExists(atPath: p) {
+                _ = FileManager.default.createFile(atPath: p, contents: nil)
+            }
             logHandle = FileHandle(forWritingAtPath: p)
             logHandle?.seekToEndOfFile()
         }
-        try? logHandle?.write(contentsOf: Data((timestamp() + " " + line + "\n").utf8))   // a full disk loses log lines, not the run
+        // A full disk loses log lines, not the run.
+        try? logHandle?.write(contentsOf: Data((timestamp() + " " + line + "\n").utf8))
     }
 
     private func timestamp() -> String { formatTime(Int64(Date().timeIntervalSince1970)) }

@@ -28,7 +28,7 @@ public final class UnitComputer {
         layout = ParameterLayout(dims)
         let model = GRU4Rec(dims: dims)
         learner = MetaLearner(model: model)
-        learner.sparseEmbeddingSweeps = true   // install() tells it when θ changes
+        learner.sparseEmbeddingSweeps = true // install() tells it when θ changes
         algorithm = MetaAlgorithm(config: config, layout: layout)
         weighting = SupportWeighting(config.weighting)
         evaluator = Evaluator(dataset: dataset, split: .val, limit: 1)
@@ -43,7 +43,8 @@ public final class UnitComputer {
     /// a received frame); throws if their size does not match this run's model.
     public func install(theta t: UnsafeRawBufferPointer, alpha a: UnsafeRawBufferPointer) throws {
         guard t.count == 4 * layout.count, a.count == (alpha == nil ? 0 : 4 * layout.count) else {
-            throw MetatrainError("weights of \(t.count / 4)+\(a.count / 4) floats do not fit this model (\(layout.count) parameters)")
+            throw MetatrainError(
+                "weights of \(t.count / 4)+\(a.count / 4) floats do not fit this model (\(layout.count) parameters)")
         }
         UnsafeMutableRawPointer(theta.ptr).copyMemory(from: t.baseAddress!, byteCount: t.count)
         if let alpha { UnsafeMutableRawPointer(alpha.ptr).copyMemory(from: a.baseAddress!, byteCount: a.count) }
@@ -52,7 +53,8 @@ public final class UnitComputer {
 
     /// Σ over the unit's train episodes (in order) of task gradients and meta-losses.
     /// The gradient buffers are this computer's own: valid until its next call.
-    public func train(episodes: [Int]) -> (gradTheta: FloatBuffer, gradAlpha: FloatBuffer?, lossSum: Double, tasks: Int) {
+    public func train(episodes: [Int]) -> (gradTheta: FloatBuffer, gradAlpha: FloatBuffer?, lossSum: Double, tasks: Int)
+    {
         train(leaves: [episodes])
     }
 
@@ -61,7 +63,8 @@ public final class UnitComputer {
     /// shape of the block's node in the phase's tree), so the result is the
     /// node's sum bit for bit whoever computes it. Depth + 1 buffers suffice:
     /// a left child's sum waits while its right sibling is computed.
-    public func train(leaves: [[Int]]) -> (gradTheta: FloatBuffer, gradAlpha: FloatBuffer?, lossSum: Double, tasks: Int) {
+    public func train(leaves: [[Int]]) -> (gradTheta: FloatBuffer, gradAlpha: FloatBuffer?, lossSum: Double, tasks: Int)
+    {
         precondition(!leaves.isEmpty, "a unit has at least one leaf")
         var level = 0
         func node(_ r: Range<Int>, into g: (FloatBuffer, FloatBuffer?)) -> Double {
@@ -69,7 +72,9 @@ public final class UnitComputer {
             let (a, b) = ReductionTree.children(r)
             let left = node(a, into: g)
             level += 1
-            while spare.count < level { spare.append((FloatBuffer(count: layout.count), alpha == nil ? nil : FloatBuffer(count: layout.count))) }
+            while spare.count < level {
+                spare.append((FloatBuffer(count: layout.count), alpha == nil ? nil : FloatBuffer(count: layout.count)))
+            }
             let s = spare[level - 1]
             let right = node(b, into: s)
             level -= 1
@@ -99,16 +104,18 @@ public final class UnitComputer {
             let s = ep.supportPairs(e)
             task.support.pack(pairs: s, of: dataset, weights: weighting.weights(s, in: dataset))
             task.query.pack(pairs: ep.queryPairs(e), of: dataset)
-            loss += Double(learner.accumulate(theta: theta, alpha: alpha, task: task, algorithm: algorithm,
-                                              gradTheta: g.0, gradAlpha: g.1))
+            loss += Double(
+                learner.accumulate(
+                    theta: theta, alpha: alpha, task: task, algorithm: algorithm,
+                    gradTheta: g.0, gradAlpha: g.1))
         }
         return loss
     }
 
     /// Per val episode: metric sums and adapted query loss.
     public func eval(episodes: [Int]) -> [(MetricSums, Float)] {
-        evaluator.fewShot(theta, dims: dims, policy: FewShotPolicy(metaConfig: config, layout: layout, rates: alpha),
-                          episodes: episodes)
+        evaluator.fewShot(
+            theta, dims: dims, policy: FewShotPolicy(metaConfig: config, layout: layout, rates: alpha),
+            episodes: episodes)
     }
 }
-

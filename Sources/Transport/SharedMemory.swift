@@ -1,4 +1,5 @@
 import CLinux
+
 #if canImport(Glibc)
 import Glibc
 #else
@@ -121,7 +122,8 @@ public final class SharedView: @unchecked Sendable {
         // The path comes from a peer: only another process's open file is acceptable.
         let parts = path.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 5, parts[0].isEmpty, parts[1] == "proc", parts[3] == "fd",
-              [parts[2], parts[4]].allSatisfy({ !$0.isEmpty && $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }) else {
+            [parts[2], parts[4]].allSatisfy({ !$0.isEmpty && $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) })
+        else {
             throw SharedMemoryError("\(path) is not a shared-memory file (/proc/PID/fd/FD)")
         }
         // Never blocks (a FIFO), and only a memfd its creator sealed against shrinking will do.
@@ -155,8 +157,10 @@ public final class SharedView: @unchecked Sendable {
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw SharedMemoryError(errno: "fstat") }
         guard offset >= sharedHeaderBytes, count >= 0, offset % 4 == 0, count <= sharedReserveBytes,
-              offset <= min(Int(st.st_size), sharedReserveBytes) - count else {
-            throw SharedMemoryError("payload of \(count) bytes at offset \(offset) lies outside the shared file (\(st.st_size) bytes)")
+            offset <= min(Int(st.st_size), sharedReserveBytes) - count
+        else {
+            throw SharedMemoryError(
+                "payload of \(count) bytes at offset \(offset) lies outside the shared file (\(st.st_size) bytes)")
         }
         return UnsafeRawBufferPointer(start: base + offset, count: count)
     }

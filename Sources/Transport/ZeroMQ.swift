@@ -1,4 +1,5 @@
 import CZeroMQ
+
 #if canImport(Glibc)
 import Glibc
 #else
@@ -21,7 +22,8 @@ public final class ZMQContext: @unchecked Sendable {
 /// A ZeroMQ socket that moves multipart frames and nothing else: it knows no
 /// message types, versions or training. Not thread-safe (ZeroMQ sockets never are).
 public final class ZMQSocket {
-    public enum Kind { case router, dealer, pub, sub, rep, pair
+    public enum Kind {
+        case router, dealer, pub, sub, rep, pair
         var raw: Int32 {
             switch self {
             case .router: return ZMQ_ROUTER
@@ -79,8 +81,9 @@ public final class ZMQSocket {
     public func setCurveServer(secretKey: String) throws {
         var on: Int32 = 1
         guard zmq_setsockopt(handle, ZMQ_CURVE_SERVER, &on, MemoryLayout<Int32>.size) == 0,
-              zmq_setsockopt(handle, ZMQ_CURVE_SECRETKEY, secretKey, secretKey.utf8.count) == 0,
-              zmq_setsockopt(handle, ZMQ_ZAP_DOMAIN, "metatrain", 9) == 0 else {
+            zmq_setsockopt(handle, ZMQ_CURVE_SECRETKEY, secretKey, secretKey.utf8.count) == 0,
+            zmq_setsockopt(handle, ZMQ_ZAP_DOMAIN, "metatrain", 9) == 0
+        else {
             throw TransportError("CURVE server options (is libzmq built with CURVE?)")
         }
     }
@@ -89,8 +92,9 @@ public final class ZMQSocket {
     /// `serverKey`, as the key pair (`publicKey`, `secretKey`); all Z85. Set before connecting.
     public func setCurveClient(serverKey: String, publicKey: String, secretKey: String) throws {
         guard zmq_setsockopt(handle, ZMQ_CURVE_SERVERKEY, serverKey, serverKey.utf8.count) == 0,
-              zmq_setsockopt(handle, ZMQ_CURVE_PUBLICKEY, publicKey, publicKey.utf8.count) == 0,
-              zmq_setsockopt(handle, ZMQ_CURVE_SECRETKEY, secretKey, secretKey.utf8.count) == 0 else {
+            zmq_setsockopt(handle, ZMQ_CURVE_PUBLICKEY, publicKey, publicKey.utf8.count) == 0,
+            zmq_setsockopt(handle, ZMQ_CURVE_SECRETKEY, secretKey, secretKey.utf8.count) == 0
+        else {
             throw TransportError("CURVE client options (a key is not 40 Z85 characters?)")
         }
     }
@@ -188,7 +192,9 @@ public final class Frame: @unchecked Sendable {
     }
     deinit { zmq_msg_close(msg); msg.deallocate() }
     /// The frame's bytes; valid while the Frame is alive.
-    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: zmq_msg_data(msg), count: zmq_msg_size(msg)) }
+    public var bytes: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: zmq_msg_data(msg), count: zmq_msg_size(msg))
+    }
 }
 
 /// A frame to send, filled in place (no intermediate array) and sent any
@@ -225,13 +231,17 @@ public struct CurveKeyPair: Sendable {
     /// A fresh key pair from libzmq (libsodium's random source).
     public static func generate() throws -> CurveKeyPair {
         var pub = [CChar](repeating: 0, count: 41), sec = [CChar](repeating: 0, count: 41)
-        guard zmq_curve_keypair(&pub, &sec) == 0 else { throw TransportError("zmq_curve_keypair (is libzmq built with CURVE?)") }
+        guard zmq_curve_keypair(&pub, &sec) == 0 else {
+            throw TransportError("zmq_curve_keypair (is libzmq built with CURVE?)")
+        }
         return CurveKeyPair(publicKey: cString(pub), secretKey: cString(sec))
     }
 
     /// The pair of a secret key (its public key derived from it).
     public init(secretKey: String) throws {
-        guard secretKey.utf8.count == 40 else { throw TransportError("a CURVE secret key is 40 Z85 characters, got \(secretKey.utf8.count)") }
+        guard secretKey.utf8.count == 40 else {
+            throw TransportError("a CURVE secret key is 40 Z85 characters, got \(secretKey.utf8.count)")
+        }
         var pub = [CChar](repeating: 0, count: 41)
         guard zmq_curve_public(&pub, secretKey) == 0 else { throw TransportError("not a Z85 CURVE secret key") }
         self.init(publicKey: cString(pub), secretKey: secretKey)
@@ -263,12 +273,18 @@ public final class ZAPHandler {
     public func answer(_ allow: (_ key: String, _ address: String) -> Bool) throws {
         while let f = try socket.receive(timeoutMs: 0) {
             // version, request id, domain, address, routing id, mechanism, credentials...
-            guard f.count >= 6 else { try socket.send([Array("1.0".utf8), [], Array("400".utf8), Array("malformed".utf8), [], []]); continue }
-            let id = f[1], address = String(decoding: f[3], as: UTF8.self), mechanism = String(decoding: f[5], as: UTF8.self)
+            guard f.count >= 6 else {
+                try socket.send([Array("1.0".utf8), [], Array("400".utf8), Array("malformed".utf8), [], []]); continue
+            }
+            let id = f[1], address = String(decoding: f[3], as: UTF8.self),
+                mechanism = String(decoding: f[5], as: UTF8.self)
             var ok = false
             if mechanism == "CURVE", f.count >= 7, let key = CurveKeyPair.z85(f[6]) { ok = allow(key, address) }
-            try socket.send([Array("1.0".utf8), id, Array((ok ? "200" : "400").utf8), Array((ok ? "OK" : "not an authorized key").utf8),
-                             [], []])
+            try socket.send([
+                Array("1.0".utf8), id, Array((ok ? "200" : "400").utf8),
+                Array((ok ? "OK" : "not an authorized key").utf8),
+                [], []
+            ])
         }
     }
 }

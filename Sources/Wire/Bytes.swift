@@ -125,7 +125,9 @@ public struct Floats: Equatable, Sendable, ExpressibleByArrayLiteral, CustomStri
             }
             if bad != SIMD8<UInt32>() { return false }
             while i < count {
-                if raw.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self) & 0x7f80_0000 == 0x7f80_0000 { return false }
+                if raw.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self) & 0x7f80_0000 == 0x7f80_0000 {
+                    return false
+                }
                 i += 1
             }
             return true
@@ -143,7 +145,9 @@ public struct Floats: Equatable, Sendable, ExpressibleByArrayLiteral, CustomStri
     }
     /// Copies the floats to `dst` (which must hold `count`).
     public func copy(to dst: UnsafeMutablePointer<Float>) {
-        withUnsafeBytes { if $0.count > 0 { UnsafeMutableRawPointer(dst).copyMemory(from: $0.baseAddress!, byteCount: $0.count) } }
+        withUnsafeBytes {
+            if $0.count > 0 { UnsafeMutableRawPointer(dst).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        }
     }
     public var array: [Float] {
         [Float](unsafeUninitializedCapacity: count) { buf, c in
@@ -153,7 +157,10 @@ public struct Floats: Equatable, Sendable, ExpressibleByArrayLiteral, CustomStri
     }
     public static func == (a: Floats, b: Floats) -> Bool {
         // memcmp: spot checks compare megabyte gradients.
-        a.count == b.count && a.withUnsafeBytes { x in b.withUnsafeBytes { y in x.isEmpty || memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0 } }
+        a.count == b.count
+            && a.withUnsafeBytes { x in
+                b.withUnsafeBytes { y in x.isEmpty || memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0 }
+            }
     }
     public var description: String { count <= 8 ? "\(array)" : "Floats(\(count))" }
 }
@@ -170,7 +177,8 @@ public enum WireError: Error, Equatable, CustomStringConvertible {
         switch self {
         case .truncated(let what): return "truncated message (reading \(what))"
         case .badMagic: return "not a metatrain message (bad magic)"
-        case .protocolMismatch(let v): return "peer speaks protocol version \(v), this process speaks \(Envelope.protocolVersion)"
+        case .protocolMismatch(let v):
+            return "peer speaks protocol version \(v), this process speaks \(Envelope.protocolVersion)"
         case .unknownType(let t): return "unknown message type \(t)"
         case .invalid(let why): return "invalid message: \(why)"
         }
@@ -202,7 +210,11 @@ public struct ByteReader {
     }
     public mutating func f64(_ w: String = "f64") throws -> Double { Double(bitPattern: try u64(w)) }
     public mutating func bool(_ w: String = "bool") throws -> Bool {
-        switch try u8(w) { case 0: return false; case 1: return true; default: throw WireError.invalid("\(w) is not a boolean") }
+        switch try u8(w) {
+        case 0: return false;
+        case 1: return true;
+        default: throw WireError.invalid("\(w) is not a boolean")
+        }
     }
     public mutating func string(_ w: String = "string") throws -> String {
         let n = Int(try u32(w))

@@ -31,7 +31,8 @@ public struct Envelope: Equatable, Sendable {
     public func encode(into buffer: UnsafeMutableRawBufferPointer) {
         var w = ByteWriter(RawSink(buffer))
         write(to: &w)
-        precondition(w.sink.position == buffer.count, "frame of \(buffer.count) bytes for a \(w.sink.position)-byte message")
+        precondition(
+            w.sink.position == buffer.count, "frame of \(buffer.count) bytes for a \(w.sink.position)-byte message")
     }
 
     func write<S: ByteSink>(to w: inout ByteWriter<S>) {
@@ -54,8 +55,10 @@ public struct Envelope: Equatable, Sendable {
             w.u32(UInt32(u.leaves.count))
             for leaf in u.leaves { w.ints(leaf) }
         case .trainResult(let r):
-            w.int(r.unitId); w.int(r.version); w.payload(r.gradTheta, r.gradAlpha, r.shared); w.f64(r.lossSum); w.int(r.tasks)
-        case .evalResult(let r): w.int(r.unitId); w.int(r.version); w.doubles(r.sums); w.ints(r.queries); w.doubles(r.losses)
+            w.int(r.unitId); w.int(r.version); w.payload(r.gradTheta, r.gradAlpha, r.shared); w.f64(r.lossSum);
+            w.int(r.tasks)
+        case .evalResult(let r):
+            w.int(r.unitId); w.int(r.version); w.doubles(r.sums); w.ints(r.queries); w.doubles(r.losses)
         case .weights(let x): w.int(x.version); w.payload(x.theta, x.alpha, x.shared)
         case .shutdown(let r), .goodbye(let r): w.string(r)
         case .unitFailed(let id, let r): w.int(id); w.string(r)
@@ -92,22 +95,32 @@ public struct Envelope: Equatable, Sendable {
             let hardware = Hardware(cpuModel: try r.string("cpu model"), blasCore: try r.string("OpenBLAS core"))
             let procs = try r.int("procs")
             guard procs >= 1, procs <= Hello.maxProcs else { throw WireError.invalid("hello with \(procs) processes") }
-            for (what, value, most) in [("worker name", name, 256), ("dataset fingerprint", fingerprint, 128),
-                                        ("CPU model", hardware.cpuModel, 256), ("OpenBLAS core", hardware.blasCore, 64)]
+            for (what, value, most) in [
+                ("worker name", name, 256), ("dataset fingerprint", fingerprint, 128),
+                ("CPU model", hardware.cpuModel, 256), ("OpenBLAS core", hardware.blasCore, 64)
+            ]
             where value.utf8.count > most {
                 throw WireError.invalid("hello with a \(what) of \(value.utf8.count) bytes (at most \(most))")
             }
-            m = .hello(Hello(workerName: name, datasetFingerprint: fingerprint, hardware: hardware, procs: procs, sharedMemory: try r.offer()))
+            m = .hello(
+                Hello(
+                    workerName: name, datasetFingerprint: fingerprint, hardware: hardware, procs: procs,
+                    sharedMemory: try r.offer()))
         case 2:
-            m = .welcome(Welcome(configJSON: try r.string("config"), version: try r.int("version"), sharedMemory: try r.offer()))
+            m = .welcome(
+                Welcome(configJSON: try r.string("config"), version: try r.int("version"), sharedMemory: try r.offer()))
         case 3:
             let code = try r.u8("refusal reason")
-            guard let reason = RefusalReason(rawValue: code) else { throw WireError.invalid("unknown refusal reason \(code)") }
+            guard let reason = RefusalReason(rawValue: code) else {
+                throw WireError.invalid("unknown refusal reason \(code)")
+            }
             m = .refuse(reason, detail: try r.string("detail"))
         case 4: m = .ready
         case 5:
             let id = try r.int("unit id")
-            guard let kind = UnitKind(rawValue: try r.u8("unit kind")) else { throw WireError.invalid("unknown unit kind") }
+            guard let kind = UnitKind(rawValue: try r.u8("unit kind")) else {
+                throw WireError.invalid("unknown unit kind")
+            }
             let version = try r.int("version"), n = Int(try r.u32("leaf count"))
             guard n >= 1, n <= r.remaining / 4 else { throw WireError.invalid("work unit of \(n) leaves") }
             var leaves: [[Int]] = []
@@ -116,12 +129,17 @@ public struct Envelope: Equatable, Sendable {
         case 7:
             let id = try r.int("unit id"), ver = try r.int("version")
             let (theta, alpha, shared) = try r.payload("grad theta", "grad alpha")
-            m = .trainResult(TrainResult(unitId: id, version: ver, gradTheta: theta, gradAlpha: alpha, lossSum: try r.f64("loss"),
-                                         tasks: try r.int("tasks"), shared: shared))
+            m = .trainResult(
+                TrainResult(
+                    unitId: id, version: ver, gradTheta: theta, gradAlpha: alpha, lossSum: try r.f64("loss"),
+                    tasks: try r.int("tasks"), shared: shared))
         case 8:
-            let id = try r.int("unit id"), ver = try r.int("version"), sums = try r.doubles("sums"), q = try r.ints("queries")
+            let id = try r.int("unit id"), ver = try r.int("version"), sums = try r.doubles("sums"),
+                q = try r.ints("queries")
             let losses = try r.doubles("losses")
-            guard sums.count == 6 * q.count, losses.count == q.count else { throw WireError.invalid("eval sums or losses do not match episode count") }
+            guard sums.count == 6 * q.count, losses.count == q.count else {
+                throw WireError.invalid("eval sums or losses do not match episode count")
+            }
             m = .evalResult(EvalResult(unitId: id, version: ver, sums: sums, queries: q, losses: losses))
         case 9: m = .fetchWeights
         case 10:
@@ -176,15 +194,20 @@ extension ByteWriter {
 
 extension ByteReader {
     mutating func offer() throws -> SharedOffer? {
-        try bool("shared memory offered") ? SharedOffer(path: try string("shared memory path"), token: try string("shared memory token")) : nil
+        try bool("shared memory offered")
+            ? SharedOffer(path: try string("shared memory path"), token: try string("shared memory token")) : nil
     }
 
     mutating func payload(_ theta: String, _ alpha: String) throws -> (Floats, Floats, SharedPayload?) {
         switch try u8("payload place") {
         case 0: return (try floats(theta), try floats(alpha), nil)
         case 1:
-            return ([], [], SharedPayload(offset: try int("shared offset"), thetaCount: Int(try u32("shared \(theta) count")),
-                                          alphaCount: Int(try u32("shared \(alpha) count"))))
+            return (
+                [], [],
+                SharedPayload(
+                    offset: try int("shared offset"), thetaCount: Int(try u32("shared \(theta) count")),
+                    alphaCount: Int(try u32("shared \(alpha) count")))
+            )
         default: throw WireError.invalid("unknown payload place")
         }
     }

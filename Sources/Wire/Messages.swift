@@ -20,7 +20,9 @@ public struct Hardware: Equatable, Sendable, CustomStringConvertible {
     public var blasCore: String
     public init(cpuModel: String, blasCore: String) { self.cpuModel = cpuModel; self.blasCore = blasCore }
     public static let unknown = Hardware(cpuModel: "", blasCore: "")
-    public var description: String { "OpenBLAS \(blasCore.isEmpty ? "?" : blasCore) on \(cpuModel.isEmpty ? "an unknown CPU" : cpuModel)" }
+    public var description: String {
+        "OpenBLAS \(blasCore.isEmpty ? "?" : blasCore) on \(cpuModel.isEmpty ? "an unknown CPU" : cpuModel)"
+    }
 }
 
 /// A worker introduces itself. It MUST send this first, on its DEALER socket.
@@ -37,8 +39,10 @@ public struct Hello: Equatable, Sendable {
     public var sharedMemory: SharedOffer?
     /// The most processes a hello may claim.
     public static let maxProcs = 4096
-    public init(workerName: String, datasetFingerprint: String, hardware: Hardware = .unknown, procs: Int = 1,
-                sharedMemory: SharedOffer? = nil) {
+    public init(
+        workerName: String, datasetFingerprint: String, hardware: Hardware = .unknown, procs: Int = 1,
+        sharedMemory: SharedOffer? = nil
+    ) {
         self.workerName = workerName; self.datasetFingerprint = datasetFingerprint; self.hardware = hardware
         self.procs = procs; self.sharedMemory = sharedMemory
     }
@@ -108,8 +112,10 @@ public struct TrainResult: Equatable, Sendable {
     /// shared-memory file (`gradTheta` and `gradAlpha` are then empty until the
     /// receiving transport fills them in).
     public var shared: SharedPayload?
-    public init(unitId: Int, version: Int, gradTheta: Floats, gradAlpha: Floats, lossSum: Double, tasks: Int,
-                shared: SharedPayload? = nil) {
+    public init(
+        unitId: Int, version: Int, gradTheta: Floats, gradAlpha: Floats, lossSum: Double, tasks: Int,
+        shared: SharedPayload? = nil
+    ) {
         self.unitId = unitId; self.version = version; self.gradTheta = gradTheta; self.gradAlpha = gradAlpha
         self.lossSum = lossSum; self.tasks = tasks; self.shared = shared
     }

@@ -14,38 +14,39 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Measures model and pipeline throughput on this machine (build with -c release).",
         discussion: """
-        Prints the single-thread sgemm rate on large matrices, the model's
-        forward+backward GFLOP/s on a batch of 32 prefixes (lengths 1..50) and on
-        a support set of 5 (lengths 1..5) as fractions of it, prepare's events
-        per second, and FOMAML meta-iterations per second with 1 and 2 local
-        workers plus the coordinator's own time per iteration (runs with 1 and 2
-        workers alternate; each figure is the best block of iterations). From the
-        processes' traces it also prints where a worker's iteration goes
-        (computing, or idle at the start, between units, in the tail, at the end)
-        and how much slower computing is with both cores busy. With 2 workers
-        the run is what `train --workers 2` starts: one host agent of two
-        processes. It then kills, and in a second run stops, one of two separate
-        workers mid-run and prints the time until its units go out again.
-        --hosts measures across hosts instead (root): network
-        namespaces as hosts, links limited with tc tbf to 1 and 10 Gbit/s, time
-        per iteration against one machine in the same run, the coordinator
-        link's bytes per iteration in weight-sized payloads, and tasks per
-        second at meta-batch sizes 32, 128 and 256. Figures, not tests.
-        Example:
-          swift build -c release && .build/release/metatrain bench
-          sudo .build/release/metatrain bench --hosts
-        """)
+            Prints the single-thread sgemm rate on large matrices, the model's
+            forward+backward GFLOP/s on a batch of 32 prefixes (lengths 1..50) and on
+            a support set of 5 (lengths 1..5) as fractions of it, prepare's events
+            per second, and FOMAML meta-iterations per second with 1 and 2 local
+            workers plus the coordinator's own time per iteration (runs with 1 and 2
+            workers alternate; each figure is the best block of iterations). From the
+            processes' traces it also prints where a worker's iteration goes
+            (computing, or idle at the start, between units, in the tail, at the end)
+            and how much slower computing is with both cores busy. With 2 workers
+            the run is what `train --workers 2` starts: one host agent of two
+            processes. It then kills, and in a second run stops, one of two separate
+            workers mid-run and prints the time until its units go out again.
+            --hosts measures across hosts instead (root): network
+            namespaces as hosts, links limited with tc tbf to 1 and 10 Gbit/s, time
+            per iteration against one machine in the same run, the coordinator
+            link's bytes per iteration in weight-sized payloads, and tasks per
+            second at meta-batch sizes 32, 128 and 256. Figures, not tests.
+            Example:
+              swift build -c release && .build/release/metatrain bench
+              sudo .build/release/metatrain bench --hosts
+            """)
 
     @Option(help: "Seconds to spend on each measurement (best of 5 blocks).") var seconds = 3.0
     @Option(help: "Synthetic users for the prepare and meta-iteration measurements.") var users = 3000
-    @Option(help: "Meta-iterations per run and worker count (0 skips the distributed measurement).") var metaIterations = 40
+    @Option(help: "Meta-iterations per run and worker count (0 skips the distributed measurement).")
+    var metaIterations = 40
     @Option(help: "Rounds of alternating 1- and 2-worker runs.") var rounds = 3
     @Flag(help: "Measure across hosts (network namespaces, tc tbf rate limits; needs root) instead.") var hosts = false
 
     /// Seconds per call: the best of 5 timed blocks of `seconds`/5 each, so a
     /// neighbour stealing the CPU for a moment does not count against us.
     func timeIt(_ body: () -> Void) -> Double {
-        body()  // warm up
+        body() // warm up
         var best = Double.infinity
         for _ in 0..<5 {
             var n = 0
@@ -73,7 +74,9 @@ struct BenchCommand: ParsableCommand {
         let n = 1024
         let a = FloatBuffer(count: n * n), b = FloatBuffer(count: n * n), c = FloatBuffer(count: n * n)
         for i in 0..<(n * n) { a[i] = Float(i % 7) * 0.1; b[i] = Float(i % 5) * 0.1 }
-        let tg = timeIt { BLAS.sgemm(false, false, m: n, n: n, k: n, a: a.ptr, lda: n, b: b.ptr, ldb: n, beta: 0, c: c.ptr, ldc: n) }
+        let tg = timeIt {
+            BLAS.sgemm(false, false, m: n, n: n, k: n, a: a.ptr, lda: n, b: b.ptr, ldb: n, beta: 0, c: c.ptr, ldc: n)
+        }
         let peak = 2 * Double(n * n * n) / tg / 1e9
         print(String(format: "sgemm %dx%dx%d, 1 thread: %.1f GFLOP/s", n, n, n, peak))
 
@@ -87,13 +90,19 @@ struct BenchCommand: ParsableCommand {
             let prefixes = lengths.map { l in (0..<l).map { _ in Int32(1 + g.below(dims.V - 1)) } }
             return PackedBatch(prefixes: prefixes, labels: prefixes.map { _ in Int32(1 + g.below(dims.V - 1)) })
         }
-        for (title, lengths, target) in [("batch of 32, lengths 1..50", (0..<32).map { 1 + $0 * 49 / 31 }, 0.40),
-                                         ("support set of 5, lengths 1..5", [1, 2, 3, 4, 5], 0.20)] {
+        for (title, lengths, target) in [
+            ("batch of 32, lengths 1..50", (0..<32).map { 1 + $0 * 49 / 31 }, 0.40),
+            ("support set of 5, lengths 1..5", [1, 2, 3, 4, 5], 0.20)
+        ] {
             let bt = batch(lengths)
-            let t = timeIt { grads.zero(); model.lossAndGradient(params, grads, bt) }
+            let t = timeIt {
+                grads.zero(); model.lossAndGradient(params, grads, bt)
+            }
             let gf = model.flops(bt.layout) / t / 1e9
-            print(String(format: "forward+backward, %@: %.3f ms, %.1f GFLOP/s = %.0f%% of sgemm (target %.0f%%)",
-                         title, t * 1000, gf, 100 * gf / peak, 100 * target))
+            print(
+                String(
+                    format: "forward+backward, %@: %.3f ms, %.1f GFLOP/s = %.0f%% of sgemm (target %.0f%%)",
+                    title, t * 1000, gf, 100 * gf / peak, 100 * target))
         }
 
         // (c) prepare throughput.
@@ -113,8 +122,11 @@ struct BenchCommand: ParsableCommand {
         // (e) failover: a separate worker killed or stopped mid-run, the time until its units go out again.
         for (signal, what) in [(SIGKILL, "SIGKILL"), (SIGSTOP, "SIGSTOP")] {
             let (took, units) = try failover(data: dir + "/meta.h5", dataset: dataset, dir: dir, signal: signal)
-            print(String(format: "failover: a separate worker %@ed mid-run, its %d unit(s) re-issued %.2f s later (liveness %.0f s: cluster.heartbeat_s × cluster.liveness)",
-                         what == "SIGKILL" ? "kill" : "stopp", units, took, Config.defaults().cluster.silenceS))
+            print(
+                String(
+                    format:
+                        "failover: a separate worker %@ed mid-run, its %d unit(s) re-issued %.2f s later (liveness %.0f s: cluster.heartbeat_s × cluster.liveness)",
+                    what == "SIGKILL" ? "kill" : "stopp", units, took, Config.defaults().cluster.silenceS))
         }
     }
 
@@ -125,23 +137,34 @@ struct BenchCommand: ParsableCommand {
         var best: [Int: (per: Double, coord: Double, parts: IterationBreakdown)] = [:]
         for round in 0..<rounds {
             for w in [1, 2] {
-                let r = try metaIterations(data: data, dataset: dataset, workers: w,
-                                           iterations: metaIterations, dir: dir, tag: "\(round)")
+                let r = try metaIterations(
+                    data: data, dataset: dataset, workers: w,
+                    iterations: metaIterations, dir: dir, tag: "\(round)")
                 if r.per < best[w]?.per ?? .infinity { best[w] = r }
             }
         }
         for w in [1, 2] {
             let (per, coord, p) = best[w]!
-            print(String(format: "FOMAML, %d worker%@: %.3f s per meta-iteration (%.2f it/s); coordinator %.1f ms = %.1f%% of the iteration",
-                         w, w == 1 ? "" : "s", per, 1 / per, coord * 1000, 100 * coord / per))
-            print(String(format: "  per worker: computing %.1f ms; idle %.1f ms at the start, %.1f between units, %.1f in the tail, %.1f at the end (last result to broadcast)",
-                         p.compute * 1000, p.start * 1000, p.between * 1000, p.tail * 1000, p.end * 1000))
+            print(
+                String(
+                    format:
+                        "FOMAML, %d worker%@: %.3f s per meta-iteration (%.2f it/s); coordinator %.1f ms = %.1f%% of the iteration",
+                    w, w == 1 ? "" : "s", per, 1 / per, coord * 1000, 100 * coord / per))
+            print(
+                String(
+                    format:
+                        "  per worker: computing %.1f ms; idle %.1f ms at the start, %.1f between units, %.1f in the tail, %.1f at the end (last result to broadcast)",
+                    p.compute * 1000, p.start * 1000, p.between * 1000, p.tail * 1000, p.end * 1000))
         }
         let (one, two) = (best[1]!.parts, best[2]!.parts)
-        print(String(format: "  computing with both cores busy: %.1f%% slower than alone (2 x %.1f ms vs %.1f ms)",
-                     100 * (2 * two.compute / one.compute - 1), two.compute * 1000, one.compute * 1000))
-        print(String(format: "2 workers vs 1: %.2fx (target ≥ 1.85x); 2-worker target ≤ 0.15 s, coordinator ≤ 3%%",
-                     best[1]!.per / best[2]!.per))
+        print(
+            String(
+                format: "  computing with both cores busy: %.1f%% slower than alone (2 x %.1f ms vs %.1f ms)",
+                100 * (2 * two.compute / one.compute - 1), two.compute * 1000, one.compute * 1000))
+        print(
+            String(
+                format: "2 workers vs 1: %.2fx (target ≥ 1.85x); 2-worker target ≤ 0.15 s, coordinator ≤ 3%%",
+                best[1]!.per / best[2]!.per))
 
     }
 }
@@ -160,8 +183,11 @@ extension BenchCommand {
 
     /// A tracing coordinator at the default sizes for `iterations` (no validation, no
     /// checkpoints) on `endpoint`, and the flag that stops it.
-    func benchCoordinator(dataset: Dataset, runDir: String, iterations: Int, endpoint: String) throws -> (CoordinatorShell, StopFlag) {
-        let config = try Config.load(path: nil, overrides: ["maml.iterations=\(iterations)", "eval.every=1000000", "checkpoint.every=1000000"])
+    func benchCoordinator(dataset: Dataset, runDir: String, iterations: Int, endpoint: String) throws -> (
+        CoordinatorShell, StopFlag
+    ) {
+        let config = try Config.load(
+            path: nil, overrides: ["maml.iterations=\(iterations)", "eval.every=1000000", "checkpoint.every=1000000"])
         let run = try RunDirectory(runDir, logName: "coordinator.log")
         let trainer = try MetaTrainer(config: config, dataset: dataset, run: run, resume: false)
         let stop = StopFlag()
@@ -177,7 +203,8 @@ extension BenchCommand {
     func failover(data: String, dataset: Dataset, dir: String, signal: Int32) throws -> (seconds: Double, units: Int) {
         let endpoint = privateEndpoint()
         defer { removeSocketFiles(endpoint) }
-        let (shell, stop) = try benchCoordinator(dataset: dataset, runDir: dir + "/failover-\(signal)", iterations: 100_000, endpoint: endpoint)
+        let (shell, stop) = try benchCoordinator(
+            dataset: dataset, runDir: dir + "/failover-\(signal)", iterations: 100_000, endpoint: endpoint)
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         let children = Locked<[Process]>([])
         let hit = Locked<Double?>(nil)
@@ -185,7 +212,10 @@ extension BenchCommand {
             for name in ["victim", "other"] {
                 let p = Process()
                 p.executableURL = exe
-                p.arguments = ["worker", "--connect", endpoint, "--data", data, "--exit-with-parent", "\(getpid())", "--procs", "1", "--name", name]
+                p.arguments = [
+                    "worker", "--connect", endpoint, "--data", data, "--exit-with-parent", "\(getpid())", "--procs",
+                    "1", "--name", name
+                ]
                 try? p.run()
                 children.withLock { $0.append(p) }
             }
@@ -198,7 +228,9 @@ extension BenchCommand {
             }
         }
         _ = try shell.run()
-        for c in children.withLock({ $0 }) { kill(c.processIdentifier, SIGCONT); if c.isRunning { c.terminate() }; c.waitUntilExit() }
+        for c in children.withLock({ $0 }) {
+            kill(c.processIdentifier, SIGCONT); if c.isRunning { c.terminate() }; c.waitUntilExit()
+        }
         guard let t0 = hit.withLock({ $0 }) else { throw MetatrainError("failover: the worker was never signalled") }
         var sent = Set<Int>(), again: [Double] = []
         for r in shell.trace!.records where r.event == .send {
@@ -209,19 +241,27 @@ extension BenchCommand {
     }
 
     func metaIterations(data: String, dataset: Dataset, workers: Int, iterations: Int, dir: String, tag: String) throws
-        -> (per: Double, coord: Double, parts: IterationBreakdown) {
+        -> (per: Double, coord: Double, parts: IterationBreakdown)
+    {
         let runDir = dir + "/run-\(tag)-\(workers)"
         let endpoint = privateEndpoint()
         defer { removeSocketFiles(endpoint) }
-        let (shell, _) = try benchCoordinator(dataset: dataset, runDir: runDir, iterations: iterations, endpoint: endpoint)
+        let (shell, _) = try benchCoordinator(
+            dataset: dataset, runDir: runDir, iterations: iterations, endpoint: endpoint)
         var children: [Process] = []
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         // What `train --workers N` starts: one plain worker, or one host agent of N processes (bench-1 … bench-N).
         shell.onBound = { endpoint in
             let p = Process()
             p.executableURL = exe
-            p.arguments = ["worker", "--connect", endpoint, "--data", data, "--exit-with-parent", "\(getpid())", "--procs", "\(workers)"]
-                + (workers == 1 ? ["--name", "bench-1", "--trace", runDir + "/worker-1.jsonl"] : ["--name", "bench", "--trace-dir", runDir])
+            p.arguments =
+                [
+                    "worker", "--connect", endpoint, "--data", data, "--exit-with-parent", "\(getpid())", "--procs",
+                    "\(workers)"
+                ]
+                + (workers == 1
+                    ? ["--name", "bench-1", "--trace", runDir + "/worker-1.jsonl"]
+                    : ["--name", "bench", "--trace-dir", runDir])
             try? p.run()
             children.append(p)
         }
@@ -233,7 +273,7 @@ extension BenchCommand {
         var records = shell.trace!.records
         var published: [Int: Double] = [:]
         for r in records where r.event == .published { published[r.n] = r.t }
-        let coords = shell.coordinatorSeconds   // [v - 1]: iteration v's
+        let coords = shell.coordinatorSeconds // [v - 1]: iteration v's
         let warm = min(5, iterations / 4) + 1, last = coords.count
         let blockLength = max(1, (last - warm) / 5)
         var best = (per: Double.infinity, coord: 0.0, versions: 0...0)

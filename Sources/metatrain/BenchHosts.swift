@@ -20,14 +20,21 @@ extension BenchCommand {
     func benchHosts(dir: String, data: String, dataset: Dataset) throws {
         if let why = NetworkLab.unavailableReason() { throw MetatrainError("bench --hosts: \(why)") }
         let payload = 4 * ParameterLayout(ModelDims(V: dataset.nItems, E: 64, H: 128)).count
-        print(String(format: "across hosts: FOMAML at the default sizes, weights and gradients %.2f MB each; the coordinator and "
-                     + "each host a network namespace, links limited with tc tbf in both directions, payloads through the socket",
-                     Double(payload) / 1e6))
+        print(
+            String(
+                format:
+                    "across hosts: FOMAML at the default sizes, weights and gradients %.2f MB each; the coordinator and "
+                    + "each host a network namespace, links limited with tc tbf in both directions, payloads through the socket",
+                Double(payload) / 1e6))
         // One machine, in this same run: what `train --workers 2` does (a host agent of two processes).
         var one = Double.infinity
         for round in 0..<2 {
-            one = min(one, try metaIterations(data: data, dataset: dataset, workers: 2, iterations: metaIterations,
-                                              dir: dir, tag: "hosts-\(round)").per)
+            one = min(
+                one,
+                try metaIterations(
+                    data: data, dataset: dataset, workers: 2, iterations: metaIterations,
+                    dir: dir, tag: "hosts-\(round)"
+                ).per)
         }
         print(String(format: "  one machine (train --workers 2): %.3f s per meta-iteration", one))
 
@@ -38,12 +45,14 @@ extension BenchCommand {
             for h in lab.hosts { try lab.limit(h, mbit: mbit) }
             port += 10
             let iterations = max(16, metaIterations * 32 / batch)
-            return try hostRun(lab: lab, data: data, port: port, procs: procs, batch: batch, iterations: iterations,
-                               dir: dir + "/hosts-\(mbit)-\(procs)-\(batch)")
+            return try hostRun(
+                lab: lab, data: data, port: port, procs: procs, batch: batch, iterations: iterations,
+                dir: dir + "/hosts-\(mbit)-\(procs)-\(batch)")
         }
         func mb(_ r: HostRun) -> String {
-            String(format: "coordinator's link per iteration: %.2f payloads in, %.2f out", r.inBytes / Double(payload),
-                   r.outBytes / Double(payload))
+            String(
+                format: "coordinator's link per iteration: %.2f payloads in, %.2f out", r.inBytes / Double(payload),
+                r.outBytes / Double(payload))
         }
         for mbit in [1_000, 10_000] {
             var best: HostRun?
@@ -52,27 +61,37 @@ extension BenchCommand {
                 if r.per < best?.per ?? .infinity { best = r }
             }
             let r = best!
-            print(String(format: "  2 hosts x 1 process, %d Gbit/s: %.3f s per meta-iteration = %.2fx one machine (target <= %@); %@",
-                         mbit / 1000, r.per, r.per / one, mbit == 1_000 ? "1.5x" : "1.15x", mb(r)))
+            print(
+                String(
+                    format:
+                        "  2 hosts x 1 process, %d Gbit/s: %.3f s per meta-iteration = %.2fx one machine (target <= %@); %@",
+                    mbit / 1000, r.per, r.per / one, mbit == 1_000 ? "1.5x" : "1.15x", mb(r)))
         }
         for procs in [1, 2] {
             for batch in [32, 128] {
                 let r = try run(mbit: 10_000, procs: procs, batch: batch)
-                print(String(format: "  2 hosts x %d process%@, meta_batch_size %d: %@ (target <= 4 = 2 x hosts each way)",
-                             procs, procs == 1 ? "" : "es", batch, mb(r)))
+                print(
+                    String(
+                        format: "  2 hosts x %d process%@, meta_batch_size %d: %@ (target <= 4 = 2 x hosts each way)",
+                        procs, procs == 1 ? "" : "es", batch, mb(r)))
             }
         }
         for batch in [32, 128, 256] {
             let r = try run(mbit: 10_000, procs: 1, batch: batch)
-            print(String(format: "  2 hosts x 1 process, 10 Gbit/s, meta_batch_size %d: %.0f tasks/s (%.3f s per meta-iteration)",
-                         batch, Double(batch) / r.per, r.per))
+            print(
+                String(
+                    format:
+                        "  2 hosts x 1 process, 10 Gbit/s, meta_batch_size %d: %.0f tasks/s (%.3f s per meta-iteration)",
+                    batch, Double(batch) / r.per, r.per))
         }
     }
 
     /// A coordinator in the lab's first host and a worker (`--procs procs`) in each of the
     /// other two, over TCP; the time per iteration from the coordinator's trace and the
     /// coordinator link's byte counters over the run.
-    func hostRun(lab: NetworkLab, data: String, port: Int, procs: Int, batch: Int, iterations: Int, dir: String) throws -> HostRun {
+    func hostRun(lab: NetworkLab, data: String, port: Int, procs: Int, batch: Int, iterations: Int, dir: String) throws
+        -> HostRun
+    {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
         let c = lab.hosts[0]
@@ -86,13 +105,21 @@ extension BenchCommand {
             return p
         }
         let before = lab.counters(c)
-        let coordinator = try start(c, ["coordinator", "--data", data, "--run-dir", dir + "/run", "--bind", "tcp://\(c.address):\(port)",
-                                        "--set", "maml.iterations=\(iterations)", "--set", "maml.meta_batch_size=\(batch)",
-                                        "--set", "eval.every=1000000", "--set", "checkpoint.every=1000000",
-                                        "--trace", dir + "/coordinator.jsonl", "--insecure"], log: dir + "/coordinator.out")
+        let coordinator = try start(
+            c,
+            [
+                "coordinator", "--data", data, "--run-dir", dir + "/run", "--bind", "tcp://\(c.address):\(port)",
+                "--set", "maml.iterations=\(iterations)", "--set", "maml.meta_batch_size=\(batch)",
+                "--set", "eval.every=1000000", "--set", "checkpoint.every=1000000",
+                "--trace", dir + "/coordinator.jsonl", "--insecure"
+            ], log: dir + "/coordinator.out")
         let workers = try lab.hosts.dropFirst().enumerated().map { i, h in
-            try start(h, ["worker", "--connect", "tcp://\(c.address):\(port)", "--data", data, "--procs", "\(procs)",
-                          "--no-shared-memory", "--name", "host\(i + 1)"], log: dir + "/host\(i + 1).out")
+            try start(
+                h,
+                [
+                    "worker", "--connect", "tcp://\(c.address):\(port)", "--data", data, "--procs", "\(procs)",
+                    "--no-shared-memory", "--name", "host\(i + 1)"
+                ], log: dir + "/host\(i + 1).out")
         }
         coordinator.waitUntilExit()
         for w in workers { w.waitUntilExit() }
@@ -102,9 +129,10 @@ extension BenchCommand {
         }
         var published: [Int: Double] = [:]
         for r in try Trace.read(dir + "/coordinator.jsonl") where r.event == .published { published[r.n] = r.t }
-        return HostRun(per: bestBlock(published, iterations: iterations),
-                       inBytes: Double(after.rx - before.rx) / Double(iterations),
-                       outBytes: Double(after.tx - before.tx) / Double(iterations))
+        return HostRun(
+            per: bestBlock(published, iterations: iterations),
+            inBytes: Double(after.rx - before.rx) / Double(iterations),
+            outBytes: Double(after.tx - before.tx) / Double(iterations))
     }
 
     /// Seconds per iteration: the first iterations skipped (process start, first
@@ -114,7 +142,9 @@ extension BenchCommand {
         let length = max(1, (iterations - warm) / 5)
         var best = Double.infinity, start = warm
         while start + length <= iterations {
-            if let a = published[start], let b = published[start + length] { best = min(best, (b - a) / Double(length)) }
+            if let a = published[start], let b = published[start + length] {
+                best = min(best, (b - a) / Double(length))
+            }
             start += length
         }
         return best

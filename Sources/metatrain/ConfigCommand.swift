@@ -7,12 +7,12 @@ struct ConfigCommand: ParsableCommand {
         commandName: "config",
         abstract: "Prints the resolved configuration as YAML, each key with its meaning and allowed values.",
         discussion: """
-        The defaults, then --config, then --set, exactly as train, pretrain and
-        coordinator resolve them: the output is a valid --config file. With
-        --markdown it prints every key as a table instead (docs/CONFIG.md).
-        Example:
-          metatrain config --config configs/fomaml.yaml --set maml.inner_lr=0.05
-        """)
+            The defaults, then --config, then --set, exactly as train, pretrain and
+            coordinator resolve them: the output is a valid --config file. With
+            --markdown it prints every key as a table instead (docs/CONFIG.md).
+            Example:
+              metatrain config --config configs/fomaml.yaml --set maml.inner_lr=0.05
+            """)
 
     @OptionGroup var options: ConfigOptions
     @Flag(help: "Print a Markdown table (key, value, meaning) instead of YAML.") var markdown = false

@@ -12,18 +12,30 @@ import Wire
 struct MetaRunOptions: ParsableArguments {
     @Option(help: "Dataset file written by prepare.") var data: String
     @Option(help: "Run directory for config.yaml, metrics.jsonl, checkpoints and logs.") var runDir: String
-    @Flag(help: "Continue from the newest checkpoint in the run directory (an error if it has none).") var resume = false
-    @Flag(help: "Continue from the newest checkpoint if the run directory has one, otherwise start the run (for launchers that restart the coordinator).")
+    @Flag(help: "Continue from the newest checkpoint in the run directory (an error if it has none).") var resume =
+        false
+    @Flag(
+        help:
+            "Continue from the newest checkpoint if the run directory has one, otherwise start the run (for launchers that restart the coordinator)."
+    )
     var resumeOrStart = false
-    @Option(help: "Seconds of silence after which a worker is dropped and its units re-queued (default: cluster.heartbeat_s × cluster.liveness, 3).")
+    @Option(
+        help:
+            "Seconds of silence after which a worker is dropped and its units re-queued (default: cluster.heartbeat_s × cluster.liveness, 3)."
+    )
     var workerTimeout: Double?
-    @Option(help: ArgumentHelp("Spot checks: compute this fraction of units (seeded, 0 to 1) a second time on another worker and compare the bits; a worker that disagrees with the majority is dropped. Needs hosts that run the same kernels.", valueName: "F"))
+    @Option(
+        help: ArgumentHelp(
+            "Spot checks: compute this fraction of units (seeded, 0 to 1) a second time on another worker and compare the bits; a worker that disagrees with the majority is dropped. Needs hosts that run the same kernels.",
+            valueName: "F"))
     var verify = 0.0
     @OptionGroup var config: ConfigOptions
 
     func validate() throws {
         if resume && resumeOrStart { throw ValidationError("--resume and --resume-or-start: give one") }
-        guard verify >= 0, verify <= 1 else { throw ValidationError("--verify takes a fraction from 0 to 1, not \(verify)") }
+        guard verify >= 0, verify <= 1 else {
+            throw ValidationError("--verify takes a fraction from 0 to 1, not \(verify)")
+        }
     }
 
     /// Whether this start continues a run: --resume (which needs a checkpoint), or
@@ -31,9 +43,10 @@ struct MetaRunOptions: ParsableArguments {
     func resuming() throws -> Bool {
         let checkpoints = MetaTrainer.periodicCheckpoints(inRunDirectory: runDir)
         if resume && checkpoints.isEmpty {
-            throw MetatrainError(FileManager.default.fileExists(atPath: runDir)
-                                 ? "\(runDir) has no checkpoint to resume from (checkpoints/ holds none); start the run without --resume"
-                                 : "\(runDir) does not exist; there is nothing to resume (start the run without --resume)")
+            throw MetatrainError(
+                FileManager.default.fileExists(atPath: runDir)
+                    ? "\(runDir) has no checkpoint to resume from (checkpoints/ holds none); start the run without --resume"
+                    : "\(runDir) does not exist; there is nothing to resume (start the run without --resume)")
         }
         return resume || (resumeOrStart && !checkpoints.isEmpty)
     }
@@ -41,12 +54,15 @@ struct MetaRunOptions: ParsableArguments {
     /// The config to run with: on --resume, the run's own config.yaml (plus any --set).
     func loadConfig(resume: Bool) throws -> Config {
         if resume, config.config == nil, FileManager.default.fileExists(atPath: runDir + "/config.yaml") {
-            return try Config.load(path: runDir + "/config.yaml", overrides: config.overrides + (config.seed.map { ["seed=\($0)"] } ?? []))
+            return try Config.load(
+                path: runDir + "/config.yaml", overrides: config.overrides + (config.seed.map { ["seed=\($0)"] } ?? []))
         }
         return try config.load()
     }
 
-    func makeShell(endpoint: String, stop: StopFlag, progress: ConsoleProgress, security: SecurityOptions) throws -> CoordinatorShell {
+    func makeShell(endpoint: String, stop: StopFlag, progress: ConsoleProgress, security: SecurityOptions) throws
+        -> CoordinatorShell
+    {
         BLAS.useSingleThread()
         let curve = try security.serverKeys(for: endpoint)
         let resume = try resuming()
@@ -54,7 +70,8 @@ struct MetaRunOptions: ParsableArguments {
         let dataset = try DatasetFile.read(data)
         let run = try RunDirectory(runDir, logName: "coordinator.log")
         if !resume, try MetaTrainer.latestCheckpoint(in: run) != nil {
-            throw MetatrainError("\(runDir) already holds checkpoints; pass --resume to continue it or choose another --run-dir")
+            throw MetatrainError(
+                "\(runDir) already holds checkpoints; pass --resume to continue it or choose another --run-dir")
         }
         let trainer = try MetaTrainer(config: cfg, dataset: dataset, run: run, resume: resume)
         if let from = trainer.resumedFrom {
@@ -74,18 +91,19 @@ struct CoordinatorCommand: ParsableCommand {
         commandName: "coordinator",
         abstract: "Runs the meta-training coordinator and waits for workers to connect.",
         discussion: """
-        Binds a ROUTER socket at --bind for work and a PUB socket at the next port
-        for weight broadcasts. Start workers on any machine with
-        `metatrain worker --connect tcp://HOST:PORT --data DATASET`.
-        Example:
-          metatrain coordinator --data data/dataset.h5 --config configs/fomaml.yaml \\
-              --run-dir runs/fomaml --bind tcp://*:5555
-        """)
+            Binds a ROUTER socket at --bind for work and a PUB socket at the next port
+            for weight broadcasts. Start workers on any machine with
+            `metatrain worker --connect tcp://HOST:PORT --data DATASET`.
+            Example:
+              metatrain coordinator --data data/dataset.h5 --config configs/fomaml.yaml \\
+                  --run-dir runs/fomaml --bind tcp://*:5555
+            """)
 
     @OptionGroup var options: MetaRunOptions
     @Option(help: "Endpoint to bind (tcp://*:PORT or ipc://PATH; PORT+1 carries weights).") var bind = "tcp://*:5555"
     @OptionGroup var security: SecurityOptions
-    @Option(help: ArgumentHelp("Write this process's event timeline to FILE (JSON lines) when it ends.", valueName: "file"))
+    @Option(
+        help: ArgumentHelp("Write this process's event timeline to FILE (JSON lines) when it ends.", valueName: "file"))
     var trace: String?
 
     func run() throws {
@@ -102,9 +120,15 @@ struct CoordinatorCommand: ParsableCommand {
 
 /// CURVE authentication for a coordinator (`coordinator`, and `train` with `--bind`).
 struct SecurityOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("The coordinator's secret key (metatrain keygen); with --authorized-keys, every socket uses CURVE.", valueName: "file"))
+    @Option(
+        help: ArgumentHelp(
+            "The coordinator's secret key (metatrain keygen); with --authorized-keys, every socket uses CURVE.",
+            valueName: "file"))
     var key: String?
-    @Option(help: ArgumentHelp("Public keys of the workers let in: a file (one per line) or a directory of *.pub files.", valueName: "file-or-dir"))
+    @Option(
+        help: ArgumentHelp(
+            "Public keys of the workers let in: a file (one per line) or a directory of *.pub files.",
+            valueName: "file-or-dir"))
     var authorizedKeys: String?
     @Flag(help: "Bind an address other machines can reach without keys: anyone who reaches it could join.")
     var insecure = false
@@ -118,11 +142,14 @@ struct SecurityOptions: ParsableArguments {
     func serverKeys(for endpoint: String) throws -> CurveServerKeys? {
         if let key, let authorizedKeys {
             let pair = try KeyFiles.readSecret(key)
-            return CurveServerKeys(pair: pair, authorized: try KeyFiles.authorized(authorizedKeys).union([pair.publicKey]))
+            return CurveServerKeys(
+                pair: pair, authorized: try KeyFiles.authorized(authorizedKeys).union([pair.publicKey]))
         }
         if !KeyFiles.isLoopback(endpoint) && !insecure {
-            throw MetatrainError("\(endpoint) can be reached from other machines, and without keys anyone who reaches it could join "
-                                 + "and send results: give --key and --authorized-keys (see metatrain keygen), or --insecure to accept that")
+            throw MetatrainError(
+                "\(endpoint) can be reached from other machines, and without keys anyone who reaches it could join "
+                    + "and send results: give --key and --authorized-keys (see metatrain keygen), or --insecure to accept that"
+            )
         }
         return nil
     }

@@ -14,13 +14,16 @@ struct Metatrain: ParsableCommand {
         commandName: "metatrain",
         abstract: "Meta-trains GRU4Rec next-course recommenders for cold-start MOOC learners.",
         discussion: """
-        Pipeline: synth (or a real XuetangX log) -> prepare -> pretrain -> evaluate.
-        Example:
-          metatrain demo --dir demo-run
-        """,
+            Pipeline: synth (or a real XuetangX log) -> prepare -> pretrain -> evaluate.
+            Example:
+              metatrain demo --dir demo-run
+            """,
         version: metatrainVersion,
-        subcommands: [SynthCommand.self, PrepareCommand.self, PretrainCommand.self, CoordinatorCommand.self,
-                      WorkerCommand.self, TrainCommand.self, KeygenCommand.self, ConfigCommand.self, EvaluateCommand.self, DemoCommand.self, BenchCommand.self])
+        subcommands: [
+            SynthCommand.self, PrepareCommand.self, PretrainCommand.self, CoordinatorCommand.self,
+            WorkerCommand.self, TrainCommand.self, KeygenCommand.self, ConfigCommand.self, EvaluateCommand.self,
+            DemoCommand.self, BenchCommand.self
+        ])
 
     /// Runs the CLI: our own errors print as one `error: ...` line and exit 1.
     static func mainEntry() {
@@ -34,7 +37,9 @@ struct Metatrain: ParsableCommand {
         } catch {
             if exitCode(for: error) == .success { exit(withError: error) }
             let msg = message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
-            fail(msg.replacingOccurrences(of: "Error: ", with: "") + " (see --help)", code: exitCode(for: error).rawValue)
+            fail(
+                msg.replacingOccurrences(of: "Error: ", with: "") + " (see --help)", code: exitCode(for: error).rawValue
+            )
         }
     }
 

@@ -7,30 +7,36 @@ import Storage
 struct PrepareCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "prepare",
-        abstract: "Turns an event log (CSV, TSV or RecBole .inter) into a dataset HDF5 of pairs and cold-start episodes.",
+        abstract:
+            "Turns an event log (CSV, TSV or RecBole .inter) into a dataset HDF5 of pairs and cold-start episodes.",
         discussion: """
-        Sessions, reliability, vocabulary, pairs, user split and episodes follow
-        docs/FORMATS.md; the knobs are the config's data.* keys. Fields are
-        separated by commas, or by tabs for .tsv and .inter files, unless
-        --delimiter says otherwise. A RecBole atomic file's `name:type` headers
-        are read by name, and its columns default to user_id, item_id and
-        timestamp.
-        Examples:
-          metatrain prepare --events data/events.csv --out data/dataset.h5
-          metatrain prepare --events ratings.csv --out ratings.h5 --user-col userId \\
-              --item-col movieId --time-col timestamp --action-col rating
-          metatrain prepare --events ml-1m.inter --out ml-1m.h5 --action-col rating
-          metatrain prepare --events log.txt --delimiter ';' --out log.h5
-        """)
+            Sessions, reliability, vocabulary, pairs, user split and episodes follow
+            docs/FORMATS.md; the knobs are the config's data.* keys. Fields are
+            separated by commas, or by tabs for .tsv and .inter files, unless
+            --delimiter says otherwise. A RecBole atomic file's `name:type` headers
+            are read by name, and its columns default to user_id, item_id and
+            timestamp.
+            Examples:
+              metatrain prepare --events data/events.csv --out data/dataset.h5
+              metatrain prepare --events ratings.csv --out ratings.h5 --user-col userId \\
+                  --item-col movieId --time-col timestamp --action-col rating
+              metatrain prepare --events ml-1m.inter --out ml-1m.h5 --action-col rating
+              metatrain prepare --events log.txt --delimiter ';' --out log.h5
+            """)
 
     @Option(help: "Input event log (CSV with a header).") var events: String
     @Option(help: "Output dataset (HDF5).") var out: String
-    @Option(help: "Field separator: comma, tab, semicolon, pipe, space or any single character (default: tab for .tsv/.inter, else comma).")
+    @Option(
+        help:
+            "Field separator: comma, tab, semicolon, pipe, space or any single character (default: tab for .tsv/.inter, else comma)."
+    )
     var delimiter: String?
     @Option(help: "User column name (default: username; user_id for .inter).") var userCol: String?
     @Option(help: "Item column name (default: course_id; item_id for .inter).") var itemCol: String?
-    @Option(help: "Time column name, unix seconds or ISO-8601 (default: time; timestamp for .inter).") var timeCol: String?
-    @Option(help: "Session column name (used if present; otherwise sessions split on time gaps).") var sessionCol: String?
+    @Option(help: "Time column name, unix seconds or ISO-8601 (default: time; timestamp for .inter).") var timeCol:
+        String?
+    @Option(help: "Session column name (used if present; otherwise sessions split on time gaps).") var sessionCol:
+        String?
     @Option(help: "Action column name (used if present, for session reliability).") var actionCol: String?
     @Flag(help: "Skip malformed rows (counted in the summary) instead of failing.") var skipBadRows = false
     @OptionGroup var options: ConfigOptions
@@ -45,7 +51,8 @@ struct PrepareCommand: ParsableCommand {
         if let s = sessionCol { cols.session = s; cols.sessionRequired = true }
         if let a = actionCol { cols.action = a; cols.actionRequired = true }
         let started = Date()
-        let (dataset, summary) = try Prepare.run(csvPath: events, columns: cols, delimiter: sep, skipBadRows: skipBadRows, config: config)
+        let (dataset, summary) = try Prepare.run(
+            csvPath: events, columns: cols, delimiter: sep, skipBadRows: skipBadRows, config: config)
         try DatasetFile.write(dataset, to: out)
         let secs = Date().timeIntervalSince(started)
         print("wrote \(out) in \(String(format: "%.1f", secs))s")

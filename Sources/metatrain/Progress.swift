@@ -1,5 +1,6 @@
 import Foundation
 import Training
+
 #if canImport(Glibc)
 import Glibc
 #else

@@ -9,9 +9,11 @@ import XCTest
 /// unless told --insecure.
 final class AuthenticationTests: XCTestCase {
     static let dir = freshDir("auth")
-    let args = ["--set", "maml.iterations=30", "--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12",
-                "--set", "maml.meta_batch_size=8", "--set", "maml.chunk_size=2", "--set", "maml.inner_steps=2",
-                "--set", "eval.every=10", "--set", "eval.val_episodes=8", "--set", "checkpoint.every=100"]
+    let args = [
+        "--set", "maml.iterations=30", "--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12",
+        "--set", "maml.meta_batch_size=8", "--set", "maml.chunk_size=2", "--set", "maml.inner_steps=2",
+        "--set", "eval.every=10", "--set", "eval.val_episodes=8", "--set", "checkpoint.every=100"
+    ]
     func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
 
     func keygen(_ name: String) throws {
@@ -32,17 +34,23 @@ final class AuthenticationTests: XCTestCase {
         // A secret others can read is refused, as ssh refuses an unprotected key.
         chmod(base + ".secret", 0o644)
         let data = try syntheticDataset(in: AuthenticationTests.dir)
-        let r = try metatrain(["worker", "--connect", "tcp://127.0.0.1:9", "--data", data, "--key", base + ".secret",
-                               "--coordinator-key", base + ".pub"])
+        let r = try metatrain([
+            "worker", "--connect", "tcp://127.0.0.1:9", "--data", data, "--key", base + ".secret",
+            "--coordinator-key", base + ".pub"
+        ])
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.contains("a secret key must be readable by its owner only (chmod 600"), r.stderr)
     }
 
     func testAnAddressOtherMachinesReachNeedsKeysOrInsecure() throws {
         let data = try syntheticDataset(in: AuthenticationTests.dir)
-        let r = try metatrain(["coordinator", "--data", data, "--run-dir", AuthenticationTests.dir + "/open", "--bind", "tcp://*:0"] + args)
+        let r = try metatrain(
+            ["coordinator", "--data", data, "--run-dir", AuthenticationTests.dir + "/open", "--bind", "tcp://*:0"]
+                + args)
         XCTAssertEqual(r.status, 1)
-        XCTAssertTrue(r.stderr.contains("tcp://*:0 can be reached from other machines") && r.stderr.contains("--insecure"), r.stderr)
+        XCTAssertTrue(
+            r.stderr.contains("tcp://*:0 can be reached from other machines") && r.stderr.contains("--insecure"),
+            r.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: AuthenticationTests.dir + "/open/checkpoints"))
     }
 
@@ -56,8 +64,11 @@ final class AuthenticationTests: XCTestCase {
         let plain = AuthenticationTests.dir + "/plain"
         XCTAssertEqual(try metatrain(["train", "--data", data, "--run-dir", plain, "--workers", "1"] + args).status, 0)
         let run = AuthenticationTests.dir + "/run"
-        let coord = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
-                                       "--key", keys + "/coordinator.secret", "--authorized-keys", keys + "/authorized"] + args)
+        let coord = try startDetached(
+            [
+                "coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
+                "--key", keys + "/coordinator.secret", "--authorized-keys", keys + "/authorized"
+            ] + args)
         defer { coord.killGroup(); coord.wait() }
         let endpoint = try waitForEndpoint(run + "/coordinator.log")
         // A peer without keys: its SUB must hear no weights, its hello no answer.
@@ -65,24 +76,32 @@ final class AuthenticationTests: XCTestCase {
         let sub = try ZMQSocket(ctx, .sub)
         try sub.connect(try publishEndpoint(endpoint))
         try sub.subscribe()
-        let stranger = try startDetached(["worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "stranger",
-                                          "--key", keys + "/stranger.secret", "--coordinator-key", keys + "/coordinator.pub"])
+        let stranger = try startDetached([
+            "worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "stranger",
+            "--key", keys + "/stranger.secret", "--coordinator-key", keys + "/coordinator.pub"
+        ])
         defer { stranger.killGroup(); stranger.wait() }
-        let keyless = try startDetached(["worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "keyless"])
+        let keyless = try startDetached([
+            "worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "keyless"
+        ])
         defer { keyless.killGroup(); keyless.wait() }
-        Thread.sleep(forTimeInterval: 4)   // several hellos from each
-        let w1 = try metatrain(["worker", "--connect", endpoint, "--data", data, "--procs", "2", "--name", "w1",
-                                "--key", keys + "/authorized/w1.secret", "--coordinator-key", keys + "/coordinator.pub"])
+        Thread.sleep(forTimeInterval: 4) // several hellos from each
+        let w1 = try metatrain([
+            "worker", "--connect", endpoint, "--data", data, "--procs", "2", "--name", "w1",
+            "--key", keys + "/authorized/w1.secret", "--coordinator-key", keys + "/coordinator.pub"
+        ])
         XCTAssertEqual(w1.status, 0, w1.stderr)
         XCTAssertEqual(coord.wait(seconds: 60), 0)
         XCTAssertNil(try sub.receive(timeoutMs: 200), "a subscriber without a key heard a broadcast")
         let log = read(run + "/coordinator.log")
         let strangerKey = read(keys + "/stranger.pub").trimmingCharacters(in: .whitespacesAndNewlines)
-        XCTAssertEqual(log.components(separatedBy: "its key \(strangerKey) is not among the authorized keys").count - 1, 1, log)
+        XCTAssertEqual(
+            log.components(separatedBy: "its key \(strangerKey) is not among the authorized keys").count - 1, 1, log)
         XCTAssertFalse(log.contains("stranger joined") || log.contains("keyless joined"), log)
         XCTAssertTrue(log.contains("host agent w1 of 2 processes joined"), log)
-        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
-                       try Data(contentsOf: URL(fileURLWithPath: plain + "/final.h5")), "CURVE changed the weights")
+        XCTAssertEqual(
+            try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
+            try Data(contentsOf: URL(fileURLWithPath: plain + "/final.h5")), "CURVE changed the weights")
     }
 
     func publishEndpoint(_ e: String) throws -> String {

@@ -7,8 +7,11 @@ struct Run {
 }
 
 func metatrainPath() -> String {
-    let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("metatrain")
-    let candidates = [bin.path] + Bundle.allBundles.map { $0.bundleURL.deletingLastPathComponent().appendingPathComponent("metatrain").path }
+    let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(
+        "metatrain")
+    let candidates =
+        [bin.path]
+        + Bundle.allBundles.map { $0.bundleURL.deletingLastPathComponent().appendingPathComponent("metatrain").path }
     return candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) ?? bin.path
 }
 
@@ -23,14 +26,20 @@ func metatrain(_ args: [String], cwd: String? = nil, environment: [String: Strin
     try p.run()
     let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
-    return Run(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    return Run(
+        status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
+        stderr: String(decoding: e, as: UTF8.self))
 }
 
 /// A synthetic event log prepared into `dir/NAME.h5` (made once; later calls return the path).
-func syntheticDataset(in dir: String, name: String = "data", users: Int = 100, courses: Int = 20, seed: Int = 3) throws -> String {
+func syntheticDataset(in dir: String, name: String = "data", users: Int = 100, courses: Int = 20, seed: Int = 3) throws
+    -> String
+{
     let path = dir + "/\(name).h5"
     if FileManager.default.fileExists(atPath: path) { return path }
-    var r = try metatrain(["synth", "--out", dir + "/\(name).csv", "--users", "\(users)", "--courses", "\(courses)", "--seed", "\(seed)"])
+    var r = try metatrain([
+        "synth", "--out", dir + "/\(name).csv", "--users", "\(users)", "--courses", "\(courses)", "--seed", "\(seed)"
+    ])
     guard r.status == 0 else { throw NSError(domain: "synth failed: \(r.stderr)", code: 1) }
     r = try metatrain(["prepare", "--events", dir + "/\(name).csv", "--out", path])
     guard r.status == 0 else { throw NSError(domain: "prepare failed: \(r.stderr)", code: 1) }
@@ -72,61 +81,95 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(again.stdout, r.stdout, "the output is a config file that resolves to itself")
         r = try metatrain(["config", "--set", "maml.algorithm=reptile"])
         XCTAssertEqual(r.status, 1)
-        XCTAssertEqual(r.stderr, "error: config: 'maml.algorithm' has unknown value 'reptile'; allowed: 'fomaml', 'maml', 'metasgd'\n")
+        XCTAssertEqual(
+            r.stderr,
+            "error: config: 'maml.algorithm' has unknown value 'reptile'; allowed: 'fomaml', 'maml', 'metasgd'\n")
         let table = try metatrain(["config", "--markdown"]).stdout
-        let docs = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let docs = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
             .appendingPathComponent("docs/CONFIG.md")
         let text = try String(contentsOf: docs, encoding: .utf8)
-        XCTAssertTrue(text.contains(table), "docs/CONFIG.md is out of date: regenerate its table with `metatrain config --markdown`")
+        XCTAssertTrue(
+            text.contains(table),
+            "docs/CONFIG.md is out of date: regenerate its table with `metatrain config --markdown`")
     }
 
     func testPipelineEndToEnd() throws {
         let dir = freshDir("e2e")
-        let small = ["--set", "model.embedding_dim=16", "--set", "model.hidden_dim=16", "--set", "pretrain.batch_size=64"]
-        var r = try metatrain(["synth", "--out", dir + "/events.csv", "--users", "120", "--courses", "25", "--groups", "3", "--seed", "5"])
+        let small = [
+            "--set", "model.embedding_dim=16", "--set", "model.hidden_dim=16", "--set", "pretrain.batch_size=64"
+        ]
+        var r = try metatrain([
+            "synth", "--out", dir + "/events.csv", "--users", "120", "--courses", "25", "--groups", "3", "--seed", "5"
+        ])
         XCTAssertEqual(r.status, 0, r.stderr)
-        r = try metatrain(["prepare", "--events", dir + "/events.csv", "--out", dir + "/data.h5", "--seed", "5"] + small)
+        r = try metatrain(
+            ["prepare", "--events", dir + "/events.csv", "--out", dir + "/data.h5", "--seed", "5"] + small)
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("users: train 96, val 12, test 12"), r.stdout)
         XCTAssertTrue(r.stdout.contains("fingerprint: "), r.stdout)
-        r = try metatrain(["pretrain", "--data", dir + "/data.h5", "--run-dir", dir + "/run", "--set", "pretrain.epochs=2"] + small)
+        r = try metatrain(
+            ["pretrain", "--data", dir + "/data.h5", "--run-dir", dir + "/run", "--set", "pretrain.epochs=2"] + small)
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stderr.contains("epoch 2/2"), r.stderr)
         for f in ["config.yaml", "metrics.jsonl", "best.h5", "final.h5", "pretrain.log", "run.json"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/run/" + f), f)
         }
         // run.json says how the run was started, with which build, on what data, where and when.
-        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/run/run.json"))) as! [String: Any]
+        let record =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/run/run.json")))
+            as! [String: Any]
         XCTAssertEqual((record["command"] as? [String])?.dropFirst().first, "pretrain")
-        XCTAssertEqual(record["metatrain_version"] as? String, try metatrain(["--version"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines))
+        XCTAssertEqual(
+            record["metatrain_version"] as? String,
+            try metatrain(["--version"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines))
         XCTAssertEqual((record["dataset"] as? [String: Any])?["path"] as? String, dir + "/data.h5")
         XCTAssertEqual(((record["dataset"] as? [String: Any])?["fingerprint"] as? String)?.count, 64)
         XCTAssertNotNil(record["host"] as? String); XCTAssertNotNil(record["started"] as? String)
         let epochs = try String(contentsOfFile: dir + "/run/metrics.jsonl", encoding: .utf8).split(separator: "\n")
         XCTAssertTrue(epochs.allSatisfy { $0.contains("\"time\":") }, "every metrics line has its wall-clock time")
         // A second pretrain into the same directory is refused; --overwrite starts it afresh.
-        r = try metatrain(["pretrain", "--data", dir + "/data.h5", "--run-dir", dir + "/run", "--set", "pretrain.epochs=2"] + small)
+        r = try metatrain(
+            ["pretrain", "--data", dir + "/data.h5", "--run-dir", dir + "/run", "--set", "pretrain.epochs=2"] + small)
         XCTAssertEqual(r.status, 1)
-        XCTAssertTrue(r.stderr.contains("already holds a run (metrics.jsonl, best.h5, last.h5, final.h5, pretrain.log, run.json, config.yaml, tb); pass --overwrite"), r.stderr)
-        r = try metatrain(["pretrain", "--data", dir + "/data.h5", "--run-dir", dir + "/run", "--set", "pretrain.epochs=2", "--overwrite"] + small)
+        XCTAssertTrue(
+            r.stderr.contains(
+                "already holds a run (metrics.jsonl, best.h5, last.h5, final.h5, pretrain.log, run.json, config.yaml, tb); pass --overwrite"
+            ), r.stderr)
+        r = try metatrain(
+            [
+                "pretrain", "--data", dir + "/data.h5", "--run-dir", dir + "/run", "--set", "pretrain.epochs=2",
+                "--overwrite"
+            ] + small)
         XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertEqual(try String(contentsOfFile: dir + "/run/metrics.jsonl", encoding: .utf8).split(separator: "\n").count, 2)
+        XCTAssertEqual(
+            try String(contentsOfFile: dir + "/run/metrics.jsonl", encoding: .utf8).split(separator: "\n").count, 2)
         // --resume continues it, here to a third epoch; it needs a run to continue.
-        r = try metatrain(["pretrain", "--data", dir + "/data.h5", "--run-dir", dir + "/run", "--set", "pretrain.epochs=3", "--resume"] + small)
+        r = try metatrain(
+            [
+                "pretrain", "--data", dir + "/data.h5", "--run-dir", dir + "/run", "--set", "pretrain.epochs=3",
+                "--resume"
+            ] + small)
         XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertTrue(r.stderr.contains("resumed from \(dir)/run/last.h5 at epoch 2") && r.stderr.contains("epoch 3/3"), r.stderr)
-        XCTAssertEqual(try String(contentsOfFile: dir + "/run/metrics.jsonl", encoding: .utf8).split(separator: "\n").count, 3)
+        XCTAssertTrue(
+            r.stderr.contains("resumed from \(dir)/run/last.h5 at epoch 2") && r.stderr.contains("epoch 3/3"), r.stderr)
+        XCTAssertEqual(
+            try String(contentsOfFile: dir + "/run/metrics.jsonl", encoding: .utf8).split(separator: "\n").count, 3)
         XCTAssertTrue(try String(contentsOfFile: dir + "/run/run.json", encoding: .utf8).contains("\"resumed_from\""))
         r = try metatrain(["pretrain", "--data", dir + "/data.h5", "--run-dir", dir + "/nothing", "--resume"] + small)
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.contains("no such run directory; nothing to resume"), r.stderr)
-        r = try metatrain(["evaluate", "--data", dir + "/data.h5", "--checkpoint", dir + "/run/best.h5",
-                           "--checkpoint", dir + "/run/final.h5", "--split", "test", "--shots", "1,3", "--steps", "1,2",
-                           "--out", dir + "/report.json", "--set", "eval.bootstrap_samples=200"])
+        r = try metatrain([
+            "evaluate", "--data", dir + "/data.h5", "--checkpoint", dir + "/run/best.h5",
+            "--checkpoint", dir + "/run/final.h5", "--split", "test", "--shots", "1,3", "--steps", "1,2",
+            "--out", dir + "/report.json", "--set", "eval.bootstrap_samples=200"
+        ])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("| run/best | few-shot |"), r.stdout)
         XCTAssertTrue(r.stdout.contains("Paired differences against run/best"), r.stdout)
-        let report = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/report.json"))) as! [String: Any]
+        let report =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/report.json")))
+            as! [String: Any]
         XCTAssertEqual(report["split"] as? String, "test")
         XCTAssertEqual(report["n_episodes"] as? Int, 12)
         let methods = report["methods"] as! [String: Any]
@@ -149,13 +192,20 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(Set(((abl["shots"] as! [String: Any])["run/best"] as! [String: Any]).keys), ["1", "3"])
         XCTAssertEqual(Set(((abl["steps"] as! [String: Any])["run/best"] as! [String: Any]).keys), ["1", "2"])
         // A lone checkpoint is named by its run directory; --name overrides, one per checkpoint.
-        r = try metatrain(["evaluate", "--data", dir + "/data.h5", "--checkpoint", dir + "/run/best.h5", "--episodes", "2"])
+        r = try metatrain([
+            "evaluate", "--data", dir + "/data.h5", "--checkpoint", dir + "/run/best.h5", "--episodes", "2"
+        ])
         XCTAssertTrue(r.stdout.contains("| run | zero-shot |"), r.stdout)
-        r = try metatrain(["evaluate", "--data", dir + "/data.h5", "--checkpoint", dir + "/run/best.h5", "--name", "gru4rec",
-                           "--checkpoint", dir + "/run/final.h5", "--name", "last epoch", "--episodes", "2"])
+        r = try metatrain([
+            "evaluate", "--data", dir + "/data.h5", "--checkpoint", dir + "/run/best.h5", "--name", "gru4rec",
+            "--checkpoint", dir + "/run/final.h5", "--name", "last epoch", "--episodes", "2"
+        ])
         XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertTrue(r.stdout.contains("| gru4rec | few-shot |") && r.stdout.contains("| last epoch | few-shot |"), r.stdout)
-        r = try metatrain(["evaluate", "--data", dir + "/data.h5", "--checkpoint", dir + "/run/best.h5", "--name", "a", "--name", "b"])
+        XCTAssertTrue(
+            r.stdout.contains("| gru4rec | few-shot |") && r.stdout.contains("| last epoch | few-shot |"), r.stdout)
+        r = try metatrain([
+            "evaluate", "--data", dir + "/data.h5", "--checkpoint", dir + "/run/best.h5", "--name", "a", "--name", "b"
+        ])
         XCTAssertEqual(r.status, 64)
         XCTAssertTrue(r.stderr.contains("--name is given 2 times for 1 --checkpoint"), r.stderr)
 
@@ -173,15 +223,19 @@ final class CLITests: XCTestCase {
 
     func testBadInputGetsOneLineErrorAndNoOutputFile() throws {
         let dir = freshDir("bad")
-        try "username,course_id,time\nu,C1,100\nu,C2,soon\n".write(toFile: dir + "/bad.csv", atomically: true, encoding: .utf8)
+        try "username,course_id,time\nu,C1,100\nu,C2,soon\n".write(
+            toFile: dir + "/bad.csv", atomically: true, encoding: .utf8)
         var r = try metatrain(["prepare", "--events", dir + "/bad.csv", "--out", dir + "/out.h5"])
         XCTAssertEqual(r.status, 1)
-        XCTAssertEqual(r.stderr, "error: bad.csv:3: unparseable time 'soon' (column 'time') (use --skip-bad-rows to skip such rows)\n")
+        XCTAssertEqual(
+            r.stderr,
+            "error: bad.csv:3: unparseable time 'soon' (column 'time') (use --skip-bad-rows to skip such rows)\n")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["bad.csv"])
         r = try metatrain(["prepare", "--events", dir + "/bad.csv", "--out", dir + "/out.h5", "--skip-bad-rows"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("(1 skipped)"), r.stdout)
-        r = try metatrain(["prepare", "--events", dir + "/bad.csv", "--out", dir + "/x.h5", "--set", "maml.inner_lrr=1"])
+        r = try metatrain(["prepare", "--events", dir + "/bad.csv", "--out", dir + "/x.h5", "--set", "maml.inner_lrr=1"]
+        )
         XCTAssertEqual(r.status, 1)
         XCTAssertEqual(r.stderr, "error: --set: unknown key 'maml.inner_lrr'; did you mean 'maml.inner_lr'?\n")
         r = try metatrain(["pretrain", "--data", dir + "/missing.h5", "--run-dir", dir + "/run"])

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import Yams
+
 @testable import metatrain
 
 /// The launch recipes under cluster/ name only commands the CLI accepts.
@@ -17,7 +18,9 @@ final class ClusterRecipeTests: XCTestCase {
         for case let doc as [String: Any] in try Yams.load_all(yaml: text) {
             let kind = doc["kind"] as? String ?? "?"
             kinds.append(kind)
-            if kind == "Service", let spec = doc["spec"] as? [String: Any], let ports = spec["ports"] as? [[String: Any]] {
+            if kind == "Service", let spec = doc["spec"] as? [String: Any],
+                let ports = spec["ports"] as? [[String: Any]]
+            {
                 servicePorts += ports.compactMap { $0["port"] as? Int }
             }
             let spec = ((doc["spec"] as? [String: Any])?["template"] as? [String: Any])?["spec"] as? [String: Any]
@@ -42,7 +45,8 @@ final class ClusterRecipeTests: XCTestCase {
         XCTAssertTrue(worker.contains("--procs"), "one host agent per node: \(worker)")
         for command in commands { XCTAssertTrue(command.contains("--key"), "every socket uses CURVE: \(command)") }
         // The check itself can fail: an option the CLI does not know is refused.
-        XCTAssertThrowsError(try Metatrain.parseAsRoot(["worker", "--connect", "tcp://x:5555", "--data", "d.h5", "--procs", "4x"]))
+        XCTAssertThrowsError(
+            try Metatrain.parseAsRoot(["worker", "--connect", "tcp://x:5555", "--data", "d.h5", "--procs", "4x"]))
     }
 
     func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
@@ -87,7 +91,9 @@ final class ClusterRecipeTests: XCTestCase {
         defer { sh("\(slurm)/single-node.sh stop \(dir)/cluster") }
         XCTAssertEqual(started, 0, "Slurm did not start: \(startLog)")
         guard started == 0 else { return }
-        let slurmEnv = ["SLURM_CONF": "\(dir)/cluster/slurm.conf", "METATRAIN": metatrainPath(), "METATRAIN_PORT": "17655"]
+        let slurmEnv = [
+            "SLURM_CONF": "\(dir)/cluster/slurm.conf", "METATRAIN": metatrainPath(), "METATRAIN_PORT": "17655"
+        ]
 
         _ = try syntheticDataset(in: dir)
         try """
@@ -96,22 +102,28 @@ final class ClusterRecipeTests: XCTestCase {
         eval: {every: 50, val_episodes: 8, patience: 1000}
         checkpoint: {every: 100}
         """.write(toFile: dir + "/experiment.yaml", atomically: true, encoding: .utf8)
-        let whole = try metatrain(["train", "--data", dir + "/data.h5", "--config", dir + "/experiment.yaml",
-                                   "--run-dir", dir + "/whole", "--workers", "2"])
+        let whole = try metatrain([
+            "train", "--data", dir + "/data.h5", "--config", dir + "/experiment.yaml",
+            "--run-dir", dir + "/whole", "--workers", "2"
+        ])
         XCTAssertEqual(whole.status, 0, whole.stderr)
 
         let run = dir + "/run"
-        let (submitted, jobText) = sh("sbatch --parsable --nodes=1 --ntasks-per-node=1 --cpus-per-task=2 --output=\(dir)/job-%j.out "
-                                      + "\(slurm)/metatrain.sbatch \(dir)/data.h5 \(dir)/experiment.yaml \(run)", env: slurmEnv)
+        let (submitted, jobText) = sh(
+            "sbatch --parsable --nodes=1 --ntasks-per-node=1 --cpus-per-task=2 --output=\(dir)/job-%j.out "
+                + "\(slurm)/metatrain.sbatch \(dir)/data.h5 \(dir)/experiment.yaml \(run)", env: slurmEnv)
         XCTAssertEqual(submitted, 0, jobText)
         let job = jobText.trimmingCharacters(in: .whitespacesAndNewlines)
-        func state() -> String { sh("squeue -h -j \(job) -o %T", env: slurmEnv).1.trimmingCharacters(in: .whitespacesAndNewlines) }
+        func state() -> String {
+            sh("squeue -h -j \(job) -o %T", env: slurmEnv).1.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
         // Requeue once the first checkpoint is whole (as preemption or a failed node would).
         var deadline = Date().addingTimeInterval(120)
         while !FileManager.default.fileExists(atPath: run + "/checkpoints/iter-000100.h5") && Date() < deadline {
             Thread.sleep(forTimeInterval: 0.02)
         }
-        XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/checkpoints/iter-000100.h5"), read(dir + "/job-\(job).out"))
+        XCTAssertTrue(
+            FileManager.default.fileExists(atPath: run + "/checkpoints/iter-000100.h5"), read(dir + "/job-\(job).out"))
         let (requeued, requeueText) = sh("scontrol requeue \(job)", env: slurmEnv)
         XCTAssertEqual(requeued, 0, requeueText)
         // Slurm holds a requeued job back for a while; let it start again now.
@@ -125,7 +137,8 @@ final class ClusterRecipeTests: XCTestCase {
         XCTAssertTrue(out.contains("(restart 1)") && out.contains("--resume"), out)
         XCTAssertTrue(out.contains("metatrain: coordinator exited with status 0"), out)
         XCTAssertTrue(read(run + "/coordinator.log").contains("resumed from"), read(run + "/coordinator.log"))
-        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
-                       try Data(contentsOf: URL(fileURLWithPath: dir + "/whole/final.h5")), "requeued Slurm job vs train")
+        XCTAssertEqual(
+            try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
+            try Data(contentsOf: URL(fileURLWithPath: dir + "/whole/final.h5")), "requeued Slurm job vs train")
     }
 }

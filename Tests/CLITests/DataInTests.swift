@@ -23,16 +23,23 @@ final class DataInTests: XCTestCase {
         try (csv.joined(separator: "\n").replacingOccurrences(of: ",", with: "|") + "\n")
             .write(toFile: dir + "/log.txt", atomically: true, encoding: .utf8)
         let small = ["--set", "data.k_support=2", "--set", "data.q_query=2"]
-        var r = try metatrain(["prepare", "--events", dir + "/log.inter", "--out", dir + "/a.h5", "--action-col", "rating"] + small)
+        var r = try metatrain(
+            ["prepare", "--events", dir + "/log.inter", "--out", dir + "/a.h5", "--action-col", "rating"] + small)
         XCTAssertEqual(r.status, 0, r.stderr)
         let fingerprint = r.stdout.split(separator: "\n").first { $0.hasPrefix("fingerprint: ") }
         XCTAssertNotNil(fingerprint, r.stdout)
-        r = try metatrain(["prepare", "--events", dir + "/log.csv", "--out", dir + "/b.h5", "--user-col", "u", "--item-col", "i",
-                           "--time-col", "t", "--action-col", "r"] + small)
+        r = try metatrain(
+            [
+                "prepare", "--events", dir + "/log.csv", "--out", dir + "/b.h5", "--user-col", "u", "--item-col", "i",
+                "--time-col", "t", "--action-col", "r"
+            ] + small)
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains(String(fingerprint ?? "?")), r.stdout)
-        r = try metatrain(["prepare", "--events", dir + "/log.txt", "--delimiter", "|", "--out", dir + "/c.h5", "--user-col", "u",
-                           "--item-col", "i", "--time-col", "t", "--action-col", "r"] + small)
+        r = try metatrain(
+            [
+                "prepare", "--events", dir + "/log.txt", "--delimiter", "|", "--out", dir + "/c.h5", "--user-col", "u",
+                "--item-col", "i", "--time-col", "t", "--action-col", "r"
+            ] + small)
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains(String(fingerprint ?? "?")), r.stdout)
         r = try metatrain(["prepare", "--events", dir + "/log.txt", "--delimiter", "ab", "--out", dir + "/d.h5"])
@@ -51,60 +58,60 @@ final class DataInTests: XCTestCase {
         }
         let dir = freshDir("notebooks")
         let fixture = """
-        import json, random, sys
-        import pyarrow as pa, pyarrow.parquet as pq
-        d = sys.argv[1]
-        rng = random.Random(5)
-        V = 40
-        json.dump({"course_to_idx": {f"course-{i:02d}": i for i in range(1, V)}}, open(f"{d}/course_vocab.json", "w"))
-        splits = {"train": [f"u{i:02d}" for i in range(24)], "val": ["v1", "v2", "v3"], "test": ["t1", "t2", "t3"]}
-        pairs, episodes, pid = {s: [] for s in splits}, {s: [] for s in splits}, 1000
-        for s, users in splits.items():
-            for u in users:
-                history = [rng.randrange(1, V) for _ in range(11)]
-                mine = []
-                for t in range(1, 11):
-                    pid += 7
-                    mine.append(pid)
-                    pairs[s].append({"pair_id": pid, "user_id": u, "prefix": history[max(0, t - 6):t],
-                                     "label": history[t], "label_ts_epoch": 1_500_000_000 + 3600 * t})
-                starts = [0, 3] if s == "train" else [0]
-                for a in starts:
-                    sup, qry = mine[a:a + 3], mine[a + 3:a + 7]
-                    rng.shuffle(sup)
-                    episodes[s].append({"user_id": u, "support_pair_ids": sup, "query_pair_ids": qry})
-        for s in splits:
-            rng.shuffle(pairs[s])
-            pq.write_table(pa.Table.from_pylist(pairs[s]), f"{d}/pairs_{s}.parquet")
-            pq.write_table(pa.Table.from_pylist(episodes[s]), f"{d}/episodes_{s}.parquet")
-        json.dump({"pairs": pairs, "episodes": episodes}, open(f"{d}/expected.json", "w"))
-        """
+            import json, random, sys
+            import pyarrow as pa, pyarrow.parquet as pq
+            d = sys.argv[1]
+            rng = random.Random(5)
+            V = 40
+            json.dump({"course_to_idx": {f"course-{i:02d}": i for i in range(1, V)}}, open(f"{d}/course_vocab.json", "w"))
+            splits = {"train": [f"u{i:02d}" for i in range(24)], "val": ["v1", "v2", "v3"], "test": ["t1", "t2", "t3"]}
+            pairs, episodes, pid = {s: [] for s in splits}, {s: [] for s in splits}, 1000
+            for s, users in splits.items():
+                for u in users:
+                    history = [rng.randrange(1, V) for _ in range(11)]
+                    mine = []
+                    for t in range(1, 11):
+                        pid += 7
+                        mine.append(pid)
+                        pairs[s].append({"pair_id": pid, "user_id": u, "prefix": history[max(0, t - 6):t],
+                                         "label": history[t], "label_ts_epoch": 1_500_000_000 + 3600 * t})
+                    starts = [0, 3] if s == "train" else [0]
+                    for a in starts:
+                        sup, qry = mine[a:a + 3], mine[a + 3:a + 7]
+                        rng.shuffle(sup)
+                        episodes[s].append({"user_id": u, "support_pair_ids": sup, "query_pair_ids": qry})
+            for s in splits:
+                rng.shuffle(pairs[s])
+                pq.write_table(pa.Table.from_pylist(pairs[s]), f"{d}/pairs_{s}.parquet")
+                pq.write_table(pa.Table.from_pylist(episodes[s]), f"{d}/episodes_{s}.parquet")
+            json.dump({"pairs": pairs, "episodes": episodes}, open(f"{d}/expected.json", "w"))
+            """
         let check = """
-        import json, sys, h5py
-        d, out = sys.argv[1], sys.argv[2]
-        exp = json.load(open(f"{d}/expected.json"))
-        f = h5py.File(out, "r")
-        items = [x.decode() if isinstance(x, bytes) else x for x in f["vocab/item_ids"][:]]
-        users = [x.decode() if isinstance(x, bytes) else x for x in f["users/ids"][:]]
-        off, pre, lab, ts = f["pairs/prefix_offsets"][:], f["pairs/prefix_items"][:], f["pairs/label"][:], f["pairs/timestamp"][:]
-        pu, split = f["pairs/user"][:], f["users/split"][:]
-        assert items[0] == "<pad>" and items[7] == "course-07" and len(items) == 40, items[:8]
-        def pair(i):
-            return (users[pu[i]], [int(x) for x in pre[off[i]:off[i + 1]]], int(lab[i]), int(ts[i]))
-        stored = sorted(pair(i) for i in range(len(lab)))
-        original = {p["pair_id"]: (p["user_id"], p["prefix"], p["label"], p["label_ts_epoch"]) for s in exp["pairs"] for p in exp["pairs"][s]}
-        assert stored == sorted(original.values()), "pairs differ"
-        for code, s in enumerate(["train", "val", "test"]):
-            sup, qry, eu = f[f"episodes/{s}/support"][:], f[f"episodes/{s}/query"][:], f[f"episodes/{s}/user"][:]
-            assert len(eu) == len(exp["episodes"][s]), (s, len(eu))
-            for row, e in enumerate(exp["episodes"][s]):
-                assert users[eu[row]] == e["user_id"] and split[eu[row]] == code, (s, row)
-                want = [original[p] for p in sorted(e["support_pair_ids"], key=lambda p: original[p][3])]
-                assert [pair(int(i)) for i in sup[row]] == want, (s, row, "support")
-                assert [pair(int(i)) for i in qry[row]] == [original[p] for p in e["query_pair_ids"]], (s, row, "query")
-        assert f.attrs["k_support"] == 3 and f.attrs["q_query"] == 4 and f.attrs["max_seq_len"] == 6
-        print("same users, pairs and episodes")
-        """
+            import json, sys, h5py
+            d, out = sys.argv[1], sys.argv[2]
+            exp = json.load(open(f"{d}/expected.json"))
+            f = h5py.File(out, "r")
+            items = [x.decode() if isinstance(x, bytes) else x for x in f["vocab/item_ids"][:]]
+            users = [x.decode() if isinstance(x, bytes) else x for x in f["users/ids"][:]]
+            off, pre, lab, ts = f["pairs/prefix_offsets"][:], f["pairs/prefix_items"][:], f["pairs/label"][:], f["pairs/timestamp"][:]
+            pu, split = f["pairs/user"][:], f["users/split"][:]
+            assert items[0] == "<pad>" and items[7] == "course-07" and len(items) == 40, items[:8]
+            def pair(i):
+                return (users[pu[i]], [int(x) for x in pre[off[i]:off[i + 1]]], int(lab[i]), int(ts[i]))
+            stored = sorted(pair(i) for i in range(len(lab)))
+            original = {p["pair_id"]: (p["user_id"], p["prefix"], p["label"], p["label_ts_epoch"]) for s in exp["pairs"] for p in exp["pairs"][s]}
+            assert stored == sorted(original.values()), "pairs differ"
+            for code, s in enumerate(["train", "val", "test"]):
+                sup, qry, eu = f[f"episodes/{s}/support"][:], f[f"episodes/{s}/query"][:], f[f"episodes/{s}/user"][:]
+                assert len(eu) == len(exp["episodes"][s]), (s, len(eu))
+                for row, e in enumerate(exp["episodes"][s]):
+                    assert users[eu[row]] == e["user_id"] and split[eu[row]] == code, (s, row)
+                    want = [original[p] for p in sorted(e["support_pair_ids"], key=lambda p: original[p][3])]
+                    assert [pair(int(i)) for i in sup[row]] == want, (s, row, "support")
+                    assert [pair(int(i)) for i in qry[row]] == [original[p] for p in e["query_pair_ids"]], (s, row, "query")
+            assert f.attrs["k_support"] == 3 and f.attrs["q_query"] == 4 and f.attrs["max_seq_len"] == 6
+            print("same users, pairs and episodes")
+            """
         try fixture.write(toFile: dir + "/fixture.py", atomically: true, encoding: .utf8)
         try check.write(toFile: dir + "/check.py", atomically: true, encoding: .utf8)
         let data = dir + "/nb"
@@ -114,36 +121,46 @@ final class DataInTests: XCTestCase {
         let tool = toolsDirectory.appendingPathComponent("import_notebooks.py").path
         (status, text) = try python([tool, "--dir", data, "--out", dir + "/nb.h5"])
         XCTAssertEqual(status, 0, text)
-        XCTAssertTrue(text.contains("30 users, 300 pairs, vocabulary 40, K=3 Q=4, episodes train 48, val 3, test 3"), text)
+        XCTAssertTrue(
+            text.contains("30 users, 300 pairs, vocabulary 40, K=3 Q=4, episodes train 48, val 3, test 3"), text)
         (status, text) = try python([dir + "/check.py", data, dir + "/nb.h5"])
         XCTAssertEqual(status, 0, text)
 
         // Every command takes it: the fingerprint checks out as they read it.
         let tiny = ["--set", "model.embedding_dim=8", "--set", "model.hidden_dim=8"]
-        var r = try metatrain(["pretrain", "--data", dir + "/nb.h5", "--run-dir", dir + "/pre", "--set", "pretrain.epochs=1"] + tiny)
+        var r = try metatrain(
+            ["pretrain", "--data", dir + "/nb.h5", "--run-dir", dir + "/pre", "--set", "pretrain.epochs=1"] + tiny)
         XCTAssertEqual(r.status, 0, r.stderr)
-        r = try metatrain(["train", "--data", dir + "/nb.h5", "--run-dir", dir + "/meta", "--workers", "1", "--set", "maml.iterations=2",
-                           "--set", "maml.meta_batch_size=4", "--set", "eval.every=100", "--set", "checkpoint.every=100"] + tiny)
+        r = try metatrain(
+            [
+                "train", "--data", dir + "/nb.h5", "--run-dir", dir + "/meta", "--workers", "1", "--set",
+                "maml.iterations=2",
+                "--set", "maml.meta_batch_size=4", "--set", "eval.every=100", "--set", "checkpoint.every=100"
+            ] + tiny)
         XCTAssertEqual(r.status, 0, r.stderr)
-        r = try metatrain(["evaluate", "--data", dir + "/nb.h5", "--checkpoint", dir + "/pre/best.h5", "--checkpoint", dir + "/meta/final.h5",
-                           "--split", "val"])
+        r = try metatrain([
+            "evaluate", "--data", dir + "/nb.h5", "--checkpoint", dir + "/pre/best.h5", "--checkpoint",
+            dir + "/meta/final.h5",
+            "--split", "val"
+        ])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("| pre | few-shot |") && r.stdout.contains("| meta | few-shot |"), r.stdout)
 
         // Broken inputs: one line naming the file and row; no output file.
         let breakIt = """
-        import sys, pyarrow as pa, pyarrow.parquet as pq
-        p = sys.argv[1] + "/episodes_val.parquet"
-        rows = pq.read_table(p).to_pylist()
-        rows[1]["query_pair_ids"] = rows[1]["query_pair_ids"] + [999999]
-        pq.write_table(pa.Table.from_pylist(rows), p)
-        """
+            import sys, pyarrow as pa, pyarrow.parquet as pq
+            p = sys.argv[1] + "/episodes_val.parquet"
+            rows = pq.read_table(p).to_pylist()
+            rows[1]["query_pair_ids"] = rows[1]["query_pair_ids"] + [999999]
+            pq.write_table(pa.Table.from_pylist(rows), p)
+            """
         try breakIt.write(toFile: dir + "/break.py", atomically: true, encoding: .utf8)
         (status, text) = try python([dir + "/break.py", data])
         XCTAssertEqual(status, 0, text)
         (status, text) = try python([tool, "--dir", data, "--out", dir + "/broken.h5"])
         XCTAssertEqual(status, 1)
-        XCTAssertEqual(text, "error: \(data)/episodes_val.parquet: row 1: query pair 999999 is not in the pairs files\n")
+        XCTAssertEqual(
+            text, "error: \(data)/episodes_val.parquet: row 1: query pair 999999 is not in the pairs files\n")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/broken.h5"))
         (status, text) = try python([tool, "--dir", dir + "/nowhere", "--out", dir + "/broken.h5"])
         XCTAssertEqual(status, 1)
@@ -163,7 +180,7 @@ final class DataInTests: XCTestCase {
             ("trace_summary.py", [dir + "/missing.jsonl"], "missing.jsonl"),
             ("trace_summary.py", [dir + "/bad.jsonl"], "bad.jsonl:1"),
             ("plot_run.py", [dir + "/no-run"], "no-run"),
-            ("import_notebooks.py", ["--dir", dir + "/none", "--out", dir + "/x.h5"], "none"),
+            ("import_notebooks.py", ["--dir", dir + "/none", "--out", dir + "/x.h5"], "none")
         ]
         for c in cases {
             let (status, text) = try python([toolsDirectory.appendingPathComponent(c.tool).path] + c.args)

@@ -12,14 +12,18 @@ final class DistributedTests: XCTestCase {
     static let data = dir + "/data.h5"
     nonisolated(unsafe) static var prepared = false
     /// Small but real: 8 tasks per iteration in chunks of 2, validation and checkpoints on the way.
-    let small = ["--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12", "--set", "maml.meta_batch_size=8",
-                 "--set", "maml.chunk_size=2", "--set", "maml.inner_steps=2", "--set", "maml.inner_lr=0.1",
-                 "--set", "maml.outer_lr=0.01", "--set", "eval.every=5", "--set", "eval.val_episodes=8",
-                 "--set", "checkpoint.every=4", "--set", "checkpoint.keep=2"]
+    let small = [
+        "--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12", "--set", "maml.meta_batch_size=8",
+        "--set", "maml.chunk_size=2", "--set", "maml.inner_steps=2", "--set", "maml.inner_lr=0.1",
+        "--set", "maml.outer_lr=0.01", "--set", "eval.every=5", "--set", "eval.val_episodes=8",
+        "--set", "checkpoint.every=4", "--set", "checkpoint.keep=2"
+    ]
 
     override func setUpWithError() throws {
         if DistributedTests.prepared { return }
-        var r = try metatrain(["synth", "--out", DistributedTests.dir + "/e.csv", "--users", "100", "--courses", "20", "--seed", "3"])
+        var r = try metatrain([
+            "synth", "--out", DistributedTests.dir + "/e.csv", "--users", "100", "--courses", "20", "--seed", "3"
+        ])
         XCTAssertEqual(r.status, 0, r.stderr)
         r = try metatrain(["prepare", "--events", DistributedTests.dir + "/e.csv", "--out", DistributedTests.data])
         XCTAssertEqual(r.status, 0, r.stderr)
@@ -35,8 +39,11 @@ final class DistributedTests: XCTestCase {
             let run = DistributedTests.dir + "/w\(n)" + (socket ? "-socket" : "")
             // The first 2-worker run also records its timeline: tracing must not change the bits.
             let trace = n == 2 && !socket ? ["--trace", run + "/trace"] : []
-            let r = try metatrain(["train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "\(n)",
-                                   "--set", "maml.iterations=12"] + small + trace + (socket ? ["--no-shared-memory"] : []))
+            let r = try metatrain(
+                [
+                    "train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "\(n)",
+                    "--set", "maml.iterations=12"
+                ] + small + trace + (socket ? ["--no-shared-memory"] : []))
             XCTAssertEqual(r.status, 0, r.stderr)
             if !trace.isEmpty { try checkTrace(run + "/trace") }
             let log = try String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)
@@ -47,8 +54,9 @@ final class DistributedTests: XCTestCase {
             let metrics = try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
             XCTAssertEqual(metrics.count, 12)
             XCTAssertTrue(metrics[4].contains("val_hr@10"), String(metrics[4]))
-            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints").sorted(),
-                           ["iter-000008.h5", "iter-000012.h5"])
+            XCTAssertEqual(
+                try FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints").sorted(),
+                ["iter-000008.h5", "iter-000012.h5"])
             XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/best.h5"))
         }
         XCTAssertEqual(finals[0], finals[1], "1 vs 2 workers")
@@ -60,14 +68,19 @@ final class DistributedTests: XCTestCase {
     /// rates travel next to θ in every result and broadcast): 1 worker and 2 give the
     /// same bits, through shared memory and through the socket alike.
     func testMAMLAndMetaSGDAreBitIdenticalForOneAndTwoWorkers() throws {
-        for (name, variant) in [("maml", ["maml.algorithm=maml", "maml.residual_lambda=0.1"]),
-                                ("metasgd", ["maml.algorithm=metasgd", "maml.second_order=true", "maml.inner_lr=0.05"])] {
+        for (name, variant) in [
+            ("maml", ["maml.algorithm=maml", "maml.residual_lambda=0.1"]),
+            ("metasgd", ["maml.algorithm=metasgd", "maml.second_order=true", "maml.inner_lr=0.05"])
+        ] {
             var finals: [Data] = []
             for (n, socket) in [(1, false), (2, false), (2, true)] {
                 let run = DistributedTests.dir + "/\(name)-w\(n)" + (socket ? "-socket" : "")
-                let r = try metatrain(["train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "\(n)",
-                                       "--set", "maml.iterations=6"] + small + variant.flatMap { ["--set", $0] }
-                                      + (socket ? ["--no-shared-memory"] : []))
+                let r = try metatrain(
+                    [
+                        "train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "\(n)",
+                        "--set", "maml.iterations=6"
+                    ] + small + variant.flatMap { ["--set", $0] }
+                        + (socket ? ["--no-shared-memory"] : []))
                 XCTAssertEqual(r.status, 0, r.stderr)
                 finals.append(try bytes(run + "/final.h5"))
             }
@@ -85,14 +98,16 @@ final class DistributedTests: XCTestCase {
         let sent = Set(coordinator.filter { $0.event == .send }.map(\.n))
         XCTAssertEqual(Set(coordinator.filter { $0.event == .result }.map(\.n)), sent)
         // One connection for the host: one train block per iteration (the whole tree) plus the eval units.
-        XCTAssertEqual(coordinator.filter { $0.event == .result }.count, 12 + 2 * 4, "12 blocks and 2 validations of 4 units")
+        XCTAssertEqual(
+            coordinator.filter { $0.event == .result }.count, 12 + 2 * 4, "12 blocks and 2 validations of 4 units")
         let agent = try Trace.read(dir + "/agents/local.jsonl")
         XCTAssertTrue(agent.allSatisfy { $0.process == "local" })
         XCTAssertEqual(Set(agent.filter { $0.event == .computed }.map(\.n)), sent)
         XCTAssertEqual(agent.filter { $0.event == .sent }.map(\.n), agent.filter { $0.event == .computed }.map(\.n))
         let versions = agent.filter { $0.event == .weights }.map(\.n)
         XCTAssertEqual(Set(versions), Set(0...12), "the agent takes every version")
-        XCTAssertLessThanOrEqual(versions.count, 13 + agent.filter { $0.event == .fetch }.count, "once (or fetched once more)")
+        XCTAssertLessThanOrEqual(
+            versions.count, 13 + agent.filter { $0.event == .fetch }.count, "once (or fetched once more)")
         var merged = coordinator
         for w in 1...2 {
             let records = try Trace.read(dir + "/worker-\(w).jsonl")
@@ -107,7 +122,9 @@ final class DistributedTests: XCTestCase {
         XCTAssertGreaterThan(IterationBreakdown(merged, versions: 2...12).iterations, 0)
         // tools/trace_summary.py reads the same files.
         if (try? python(["--version"]))?.0 == 0 {
-            let (status, text) = try python([toolsDirectory.appendingPathComponent("trace_summary.py").path, dir, "--skip", "1"])
+            let (status, text) = try python([
+                toolsDirectory.appendingPathComponent("trace_summary.py").path, dir, "--skip", "1"
+            ])
             XCTAssertEqual(status, 0, text)
             XCTAssertTrue(text.contains("11 iterations, 2 worker(s)"), text)
         }
@@ -123,12 +140,15 @@ final class DistributedTests: XCTestCase {
         let p = try startDetached(["train", "--run-dir", killed] + args)
         // (A checkpoint being written shows first as a hidden temporary file: wait for a whole one.)
         let deadline = Date().addingTimeInterval(120)
-        while ((try? FileManager.default.contentsOfDirectory(atPath: killed + "/checkpoints")) ?? []).filter({ !$0.hasPrefix(".") }).isEmpty
-                && Date() < deadline {
+        while ((try? FileManager.default.contentsOfDirectory(atPath: killed + "/checkpoints")) ?? []).filter({
+            !$0.hasPrefix(".")
+        }).isEmpty
+            && Date() < deadline
+        {
             Thread.sleep(forTimeInterval: 0.005)
         }
-        Thread.sleep(forTimeInterval: Double.random(in: 0...0.05))   // anywhere: mid-iteration, mid-eval, mid-write
-        p.killGroup()   // SIGKILL the train process (the coordinator)
+        Thread.sleep(forTimeInterval: Double.random(in: 0...0.05)) // anywhere: mid-iteration, mid-eval, mid-write
+        p.killGroup() // SIGKILL the train process (the coordinator)
         p.wait()
         // Its workers notice their parent is gone and exit on their own.
         let gone = Date().addingTimeInterval(10)
@@ -141,7 +161,8 @@ final class DistributedTests: XCTestCase {
         XCTAssertEqual(try bytes(killed + "/final.h5"), try bytes(whole + "/final.h5"))
         // Killed mid-write or not, no temporary file is left behind.
         for dir in [killed, killed + "/checkpoints"] {
-            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.contains(".tmp-") }, [], dir)
+            XCTAssertEqual(
+                try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.contains(".tmp-") }, [], dir)
         }
         let lines = try String(contentsOfFile: killed + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
         let wholeLines = try String(contentsOfFile: whole + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
@@ -164,14 +185,18 @@ final class DistributedTests: XCTestCase {
         let first = try startDetached(["coordinator", "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + args)
         let endpoint = try waitForEndpoint(run + "/coordinator.log")
         let workers = try (0..<2).map { i in
-            try startDetached(["worker", "--connect", endpoint, "--data", DistributedTests.data, "--name", "w\(i)"]
-                              + (i == 1 ? ["--no-shared-memory", "--procs", "1"] : ["--procs", "2"]))
+            try startDetached(
+                ["worker", "--connect", endpoint, "--data", DistributedTests.data, "--name", "w\(i)"]
+                    + (i == 1 ? ["--no-shared-memory", "--procs", "1"] : ["--procs", "2"]))
         }
         defer { for w in workers { w.killGroup(); w.wait() } }
         // A whole checkpoint (not the temporary file one is written under) to resume from.
         let deadline = Date().addingTimeInterval(60)
-        while !((try? FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints")) ?? []).contains(where: { $0.hasPrefix("iter-") })
-              && Date() < deadline {
+        while !((try? FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints")) ?? []).contains(where: {
+            $0.hasPrefix("iter-")
+        })
+            && Date() < deadline
+        {
             Thread.sleep(forTimeInterval: 0.005)
         }
         first.killGroup()
@@ -198,8 +223,9 @@ final class DistributedTests: XCTestCase {
             throw XCTSkip("needs root and setpriv to run the worker as another user")
         }
         let run = DistributedTests.dir + "/asymmetric", traces = DistributedTests.dir + "/asymmetric-trace"
-        try FileManager.default.createDirectory(atPath: traces, withIntermediateDirectories: true,
-                                                attributes: [.posixPermissions: 0o777])
+        try FileManager.default.createDirectory(
+            atPath: traces, withIntermediateDirectories: true,
+            attributes: [.posixPermissions: 0o777])
         // The other user needs the binary and the dataset, wherever the checkout lies.
         let binary = DistributedTests.dir + "/metatrain-other-user"
         try? FileManager.default.removeItem(atPath: binary)
@@ -212,19 +238,26 @@ final class DistributedTests: XCTestCase {
         check.standardOutput = FileHandle.nullDevice; check.standardError = FileHandle.nullDevice
         try check.run(); check.waitUntilExit()
         guard check.terminationStatus == 0 else { throw XCTSkip("user nobody cannot run \(binary)") }
-        let coord = try startDetached(["coordinator", "--data", DistributedTests.data, "--run-dir", run,
-                                       "--bind", "tcp://127.0.0.1:0", "--set", "maml.iterations=12"] + small)
+        let coord = try startDetached(
+            [
+                "coordinator", "--data", DistributedTests.data, "--run-dir", run,
+                "--bind", "tcp://127.0.0.1:0", "--set", "maml.iterations=12"
+            ] + small)
         defer { coord.killGroup(); coord.wait() }
         let endpoint = try waitForEndpoint(run + "/coordinator.log")
         // A host agent of 2 processes: it joins again without shared memory while its processes start. It
         // starts in a directory its user cannot enter (as from a private checkout): its processes start all the same.
         let closed = DistributedTests.dir + "/closed"
-        try FileManager.default.createDirectory(atPath: closed, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let p = try startDetached(["worker", "--connect", endpoint, "--data", DistributedTests.data, "--name", "other-user",
-                                   "--procs", "2", "--verbose", "--trace", traces + "/worker.jsonl"],
-                                  stderr: traces + "/worker.err",
-                                  prefix: ["/bin/sh", "-c", "cd \"$0\" && exec \"$@\"", closed, "/usr/bin/setpriv"] + asNobody.dropLast(),
-                                  binary: binary)
+        try FileManager.default.createDirectory(
+            atPath: closed, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let p = try startDetached(
+            [
+                "worker", "--connect", endpoint, "--data", DistributedTests.data, "--name", "other-user",
+                "--procs", "2", "--verbose", "--trace", traces + "/worker.jsonl"
+            ],
+            stderr: traces + "/worker.err",
+            prefix: ["/bin/sh", "-c", "cd \"$0\" && exec \"$@\"", closed, "/usr/bin/setpriv"] + asNobody.dropLast(),
+            binary: binary)
         defer { p.killGroup(); p.wait() }
         let status = p.wait(seconds: 120)
         let stderr = (try? String(contentsOfFile: traces + "/worker.err", encoding: .utf8)) ?? ""
@@ -257,7 +290,8 @@ final class DistributedTests: XCTestCase {
         /// The parent of a process (nil once it is gone).
         func parent(_ pid: Int32) -> Int32? {
             guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-                  let close = stat.lastIndex(of: ")") else { return nil }
+                let close = stat.lastIndex(of: ")")
+            else { return nil }
             return Int32(stat[stat.index(close, offsetBy: 2)...].split(separator: " ")[1])
         }
         /// The process below train running `worker --name NAME` (its child, or a child of its host agent).
@@ -265,7 +299,8 @@ final class DistributedTests: XCTestCase {
             let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
             return entries.compactMap { Int32($0) }.first { pid in
                 guard let up = parent(pid), up == p.pid || parent(up) == p.pid,
-                      let raw = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return false }
+                    let raw = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))
+                else { return false }
                 let cmd = String(decoding: raw.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
                 return cmd.contains(" worker ") && cmd.contains("--name \(name) ")
             }
@@ -307,8 +342,10 @@ final class DistributedTests: XCTestCase {
         let args = ["--data", DistributedTests.data, "--workers", "2", "--set", "maml.iterations=100000"] + small
         let p = try startDetached(["train", "--run-dir", run] + args)
         let deadline = Date().addingTimeInterval(60)
-        while ((try? String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8)) ?? "").split(separator: "\n").count < 10
-                && Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+        while ((try? String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8)) ?? "").split(separator: "\n")
+            .count < 10
+            && Date() < deadline
+        { Thread.sleep(forTimeInterval: 0.01) }
         kill(p.pid, SIGINT)
         XCTAssertEqual(p.wait(), 130)
         let log = try String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)
@@ -323,20 +360,31 @@ final class DistributedTests: XCTestCase {
 
     func testMismatchedDatasetAndProtocolAreRefusedOnBothSides() throws {
         let run = DistributedTests.dir + "/refuse"
-        let coord = try startDetached(["coordinator", "--data", DistributedTests.data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
-                                       "--set", "maml.iterations=5"] + small)
+        let coord = try startDetached(
+            [
+                "coordinator", "--data", DistributedTests.data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
+                "--set", "maml.iterations=5"
+            ] + small)
         defer { coord.killGroup(); coord.wait() }
         let endpoint = try waitForEndpoint(run + "/coordinator.log")
         // Another dataset: fingerprint mismatch.
-        var r = try metatrain(["synth", "--out", DistributedTests.dir + "/o.csv", "--users", "50", "--courses", "20", "--seed", "4"])
-        r = try metatrain(["prepare", "--events", DistributedTests.dir + "/o.csv", "--out", DistributedTests.dir + "/o.h5"])
+        var r = try metatrain([
+            "synth", "--out", DistributedTests.dir + "/o.csv", "--users", "50", "--courses", "20", "--seed", "4"
+        ])
+        r = try metatrain([
+            "prepare", "--events", DistributedTests.dir + "/o.csv", "--out", DistributedTests.dir + "/o.h5"
+        ])
         r = try metatrain(["worker", "--connect", endpoint, "--data", DistributedTests.dir + "/o.h5"])
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.hasPrefix("error: ") && r.stderr.contains("dataset fingerprint mismatch"), r.stderr)
         // Another protocol version.
-        r = try metatrain(["worker", "--connect", endpoint, "--data", DistributedTests.data, "--protocol-version", "99"])
+        r = try metatrain(["worker", "--connect", endpoint, "--data", DistributedTests.data, "--protocol-version", "99"]
+        )
         XCTAssertEqual(r.status, 1)
-        XCTAssertTrue(r.stderr.contains("protocol version mismatch: worker speaks 99, coordinator speaks \(Envelope.protocolVersion)"), r.stderr)
+        XCTAssertTrue(
+            r.stderr.contains(
+                "protocol version mismatch: worker speaks 99, coordinator speaks \(Envelope.protocolVersion)"), r.stderr
+        )
         var log = try String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)
         XCTAssertTrue(log.contains("refused worker") && log.contains("dataset fingerprint"), log)
         XCTAssertTrue(log.contains("speaks protocol version 99"), log)
@@ -346,8 +394,9 @@ final class DistributedTests: XCTestCase {
         try junk.connect(endpoint)
         try junk.send([Array("GET / HTTP/1.1".utf8)])
         let v = Envelope.protocolVersion
-        try junk.send([Array("MTRN".utf8) + [UInt8(v & 0xff), UInt8(v >> 8), 5, 3, 0, 0, 0]])   // valid header, truncated body
-        try junk.send([[1, 2], [3, 4]])                                    // two frames
+        // A valid header, a truncated body.
+        try junk.send([Array("MTRN".utf8) + [UInt8(v & 0xff), UInt8(v >> 8), 5, 3, 0, 0, 0]])
+        try junk.send([[1, 2], [3, 4]]) // two frames
         Thread.sleep(forTimeInterval: 0.3)
         r = try metatrain(["worker", "--connect", endpoint, "--data", DistributedTests.data])
         XCTAssertEqual(r.status, 0, r.stderr)
@@ -360,8 +409,12 @@ final class DistributedTests: XCTestCase {
     func testEarlyStoppingAfterPatienceEvaluations() throws {
         // No learning (outer_lr 0): the first validation is the best, the next two are not.
         let run = DistributedTests.dir + "/early"
-        let r = try metatrain(["train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "1"] + small
-                              + ["--set", "maml.iterations=50", "--set", "maml.outer_lr=0", "--set", "eval.every=2", "--set", "eval.patience=2"])
+        let r = try metatrain(
+            ["train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "1"] + small
+                + [
+                    "--set", "maml.iterations=50", "--set", "maml.outer_lr=0", "--set", "eval.every=2", "--set",
+                    "eval.patience=2"
+                ])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stderr.contains("early stop at iteration 6"), r.stderr)
         XCTAssertEqual(try CheckpointFile.read(run + "/final.h5").iteration, 6)
@@ -370,28 +423,37 @@ final class DistributedTests: XCTestCase {
 
     func testWarmStartLoadsPretrainedWeightsAndChecksShapes() throws {
         let pre = DistributedTests.dir + "/pre"
-        var r = try metatrain(["pretrain", "--data", DistributedTests.data, "--run-dir", pre, "--set", "pretrain.epochs=1",
-                               "--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12"])
+        var r = try metatrain([
+            "pretrain", "--data", DistributedTests.data, "--run-dir", pre, "--set", "pretrain.epochs=1",
+            "--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12"
+        ])
         XCTAssertEqual(r.status, 0, r.stderr)
         // Zero iterations: final.h5 holds exactly the warm-start weights.
         let run = DistributedTests.dir + "/warm"
-        r = try metatrain(["train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "1"] + small
-                          + ["--set", "maml.iterations=0", "--set", "warm_start.checkpoint=\(pre)/best.h5"])
+        r = try metatrain(
+            ["train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "1"] + small
+                + ["--set", "maml.iterations=0", "--set", "warm_start.checkpoint=\(pre)/best.h5"])
         XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertEqual(try CheckpointFile.read(run + "/final.h5").params.array, try CheckpointFile.read(pre + "/best.h5").params.array)
+        XCTAssertEqual(
+            try CheckpointFile.read(run + "/final.h5").params.array,
+            try CheckpointFile.read(pre + "/best.h5").params.array)
         // Frozen embeddings stay exactly the pretrained ones while the rest learns.
         let frozen = DistributedTests.dir + "/frozen"
-        r = try metatrain(["train", "--data", DistributedTests.data, "--run-dir", frozen, "--workers", "1"] + small
-                          + ["--set", "maml.iterations=5", "--set", "warm_start.checkpoint=\(pre)/best.h5",
-                             "--set", "warm_start.freeze_embeddings=true"])
+        r = try metatrain(
+            ["train", "--data", DistributedTests.data, "--run-dir", frozen, "--workers", "1"] + small
+                + [
+                    "--set", "maml.iterations=5", "--set", "warm_start.checkpoint=\(pre)/best.h5",
+                    "--set", "warm_start.freeze_embeddings=true"
+                ])
         XCTAssertEqual(r.status, 0, r.stderr)
         let a = try CheckpointFile.read(frozen + "/final.h5"), b = try CheckpointFile.read(pre + "/best.h5")
         let emb = a.layout["embedding.weight"].range
         XCTAssertEqual(Array(a.params.array[emb]), Array(b.params.array[emb]))
         XCTAssertNotEqual(Array(a.params.array[emb.upperBound...]), Array(b.params.array[emb.upperBound...]))
         // Another model size is refused with both shapes named.
-        r = try metatrain(["train", "--data", DistributedTests.data, "--run-dir", DistributedTests.dir + "/badwarm", "--workers", "1"]
-                          + small + ["--set", "model.hidden_dim=16", "--set", "warm_start.checkpoint=\(pre)/best.h5"])
+        r = try metatrain(
+            ["train", "--data", DistributedTests.data, "--run-dir", DistributedTests.dir + "/badwarm", "--workers", "1"]
+                + small + ["--set", "model.hidden_dim=16", "--set", "warm_start.checkpoint=\(pre)/best.h5"])
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.contains("warm-start checkpoint has E 8, H 12"), r.stderr)
     }
@@ -404,8 +466,11 @@ final class DistributedTests: XCTestCase {
         for n in [1, 2] {
             let run = DistributedTests.dir + "/nostart-\(n)"
             setenv("METATRAIN_TEST_FAIL_AT_START", "1", 1)
-            let p = try startDetached(["train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "\(n)",
-                                       "--set", "maml.iterations=5"] + small, stderr: run + ".err")
+            let p = try startDetached(
+                [
+                    "train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "\(n)",
+                    "--set", "maml.iterations=5"
+                ] + small, stderr: run + ".err")
             unsetenv("METATRAIN_TEST_FAIL_AT_START")
             defer { p.killGroup(); p.wait() }
             let status = p.wait(seconds: 120)
@@ -424,18 +489,25 @@ final class DistributedTests: XCTestCase {
     /// A crash is a fault signal; a process that is killed is no crash (see testTrainStartsAKilledWorkerAgain).
     func testAUnitThatCrashesWorkersTwiceStopsTheRun() throws {
         let seed = 20260107
-        let episode = MetaBatchSampler(dataset: try DatasetFile.read(DistributedTests.data), seed: UInt64(seed), batchSize: 8)
-            .batch(iteration: 6)[0]
+        let episode = MetaBatchSampler(
+            dataset: try DatasetFile.read(DistributedTests.data), seed: UInt64(seed), batchSize: 8
+        )
+        .batch(iteration: 6)[0]
         for n in [1, 2] {
             let run = DistributedTests.dir + "/crash-\(n)"
-            let r = try metatrain(["train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "\(n)",
-                                   "--set", "maml.iterations=40", "--set", "seed=\(seed)"] + small,
-                                  environment: ["METATRAIN_TEST_CRASH_ON_EPISODE": "\(episode)", "SWIFT_BACKTRACE": "enable=no"])
+            let r = try metatrain(
+                [
+                    "train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "\(n)",
+                    "--set", "maml.iterations=40", "--set", "seed=\(seed)"
+                ] + small,
+                environment: ["METATRAIN_TEST_CRASH_ON_EPISODE": "\(episode)", "SWIFT_BACKTRACE": "enable=no"])
             XCTAssertEqual(r.status, 1, r.stderr)
             let error = r.stderr.split(separator: "\n").last { $0.hasPrefix("error: ") }.map(String.init) ?? ""
             XCTAssertTrue(error.contains("crashed the processes that computed it"), r.stderr)
             XCTAssertTrue(error.contains("(signal "), error)
-            XCTAssertTrue(error.range(of: "episodes ([0-9]+,)*\(episode)[,)]", options: .regularExpression) != nil, "episode \(episode): \(error)")
+            XCTAssertTrue(
+                error.range(of: "episodes ([0-9]+,)*\(episode)[,)]", options: .regularExpression) != nil,
+                "episode \(episode): \(error)")
             if n == 2 { XCTAssertTrue(error.contains("failed on worker local, the only one live"), error) }
             XCTAssertTrue(r.stderr.contains("kept the last good state"), r.stderr)
             XCTAssertFalse(FileManager.default.fileExists(atPath: run + "/final.h5"))
@@ -472,7 +544,9 @@ struct GroupProcess {
 
 /// Starts `metatrain ARGS` in its own process group; its stderr goes to `stderr` (a file) if given. With a
 /// `prefix` (e.g. `ip netns exec NS`) that command runs metatrain (it MUST exec it, keeping the pid).
-func startDetached(_ args: [String], stderr: String? = nil, prefix: [String] = [], binary: String? = nil) throws -> GroupProcess {
+func startDetached(_ args: [String], stderr: String? = nil, prefix: [String] = [], binary: String? = nil) throws
+    -> GroupProcess
+{
     var attr = posix_spawnattr_t()
     posix_spawnattr_init(&attr)
     defer { posix_spawnattr_destroy(&attr) }
@@ -482,7 +556,8 @@ func startDetached(_ args: [String], stderr: String? = nil, prefix: [String] = [
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
     posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 2, stderr ?? "/dev/null", stderr == nil ? O_WRONLY : O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    posix_spawn_file_actions_addopen(
+        &actions, 2, stderr ?? "/dev/null", stderr == nil ? O_WRONLY : O_WRONLY | O_CREAT | O_TRUNC, 0o644)
     let command = prefix + [binary ?? metatrainPath()] + args
     let argv = command.map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }

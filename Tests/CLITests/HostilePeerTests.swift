@@ -11,9 +11,11 @@ import XCTest
 /// the run with the weights of a run that never met it.
 final class HostilePeerTests: XCTestCase {
     static let dir = freshDir("hostile")
-    let args = ["--set", "maml.iterations=20", "--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12",
-                "--set", "maml.meta_batch_size=8", "--set", "maml.chunk_size=2", "--set", "maml.inner_steps=2",
-                "--set", "eval.every=10", "--set", "eval.val_episodes=8", "--set", "checkpoint.every=100"]
+    let args = [
+        "--set", "maml.iterations=20", "--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12",
+        "--set", "maml.meta_batch_size=8", "--set", "maml.chunk_size=2", "--set", "maml.inner_steps=2",
+        "--set", "eval.every=10", "--set", "eval.val_episodes=8", "--set", "checkpoint.every=100"
+    ]
 
     func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
 
@@ -22,8 +24,11 @@ final class HostilePeerTests: XCTestCase {
         let whole = HostilePeerTests.dir + "/whole"
         XCTAssertEqual(try metatrain(["train", "--data", data, "--run-dir", whole, "--workers", "1"] + args).status, 0)
         let run = HostilePeerTests.dir + "/run"
-        let coord = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
-                                       "--worker-timeout", "600"] + args, stderr: run + ".err")
+        let coord = try startDetached(
+            [
+                "coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
+                "--worker-timeout", "600"
+            ] + args, stderr: run + ".err")
         defer { coord.killGroup(); coord.wait() }
         let endpoint = try waitForEndpoint(run + "/coordinator.log")
         let dataset = try DatasetFile.read(data)
@@ -46,38 +51,62 @@ final class HostilePeerTests: XCTestCase {
             throw NSError(domain: "no such message from the coordinator in 30 s", code: 1)
         }
         try send(.hello(Hello(workerName: "liar", datasetFingerprint: dataset.fingerprint)))
-        runId = try next { if case .welcome = $0 { return true }; return false }.runId
+        runId = try next {
+            if case .welcome = $0 { return true }; return false
+        }.runId
         try send(.ready)
         func work() throws -> WorkUnit {
-            guard case .work(let u) = try next({ if case .work = $0 { return true }; return false }).message else { fatalError() }
+            guard
+                case .work(let u) = try next({
+                    if case .work = $0 { return true }; return false
+                }).message
+            else { fatalError() }
             return u
         }
         // Three lies, each about the next unit it is given: NaN, one float, 2^62 tasks.
         var u = try work()
-        try send(.trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: Floats([Float](repeating: .nan, count: n)),
-                                          gradAlpha: [], lossSum: 1, tasks: u.episodes.count)))
+        try send(
+            .trainResult(
+                TrainResult(
+                    unitId: u.id, version: u.version, gradTheta: Floats([Float](repeating: .nan, count: n)),
+                    gradAlpha: [], lossSum: 1, tasks: u.episodes.count)))
         u = try work()
-        try send(.trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: [1], gradAlpha: [], lossSum: 1, tasks: u.episodes.count)))
+        try send(
+            .trainResult(
+                TrainResult(
+                    unitId: u.id, version: u.version, gradTheta: [1], gradAlpha: [], lossSum: 1, tasks: u.episodes.count
+                )))
         u = try work()
-        try send(.trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: Floats([Float](repeating: 0, count: n)),
-                                          gradAlpha: [], lossSum: 1, tasks: 1 << 62)))
+        try send(
+            .trainResult(
+                TrainResult(
+                    unitId: u.id, version: u.version, gradTheta: Floats([Float](repeating: 0, count: n)),
+                    gradAlpha: [], lossSum: 1, tasks: 1 << 62)))
         let deadline = Date().addingTimeInterval(30)
         while !read(run + "/coordinator.log").contains("worker liar sent 3 bad results") && Date() < deadline {
             Thread.sleep(forTimeInterval: 0.02)
         }
         // A result for a unit it holds no longer, after it was dropped: asked to introduce itself, nothing more.
-        try send(.trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: [1], gradAlpha: [], lossSum: 1, tasks: 1)))
+        try send(
+            .trainResult(
+                TrainResult(unitId: u.id, version: u.version, gradTheta: [1], gradAlpha: [], lossSum: 1, tasks: 1)))
 
         let honest = try metatrain(["worker", "--connect", endpoint, "--data", data, "--procs", "1"])
         XCTAssertEqual(honest.status, 0, honest.stderr)
         XCTAssertEqual(coord.wait(seconds: 60), 0, read(run + ".err"))
         let log = read(run + "/coordinator.log")
-        XCTAssertTrue(log.contains("dropped a bad result from worker liar (1 of 3 allowed): unit") && log.contains(": non-finite values"), log)
-        XCTAssertTrue(log.contains("(2 of 3 allowed): unit") && log.contains("gradients of 1+0 floats, the model has \(n)+0"), log)
-        XCTAssertTrue(log.contains("worker liar sent 3 bad results (the last: unit \(u.id): it claims \(1 << 62) tasks"), log)
+        XCTAssertTrue(
+            log.contains("dropped a bad result from worker liar (1 of 3 allowed): unit")
+                && log.contains(": non-finite values"), log)
+        XCTAssertTrue(
+            log.contains("(2 of 3 allowed): unit") && log.contains("gradients of 1+0 floats, the model has \(n)+0"), log
+        )
+        XCTAssertTrue(
+            log.contains("worker liar sent 3 bad results (the last: unit \(u.id): it claims \(1 << 62) tasks"), log)
         XCTAssertTrue(log.contains("finished 20 iterations"), log)
-        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
-                       try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")), "the lies changed the weights")
+        XCTAssertEqual(
+            try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
+            try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")), "the lies changed the weights")
     }
 
     /// Finite gradients whose sum overflows are never applied: the coordinator
@@ -85,8 +114,9 @@ final class HostilePeerTests: XCTestCase {
     func testAnOverflowingSumStopsTheRunWithoutTakingTheStep() throws {
         let data = try syntheticDataset(in: HostilePeerTests.dir)
         let run = HostilePeerTests.dir + "/overflow"
-        let coord = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + args,
-                                      stderr: run + ".err")
+        let coord = try startDetached(
+            ["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + args,
+            stderr: run + ".err")
         defer { coord.killGroup(); coord.wait() }
         let endpoint = try waitForEndpoint(run + "/coordinator.log")
         let dataset = try DatasetFile.read(data)
@@ -97,7 +127,11 @@ final class HostilePeerTests: XCTestCase {
         var runIds = ["", ""]
         for (i, peer) in peers.enumerated() {
             try peer.connect(endpoint)
-            try peer.send([Envelope(runId: "", message: .hello(Hello(workerName: "huge\(i)", datasetFingerprint: dataset.fingerprint))).encode()])
+            try peer.send([
+                Envelope(
+                    runId: "", message: .hello(Hello(workerName: "huge\(i)", datasetFingerprint: dataset.fingerprint))
+                ).encode()
+            ])
         }
         let deadline = Date().addingTimeInterval(30)
         var answered = 0
@@ -105,20 +139,31 @@ final class HostilePeerTests: XCTestCase {
         while status == nil && Date() < deadline {
             status = coord.wait(seconds: 0.01)
             for (i, peer) in peers.enumerated() {
-                guard let frames = try peer.receive(timeoutMs: 20), frames.count == 1, let e = try? Envelope.decode(frames[0]) else { continue }
+                guard let frames = try peer.receive(timeoutMs: 20), frames.count == 1,
+                    let e = try? Envelope.decode(frames[0])
+                else { continue }
                 switch e.message {
                 case .welcome:
                     // Both say ready once both are in: the first meta-batch (planned before anyone joined)
                     // is one block; the second goes out in blocks over both.
                     runIds[i] = e.runId
                     if !runIds.contains("") {
-                        for (k, p) in peers.enumerated() { try p.send([Envelope(runId: runIds[k], message: .ready).encode()]) }
+                        for (k, p) in peers.enumerated() {
+                            try p.send([Envelope(runId: runIds[k], message: .ready).encode()])
+                        }
                     }
                 case .work(let u):
                     answered += 1
-                    try peer.send([Envelope(runId: runIds[i], message: .trainResult(TrainResult(
-                        unitId: u.id, version: u.version, gradTheta: Floats([Float](repeating: 3e38, count: n)), gradAlpha: [],
-                        lossSum: 1, tasks: u.episodes.count))).encode()])
+                    try peer.send([
+                        Envelope(
+                            runId: runIds[i],
+                            message: .trainResult(
+                                TrainResult(
+                                    unitId: u.id, version: u.version,
+                                    gradTheta: Floats([Float](repeating: 3e38, count: n)), gradAlpha: [],
+                                    lossSum: 1, tasks: u.episodes.count))
+                        ).encode()
+                    ])
                 default: break
                 }
             }
@@ -126,7 +171,8 @@ final class HostilePeerTests: XCTestCase {
         XCTAssertEqual(status, 1)
         XCTAssertEqual(answered, 1 + 4, "one block, then at most two per connection, and no step taken")
         let err = read(run + ".err"), log = read(run + "/coordinator.log")
-        XCTAssertTrue(err.contains("error: iteration 2: the summed meta-gradient is not finite (units of episodes ["), err)
+        XCTAssertTrue(
+            err.contains("error: iteration 2: the summed meta-gradient is not finite (units of episodes ["), err)
         XCTAssertEqual(err.components(separatedBy: "error: ").count, 2, "said once: \(err)")
         XCTAssertTrue(log.contains("kept the last good state: checkpoints/iter-000001.h5"), log)
         XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/checkpoints/iter-000001.h5"))
@@ -142,14 +188,17 @@ final class HostilePeerTests: XCTestCase {
         let whole = HostilePeerTests.dir + "/whole-junk"
         XCTAssertEqual(try metatrain(["train", "--data", data, "--run-dir", whole, "--workers", "1"] + args).status, 0)
         let run = HostilePeerTests.dir + "/junk"
-        let coord = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
-                                       "--worker-timeout", "600"] + args, stderr: run + ".err")
+        let coord = try startDetached(
+            [
+                "coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
+                "--worker-timeout", "600"
+            ] + args, stderr: run + ".err")
         defer { coord.killGroup(); coord.wait() }
         let endpoint = try waitForEndpoint(run + "/coordinator.log")
         func rss() -> Int {
             let status = read("/proc/\(coord.pid)/status")
             let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
-            return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0   // kB
+            return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0 // kB
         }
         let before = rss()
         let ctx = ZMQContext()
@@ -177,8 +226,9 @@ final class HostilePeerTests: XCTestCase {
         XCTAssertEqual(coord.wait(seconds: 60), 0, read(run + ".err"))
         let log = read(run + "/coordinator.log")
         XCTAssertLessThanOrEqual(log.components(separatedBy: "dropped malformed message").count - 1, 5, log)
-        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
-                       try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")))
+        XCTAssertEqual(
+            try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
+            try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")))
     }
 
     /// 10,000 frames of fuzz from a peer that joined (valid frames mutated:
@@ -189,25 +239,33 @@ final class HostilePeerTests: XCTestCase {
         let data = try syntheticDataset(in: HostilePeerTests.dir)
         let runArgs = args.map { $0 == "maml.iterations=20" ? "maml.iterations=200" : $0 }
         let whole = HostilePeerTests.dir + "/whole-fuzz"
-        XCTAssertEqual(try metatrain(["train", "--data", data, "--run-dir", whole, "--workers", "1"] + runArgs).status, 0)
+        XCTAssertEqual(
+            try metatrain(["train", "--data", data, "--run-dir", whole, "--workers", "1"] + runArgs).status, 0)
         let run = HostilePeerTests.dir + "/fuzz"
-        let coord = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + runArgs,
-                                      stderr: run + ".err")
+        let coord = try startDetached(
+            ["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + runArgs,
+            stderr: run + ".err")
         defer { coord.killGroup(); coord.wait() }
         let endpoint = try waitForEndpoint(run + "/coordinator.log")
         let dataset = try DatasetFile.read(data)
-        let honest = try startDetached(["worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "honest"])
+        let honest = try startDetached([
+            "worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "honest"
+        ])
         defer { honest.killGroup(); honest.wait() }
         let ctx = ZMQContext()
         let peer = try ZMQSocket(ctx, .dealer)
         peer.setRoutingId(Array("fuzzer".utf8))
         try peer.connect(endpoint)
-        let hello = Envelope(runId: "", message: .hello(Hello(workerName: "fuzzer", datasetFingerprint: dataset.fingerprint))).encode()
+        let hello = Envelope(
+            runId: "", message: .hello(Hello(workerName: "fuzzer", datasetFingerprint: dataset.fingerprint))
+        ).encode()
         var runId = ""
         try peer.send([hello])
         let deadline = Date().addingTimeInterval(20)
         while runId.isEmpty && Date() < deadline {
-            if let f = try peer.receive(timeoutMs: 100), let e = try? Envelope.decode(f[0]), case .welcome = e.message { runId = e.runId }
+            if let f = try peer.receive(timeoutMs: 100), let e = try? Envelope.decode(f[0]), case .welcome = e.message {
+                runId = e.runId
+            }
         }
         XCTAssertFalse(runId.isEmpty, "the fuzzer joined")
         // Seeds of valid frames of every kind a worker sends.
@@ -217,32 +275,50 @@ final class HostilePeerTests: XCTestCase {
             Envelope(runId: runId, message: .heartbeat).encode(),
             Envelope(runId: runId, message: .fetchWeights).encode(),
             Envelope(runId: runId, message: .goodbye(reason: "fuzz")).encode(),
-            Envelope(runId: runId, message: .trainResult(TrainResult(unitId: 3, version: 1, gradTheta: [1, 2, 3], gradAlpha: [],
-                                                                     lossSum: 1, tasks: 2))).encode(),
-            Envelope(runId: runId, message: .trainResult(TrainResult(unitId: 4, version: 1, gradTheta: [], gradAlpha: [], lossSum: 1,
-                                                                     tasks: 2, shared: SharedPayload(offset: 4096, thetaCount: 9, alphaCount: 0)))).encode(),
-            Envelope(runId: runId, message: .evalResult(EvalResult(unitId: 5, version: 10, sums: [1, 1, 1, 1, 1, 1], queries: [3], losses: [2]))).encode(),
+            Envelope(
+                runId: runId,
+                message: .trainResult(
+                    TrainResult(
+                        unitId: 3, version: 1, gradTheta: [1, 2, 3], gradAlpha: [],
+                        lossSum: 1, tasks: 2))
+            ).encode(),
+            Envelope(
+                runId: runId,
+                message: .trainResult(
+                    TrainResult(
+                        unitId: 4, version: 1, gradTheta: [], gradAlpha: [], lossSum: 1,
+                        tasks: 2, shared: SharedPayload(offset: 4096, thetaCount: 9, alphaCount: 0)))
+            ).encode(),
+            Envelope(
+                runId: runId,
+                message: .evalResult(
+                    EvalResult(unitId: 5, version: 10, sums: [1, 1, 1, 1, 1, 1], queries: [3], losses: [2]))
+            ).encode()
         ]
         var state: UInt64 = 0x9E37_79B9_7F4A_7C15
-        func next() -> Int { state = state &* 6364136223846793005 &+ 1442695040888963407; return Int(truncatingIfNeeded: state >> 33) }
+        func next() -> Int {
+            state = state &* 6364136223846793005 &+ 1442695040888963407; return Int(truncatingIfNeeded: state >> 33)
+        }
         for i in 0..<10_000 {
             var f = seeds[next() % seeds.count]
             switch next() % 6 {
             case 0: for _ in 0..<(1 + next() % 4) { f[next() % f.count] ^= UInt8(1 << (next() % 8)) }
             case 1: f = Array(f.prefix(next() % f.count))
             case 2: f += (0..<(next() % 64)).map { _ in UInt8(next() & 0xff) }
-            case 3: if f.count > 6 { f[6] = UInt8(next() % 16) }   // another message type
+            case 3: if f.count > 6 { f[6] = UInt8(next() % 16) } // another message type
             case 4: f = (0..<(next() % 200)).map { _ in UInt8(next() & 0xff) }
-            default: if f.count > 20 { for k in 12..<min(f.count, 28) { f[k] = UInt8(next() & 0xff) } }   // counts and ids
+            default: // counts and ids
+                if f.count > 20 { for k in 12..<min(f.count, 28) { f[k] = UInt8(next() & 0xff) } }
             }
             try peer.send([f])
-            if i % 1000 == 999 { try peer.send([hello]) }   // joined again if it was dropped
+            if i % 1000 == 999 { try peer.send([hello]) } // joined again if it was dropped
         }
         XCTAssertEqual(coord.wait(seconds: 120), 0, read(run + ".err"))
         let log = read(run + "/coordinator.log")
         XCTAssertLessThan(log.split(separator: "\n").count, 400, "a bounded log, not a line per frame")
-        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
-                       try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")), "the fuzz changed the weights")
+        XCTAssertEqual(
+            try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
+            try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")), "the fuzz changed the weights")
     }
 
     /// Spot checks (`--verify 1`): a worker whose results differ from the others'
@@ -256,8 +332,9 @@ final class HostilePeerTests: XCTestCase {
         let whole = HostilePeerTests.dir + "/verify-whole"
         XCTAssertEqual(try metatrain(["train", "--data", data, "--run-dir", whole, "--workers", "1"] + args).status, 0)
         let run = HostilePeerTests.dir + "/verify"
-        let coord = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0", "--verify", "1"] + args,
-                                      stderr: run + ".err")
+        let coord = try startDetached(
+            ["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0", "--verify", "1"] + args,
+            stderr: run + ".err")
         defer { coord.killGroup(); coord.wait() }
         let endpoint = try waitForEndpoint(run + "/coordinator.log")
         let honest = try ["h1", "h2"].map { name in
@@ -265,26 +342,36 @@ final class HostilePeerTests: XCTestCase {
         }
         defer { for w in honest { w.killGroup(); w.wait() } }
         let deadline = Date().addingTimeInterval(30)
-        while !(read(run + "/coordinator.log").contains("worker h1 joined") && read(run + "/coordinator.log").contains("worker h2 joined")),
-              Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        while !(read(run + "/coordinator.log").contains("worker h1 joined")
+            && read(run + "/coordinator.log").contains("worker h2 joined")),
+            Date() < deadline
+        { Thread.sleep(forTimeInterval: 0.02) }
         setenv("METATRAIN_TEST_FLIP_BIT", "1", 1)
-        let liar = try startDetached(["worker", "--connect", endpoint, "--data", data, "--name", "liar", "--procs", "1"])
+        let liar = try startDetached(["worker", "--connect", endpoint, "--data", data, "--name", "liar", "--procs", "1"]
+        )
         unsetenv("METATRAIN_TEST_FLIP_BIT")
         defer { liar.killGroup(); liar.wait() }
         XCTAssertEqual(coord.wait(seconds: 120), 0, read(run + ".err"))
         let log = read(run + "/coordinator.log")
         XCTAssertTrue(log.contains("worker liar joined"), log)
-        XCTAssertTrue(log.range(of: "verify: unit [0-9]+ differs between worker (h1|h2|liar) and worker (h1|h2|liar); computing it a third time",
-                                options: .regularExpression) != nil, log)
+        XCTAssertTrue(
+            log.range(
+                of:
+                    "verify: unit [0-9]+ differs between worker (h1|h2|liar) and worker (h1|h2|liar); computing it a third time",
+                options: .regularExpression) != nil, log)
         XCTAssertTrue(log.contains("worker liar disagrees with the majority on unit"), log)
         XCTAssertFalse(log.contains("worker h1 disagrees") || log.contains("worker h2 disagrees"), log)
-        let lines = read(run + "/metrics.jsonl").split(separator: "\n").map { try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
-        let checked = lines.map { $0["verified"] as? Int ?? -1 }, mismatched = lines.map { $0["mismatches"] as? Int ?? -1 }
+        let lines = read(run + "/metrics.jsonl").split(separator: "\n").map {
+            try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+        }
+        let checked = lines.map { $0["verified"] as? Int ?? -1 },
+            mismatched = lines.map { $0["mismatches"] as? Int ?? -1 }
         XCTAssertFalse(checked.contains(-1) || mismatched.contains(-1), "every line counts checks and mismatches")
         XCTAssertEqual(checked.filter { $0 < 1 }.count, 0, "every iteration's units were checked")
         XCTAssertGreaterThanOrEqual(mismatched.reduce(0, +), 1)
-        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
-                       try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")), "a lie counted")
+        XCTAssertEqual(
+            try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
+            try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")), "a lie counted")
     }
 
     /// A fake coordinator (our own ROUTER and PUB) welcomes a real worker, then
@@ -299,7 +386,7 @@ final class HostilePeerTests: XCTestCase {
         var router: ZMQSocket!, pub: ZMQSocket!, endpoint = ""
         for _ in 0..<50 where router == nil {
             let r = try ZMQSocket(ctx, .router)
-            r.setRouterHandover(true)   // as the real coordinator: the worker opens its sockets again once welcomed
+            r.setRouterHandover(true) // as the real coordinator: the worker opens its sockets again once welcomed
             try r.bind("tcp://127.0.0.1:*")
             let p = try ZMQSocket(ctx, .pub)
             let port = Int(r.lastEndpoint.split(separator: ":").last!)!
@@ -307,7 +394,8 @@ final class HostilePeerTests: XCTestCase {
         }
         XCTAssertNotNil(pub)
         let err = HostilePeerTests.dir + "/fake-coordinator-worker.err"
-        let worker = try startDetached(["worker", "--connect", endpoint, "--data", data, "--name", "w", "--procs", "1", "--verbose"], stderr: err)
+        let worker = try startDetached(
+            ["worker", "--connect", endpoint, "--data", data, "--name", "w", "--procs", "1", "--verbose"], stderr: err)
         defer { worker.killGroup(); worker.wait() }
         func next(_ wanted: (Message) -> Bool) throws -> [UInt8] {
             let deadline = Date().addingTimeInterval(30)
@@ -317,14 +405,16 @@ final class HostilePeerTests: XCTestCase {
             }
             throw NSError(domain: "the worker did not say that in 30 s: \(read(err))", code: 1)
         }
-        let identity = try next { if case .hello = $0 { return true }; return false }
+        let identity = try next {
+            if case .hello = $0 { return true }; return false
+        }
         func send(_ m: Message) throws { try router.send([identity, Envelope(runId: "fake", message: m).encode()]) }
         let config = try Config.load(path: nil, overrides: ["model.embedding_dim=8", "model.hidden_dim=12"])
         try send(.welcome(Welcome(configJSON: config.json, version: -1)))
         _ = try next { $0 == .ready }
         func rss() -> Int {
             let line = read("/proc/\(worker.pid)/status").split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
-            return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0   // kB
+            return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0 // kB
         }
         let before = rss()
         // 8 MiB: under the limit before the welcome (16 MiB), over the small model's weights + 1 MiB.
@@ -332,14 +422,18 @@ final class HostilePeerTests: XCTestCase {
         try pub.send([[UInt8](repeating: 7, count: 8 << 20)])
         // libzmq ends the connection that carried it (and never reconnects it by itself): the worker
         // hears nothing for its liveness (3 s), opens its sockets afresh and says hello again.
-        _ = try next { if case .hello = $0 { return true }; return false }
+        _ = try next {
+            if case .hello = $0 { return true }; return false
+        }
         try send(.welcome(Welcome(configJSON: config.json, version: -1)))
         _ = try next { $0 == .ready }
         try send(.work(WorkUnit(id: 1, kind: .train, version: -1, episodes: [1_000_000_000])))
         _ = try next { $0 == .heartbeat }
         let deadline = Date().addingTimeInterval(10)
         while !read(err).contains("refused unit 1"), Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
-        XCTAssertTrue(read(err).contains("refused unit 1 from the coordinator: episode 1000000000 is not one of the dataset's"), read(err))
+        XCTAssertTrue(
+            read(err).contains("refused unit 1 from the coordinator: episode 1000000000 is not one of the dataset's"),
+            read(err))
         XCTAssertNil(worker.wait(seconds: 0), "the worker is still running")
         XCTAssertLessThan(rss() - before, 16 << 10, "RSS \(before) kB -> \(rss()) kB")
         XCTAssertFalse(read(err).contains("malformed"), "an 8 MiB frame reached the decoder: \(read(err))")

@@ -15,7 +15,9 @@ final class JoinTests: XCTestCase {
 
     override func setUpWithError() throws {
         if JoinTests.prepared { return }
-        XCTAssertEqual(try syntheticDataset(in: JoinTests.dir, name: "big", users: 6000, courses: 9000, seed: 5), JoinTests.bigData)
+        XCTAssertEqual(
+            try syntheticDataset(in: JoinTests.dir, name: "big", users: 6000, courses: 9000, seed: 5), JoinTests.bigData
+        )
         let big = try DatasetFile.read(JoinTests.bigData)
         XCTAssertGreaterThan(big.nItems, 8_000, "a large vocabulary")
         JoinTests.prepared = true
@@ -34,10 +36,12 @@ final class JoinTests: XCTestCase {
             for r in 0..<6 {
                 let name = "round-\(socketOnly ? "socket" : "shm")-\(r)"
                 let run = JoinTests.dir + "/" + name
-                let coord = try startDetached(["coordinator", "--data", JoinTests.bigData, "--run-dir", run,
-                                               "--bind", "tcp://127.0.0.1:0", "--worker-timeout", "600",
-                                               "--set", "maml.meta_batch_size=16", "--set", "maml.iterations=10",
-                                               "--set", "eval.every=100", "--set", "checkpoint.every=100"])
+                let coord = try startDetached([
+                    "coordinator", "--data", JoinTests.bigData, "--run-dir", run,
+                    "--bind", "tcp://127.0.0.1:0", "--worker-timeout", "600",
+                    "--set", "maml.meta_batch_size=16", "--set", "maml.iterations=10",
+                    "--set", "eval.every=100", "--set", "checkpoint.every=100"
+                ])
                 defer { coord.killGroup(); coord.wait() }
                 let endpoint = try waitForEndpoint(run + "/coordinator.log")
                 let n = 2 + r % 2
@@ -48,10 +52,17 @@ final class JoinTests: XCTestCase {
                     Thread.sleep(forTimeInterval: delays[k] - started)
                     started = delays[k]
                     let err = run + "-w\(k).err"
-                    workers.append((err, try startDetached(["worker", "--connect", endpoint, "--data", JoinTests.bigData,
-                                                            "--name", "w\(k)", "--procs", "\(1 + (k + r) % 2)"]
-                                                           + (socketOnly ? ["--no-shared-memory"] : []),
-                                                           stderr: err)))
+                    workers.append(
+                        (
+                            err,
+                            try startDetached(
+                                [
+                                    "worker", "--connect", endpoint, "--data", JoinTests.bigData,
+                                    "--name", "w\(k)", "--procs", "\(1 + (k + r) % 2)"
+                                ]
+                                    + (socketOnly ? ["--no-shared-memory"] : []),
+                                stderr: err)
+                        ))
                 }
                 defer { for (_, w) in workers { w.killGroup(); w.wait() } }
                 let status = coord.wait(seconds: 120)
@@ -76,17 +87,23 @@ final class JoinTests: XCTestCase {
     /// weights are those of a run that never lost a worker.
     func testFailingAndInterruptedWorkersSayGoodbyeAndTheirUnitsAreRequeuedAtOnce() throws {
         let small = try smallDataset()
-        let args = ["--data", small, "--set", "maml.iterations=40", "--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12",
-                    "--set", "maml.meta_batch_size=8", "--set", "maml.chunk_size=2", "--set", "maml.inner_steps=2",
-                    "--set", "eval.every=10", "--set", "eval.val_episodes=8", "--set", "checkpoint.every=100"]
+        let args = [
+            "--data", small, "--set", "maml.iterations=40", "--set", "model.embedding_dim=8", "--set",
+            "model.hidden_dim=12",
+            "--set", "maml.meta_batch_size=8", "--set", "maml.chunk_size=2", "--set", "maml.inner_steps=2",
+            "--set", "eval.every=10", "--set", "eval.val_episodes=8", "--set", "checkpoint.every=100"
+        ]
         let whole = JoinTests.dir + "/goodbye-whole"
         XCTAssertEqual(try metatrain(["train", "--run-dir", whole, "--workers", "1"] + args).status, 0)
         let run = JoinTests.dir + "/goodbye"
-        let coord = try startDetached(["coordinator", "--run-dir", run, "--bind", "tcp://127.0.0.1:0", "--worker-timeout", "600"] + args)
+        let coord = try startDetached(
+            ["coordinator", "--run-dir", run, "--bind", "tcp://127.0.0.1:0", "--worker-timeout", "600"] + args)
         defer { coord.killGroup(); coord.wait() }
         let endpoint = try waitForEndpoint(run + "/coordinator.log")
         func worker(_ name: String, _ extra: [String] = []) throws -> GroupProcess {
-            try startDetached(["worker", "--connect", endpoint, "--data", small, "--name", name] + extra, stderr: run + "-\(name).err")
+            try startDetached(
+                ["worker", "--connect", endpoint, "--data", small, "--name", name] + extra, stderr: run + "-\(name).err"
+            )
         }
         // The failing and the interrupted worker join first, so that they surely hold units.
         let failing = try worker("failing", ["--fail-after-units", "3", "--procs", "1"])
@@ -94,14 +111,16 @@ final class JoinTests: XCTestCase {
         defer { failing.killGroup(); interrupted.killGroup() }
         let deadline = Date().addingTimeInterval(60)
         while !(read(run + "/coordinator.log").contains("host agent interrupted of 2 processes joined")
-                && read(run + "/coordinator.log").contains("worker failing joined")) && Date() < deadline {
+            && read(run + "/coordinator.log").contains("worker failing joined")) && Date() < deadline
+        {
             Thread.sleep(forTimeInterval: 0.01)
         }
         kill(interrupted.pid, SIGTERM)
         XCTAssertEqual(interrupted.wait(seconds: 20), 130)
         XCTAssertEqual(failing.wait(seconds: 60), 1)
-        XCTAssertTrue(read(run + "-failing.err").contains("injected failure computing unit"),
-                      read(run + "-failing.err"))
+        XCTAssertTrue(
+            read(run + "-failing.err").contains("injected failure computing unit"),
+            read(run + "-failing.err"))
         // Only now does a worker join that can finish the run.
         let steady = try worker("steady", ["--procs", "2"])
         defer { steady.killGroup() }
@@ -115,16 +134,19 @@ final class JoinTests: XCTestCase {
         // Every join names the kernels this machine's OpenBLAS picked; all workers here share them.
         XCTAssertTrue(log.contains("host agent steady of 2 processes joined (1 live; OpenBLAS "), log)
         XCTAssertFalse(log.contains("warning: worker"), log)
-        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
-                       try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")))
+        XCTAssertEqual(
+            try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
+            try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")))
     }
 
     /// A coordinator without workers says so once, not every second.
     func testNoWorkersIsSaidOnce() throws {
         let small = try smallDataset()
         let run = JoinTests.dir + "/lonely"
-        let coord = try startDetached(["coordinator", "--data", small, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
-                                       "--set", "maml.iterations=2", "--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12"])
+        let coord = try startDetached([
+            "coordinator", "--data", small, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
+            "--set", "maml.iterations=2", "--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12"
+        ])
         defer { coord.killGroup(); coord.wait() }
         let endpoint = try waitForEndpoint(run + "/coordinator.log")
         Thread.sleep(forTimeInterval: 3.5)

@@ -5,8 +5,11 @@ import XCTest
 /// damaged checkpoint, a second coordinator started on the same directory.
 final class ReliabilityTests: XCTestCase {
     static let dir = freshDir("reliability")
-    let args = ["--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12", "--set", "maml.meta_batch_size=8",
-                "--set", "maml.chunk_size=2", "--set", "maml.inner_steps=2", "--set", "eval.every=1000", "--set", "eval.val_episodes=8"]
+    let args = [
+        "--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12", "--set", "maml.meta_batch_size=8",
+        "--set", "maml.chunk_size=2", "--set", "maml.inner_steps=2", "--set", "eval.every=1000", "--set",
+        "eval.val_episodes=8"
+    ]
 
     func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
     func bytes(_ path: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: path)) }
@@ -33,10 +36,14 @@ final class ReliabilityTests: XCTestCase {
             try? u.run(); u.waitUntilExit()
         }
         let runDir = disk + "/run"
-        let p = try startDetached(["train", "--data", data, "--run-dir", runDir, "--workers", "1"] + run, stderr: ReliabilityTests.dir + "/full.err")
+        let p = try startDetached(
+            ["train", "--data", data, "--run-dir", runDir, "--workers", "1"] + run,
+            stderr: ReliabilityTests.dir + "/full.err")
         defer { p.killGroup(); p.wait() }
         let deadline = Date().addingTimeInterval(60)
-        while ((try? FileManager.default.contentsOfDirectory(atPath: runDir + "/checkpoints")) ?? []).count < 2 && Date() < deadline {
+        while ((try? FileManager.default.contentsOfDirectory(atPath: runDir + "/checkpoints")) ?? []).count < 2
+            && Date() < deadline
+        {
             Thread.sleep(forTimeInterval: 0.01)
         }
         // Fill what is left.
@@ -49,7 +56,8 @@ final class ReliabilityTests: XCTestCase {
         let err = read(ReliabilityTests.dir + "/full.err")
         XCTAssertEqual(status, 1, "a clear error and exit 1, not a crash: \(err)")
         // Whichever write meets the full disk first (a checkpoint, or a line of metrics.jsonl) says so.
-        XCTAssertTrue(err.contains("error: \(runDir)") && (err.contains("is full") || err.contains("enough space")), err)
+        XCTAssertTrue(
+            err.contains("error: \(runDir)") && (err.contains("is full") || err.contains("enough space")), err)
         let left = try FileManager.default.contentsOfDirectory(atPath: runDir + "/checkpoints")
         XCTAssertFalse(left.contains { $0.hasPrefix(".") }, "no temporary file left: \(left)")
         // Room again: the run resumes from what it kept and ends as if nothing happened.
@@ -99,16 +107,25 @@ final class ReliabilityTests: XCTestCase {
     func testASecondCoordinatorOnARunDirectoryIsRefused() throws {
         let data = try syntheticDataset(in: ReliabilityTests.dir)
         let run = ReliabilityTests.dir + "/busy"
-        let first = try startDetached(["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
-                                       "--set", "maml.iterations=100"] + args)
+        let first = try startDetached(
+            [
+                "coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0",
+                "--set", "maml.iterations=100"
+            ] + args)
         defer { first.killGroup(); first.wait() }
         _ = try waitForEndpoint(run + "/coordinator.log")
-        let second = try metatrain(["train", "--data", data, "--run-dir", run, "--workers", "1", "--set", "maml.iterations=100"] + args)
+        let second = try metatrain(
+            ["train", "--data", data, "--run-dir", run, "--workers", "1", "--set", "maml.iterations=100"] + args)
         XCTAssertEqual(second.status, 1)
-        XCTAssertTrue(second.stderr.contains("\(run) is in use by another run (process \(first.pid) on "), second.stderr)
+        XCTAssertTrue(
+            second.stderr.contains("\(run) is in use by another run (process \(first.pid) on "), second.stderr)
         // Once the holder is gone (killed outright, even), the directory is free again.
         first.killGroup(); first.wait()
-        let third = try metatrain(["train", "--data", data, "--run-dir", run, "--workers", "1", "--resume-or-start", "--set", "maml.iterations=100"] + args)
+        let third = try metatrain(
+            [
+                "train", "--data", data, "--run-dir", run, "--workers", "1", "--resume-or-start", "--set",
+                "maml.iterations=100"
+            ] + args)
         XCTAssertEqual(third.status, 0, third.stderr)
     }
 
@@ -125,7 +142,8 @@ final class ReliabilityTests: XCTestCase {
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.contains("nowhere does not exist; there is nothing to resume"), r.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: ReliabilityTests.dir + "/nowhere/metrics.jsonl"))
-        try FileManager.default.createDirectory(atPath: ReliabilityTests.dir + "/empty", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: ReliabilityTests.dir + "/empty", withIntermediateDirectories: true)
         r = try metatrain(["train", "--run-dir", ReliabilityTests.dir + "/empty", "--resume"] + base)
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.contains("empty has no checkpoint to resume from"), r.stderr)
@@ -139,15 +157,15 @@ final class ReliabilityTests: XCTestCase {
         XCTAssertGreaterThan(try bytes(long + "/tb/" + events[0]).count, 30 * 60)
         // TensorBoard itself (when installed) reads every iteration's meta-loss at its step.
         let script = """
-        import sys
-        try:
-            from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-        except ImportError:
-            sys.exit(3)
-        ea = EventAccumulator(sys.argv[1]); ea.Reload()
-        s = ea.Scalars("meta_loss")
-        print(len(s), s[0].step, s[-1].step, "%.4f" % s[-1].value)
-        """
+            import sys
+            try:
+                from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+            except ImportError:
+                sys.exit(3)
+            ea = EventAccumulator(sys.argv[1]); ea.Reload()
+            s = ea.Scalars("meta_loss")
+            print(len(s), s[0].step, s[-1].step, "%.4f" % s[-1].value)
+            """
         let tb = Process(), out = Pipe()
         tb.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         tb.arguments = ["python3", "-c", script, long + "/tb"]
@@ -158,23 +176,32 @@ final class ReliabilityTests: XCTestCase {
             if tb.terminationStatus == 3 {
                 print("note: tensorboard is not installed; its reading of the event file was not checked")
             } else {
-                let last = read(long + "/metrics.jsonl").split(separator: "\n").last.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+                let last = read(long + "/metrics.jsonl").split(separator: "\n").last.flatMap {
+                    try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+                }
                 let loss = (last?["meta_loss"] as? Double).map { String(format: "%.4f", Float($0)) } ?? "?"
                 XCTAssertEqual(text.trimmingCharacters(in: .whitespacesAndNewlines), "30 1 30 \(loss)")
             }
         }
-        r = try metatrain(["train", "--run-dir", short, "--resume", "--set", "maml.inner_lr=0.2", "--set", "maml.iterations=30"] + base)
+        r = try metatrain(
+            ["train", "--run-dir", short, "--resume", "--set", "maml.inner_lr=0.2", "--set", "maml.iterations=30"]
+                + base)
         XCTAssertEqual(r.status, 1)
-        XCTAssertTrue(r.stderr.contains("cannot resume with another maml.inner_lr (checkpoint: 0.05, now: 0.2)")
-                      || r.stderr.contains("cannot resume with another maml.inner_lr"), r.stderr)
+        XCTAssertTrue(
+            r.stderr.contains("cannot resume with another maml.inner_lr (checkpoint: 0.05, now: 0.2)")
+                || r.stderr.contains("cannot resume with another maml.inner_lr"), r.stderr)
         XCTAssertTrue(r.stderr.contains("only maml.iterations, eval.every"), r.stderr)
         r = try metatrain(["train", "--run-dir", short, "--resume", "--set", "maml.iterations=30"] + base)
         XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertTrue(r.stderr.contains("resumed from \(short)/checkpoints/iter-000020.h5 at iteration 20 of 30"), r.stderr)
-        XCTAssertEqual(try bytes(short + "/final.h5"), try bytes(long + "/final.h5"), "20 then 10 more iterations = 30 at once")
+        XCTAssertTrue(
+            r.stderr.contains("resumed from \(short)/checkpoints/iter-000020.h5 at iteration 20 of 30"), r.stderr)
+        XCTAssertEqual(
+            try bytes(short + "/final.h5"), try bytes(long + "/final.h5"), "20 then 10 more iterations = 30 at once")
         XCTAssertEqual(read(short + "/metrics.jsonl").split(separator: "\n").count, 30)
         // run.json keeps the first start and lists the resume, with where it resumed from.
-        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: short + "/run.json"))) as! [String: Any]
+        let record =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: short + "/run.json")))
+            as! [String: Any]
         XCTAssertTrue((record["command"] as? [String] ?? []).contains("maml.iterations=20"), "\(record)")
         let resumes = record["resumes"] as? [[String: Any]] ?? []
         XCTAssertEqual(resumes.count, 1, "\(record)")

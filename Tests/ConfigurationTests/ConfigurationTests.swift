@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import Configuration
 
 final class ConfigurationTests: XCTestCase {
@@ -22,7 +23,8 @@ final class ConfigurationTests: XCTestCase {
 
     func testFileThenOverrides() throws {
         let p = tmp("maml:\n  inner_lr: 0.05\n  algorithm: maml\nmodel: {hidden_dim: 64}\n")
-        let c = try Config.load(path: p, overrides: ["maml.inner_lr=0.2", "warm_start.checkpoint=runs/x/best.h5", "maml.outer_lr=1"])
+        let c = try Config.load(
+            path: p, overrides: ["maml.inner_lr=0.2", "warm_start.checkpoint=runs/x/best.h5", "maml.outer_lr=1"])
         XCTAssertEqual(c.maml.innerLR, 0.2)
         XCTAssertEqual(c.maml.algorithm, .maml)
         XCTAssertEqual(c.model.hiddenDim, 64)
@@ -40,8 +42,11 @@ final class ConfigurationTests: XCTestCase {
             XCTAssertEqual("\(e)", "--set: unknown key 'data.nope'", "nothing near enough to suggest")
         }
         // The nearest key is suggested: a typo, a missing underscore, another case.
-        for (typo, meant) in [("maml.innerlr", "maml.inner_lr"), ("maml.inner_lrr", "maml.inner_lr"), ("model.hiddendim", "model.hidden_dim"),
-                              ("Seed", "seed"), ("eval.patiense", "eval.patience")] {
+        for (typo, meant) in [
+            ("maml.innerlr", "maml.inner_lr"), ("maml.inner_lrr", "maml.inner_lr"),
+            ("model.hiddendim", "model.hidden_dim"),
+            ("Seed", "seed"), ("eval.patiense", "eval.patience")
+        ] {
             XCTAssertThrowsError(try Config.load(path: nil, overrides: ["\(typo)=1"])) { e in
                 XCTAssertEqual("\(e)", "--set: unknown key '\(typo)'; did you mean '\(meant)'?")
             }
@@ -53,7 +58,8 @@ final class ConfigurationTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("'model.hidden_dim' must be an integer"), "\(e)")
         }
         XCTAssertThrowsError(try Config.load(path: nil, overrides: ["maml.algorithm=reptile"])) { e in
-            XCTAssertEqual("\(e)", "config: 'maml.algorithm' has unknown value 'reptile'; allowed: 'fomaml', 'maml', 'metasgd'")
+            XCTAssertEqual(
+                "\(e)", "config: 'maml.algorithm' has unknown value 'reptile'; allowed: 'fomaml', 'maml', 'metasgd'")
         }
         XCTAssertThrowsError(try Config.load(path: nil, overrides: ["data.k_support=0"]))
         XCTAssertThrowsError(try Config.load(path: nil, overrides: ["novalue"]))
@@ -62,12 +68,14 @@ final class ConfigurationTests: XCTestCase {
     /// Every number is finite and every value bounded above, so that no
     /// configuration (a coordinator's included) can overflow a worker.
     func testNumbersAreFiniteAndBounded() throws {
-        for (key, value, says) in [("maml.outer_lr", ".inf", "'maml.outer_lr' must be a finite number"),
-                                   ("maml.clip_norm", ".inf", "'maml.clip_norm' must be a finite number"),
-                                   ("maml.inner_lr", ".nan", "'maml.inner_lr' must be a finite number"),
-                                   ("maml.inner_lr_bounds", "[0.0001, .inf]", "'maml.inner_lr_bounds' must hold finite numbers"),
-                                   ("model.embedding_dim", "1000000", "'model.embedding_dim' must be ≤ 8192, got 1000000"),
-                                   ("maml.meta_batch_size", "4611686018427387904", "'maml.meta_batch_size' must be ≤")] {
+        for (key, value, says) in [
+            ("maml.outer_lr", ".inf", "'maml.outer_lr' must be a finite number"),
+            ("maml.clip_norm", ".inf", "'maml.clip_norm' must be a finite number"),
+            ("maml.inner_lr", ".nan", "'maml.inner_lr' must be a finite number"),
+            ("maml.inner_lr_bounds", "[0.0001, .inf]", "'maml.inner_lr_bounds' must hold finite numbers"),
+            ("model.embedding_dim", "1000000", "'model.embedding_dim' must be ≤ 8192, got 1000000"),
+            ("maml.meta_batch_size", "4611686018427387904", "'maml.meta_batch_size' must be ≤")
+        ] {
             XCTAssertThrowsError(try Config.load(path: nil, overrides: ["\(key)=\(value)"]), key) { e in
                 XCTAssertTrue("\(e)".contains(says), "\(e)")
             }
@@ -96,7 +104,9 @@ final class ConfigurationTests: XCTestCase {
     /// nothing is documented that is not a key; the commented YAML that
     /// `metatrain config` prints reads back as the same configuration.
     func testEveryKeyIsDocumentedAndTheCommentedYAMLReadsBack() throws {
-        let c = try Config.load(path: nil, overrides: ["maml.inner_lr=0.05", "weighting.scheme=recency", "warm_start.checkpoint=runs/x/best.h5"])
+        let c = try Config.load(
+            path: nil,
+            overrides: ["maml.inner_lr=0.05", "weighting.scheme=recency", "warm_start.checkpoint=runs/x/best.h5"])
         XCTAssertEqual(configKeyDocs.map(\.key), c.leaves.map(\.key))
         XCTAssertTrue(configKeyDocs.allSatisfy { $0.doc.count > 20 })
         let yaml = c.commentedYAML

@@ -1,21 +1,30 @@
-import XCTest
 import Wire
+import XCTest
+
 @testable import Coordination
 
 final class CoordinatorMachineTests: XCTestCase {
     let a = PeerID([1]), b = PeerID([2])
     func machine() -> CoordinatorMachine {
-        CoordinatorMachine(settings: .init(runId: "run", datasetFingerprint: "fp", configJSON: "{}", workerTimeout: 10), version: 0)
+        CoordinatorMachine(
+            settings: .init(runId: "run", datasetFingerprint: "fp", configJSON: "{}", workerTimeout: 10), version: 0)
     }
     func env(_ m: Message, run: String = "run") -> Envelope { Envelope(runId: run, message: m) }
     func sends(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, Message)] {
-        d.compactMap { if case .send(let p, let m) = $0 { return (p, m) }; return nil }
+        d.compactMap {
+            if case .send(let p, let m) = $0 { return (p, m) }; return nil
+        }
     }
     func work(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, WorkUnit)] {
-        sends(d).compactMap { if case .work(let u) = $0.1 { return ($0.0, u) }; return nil }
+        sends(d).compactMap {
+            if case .work(let u) = $0.1 { return ($0.0, u) }; return nil
+        }
     }
     func result(_ u: WorkUnit, _ x: Float) -> Message {
-        .trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: [x], gradAlpha: [], lossSum: Double(x), tasks: u.episodes.count))
+        .trainResult(
+            TrainResult(
+                unitId: u.id, version: u.version, gradTheta: [x], gradAlpha: [], lossSum: Double(x),
+                tasks: u.episodes.count))
     }
     func join(_ m: inout CoordinatorMachine, _ p: PeerID, now: Double = 0) {
         _ = m.onMessage(env(.hello(Hello(workerName: "w\(p)", datasetFingerprint: "fp"))), from: p, now: now)
@@ -35,7 +44,10 @@ final class CoordinatorMachineTests: XCTestCase {
     func testFingerprintMismatchIsRefusedAndMatchWelcomed() {
         var m = machine()
         let bad = m.onMessage(env(.hello(Hello(workerName: "w", datasetFingerprint: "other"))), from: a, now: 0)
-        XCTAssertTrue(sends(bad).contains { if case .refuse(.datasetFingerprint, let r) = $0.1 { return r.contains("worker has") }; return false })
+        XCTAssertTrue(
+            sends(bad).contains {
+                if case .refuse(.datasetFingerprint, let r) = $0.1 { return r.contains("worker has") }; return false
+            })
         XCTAssertEqual(m.liveWorkers, 0)
         let good = m.onMessage(env(.hello(Hello(workerName: "w", datasetFingerprint: "fp"))), from: a, now: 0)
         XCTAssertEqual(sends(good).first?.1, .welcome(Welcome(configJSON: "{}", version: 0)))
@@ -55,10 +67,17 @@ final class CoordinatorMachineTests: XCTestCase {
         XCTAssertEqual(w2.map(\.0), [b]); XCTAssertEqual(w2[0].1.episodes, [5])
         _ = m.onMessage(env(result(w2[0].1, 3)), from: b, now: 2)
         let done = m.onMessage(env(result(w1[0].1, 1)), from: a, now: 3)
-        guard case .phaseComplete(let r)? = done.first(where: { if case .phaseComplete = $0 { return true }; return false }) else {
+        guard
+            case .phaseComplete(let r)? = done.first(where: {
+                if case .phaseComplete = $0 { return true }; return false
+            })
+        else {
             return XCTFail("phase did not complete: \(done)")
         }
-        XCTAssertEqual(r.results.map { if case .train(let t) = $0 { return t.gradTheta[0] }; return Float(-1) }, [Float(1), 2, 3])
+        XCTAssertEqual(
+            r.results.map {
+                if case .train(let t) = $0 { return t.gradTheta[0] }; return Float(-1)
+            }, [Float(1), 2, 3])
         XCTAssertFalse(m.inPhase)
     }
 
@@ -93,7 +112,11 @@ final class CoordinatorMachineTests: XCTestCase {
         let u = work(m.startPhase(.init(kind: .train, version: 0, leaves: [[1]])))[0].1
         var stale = u; stale.version = 5
         let d = m.onMessage(env(result(stale, 9)), from: a, now: 1)
-        XCTAssertTrue(d.contains { if case .log(let s) = $0 { return s.contains("computed on version 5, the unit is for version 0") }; return false })
+        XCTAssertTrue(
+            d.contains {
+                if case .log(let s) = $0 { return s.contains("computed on version 5, the unit is for version 0") };
+                return false
+            })
         let again = work(d)
         XCTAssertEqual(again.first?.1.id, u.id, "the unit is handed out again")
         XCTAssertTrue(m.inPhase)
@@ -103,16 +126,23 @@ final class CoordinatorMachineTests: XCTestCase {
         var m = machine()
         join(&m, a); join(&m, b, now: 0)
         let w = work(m.startPhase(.init(kind: .train, version: 0, leaves: [[1], [2]])))
-        _ = m.onMessage(env(result(w[1].1, 2)), from: b, now: 5)   // b done and ready; a goes silent
+        _ = m.onMessage(env(result(w[1].1, 2)), from: b, now: 5) // b done and ready; a goes silent
         _ = m.onMessage(env(.heartbeat), from: b, now: 9)
         let d = m.onTick(now: 11)
-        XCTAssertEqual(d.first, .log("worker w\(a) silent for 11s; dropped, its 1 unit(s) re-queued (if a unit takes longer than 10s, raise --worker-timeout)"))
+        XCTAssertEqual(
+            d.first,
+            .log(
+                "worker w\(a) silent for 11s; dropped, its 1 unit(s) re-queued (if a unit takes longer than 10s, raise --worker-timeout)"
+            ))
         XCTAssertEqual(m.liveWorkers, 1)
         XCTAssertEqual(work(d).map(\.0), [b])
         XCTAssertEqual(work(d).first?.1.id, w[0].1.id)
         // a comes back late with a valid result for a unit now also at b: first one wins, no crash.
         let late = m.onMessage(env(result(w[0].1, 1)), from: a, now: 12)
-        XCTAssertTrue(sends(late).contains { if case .refuse = $0.1 { return true }; return false })
+        XCTAssertTrue(
+            sends(late).contains {
+                if case .refuse = $0.1 { return true }; return false
+            })
     }
 
     func testEndedWorkerIsDroppedAtOnceAndItsUnitsGoToAnother() {
@@ -130,10 +160,19 @@ final class CoordinatorMachineTests: XCTestCase {
     func testForeignRunAndMalformedAndOtherProtocolAreDropped() {
         var m = machine()
         join(&m, a)
-        XCTAssertTrue(m.onMessage(env(.ready, run: "other"), from: a, now: 1).allSatisfy { if case .log = $0 { return true }; return false })
-        XCTAssertTrue(m.onUndecodable(.truncated("x"), from: a).allSatisfy { if case .log = $0 { return true }; return false })
+        XCTAssertTrue(
+            m.onMessage(env(.ready, run: "other"), from: a, now: 1).allSatisfy {
+                if case .log = $0 { return true }; return false
+            })
+        XCTAssertTrue(
+            m.onUndecodable(.truncated("x"), from: a).allSatisfy {
+                if case .log = $0 { return true }; return false
+            })
         let d = m.onUndecodable(.protocolMismatch(theirs: 9), from: b)
-        XCTAssertTrue(sends(d).contains { if case .refuse(.protocolVersion, let r) = $0.1 { return r.contains("worker speaks") }; return false })
+        XCTAssertTrue(
+            sends(d).contains {
+                if case .refuse(.protocolVersion, let r) = $0.1 { return r.contains("worker speaks") }; return false
+            })
         XCTAssertEqual(m.shutdown(reason: "done").count, 1)
     }
 
@@ -143,12 +182,15 @@ final class CoordinatorMachineTests: XCTestCase {
         var m = machine()
         let held = aHoldsTwoUnitsAndBFinishedItsOwn(&m)
         let d = m.onMessage(env(.goodbye(reason: "internal: out of memory\nsecond line")), from: a, now: 1)
-        XCTAssertEqual(d.first, .log("worker w\(a) left (internal: out of memory second line); dropped, its 2 unit(s) re-queued"))
+        XCTAssertEqual(
+            d.first, .log("worker w\(a) left (internal: out of memory second line); dropped, its 2 unit(s) re-queued"))
         XCTAssertEqual(m.liveWorkers, 1)
         XCTAssertFalse(work(d).isEmpty)
         XCTAssertTrue(work(d).allSatisfy { $0.0 == b && held.contains($0.1.id) })
         // A second goodbye, or one from a stranger, is logged and nothing else: no refusal, no crash.
-        XCTAssertEqual(m.onMessage(env(.goodbye(reason: "again")), from: a, now: 2), [.log("goodbye from unknown peer \(a): again")])
+        XCTAssertEqual(
+            m.onMessage(env(.goodbye(reason: "again")), from: a, now: 2),
+            [.log("goodbye from unknown peer \(a): again")])
         let long = m.onMessage(env(.goodbye(reason: String(repeating: "x", count: 100_000))), from: PeerID([9]), now: 2)
         guard case .log(let line)? = long.first else { return XCTFail("\(long)") }
         XCTAssertLessThan(line.count, 300)
@@ -164,7 +206,9 @@ final class CoordinatorMachineTests: XCTestCase {
     func testNoWorkersIsSaidOnceThenEveryThirtySeconds() {
         var m = machine()
         func notices(_ d: [CoordinatorMachine.Directive]) -> [Double] {
-            d.compactMap { if case .waitingForWorkers(let s) = $0 { return s }; return nil }
+            d.compactMap {
+                if case .waitingForWorkers(let s) = $0 { return s }; return nil
+            }
         }
         XCTAssertEqual(notices(m.onTick(now: 1)), [0])
         XCTAssertEqual(m.withoutWorkersSince, 1)
@@ -184,14 +228,29 @@ final class CoordinatorMachineTests: XCTestCase {
     func testDifferentKernelsAreWarnedAboutOnce() {
         var m = machine()
         func hello(_ name: String, _ core: String) -> Envelope {
-            env(.hello(Hello(workerName: name, datasetFingerprint: "fp", hardware: Hardware(cpuModel: "CPU \(core)", blasCore: core))))
+            env(
+                .hello(
+                    Hello(
+                        workerName: name, datasetFingerprint: "fp",
+                        hardware: Hardware(cpuModel: "CPU \(core)", blasCore: core))))
         }
-        func logs(_ d: [CoordinatorMachine.Directive]) -> [String] { d.compactMap { if case .log(let s) = $0 { return s }; return nil } }
-        XCTAssertEqual(logs(m.onMessage(hello("a", "Haswell"), from: a, now: 0)), ["worker a joined (1 live; OpenBLAS Haswell on CPU Haswell)"])
-        XCTAssertEqual(logs(m.onMessage(hello("b", "Haswell"), from: b, now: 0)), ["worker b joined (2 live; OpenBLAS Haswell on CPU Haswell)"])
+        func logs(_ d: [CoordinatorMachine.Directive]) -> [String] {
+            d.compactMap {
+                if case .log(let s) = $0 { return s }; return nil
+            }
+        }
+        XCTAssertEqual(
+            logs(m.onMessage(hello("a", "Haswell"), from: a, now: 0)),
+            ["worker a joined (1 live; OpenBLAS Haswell on CPU Haswell)"])
+        XCTAssertEqual(
+            logs(m.onMessage(hello("b", "Haswell"), from: b, now: 0)),
+            ["worker b joined (2 live; OpenBLAS Haswell on CPU Haswell)"])
         let c = logs(m.onMessage(hello("c", "SkylakeX"), from: PeerID([3]), now: 0))
         XCTAssertEqual(c.count, 2)
-        XCTAssertTrue(c[1].hasPrefix("warning: worker c runs OpenBLAS SkylakeX on CPU SkylakeX, worker a runs OpenBLAS Haswell on CPU Haswell"), c[1])
+        XCTAssertTrue(
+            c[1].hasPrefix(
+                "warning: worker c runs OpenBLAS SkylakeX on CPU SkylakeX, worker a runs OpenBLAS Haswell on CPU Haswell"
+            ), c[1])
         XCTAssertTrue(c[1].contains("OPENBLAS_CORETYPE"), c[1])
         XCTAssertEqual(logs(m.onMessage(hello("d", "Zen"), from: PeerID([4]), now: 0)).count, 1, "warned once")
     }
@@ -205,25 +264,37 @@ final class ResultCheckTests: XCTestCase {
     let a = PeerID([1]), b = PeerID([2])
     func env(_ m: Message) -> Envelope { Envelope(runId: "run", message: m) }
     func machine() -> CoordinatorMachine {
-        var s = CoordinatorMachine.Settings(runId: "run", datasetFingerprint: "fp", configJSON: "{}", workerTimeout: 10, unitsPerWorker: 1)
+        var s = CoordinatorMachine.Settings(
+            runId: "run", datasetFingerprint: "fp", configJSON: "{}", workerTimeout: 10, unitsPerWorker: 1)
         s.gradientCounts = (2, 0)
         return CoordinatorMachine(settings: s, version: 0)
     }
     func work(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, WorkUnit)] {
-        d.compactMap { if case .send(let p, .work(let u)) = $0 { return (p, u) }; return nil }
+        d.compactMap {
+            if case .send(let p, .work(let u)) = $0 { return (p, u) }; return nil
+        }
     }
-    func logs(_ d: [CoordinatorMachine.Directive]) -> [String] { d.compactMap { if case .log(let s) = $0 { return s }; return nil } }
+    func logs(_ d: [CoordinatorMachine.Directive]) -> [String] {
+        d.compactMap {
+            if case .log(let s) = $0 { return s }; return nil
+        }
+    }
     func join(_ m: inout CoordinatorMachine, _ p: PeerID) {
         _ = m.onMessage(env(.hello(Hello(workerName: "w\(p)", datasetFingerprint: "fp"))), from: p, now: 0)
         _ = m.onMessage(env(.ready), from: p, now: 0)
     }
     func train(_ u: WorkUnit, _ g: [Float] = [1, 2], tasks: Int? = nil, loss: Double = 1) -> Envelope {
-        env(.trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: Floats(g), gradAlpha: [], lossSum: loss,
-                                     tasks: tasks ?? u.episodes.count)))
+        env(
+            .trainResult(
+                TrainResult(
+                    unitId: u.id, version: u.version, gradTheta: Floats(g), gradAlpha: [], lossSum: loss,
+                    tasks: tasks ?? u.episodes.count)))
     }
 
     func failures(_ d: [CoordinatorMachine.Directive]) -> [String] {
-        d.compactMap { if case .unitFailed(_, let r) = $0 { return r }; return nil }
+        d.compactMap {
+            if case .unitFailed(_, let r) = $0 { return r }; return nil
+        }
     }
 
     /// A process that crashes (a fault, not a kill) is taken to have crashed on
@@ -246,8 +317,12 @@ final class ResultCheckTests: XCTestCase {
         XCTAssertEqual(work(d).map(\.1.id), [ua.id])
         d = m.onWorkerGone(name: "w01", reason: "(pid 3) crashed (signal 11)", crashed: true)
         XCTAssertEqual(failures(d).count, 1)
-        XCTAssertTrue(failures(d)[0].hasPrefix("unit \(ua.id) of version 0 (episodes 7,8) crashed the processes that computed it: "), failures(d)[0])
-        XCTAssertTrue(failures(d)[0].contains("(pid 2) crashed (signal 4)") && failures(d)[0].contains("(pid 3) crashed (signal 11)"))
+        XCTAssertTrue(
+            failures(d)[0].hasPrefix(
+                "unit \(ua.id) of version 0 (episodes 7,8) crashed the processes that computed it: "), failures(d)[0])
+        XCTAssertTrue(
+            failures(d)[0].contains("(pid 2) crashed (signal 4)")
+                && failures(d)[0].contains("(pid 3) crashed (signal 11)"))
     }
 
     /// A host agent gives a unit back (it crashed two of its processes): only the
@@ -259,7 +334,9 @@ final class ResultCheckTests: XCTestCase {
         let sent = work(m.startPhase(.init(kind: .train, version: 0, units: [[[1]], [[2]], [[3]]])))
         let ua = sent.first { $0.0 == a }!.1, ub = sent.first { $0.0 == b }!.1
         var d = m.onMessage(env(.unitFailed(unitId: ua.id, reason: "crashed")), from: b, now: 1)
-        XCTAssertEqual(logs(d), ["dropped a bad result from worker w02 (1 of 3 allowed): gave back unit \(ua.id), which it does not hold"])
+        XCTAssertEqual(
+            logs(d),
+            ["dropped a bad result from worker w02 (1 of 3 allowed): gave back unit \(ua.id), which it does not hold"])
         d = m.onMessage(env(.unitFailed(unitId: ua.id, reason: "crashed a-1 and a-2")), from: a, now: 1)
         XCTAssertEqual(failures(d), [])
         XCTAssertEqual(logs(d), ["worker w01 gave back unit \(ua.id): crashed a-1 and a-2"])
@@ -268,13 +345,15 @@ final class ResultCheckTests: XCTestCase {
         d = m.onMessage(train(ub, [3, 4]), from: b, now: 2)
         XCTAssertEqual(work(d).map(\.1.id), [ua.id])
         d = m.onMessage(env(.unitFailed(unitId: ua.id, reason: "crashed b-1 and b-2")), from: b, now: 3)
-        XCTAssertEqual(failures(d), ["unit \(ua.id) of version 0 (episodes 1) failed on workers w01 and w02: crashed b-1 and b-2"])
+        XCTAssertEqual(
+            failures(d), ["unit \(ua.id) of version 0 (episodes 1) failed on workers w01 and w02: crashed b-1 and b-2"])
         // With one live worker, its own give-back is enough.
         var one = machine()
         join(&one, a)
         let u = work(one.startPhase(.init(kind: .train, version: 0, units: [[[5, 6]]])))[0].1
         d = one.onMessage(env(.unitFailed(unitId: u.id, reason: "crashed")), from: a, now: 1)
-        XCTAssertEqual(failures(d), ["unit \(u.id) of version 0 (episodes 5,6) failed on worker w01, the only one live: crashed"])
+        XCTAssertEqual(
+            failures(d), ["unit \(u.id) of version 0 (episodes 5,6) failed on worker w01, the only one live: crashed"])
     }
 
     func testBadResultsAreDroppedCountedAndTheirUnitsGoOutAgain() {
@@ -284,28 +363,44 @@ final class ResultCheckTests: XCTestCase {
         let ua = sent.first { $0.0 == a }!.1, ub = sent.first { $0.0 == b }!.1
         // b hands in a's unit: not its to hand in.
         var d = m.onMessage(train(ua), from: b, now: 1)
-        XCTAssertEqual(logs(d), ["dropped a bad result from worker w02 (1 of 3 allowed): a result for unit \(ua.id), which it was not given"])
+        XCTAssertEqual(
+            logs(d),
+            [
+                "dropped a bad result from worker w02 (1 of 3 allowed): a result for unit \(ua.id), which it was not given"
+            ])
         // a claims too many tasks, then sends a gradient of the wrong size: each time its unit goes out again (to a).
         d = m.onMessage(train(ua, tasks: 1 << 62), from: a, now: 1)
-        XCTAssertEqual(logs(d), ["dropped a bad result from worker w01 (1 of 3 allowed): unit \(ua.id): it claims \(1 << 62) tasks, the unit has 2"])
+        XCTAssertEqual(
+            logs(d),
+            [
+                "dropped a bad result from worker w01 (1 of 3 allowed): unit \(ua.id): it claims \(1 << 62) tasks, the unit has 2"
+            ])
         let again = work(d)
         XCTAssertEqual(again.map(\.1.id), [ua.id])
         d = m.onMessage(train(again[0].1, [1]), from: a, now: 1)
         XCTAssertTrue(logs(d)[0].contains("gradients of 1+0 floats, the model has 2+0"), "\(logs(d))")
         // The third bad result drops a; its unit goes to b once b is free.
         d = m.onMessage(train(work(d)[0].1, loss: .infinity), from: a, now: 1)
-        XCTAssertTrue(logs(d).contains { $0.hasPrefix("worker w01 sent 3 bad results (the last: unit \(ua.id): non-finite values); dropped") }, "\(logs(d))")
+        XCTAssertTrue(
+            logs(d).contains {
+                $0.hasPrefix("worker w01 sent 3 bad results (the last: unit \(ua.id): non-finite values); dropped")
+            }, "\(logs(d))")
         XCTAssertEqual(m.liveWorkers, 1)
         d = m.onMessage(train(ub, [3, 4]), from: b, now: 2)
         XCTAssertEqual(work(d).map(\.1.id), [ua.id])
         d = m.onMessage(train(work(d)[0].1, [5, 6]), from: b, now: 3)
         guard case .phaseComplete(let r)? = d.last else { return XCTFail("\(d)") }
-        XCTAssertEqual(r.results.map { r -> [Float] in if case .train(let t) = r { return t.gradTheta.array }; return [] }, [[5, 6], [3, 4]])
+        XCTAssertEqual(
+            r.results.map { r -> [Float] in
+                if case .train(let t) = r { return t.gradTheta.array }; return []
+            }, [[5, 6], [3, 4]])
         // Eval metrics out of range are bad too (a hit rate above the query count).
         var e = machine()
         join(&e, a)
         let u = work(e.startPhase(.init(kind: .eval, version: 0, leaves: [[1]])))[0].1
-        d = e.onMessage(env(.evalResult(EvalResult(unitId: u.id, version: 0, sums: [0, 0, 7, 0, 0, 0], queries: [1], losses: [1]))), from: a, now: 1)
+        d = e.onMessage(
+            env(.evalResult(EvalResult(unitId: u.id, version: 0, sums: [0, 0, 7, 0, 0, 0], queries: [1], losses: [1]))),
+            from: a, now: 1)
         XCTAssertTrue(logs(d)[0].contains("episode 0's metrics are out of range"), "\(logs(d))")
     }
 
@@ -324,27 +419,41 @@ final class ResultCheckTests: XCTestCase {
         d = m.onMessage(train(next[0].1, [.infinity, 0]), from: next[0].0, now: 2)
         if next[0].0 == a {
             // The same worker again, with another worker live: not yet the model's fault.
-            XCTAssertFalse(d.contains { if case .fail = $0 { return true }; return false })
+            XCTAssertFalse(
+                d.contains {
+                    if case .fail = $0 { return true }; return false
+                })
             return
         }
         guard case .fail(let why)? = d.first else { return XCTFail("\(d)") }
-        XCTAssertTrue(why.contains("unit \(ua.id) of version 0 (episodes 1) gave non-finite results on workers w01 and w02"), why)
+        XCTAssertTrue(
+            why.contains("unit \(ua.id) of version 0 (episodes 1) gave non-finite results on workers w01 and w02"), why)
     }
 }
 
 /// A peer's noise costs a few log lines a minute, not one line per frame.
 final class NoiseTests: XCTestCase {
     let a = PeerID([1]), x = PeerID([9, 9])
-    func logs(_ d: [CoordinatorMachine.Directive]) -> [String] { d.compactMap { if case .log(let s) = $0 { return s }; return nil } }
+    func logs(_ d: [CoordinatorMachine.Directive]) -> [String] {
+        d.compactMap {
+            if case .log(let s) = $0 { return s }; return nil
+        }
+    }
 
     func testMalformedAndUnknownFloodsAreLoggedFiveTimesAMinute() {
-        var m = CoordinatorMachine(settings: .init(runId: "run", datasetFingerprint: "fp", configJSON: "{}"), version: 0)
+        var m = CoordinatorMachine(
+            settings: .init(runId: "run", datasetFingerprint: "fp", configJSON: "{}"), version: 0)
         var lines: [String] = [], refusals = 0
         for i in 0..<100_000 {
-            let t = Double(i) * 0.0001   // 10 s of frames
-            let d = m.onUndecodable(.badMagic, from: x, now: t) + m.onMessage(Envelope(runId: "run", message: .ready), from: x, now: t)
+            let t = Double(i) * 0.0001 // 10 s of frames
+            let d =
+                m.onUndecodable(.badMagic, from: x, now: t)
+                + m.onMessage(Envelope(runId: "run", message: .ready), from: x, now: t)
             lines += logs(d)
-            refusals += d.filter { if case .send(_, .refuse) = $0 { return true }; return false }.count
+            refusals +=
+                d.filter {
+                    if case .send(_, .refuse) = $0 { return true }; return false
+                }.count
         }
         XCTAssertEqual(lines.count, 10, "five malformed and five unknown-peer lines")
         XCTAssertEqual(refusals, 5, "and as many refusals")
@@ -363,17 +472,24 @@ final class LivenessMachineTests: XCTestCase {
 
     /// A unit held past its deadline (10 x the measured time per task, at least 5 s) goes out again; the first result counts.
     func testUnitsPastTheirDeadlineGoOutAgain() {
-        var m = CoordinatorMachine(settings: .init(runId: "run", datasetFingerprint: "fp", configJSON: "{}", workerTimeout: 100,
-                                                   unitsPerWorker: 1), version: 0)
+        var m = CoordinatorMachine(
+            settings: .init(
+                runId: "run", datasetFingerprint: "fp", configJSON: "{}", workerTimeout: 100,
+                unitsPerWorker: 1), version: 0)
         for p in [a, b] {
             _ = m.onMessage(env(.hello(Hello(workerName: "w\(p)", datasetFingerprint: "fp"))), from: p, now: 0)
             _ = m.onMessage(env(.ready), from: p, now: 0)
         }
         func result(_ u: WorkUnit) -> Envelope {
-            env(.trainResult(TrainResult(unitId: u.id, version: 0, gradTheta: [1], gradAlpha: [], lossSum: 0, tasks: u.episodes.count)))
+            env(
+                .trainResult(
+                    TrainResult(
+                        unitId: u.id, version: 0, gradTheta: [1], gradAlpha: [], lossSum: 0, tasks: u.episodes.count)))
         }
         func work(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, WorkUnit)] {
-            d.compactMap { if case .send(let p, .work(let u)) = $0 { return (p, u) }; return nil }
+            d.compactMap {
+                if case .send(let p, .work(let u)) = $0 { return (p, u) }; return nil
+            }
         }
         let sent = work(m.startPhase(.init(kind: .train, version: 0, leaves: [[1], [2], [3]])))
         XCTAssertTrue(m.onTick(now: 4).isEmpty, "no unit time measured yet: the first deadline is 120 s")
@@ -384,11 +500,15 @@ final class LivenessMachineTests: XCTestCase {
         XCTAssertEqual(m.taskSeconds ?? 0, 3.4, accuracy: 1e-9)
         XCTAssertTrue(m.onTick(now: 33).isEmpty)
         let d = m.onTick(now: 35)
-        XCTAssertEqual(d.first, .log("worker w01 has held unit \(ua.id) for 35s, past its deadline of 34s; it goes out again"))
+        XCTAssertEqual(
+            d.first, .log("worker w01 has held unit \(ua.id) for 35s, past its deadline of 34s; it goes out again"))
         XCTAssertEqual(work(d).map(\.0), [b], "to the worker that is free")
         XCTAssertTrue(m.onTick(now: 80).isEmpty, "once")
         let done = m.onMessage(result(work(d)[0].1), from: b, now: 36)
-        XCTAssertTrue(done.contains { if case .phaseComplete = $0 { return true }; return false })
+        XCTAssertTrue(
+            done.contains {
+                if case .phaseComplete = $0 { return true }; return false
+            })
         XCTAssertEqual(m.liveWorkers, 2, "the late worker is not dropped: it heartbeats")
     }
 
@@ -401,15 +521,25 @@ final class LivenessMachineTests: XCTestCase {
         XCTAssertEqual(w.onTick(now: 1.5), [.send(.heartbeat)])
         XCTAssertEqual(w.onTick(now: 2.0), [])
         let d = w.onTick(now: 3.2)
-        XCTAssertEqual(d, [.log("no word from the coordinator for 3.2s; joining again"), .send(.hello(Hello(workerName: "w", datasetFingerprint: "fp")))])
+        XCTAssertEqual(
+            d,
+            [
+                .log("no word from the coordinator for 3.2s; joining again"),
+                .send(.hello(Hello(workerName: "w", datasetFingerprint: "fp")))
+            ])
         var hellos: [Double] = []
         var t = 3.2
         while t < 40 {
             t += 0.1
-            if w.onTick(now: t).contains(where: { if case .send(.hello) = $0 { return true }; return false }) { hellos.append(t) }
+            if w.onTick(now: t).contains(where: {
+                if case .send(.hello) = $0 { return true }; return false
+            }) {
+                hellos.append(t)
+            }
         }
         let gaps = zip(hellos.dropFirst(), hellos).map { (($0 - $1) * 10).rounded() / 10 }
-        XCTAssertEqual(Array(gaps.prefix(4)), [2.1, 4.1, 8.0, 8.0], "backoff doubles up to 8 s (ticks every 0.1 s): \(hellos)")
+        XCTAssertEqual(
+            Array(gaps.prefix(4)), [2.1, 4.1, 8.0, 8.0], "backoff doubles up to 8 s (ticks every 0.1 s): \(hellos)")
         XCTAssertEqual(w.onTick(now: 60.1).last, .exit(code: 1, reason: "no word from the coordinator for 60s"))
     }
 }
@@ -420,17 +550,24 @@ final class HostAgentMachineTests: XCTestCase {
     let agent = PeerID([9]), plain = PeerID([1])
     func env(_ m: Message) -> Envelope { Envelope(runId: "run", message: m) }
     func machine() -> CoordinatorMachine {
-        CoordinatorMachine(settings: .init(runId: "run", datasetFingerprint: "fp", configJSON: "{}", workerTimeout: 10), version: 0)
+        CoordinatorMachine(
+            settings: .init(runId: "run", datasetFingerprint: "fp", configJSON: "{}", workerTimeout: 10), version: 0)
     }
     func work(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, WorkUnit)] {
-        d.compactMap { if case .send(let p, .work(let u)) = $0 { return (p, u) }; return nil }
+        d.compactMap {
+            if case .send(let p, .work(let u)) = $0 { return (p, u) }; return nil
+        }
     }
     func join(_ m: inout CoordinatorMachine, _ p: PeerID, procs: Int) -> [CoordinatorMachine.Directive] {
-        let d = m.onMessage(env(.hello(Hello(workerName: "w\(p)", datasetFingerprint: "fp", procs: procs))), from: p, now: 0)
+        let d = m.onMessage(
+            env(.hello(Hello(workerName: "w\(p)", datasetFingerprint: "fp", procs: procs))), from: p, now: 0)
         return d + m.onMessage(env(.ready), from: p, now: 0)
     }
     func result(_ u: WorkUnit) -> Message {
-        .trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: [Float(u.id)], gradAlpha: [], lossSum: 0, tasks: u.episodes.count))
+        .trainResult(
+            TrainResult(
+                unitId: u.id, version: u.version, gradTheta: [Float(u.id)], gradAlpha: [], lossSum: 0,
+                tasks: u.episodes.count))
     }
 
     /// An agent of 3 processes takes 3 units at once, before a plain worker that joined first, and one
@@ -438,15 +575,20 @@ final class HostAgentMachineTests: XCTestCase {
     func testAnAgentHoldsAUnitPerProcessAndAQueuedOne() {
         var m = machine()
         let logs = join(&m, plain, procs: 1) + join(&m, agent, procs: 3)
-        XCTAssertTrue(logs.contains(.log("host agent w09 of 3 processes joined (2 live; OpenBLAS ? on an unknown CPU)")), "\(logs)")
+        XCTAssertTrue(
+            logs.contains(.log("host agent w09 of 3 processes joined (2 live; OpenBLAS ? on an unknown CPU)")),
+            "\(logs)")
         XCTAssertEqual(m.liveProcs, 4)
         let sent = work(m.startPhase(.init(kind: .train, version: 0, units: (0..<10).map { [[$0], [$0 + 100]] })))
-        XCTAssertEqual(sent.map(\.0), [agent, plain, agent, agent, agent, plain], "idle processes first, biggest host first")
+        XCTAssertEqual(
+            sent.map(\.0), [agent, plain, agent, agent, agent, plain], "idle processes first, biggest host first")
         XCTAssertEqual(sent[0].1.leaves, [[0], [100]])
         // Four pending for four processes: no queued unit again until fewer processes are busy.
         XCTAssertTrue(work(m.onMessage(env(result(sent[0].1)), from: agent, now: 1)).isEmpty)
-        XCTAssertTrue(work(m.onMessage(env(result(sent[1].1)), from: plain, now: 1)).isEmpty, "its queued unit runs now")
-        XCTAssertEqual(work(m.onMessage(env(result(sent[5].1)), from: plain, now: 1)).map(\.0), [plain], "an idle process")
+        XCTAssertTrue(
+            work(m.onMessage(env(result(sent[1].1)), from: plain, now: 1)).isEmpty, "its queued unit runs now")
+        XCTAssertEqual(
+            work(m.onMessage(env(result(sent[5].1)), from: plain, now: 1)).map(\.0), [plain], "an idle process")
     }
 
     /// Units added to a running phase take the next indices, go out after the pending ones, and each
@@ -457,10 +599,15 @@ final class HostAgentMachineTests: XCTestCase {
         let first = work(m.startPhase(.init(kind: .train, version: 0, leaves: [[1], [2], [3]])))
         XCTAssertEqual(first.map(\.1.episodes), [[1], [2]], "one to compute and one queued")
         XCTAssertEqual(m.phaseUnits, 3)
-        XCTAssertTrue(work(m.addUnits([[[4]], [[5]], [[6]]], dispatchOrder: [2, 0, 1])).isEmpty, "the worker holds two already")
+        XCTAssertTrue(
+            work(m.addUnits([[[4]], [[5]], [[6]]], dispatchOrder: [2, 0, 1])).isEmpty, "the worker holds two already")
         XCTAssertEqual(m.phaseUnits, 6)
         var d = m.onMessage(env(result(first[0].1)), from: plain, now: 1)
-        guard case .unitResult(index: 0, .train(let r0))? = d.first(where: { if case .unitResult = $0 { return true }; return false }) else {
+        guard
+            case .unitResult(index: 0, .train(let r0))? = d.first(where: {
+                if case .unitResult = $0 { return true }; return false
+            })
+        else {
             return XCTFail("no unit result in \(d)")
         }
         XCTAssertEqual(r0.unitId, first[0].1.id)
@@ -471,9 +618,14 @@ final class HostAgentMachineTests: XCTestCase {
             held.removeFirst()
             d = m.onMessage(env(result(u)), from: plain, now: 2)
             for (_, w) in work(d) { held.append(w); order.append(w.episodes) }
-            if d.contains(where: { if case .phaseComplete = $0 { return true }; return false }) { complete = true }
+            if d.contains(where: {
+                if case .phaseComplete = $0 { return true }; return false
+            }) {
+                complete = true
+            }
         }
-        XCTAssertEqual(order, [[3], [6], [4], [5]], "added units go out after the pending one, in their own dispatch order")
+        XCTAssertEqual(
+            order, [[3], [6], [4], [5]], "added units go out after the pending one, in their own dispatch order")
         XCTAssertTrue(complete)
         XCTAssertFalse(m.inPhase)
     }
@@ -495,11 +647,13 @@ final class WorkerMachineTests: XCTestCase {
         XCTAssertEqual(w.wakeAt, 3, "fetch again if the reply has not come 2 s after the fetch")
         let wt = Weights(version: 3, theta: [1], alpha: [])
         XCTAssertEqual(w.onMessage(env(.weights(wt)), now: 3), [.compute(u, install: wt)])
-        let r = Message.trainResult(TrainResult(unitId: 7, version: 3, gradTheta: [0], gradAlpha: [], lossSum: 0, tasks: 1))
+        let r = Message.trainResult(
+            TrainResult(unitId: 7, version: 3, gradTheta: [0], gradAlpha: [], lossSum: 0, tasks: 1))
         XCTAssertEqual(w.onComputed(r, now: 4), [.send(r)])
         // Same version: compute at once. An old broadcast is ignored.
         let u2 = WorkUnit(id: 8, kind: .eval, version: 3, episodes: [2])
-        XCTAssertEqual(w.onMessage(env(.work(u2)), now: 5), [.compute(u2, install: nil)], "the computer holds version 3")
+        XCTAssertEqual(
+            w.onMessage(env(.work(u2)), now: 5), [.compute(u2, install: nil)], "the computer holds version 3")
         XCTAssertEqual(w.onMessage(env(.weights(Weights(version: 2, theta: [0], alpha: []))), now: 6), [])
         XCTAssertEqual(w.onMessage(env(.shutdown(reason: "done")), now: 7), [.exit(code: 0, reason: "done")])
         XCTAssertTrue(w.isStopped)
@@ -513,12 +667,19 @@ final class WorkerMachineTests: XCTestCase {
         _ = w.onStart(now: 0)
         _ = w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 0)
         _ = w.onMessage(env(.weights(Weights(version: 0, theta: [0], alpha: []))), now: 0)
-        XCTAssertEqual(w.onMessage(env(.work(WorkUnit(id: 1, kind: .train, version: 0, episodes: [9, 1_000_000_000]))), now: 1),
-                       [.log("refused unit 1 from the coordinator: episode 1000000000 is not one of the dataset's 10 train episodes")])
-        XCTAssertEqual(w.onMessage(env(.work(WorkUnit(id: 2, kind: .eval, version: 0, episodes: [3]))), now: 1),
-                       [.log("refused unit 2 from the coordinator: episode 3 is not one of the dataset's 3 val episodes")])
-        XCTAssertEqual(w.onMessage(env(.work(WorkUnit(id: 3, kind: .train, version: 0, leaves: []))), now: 1),
-                       [.log("refused unit 3 from the coordinator: a unit of no leaves")])
+        XCTAssertEqual(
+            w.onMessage(env(.work(WorkUnit(id: 1, kind: .train, version: 0, episodes: [9, 1_000_000_000]))), now: 1),
+            [
+                .log(
+                    "refused unit 1 from the coordinator: episode 1000000000 is not one of the dataset's 10 train episodes"
+                )
+            ])
+        XCTAssertEqual(
+            w.onMessage(env(.work(WorkUnit(id: 2, kind: .eval, version: 0, episodes: [3]))), now: 1),
+            [.log("refused unit 2 from the coordinator: episode 3 is not one of the dataset's 3 val episodes")])
+        XCTAssertEqual(
+            w.onMessage(env(.work(WorkUnit(id: 3, kind: .train, version: 0, leaves: []))), now: 1),
+            [.log("refused unit 3 from the coordinator: a unit of no leaves")])
         let ok = WorkUnit(id: 4, kind: .train, version: 0, episodes: [9, -0])
         XCTAssertEqual(w.onMessage(env(.work(ok)), now: 1).count, 1)
         XCTAssertEqual(w.computing, 1)
@@ -529,16 +690,20 @@ final class WorkerMachineTests: XCTestCase {
     func testAnAgentComputesSeveralUnitsAndHeartbeatsMeanwhile() {
         var w = WorkerMachine(name: "agent", datasetFingerprint: "fp")
         w.procs = 4
-        XCTAssertEqual(w.onStart(now: 0), [.send(.hello(Hello(workerName: "agent", datasetFingerprint: "fp", procs: 4)))])
+        XCTAssertEqual(
+            w.onStart(now: 0), [.send(.hello(Hello(workerName: "agent", datasetFingerprint: "fp", procs: 4)))])
         _ = w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 0)
         let v0 = Weights(version: 0, theta: [0], alpha: [])
         _ = w.onMessage(env(.weights(v0)), now: 0)
-        let u1 = WorkUnit(id: 1, kind: .train, version: 0, leaves: [[1], [2]]), u2 = WorkUnit(id: 2, kind: .train, version: 0, episodes: [3])
+        let u1 = WorkUnit(id: 1, kind: .train, version: 0, leaves: [[1], [2]]),
+            u2 = WorkUnit(id: 2, kind: .train, version: 0, episodes: [3])
         XCTAssertEqual(w.onMessage(env(.work(u1)), now: 1), [.compute(u1, install: v0)])
-        XCTAssertEqual(w.onMessage(env(.work(u2)), now: 1.1), [.compute(u2, install: nil)], "a second block while the first runs")
+        XCTAssertEqual(
+            w.onMessage(env(.work(u2)), now: 1.1), [.compute(u2, install: nil)], "a second block while the first runs")
         XCTAssertEqual(w.computing, 2)
         XCTAssertEqual(w.onTick(now: 3.5), [.send(.heartbeat)], "heartbeats go on while the blocks are computed")
-        let r = Message.trainResult(TrainResult(unitId: 2, version: 0, gradTheta: [0], gradAlpha: [], lossSum: 0, tasks: 1))
+        let r = Message.trainResult(
+            TrainResult(unitId: 2, version: 0, gradTheta: [0], gradAlpha: [], lossSum: 0, tasks: 1))
         XCTAssertEqual(w.onComputed(r, now: 4), [.send(r)])
         XCTAssertEqual(w.computing, 1)
     }
@@ -559,10 +724,12 @@ final class WorkerMachineTests: XCTestCase {
         XCTAssertEqual(w.wakeAt, 10.25)
         // The broadcast comes in time: both units run, in order, and nothing is fetched.
         let v1 = Weights(version: 1, theta: [1], alpha: [])
-        XCTAssertEqual(w.onMessage(env(.weights(v1)), now: 10.2), [.compute(u1, install: v1), .compute(u2, install: nil)])
+        XCTAssertEqual(
+            w.onMessage(env(.weights(v1)), now: 10.2), [.compute(u1, install: v1), .compute(u2, install: nil)])
         XCTAssertNil(w.wakeAt)
         for u in [u1, u2] {
-            let r = Message.trainResult(TrainResult(unitId: u.id, version: 1, gradTheta: [0], gradAlpha: [], lossSum: 0, tasks: 1))
+            let r = Message.trainResult(
+                TrainResult(unitId: u.id, version: 1, gradTheta: [0], gradAlpha: [], lossSum: 0, tasks: 1))
             XCTAssertEqual(w.onComputed(r, now: 10.3), [.send(r)])
         }
         XCTAssertEqual(w.onTick(now: 11), [])
@@ -586,7 +753,8 @@ final class WorkerMachineTests: XCTestCase {
     func testALostFetchReplyIsFetchedAgain() {
         var w = WorkerMachine(name: "w", datasetFingerprint: "fp")
         _ = w.onStart(now: 0)
-        XCTAssertEqual(w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 0).last, .send(.fetchWeights))
+        XCTAssertEqual(
+            w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 0).last, .send(.fetchWeights))
         let u = WorkUnit(id: 0, kind: .train, version: 0, episodes: [1])
         XCTAssertEqual(w.onMessage(env(.work(u)), now: 0.1), [], "the fetch on its way brings version 0")
         XCTAssertEqual(w.wakeAt, 2)
@@ -612,7 +780,8 @@ final class WorkerMachineTests: XCTestCase {
         _ = w.onMessage(env(.weights(Weights(version: 4, theta: [1], alpha: []))), now: 1)
         let other = Envelope(runId: "run-2", message: .refuse(.unknownWorker, detail: "send hello first"))
         XCTAssertEqual(w.onMessage(other, now: 2).last, .send(.hello(Hello(workerName: "w", datasetFingerprint: "fp"))))
-        let welcome = w.onMessage(Envelope(runId: "run-2", message: .welcome(Welcome(configJSON: "{b}", version: 4))), now: 3)
+        let welcome = w.onMessage(
+            Envelope(runId: "run-2", message: .welcome(Welcome(configJSON: "{b}", version: 4))), now: 3)
         XCTAssertEqual(welcome.first, .configure(configJSON: "{b}"))
         XCTAssertEqual(w.runId, "run-2")
         XCTAssertEqual(welcome.last, .send(.fetchWeights), "the old run's version 4 is not this run's")
@@ -622,8 +791,11 @@ final class WorkerMachineTests: XCTestCase {
         let u = WorkUnit(id: 1, kind: .train, version: 4, episodes: [1])
         XCTAssertEqual(w.onMessage(Envelope(runId: "run-2", message: .work(u)), now: 4), [.compute(u, install: fresh)])
         // Same config on a later welcome: no reconfiguration.
-        XCTAssertFalse(w.onMessage(Envelope(runId: "run-2", message: .welcome(Welcome(configJSON: "{b}", version: 4))), now: 5)
-            .contains { if case .configure = $0 { return true }; return false })
+        XCTAssertFalse(
+            w.onMessage(Envelope(runId: "run-2", message: .welcome(Welcome(configJSON: "{b}", version: 4))), now: 5)
+                .contains {
+                    if case .configure = $0 { return true }; return false
+                })
     }
 
     /// A restarted coordinator that stops before this worker re-joined it: the
@@ -632,8 +804,9 @@ final class WorkerMachineTests: XCTestCase {
         var w = WorkerMachine(name: "w", datasetFingerprint: "fp")
         _ = w.onStart(now: 0)
         _ = w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 0)
-        XCTAssertEqual(w.onMessage(Envelope(runId: "run-2", message: .shutdown(reason: "training finished")), now: 1),
-                       [.exit(code: 0, reason: "training finished")])
+        XCTAssertEqual(
+            w.onMessage(Envelope(runId: "run-2", message: .shutdown(reason: "training finished")), now: 1),
+            [.exit(code: 0, reason: "training finished")])
         XCTAssertTrue(w.isStopped)
         XCTAssertEqual(w.onTick(now: 10), [])
     }
@@ -645,16 +818,20 @@ final class WorkerMachineTests: XCTestCase {
         _ = w.onStart(now: 0)
         _ = w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 0)
         _ = w.onMessage(env(.work(WorkUnit(id: 1, kind: .train, version: 1, episodes: []))), now: 1)
-        XCTAssertEqual(w.onRejoinNeeded("cannot read", now: 2),
-                       [.log("cannot read; joining again"), .send(.hello(Hello(workerName: "w", datasetFingerprint: "fp")))])
+        XCTAssertEqual(
+            w.onRejoinNeeded("cannot read", now: 2),
+            [.log("cannot read; joining again"), .send(.hello(Hello(workerName: "w", datasetFingerprint: "fp")))])
         XCTAssertNil(w.wakeAt, "the unit it waited for is forgotten")
-        XCTAssertEqual(w.onMessage(env(.work(WorkUnit(id: 2, kind: .train, version: 0, episodes: []))), now: 3),
-                       [.log("dropped work before welcome")])
+        XCTAssertEqual(
+            w.onMessage(env(.work(WorkUnit(id: 2, kind: .train, version: 0, episodes: []))), now: 3),
+            [.log("dropped work before welcome")])
         // A fetch sent before the re-join may have been dropped with it: the new membership fetches again.
-        XCTAssertEqual(w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 4).last, .send(.fetchWeights))
+        XCTAssertEqual(
+            w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 4).last, .send(.fetchWeights))
         let u = WorkUnit(id: 3, kind: .train, version: 0, episodes: [])
         XCTAssertEqual(w.onMessage(env(.weights(Weights(version: 0, theta: [], alpha: []))), now: 5), [])
-        XCTAssertEqual(w.onMessage(env(.work(u)), now: 6), [.compute(u, install: Weights(version: 0, theta: [], alpha: []))])
+        XCTAssertEqual(
+            w.onMessage(env(.work(u)), now: 6), [.compute(u, install: Weights(version: 0, theta: [], alpha: []))])
     }
 
     func testStaleUnitAfterNewerWeightsIsSkipped() {
@@ -665,7 +842,10 @@ final class WorkerMachineTests: XCTestCase {
         let d = w.onMessage(env(.weights(Weights(version: 5, theta: [], alpha: []))), now: 2)
         XCTAssertEqual(w.weightsVersion, 5)
         XCTAssertEqual(d.last, .send(.ready))
-        XCTAssertFalse(d.contains { if case .compute = $0 { return true }; return false })
+        XCTAssertFalse(
+            d.contains {
+                if case .compute = $0 { return true }; return false
+            })
     }
 
     func testRefusalsHeartbeatsAndTimeouts() {
@@ -675,21 +855,32 @@ final class WorkerMachineTests: XCTestCase {
         XCTAssertEqual(w.onTick(now: 3), [.send(.hello(Hello(workerName: "w", datasetFingerprint: "fp")))])
         _ = w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 4)
         XCTAssertEqual(w.onTick(now: 7), [.send(.heartbeat)])
-        XCTAssertEqual(w.onTick(now: 40), [.send(.goodbye(reason: "no word from the coordinator for 36s")),
-                                           .exit(code: 1, reason: "no word from the coordinator for 36s")])
+        XCTAssertEqual(
+            w.onTick(now: 40),
+            [
+                .send(.goodbye(reason: "no word from the coordinator for 36s")),
+                .exit(code: 1, reason: "no word from the coordinator for 36s")
+            ])
         XCTAssertTrue(w.isStopped)
 
         var r = WorkerMachine(name: "w", datasetFingerprint: "fp")
         _ = r.onStart(now: 0)
         // A refusal meant for an earlier membership ("unknown worker") does not stop a joining worker.
-        XCTAssertEqual(r.onMessage(env(.refuse(.unknownWorker, detail: "send hello first")), now: 1),
-                       [.log("coordinator does not know this worker yet; hello is on its way")])
+        XCTAssertEqual(
+            r.onMessage(env(.refuse(.unknownWorker, detail: "send hello first")), now: 1),
+            [.log("coordinator does not know this worker yet; hello is on its way")])
         XCTAssertFalse(r.isStopped)
-        XCTAssertEqual(r.onMessage(env(.refuse(.datasetFingerprint, detail: "worker has 0123…")), now: 1),
-                       [.exit(code: 1, reason: "coordinator refused this worker: dataset fingerprint mismatch: worker has 0123…")])
+        XCTAssertEqual(
+            r.onMessage(env(.refuse(.datasetFingerprint, detail: "worker has 0123…")), now: 1),
+            [.exit(code: 1, reason: "coordinator refused this worker: dataset fingerprint mismatch: worker has 0123…")])
         var p = WorkerMachine(name: "w", datasetFingerprint: "fp")
-        XCTAssertEqual(p.onUndecodable(.protocolMismatch(theirs: 9)),
-                       [.exit(code: 1, reason: "coordinator speaks protocol version 9, this worker speaks \(Envelope.protocolVersion)")])
+        XCTAssertEqual(
+            p.onUndecodable(.protocolMismatch(theirs: 9)),
+            [
+                .exit(
+                    code: 1,
+                    reason: "coordinator speaks protocol version 9, this worker speaks \(Envelope.protocolVersion)")
+            ])
     }
 }
 
@@ -699,25 +890,38 @@ final class VerifyTests: XCTestCase {
     let a = PeerID([1]), b = PeerID([2]), c = PeerID([3])
     func env(_ m: Message) -> Envelope { Envelope(runId: "run", message: m) }
     func machine(_ fraction: Double = 1) -> CoordinatorMachine {
-        var s = CoordinatorMachine.Settings(runId: "run", datasetFingerprint: "fp", configJSON: "{}", workerTimeout: 10, unitsPerWorker: 1)
+        var s = CoordinatorMachine.Settings(
+            runId: "run", datasetFingerprint: "fp", configJSON: "{}", workerTimeout: 10, unitsPerWorker: 1)
         s.gradientCounts = (2, 0)
         s.verifyFraction = fraction
         s.verifySeed = 7
         return CoordinatorMachine(settings: s, version: 0)
     }
     func work(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, WorkUnit)] {
-        d.compactMap { if case .send(let p, .work(let u)) = $0 { return (p, u) }; return nil }
+        d.compactMap {
+            if case .send(let p, .work(let u)) = $0 { return (p, u) }; return nil
+        }
     }
-    func logs(_ d: [CoordinatorMachine.Directive]) -> [String] { d.compactMap { if case .log(let s) = $0 { return s }; return nil } }
+    func logs(_ d: [CoordinatorMachine.Directive]) -> [String] {
+        d.compactMap {
+            if case .log(let s) = $0 { return s }; return nil
+        }
+    }
     func accepted(_ d: [CoordinatorMachine.Directive]) -> [TrainResult] {
-        d.compactMap { if case .unitResult(_, .train(let r)) = $0 { return r }; return nil }
+        d.compactMap {
+            if case .unitResult(_, .train(let r)) = $0 { return r }; return nil
+        }
     }
     func join(_ m: inout CoordinatorMachine, _ p: PeerID) -> [CoordinatorMachine.Directive] {
         _ = m.onMessage(env(.hello(Hello(workerName: "w\(p)", datasetFingerprint: "fp"))), from: p, now: 0)
         return m.onMessage(env(.ready), from: p, now: 0)
     }
     func train(_ u: WorkUnit, _ g: Float) -> Envelope {
-        env(.trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: [g, 1], gradAlpha: [], lossSum: 1, tasks: u.episodes.count)))
+        env(
+            .trainResult(
+                TrainResult(
+                    unitId: u.id, version: u.version, gradTheta: [g, 1], gradAlpha: [], lossSum: 1,
+                    tasks: u.episodes.count)))
     }
 
     /// The units checked are a seeded draw: the same in every machine with the same
@@ -730,7 +934,11 @@ final class VerifyTests: XCTestCase {
         XCTAssertEqual(share, 0.3, accuracy: 0.02)
         var other = CoordinatorMachine.Settings(runId: "run", datasetFingerprint: "fp", configJSON: "{}")
         other.verifyFraction = 0.3; other.verifySeed = 8
-        XCTAssertNotEqual(draws, (0..<10_000).map { CoordinatorMachine(settings: other, version: 0).spotChecked(version: $0 / 100, index: $0 % 100) })
+        XCTAssertNotEqual(
+            draws,
+            (0..<10_000).map {
+                CoordinatorMachine(settings: other, version: 0).spotChecked(version: $0 / 100, index: $0 % 100)
+            })
         XCTAssertFalse(machine(0).spotChecked(version: 0, index: 0))
     }
 
@@ -745,12 +953,17 @@ final class VerifyTests: XCTestCase {
         XCTAssertEqual(accepted(d), [])
         XCTAssertEqual(work(d).map(\.1.id), [], "a does not check itself while b is live")
         d = m.onMessage(train(ub, 0.25), from: b, now: 1)
-        XCTAssertEqual(work(d).map { "\($0.0):\($0.1.id)" }.sorted(), ["\(a):\(ub.id)", "\(b):\(ua.id)"], "each unit goes to the other worker")
+        XCTAssertEqual(
+            work(d).map { "\($0.0):\($0.1.id)" }.sorted(), ["\(a):\(ub.id)", "\(b):\(ua.id)"],
+            "each unit goes to the other worker")
         d = m.onMessage(train(ua, 0.5), from: b, now: 2)
         XCTAssertEqual(accepted(d).map(\.unitId), [ua.id])
         d = m.onMessage(train(ub, 0.25), from: a, now: 2)
         XCTAssertEqual(accepted(d).map(\.unitId), [ub.id])
-        XCTAssertTrue(d.contains { if case .phaseComplete = $0 { return true }; return false })
+        XCTAssertTrue(
+            d.contains {
+                if case .phaseComplete = $0 { return true }; return false
+            })
         XCTAssertEqual(m.verified, 2); XCTAssertEqual(m.mismatches, 0)
     }
 
@@ -763,13 +976,21 @@ final class VerifyTests: XCTestCase {
         XCTAssertEqual(work(m.onMessage(train(u, 0.5), from: a, now: 1)).map(\.0), [b])
         let liar = Float(bitPattern: Float(0.5).bitPattern ^ 1)
         var d = m.onMessage(train(u, liar), from: b, now: 1)
-        XCTAssertEqual(logs(d), ["verify: unit \(u.id) differs between worker w01 and worker w02; computing it a third time"])
-        XCTAssertTrue(d.contains { if case .fail = $0 { return true }; return false }, "no third worker is live: the run cannot decide")
+        XCTAssertEqual(
+            logs(d), ["verify: unit \(u.id) differs between worker w01 and worker w02; computing it a third time"])
+        XCTAssertTrue(
+            d.contains {
+                if case .fail = $0 { return true }; return false
+            }, "no third worker is live: the run cannot decide")
         d = join(&m, c)
         XCTAssertEqual(work(d).map(\.0), [c], "the third opinion comes from a worker not heard yet")
         d = m.onMessage(train(u, 0.5), from: c, now: 2)
-        XCTAssertEqual(logs(d).prefix(2), ["verify: unit \(u.id): worker w03 agrees with worker w01",
-                                           "worker w02 disagrees with the majority on unit \(u.id) (verify); dropped"])
+        XCTAssertEqual(
+            logs(d).prefix(2),
+            [
+                "verify: unit \(u.id): worker w03 agrees with worker w01",
+                "worker w02 disagrees with the majority on unit \(u.id) (verify); dropped"
+            ])
         XCTAssertEqual(accepted(d).map(\.gradTheta), [[0.5, 1]])
         XCTAssertEqual(m.liveWorkers, 2)
         XCTAssertEqual(m.mismatches, 1)

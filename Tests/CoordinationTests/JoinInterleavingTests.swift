@@ -1,5 +1,6 @@
-import XCTest
 import Wire
+import XCTest
+
 @testable import Coordination
 
 /// Every order in which a welcome, weight broadcasts, fetch replies and work can
@@ -43,8 +44,8 @@ final class JoinInterleavingTests: XCTestCase {
     struct World {
         var worker: WorkerMachine
         var coordinator: CoordinatorModel
-        var dealer: [Envelope] = []   // to the worker over ROUTER/DEALER, in order
-        var sub: [Envelope] = []      // broadcasts, in order
+        var dealer: [Envelope] = [] // to the worker over ROUTER/DEALER, in order
+        var sub: [Envelope] = [] // broadcasts, in order
         var now = 0.0
         // The shell's unit computer.
         var computerConfig: String?
@@ -71,7 +72,7 @@ final class JoinInterleavingTests: XCTestCase {
             case .hello:
                 c.knowsWorker = true
                 c.workerReady = false
-                c.outstanding = nil   // a re-joined worker's units are lost: re-queued
+                c.outstanding = nil // a re-joined worker's units are lost: re-queued
                 send(.welcome(Welcome(configJSON: c.config, version: c.version)))
             case _ where !c.knowsWorker:
                 if case .goodbye = m { break }
@@ -81,7 +82,10 @@ final class JoinInterleavingTests: XCTestCase {
                 c.workerReady = true
                 dispatch()
             case .fetchWeights:
-                dealer.append(Envelope(runId: c.runId, message: .weights(JoinInterleavingTests.weights(run: c.run, version: c.version))))
+                dealer.append(
+                    Envelope(
+                        runId: c.runId, message: .weights(JoinInterleavingTests.weights(run: c.run, version: c.version))
+                    ))
             case .trainResult(let r):
                 c.workerReady = true
                 if r.unitId == c.outstanding?.id {
@@ -91,7 +95,10 @@ final class JoinInterleavingTests: XCTestCase {
                             c.finished = true
                         } else {
                             c.version += 1
-                            sub.append(Envelope(runId: c.runId, message: .weights(JoinInterleavingTests.weights(run: c.run, version: c.version))))
+                            sub.append(
+                                Envelope(
+                                    runId: c.runId,
+                                    message: .weights(JoinInterleavingTests.weights(run: c.run, version: c.version))))
                         }
                     }
                 }
@@ -114,17 +121,28 @@ final class JoinInterleavingTests: XCTestCase {
                 case .compute(let u, let install):
                     if let w = install { computerTheta = w.theta }
                     let run = u.id / 1000
-                    guard run == coordinator.run else { throw Failure("computed unit \(u.id) of run \(run) while run \(coordinator.run) is on: \(history)") }
+                    guard run == coordinator.run else {
+                        throw Failure(
+                            "computed unit \(u.id) of run \(run) while run \(coordinator.run) is on: \(history)")
+                    }
                     guard computerConfig == coordinator.config else {
-                        throw Failure("unit \(u.id) computed with config \(computerConfig ?? "none"), run's is \(coordinator.config): \(history)")
+                        throw Failure(
+                            "unit \(u.id) computed with config \(computerConfig ?? "none"), run's is \(coordinator.config): \(history)"
+                        )
                     }
                     let expected = JoinInterleavingTests.weights(run: run, version: u.version).theta
                     guard computerTheta == expected else {
-                        throw Failure("unit \(u.id) (version \(u.version)) computed on \(computerTheta.map { "\($0)" } ?? "no weights"), expected \(expected): \(history)")
+                        throw Failure(
+                            "unit \(u.id) (version \(u.version)) computed on \(computerTheta.map { "\($0)" } ?? "no weights"), expected \(expected): \(history)"
+                        )
                     }
                     computed.append(u)
-                    try execute(worker.onComputed(.trainResult(TrainResult(unitId: u.id, version: u.version, gradTheta: [0], gradAlpha: [],
-                                                                           lossSum: 0, tasks: 1)), now: now))
+                    try execute(
+                        worker.onComputed(
+                            .trainResult(
+                                TrainResult(
+                                    unitId: u.id, version: u.version, gradTheta: [0], gradAlpha: [],
+                                    lossSum: 0, tasks: 1)), now: now))
                 case .exit(_, let reason):
                     exited = reason
                 case .log:
@@ -145,7 +163,9 @@ final class JoinInterleavingTests: XCTestCase {
     func explore(_ world: World, _ limits: Limits) throws -> Int {
         if let reason = world.exited { throw Failure("worker exited (\(reason)): \(world.history)") }
         if world.coordinator.finished { return 1 }
-        guard world.history.count < limits.depth else { throw Failure("no end after \(limits.depth) steps: \(world.history)") }
+        guard world.history.count < limits.depth else {
+            throw Failure("no end after \(limits.depth) steps: \(world.history)")
+        }
         var paths = 0
         var moved = false
         func step(_ label: String, _ change: (inout World) throws -> Void) throws {
@@ -169,11 +189,15 @@ final class JoinInterleavingTests: XCTestCase {
                 try w.execute(w.worker.onMessage(e, now: w.now))
             }
             if world.drops < limits.drops {
-                try step("lost:\(e.message.short)") { w in w.sub.removeFirst(); w.drops += 1 }
+                try step("lost:\(e.message.short)") { w in
+                    w.sub.removeFirst(); w.drops += 1
+                }
             }
         }
         // A fetch's reply on its way may be overtaken by the retry timer too (a few times per path).
-        let replyOnItsWay = world.dealer.contains { if case .weights = $0.message { return true }; return false }
+        let replyOnItsWay = world.dealer.contains {
+            if case .weights = $0.message { return true }; return false
+        }
         if let t = world.worker.wakeAt, !replyOnItsWay || world.graces < limits.graces {
             // The grace ends without a broadcast (or the fetch's reply is late): the worker fetches.
             try step("grace") { w in
@@ -197,8 +221,10 @@ final class JoinInterleavingTests: XCTestCase {
             }
         }
         if !moved {
-            throw Failure("stuck: the coordinator waits for unit \(world.coordinator.outstanding.map { "\($0.id)" } ?? "none") "
-                          + "(version \(world.coordinator.version)), worker holds \(world.worker.weightsVersion): \(world.history)")
+            throw Failure(
+                "stuck: the coordinator waits for unit \(world.coordinator.outstanding.map { "\($0.id)" } ?? "none") "
+                    + "(version \(world.coordinator.version)), worker holds \(world.worker.weightsVersion): \(world.history)"
+            )
         }
         return paths
     }
@@ -210,7 +236,8 @@ final class JoinInterleavingTests: XCTestCase {
     func testFreshJoinInEveryOrder() throws {
         var paths = 0
         for early in [[], [2], [1, 2]] {
-            var w = World(worker: freshWorker(), coordinator: CoordinatorModel(run: 1, config: "{a}", version: 2, lastVersion: 4))
+            var w = World(
+                worker: freshWorker(), coordinator: CoordinatorModel(run: 1, config: "{a}", version: 2, lastVersion: 4))
             w.sub = early.map { Envelope(runId: "run-1", message: .weights(Self.weights(run: 1, version: $0))) }
             try w.execute(w.worker.onStart(now: 0))
             paths += try explore(w, Limits())
@@ -226,19 +253,26 @@ final class JoinInterleavingTests: XCTestCase {
         var paths = 0
         for config in ["{a}", "{b}"] {
             for (viaBroadcast, viaRefusal) in [(true, false), (false, true), (true, true)] {
-                var w = World(worker: freshWorker(), coordinator: CoordinatorModel(run: 1, config: "{a}", version: 3, lastVersion: 3))
+                var w = World(
+                    worker: freshWorker(),
+                    coordinator: CoordinatorModel(run: 1, config: "{a}", version: 3, lastVersion: 3))
                 try w.execute(w.worker.onStart(now: 0))
-                try w.execute(w.worker.onMessage(w.dealer.removeFirst(), now: 0))        // welcome
-                try w.execute(w.worker.onMessage(w.dealer.removeFirst(), now: 0))        // work of version 3
-                try w.execute(w.worker.onMessage(w.dealer.removeFirst(), now: 0))        // fetch reply: computes it
+                try w.execute(w.worker.onMessage(w.dealer.removeFirst(), now: 0)) // welcome
+                try w.execute(w.worker.onMessage(w.dealer.removeFirst(), now: 0)) // work of version 3
+                try w.execute(w.worker.onMessage(w.dealer.removeFirst(), now: 0)) // fetch reply: computes it
                 XCTAssertTrue(w.coordinator.finished)
                 XCTAssertEqual(w.computed.map(\.version), [3])
                 // Run 2 takes over the endpoint: it does not know the worker yet.
                 w.coordinator = CoordinatorModel(run: 2, config: config, version: 2, lastVersion: 4)
                 w.computed = []
                 w.sub = [Envelope(runId: "run-1", message: .weights(Self.weights(run: 1, version: 3)))]
-                if viaBroadcast { w.sub.append(Envelope(runId: "run-2", message: .weights(Self.weights(run: 2, version: 2)))) }
-                if viaRefusal { w.dealer.append(Envelope(runId: "run-2", message: .refuse(.unknownWorker, detail: "send hello first"))) }
+                if viaBroadcast {
+                    w.sub.append(Envelope(runId: "run-2", message: .weights(Self.weights(run: 2, version: 2))))
+                }
+                if viaRefusal {
+                    w.dealer.append(
+                        Envelope(runId: "run-2", message: .refuse(.unknownWorker, detail: "send hello first")))
+                }
                 paths += try explore(w, Limits(drops: 1))
             }
         }
@@ -248,11 +282,13 @@ final class JoinInterleavingTests: XCTestCase {
     /// The same run lost track of the worker (it was dropped for silence) while
     /// the worker held version 2 and version 3's broadcast was on its way.
     func testRejoinTheSameRunInEveryOrder() throws {
-        var w = World(worker: freshWorker(), coordinator: CoordinatorModel(run: 1, config: "{a}", version: 2, lastVersion: 4))
+        var w = World(
+            worker: freshWorker(), coordinator: CoordinatorModel(run: 1, config: "{a}", version: 2, lastVersion: 4))
         try w.execute(w.worker.onStart(now: 0))
-        try w.execute(w.worker.onMessage(w.dealer.removeFirst(), now: 0))   // welcome at version 2
-        try w.execute(w.worker.onMessage(w.dealer.removeFirst(), now: 0))   // work of version 2
-        try w.execute(w.worker.onMessage(w.dealer.removeFirst(), now: 0))   // fetch reply: computes it, version 3 broadcast
+        try w.execute(w.worker.onMessage(w.dealer.removeFirst(), now: 0)) // welcome at version 2
+        try w.execute(w.worker.onMessage(w.dealer.removeFirst(), now: 0)) // work of version 2
+        // The fetch reply: computes it, version 3 broadcast.
+        try w.execute(w.worker.onMessage(w.dealer.removeFirst(), now: 0))
         XCTAssertEqual(w.computed.map(\.version), [2])
         w.coordinator.knowsWorker = false
         w.coordinator.outstanding = nil
@@ -269,18 +305,22 @@ final class JoinInterleavingTests: XCTestCase {
         var m = freshWorker()
         _ = m.onStart(now: 0)
         let early = Self.weights(run: 1, version: 0)
-        XCTAssertEqual(m.onMessage(Envelope(runId: "run-1", message: .weights(early)), now: 0),
-                       [.log("dropped weights version 0 that came before welcome")])
-        let welcome = m.onMessage(Envelope(runId: "run-1", message: .welcome(Welcome(configJSON: "{a}", version: 0))), now: 0)
+        XCTAssertEqual(
+            m.onMessage(Envelope(runId: "run-1", message: .weights(early)), now: 0),
+            [.log("dropped weights version 0 that came before welcome")])
+        let welcome = m.onMessage(
+            Envelope(runId: "run-1", message: .welcome(Welcome(configJSON: "{a}", version: 0))), now: 0)
         XCTAssertEqual(welcome.first, .configure(configJSON: "{a}"))
         XCTAssertEqual(Array(welcome.suffix(2)), [.send(.ready), .send(.fetchWeights)])
         let u = WorkUnit(id: 1, kind: .train, version: 0, episodes: [1])
         XCTAssertEqual(m.onMessage(Envelope(runId: "run-1", message: .work(u)), now: 0), [])
-        XCTAssertEqual(m.onMessage(Envelope(runId: "run-1", message: .weights(early)), now: 0), [.compute(u, install: early)])
+        XCTAssertEqual(
+            m.onMessage(Envelope(runId: "run-1", message: .weights(early)), now: 0), [.compute(u, install: early)])
         _ = m.onComputed(.ready, now: 0)
         let u2 = WorkUnit(id: 2, kind: .train, version: 0, episodes: [2])
-        XCTAssertEqual(m.onMessage(Envelope(runId: "run-1", message: .work(u2)), now: 0), [.compute(u2, install: nil)],
-                       "the computer already holds version 0")
+        XCTAssertEqual(
+            m.onMessage(Envelope(runId: "run-1", message: .work(u2)), now: 0), [.compute(u2, install: nil)],
+            "the computer already holds version 0")
     }
 }
 

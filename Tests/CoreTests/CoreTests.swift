@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import Core
 
 final class SHA256Tests: XCTestCase {
@@ -7,8 +8,9 @@ final class SHA256Tests: XCTestCase {
     func testKnownVectors() {
         XCTAssertEqual(hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         XCTAssertEqual(hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
-        XCTAssertEqual(hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
-                       "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+        XCTAssertEqual(
+            hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
     }
 
     func testStreamingEqualsOneShot() {
@@ -27,7 +29,8 @@ final class RandomTests: XCTestCase {
         var a = SeededGenerator(seed: 42, [Stream.metaBatch, 7])
         var b = SeededGenerator(seed: 42, [Stream.metaBatch, 7])
         var c = SeededGenerator(seed: 42, [Stream.metaBatch, 8])
-        let xa = (0..<10).map { _ in a.next() }, xb = (0..<10).map { _ in b.next() }, xc = (0..<10).map { _ in c.next() }
+        let xa = (0..<10).map { _ in a.next() }, xb = (0..<10).map { _ in b.next() },
+            xc = (0..<10).map { _ in c.next() }
         XCTAssertEqual(xa, xb)
         XCTAssertNotEqual(xa, xc)
     }
@@ -53,10 +56,11 @@ final class AtomicFileTests: XCTestCase {
         let dir = NSTemporaryDirectory() + "mt-atomic-\(getpid())"
         try? FileManager.default.removeItem(atPath: dir)
         let path = dir + "/out.txt"
-        XCTAssertThrowsError(try writeAtomically(to: path) { tmp in
-            _ = FileManager.default.createFile(atPath: tmp, contents: Data("half".utf8))
-            throw MetatrainError("boom")
-        })
+        XCTAssertThrowsError(
+            try writeAtomically(to: path) { tmp in
+                _ = FileManager.default.createFile(atPath: tmp, contents: Data("half".utf8))
+                throw MetatrainError("boom")
+            })
         XCTAssertFalse(FileManager.default.fileExists(atPath: path))
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
         try writeFileAtomically(path, contents: "whole")
@@ -70,13 +74,14 @@ final class AtomicFileTests: XCTestCase {
         try? FileManager.default.removeItem(atPath: dir)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let dead = pid_t(4_194_305)   // above any Linux pid_max
+        let dead = pid_t(4_194_305) // above any Linux pid_max
         for name in [".iter-000004.h5.tmp-\(dead)", ".best.h5.tmp-\(getpid())", "iter-000008.h5", ".notes.tmp-x"] {
             XCTAssertTrue(FileManager.default.createFile(atPath: dir + "/" + name, contents: Data("x".utf8)))
         }
         XCTAssertEqual(removeAbandonedTemporaries(in: dir), [".iter-000004.h5.tmp-\(dead)"])
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(),
-                       [".best.h5.tmp-\(getpid())", ".notes.tmp-x", "iter-000008.h5"])
+        XCTAssertEqual(
+            try FileManager.default.contentsOfDirectory(atPath: dir).sorted(),
+            [".best.h5.tmp-\(getpid())", ".notes.tmp-x", "iter-000008.h5"])
         XCTAssertEqual(removeAbandonedTemporaries(in: dir + "/missing"), [])
     }
 }

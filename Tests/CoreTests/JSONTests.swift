@@ -1,10 +1,13 @@
 import Testing
+
 @testable import Core
 
 /// The JSON writer used for report.json and metrics.jsonl.
 @Suite struct JSONTests {
     @Test func keepsKeyOrderAndEscapes() {
-        let j: JSON = .object([("b", .int(1)), ("a", .string("x\"y\n")), ("c", .array([.number(0.5), .null, .bool(true)]))])
+        let j: JSON = .object([
+            ("b", .int(1)), ("a", .string("x\"y\n")), ("c", .array([.number(0.5), .null, .bool(true)]))
+        ])
         #expect(j.compact == #"{"b":1,"a":"x\"y\n","c":[0.5,null,true]}"#)
     }
 

@@ -1,6 +1,7 @@
-import XCTest
 import Configuration
 import Core
+import XCTest
+
 @testable import Datasets
 
 func tempPath(_ name: String) -> String {
@@ -77,23 +78,27 @@ final class CSVTests: XCTestCase {
 final class PrepareTests: XCTestCase {
     // Worked by hand in the comments below; see docs/FORMATS.md for the rules.
     let log = """
-    username,course_id,session_id,action,time
-    b,C1,s1,play_video,100
-    b,C1,s1,pause_video,400
-    b,C2,s2,play_video,5000
-    a,C3,s3,load_video,50
-    a,C2,s3,play_video,60
-    a,C2,s4,play_video,7000
-    a,C1,s5,problem_get,9000
-    b,C3,s6,play_video,9500
-    c,C9,s7,play_video,10
-    c,C1,s7,play_video,20
+        username,course_id,session_id,action,time
+        b,C1,s1,play_video,100
+        b,C1,s1,pause_video,400
+        b,C2,s2,play_video,5000
+        a,C3,s3,load_video,50
+        a,C2,s3,play_video,60
+        a,C2,s4,play_video,7000
+        a,C1,s5,problem_get,9000
+        b,C3,s6,play_video,9500
+        c,C9,s7,play_video,10
+        c,C1,s7,play_video,20
 
-    """
+        """
 
     func config(_ extra: [String] = []) throws -> Config {
-        try Config.load(path: nil, overrides: ["data.k_support=1", "data.q_query=1", "data.val_fraction=0.34",
-                                               "data.test_fraction=0.34"] + extra)
+        try Config.load(
+            path: nil,
+            overrides: [
+                "data.k_support=1", "data.q_query=1", "data.val_fraction=0.34",
+                "data.test_fraction=0.34"
+            ] + extra)
     }
 
     func testEveryStepOnAHandWorkedLog() throws {
@@ -108,8 +113,8 @@ final class PrepareTests: XCTestCase {
         XCTAssertEqual(d.label, [2, 1, 2, 3, 1])
         XCTAssertEqual(d.timestamp, [60, 9000, 5000, 9500, 20])
         // Reliability: 4 distinct actions in the dataset.
-        let s3 = Float((2.0 / 100 + 10.0 / 1800 + 2.0 / 4) / 3)   // a's C2 visit: session s3
-        let one = Float((1.0 / 100 + 0 + 1.0 / 4) / 3)              // single-event sessions
+        let s3 = Float((2.0 / 100 + 10.0 / 1800 + 2.0 / 4) / 3) // a's C2 visit: session s3
+        let one = Float((1.0 / 100 + 0 + 1.0 / 4) / 3) // single-event sessions
         for (got, want) in zip(d.reliability, [s3, one, one, one, Float((2.0 / 100 + 10.0 / 1800 + 1.0 / 4) / 3)]) {
             XCTAssertEqual(got, want, accuracy: 1e-6)
         }
@@ -124,11 +129,14 @@ final class PrepareTests: XCTestCase {
     }
 
     func testGapSessionsTruncationMinCountAndStride() throws {
-        let noSession = log.split(separator: "\n").map { line in
-            line.split(separator: ",", omittingEmptySubsequences: false).enumerated().filter { $0.offset != 2 }.map { String($0.element) }.joined(separator: ",")
-        }.joined(separator: "\n") + "\n"
-        let (d, s) = try Prepare.run(csvPath: writeTemp("gap.csv", noSession),
-                                     config: try config(["data.max_seq_len=1", "data.min_item_count=2", "data.split=random"]))
+        let noSession =
+            log.split(separator: "\n").map { line in
+                line.split(separator: ",", omittingEmptySubsequences: false).enumerated().filter { $0.offset != 2 }.map
+                { String($0.element) }.joined(separator: ",")
+            }.joined(separator: "\n") + "\n"
+        let (d, s) = try Prepare.run(
+            csvPath: writeTemp("gap.csv", noSession),
+            config: try config(["data.max_seq_len=1", "data.min_item_count=2", "data.split=random"]))
         XCTAssertFalse(s.usedSessionColumn)
         // C9 dropped: c has a single visit left, so no pairs.
         XCTAssertEqual(d.itemIds, ["<pad>", "C1", "C2", "C3"])
@@ -145,12 +153,18 @@ final class PrepareTests: XCTestCase {
 
     func testTrainEpisodesUseWindowsWithStride() throws {
         var rows = ["username,course_id,time"]
-        for t in 0..<8 { rows.append("u,I\(t % 4),\(t * 10_000)") }   // 8 visits -> 7 pairs
+        for t in 0..<8 { rows.append("u,I\(t % 4),\(t * 10_000)") } // 8 visits -> 7 pairs
         let p = writeTemp("train.csv", rows.joined(separator: "\n") + "\n")
-        let (d, _) = try Prepare.run(csvPath: p, config: try Config.load(path: nil, overrides: [
-            "data.k_support=2", "data.q_query=2", "data.train_stride=2", "data.val_fraction=0", "data.test_fraction=0"]))
+        let (d, _) = try Prepare.run(
+            csvPath: p,
+            config: try Config.load(
+                path: nil,
+                overrides: [
+                    "data.k_support=2", "data.q_query=2", "data.train_stride=2", "data.val_fraction=0",
+                    "data.test_fraction=0"
+                ]))
         let e = d.episodes(.train)
-        XCTAssertEqual(e.count, 2)  // starts 0 and 2 (4 + 4 > 7 stops it)
+        XCTAssertEqual(e.count, 2) // starts 0 and 2 (4 + 4 > 7 stops it)
         XCTAssertEqual(e.support, [0, 1, 2, 3]); XCTAssertEqual(e.query, [2, 3, 4, 5])
     }
 
@@ -158,22 +172,29 @@ final class PrepareTests: XCTestCase {
         let bad = "username,course_id,time\nu1,C1,100\nu1,C2,not-a-time\nu1,C3\n,C1,5\nu2,C1,7\nu2,C2,9\n"
         let p = writeTemp("bad.csv", bad)
         XCTAssertThrowsError(try Prepare.run(csvPath: p, config: Config.defaults())) { e in
-            XCTAssertEqual("\(e)", "bad.csv:3: unparseable time 'not-a-time' (column 'time') (use --skip-bad-rows to skip such rows)")
+            XCTAssertEqual(
+                "\(e)",
+                "bad.csv:3: unparseable time 'not-a-time' (column 'time') (use --skip-bad-rows to skip such rows)")
         }
         let (d, s) = try Prepare.run(csvPath: p, skipBadRows: true, config: Config.defaults())
         XCTAssertEqual(s.skippedRows, 3)
         XCTAssertEqual(s.events, 3)
-        XCTAssertEqual(d.nPairs, 1)  // u1 keeps one visit; u2 has C1 -> C2
-        XCTAssertThrowsError(try Prepare.run(csvPath: writeTemp("nocol.csv", "user,item,when\n"), config: Config.defaults())) { e in
+        XCTAssertEqual(d.nPairs, 1) // u1 keeps one visit; u2 has C1 -> C2
+        XCTAssertThrowsError(
+            try Prepare.run(csvPath: writeTemp("nocol.csv", "user,item,when\n"), config: Config.defaults())
+        ) { e in
             XCTAssertTrue("\(e)".contains("no column 'username'"), "\(e)")
         }
     }
 
     func testRatingsLogThroughColumnFlags() throws {
-        let ratings = "userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n1,1029,3.0,1260759179\n1,1061,3.0,1260759182\n2,31,4.0,835355493\n2,10,4.0,835355681\n"
+        let ratings =
+            "userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n1,1029,3.0,1260759179\n1,1061,3.0,1260759182\n2,31,4.0,835355493\n2,10,4.0,835355681\n"
         var cols = ColumnMap()
-        cols.user = "userId"; cols.item = "movieId"; cols.time = "timestamp"; cols.action = "rating"; cols.actionRequired = true
-        let (d, s) = try Prepare.run(csvPath: writeTemp("ratings.csv", ratings), columns: cols, config: Config.defaults())
+        cols.user = "userId"; cols.item = "movieId"; cols.time = "timestamp"; cols.action = "rating";
+        cols.actionRequired = true
+        let (d, s) = try Prepare.run(
+            csvPath: writeTemp("ratings.csv", ratings), columns: cols, config: Config.defaults())
         XCTAssertEqual(s.events, 5)
         XCTAssertEqual(d.itemIds.first, "<pad>")
         XCTAssertEqual(d.itemIds[1], "31")
@@ -186,15 +207,17 @@ final class PrepareTests: XCTestCase {
     func testDelimitersAndRecBoleHeadersGiveTheSameDataset() throws {
         let (csv, _) = try Prepare.run(csvPath: writeTemp("same.csv", log), config: try config())
         let semicolons = log.replacingOccurrences(of: ",", with: ";")
-        let (semi, _) = try Prepare.run(csvPath: writeTemp("same.txt", semicolons), delimiter: 0x3B, config: try config())
+        let (semi, _) = try Prepare.run(
+            csvPath: writeTemp("same.txt", semicolons), delimiter: 0x3B, config: try config())
         XCTAssertEqual(semi.fingerprint, csv.fingerprint)
         XCTAssertTrue(semi.source.contains("delimiter=;"), semi.source)
         let tabs = log.replacingOccurrences(of: ",", with: "\t")
         let (tsv, _) = try Prepare.run(csvPath: writeTemp("same.tsv", tabs), config: try config())
         XCTAssertEqual(tsv.fingerprint, csv.fingerprint)
         // RecBole: typed headers, its standard column names, tabs.
-        let inter = tabs.replacingOccurrences(of: "username\tcourse_id\tsession_id\taction\ttime",
-                                              with: "user_id:token\titem_id:token\tsession_id:token\taction:token\ttimestamp:float")
+        let inter = tabs.replacingOccurrences(
+            of: "username\tcourse_id\tsession_id\taction\ttime",
+            with: "user_id:token\titem_id:token\tsession_id:token\taction:token\ttimestamp:float")
         let (rb, _) = try Prepare.run(csvPath: writeTemp("same.inter", inter), columns: .recBole, config: try config())
         XCTAssertEqual(rb.fingerprint, csv.fingerprint)
         // A tab file read as commas names the fix.
@@ -203,7 +226,8 @@ final class PrepareTests: XCTestCase {
         }
         // A header that only looks typed is read as it is.
         XCTAssertEqual(strippingRecBoleTypes(["a:token", "b:rating"]), ["a:token", "b:rating"])
-        XCTAssertEqual(strippingRecBoleTypes(["user_id:token", "item_id:token_seq", "r:float"]), ["user_id", "item_id", "r"])
+        XCTAssertEqual(
+            strippingRecBoleTypes(["user_id:token", "item_id:token_seq", "r:float"]), ["user_id", "item_id", "r"])
     }
 }
 

@@ -1,17 +1,18 @@
-import XCTest
 import Configuration
 import Core
 import Datasets
 import GRU4Rec
 import Kernels
 import MetaLearning
+import XCTest
+
 @testable import Evaluation
 
 final class MetricTests: XCTestCase {
     func testPessimisticRankCountsTies() {
-        let s: [Float] = [100, 0.5, 0.9, 0.5, 0.1]   // item 0's score is ignored
+        let s: [Float] = [100, 0.5, 0.9, 0.5, 0.1] // item 0's score is ignored
         XCTAssertEqual(pessimisticRank(s, label: 2, V: 5), 1)
-        XCTAssertEqual(pessimisticRank(s, label: 1, V: 5), 3)  // item 2 greater, item 3 tied
+        XCTAssertEqual(pessimisticRank(s, label: 1, V: 5), 3) // item 2 greater, item 3 tied
         XCTAssertEqual(pessimisticRank(s, label: 4, V: 5), 4)
         let flat = [Float](repeating: 0, count: 5)
         XCTAssertEqual(pessimisticRank(flat, label: 2, V: 5), 4)
@@ -61,21 +62,27 @@ final class FewShotTests: XCTestCase {
                 repeat { x = Int32(1 + g.below(V - 1)) } while x == fav
                 items.append(x); offsets.append(Int64(items.count)); labels.append(fav); pairUser.append(Int32(u))
             }
-            support += (0..<3).map { Int64(first + $0) }; query += (3..<6).map { Int64(first + $0) }; epUser.append(Int32(u))
+            support += (0..<3).map { Int64(first + $0) }; query += (3..<6).map { Int64(first + $0) };
+            epUser.append(Int32(u))
         }
-        let d = Dataset(itemIds: (0..<V).map { "i\($0)" }, itemCounts: [Int64](repeating: 1, count: V),
-                        userIds: (0..<users).map { "u\($0)" }, userSplit: [Int8](repeating: 2, count: users),
-                        pairUser: pairUser, prefixOffsets: offsets, prefixItems: items, label: labels,
-                        timestamp: [Int64](repeating: 0, count: labels.count), reliability: [Float](repeating: 1, count: labels.count),
-                        episodes: [.test: Episodes(k: 3, q: 3, support: support, query: query, user: epUser)],
-                        maxSeqLen: 50, kSupport: 3, qQuery: 3, source: "planted")
+        let d = Dataset(
+            itemIds: (0..<V).map { "i\($0)" }, itemCounts: [Int64](repeating: 1, count: V),
+            userIds: (0..<users).map { "u\($0)" }, userSplit: [Int8](repeating: 2, count: users),
+            pairUser: pairUser, prefixOffsets: offsets, prefixItems: items, label: labels,
+            timestamp: [Int64](repeating: 0, count: labels.count),
+            reliability: [Float](repeating: 1, count: labels.count),
+            episodes: [.test: Episodes(k: 3, q: 3, support: support, query: query, user: epUser)],
+            maxSeqLen: 50, kSupport: 3, qQuery: 3, source: "planted")
         let dims = ModelDims(V: V, E: 4, H: 8)
         var rng = SeededGenerator(seed: 1)
         let params = GRU4Rec(dims: dims).initialParameters(rng: &rng)
         let ev = Evaluator(dataset: d, split: .test)
         let zero = ev.zeroShot(params, dims: dims).reduce(MetricSums(), +)
-        let few = ev.fewShot(params, dims: dims, policy: FewShotPolicy(steps: 10, innerLR: 0.5, weighting: SupportWeighting()))
-            .reduce(MetricSums(), +)
-        XCTAssertGreaterThan(few.mean(.acc1), zero.mean(.acc1) + 0.5, "few-shot \(few.mean(.acc1)) vs zero-shot \(zero.mean(.acc1))")
+        let few = ev.fewShot(
+            params, dims: dims, policy: FewShotPolicy(steps: 10, innerLR: 0.5, weighting: SupportWeighting())
+        )
+        .reduce(MetricSums(), +)
+        XCTAssertGreaterThan(
+            few.mean(.acc1), zero.mean(.acc1) + 0.5, "few-shot \(few.mean(.acc1)) vs zero-shot \(zero.mean(.acc1))")
     }
 }

@@ -1,6 +1,7 @@
-import XCTest
 import Core
 import Kernels
+import XCTest
+
 @testable import GRU4Rec
 
 final class GradientTests: XCTestCase {
@@ -116,7 +117,7 @@ final class GradientTests: XCTestCase {
         let lb = model.lossAndGradient(p, gb, b)
         XCTAssertEqual(la, lb, accuracy: 1e-6)
         for i in 0..<ga.count { XCTAssertEqual(ga[i], gb[i], accuracy: 1e-6) }
-        model.lossAndGradient(p, ga, a)  // accumulates: now twice
+        model.lossAndGradient(p, ga, a) // accumulates: now twice
         for i in 0..<ga.count { XCTAssertEqual(ga[i], 2 * gb[i], accuracy: 1e-5) }
     }
 
@@ -124,11 +125,11 @@ final class GradientTests: XCTestCase {
         let model = GRU4Rec(dims: ModelDims(V: 5, E: 2, H: 2))
         var rng = SeededGenerator(seed: 1)
         let p = model.initialParameters(rng: &rng)
-        p[model.layout["fc.bias"].offset] = 100  // huge logit for item 0
+        p[model.layout["fc.bias"].offset] = 100 // huge logit for item 0
         let batch = PackedBatch(prefixes: [[1]], labels: [2])
         let g = FloatBuffer(count: model.parameterCount)
         let loss = model.lossAndGradient(p, g, batch)
-        XCTAssertLessThan(loss, 10)  // item 0's logit does not enter the softmax
+        XCTAssertLessThan(loss, 10) // item 0's logit does not enter the softmax
         XCTAssertEqual(g[model.layout["fc.bias"].offset], 0)
     }
 }

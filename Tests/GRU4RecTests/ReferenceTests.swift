@@ -1,6 +1,7 @@
 import Foundation
-import XCTest
 import Kernels
+import XCTest
+
 @testable import GRU4Rec
 
 /// Compares against values produced by an independent implementation

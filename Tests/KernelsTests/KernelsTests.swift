@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import Kernels
 
 final class BLASTests: XCTestCase {
@@ -54,13 +55,14 @@ final class OptimizerTests: XCTestCase {
         let ref = p.array
         var m = [Float](repeating: 0, count: n), v = m, q = ref
         let adam = Adam(count: n)
-        let p2 = p.copy(), adam2 = Adam(count: n)   // the same steps on two threads
+        let p2 = p.copy(), adam2 = Adam(count: n) // the same steps on two threads
         let ranges = [0..<1, 3..<20, 21..<150, 157..<203]
         for step in 1...3 {
             let g = FloatBuffer((0..<n).map { _ in Float.random(in: -1...1, using: &rng) })
             adam.update(p, g, gradScale: 0.37, lr: 0.01, ranges: ranges)
             adam2.update(p2, g, gradScale: 0.37, lr: 0.01, ranges: ranges, threads: 2)
-            let bc1 = 1 - powf(0.9, Float(step)), bc2 = sqrtf(1 - powf(0.999, Float(step))), stepSize: Float = 0.01 / bc1
+            let bc1 = 1 - powf(0.9, Float(step)), bc2 = sqrtf(1 - powf(0.999, Float(step))),
+                stepSize: Float = 0.01 / bc1
             for r in ranges {
                 for i in r {
                     let gi = g[i] * 0.37

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import Kernels
 
 /// The fixed reduction tree: its shape, and that a sum over it is the same bits
@@ -45,11 +46,15 @@ final class ReductionTreeTests: XCTestCase {
 
     func testSumsAreTheSameBitsForEveryPartitionAndMatchTheReference() {
         var rng = SystemRandomNumberGenerator()
-        let count = 5_003   // not a multiple of the block size or of 8
+        let count = 5_003 // not a multiple of the block size or of 8
         for n in [1, 2, 3, 5, 6, 8, 13] {
             let tree = ReductionTree(leaves: n)
             // Magnitudes spread widely, so that a different order of additions changes bits.
-            let leaves = (0..<n).map { _ in (0..<count).map { _ in Float.random(in: -1...1, using: &rng) * Float(1 << Int.random(in: 0...20, using: &rng)) } }
+            let leaves = (0..<n).map { _ in
+                (0..<count).map { _ in
+                    Float.random(in: -1...1, using: &rng) * Float(1 << Int.random(in: 0...20, using: &rng))
+                }
+            }
             let expected = (0..<count).map { reference(leaves, tree.root, $0) }
             var all = partitions(tree.root)
             if all.count > 40 { all = Array(all.prefix(20)) + Array(all.suffix(20)) }
@@ -61,7 +66,9 @@ final class ReductionTreeTests: XCTestCase {
                     let srcs = (0..<node.count).map { k in leaves[node.lowerBound + k] }
                     withPointers(srcs) { ptrs in
                         s.withUnsafeMutableBufferPointer { o in
-                            _ = treeSum(sub, ptrs.enumerated().map { ($0..<($0 + 1), $1) }, range: 0..<count, into: o.baseAddress!)
+                            _ = treeSum(
+                                sub, ptrs.enumerated().map { ($0..<($0 + 1), $1) }, range: 0..<count,
+                                into: o.baseAddress!)
                         }
                     }
                     return s
@@ -72,13 +79,20 @@ final class ReductionTreeTests: XCTestCase {
                     out.withUnsafeMutableBufferPointer { o in
                         // Two threads' halves, as the coordinator does, summed apart.
                         let mid = count / 2 / 8 * 8
-                        squares = treeSum(tree, Array(zip(parts, ptrs)).map { ($0.0, $0.1) }, range: 0..<mid, into: o.baseAddress!)
-                            + treeSum(tree, Array(zip(parts, ptrs)).map { ($0.0, $0.1) }, range: mid..<count, into: o.baseAddress!)
+                        squares =
+                            treeSum(
+                                tree, Array(zip(parts, ptrs)).map { ($0.0, $0.1) }, range: 0..<mid, into: o.baseAddress!
+                            )
+                            + treeSum(
+                                tree, Array(zip(parts, ptrs)).map { ($0.0, $0.1) }, range: mid..<count,
+                                into: o.baseAddress!)
                     }
                 }
                 XCTAssertEqual(out.map(\.bitPattern), expected.map(\.bitPattern), "\(n) leaves as \(parts)")
                 let mid = count / 2 / 8 * 8
-                let want = out.withUnsafeBufferPointer { BLAS.sumSquares($0.baseAddress!, mid) + BLAS.sumSquares($0.baseAddress! + mid, count - mid) }
+                let want = out.withUnsafeBufferPointer {
+                    BLAS.sumSquares($0.baseAddress!, mid) + BLAS.sumSquares($0.baseAddress! + mid, count - mid)
+                }
                 XCTAssertEqual(squares.bitPattern, want.bitPattern)
             }
         }
@@ -87,7 +101,7 @@ final class ReductionTreeTests: XCTestCase {
     /// Not a left fold: with three leaves or more the tree is a different order of additions.
     func testTheTreeIsNotTheChunkOrderFold() {
         let leaves: [[Float]] = [[1e8], [1], [-1e8], [1]]
-        XCTAssertEqual(reference(leaves, 0..<4, 0), 0)            // (1e8 + 1) + (-1e8 + 1) = 1e8 + -1e8
+        XCTAssertEqual(reference(leaves, 0..<4, 0), 0) // (1e8 + 1) + (-1e8 + 1) = 1e8 + -1e8
         XCTAssertEqual(((leaves[0][0] + leaves[1][0]) + leaves[2][0]) + leaves[3][0], 1)
     }
 

@@ -1,7 +1,8 @@
-import XCTest
 import Core
 import GRU4Rec
 import Kernels
+import XCTest
+
 @testable import MetaLearning
 
 /// Each algorithm's task gradient against central finite differences of the
@@ -56,8 +57,10 @@ final class MetaGradientTests: XCTestCase {
         let err = fdError(theta, analytic: g) { objective(theta, nil, a) }
         // The first-order approximation is measurably worse on the same objective.
         let fo = FloatBuffer(count: theta.count)
-        learner.accumulate(theta: theta, alpha: nil, task: task, algorithm: MetaAlgorithm(kind: .fomaml, innerSteps: 3, innerLR: 0.4, residualLambda: 0.2),
-                           gradTheta: fo, gradAlpha: nil)
+        learner.accumulate(
+            theta: theta, alpha: nil, task: task,
+            algorithm: MetaAlgorithm(kind: .fomaml, innerSteps: 3, innerLR: 0.4, residualLambda: 0.2),
+            gradTheta: fo, gradAlpha: nil)
         let foErr = fdError(theta, analytic: fo) { objective(theta, nil, a) }
         print("MAML relative error \(err), FOMAML relative error \(foErr)")
         XCTAssertLessThan(err, 2e-3)
@@ -71,7 +74,8 @@ final class MetaGradientTests: XCTestCase {
         for i in 0..<alpha.count { alpha[i] = 0.1 + 0.3 * r.uniformFloat() }
         let a = MetaAlgorithm(kind: .metasgd, secondOrder: true, innerSteps: 2, innerLR: 0, residualLambda: 0.1)
         let gt = FloatBuffer(count: theta.count), ga = FloatBuffer(count: theta.count)
-        MetaLearner(model: model).accumulate(theta: theta, alpha: alpha, task: task, algorithm: a, gradTheta: gt, gradAlpha: ga)
+        MetaLearner(model: model).accumulate(
+            theta: theta, alpha: alpha, task: task, algorithm: a, gradTheta: gt, gradAlpha: ga)
         let errTheta = fdError(theta, analytic: gt) { objective(theta, alpha, a) }
         let errAlpha = fdError(alpha, analytic: ga) { objective(theta, alpha, a) }
         print("Meta-SGD relative error θ \(errTheta), α \(errAlpha)")
@@ -84,18 +88,22 @@ final class MetaGradientTests: XCTestCase {
         let learner = MetaLearner(model: model)
         // FOMAML: ∇L_q at the adapted parameters.
         let g = FloatBuffer(count: theta.count)
-        learner.accumulate(theta: theta, alpha: nil, task: task, algorithm: MetaAlgorithm(kind: .fomaml, innerSteps: 2, innerLR: 0.3),
-                           gradTheta: g, gradAlpha: nil)
-        let adapted = FloatBuffer(count: theta.count), scratch = FloatBuffer(count: theta.count), want = FloatBuffer(count: theta.count)
-        InnerLoop(steps: 2, rate: .scalar(0.3)).adapt(model: model, from: theta, into: adapted, grads: scratch, support: task.support)
+        learner.accumulate(
+            theta: theta, alpha: nil, task: task, algorithm: MetaAlgorithm(kind: .fomaml, innerSteps: 2, innerLR: 0.3),
+            gradTheta: g, gradAlpha: nil)
+        let adapted = FloatBuffer(count: theta.count), scratch = FloatBuffer(count: theta.count),
+            want = FloatBuffer(count: theta.count)
+        InnerLoop(steps: 2, rate: .scalar(0.3)).adapt(
+            model: model, from: theta, into: adapted, grads: scratch, support: task.support)
         model.lossAndGradient(adapted, want, task.query)
         for i in 0..<g.count { XCTAssertEqual(g[i], want[i], accuracy: 1e-6) }
         // First-order Meta-SGD: ∂/∂α = −Σ_k ∇L_s(θ'_k) ⊙ ∇L_q(θ'_K).
         let alpha = FloatBuffer(count: theta.count)
         for i in 0..<alpha.count { alpha[i] = 0.2 }
         let gt = FloatBuffer(count: theta.count), ga = FloatBuffer(count: theta.count)
-        learner.accumulate(theta: theta, alpha: alpha, task: task, algorithm: MetaAlgorithm(kind: .metasgd, innerSteps: 1, innerLR: 0),
-                           gradTheta: gt, gradAlpha: ga)
+        learner.accumulate(
+            theta: theta, alpha: alpha, task: task, algorithm: MetaAlgorithm(kind: .metasgd, innerSteps: 1, innerLR: 0),
+            gradTheta: gt, gradAlpha: ga)
         let gs = FloatBuffer(count: theta.count), gq = FloatBuffer(count: theta.count)
         model.lossAndGradient(theta, gs, task.support)
         for i in 0..<theta.count { adapted[i] = theta[i] - 0.2 * gs[i] }
@@ -111,7 +119,8 @@ final class MetaGradientTests: XCTestCase {
         let emb = model.layout["embedding.weight"].range
         let a = MetaAlgorithm(kind: .maml, innerSteps: 2, innerLR: 0.3, frozen: [emb])
         let g = FloatBuffer(count: theta.count)
-        MetaLearner(model: model).accumulate(theta: theta, alpha: nil, task: task, algorithm: a, gradTheta: g, gradAlpha: nil)
+        MetaLearner(model: model).accumulate(
+            theta: theta, alpha: nil, task: task, algorithm: a, gradTheta: g, gradAlpha: nil)
         for i in emb { XCTAssertEqual(g[i], 0) }
         // Non-frozen entries still match the objective (with embeddings held fixed).
         let rest = FloatBuffer(count: theta.count)

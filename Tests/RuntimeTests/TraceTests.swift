@@ -21,7 +21,8 @@ final class TraceTests: XCTestCase {
     func testAMalformedLineIsNamedWithItsFileAndLine() throws {
         let path = NSTemporaryDirectory() + "trace-bad-\(getpid()).jsonl"
         defer { unlink(path) }
-        try "{\"t\":1.0,\"process\":\"w\",\"event\":\"work\",\"n\":1}\n{\"t\":2.0,\"process\":\"w\",\"event\":\"nap\",\"n\":1}\n"
+        try
+            "{\"t\":1.0,\"process\":\"w\",\"event\":\"work\",\"n\":1}\n{\"t\":2.0,\"process\":\"w\",\"event\":\"nap\",\"n\":1}\n"
             .write(toFile: path, atomically: true, encoding: .utf8)
         XCTAssertThrowsError(try Trace.read(path)) { XCTAssertTrue("\($0)".contains("\(path):2"), "\($0)") }
     }
@@ -29,7 +30,9 @@ final class TraceTests: XCTestCase {
     /// Two iterations of 100 ms; worker a computes 2–40 and 41–80, worker b 3–50 and 52–90 (ms).
     func testBreakdownSplitsEachWorkersIterationIntoComputeAndIdleParts() {
         var r: [Trace.Record] = []
-        func add(_ ms: Double, _ p: String, _ e: Trace.Event, _ n: Int) { r.append(.init(t: ms / 1000, process: p, event: e, n: n)) }
+        func add(_ ms: Double, _ p: String, _ e: Trace.Event, _ n: Int) {
+            r.append(.init(t: ms / 1000, process: p, event: e, n: n))
+        }
         for it in 0..<2 {
             let o = Double(100 * it)
             add(o, "coordinator", .published, it)
@@ -42,11 +45,11 @@ final class TraceTests: XCTestCase {
         let p = IterationBreakdown(r, versions: 1...2)
         XCTAssertEqual(p.iterations, 2)
         XCTAssertEqual(p.length, 0.100, accuracy: 1e-9)
-        XCTAssertEqual(p.compute, 0.0810, accuracy: 1e-9)    // (77 + 85) / 2
-        XCTAssertEqual(p.start, 0.0025, accuracy: 1e-9)      // (2 + 3) / 2
-        XCTAssertEqual(p.between, 0.0015, accuracy: 1e-9)    // (1 + 2) / 2
-        XCTAssertEqual(p.tail, 0.0050, accuracy: 1e-9)       // (10 + 0) / 2
-        XCTAssertEqual(p.end, 0.0100, accuracy: 1e-9)        // 90 → 100
+        XCTAssertEqual(p.compute, 0.0810, accuracy: 1e-9) // (77 + 85) / 2
+        XCTAssertEqual(p.start, 0.0025, accuracy: 1e-9) // (2 + 3) / 2
+        XCTAssertEqual(p.between, 0.0015, accuracy: 1e-9) // (1 + 2) / 2
+        XCTAssertEqual(p.tail, 0.0050, accuracy: 1e-9) // (10 + 0) / 2
+        XCTAssertEqual(p.end, 0.0100, accuracy: 1e-9) // 90 → 100
         XCTAssertEqual(p.compute + p.start + p.between + p.tail + p.end, p.length, accuracy: 1e-9)
         // Versions without both publishes are skipped, not guessed.
         XCTAssertEqual(IterationBreakdown(r, versions: 3...4).iterations, 0)

@@ -1,9 +1,10 @@
-import XCTest
 import Configuration
 import Core
 import Datasets
 import GRU4Rec
 import Kernels
+import XCTest
+
 @testable import Storage
 
 func tmpFile(_ name: String) -> String {
@@ -36,14 +37,18 @@ final class StorageTests: XCTestCase {
     /// Prefix offsets that are not runs of 1 to max_seq_len items (every worker would trap on them) are refused when read.
     func testPrefixOffsetsAreChecked() throws {
         let d = try smallDataset()
-        for (name, change) in [("empty", { (e: inout Dataset) in e.prefixOffsets[1] = e.prefixOffsets[2] }),
-                               ("backwards", { (e: inout Dataset) in e.prefixOffsets[1] = e.prefixOffsets[2] + 1 })] {
+        for (name, change) in [
+            ("empty", { (e: inout Dataset) in e.prefixOffsets[1] = e.prefixOffsets[2] }),
+            ("backwards", { (e: inout Dataset) in e.prefixOffsets[1] = e.prefixOffsets[2] + 1 })
+        ] {
             var e = d
             change(&e)
             let p = tmpFile("offsets-\(name).h5")
             try DatasetFile.write(e, to: p)
             XCTAssertThrowsError(try DatasetFile.read(p), name) { error in
-                XCTAssertTrue("\(error)".contains("pairs/prefix_offsets[0...1]") || "\(error)".contains("pairs/prefix_offsets[1...2]"), "\(error)")
+                XCTAssertTrue(
+                    "\(error)".contains("pairs/prefix_offsets[0...1]")
+                        || "\(error)".contains("pairs/prefix_offsets[1...2]"), "\(error)")
             }
         }
     }
@@ -57,11 +62,17 @@ final class StorageTests: XCTestCase {
         try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: cut))
         XCTAssertThrowsError(try DatasetFile.read(cut)) { e in XCTAssertTrue("\(e)".contains("cut.h5"), "\(e)") }
         XCTAssertThrowsError(try CheckpointFile.read(cut)) { e in XCTAssertTrue("\(e)".contains("cut.h5"), "\(e)") }
-        XCTAssertThrowsError(try CheckpointFile.read(p)) { e in XCTAssertTrue("\(e)".contains("not a metatrain checkpoint"), "\(e)") }
-        XCTAssertThrowsError(try DatasetFile.read(tmpFile("nope.h5"))) { e in XCTAssertTrue("\(e)".contains("no such file"), "\(e)") }
+        XCTAssertThrowsError(try CheckpointFile.read(p)) { e in
+            XCTAssertTrue("\(e)".contains("not a metatrain checkpoint"), "\(e)")
+        }
+        XCTAssertThrowsError(try DatasetFile.read(tmpFile("nope.h5"))) { e in
+            XCTAssertTrue("\(e)".contains("no such file"), "\(e)")
+        }
         let text = tmpFile("text.h5")
         try "hello".write(toFile: text, atomically: true, encoding: .utf8)
-        XCTAssertThrowsError(try DatasetFile.read(text)) { e in XCTAssertTrue("\(e)".contains("not an HDF5 file"), "\(e)") }
+        XCTAssertThrowsError(try DatasetFile.read(text)) { e in
+            XCTAssertTrue("\(e)".contains("not an HDF5 file"), "\(e)")
+        }
     }
 
     func testCheckpointRoundTripWithEverySection() throws {
@@ -69,11 +80,13 @@ final class StorageTests: XCTestCase {
         let model = GRU4Rec(dims: dims)
         var rng = SeededGenerator(seed: 1)
         let params = model.initialParameters(rng: &rng)
-        let m = model.initialParameters(rng: &rng), v = model.initialParameters(rng: &rng), a = model.initialParameters(rng: &rng)
-        let c = Checkpoint(dims: dims, params: params, adamM: m, adamV: v, metaSGDAlpha: a,
-                           history: [("iteration", [1, 2]), ("loss", [3.5, 2.25])], iteration: 7, adamStep: 6,
-                           seed: 20_260_107, configJSON: Config.defaults().json, datasetFingerprint: "abc",
-                           kind: .meta, algorithm: "metasgd")
+        let m = model.initialParameters(rng: &rng), v = model.initialParameters(rng: &rng),
+            a = model.initialParameters(rng: &rng)
+        let c = Checkpoint(
+            dims: dims, params: params, adamM: m, adamV: v, metaSGDAlpha: a,
+            history: [("iteration", [1, 2]), ("loss", [3.5, 2.25])], iteration: 7, adamStep: 6,
+            seed: 20_260_107, configJSON: Config.defaults().json, datasetFingerprint: "abc",
+            kind: .meta, algorithm: "metasgd")
         let p = tmpFile("c.h5")
         try CheckpointFile.write(c, to: p)
         let b = try CheckpointFile.read(p, expectedFingerprint: "abc")
@@ -96,7 +109,9 @@ final class StorageTests: XCTestCase {
         }
         // One flipped bit in a tensor, which HDF5 itself reads back without a word: the checksum catches it.
         var bytes = try Data(contentsOf: URL(fileURLWithPath: p))
-        let needle = withUnsafeBytes(of: m.ptr[5].bitPattern) { Data($0) } + withUnsafeBytes(of: m.ptr[6].bitPattern) { Data($0) }
+        let needle =
+            withUnsafeBytes(of: m.ptr[5].bitPattern) { Data($0) }
+            + withUnsafeBytes(of: m.ptr[6].bitPattern) { Data($0) }
         let at = try XCTUnwrap(bytes.range(of: needle), "the Adam moments lie in the file as written").lowerBound
         bytes[at] ^= 1
         let damaged = tmpFile("damaged.h5")
@@ -113,12 +128,15 @@ final class DeterministicFileTests: XCTestCase {
         let dims = ModelDims(V: 5, E: 2, H: 2)
         var rng = SeededGenerator(seed: 1)
         let p = GRU4Rec(dims: dims).initialParameters(rng: &rng)
-        let c = Checkpoint(dims: dims, params: p, history: [("loss", [1, 2])], iteration: 1, adamStep: 1, seed: 1,
-                           configJSON: "{}", datasetFingerprint: "f", kind: .meta, algorithm: "fomaml")
+        let c = Checkpoint(
+            dims: dims, params: p, history: [("loss", [1, 2])], iteration: 1, adamStep: 1, seed: 1,
+            configJSON: "{}", datasetFingerprint: "f", kind: .meta, algorithm: "fomaml")
         try CheckpointFile.write(c, to: tmpFile("a.h5"))
         Thread.sleep(forTimeInterval: 1.1)
         try CheckpointFile.write(c, to: tmpFile("b.h5"))
-        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: tmpFile("a.h5"))), try Data(contentsOf: URL(fileURLWithPath: tmpFile("b.h5"))))
+        XCTAssertEqual(
+            try Data(contentsOf: URL(fileURLWithPath: tmpFile("a.h5"))),
+            try Data(contentsOf: URL(fileURLWithPath: tmpFile("b.h5"))))
     }
 }
 
@@ -151,7 +169,10 @@ final class TensorBoardEventsTests: XCTestCase {
     /// Decodes (field, wire type, value bytes or varint) of one proto message.
     func fields(_ m: [UInt8]) -> [(Int, [UInt8], UInt64)] {
         var out: [(Int, [UInt8], UInt64)] = [], i = 0
-        func varint() -> UInt64 { var v: UInt64 = 0, s: UInt64 = 0; while true { let x = m[i]; i += 1; v |= UInt64(x & 0x7F) << s; s += 7; if x < 0x80 { return v } } }
+        func varint() -> UInt64 {
+            var v: UInt64 = 0, s: UInt64 = 0;
+            while true { let x = m[i]; i += 1; v |= UInt64(x & 0x7F) << s; s += 7; if x < 0x80 { return v } }
+        }
         while i < m.count {
             let key = varint(), field = Int(key >> 3)
             switch key & 7 {
@@ -175,10 +196,13 @@ final class TensorBoardEventsTests: XCTestCase {
         XCTAssertEqual(String(decoding: fields(recs[0])[1].1, as: UTF8.self), "brain.Event:2")
         let e = fields(recs[1])
         XCTAssertEqual(e.map(\.0), [1, 2, 5])
-        XCTAssertEqual(Double(bitPattern: e[0].1.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }), 1_800_000_001.5)
+        XCTAssertEqual(
+            Double(bitPattern: e[0].1.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }), 1_800_000_001.5)
         XCTAssertEqual(e[1].2, 300)
         let values = fields(e[2].1).map { fields($0.1) }
         XCTAssertEqual(values.map { String(decoding: $0[0].1, as: UTF8.self) }, ["meta_loss", "val_hr@10"])
-        XCTAssertEqual(values.map { Float(bitPattern: $0[1].1.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }) }, [2.5, 0.125])
+        XCTAssertEqual(
+            values.map { Float(bitPattern: $0[1].1.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }) },
+            [2.5, 0.125])
     }
 }

@@ -1,9 +1,10 @@
-import XCTest
 import Configuration
 import Core
 import Datasets
 import Evaluation
 import Storage
+import XCTest
+
 @testable import Training
 
 final class PretrainTests: XCTestCase {
@@ -16,12 +17,18 @@ final class PretrainTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         var o = SynthOptions(); o.users = 150; o.courses = 60; o.groups = 6; o.seed = 3
         _ = try Synth.write(to: dir + "/e.csv", options: o)
-        let config = try Config.load(path: nil, overrides: ["model.embedding_dim=16", "model.hidden_dim=24", "pretrain.epochs=4",
-                                                            "pretrain.batch_size=64", "pretrain.lr=0.01", "data.val_fraction=0.2"])
+        let config = try Config.load(
+            path: nil,
+            overrides: [
+                "model.embedding_dim=16", "model.hidden_dim=24", "pretrain.epochs=4",
+                "pretrain.batch_size=64", "pretrain.lr=0.01", "data.val_fraction=0.2"
+            ])
         let (d, _) = try Prepare.run(csvPath: dir + "/e.csv", config: config)
         func train(_ name: String) throws -> Pretrainer.Result {
-            try Pretrainer(dataset: d, fingerprint: d.fingerprint, config: config,
-                           run: try RunDirectory(dir + "/" + name, logName: "pretrain.log"), progress: nil).train()
+            try Pretrainer(
+                dataset: d, fingerprint: d.fingerprint, config: config,
+                run: try RunDirectory(dir + "/" + name, logName: "pretrain.log"), progress: nil
+            ).train()
         }
         let r = try train("a")
         _ = try train("b")
@@ -48,20 +55,25 @@ final class PretrainTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         var o = SynthOptions(); o.users = 80; o.courses = 30; o.groups = 4; o.seed = 4
         _ = try Synth.write(to: dir + "/e.csv", options: o)
-        let base = ["model.embedding_dim=8", "model.hidden_dim=8", "pretrain.batch_size=64", "pretrain.lr=0.01",
-                    "data.val_fraction=0.2", "pretrain.patience=3"]
+        let base = [
+            "model.embedding_dim=8", "model.hidden_dim=8", "pretrain.batch_size=64", "pretrain.lr=0.01",
+            "data.val_fraction=0.2", "pretrain.patience=3"
+        ]
         let config = try Config.load(path: nil, overrides: base + ["pretrain.epochs=4"])
         let (d, _) = try Prepare.run(csvPath: dir + "/e.csv", config: config)
         func train(_ name: String, _ extra: [String], resume: Bool = false) throws -> Pretrainer.Result {
-            try Pretrainer(dataset: d, fingerprint: d.fingerprint, config: try Config.load(path: nil, overrides: base + extra),
-                           run: try RunDirectory(dir + "/" + name, logName: "pretrain.log"), progress: nil).train(resume: resume)
+            try Pretrainer(
+                dataset: d, fingerprint: d.fingerprint, config: try Config.load(path: nil, overrides: base + extra),
+                run: try RunDirectory(dir + "/" + name, logName: "pretrain.log"), progress: nil
+            ).train(resume: resume)
         }
         let whole = try train("whole", ["pretrain.epochs=4"])
         XCTAssertNil(whole.resumedFrom)
         _ = try train("parts", ["pretrain.epochs=2"])
         // A crash after the metrics line but before last.h5: the line is dropped and recomputed.
         let metrics = dir + "/parts/metrics.jsonl"
-        try (try String(contentsOfFile: metrics, encoding: .utf8) + "{\"epoch\":3,\"train_loss\":9}\n").write(toFile: metrics, atomically: true, encoding: .utf8)
+        try (try String(contentsOfFile: metrics, encoding: .utf8) + "{\"epoch\":3,\"train_loss\":9}\n").write(
+            toFile: metrics, atomically: true, encoding: .utf8)
         XCTAssertThrowsError(try train("parts", ["pretrain.epochs=4", "model.dropout=0.5"], resume: true)) { e in
             XCTAssertTrue("\(e)".contains("cannot resume with another model.dropout (checkpoint: 0"), "\(e)")
         }
@@ -71,7 +83,8 @@ final class PretrainTests: XCTestCase {
         XCTAssertEqual(parts.bestHR10, whole.bestHR10)
         for file in ["final.h5", "best.h5", "last.h5"] {
             let a = try CheckpointFile.read(dir + "/whole/" + file), b = try CheckpointFile.read(dir + "/parts/" + file)
-            XCTAssertEqual(a.params.array, b.params.array, file); XCTAssertEqual(a.adamM?.array, b.adamM?.array, file); XCTAssertEqual(a.adamStep, b.adamStep, file)
+            XCTAssertEqual(a.params.array, b.params.array, file); XCTAssertEqual(a.adamM?.array, b.adamM?.array, file);
+            XCTAssertEqual(a.adamStep, b.adamStep, file)
             XCTAssertEqual(a.iteration, b.iteration, file)
             XCTAssertEqual(a.history.map { $0.values }, b.history.map { $0.values }, file)
         }

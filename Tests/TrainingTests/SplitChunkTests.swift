@@ -1,8 +1,9 @@
-import XCTest
 import Configuration
 import Core
 import Datasets
 import Kernels
+import XCTest
+
 @testable import Training
 
 /// Every way of handing a meta-batch out gives the same bits, for every
@@ -12,9 +13,10 @@ import Kernels
 /// what "same bits whatever the number of workers and hosts" rests on.
 final class SplitChunkTests: XCTestCase {
     func unitSums(_ r: (FloatBuffer, FloatBuffer?, Double, Int)) -> UnitSums {
-        UnitSums(gradTheta: UnsafeRawBufferPointer(r.0.buffer),
-                 gradAlpha: r.1.map { UnsafeRawBufferPointer($0.buffer) } ?? UnsafeRawBufferPointer(start: nil, count: 0),
-                 lossSum: r.2, tasks: r.3)
+        UnitSums(
+            gradTheta: UnsafeRawBufferPointer(r.0.buffer),
+            gradAlpha: r.1.map { UnsafeRawBufferPointer($0.buffer) } ?? UnsafeRawBufferPointer(start: nil, count: 0),
+            lossSum: r.2, tasks: r.3)
     }
 
     /// Finite results can still overflow when they are added: such a step is never taken.
@@ -25,20 +27,29 @@ final class SplitChunkTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         var o = SynthOptions(); o.users = 60; o.courses = 20; o.seed = 5
         _ = try Synth.write(to: dir + "/e.csv", options: o)
-        let config = try Config.load(path: nil, overrides: ["model.embedding_dim=4", "model.hidden_dim=6", "maml.meta_batch_size=8",
-                                                            "maml.chunk_size=4"])
+        let config = try Config.load(
+            path: nil,
+            overrides: [
+                "model.embedding_dim=4", "model.hidden_dim=6", "maml.meta_batch_size=8",
+                "maml.chunk_size=4"
+            ])
         let (d, _) = try Prepare.run(csvPath: dir + "/e.csv", config: config)
-        let trainer = try MetaTrainer(config: config, dataset: d, run: try RunDirectory(dir + "/r", logName: "c.log"), resume: false)
+        let trainer = try MetaTrainer(
+            config: config, dataset: d, run: try RunDirectory(dir + "/r", logName: "c.log"), resume: false)
         let before = trainer.theta.array
         let plan = trainer.trainPlan(iteration: 1, blocks: 2)
         XCTAssertEqual(plan.units.count, 2)
         let huge = (0..<2).map { _ in FloatBuffer(count: trainer.layout.count) }
         for h in huge { for i in 0..<h.count { h.ptr[i] = 3e38 } }
-        XCTAssertThrowsError(try withExtendedLifetime(huge) {
-            try trainer.applyTrain(huge.map { unitSums(($0, nil, 1, 4)) }, plan: plan, iteration: 1)
-        }) { error in
+        XCTAssertThrowsError(
+            try withExtendedLifetime(huge) {
+                try trainer.applyTrain(huge.map { unitSums(($0, nil, 1, 4)) }, plan: plan, iteration: 1)
+            }
+        ) { error in
             XCTAssertTrue(error is NonFiniteGradient, "\(error)")
-            XCTAssertTrue("\(error)".hasPrefix("iteration 1: the summed meta-gradient is not finite (units of episodes ["), "\(error)")
+            XCTAssertTrue(
+                "\(error)".hasPrefix("iteration 1: the summed meta-gradient is not finite (units of episodes ["),
+                "\(error)")
         }
         XCTAssertEqual(trainer.theta.array, before, "the weights did not move")
         XCTAssertEqual(trainer.iteration, 0)
@@ -68,12 +79,16 @@ final class SplitChunkTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         var o = SynthOptions(); o.users = 120; o.courses = 40; o.groups = 4; o.seed = 5
         _ = try Synth.write(to: dir + "/e.csv", options: o)
-        let base = ["model.embedding_dim=8", "model.hidden_dim=12", "maml.meta_batch_size=10", "maml.chunk_size=4",
-                    "maml.inner_steps=2", "maml.clip_norm=0.05", "weighting.scheme=reliability"]
+        let base = [
+            "model.embedding_dim=8", "model.hidden_dim=12", "maml.meta_batch_size=10", "maml.chunk_size=4",
+            "maml.inner_steps=2", "maml.clip_norm=0.05", "weighting.scheme=reliability"
+        ]
         let (d, _) = try Prepare.run(csvPath: dir + "/e.csv", config: try Config.load(path: nil, overrides: base))
-        let variants = [["maml.algorithm=fomaml"],
-                        ["maml.algorithm=maml", "maml.residual_lambda=0.1"],
-                        ["maml.algorithm=metasgd", "maml.second_order=true"]]
+        let variants = [
+            ["maml.algorithm=fomaml"],
+            ["maml.algorithm=maml", "maml.residual_lambda=0.1"],
+            ["maml.algorithm=metasgd", "maml.second_order=true"]
+        ]
         for (k, variant) in variants.enumerated() {
             let config = try Config.load(path: nil, overrides: base + variant)
             var weights: [[Float]] = []
@@ -84,20 +99,27 @@ final class SplitChunkTests: XCTestCase {
                 + [1, 2, 4, 6].map { k in ("\(k) blocks", { $0.trainPlan(iteration: $1, blocks: k) }, false) }
                 + [2, 4].map { k in ("\(k) blocks via agents", { $0.trainPlan(iteration: $1, blocks: k) }, true) }
             for (name, makePlan, viaAgent) in plans {
-                let trainer = try MetaTrainer(config: config, dataset: d, run: try RunDirectory(dir + "/r\(k)-\(name)", logName: "c.log"),
-                                              resume: false)
+                let trainer = try MetaTrainer(
+                    config: config, dataset: d, run: try RunDirectory(dir + "/r\(k)-\(name)", logName: "c.log"),
+                    resume: false)
                 let computer = UnitComputer(config: config, dataset: d)
                 for t in 1...2 {
-                    try computer.install(theta: UnsafeRawBufferPointer(trainer.theta.buffer),
-                                         alpha: trainer.alpha.map { UnsafeRawBufferPointer($0.buffer) } ?? UnsafeRawBufferPointer(start: nil, count: 0))
+                    try computer.install(
+                        theta: UnsafeRawBufferPointer(trainer.theta.buffer),
+                        alpha: trainer.alpha.map { UnsafeRawBufferPointer($0.buffer) }
+                            ?? UnsafeRawBufferPointer(start: nil, count: 0))
                     let plan = makePlan(trainer, t)
                     let chunks = trainer.trainUnits(iteration: t)
                     // The parts partition the tree, every unit is in one part, and every task is computed once, in order.
                     XCTAssertTrue(ReductionTree(leaves: chunks.count).isPartition(plan.parts.map(\.node)), name)
                     XCTAssertEqual(plan.parts.flatMap(\.units).sorted(), Array(plan.units.indices), name)
-                    XCTAssertEqual(plan.parts.flatMap { $0.units.flatMap { plan.units[$0].flatMap { $0 } } }, chunks.flatMap { $0 }, name)
+                    XCTAssertEqual(
+                        plan.parts.flatMap { $0.units.flatMap { plan.units[$0].flatMap { $0 } } },
+                        chunks.flatMap { $0 }, name)
                     XCTAssertEqual(plan.dispatchOrder.sorted(), Array(plan.units.indices), name)
-                    if name.hasPrefix("split") { XCTAssertEqual(plan.parts.filter { $0.units.count > 1 }.count, min(Int(name.dropFirst(6))!, 2)) }
+                    if name.hasPrefix("split") {
+                        XCTAssertEqual(plan.parts.filter { $0.units.count > 1 }.count, min(Int(name.dropFirst(6))!, 2))
+                    }
                     // Each unit computed on its own (copies: the computer reuses its buffers); a host agent
                     // computes a block's leaves (the cheapest cut into pieces) and sums them over the block's subtree.
                     let reducer = PlanReducer(count: trainer.layout.count)
@@ -111,8 +133,11 @@ final class SplitChunkTests: XCTestCase {
                             let r = computer.train(leaves: v)
                             return (r.gradTheta.copy(), r.gradAlpha?.copy(), r.lossSum, r.tasks)
                         }
-                        let g = FloatBuffer(count: trainer.layout.count), ga = trainer.alpha == nil ? nil : FloatBuffer(count: trainer.layout.count)
-                        let sums = try withExtendedLifetime(parts) { try reducer.reduce(parts.map(unitSums), plan: inner, gradTheta: g, gradAlpha: ga) }
+                        let g = FloatBuffer(count: trainer.layout.count),
+                            ga = trainer.alpha == nil ? nil : FloatBuffer(count: trainer.layout.count)
+                        let sums = try withExtendedLifetime(parts) {
+                            try reducer.reduce(parts.map(unitSums), plan: inner, gradTheta: g, gradAlpha: ga)
+                        }
                         return (g, ga, sums.lossSum, sums.tasks)
                     }
                     // The coordinator's gradient is the reduction tree over chunk sums, not the chunk-order fold.
@@ -127,18 +152,29 @@ final class SplitChunkTests: XCTestCase {
                     }
                     let expected = (0..<chunkSums[0].count).map { tree(0..<chunkSums.count, $0) }
                     // The buffers must outlive the call that reads them through raw pointers.
-                    _ = try withExtendedLifetime(results) { try trainer.applyTrain(results.map(unitSums), plan: plan, iteration: t) }
-                    XCTAssertEqual(trainer.gradTheta.array.map(\.bitPattern), expected.map(\.bitPattern), "tree reduction, \(name)")
+                    _ = try withExtendedLifetime(results) {
+                        try trainer.applyTrain(results.map(unitSums), plan: plan, iteration: t)
+                    }
+                    XCTAssertEqual(
+                        trainer.gradTheta.array.map(\.bitPattern), expected.map(\.bitPattern), "tree reduction, \(name)"
+                    )
                 }
                 weights.append(trainer.theta.array + (trainer.alpha?.array ?? []))
             }
             let n = weights[0].count
             for (split, w) in weights.enumerated().dropFirst() {
                 let differ = (0..<n).filter { w[$0].bitPattern != weights[0][$0].bitPattern }
-                XCTAssertEqual(differ.count, 0, "\(variant), \(plans[split].0): \(differ.count) of \(n) values differ, first at \(differ.first ?? -1)")
+                XCTAssertEqual(
+                    differ.count, 0,
+                    "\(variant), \(plans[split].0): \(differ.count) of \(n) values differ, first at \(differ.first ?? -1)"
+                )
             }
-            XCTAssertNotEqual(weights[0], try MetaTrainer(config: config, dataset: d, run: try RunDirectory(dir + "/fresh\(k)", logName: "c.log"),
-                                                          resume: false).theta.array, "the steps moved the weights")
+            XCTAssertNotEqual(
+                weights[0],
+                try MetaTrainer(
+                    config: config, dataset: d, run: try RunDirectory(dir + "/fresh\(k)", logName: "c.log"),
+                    resume: false
+                ).theta.array, "the steps moved the weights")
         }
     }
 }

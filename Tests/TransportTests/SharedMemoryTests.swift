@@ -1,6 +1,7 @@
+import CLinux
 import Foundation
 import XCTest
-import CLinux
+
 @testable import Transport
 
 /// Worker arenas and the coordinator's views of them, in one process (the
@@ -17,7 +18,8 @@ final class SharedMemoryTests: XCTestCase {
     func testPayloadsKeepTheirBitsThroughTheMapping() throws {
         let arena = try SharedArena(name: "test")
         XCTAssertTrue(arena.path.hasPrefix("/proc/\(getpid())/fd/"), arena.path)
-        let values: [Float] = [.nan, -0.0, .infinity, 1.0000001, .leastNonzeroMagnitude] + (0..<400_000).map { Float($0) * 0.25 }
+        let values: [Float] =
+            [.nan, -0.0, .infinity, 1.0000001, .leastNonzeroMagnitude] + (0..<400_000).map { Float($0) * 0.25 }
         let (offset, memory) = try XCTUnwrap(arena.allocate(bytes: 4 * values.count, version: 3))
         write(values, into: memory)
         let view = try SharedView(path: arena.path, token: arena.token)
@@ -34,8 +36,10 @@ final class SharedMemoryTests: XCTestCase {
         let b = try XCTUnwrap(arena.allocate(bytes: 100, version: 5)).offset
         XCTAssertGreaterThanOrEqual(b, a + 100, "payloads of one version never overlap")
         XCTAssertEqual(b % 64, 0)
-        XCTAssertEqual(try XCTUnwrap(arena.allocate(bytes: 100, version: 4)).offset, b + 128, "an older version recycles nothing")
-        XCTAssertEqual(try XCTUnwrap(arena.allocate(bytes: 100, version: 6)).offset, a, "a later version reuses the space")
+        XCTAssertEqual(
+            try XCTUnwrap(arena.allocate(bytes: 100, version: 4)).offset, b + 128, "an older version recycles nothing")
+        XCTAssertEqual(
+            try XCTUnwrap(arena.allocate(bytes: 100, version: 6)).offset, a, "a later version reuses the space")
         // Fixed slots are page-aligned and do not move.
         let s0 = try XCTUnwrap(arena.slot(0, bytes: 5000)), s1 = try XCTUnwrap(arena.slot(1, bytes: 5000))
         XCTAssertEqual(s0.offset % 4096, 0)
@@ -46,7 +50,9 @@ final class SharedMemoryTests: XCTestCase {
     func testAnotherFileOrABadPayloadIsRefused() throws {
         let arena = try SharedArena(name: "test")
         var wrong = arena.token; wrong[0] ^= 1
-        XCTAssertThrowsError(try SharedView(path: arena.path, token: wrong)) { XCTAssertTrue("\($0)".contains("token"), "\($0)") }
+        XCTAssertThrowsError(try SharedView(path: arena.path, token: wrong)) {
+            XCTAssertTrue("\($0)".contains("token"), "\($0)")
+        }
         // Only another process's open file is opened, never a path a peer chose.
         let elsewhere = NSTemporaryDirectory() + "metatrain-\(getpid())-x"
         FileManager.default.createFile(atPath: elsewhere, contents: Data(arena.token))
@@ -62,7 +68,9 @@ final class SharedMemoryTests: XCTestCase {
         XCTAssertNoThrow(try view.bytes(offset: offset, count: 64))
         XCTAssertThrowsError(try view.bytes(offset: 0, count: 16), "the header is not a payload")
         XCTAssertThrowsError(try view.bytes(offset: offset + 2, count: 4), "misaligned")
-        XCTAssertThrowsError(try view.bytes(offset: offset, count: 1 << 30)) { XCTAssertTrue("\($0)".contains("outside the shared file"), "\($0)") }
+        XCTAssertThrowsError(try view.bytes(offset: offset, count: 1 << 30)) {
+            XCTAssertTrue("\($0)".contains("outside the shared file"), "\($0)")
+        }
     }
 
     /// The file has no name: once its owner has closed it and nobody maps it, it is gone.
@@ -74,8 +82,9 @@ final class SharedMemoryTests: XCTestCase {
         let view = try SharedView(path: path, token: token)
         arena = nil
         XCTAssertThrowsError(try SharedView(path: path, token: token), "the owner's descriptor is closed")
-        XCTAssertEqual(read(try view.bytes(offset: offset, count: 8)), [Float(1).bitPattern, Float(2).bitPattern],
-                       "a mapping outlives its owner")
+        XCTAssertEqual(
+            read(try view.bytes(offset: offset, count: 8)), [Float(1).bitPattern, Float(2).bitPattern],
+            "a mapping outlives its owner")
     }
 
     /// Only a memfd sealed against shrinking is mapped; a FIFO, a regular file
@@ -86,14 +95,14 @@ final class SharedMemoryTests: XCTestCase {
         unlink(fifo)
         XCTAssertEqual(mkfifo(fifo, 0o600), 0)
         defer { unlink(fifo) }
-        let fifoFD = open(fifo, O_RDWR | O_NONBLOCK)   // held open, as a stranger's process would
+        let fifoFD = open(fifo, O_RDWR | O_NONBLOCK) // held open, as a stranger's process would
         defer { close(fifoFD) }
         let regular = NSTemporaryDirectory() + "metatrain-regular-\(getpid())"
         FileManager.default.createFile(atPath: regular, contents: Data(repeating: 1, count: 8192))
         defer { unlink(regular) }
         let regularFD = open(regular, O_RDONLY)
         defer { close(regularFD) }
-        let plainMemfd = metatrain_memfd("unsealed")   // sealing allowed, never sealed
+        let plainMemfd = metatrain_memfd("unsealed") // sealing allowed, never sealed
         defer { close(plainMemfd) }
         XCTAssertEqual(ftruncate(plainMemfd, 8192), 0)
         let token = [UInt8](repeating: 1, count: 16)

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import Transport
 
 final class TransportTests: XCTestCase {
@@ -10,7 +11,7 @@ final class TransportTests: XCTestCase {
         try dealer.connect(router.lastEndpoint)
         try dealer.send([[1, 2, 3], Array("payload".utf8)])
         let got = try XCTUnwrap(try router.receive(timeoutMs: 5000))
-        XCTAssertEqual(got.count, 3)            // identity + 2 frames
+        XCTAssertEqual(got.count, 3) // identity + 2 frames
         XCTAssertEqual(got[1], [1, 2, 3])
         try router.send([got[0], Array("reply".utf8)])
         XCTAssertEqual(try dealer.receive(timeoutMs: 5000), [Array("reply".utf8)])

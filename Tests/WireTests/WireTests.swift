@@ -1,29 +1,50 @@
 import XCTest
+
 @testable import Wire
 
 final class WireTests: XCTestCase {
     let samples: [Message] = [
         .hello(Hello(workerName: "w1@host", datasetFingerprint: "abc123")),
-        .hello(Hello(workerName: "w3", datasetFingerprint: "abc123", hardware: Hardware(cpuModel: "AMD EPYC 7B13", blasCore: "Zen"))),
-        .hello(Hello(workerName: "w2@host", datasetFingerprint: "abc123",
-                     sharedMemory: SharedOffer(path: "/proc/12/fd/7", token: String(repeating: "0f", count: 16)))),
+        .hello(
+            Hello(
+                workerName: "w3", datasetFingerprint: "abc123",
+                hardware: Hardware(cpuModel: "AMD EPYC 7B13", blasCore: "Zen"))),
+        .hello(
+            Hello(
+                workerName: "w2@host", datasetFingerprint: "abc123",
+                sharedMemory: SharedOffer(path: "/proc/12/fd/7", token: String(repeating: "0f", count: 16)))),
         .welcome(Welcome(configJSON: "{\"seed\":1}", version: 7)),
-        .welcome(Welcome(configJSON: "{}", version: 0, sharedMemory: SharedOffer(path: "/proc/9/fd/4", token: String(repeating: "a1", count: 16)))),
-        .refuse(.datasetFingerprint, detail: "worker has 0123…, coordinator has 4567…"), .refuse(.unknownWorker, detail: ""),
+        .welcome(
+            Welcome(
+                configJSON: "{}", version: 0,
+                sharedMemory: SharedOffer(path: "/proc/9/fd/4", token: String(repeating: "a1", count: 16)))),
+        .refuse(.datasetFingerprint, detail: "worker has 0123…, coordinator has 4567…"),
+        .refuse(.unknownWorker, detail: ""),
         .ready, .fetchWeights, .heartbeat,
         .work(WorkUnit(id: 3, kind: .train, version: 7, episodes: [5, 1, 9, 2])),
         .work(WorkUnit(id: 4, kind: .eval, version: 8, episodes: [])),
         .work(WorkUnit(id: 6, kind: .train, version: 9, leaves: [[1, 2], [3], [4, 5, 6, 7]])),
         .hello(Hello(workerName: "agent", datasetFingerprint: "abc123", procs: 16)),
-        .trainResult(TrainResult(unitId: 3, version: 7, gradTheta: [1, -2.5, .leastNonzeroMagnitude], gradAlpha: [], lossSum: 1.25, tasks: 4)),
-        .trainResult(TrainResult(unitId: 5, version: 7, gradTheta: [], gradAlpha: [], lossSum: -0.5, tasks: 2,
-                                 shared: SharedPayload(offset: 4096 + 64, thetaCount: 368_000, alphaCount: 368_000))),
-        .evalResult(EvalResult(unitId: 4, version: 8, sums: [1, 2, 3, 4, 5, 6, 0, 1, 1, 0.5, 0.5, 1], queries: [10, 3], losses: [3.5, 0.25])),
+        .trainResult(
+            TrainResult(
+                unitId: 3, version: 7, gradTheta: [1, -2.5, .leastNonzeroMagnitude], gradAlpha: [], lossSum: 1.25,
+                tasks: 4)),
+        .trainResult(
+            TrainResult(
+                unitId: 5, version: 7, gradTheta: [], gradAlpha: [], lossSum: -0.5, tasks: 2,
+                shared: SharedPayload(offset: 4096 + 64, thetaCount: 368_000, alphaCount: 368_000))),
+        .evalResult(
+            EvalResult(
+                unitId: 4, version: 8, sums: [1, 2, 3, 4, 5, 6, 0, 1, 1, 0.5, 0.5, 1], queries: [10, 3],
+                losses: [3.5, 0.25])),
         .weights(Weights(version: 8, theta: [0.5, 0.25], alpha: [0.01, 0.02])),
-        .weights(Weights(version: 9, theta: [], alpha: [], shared: SharedPayload(offset: 8192, thetaCount: 368_000, alphaCount: 0))),
+        .weights(
+            Weights(
+                version: 9, theta: [], alpha: [],
+                shared: SharedPayload(offset: 8192, thetaCount: 368_000, alphaCount: 0))),
         .shutdown(reason: "finished"),
         .goodbye(reason: "internal: unit 2 failed — ünïcode"),
-        .unitFailed(unitId: 17, reason: "crashed agent-1 (signal 4) and agent-2 (signal 4)"),
+        .unitFailed(unitId: 17, reason: "crashed agent-1 (signal 4) and agent-2 (signal 4)")
     ]
 
     /// Every message type has a sample here, so the round trips cover the whole protocol.
@@ -61,7 +82,9 @@ final class WireTests: XCTestCase {
                     XCTAssertFalse(Floats(x).allFinite, "\(bad) at \(at) of \(count)")
                     // Unaligned, as decoded in place from a frame.
                     let e = Envelope(runId: "r", message: .weights(Weights(version: 1, theta: Floats(x), alpha: [])))
-                    guard case .weights(let w) = try Envelope.decode(ByteBlock.copy(of: e.encode())).message else { return XCTFail() }
+                    guard case .weights(let w) = try Envelope.decode(ByteBlock.copy(of: e.encode())).message else {
+                        return XCTFail()
+                    }
                     XCTAssertFalse(w.theta.allFinite)
                 }
             }
@@ -70,20 +93,31 @@ final class WireTests: XCTestCase {
 
     /// Counts that cannot be right are malformed: a unit of no leaves, a host of no processes.
     func testImpossibleCountsAreMalformed() {
-        var bytes = Envelope(runId: "r", message: .work(WorkUnit(id: 1, kind: .train, version: 0, leaves: [[1]]))).encode()
-        let leafCount = bytes.count - 12 - 4   // u32 leaves, then the one leaf: u32 count and one i64
+        var bytes = Envelope(runId: "r", message: .work(WorkUnit(id: 1, kind: .train, version: 0, leaves: [[1]])))
+            .encode()
+        let leafCount = bytes.count - 12 - 4 // u32 leaves, then the one leaf: u32 count and one i64
         bytes.replaceSubrange(leafCount..<(leafCount + 4), with: [0, 0, 0, 0])
         XCTAssertThrowsError(try Envelope.decode(bytes))
         bytes.replaceSubrange(leafCount..<(leafCount + 4), with: [255, 255, 255, 127])
         XCTAssertThrowsError(try Envelope.decode(bytes))
-        let long = Envelope(runId: "r", message: .hello(Hello(workerName: String(repeating: "w", count: 20 << 20), datasetFingerprint: "f")))
+        let long = Envelope(
+            runId: "r",
+            message: .hello(Hello(workerName: String(repeating: "w", count: 20 << 20), datasetFingerprint: "f")))
         XCTAssertThrowsError(try Envelope.decode(long.encode())) { e in
             XCTAssertEqual("\(e)", "invalid message: hello with a worker name of 20971520 bytes (at most 256)")
         }
-        XCTAssertThrowsError(try Envelope.decode(Envelope(runId: "r", message: .hello(Hello(workerName: "w", datasetFingerprint: "f",
-                                                                                             procs: 1 << 40))).encode()))
-        var hello = Envelope(runId: "r", message: .hello(Hello(workerName: "w", datasetFingerprint: "f", procs: 1))).encode()
-        let procs = hello.count - 1 - 8   // int procs, then bool (no offer)
+        XCTAssertThrowsError(
+            try Envelope.decode(
+                Envelope(
+                    runId: "r",
+                    message: .hello(
+                        Hello(
+                            workerName: "w", datasetFingerprint: "f",
+                            procs: 1 << 40))
+                ).encode()))
+        var hello = Envelope(runId: "r", message: .hello(Hello(workerName: "w", datasetFingerprint: "f", procs: 1)))
+            .encode()
+        let procs = hello.count - 1 - 8 // int procs, then bool (no offer)
         hello.replaceSubrange(procs..<(procs + 8), with: [0, 0, 0, 0, 0, 0, 0, 0])
         XCTAssertThrowsError(try Envelope.decode(hello))
     }
@@ -100,8 +134,12 @@ final class WireTests: XCTestCase {
     /// unaligned offset here), kept alive by the message, not copies.
     func testDecodedFloatsAreViewsThatKeepTheFrameAlive() throws {
         let g = (0..<1000).map { Float($0) * 0.5 - 3 }
-        let e = Envelope(runId: "odd", message: .trainResult(TrainResult(unitId: 1, version: 2, gradTheta: Floats(g),
-                                                                          gradAlpha: [], lossSum: 1, tasks: 4)))
+        let e = Envelope(
+            runId: "odd",
+            message: .trainResult(
+                TrainResult(
+                    unitId: 1, version: 2, gradTheta: Floats(g),
+                    gradAlpha: [], lossSum: 1, tasks: 4)))
         var decoded: TrainResult?
         do {
             let block = ByteBlock.copy(of: e.encode())
@@ -118,29 +156,43 @@ final class WireTests: XCTestCase {
     }
 
     func testMalformedFramesThrowAndNeverCrash() {
-        let good = Envelope(runId: "run", message: .work(WorkUnit(id: 1, kind: .train, version: 2, episodes: [1, 2, 3]))).encode()
+        let good = Envelope(
+            runId: "run", message: .work(WorkUnit(id: 1, kind: .train, version: 2, episodes: [1, 2, 3]))
+        ).encode()
         // Every truncation is an error.
         for n in 0..<good.count { XCTAssertThrowsError(try Envelope.decode(Array(good.prefix(n))), "prefix \(n)") }
         XCTAssertThrowsError(try Envelope.decode(good + [0])) { XCTAssertTrue("\($0)".contains("trailing")) }
-        XCTAssertThrowsError(try Envelope.decode(Array("GET / HTTP/1.1".utf8))) { XCTAssertEqual($0 as? WireError, .badMagic) }
+        XCTAssertThrowsError(try Envelope.decode(Array("GET / HTTP/1.1".utf8))) {
+            XCTAssertEqual($0 as? WireError, .badMagic)
+        }
         var unknown = good; unknown[6] = 200
         XCTAssertThrowsError(try Envelope.decode(unknown)) { XCTAssertEqual($0 as? WireError, .unknownType(200)) }
         // A train result's payload is either in the message (0) or in shared memory (1).
-        var place = Envelope(runId: "run", message: .trainResult(TrainResult(unitId: 1, version: 2, gradTheta: [1], gradAlpha: [],
-                                                                             lossSum: 0, tasks: 1))).encode()
+        var place = Envelope(
+            runId: "run",
+            message: .trainResult(
+                TrainResult(
+                    unitId: 1, version: 2, gradTheta: [1], gradAlpha: [],
+                    lossSum: 0, tasks: 1))
+        ).encode()
         place[4 + 2 + 1 + 4 + 3 + 16] = 2
-        XCTAssertThrowsError(try Envelope.decode(place)) { XCTAssertEqual($0 as? WireError, .invalid("unknown payload place")) }
+        XCTAssertThrowsError(try Envelope.decode(place)) {
+            XCTAssertEqual($0 as? WireError, .invalid("unknown payload place"))
+        }
         // Random garbage after a valid header never crashes.
         var g = 0x9E3779B97F4A7C15 as UInt64
         for _ in 0..<2000 {
             var b = Array(good.prefix(7))
-            for _ in 0..<Int(g % 60) { g = g &* 6364136223846793005 &+ 1442695040888963407; b.append(UInt8(truncatingIfNeeded: g >> 33)) }
+            for _ in 0..<Int(g % 60) {
+                g = g &* 6364136223846793005 &+ 1442695040888963407; b.append(UInt8(truncatingIfNeeded: g >> 33))
+            }
             _ = try? Envelope.decode(b)
         }
     }
 
     func testOtherProtocolVersionIsNamed() {
-        let e = Envelope(runId: "r", message: .hello(Hello(workerName: "w", datasetFingerprint: "f")), protocolVersion: 99)
+        let e = Envelope(
+            runId: "r", message: .hello(Hello(workerName: "w", datasetFingerprint: "f")), protocolVersion: 99)
         XCTAssertThrowsError(try Envelope.decode(e.encode())) { err in
             XCTAssertEqual(err as? WireError, .protocolMismatch(theirs: 99))
             XCTAssertTrue("\(err)".contains("protocol version 99"))
