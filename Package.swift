@@ -44,6 +44,8 @@ let package = Package(
         .target(
             name: "Training",
             dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "Configuration", "Evaluation"]),
+        // Multi-seed studies: plans, their tasks, and the paired statistics of their results.
+        .target(name: "Studies", dependencies: ["Core", "Configuration", "Evaluation", "Yams"]),
         // ZeroMQ sockets: moves frames, knows nothing of training.
         .target(name: "Transport", dependencies: ["CZeroMQ", "CLinux"]),
         // Typed, versioned messages and their byte encoding (imports no C).
@@ -63,7 +65,7 @@ let package = Package(
             dependencies: [
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 "Core", "Kernels", "GRU4Rec", "Configuration", "Datasets", "Storage", "MetaLearning", "Evaluation",
-                "Training", "Transport", "Wire", "Coordination", "Runtime"
+                "Training", "Transport", "Wire", "Coordination", "Runtime", "Studies"
             ]),
 
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
@@ -71,6 +73,8 @@ let package = Package(
         .testTarget(name: "GRU4RecTests", dependencies: ["GRU4Rec", "Kernels", "Core"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ConfigurationTests", dependencies: ["Configuration"]),
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "Core", "Configuration"]),
+        .testTarget(
+            name: "StudiesTests", dependencies: ["Studies", "Evaluation", "Core"], resources: [.copy("Fixtures")]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Datasets", "GRU4Rec", "Core", "Configuration"]),
         .testTarget(
             name: "MetaLearningTests",

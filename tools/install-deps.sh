@@ -28,5 +28,7 @@ if command -v python3 >/dev/null 2>&1; then
     python3 -m pip install --quiet tensorboard 2>/dev/null || echo "note: could not pip install tensorboard; its event-file test will be skipped"
     # pyarrow writes the notebook-shaped parquet fixtures that tools/import_notebooks.py reads.
     python3 -m pip install --quiet pyarrow 2>/dev/null || echo "note: could not pip install pyarrow; the notebook import test will be skipped"
+    # matplotlib draws a study's plots (tools/plot_study.py) in the study test.
+    python3 -m pip install --quiet matplotlib 2>/dev/null || echo "note: could not pip install matplotlib; the study plot check will be skipped"
   fi
 fi

@@ -38,6 +38,8 @@ public struct Config: Equatable, Sendable {
     }
     public struct Eval: Equatable, Sendable {
         public var every: Int, patience: Int, valEpisodes: Int, bootstrapSamples: Int
+        /// Negatives each query is also ranked against (0: none), for sampled metrics beside full ranking.
+        public var sampledNegatives: Int
     }
     public struct Checkpoint: Equatable, Sendable { public var every: Int, keep: Int }
     /// Liveness between coordinator and workers: a heartbeat every `heartbeatS`
@@ -222,7 +224,8 @@ public struct Config: Equatable, Sendable {
             every: try r.int("eval.every", min: 1, max: 1 << 40),
             patience: try r.int("eval.patience", min: 1, max: 1 << 40),
             valEpisodes: try r.int("eval.val_episodes", min: 0, max: 1 << 40),
-            bootstrapSamples: try r.int("eval.bootstrap_samples", min: 1, max: 1_000_000))
+            bootstrapSamples: try r.int("eval.bootstrap_samples", min: 1, max: 1_000_000),
+            sampledNegatives: try r.int("eval.sampled_negatives", min: 0, max: 1_000_000))
         checkpoint = Checkpoint(
             every: try r.int("checkpoint.every", min: 1, max: 1 << 40),
             keep: try r.int("checkpoint.keep", min: 1, max: 1_000_000))

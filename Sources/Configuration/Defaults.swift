@@ -50,6 +50,7 @@ public let defaultConfigYAML = """
       patience: 10
       val_episodes: 0
       bootstrap_samples: 1000
+      sampled_negatives: 0
     checkpoint:
       every: 100
       keep: 3

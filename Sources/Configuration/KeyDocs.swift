@@ -75,6 +75,10 @@ private let baseKeyDocs: [(key: String, doc: String)] = [
     ("eval.patience", "Meta-training stops after this many validations without a better HR@10. ≥ 1."),
     ("eval.val_episodes", "Validation episodes used (0: all). ≥ 0."),
     ("eval.bootstrap_samples", "Bootstrap resamples for the confidence intervals of evaluate. 1–10^6."),
+    (
+        "eval.sampled_negatives",
+        "Studies also rank each query against this many seeded random negatives and report those metrics under separate keys (hr@10_sampled100, ...) beside full-catalogue ranking, for comparison with papers that sample. 0 = off. 0–10^6."
+    ),
     ("checkpoint.every", "Write checkpoints/iter-N.h5 every this many iterations. ≥ 1."),
     ("checkpoint.keep", "Periodic checkpoints kept (the newest). ≥ 1."),
     ("cluster.heartbeat_s", "Seconds between heartbeats of a quiet coordinator or worker. 0.05–60."),
@@ -86,7 +90,7 @@ extension Config {
     /// evaluates, checkpoints and gives up; none of them changes a weight.
     public static let resumableKeys = [
         "maml.iterations", "eval.every", "eval.patience", "checkpoint.every", "checkpoint.keep",
-        "pretrain.epochs", "pretrain.patience", "cluster.*"
+        "eval.sampled_negatives", "pretrain.epochs", "pretrain.patience", "cluster.*"
     ]
 
     public static func mayChangeOnResume(_ key: String) -> Bool {

@@ -85,6 +85,8 @@ public enum Stream {
     public static let dropout: UInt64 = 5
     public static let bootstrap: UInt64 = 6
     public static let metaBatch: UInt64 = 7
+    public static let sampledNegatives: UInt64 = 8
+    public static let permutation: UInt64 = 9
 }
 
 @inline(__always) private func rotl(_ x: UInt64, _ k: UInt64) -> UInt64 { (x << k) | (x >> (64 - k)) }

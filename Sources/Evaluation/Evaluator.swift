@@ -40,6 +40,16 @@ extension FewShotPolicy {
     }
 }
 
+/// One query's pessimistic rank of its label over the full catalogue, and
+/// among sampled negatives when asked for.
+public struct QueryRank: Sendable, Equatable {
+    public var label: Int, rank: Int
+    public var sampledRank: Int?
+    public init(label: Int, rank: Int, sampledRank: Int? = nil) {
+        self.label = label; self.rank = rank; self.sampledRank = sampledRank
+    }
+}
+
 /// Scores the query pairs of a split's episodes, per episode.
 public final class Evaluator {
     public let dataset: Dataset
@@ -111,6 +121,69 @@ public final class Evaluator {
             supportBatch.pack(pairs: support, of: dataset, weights: policy.weighting.weights(support, in: dataset))
             loop.adapt(model: m, from: params, into: adapted, grads: grads, support: supportBatch)
             return scoreWithLoss(m, adapted, queries: ep.queryPairs(e))
+        }
+    }
+
+    /// Every query's rank, episode by episode, for studies (per_query.csv):
+    /// zero-shot with `policy` nil, else few-shot exactly as `fewShot` adapts;
+    /// `params` nil ranks by popularity. With `sampledNegatives` N > 0 each
+    /// query is also ranked among N distinct items drawn uniformly from the
+    /// catalogue without its label, keyed by (seed, split, episode, query).
+    public func queryRanks(
+        _ params: FloatBuffer?, dims: ModelDims, policy: FewShotPolicy?, shots: Int? = nil, sampledNegatives: Int = 0,
+        seed: UInt64 = 0
+    ) -> [[QueryRank]] {
+        let ep = dataset.episodes(split), V = dataset.nItems
+        var popularityScores: [Float] = []
+        if params == nil {
+            popularityScores = [Float](repeating: 0, count: V)
+            for p in 0..<dataset.nPairs where dataset.userSplit[Int(dataset.pairUser[p])] == SplitKind.train.rawValue {
+                popularityScores[Int(dataset.label[p])] += 1
+            }
+        }
+        let adapted = FloatBuffer(count: params?.count ?? 0), grads = FloatBuffer(count: params?.count ?? 0)
+        return episodes.map { e in
+            let queries = ep.queryPairs(e)
+            /// Ranks the queries by their rows of `scores`: query q's is row `rowOf(q)`, `rowStride` apart
+            /// (0: one row for all).
+            func rankAll(_ scores: UnsafePointer<Float>, _ rowStride: Int, rowOf: (Int) -> Int) -> [QueryRank] {
+                queries.enumerated().map { (q, pair) in
+                    let label = Int(dataset.label[Int(pair)]), row = scores + rowOf(q) * rowStride
+                    var r = QueryRank(label: label, rank: pessimisticRank(row, label: label, V: V))
+                    if sampledNegatives > 0 {
+                        var g = SeededGenerator(
+                            seed: seed, [Stream.sampledNegatives, UInt64(split.rawValue), UInt64(e), UInt64(q)])
+                        let n = min(sampledNegatives, V - 2)
+                        var picked = Set<Int>(), beats = 0
+                        while picked.count < n {
+                            let j = 1 + g.below(V - 1)
+                            if j == label || !picked.insert(j).inserted { continue }
+                            if row[j] >= row[label] { beats += 1 }
+                        }
+                        r.sampledRank = 1 + beats
+                    }
+                    return r
+                }
+            }
+            guard let params else {
+                return popularityScores.withUnsafeBufferPointer { rankAll($0.baseAddress!, 0, rowOf: { _ in 0 }) }
+            }
+            let m = model(dims)
+            var use = params
+            if let policy {
+                let rate: InnerLoop.Rate = policy.rates.map { .perElement($0) } ?? .scalar(policy.innerLR)
+                let loop = InnerLoop(steps: policy.steps, rate: rate, frozen: policy.frozen)
+                let all = ep.supportPairs(e)
+                let support = shots.map { all.suffix(min($0, all.count)) } ?? all
+                supportBatch.pack(pairs: support, of: dataset, weights: policy.weighting.weights(support, in: dataset))
+                loop.adapt(model: m, from: params, into: adapted, grads: grads, support: supportBatch)
+                use = adapted
+            }
+            queryBatch.pack(pairs: queries, of: dataset)
+            // The batch sorts its examples by prefix length: query q is the row where order[row] == q.
+            var rowOf = [Int](repeating: 0, count: queries.count)
+            for (row, q) in queryBatch.order.enumerated() { rowOf[q] = row }
+            return rankAll(UnsafePointer(m.forward(use, queryBatch)), V, rowOf: { rowOf[$0] })
         }
     }
 

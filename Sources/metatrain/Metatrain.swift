@@ -22,7 +22,7 @@ struct Metatrain: ParsableCommand {
         subcommands: [
             SynthCommand.self, PrepareCommand.self, PretrainCommand.self, CoordinatorCommand.self,
             WorkerCommand.self, TrainCommand.self, KeygenCommand.self, ConfigCommand.self, EvaluateCommand.self,
-            DemoCommand.self, BenchCommand.self
+            StudyCommand.self, DemoCommand.self, BenchCommand.self
         ])
 
     /// Runs the CLI: our own errors print as one `error: ...` line and exit 1.

@@ -141,4 +141,43 @@ final class ClusterRecipeTests: XCTestCase {
             try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
             try Data(contentsOf: URL(fileURLWithPath: dir + "/whole/final.h5")), "requeued Slurm job vs train")
     }
+
+    /// cluster/slurm/study.sh under a single-node Slurm: the pretraining array,
+    /// then the runs' array, then the report, which equals a local study's bit for bit.
+    func testSlurmStudyArraysRunEveryTaskThenTheReport() throws {
+        guard getuid() == 0 else { throw XCTSkip("a test Slurm cluster needs root") }
+        for tool in ["munged", "slurmctld", "slurmd", "sbatch"] where sh("command -v \(tool)").0 != 0 {
+            throw XCTSkip("\(tool) is not installed (tools/install-deps.sh --tests installs Slurm)")
+        }
+        let dir = freshDir("slurm-study")
+        let slurm = ClusterRecipeTests.cluster.appendingPathComponent("slurm").path
+        let env = ["SLURMCTLD_PORT": "16927", "SLURMD_PORT": "16928"]
+        let (started, startLog) = sh("\(slurm)/single-node.sh start \(dir)/cluster", env: env)
+        defer { sh("\(slurm)/single-node.sh stop \(dir)/cluster") }
+        XCTAssertEqual(started, 0, "Slurm did not start: \(startLog)")
+        guard started == 0 else { return }
+        let slurmEnv = ["SLURM_CONF": "\(dir)/cluster/slurm.conf", "METATRAIN": metatrainPath()]
+        let data = try syntheticDataset(in: dir, users: 400, courses: 40, seed: 5)
+        try StudyTests.plan.write(toFile: dir + "/plan.yaml", atomically: true, encoding: .utf8)
+        let local = try metatrain(["study", "--data", data, "--plan", dir + "/plan.yaml", "--out", dir + "/local"])
+        XCTAssertEqual(local.status, 0, local.stderr)
+
+        let (submitted, text) = sh("\(slurm)/study.sh \(data) \(dir)/plan.yaml \(dir)/out", env: slurmEnv)
+        XCTAssertEqual(submitted, 0, text)
+        XCTAssertTrue(
+            text.contains("pretraining: job") && text.contains("(tasks 2-7)") && text.contains("report: job"), text)
+        let deadline = Date().addingTimeInterval(300)
+        while !FileManager.default.fileExists(atPath: dir + "/out/report.md") && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.5)
+        }
+        let logs = (try? FileManager.default.contentsOfDirectory(atPath: dir + "/out/logs")) ?? []
+        XCTAssertTrue(
+            FileManager.default.fileExists(atPath: dir + "/out/report.md"),
+            "no report: " + logs.map { read(dir + "/out/logs/" + $0) }.joined(separator: "\n"))
+        for f in ["per_query.csv", "results.json"] {
+            XCTAssertEqual(
+                try? Data(contentsOf: URL(fileURLWithPath: dir + "/out/" + f)),
+                try Data(contentsOf: URL(fileURLWithPath: dir + "/local/" + f)), f)
+        }
+    }
 }

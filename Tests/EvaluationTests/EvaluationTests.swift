@@ -85,4 +85,63 @@ final class FewShotTests: XCTestCase {
         XCTAssertGreaterThan(
             few.mean(.acc1), zero.mean(.acc1) + 0.5, "few-shot \(few.mean(.acc1)) vs zero-shot \(zero.mean(.acc1))")
     }
+
+    /// The per-query ranks studies use agree, episode by episode, with the
+    /// metric sums of zeroShot, fewShot and popularity, on prefixes of mixed
+    /// lengths (which the packed batch reorders); with every other item as a
+    /// "sampled" negative the sampled rank is the full rank.
+    func testQueryRanksAgreeWithTheMetricSums() {
+        let V = 15, users = 12
+        var offsets: [Int64] = [0], items: [Int32] = [], labels: [Int32] = [], pairUser: [Int32] = []
+        var support: [Int64] = [], query: [Int64] = [], epUser: [Int32] = []
+        var g = SeededGenerator(seed: 21)
+        for u in 0..<users {
+            let first = labels.count
+            for _ in 0..<7 {
+                for _ in 0..<(1 + g.below(5)) { items.append(Int32(1 + g.below(V - 1))) }
+                offsets.append(Int64(items.count)); labels.append(Int32(1 + g.below(V - 1))); pairUser.append(Int32(u))
+            }
+            support += (0..<3).map { Int64(first + $0) }; query += (3..<7).map { Int64(first + $0) }
+            epUser.append(Int32(u))
+        }
+        let d = Dataset(
+            itemIds: (0..<V).map { "i\($0)" }, itemCounts: [Int64](repeating: 1, count: V),
+            userIds: (0..<users).map { "u\($0)" }, userSplit: [Int8](repeating: 2, count: users),
+            pairUser: pairUser, prefixOffsets: offsets, prefixItems: items, label: labels,
+            timestamp: [Int64](repeating: 0, count: labels.count),
+            reliability: [Float](repeating: 1, count: labels.count),
+            episodes: [.test: Episodes(k: 3, q: 4, support: support, query: query, user: epUser)],
+            maxSeqLen: 50, kSupport: 3, qQuery: 4, source: "mixed lengths")
+        let dims = ModelDims(V: V, E: 4, H: 8)
+        var rng = SeededGenerator(seed: 2)
+        let params = GRU4Rec(dims: dims).initialParameters(rng: &rng)
+        let ev = Evaluator(dataset: d, split: .test)
+        let policy = FewShotPolicy(steps: 3, innerLR: 0.3, weighting: SupportWeighting())
+        func sums(_ ranks: [[QueryRank]]) -> [MetricSums] {
+            ranks.map { rs in rs.reduce(into: MetricSums()) { $0.add(rank: $1.rank) } }
+        }
+        // Equal up to the order the queries' values are added in.
+        func assertSame(_ a: [MetricSums], _ b: [MetricSums], _ what: String) {
+            XCTAssertEqual(a.count, b.count, what)
+            for (x, y) in zip(a, b) {
+                XCTAssertEqual(x.queries, y.queries, what)
+                for (u, v) in zip(x.sums, y.sums) { XCTAssertEqual(u, v, accuracy: 1e-12, what) }
+            }
+        }
+        let zero = ev.queryRanks(params, dims: dims, policy: nil, sampledNegatives: V - 2, seed: 4)
+        assertSame(sums(zero), ev.zeroShot(params, dims: dims), "zero-shot")
+        assertSame(
+            sums(ev.queryRanks(params, dims: dims, policy: policy)), ev.fewShot(params, dims: dims, policy: policy),
+            "few-shot")
+        assertSame(sums(ev.queryRanks(nil, dims: dims, policy: nil)), ev.popularity(), "popularity")
+        for (e, rs) in zero.enumerated() {
+            for (q, r) in rs.enumerated() {
+                XCTAssertEqual(r.label, Int(labels[Int(query[4 * e + q])]))
+                XCTAssertEqual(r.sampledRank, r.rank)
+            }
+        }
+        let sampled = ev.queryRanks(params, dims: dims, policy: nil, sampledNegatives: 5, seed: 4)
+        XCTAssertEqual(sampled, ev.queryRanks(params, dims: dims, policy: nil, sampledNegatives: 5, seed: 4))
+        XCTAssertTrue(zip(sampled.joined(), zero.joined()).allSatisfy { $0.sampledRank! <= min($1.rank, 6) })
+    }
 }

@@ -1,0 +1,326 @@
+import ArgumentParser
+import Configuration
+import Core
+import Datasets
+import Evaluation
+import Foundation
+import GRU4Rec
+import Kernels
+import Storage
+import Studies
+
+/// A progress line, written at once (print's buffer would hold it back from a log file).
+private func say(_ line: String) { FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
+
+struct StudyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "study",
+        abstract: "Runs a plan's methods over several seeds and compares them with paired statistics.",
+        discussion: """
+            Pretrains once per seed (shared by every method that warm-starts from it),
+            runs each method on each seed in OUT/runs/METHOD/seed-S, ranks every query of
+            the evaluation split, and writes per_query.csv, results.json and report.md
+            (docs/FORMATS.md, "Studies"). A study that is stopped or killed and started
+            again redoes nothing that finished. --task I runs one task alone (e.g. one
+            Slurm array index; --list shows them); a later plain run writes the report.
+            Examples:
+              metatrain study --data data/dataset.h5 --plan studies/seeds.yaml \\
+                  --out studies/out --quick --parallel 2
+              metatrain study --data data/dataset.h5 --plan studies/seeds.yaml \\
+                  --out studies/out --task 3
+            """)
+
+    @Option(help: "Dataset file written by prepare.") var data: String
+    @Option(help: "Study plan (YAML): methods, baseline, seeds, evaluation.") var plan: String
+    @Option(help: "Study directory: runs, logs and results.") var out: String
+    @Option(help: "Use seeds 1...N instead of the plan's.") var seeds: Int?
+    @Option(help: "Tasks run at once (each a process).") var parallel = 1
+    @Option(help: "Local worker processes of each meta-training run.") var workers = 1
+    @Flag(help: "Add the plan's quick overrides (fewer iterations and epochs) to every run.") var quick = false
+    @Option(help: "Run only this task (an index from --list) and exit.") var task: Int?
+    @Flag(help: "List the tasks with their indices and state, and exit.") var list = false
+
+    func validate() throws {
+        if let seeds, seeds < 1 { throw ValidationError("--seeds must be at least 1") }
+        guard parallel >= 1 else { throw ValidationError("--parallel must be at least 1") }
+        guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
+    }
+
+    func loadPlan() throws -> StudyPlan {
+        var p = try StudyPlan.load(plan)
+        if let seeds { p.seeds = (1...seeds).map { UInt64($0) } }
+        return p
+    }
+
+    func run() throws {
+        BLAS.useSingleThread()
+        let p = try loadPlan()
+        let fingerprint = try DatasetFile.fingerprint(of: data)
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        try recordStudy(p, fingerprint: fingerprint)
+        let tasks = p.tasks()
+        let runner = StudyTaskRunner(plan: p, data: data, out: out, quick: quick, workers: workers)
+        if list {
+            for t in tasks {
+                print(
+                    "\(t.index)\t\(t.name)\t\(runner.isDone(t) ? "done" : "to do")"
+                        + (t.dependsOn.map { "\t(after task \($0))" } ?? ""))
+            }
+            return
+        }
+        if let task {
+            guard tasks.indices.contains(task) else {
+                throw MetatrainError("--task \(task): the plan has tasks 0...\(tasks.count - 1) (see --list)")
+            }
+            try runner.run(tasks[task])
+            return
+        }
+        try orchestrate(tasks, runner: runner)
+        try report(p, fingerprint: fingerprint, runner: runner)
+    }
+
+    /// study.json: what this directory is a study of. Starting again with another
+    /// plan, seeds, --quick or dataset is refused, so finished runs are never mixed up.
+    func recordStudy(_ p: StudyPlan, fingerprint: String) throws {
+        var hash = SHA256()
+        hash.update(string: (try? String(contentsOfFile: plan, encoding: .utf8)) ?? "")
+        let record: [(String, JSON)] = [
+            ("plan_sha256", .string(hash.finalizeHex())), ("seeds", .array(p.seeds.map { .int(Int($0)) })),
+            ("quick", .bool(quick)), ("dataset_fingerprint", .string(fingerprint))
+        ]
+        let path = out + "/study.json"
+        if let text = try? String(contentsOfFile: path, encoding: .utf8), let old = try? JSON.parse(text) {
+            for (k, v) in record where old[k] != nil && old[k]! != v {
+                throw MetatrainError(
+                    "\(out) holds a study with another \(k) (\(old[k]!.compact), now \(v.compact)); use another --out")
+            }
+            return
+        }
+        try writeFileAtomically(
+            path,
+            contents: JSON.object(
+                record + [
+                    ("plan", .string(plan)), ("dataset", .string(data)),
+                    ("metatrain_version", .string(metatrainVersion))
+                ]
+            ).pretty)
+    }
+
+    /// Runs every unfinished task as a child process (`--task I`), up to --parallel at
+    /// once, each after the task it depends on; stops starting new ones after a failure.
+    func orchestrate(_ tasks: [StudyTask], runner: StudyTaskRunner) throws {
+        let logs = out + "/logs"
+        try FileManager.default.createDirectory(atPath: logs, withIntermediateDirectories: true)
+        var pending = tasks.filter { !runner.isDone($0) }
+        let done = tasks.count - pending.count
+        if done > 0 { say("\(done) of \(tasks.count) tasks already finished") }
+        var running: [(task: StudyTask, process: Process, started: Date)] = []
+        var finished = Set(tasks.filter { runner.isDone($0) }.map(\.index))
+        var failed: [String] = []
+        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        while !pending.isEmpty || !running.isEmpty {
+            while failed.isEmpty, running.count < parallel,
+                let i = pending.firstIndex(where: { $0.dependsOn.map { finished.contains($0) } ?? true })
+            {
+                let t = pending.remove(at: i)
+                let log = logs + "/" + t.name.replacingOccurrences(of: "/", with: "_") + ".log"
+                FileManager.default.createFile(atPath: log, contents: nil)
+                let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+                let proc = Process()
+                proc.executableURL = exe
+                proc.arguments =
+                    [
+                        "study", "--data", data, "--plan", plan, "--out", out, "--workers", "\(workers)", "--task",
+                        "\(t.index)"
+                    ]
+                    + (seeds.map { ["--seeds", "\($0)"] } ?? []) + (quick ? ["--quick"] : [])
+                proc.standardOutput = handle; proc.standardError = handle
+                try proc.run()
+                try? handle.close()
+                running.append((t, proc, Date()))
+                say("started  \(t.index) \(t.name)  (log: \(log))")
+            }
+            if !failed.isEmpty && running.isEmpty { break }
+            if running.isEmpty && !pending.isEmpty {
+                throw MetatrainError(
+                    "study: tasks \(pending.map(\.name).joined(separator: ", ")) wait for tasks that cannot run")
+            }
+            usleep(100_000)
+            for (k, r) in running.enumerated().reversed() where !r.process.isRunning {
+                running.remove(at: k)
+                let secs = String(format: "%.1f", Date().timeIntervalSince(r.started))
+                if r.process.terminationStatus == 0 {
+                    finished.insert(r.task.index)
+                    say("finished \(r.task.index) \(r.task.name)  (\(secs) s)")
+                } else {
+                    failed.append(r.task.name)
+                    say("FAILED   \(r.task.index) \(r.task.name)  (exit \(r.process.terminationStatus), \(secs) s)")
+                }
+            }
+        }
+        if !failed.isEmpty {
+            let names = failed.map { "\($0) (log: \(logs)/\($0.replacingOccurrences(of: "/", with: "_")).log)" }
+            throw MetatrainError(
+                "study: \(failed.count) task(s) failed: \(names.joined(separator: ", ")); run the study again to retry them"
+            )
+        }
+    }
+
+    /// per_query.csv, results.json and report.md from every run's ranks.
+    func report(_ p: StudyPlan, fingerprint: String, runner: StudyTaskRunner) throws {
+        var ranks: [String: [UInt64: RunRanks]] = [:]
+        var perQuery = "method,seed,setting,user,episode,query,label,rank"
+        var sampled = 0
+        for t in p.tasks() {
+            guard case .run(let m, let s) = t.kind else { continue }
+            let r = try RunRanks.read(runner.ranksPath(t))
+            ranks[m, default: [:]][s] = r
+            sampled = max(sampled, r.sampledNegatives)
+        }
+        if sampled > 0 { perQuery += ",rank_sampled\(sampled)" }
+        perQuery += "\n"
+        for t in p.tasks() {
+            guard case .run(let m, let s) = t.kind, let r = ranks[m]?[s] else { continue }
+            let lines = r.csv.split(separator: "\n").dropFirst()
+            for line in lines { perQuery += "\(m),\(s),\(line)\n" }
+        }
+        try writeFileAtomically(out + "/per_query.csv", contents: perQuery)
+        let results = try StudyResults(plan: p, ranks: ranks)
+        try writeFileAtomically(out + "/results.json", contents: results.json.pretty)
+        let users = Set(ranks[p.baseline]?[p.seeds[0]]?.rows.map(\.user) ?? []).count
+        let notes = [
+            "Plan `\(plan)`\(quick ? " with --quick" : ""); dataset `\(data)` (fingerprint \(fingerprint.prefix(12))…);",
+            "\(p.split) split, \(users) users; seeds \(p.seeds.map(String.init).joined(separator: ", ")); baseline \(p.baseline)."
+        ]
+        let md = results.markdown(title: "Study: " + URL(fileURLWithPath: plan).lastPathComponent, notes: notes)
+        try writeFileAtomically(out + "/report.md", contents: md)
+        print(md, terminator: "")
+        print("\nwrote \(out)/per_query.csv, \(out)/results.json, \(out)/report.md")
+    }
+}
+
+/// Runs one study task in this process: the pretraining of a seed, or a method
+/// on a seed (train, then rank every query), each resumable after a kill.
+struct StudyTaskRunner {
+    let plan: StudyPlan, data: String, out: String, quick: Bool, workers: Int
+
+    func directory(_ t: StudyTask) -> String { out + "/" + t.runDirectory }
+    func ranksPath(_ t: StudyTask) -> String { directory(t) + "/ranks.csv" }
+    func pretrainDirectory(seed: UInt64) -> String { out + "/runs/pretrain/seed-\(seed)" }
+
+    func isDone(_ t: StudyTask) -> Bool {
+        switch t.kind {
+        case .pretrain: return FileManager.default.fileExists(atPath: directory(t) + "/final.h5")
+        case .run: return FileManager.default.fileExists(atPath: ranksPath(t))
+        }
+    }
+
+    var quickSets: [String] { quick ? plan.quick : [] }
+
+    /// The config flags of a method's run on seed s.
+    func configArguments(_ m: StudyPlan.Method, seed s: UInt64) -> [String] {
+        var sets = plan.overrides + (m.kind == .pretrained ? plan.pretrainOverrides : []) + m.overrides + quickSets
+        if m.kind == .meta(warmStart: true) {
+            sets.append("warm_start.checkpoint=" + pretrainDirectory(seed: s) + "/best.h5")
+        }
+        let file = m.kind == .pretrained ? (m.config ?? plan.pretrainConfig) : m.config
+        return (file.map { ["--config", $0] } ?? []) + sets.flatMap { ["--set", $0] }
+            + ["--seed", "\(m.kind == .pretrained ? s : s + m.seedOffset)"]
+    }
+
+    func run(_ t: StudyTask) throws {
+        if isDone(t) { print("task \(t.index) (\(t.name)) is already finished"); return }
+        if let d = plan.tasks().first(where: { $0.index == t.dependsOn }), !isDone(d) {
+            throw MetatrainError("task \(t.index) (\(t.name)) needs task \(d.index) (\(d.name)) to finish first")
+        }
+        let dir = directory(t)
+        switch t.kind {
+        case .pretrain(let s):
+            let sets = plan.overrides + plan.pretrainOverrides + quickSets
+            var args =
+                ["--data", data, "--run-dir", dir, "--seed", "\(s)"]
+                + (plan.pretrainConfig.map { ["--config", $0] } ?? [])
+                + sets.flatMap { ["--set", $0] }
+            // A killed pretraining continues from its last epoch; one that never finished an epoch starts afresh.
+            if FileManager.default.fileExists(atPath: dir + "/last.h5") {
+                args.append("--resume")
+            } else if FileManager.default.fileExists(atPath: dir) {
+                args.append("--overwrite")
+            }
+            try PretrainCommand.parse(args).run()
+        case .run(let name, let s):
+            guard let m = plan.method(name) else { throw MetatrainError("study: no method \(name)") }
+            let checkpoint: String?
+            switch m.kind {
+            case .meta:
+                if !FileManager.default.fileExists(atPath: dir + "/final.h5") {
+                    try TrainCommand.parse(
+                        ["--data", data, "--run-dir", dir, "--workers", "\(workers)", "--resume-or-start"]
+                            + configArguments(m, seed: s)
+                    ).run()
+                }
+                checkpoint =
+                    FileManager.default.fileExists(atPath: dir + "/best.h5") ? dir + "/best.h5" : dir + "/final.h5"
+            case .pretrained: checkpoint = pretrainDirectory(seed: s) + "/best.h5"
+            case .popularity: checkpoint = nil
+            }
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            let config = try ConfigOptions.parse(configArguments(m, seed: s)).load()
+            try rank(checkpoint: checkpoint, config: config, seed: s, into: ranksPath(t))
+        }
+    }
+
+    /// Ranks every query of the plan's split, zero-shot and (for a checkpoint) few-shot, into ranks.csv.
+    func rank(checkpoint: String?, config: Config, seed: UInt64, into path: String) throws {
+        let dataset = try DatasetFile.read(data)
+        let split = SplitKind(name: plan.split)!
+        let evaluator = Evaluator(dataset: dataset, split: split)
+        let negatives = config.eval.sampledNegatives
+        var settings: [(String, [[QueryRank]])] = []
+        if let checkpoint {
+            let ck = try CheckpointFile.read(checkpoint, expectedFingerprint: dataset.fingerprint)
+            var policy = FewShotPolicy(config: config)
+            if ck.kind == .meta {
+                let trained = try Config.parse(ck.configJSON, origin: "\(checkpoint) (stored config)")
+                policy = FewShotPolicy(metaConfig: trained, layout: ck.layout, rates: ck.metaSGDAlpha)
+            }
+            if plan.steps > 0 { policy.steps = plan.steps }
+            let shots = plan.shots > 0 ? plan.shots : nil
+            settings.append(
+                (
+                    "zero_shot",
+                    evaluator.queryRanks(ck.params, dims: ck.dims, policy: nil, sampledNegatives: negatives, seed: seed)
+                ))
+            settings.append(
+                (
+                    "few_shot",
+                    evaluator.queryRanks(
+                        ck.params, dims: ck.dims, policy: policy, shots: shots,
+                        sampledNegatives: negatives, seed: seed)
+                ))
+        } else {
+            settings.append(
+                (
+                    "zero_shot",
+                    evaluator.queryRanks(
+                        nil, dims: ModelDims(V: dataset.nItems, E: 1, H: 1), policy: nil,
+                        sampledNegatives: negatives, seed: seed)
+                ))
+        }
+        let episodes = dataset.episodes(split)
+        var rows: [RunRanks.Row] = []
+        for (setting, perEpisode) in settings {
+            for (e, ranks) in zip(evaluator.episodes, perEpisode) {
+                let user = dataset.userIds[Int(episodes.user[e])]
+                for (q, r) in ranks.enumerated() {
+                    rows.append(
+                        RunRanks.Row(
+                            setting: setting, user: user, episode: e, query: q, label: dataset.itemIds[r.label],
+                            rank: r.rank, sampledRank: r.sampledRank))
+                }
+            }
+        }
+        try writeFileAtomically(path, contents: RunRanks(rows: rows, sampledNegatives: negatives).csv)
+        print("ranked \(rows.count) queries of \(evaluator.episodes.count) \(plan.split) episodes into \(path)")
+    }
+}
