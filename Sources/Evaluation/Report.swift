@@ -3,22 +3,35 @@ import Core
 /// Per-episode results of one method in one setting, summarised with intervals.
 public struct MethodResult {
     public var perEpisode: [MetricSums]
+    /// The same metrics from ranks among `sampledNegatives` sampled negatives (eval.sampled_negatives), if asked for.
+    public var sampled: [MetricSums]?
+    public var sampledNegatives = 0
     public init(_ p: [MetricSums]) { perEpisode = p }
     public var total: MetricSums { perEpisode.reduce(MetricSums(), +) }
+
+    /// Adds the sampled-negative metrics from per-query ranks (reported beside the full ones).
+    public mutating func addSampled(_ ranks: [[QueryRank]], negatives: Int) {
+        sampledNegatives = negatives
+        sampled = ranks.map { rs in rs.reduce(into: MetricSums()) { $0.add(rank: $1.sampledRank ?? $1.rank) } }
+    }
 
     public func json(_ boot: Bootstrap) -> JSON {
         let t = total
         var kv: [(String, JSON)] = Metric.allCases.map { ($0.key, .number(t.mean($0))) }
+        var ci: [(String, JSON)] = Metric.allCases.map { m in
+            let (lo, hi) = boot.interval(perEpisode, m)
+            return (m.key, .array([.number(lo), .number(hi)]))
+        }
+        if let sampled {
+            let st = sampled.reduce(MetricSums(), +), suffix = "_sampled\(sampledNegatives)"
+            kv += Metric.allCases.map { ($0.key + suffix, .number(st.mean($0))) }
+            ci += Metric.allCases.map { m in
+                let (lo, hi) = boot.interval(sampled, m)
+                return (m.key + suffix, .array([.number(lo), .number(hi)]))
+            }
+        }
         kv.append(("n_queries", .int(t.queries)))
-        kv.append(
-            (
-                "ci95",
-                .object(
-                    Metric.allCases.map { m in
-                        let (lo, hi) = boot.interval(perEpisode, m)
-                        return (m.key, .array([.number(lo), .number(hi)]))
-                    })
-            ))
+        kv.append(("ci95", .object(ci)))
         return .object(kv)
     }
 

@@ -4,6 +4,7 @@ import Core
 import Datasets
 import Evaluation
 import Foundation
+import GRU4Rec
 import Kernels
 import Storage
 
@@ -96,10 +97,16 @@ struct EvaluateCommand: ParsableCommand {
         let evaluator = Evaluator(dataset: dataset, split: kind, limit: episodes)
         guard !evaluator.episodes.isEmpty else { throw MetatrainError("\(data): no \(kind.name) episodes to evaluate") }
         let policy = FewShotPolicy(config: config)
-        var methods = [
-            MethodReport(
-                name: "popularity", checkpoint: nil, zeroShot: MethodResult(evaluator.popularity()), fewShot: nil)
-        ]
+        // With eval.sampled_negatives N, each query is also ranked among N seeded negatives (beside, not instead).
+        let negatives = config.eval.sampledNegatives
+        var popularity = MethodResult(evaluator.popularity())
+        if negatives > 0 {
+            popularity.addSampled(
+                evaluator.queryRanks(
+                    nil, dims: ModelDims(V: dataset.nItems, E: 1, H: 1), policy: nil,
+                    sampledNegatives: negatives, seed: config.seed), negatives: negatives)
+        }
+        var methods = [MethodReport(name: "popularity", checkpoint: nil, zeroShot: popularity, fewShot: nil)]
         var ablations: [(kind: String, method: String, values: [(String, MethodResult)])] = []
         let names = name.isEmpty ? Self.names(forCheckpoints: checkpoint) : name
         for (path, name) in zip(checkpoint, names) {
@@ -113,8 +120,18 @@ struct EvaluateCommand: ParsableCommand {
                 let trained = try Config.parse(ck.configJSON, origin: "\(path) (stored config)")
                 p = FewShotPolicy(metaConfig: trained, layout: ck.layout, rates: ck.metaSGDAlpha)
             }
-            let zero = MethodResult(evaluator.zeroShot(ck.params, dims: ck.dims))
-            let few = MethodResult(evaluator.fewShot(ck.params, dims: ck.dims, policy: p))
+            var zero = MethodResult(evaluator.zeroShot(ck.params, dims: ck.dims))
+            var few = MethodResult(evaluator.fewShot(ck.params, dims: ck.dims, policy: p))
+            if negatives > 0 {
+                zero.addSampled(
+                    evaluator.queryRanks(
+                        ck.params, dims: ck.dims, policy: nil, sampledNegatives: negatives, seed: config.seed),
+                    negatives: negatives)
+                few.addSampled(
+                    evaluator.queryRanks(
+                        ck.params, dims: ck.dims, policy: p, sampledNegatives: negatives, seed: config.seed),
+                    negatives: negatives)
+            }
             methods.append(MethodReport(name: name, checkpoint: path, zeroShot: zero, fewShot: few))
             let shotList = try parseList(shots, "--shots"), stepList = try parseList(steps, "--steps")
             if !shotList.isEmpty {

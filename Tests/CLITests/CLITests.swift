@@ -162,7 +162,7 @@ final class CLITests: XCTestCase {
         r = try metatrain([
             "evaluate", "--data", dir + "/data.h5", "--checkpoint", dir + "/run/best.h5",
             "--checkpoint", dir + "/run/final.h5", "--split", "test", "--shots", "1,3", "--steps", "1,2",
-            "--out", dir + "/report.json", "--set", "eval.bootstrap_samples=200"
+            "--out", dir + "/report.json", "--set", "eval.bootstrap_samples=200", "--set", "eval.sampled_negatives=5"
         ])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("| run/best | few-shot |"), r.stdout)
@@ -186,6 +186,12 @@ final class CLITests: XCTestCase {
                 XCTAssertLessThanOrEqual(ci[0], v + 1e-9); XCTAssertGreaterThanOrEqual(ci[1], v - 1e-9)
             }
             XCTAssertEqual(m["n_queries"] as? Int, 120)
+            // Sampled-negative metrics come beside the full-catalogue ones, never instead:
+            // among 5 negatives a label ranks at most 6th, and never worse than over the whole catalogue.
+            let hr5 = try XCTUnwrap(m["hr@5_sampled5"] as? Double), mrr = try XCTUnwrap(m["mrr_sampled5"] as? Double)
+            XCTAssertGreaterThanOrEqual(hr5, m["hr@5"] as! Double)
+            XCTAssertGreaterThanOrEqual(mrr, max(m["mrr"] as! Double, 1.0 / 6))
+            XCTAssertNotNil((m["ci95"] as! [String: Any])["hr@10_sampled5"])
         }
         XCTAssertNotNil((methods["run/final"] as! [String: Any])["paired_vs_first"])
         let abl = report["ablations"] as! [String: Any]
