@@ -75,25 +75,36 @@ final class ClusterRecipeTests: XCTestCase {
         return (GroupProcess.decode(status), read(out))
     }
 
+    /// Starts a throwaway single-node Slurm under `dir`/cluster on the given
+    /// slurmctld and slurmd ports and returns its SLURM_CONF (nil, with a
+    /// failure logged, when it does not start); the caller stops it. Skips
+    /// without root or Slurm's packages.
+    func startSlurm(in dir: String, ports: (Int, Int)) throws -> String? {
+        guard getuid() == 0 else { throw XCTSkip("a test Slurm cluster needs root") }
+        for tool in ["munged", "slurmctld", "slurmd", "sbatch"] where sh("command -v \(tool)").0 != 0 {
+            throw XCTSkip("\(tool) is not installed (tools/install-deps.sh --tests installs Slurm)")
+        }
+        let slurm = ClusterRecipeTests.cluster.appendingPathComponent("slurm").path
+        let env = ["SLURMCTLD_PORT": "\(ports.0)", "SLURMD_PORT": "\(ports.1)"]
+        let (started, startLog) = sh("\(slurm)/single-node.sh start \(dir)/cluster", env: env)
+        guard started == 0 else {
+            XCTFail("Slurm did not start: \(startLog)")
+            sh("\(slurm)/single-node.sh stop \(dir)/cluster")
+            return nil
+        }
+        return "\(dir)/cluster/slurm.conf"
+    }
+
     /// The sbatch recipe under a real single-node Slurm (munge, slurmctld and
     /// slurmd started by the test): a short job runs the coordinator and two
     /// compute processes under one host agent, is requeued once a checkpoint exists, resumes from it by itself,
     /// and ends with the weights of an uninterrupted `train` run.
     func testSlurmRecipeRunsAndResumesAfterARequeue() throws {
-        guard getuid() == 0 else { throw XCTSkip("a test Slurm cluster needs root") }
-        for tool in ["munged", "slurmctld", "slurmd", "sbatch"] where sh("command -v \(tool)").0 != 0 {
-            throw XCTSkip("\(tool) is not installed (tools/install-deps.sh --tests installs Slurm)")
-        }
         let dir = freshDir("slurm")
         let slurm = ClusterRecipeTests.cluster.appendingPathComponent("slurm").path
-        let env = ["SLURMCTLD_PORT": "16917", "SLURMD_PORT": "16918"]
-        let (started, startLog) = sh("\(slurm)/single-node.sh start \(dir)/cluster", env: env)
+        guard let conf = try startSlurm(in: dir, ports: (16917, 16918)) else { return }
         defer { sh("\(slurm)/single-node.sh stop \(dir)/cluster") }
-        XCTAssertEqual(started, 0, "Slurm did not start: \(startLog)")
-        guard started == 0 else { return }
-        let slurmEnv = [
-            "SLURM_CONF": "\(dir)/cluster/slurm.conf", "METATRAIN": metatrainPath(), "METATRAIN_PORT": "17655"
-        ]
+        let slurmEnv = ["SLURM_CONF": conf, "METATRAIN": metatrainPath(), "METATRAIN_PORT": "17655"]
 
         _ = try syntheticDataset(in: dir)
         try """
@@ -145,18 +156,11 @@ final class ClusterRecipeTests: XCTestCase {
     /// cluster/slurm/study.sh under a single-node Slurm: the pretraining array,
     /// then the runs' array, then the report, which equals a local study's bit for bit.
     func testSlurmStudyArraysRunEveryTaskThenTheReport() throws {
-        guard getuid() == 0 else { throw XCTSkip("a test Slurm cluster needs root") }
-        for tool in ["munged", "slurmctld", "slurmd", "sbatch"] where sh("command -v \(tool)").0 != 0 {
-            throw XCTSkip("\(tool) is not installed (tools/install-deps.sh --tests installs Slurm)")
-        }
         let dir = freshDir("slurm-study")
         let slurm = ClusterRecipeTests.cluster.appendingPathComponent("slurm").path
-        let env = ["SLURMCTLD_PORT": "16927", "SLURMD_PORT": "16928"]
-        let (started, startLog) = sh("\(slurm)/single-node.sh start \(dir)/cluster", env: env)
+        guard let conf = try startSlurm(in: dir, ports: (16927, 16928)) else { return }
         defer { sh("\(slurm)/single-node.sh stop \(dir)/cluster") }
-        XCTAssertEqual(started, 0, "Slurm did not start: \(startLog)")
-        guard started == 0 else { return }
-        let slurmEnv = ["SLURM_CONF": "\(dir)/cluster/slurm.conf", "METATRAIN": metatrainPath()]
+        let slurmEnv = ["SLURM_CONF": conf, "METATRAIN": metatrainPath()]
         let data = try syntheticDataset(in: dir, users: 400, courses: 40, seed: 5)
         try StudyTests.plan.write(toFile: dir + "/plan.yaml", atomically: true, encoding: .utf8)
         let local = try metatrain(["study", "--data", data, "--plan", dir + "/plan.yaml", "--out", dir + "/local"])
