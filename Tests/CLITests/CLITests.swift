@@ -56,7 +56,10 @@ func freshDir(_ name: String) -> String {
 
 final class CLITests: XCTestCase {
     func testEverySubcommandHasHelpWithAnExample() throws {
-        for sub in ["synth", "prepare", "pretrain", "coordinator", "worker", "train", "evaluate", "demo", "bench"] {
+        for sub in [
+            "synth", "prepare", "pretrain", "coordinator", "worker", "train", "evaluate", "study", "config", "keygen",
+            "demo", "bench"
+        ] {
             let r = try metatrain([sub, "--help"])
             XCTAssertEqual(r.status, 0, sub)
             XCTAssertTrue(r.stdout.contains("Example"), "\(sub) --help has no example:\n\(r.stdout)")
