@@ -51,13 +51,18 @@ struct PretrainCommand: ParsableCommand {
             "metrics.jsonl", "best.h5", Pretrainer.resumeCheckpoint, "final.h5", "pretrain.log", "run.json",
             "config.yaml", "tb"
         ]
-        let held = outputs.filter { FileManager.default.fileExists(atPath: runDir + "/" + $0) }
         if resume {
             guard FileManager.default.fileExists(atPath: runDir) else {
                 throw MetatrainError(
                     "\(runDir): no such run directory; nothing to resume (drop --resume to start a run)")
             }
-        } else if !held.isEmpty {
+        }
+        // The directory is this process's before anything in it is touched: a second
+        // pretrain (or a study task started twice) on it is refused, naming the holder.
+        let run = try RunDirectory(runDir, logName: "pretrain.log")
+        try run.lock()
+        let held = outputs.filter { FileManager.default.fileExists(atPath: runDir + "/" + $0) }
+        if !resume && !held.isEmpty {
             guard overwrite else {
                 throw MetatrainError(
                     "\(runDir) already holds a run (\(held.joined(separator: ", "))); pass --overwrite to start it afresh, or choose another --run-dir"
@@ -65,7 +70,6 @@ struct PretrainCommand: ParsableCommand {
             }
             for name in held { try FileManager.default.removeItem(atPath: runDir + "/" + name) }
         }
-        let run = try RunDirectory(runDir, logName: "pretrain.log")
         let last = run.file(Pretrainer.resumeCheckpoint)
         if resume && !FileManager.default.fileExists(atPath: last) {
             throw MetatrainError(

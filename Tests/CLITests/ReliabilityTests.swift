@@ -103,6 +103,24 @@ final class ReliabilityTests: XCTestCase {
         XCTAssertTrue(none.stderr.contains("no checkpoint in checkpoints/ reads back whole"), none.stderr)
     }
 
+    /// A second pretrain on a directory in use is refused, naming the holder,
+    /// before it touches anything there (even with --overwrite).
+    func testASecondPretrainOnARunDirectoryIsRefused() throws {
+        let data = try syntheticDataset(in: ReliabilityTests.dir)
+        let run = ReliabilityTests.dir + "/busy-pretrain"
+        let first = try startDetached(["pretrain", "--data", data, "--run-dir", run, "--set", "pretrain.epochs=100000"])
+        defer { first.killGroup(); first.wait() }
+        let deadline = Date().addingTimeInterval(60)
+        while !FileManager.default.fileExists(atPath: run + "/last.h5") && Date() < deadline { usleep(20_000) }
+        XCTAssertTrue(
+            FileManager.default.fileExists(atPath: run + "/last.h5"), "the first pretrain wrote no epoch in 60 s")
+        let second = try metatrain(["pretrain", "--data", data, "--run-dir", run, "--overwrite"])
+        XCTAssertEqual(second.status, 1)
+        XCTAssertTrue(
+            second.stderr.contains("\(run) is in use by another run (process \(first.pid) on "), second.stderr)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/last.h5"), "the refused pretrain removed files")
+    }
+
     /// A second coordinator on a run directory in use is refused and names the holder.
     func testASecondCoordinatorOnARunDirectoryIsRefused() throws {
         let data = try syntheticDataset(in: ReliabilityTests.dir)
