@@ -75,6 +75,7 @@ struct StudyCommand: ParsableCommand {
             try runner.run(tasks[task])
             return
         }
+        try runner.checkConfigurations(planPath: plan)
         try orchestrate(tasks, runner: runner)
         try report(p, fingerprint: fingerprint, runner: runner)
     }
@@ -226,6 +227,26 @@ struct StudyTaskRunner {
         let file = m.kind == .pretrained ? (m.config ?? plan.pretrainConfig) : m.config
         return (file.map { ["--config", $0] } ?? []) + sets.flatMap { ["--set", $0] }
             + ["--seed", "\(m.kind == .pretrained ? s : s + m.seedOffset)"]
+    }
+
+    /// Resolves every run's configuration once before any task starts, so a
+    /// missing config file or a mistyped key fails at once, naming the method.
+    func checkConfigurations(planPath: String) throws {
+        let seed = plan.seeds[0]
+        func check(_ what: String, _ args: [String]) throws {
+            do { _ = try ConfigOptions.parse(args).load() } catch {
+                throw MetatrainError("\(planPath): \(what): \(error)")
+            }
+        }
+        if plan.needsPretraining {
+            try check(
+                "pretrain",
+                (plan.pretrainConfig.map { ["--config", $0] } ?? [])
+                    + (plan.overrides + plan.pretrainOverrides + quickSets).flatMap { ["--set", $0] })
+        }
+        for m in plan.methods where m.kind != .popularity {
+            try check("method \(m.name)", configArguments(m, seed: seed))
+        }
     }
 
     func run(_ t: StudyTask) throws {

@@ -91,6 +91,16 @@ final class StudyTests: XCTestCase {
             XCTAssertEqual(status, 0, text)
             XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/out/plots/hr@10.png"), text)
         }
+        // A mistyped key fails before any task starts, naming the method.
+        try (Self.plan.replacingOccurrences(of: "maml.inner_lr=0.0001", with: "maml.innerlr=0.0001"))
+            .write(toFile: dir + "/typo.yaml", atomically: true, encoding: .utf8)
+        let typo = try metatrain(["study", "--data", data, "--plan", dir + "/typo.yaml", "--out", dir + "/typo"])
+        XCTAssertEqual(typo.status, 1)
+        XCTAssertTrue(
+            typo.stderr.contains("typo.yaml: method planted: ")
+                && typo.stderr.contains("did you mean 'maml.inner_lr'?"),
+            typo.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/typo/runs"))
         // A study directory refuses another plan.
         try (Self.plan + "\n# changed\n").write(toFile: dir + "/plan.yaml", atomically: true, encoding: .utf8)
         let again = try study(dir, data: data)
