@@ -125,8 +125,12 @@ struct StudyCommand: ParsableCommand {
             {
                 let t = pending.remove(at: i)
                 let log = logs + "/" + t.name.replacingOccurrences(of: "/", with: "_") + ".log"
-                FileManager.default.createFile(atPath: log, contents: nil)
+                // Appended to: a retried task's log keeps what the failed attempt said.
+                if !FileManager.default.fileExists(atPath: log) {
+                    _ = FileManager.default.createFile(atPath: log, contents: nil)
+                }
                 let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+                _ = try handle.seekToEnd()
                 let proc = Process()
                 proc.executableURL = exe
                 proc.arguments =
