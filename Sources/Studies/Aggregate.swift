@@ -160,7 +160,9 @@ public struct StudyResults {
                 }
                 for (setting, users) in byUser {
                     var total = [Double](repeating: 0, count: nk), queries = 0
-                    for (u, (sums, n)) in users {
+                    // In user order: a dictionary's order changes from process to process, and so would the sums' bits.
+                    for u in users.keys.sorted() {
+                        let (sums, n) = users[u]!
                         for i in 0..<nk { total[i] += sums[i] }
                         queries += n
                         var acc =
