@@ -45,7 +45,7 @@ let package = Package(
             name: "Training",
             dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "Configuration", "Evaluation"]),
         // Multi-seed studies: plans, their tasks, and the paired statistics of their results.
-        .target(name: "Studies", dependencies: ["Core", "Configuration", "Evaluation", "Yams"]),
+        .target(name: "Studies", dependencies: ["Core", "Configuration", "Datasets", "Evaluation", "Yams"]),
         // ZeroMQ sockets: moves frames, knows nothing of training.
         .target(name: "Transport", dependencies: ["CZeroMQ", "CLinux"]),
         // Typed, versioned messages and their byte encoding (imports no C).

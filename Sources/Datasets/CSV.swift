@@ -83,3 +83,9 @@ public struct CSVScanner {
 
     public func isEmpty(_ f: Field) -> Bool { f.start == f.end }
 }
+
+/// Quotes a field for CSV output when it holds a comma, quote or line break (RFC 4180).
+public func csvField(_ s: String) -> String {
+    s.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" })
+        ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
+}

@@ -4,6 +4,7 @@ import Datasets
 import GRU4Rec
 import Kernels
 import MetaLearning
+import Storage
 
 /// How a model adapts to a support set before scoring queries.
 public struct FewShotPolicy: Sendable {
@@ -40,6 +41,22 @@ extension FewShotPolicy {
     }
 }
 
+extension FewShotPolicy {
+    /// How `evaluate` and studies adapt a checkpoint: a meta checkpoint as it
+    /// was trained (its algorithm, rates, weighting and frozen embeddings, from
+    /// its stored config); a pretrained one with plain steps from `config`.
+    public init(for ck: Checkpoint, path: String, config: Config) throws {
+        guard ck.kind == .meta else { self.init(config: config); return }
+        let trained = try Config.parse(ck.configJSON, origin: "\(path) (stored config)")
+        self.init(metaConfig: trained, layout: ck.layout, rates: ck.metaSGDAlpha)
+    }
+
+    /// The inner loop this policy adapts with.
+    var innerLoop: InnerLoop {
+        InnerLoop(steps: steps, rate: rates.map { .perElement($0) } ?? .scalar(innerLR), frozen: frozen)
+    }
+}
+
 /// One query's pessimistic rank of its label over the full catalogue, and
 /// among sampled negatives when asked for.
 public struct QueryRank: Sendable, Equatable {
@@ -73,12 +90,8 @@ public final class Evaluator {
     /// Popularity baseline: items ranked by how often they are a label among
     /// TRAIN users' pairs (no val/test information).
     public func popularity() -> [MetricSums] {
-        var counts = [Float](repeating: 0, count: dataset.nItems)
-        for p in 0..<dataset.nPairs where dataset.userSplit[Int(dataset.pairUser[p])] == SplitKind.train.rawValue {
-            counts[Int(dataset.label[p])] += 1
-        }
         let ep = dataset.episodes(split)
-        return counts.withUnsafeBufferPointer { scores in
+        return popularityScores().withUnsafeBufferPointer { scores in
             episodes.map { e in
                 var s = MetricSums()
                 for p in ep.queryPairs(e) {
@@ -89,6 +102,27 @@ public final class Evaluator {
                 return s
             }
         }
+    }
+
+    /// How often each item is a label among TRAIN users' pairs: the popularity ranking's scores.
+    private func popularityScores() -> [Float] {
+        var counts = [Float](repeating: 0, count: dataset.nItems)
+        for p in 0..<dataset.nPairs where dataset.userSplit[Int(dataset.pairUser[p])] == SplitKind.train.rawValue {
+            counts[Int(dataset.label[p])] += 1
+        }
+        return counts
+    }
+
+    /// Adapts `params` into `adapted` on episode e's support set (its last
+    /// `shots` pairs when given: those closest in time to the queries).
+    private func adapt(
+        _ m: GRU4Rec, _ params: FloatBuffer, episode e: Int, policy: FewShotPolicy, loop: InnerLoop, shots: Int?,
+        into adapted: FloatBuffer, grads: FloatBuffer
+    ) {
+        let all = dataset.episodes(split).supportPairs(e)
+        let support = shots.map { all.suffix(min($0, all.count)) } ?? all
+        supportBatch.pack(pairs: support, of: dataset, weights: policy.weighting.weights(support, in: dataset))
+        loop.adapt(model: m, from: params, into: adapted, grads: grads, support: supportBatch)
     }
 
     /// Zero-shot: the parameters as they are.
@@ -113,13 +147,9 @@ public final class Evaluator {
     ) -> [(MetricSums, Float)] {
         let m = model(dims), ep = dataset.episodes(split)
         let adapted = FloatBuffer(count: params.count), grads = FloatBuffer(count: params.count)
-        let rate: InnerLoop.Rate = policy.rates.map { .perElement($0) } ?? .scalar(policy.innerLR)
-        let loop = InnerLoop(steps: policy.steps, rate: rate, frozen: policy.frozen)
+        let loop = policy.innerLoop
         return list.map { e in
-            let all = ep.supportPairs(e)
-            let support = shots.map { all.suffix(min($0, all.count)) } ?? all
-            supportBatch.pack(pairs: support, of: dataset, weights: policy.weighting.weights(support, in: dataset))
-            loop.adapt(model: m, from: params, into: adapted, grads: grads, support: supportBatch)
+            adapt(m, params, episode: e, policy: policy, loop: loop, shots: shots, into: adapted, grads: grads)
             return scoreWithLoss(m, adapted, queries: ep.queryPairs(e))
         }
     }
@@ -134,13 +164,8 @@ public final class Evaluator {
         seed: UInt64 = 0
     ) -> [[QueryRank]] {
         let ep = dataset.episodes(split), V = dataset.nItems
-        var popularityScores: [Float] = []
-        if params == nil {
-            popularityScores = [Float](repeating: 0, count: V)
-            for p in 0..<dataset.nPairs where dataset.userSplit[Int(dataset.pairUser[p])] == SplitKind.train.rawValue {
-                popularityScores[Int(dataset.label[p])] += 1
-            }
-        }
+        let popularity = params == nil ? popularityScores() : []
+        let loop = policy?.innerLoop
         let adapted = FloatBuffer(count: params?.count ?? 0), grads = FloatBuffer(count: params?.count ?? 0)
         return episodes.map { e in
             let queries = ep.queryPairs(e)
@@ -166,17 +191,12 @@ public final class Evaluator {
                 }
             }
             guard let params else {
-                return popularityScores.withUnsafeBufferPointer { rankAll($0.baseAddress!, 0, rowOf: { _ in 0 }) }
+                return popularity.withUnsafeBufferPointer { rankAll($0.baseAddress!, 0, rowOf: { _ in 0 }) }
             }
             let m = model(dims)
             var use = params
-            if let policy {
-                let rate: InnerLoop.Rate = policy.rates.map { .perElement($0) } ?? .scalar(policy.innerLR)
-                let loop = InnerLoop(steps: policy.steps, rate: rate, frozen: policy.frozen)
-                let all = ep.supportPairs(e)
-                let support = shots.map { all.suffix(min($0, all.count)) } ?? all
-                supportBatch.pack(pairs: support, of: dataset, weights: policy.weighting.weights(support, in: dataset))
-                loop.adapt(model: m, from: params, into: adapted, grads: grads, support: supportBatch)
+            if let policy, let loop {
+                adapt(m, params, episode: e, policy: policy, loop: loop, shots: shots, into: adapted, grads: grads)
                 use = adapted
             }
             queryBatch.pack(pairs: queries, of: dataset)
@@ -185,6 +205,13 @@ public final class Evaluator {
             for (row, q) in queryBatch.order.enumerated() { rowOf[q] = row }
             return rankAll(UnsafePointer(m.forward(use, queryBatch)), V, rowOf: { rowOf[$0] })
         }
+    }
+
+    /// Every query's rank by popularity (zero-shot only), as `queryRanks` gives them.
+    public func popularityRanks(sampledNegatives: Int = 0, seed: UInt64 = 0) -> [[QueryRank]] {
+        queryRanks(
+            nil, dims: ModelDims(V: dataset.nItems, E: 1, H: 1), policy: nil, sampledNegatives: sampledNegatives,
+            seed: seed)
     }
 
     /// Ranks every query's label (one forward pass), then turns the same logits

@@ -20,6 +20,11 @@ public func pessimisticRank(_ scores: UnsafePointer<Float>, label: Int, V: Int) 
     return r
 }
 
+/// A hit's NDCG gain at rank r (one relevant item, so the ideal DCG is 1): 1 / log2(r + 1).
+/// NDCG@k is this when r ≤ k, else 0.
+@inline(__always)
+public func ndcgGain(rank r: Int) -> Double { 1 / log2(Double(r) + 1) }
+
 /// Sums of per-query metric values over one episode's queries (one user).
 public struct MetricSums: Sendable, Equatable {
     public var sums = [Double](repeating: 0, count: Metric.allCases.count)
@@ -30,8 +35,8 @@ public struct MetricSums: Sendable, Equatable {
         queries += 1
         let d = Double(r)
         if r == 1 { sums[Metric.acc1.rawValue] += 1 }
-        if r <= 5 { sums[Metric.hr5.rawValue] += 1; sums[Metric.ndcg5.rawValue] += 1 / log2(d + 1) }
-        if r <= 10 { sums[Metric.hr10.rawValue] += 1; sums[Metric.ndcg10.rawValue] += 1 / log2(d + 1) }
+        if r <= 5 { sums[Metric.hr5.rawValue] += 1; sums[Metric.ndcg5.rawValue] += ndcgGain(rank: r) }
+        if r <= 10 { sums[Metric.hr10.rawValue] += 1; sums[Metric.ndcg10.rawValue] += ndcgGain(rank: r) }
         sums[Metric.mrr.rawValue] += 1 / d
     }
 

@@ -7,13 +7,18 @@ public struct MethodResult {
     public var sampled: [MetricSums]?
     public var sampledNegatives = 0
     public init(_ p: [MetricSums]) { perEpisode = p }
-    public var total: MetricSums { perEpisode.reduce(MetricSums(), +) }
 
-    /// Adds the sampled-negative metrics from per-query ranks (reported beside the full ones).
-    public mutating func addSampled(_ ranks: [[QueryRank]], negatives: Int) {
-        sampledNegatives = negatives
-        sampled = ranks.map { rs in rs.reduce(into: MetricSums()) { $0.add(rank: $1.sampledRank ?? $1.rank) } }
+    /// From per-query ranks (`Evaluator.queryRanks`): the full-catalogue metrics and,
+    /// with `sampledNegatives` > 0, the sampled ones beside them.
+    public init(ranks: [[QueryRank]], sampledNegatives: Int) {
+        perEpisode = ranks.map { rs in rs.reduce(into: MetricSums()) { $0.add(rank: $1.rank) } }
+        if sampledNegatives > 0 {
+            self.sampledNegatives = sampledNegatives
+            sampled = ranks.map { rs in rs.reduce(into: MetricSums()) { $0.add(rank: $1.sampledRank ?? $1.rank) } }
+        }
     }
+
+    public var total: MetricSums { perEpisode.reduce(MetricSums(), +) }
 
     public func json(_ boot: Bootstrap) -> JSON {
         let t = total

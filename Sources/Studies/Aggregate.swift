@@ -1,4 +1,5 @@
 import Core
+import Datasets
 import Evaluation
 import Foundation
 
@@ -23,84 +24,58 @@ public struct RunRanks: Sendable {
 
     public static let settings = ["zero_shot", "few_shot"]
 
-    public var csv: String {
-        var s =
-            "setting,user,episode,query,label,rank" + (sampledNegatives > 0 ? ",rank_sampled\(sampledNegatives)" : "")
-            + "\n"
-        for r in rows {
-            s += "\(r.setting),\(csvQuoted(r.user)),\(r.episode),\(r.query),\(csvQuoted(r.label)),\(r.rank)"
-            if sampledNegatives > 0 { s += ",\(r.sampledRank ?? 0)" }
-            s += "\n"
-        }
-        return s
+    /// The header line (without newline).
+    public var header: String {
+        "setting,user,episode,query,label,rank" + (sampledNegatives > 0 ? ",rank_sampled\(sampledNegatives)" : "")
     }
+
+    /// One line per row, each ending in a newline (per_query.csv puts the method and seed in front).
+    public var rowLines: [String] {
+        rows.map { r in
+            "\(r.setting),\(csvField(r.user)),\(r.episode),\(r.query),\(csvField(r.label)),\(r.rank)"
+                + (sampledNegatives > 0 ? ",\(r.sampledRank ?? 0)" : "") + "\n"
+        }
+    }
+
+    public var csv: String { header + "\n" + rowLines.joined() }
 
     /// Reads a ranks.csv written by `csv`.
     public static func read(_ path: String) throws -> RunRanks {
-        let text: String
-        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
             throw MetatrainError("\(path): cannot read (\(error.localizedDescription))")
         }
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
-        guard !lines.isEmpty else { throw MetatrainError("\(path): empty") }
-        let header = lines.removeFirst().split(separator: ",").map(String.init)
-        guard header.prefix(6) == ["setting", "user", "episode", "query", "label", "rank"] else {
-            throw MetatrainError("\(path):1: not a ranks file (header \(header.joined(separator: ",")))")
-        }
-        var sampled = 0
-        if header.count == 7, header[6].hasPrefix("rank_sampled"),
-            let n = Int(header[6].dropFirst("rank_sampled".count))
-        {
-            sampled = n
-        }
-        var rows: [Row] = []
-        for (i, line) in lines.enumerated() {
-            let f = csvSplit(line)
-            guard f.count == header.count, let e = Int(f[2]), let q = Int(f[3]), let r = Int(f[5]), r >= 1 else {
-                throw MetatrainError("\(path):\(i + 2): malformed row")
+        return try data.withUnsafeBytes { raw in
+            var scanner = CSVScanner(raw.bindMemory(to: UInt8.self))
+            var fields: [CSVScanner.Field] = []
+            func next() throws -> Int? {
+                do { return try scanner.next(into: &fields) } catch { throw MetatrainError("\(path): \(error)") }
             }
-            rows.append(
-                Row(
-                    setting: f[0], user: f[1], episode: e, query: q, label: f[4], rank: r,
-                    sampledRank: sampled > 0 ? Int(f[6]) : nil))
-        }
-        return RunRanks(rows: rows, sampledNegatives: sampled)
-    }
-}
-
-/// Quotes a CSV field when it holds a comma, quote or newline.
-func csvQuoted(_ s: String) -> String {
-    s.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" })
-        ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
-}
-
-/// Splits one CSV line (fields may be quoted; no newlines inside).
-func csvSplit(_ line: String) -> [String] {
-    var out: [String] = [], cur = "", quoted = false
-    var it = Array(line).makeIterator()
-    var pending: Character? = nil
-    while let c = pending ?? it.next() {
-        pending = nil
-        if quoted {
-            if c == "\"" {
-                if let n = it.next() {
-                    if n == "\"" { cur.append("\"") } else { quoted = false; pending = n }
-                } else {
-                    quoted = false
+            guard try next() != nil else { throw MetatrainError("\(path): empty") }
+            let header = fields.map(scanner.string)
+            guard header.prefix(6) == ["setting", "user", "episode", "query", "label", "rank"] else {
+                throw MetatrainError("\(path):1: not a ranks file (header \(header.joined(separator: ",")))")
+            }
+            var sampled = 0
+            if header.count == 7, header[6].hasPrefix("rank_sampled"),
+                let n = Int(header[6].dropFirst("rank_sampled".count))
+            {
+                sampled = n
+            }
+            var rows: [Row] = []
+            while let line = try next() {
+                let f = fields.map(scanner.string)
+                guard f.count == header.count, let e = Int(f[2]), let q = Int(f[3]), let r = Int(f[5]), r >= 1 else {
+                    throw MetatrainError("\(path):\(line): malformed row")
                 }
-            } else {
-                cur.append(c)
+                rows.append(
+                    Row(
+                        setting: f[0], user: f[1], episode: e, query: q, label: f[4], rank: r,
+                        sampledRank: sampled > 0 ? Int(f[6]) : nil))
             }
-        } else if c == "\"" {
-            quoted = true
-        } else if c == "," {
-            out.append(cur); cur = ""
-        } else {
-            cur.append(c)
+            return RunRanks(rows: rows, sampledNegatives: sampled)
         }
     }
-    out.append(cur)
-    return out
 }
 
 /// The study's metrics of one rank: acc@1, hr@k and ndcg@k for k in 1, 5, 10, 20, and mrr.
@@ -111,8 +86,8 @@ public enum StudyMetrics {
     public static let headline = ["acc@1", "hr@10", "ndcg@10", "mrr"]
 
     public static func values(rank r: Int) -> [Double] {
-        let d = Double(r)
-        return [r == 1 ? 1 : 0] + ks.map { r <= $0 ? 1 : 0 } + ks.map { r <= $0 ? 1 / log2(d + 1) : 0 } + [1 / d]
+        let gain = ndcgGain(rank: r)
+        return [r == 1 ? 1 : 0] + ks.map { r <= $0 ? 1 : 0 } + ks.map { r <= $0 ? gain : 0 } + [1 / Double(r)]
     }
 
     /// Keys with sampled metrics appended (`hr@10_sampled100`, ...) when `sampled` > 0.
@@ -130,6 +105,8 @@ public struct StudyResults {
     /// method → setting → user → per-user values (mean over its queries, averaged over seeds).
     public var perUser: [String: [String: [String: [Double]]]] = [:]
     public var comparisons: [Comparison] = []
+    /// method → setting → each metric's 95% bootstrap interval over users.
+    var intervals: [String: [String: [(Double, Double)]]] = [:]
 
     public struct Comparison {
         public var method: String, setting: String, metric: String
@@ -200,6 +177,18 @@ public struct StudyResults {
         let adjusted = PairedStatistics.benjaminiHochberg(raw.map(\.p))
         for i in raw.indices { raw[i].pBH = adjusted[i] }
         comparisons = raw
+        // Each method's intervals, once (results.json and report.md both show them).
+        for (mi, m) in plan.methods.enumerated() {
+            for (si, setting) in RunRanks.settings.enumerated() {
+                guard let users = perUser[m.name]?[setting] else { continue }
+                let names = users.keys.sorted()
+                intervals[m.name, default: [:]][setting] = (0..<nk).map { k in
+                    PairedStatistics.bootstrapInterval(
+                        names.map { users[$0]![k] }, samples: plan.bootstrapSamples,
+                        key: [1, Stream.bootstrap, UInt64(mi), UInt64(si), UInt64(k)])
+                }
+            }
+        }
     }
 
     func metrics(_ v: [Double]) -> JSON { .object(zip(keys, v).map { ($0, .number($1)) }) }
@@ -212,16 +201,7 @@ public struct StudyResults {
     }
 
     /// 95% bootstrap interval over users of the mean of the per-user values.
-    public func interval(_ method: String, _ setting: String) -> [(Double, Double)]? {
-        guard let users = perUser[method]?[setting] else { return nil }
-        let names = users.keys.sorted()
-        let mi = UInt64(plan.methods.firstIndex { $0.name == method } ?? 0), si = UInt64(setting == "few_shot" ? 1 : 0)
-        return (0..<keys.count).map { k in
-            PairedStatistics.bootstrapInterval(
-                names.map { users[$0]![k] }, samples: plan.bootstrapSamples,
-                key: [1, Stream.bootstrap, mi, si, UInt64(k)])
-        }
-    }
+    public func interval(_ method: String, _ setting: String) -> [(Double, Double)]? { intervals[method]?[setting] }
 
     public var json: JSON {
         var methods: [(String, JSON)] = []

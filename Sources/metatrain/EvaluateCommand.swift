@@ -96,16 +96,15 @@ struct EvaluateCommand: ParsableCommand {
         let kind = SplitKind(name: split)!
         let evaluator = Evaluator(dataset: dataset, split: kind, limit: episodes)
         guard !evaluator.episodes.isEmpty else { throw MetatrainError("\(data): no \(kind.name) episodes to evaluate") }
-        let policy = FewShotPolicy(config: config)
-        // With eval.sampled_negatives N, each query is also ranked among N seeded negatives (beside, not instead).
+        // With eval.sampled_negatives N, each query is also ranked among N seeded negatives (beside, not
+        // instead): one ranking per setting gives both.
         let negatives = config.eval.sampledNegatives
-        var popularity = MethodResult(evaluator.popularity())
-        if negatives > 0 {
-            popularity.addSampled(
-                evaluator.queryRanks(
-                    nil, dims: ModelDims(V: dataset.nItems, E: 1, H: 1), policy: nil,
-                    sampledNegatives: negatives, seed: config.seed), negatives: negatives)
-        }
+        let popularity =
+            negatives > 0
+            ? MethodResult(
+                ranks: evaluator.popularityRanks(sampledNegatives: negatives, seed: config.seed),
+                sampledNegatives: negatives)
+            : MethodResult(evaluator.popularity())
         var methods = [MethodReport(name: "popularity", checkpoint: nil, zeroShot: popularity, fewShot: nil)]
         var ablations: [(kind: String, method: String, values: [(String, MethodResult)])] = []
         let names = name.isEmpty ? Self.names(forCheckpoints: checkpoint) : name
@@ -115,23 +114,19 @@ struct EvaluateCommand: ParsableCommand {
                 Data("evaluating \(name) (\(path)) on \(evaluator.episodes.count) \(kind.name) episodes\n".utf8))
             // A meta checkpoint adapts as it was trained (its algorithm, rates and
             // weighting); a pretrained one fine-tunes with this command's config.
-            var p = policy
-            if ck.kind == .meta {
-                let trained = try Config.parse(ck.configJSON, origin: "\(path) (stored config)")
-                p = FewShotPolicy(metaConfig: trained, layout: ck.layout, rates: ck.metaSGDAlpha)
+            let p = try FewShotPolicy(for: ck, path: path, config: config)
+            func result(_ policy: FewShotPolicy?) -> MethodResult {
+                if negatives > 0 {
+                    return MethodResult(
+                        ranks: evaluator.queryRanks(
+                            ck.params, dims: ck.dims, policy: policy, sampledNegatives: negatives, seed: config.seed),
+                        sampledNegatives: negatives)
+                }
+                return MethodResult(
+                    policy.map { evaluator.fewShot(ck.params, dims: ck.dims, policy: $0) }
+                        ?? evaluator.zeroShot(ck.params, dims: ck.dims))
             }
-            var zero = MethodResult(evaluator.zeroShot(ck.params, dims: ck.dims))
-            var few = MethodResult(evaluator.fewShot(ck.params, dims: ck.dims, policy: p))
-            if negatives > 0 {
-                zero.addSampled(
-                    evaluator.queryRanks(
-                        ck.params, dims: ck.dims, policy: nil, sampledNegatives: negatives, seed: config.seed),
-                    negatives: negatives)
-                few.addSampled(
-                    evaluator.queryRanks(
-                        ck.params, dims: ck.dims, policy: p, sampledNegatives: negatives, seed: config.seed),
-                    negatives: negatives)
-            }
+            let zero = result(nil), few = result(p)
             methods.append(MethodReport(name: name, checkpoint: path, zeroShot: zero, fewShot: few))
             let shotList = try parseList(shots, "--shots"), stepList = try parseList(steps, "--steps")
             if !shotList.isEmpty {

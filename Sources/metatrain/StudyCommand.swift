@@ -8,6 +8,7 @@ import GRU4Rec
 import Kernels
 import Storage
 import Studies
+import Training
 
 /// A progress line, written at once (print's buffer would hold it back from a log file).
 private func say(_ line: String) { FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
@@ -186,8 +187,7 @@ struct StudyCommand: ParsableCommand {
         perQuery += "\n"
         for t in p.tasks() {
             guard case .run(let m, let s) = t.kind, let r = ranks[m]?[s] else { continue }
-            let lines = r.csv.split(separator: "\n").dropFirst()
-            for line in lines { perQuery += "\(m),\(s),\(line)\n" }
+            for line in r.rowLines { perQuery += "\(m),\(s)," + line }
         }
         try writeFileAtomically(out + "/per_query.csv", contents: perQuery)
         let results = try StudyResults(plan: p, ranks: ranks)
@@ -267,7 +267,7 @@ struct StudyTaskRunner {
                 + (plan.pretrainConfig.map { ["--config", $0] } ?? [])
                 + sets.flatMap { ["--set", $0] }
             // A killed pretraining continues from its last epoch; one that never finished an epoch starts afresh.
-            if FileManager.default.fileExists(atPath: dir + "/last.h5") {
+            if FileManager.default.fileExists(atPath: dir + "/" + Pretrainer.resumeCheckpoint) {
                 args.append("--resume")
             } else if FileManager.default.fileExists(atPath: dir) {
                 args.append("--overwrite")
@@ -304,11 +304,7 @@ struct StudyTaskRunner {
         var settings: [(String, [[QueryRank]])] = []
         if let checkpoint {
             let ck = try CheckpointFile.read(checkpoint, expectedFingerprint: dataset.fingerprint)
-            var policy = FewShotPolicy(config: config)
-            if ck.kind == .meta {
-                let trained = try Config.parse(ck.configJSON, origin: "\(checkpoint) (stored config)")
-                policy = FewShotPolicy(metaConfig: trained, layout: ck.layout, rates: ck.metaSGDAlpha)
-            }
+            var policy = try FewShotPolicy(for: ck, path: checkpoint, config: config)
             if plan.steps > 0 { policy.steps = plan.steps }
             let shots = plan.shots > 0 ? plan.shots : nil
             settings.append(
@@ -324,13 +320,7 @@ struct StudyTaskRunner {
                         sampledNegatives: negatives, seed: seed)
                 ))
         } else {
-            settings.append(
-                (
-                    "zero_shot",
-                    evaluator.queryRanks(
-                        nil, dims: ModelDims(V: dataset.nItems, E: 1, H: 1), policy: nil,
-                        sampledNegatives: negatives, seed: seed)
-                ))
+            settings.append(("zero_shot", evaluator.popularityRanks(sampledNegatives: negatives, seed: seed)))
         }
         let episodes = dataset.episodes(split)
         var rows: [RunRanks.Row] = []
