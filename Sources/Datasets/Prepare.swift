@@ -17,7 +17,15 @@ public struct ColumnMap: Sendable, Equatable {
         m.user = "user_id"; m.item = "item_id"; m.time = "timestamp"
         return m
     }
+
+    /// The columns a file's name implies: RecBole's for a `.inter` file, metatrain's otherwise.
+    public static func implied(byFileName name: String) -> ColumnMap {
+        isRecBole(name) ? .recBole : ColumnMap()
+    }
 }
+
+/// Whether a file name is a RecBole atomic interaction file.
+func isRecBole(_ name: String) -> Bool { name.lowercased().hasSuffix(".inter") }
 
 /// How an event log's fields are separated.
 public enum Delimiter {
@@ -44,8 +52,7 @@ public enum Delimiter {
     /// The delimiter a file's name implies: a tab for `.tsv` and RecBole `.inter`
     /// files, a comma otherwise.
     public static func implied(byFileName name: String) -> UInt8 {
-        let lower = name.lowercased()
-        return lower.hasSuffix(".inter") || lower.hasSuffix(".tsv") ? 0x09 : 0x2C
+        isRecBole(name) || name.lowercased().hasSuffix(".tsv") ? 0x09 : 0x2C
     }
 }
 

@@ -31,6 +31,20 @@ public final class Pretrainer {
     /// The checkpoint written after every epoch, which `--resume` continues from.
     public static let resumeCheckpoint = "last.h5"
 
+    /// What a pretraining run directory holds (what `pretrain --overwrite` removes), in this order.
+    public static let runFiles = [
+        "metrics.jsonl", "best.h5", resumeCheckpoint, "final.h5", "pretrain.log", "run.json", "config.yaml", "tb"
+    ]
+
+    /// The checkpoint `--resume` continues from in `run`; an error when there is none.
+    public static func resumePoint(in run: RunDirectory) throws -> String {
+        let path = run.file(resumeCheckpoint)
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw MetatrainError("\(run.path): no \(resumeCheckpoint) to resume from (it is written after each epoch)")
+        }
+        return path
+    }
+
     let dataset: Dataset, fingerprint: String, config: Config, run: RunDirectory
     weak var progress: ProgressSink?
 
@@ -84,11 +98,7 @@ public final class Pretrainer {
         }
         var resumedFrom: String?
         if resume {
-            let path = run.file(Self.resumeCheckpoint)
-            guard FileManager.default.fileExists(atPath: path) else {
-                throw MetatrainError(
-                    "\(run.path): no \(Self.resumeCheckpoint) to resume from (it is written after each epoch)")
-            }
+            let path = try Self.resumePoint(in: run)
             let ck = try CheckpointFile.read(path, expectedFingerprint: fingerprint)
             let conflicts = try MetaTrainer.resumeConflicts(checkpoint: ck.configJSON, run: c.json)
             guard conflicts.isEmpty else {

@@ -44,7 +44,7 @@ struct PrepareCommand: ParsableCommand {
     func run() throws {
         let config = try options.load()
         let sep = try delimiter.map(Delimiter.parse)
-        var cols = events.lowercased().hasSuffix(".inter") ? ColumnMap.recBole : ColumnMap()
+        var cols = ColumnMap.implied(byFileName: events)
         if let userCol { cols.user = userCol }
         if let itemCol { cols.item = itemCol }
         if let timeCol { cols.time = timeCol }

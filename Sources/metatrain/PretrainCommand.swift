@@ -47,10 +47,6 @@ struct PretrainCommand: ParsableCommand {
         BLAS.useSingleThread()
         let config = try options.load()
         let dataset = try DatasetFile.read(data)
-        let outputs = [
-            "metrics.jsonl", "best.h5", Pretrainer.resumeCheckpoint, "final.h5", "pretrain.log", "run.json",
-            "config.yaml", "tb"
-        ]
         if resume {
             guard FileManager.default.fileExists(atPath: runDir) else {
                 throw MetatrainError(
@@ -61,7 +57,7 @@ struct PretrainCommand: ParsableCommand {
         // pretrain (or a study task started twice) on it is refused, naming the holder.
         let run = try RunDirectory(runDir, logName: "pretrain.log")
         try run.lock()
-        let held = outputs.filter { FileManager.default.fileExists(atPath: runDir + "/" + $0) }
+        let held = Pretrainer.runFiles.filter { FileManager.default.fileExists(atPath: runDir + "/" + $0) }
         if !resume && !held.isEmpty {
             guard overwrite else {
                 throw MetatrainError(
@@ -70,12 +66,8 @@ struct PretrainCommand: ParsableCommand {
             }
             for name in held { try FileManager.default.removeItem(atPath: runDir + "/" + name) }
         }
-        let last = run.file(Pretrainer.resumeCheckpoint)
-        if resume && !FileManager.default.fileExists(atPath: last) {
-            throw MetatrainError(
-                "\(runDir): no \(Pretrainer.resumeCheckpoint) to resume from (it is written after each epoch)")
-        }
-        try run.recordStart(datasetPath: data, fingerprint: dataset.fingerprint, resumedFrom: resume ? last : nil)
+        let resumedFrom = resume ? try Pretrainer.resumePoint(in: run) : nil
+        try run.recordStart(datasetPath: data, fingerprint: dataset.fingerprint, resumedFrom: resumedFrom)
         let progress = ConsoleProgress()
         let r = try Pretrainer(
             dataset: dataset, fingerprint: dataset.fingerprint, config: config, run: run, progress: progress
