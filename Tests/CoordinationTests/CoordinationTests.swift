@@ -3,6 +3,20 @@ import XCTest
 
 @testable import Coordination
 
+/// The work units a coordinator's directives send, with their workers.
+func work(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, WorkUnit)] {
+    d.compactMap {
+        if case .send(let p, .work(let u)) = $0 { return (p, u) }; return nil
+    }
+}
+
+/// The lines a coordinator's directives log.
+func logs(_ d: [CoordinatorMachine.Directive]) -> [String] {
+    d.compactMap {
+        if case .log(let s) = $0 { return s }; return nil
+    }
+}
+
 final class CoordinatorMachineTests: XCTestCase {
     let a = PeerID([1]), b = PeerID([2])
     func machine() -> CoordinatorMachine {
@@ -13,11 +27,6 @@ final class CoordinatorMachineTests: XCTestCase {
     func sends(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, Message)] {
         d.compactMap {
             if case .send(let p, let m) = $0 { return (p, m) }; return nil
-        }
-    }
-    func work(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, WorkUnit)] {
-        sends(d).compactMap {
-            if case .work(let u) = $0.1 { return ($0.0, u) }; return nil
         }
     }
     func result(_ u: WorkUnit, _ x: Float) -> Message {
@@ -234,11 +243,6 @@ final class CoordinatorMachineTests: XCTestCase {
                         workerName: name, datasetFingerprint: "fp",
                         hardware: Hardware(cpuModel: "CPU \(core)", blasCore: core))))
         }
-        func logs(_ d: [CoordinatorMachine.Directive]) -> [String] {
-            d.compactMap {
-                if case .log(let s) = $0 { return s }; return nil
-            }
-        }
         XCTAssertEqual(
             logs(m.onMessage(hello("a", "Haswell"), from: a, now: 0)),
             ["worker a joined (1 live; OpenBLAS Haswell on CPU Haswell)"])
@@ -268,16 +272,6 @@ final class ResultCheckTests: XCTestCase {
             runId: "run", datasetFingerprint: "fp", configJSON: "{}", workerTimeout: 10, unitsPerWorker: 1)
         s.gradientCounts = (2, 0)
         return CoordinatorMachine(settings: s, version: 0)
-    }
-    func work(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, WorkUnit)] {
-        d.compactMap {
-            if case .send(let p, .work(let u)) = $0 { return (p, u) }; return nil
-        }
-    }
-    func logs(_ d: [CoordinatorMachine.Directive]) -> [String] {
-        d.compactMap {
-            if case .log(let s) = $0 { return s }; return nil
-        }
     }
     func join(_ m: inout CoordinatorMachine, _ p: PeerID) {
         _ = m.onMessage(env(.hello(Hello(workerName: "w\(p)", datasetFingerprint: "fp"))), from: p, now: 0)
@@ -434,11 +428,6 @@ final class ResultCheckTests: XCTestCase {
 /// A peer's noise costs a few log lines a minute, not one line per frame.
 final class NoiseTests: XCTestCase {
     let a = PeerID([1]), x = PeerID([9, 9])
-    func logs(_ d: [CoordinatorMachine.Directive]) -> [String] {
-        d.compactMap {
-            if case .log(let s) = $0 { return s }; return nil
-        }
-    }
 
     func testMalformedAndUnknownFloodsAreLoggedFiveTimesAMinute() {
         var m = CoordinatorMachine(
@@ -485,11 +474,6 @@ final class LivenessMachineTests: XCTestCase {
                 .trainResult(
                     TrainResult(
                         unitId: u.id, version: 0, gradTheta: [1], gradAlpha: [], lossSum: 0, tasks: u.episodes.count)))
-        }
-        func work(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, WorkUnit)] {
-            d.compactMap {
-                if case .send(let p, .work(let u)) = $0 { return (p, u) }; return nil
-            }
         }
         let sent = work(m.startPhase(.init(kind: .train, version: 0, leaves: [[1], [2], [3]])))
         XCTAssertTrue(m.onTick(now: 4).isEmpty, "no unit time measured yet: the first deadline is 120 s")
@@ -552,11 +536,6 @@ final class HostAgentMachineTests: XCTestCase {
     func machine() -> CoordinatorMachine {
         CoordinatorMachine(
             settings: .init(runId: "run", datasetFingerprint: "fp", configJSON: "{}", workerTimeout: 10), version: 0)
-    }
-    func work(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, WorkUnit)] {
-        d.compactMap {
-            if case .send(let p, .work(let u)) = $0 { return (p, u) }; return nil
-        }
     }
     func join(_ m: inout CoordinatorMachine, _ p: PeerID, procs: Int) -> [CoordinatorMachine.Directive] {
         let d = m.onMessage(
@@ -896,16 +875,6 @@ final class VerifyTests: XCTestCase {
         s.verifyFraction = fraction
         s.verifySeed = 7
         return CoordinatorMachine(settings: s, version: 0)
-    }
-    func work(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, WorkUnit)] {
-        d.compactMap {
-            if case .send(let p, .work(let u)) = $0 { return (p, u) }; return nil
-        }
-    }
-    func logs(_ d: [CoordinatorMachine.Directive]) -> [String] {
-        d.compactMap {
-            if case .log(let s) = $0 { return s }; return nil
-        }
     }
     func accepted(_ d: [CoordinatorMachine.Directive]) -> [TrainResult] {
         d.compactMap {

@@ -50,29 +50,15 @@ final class MetricTests: XCTestCase {
 final class FewShotTests: XCTestCase {
     func testFewShotBeatsZeroShotOnPlantedUserSpecificPattern() {
         let V = 12, users = 40
-        var offsets: [Int64] = [0], items: [Int32] = [], labels: [Int32] = [], pairUser: [Int32] = []
-        var support: [Int64] = [], query: [Int64] = [], epUser: [Int32] = []
-        var g = SeededGenerator(seed: 8)
-        for u in 0..<users {
+        let d = episodeDataset(V: V, users: users, k: 3, q: 3, seed: 8, source: "planted") { g in
             // The user's favourite item: every label is it.
             let fav = Int32(1 + g.below(V - 1))
-            let first = labels.count
-            for _ in 0..<6 {
+            return (0..<6).map { _ in
                 var x: Int32
                 repeat { x = Int32(1 + g.below(V - 1)) } while x == fav
-                items.append(x); offsets.append(Int64(items.count)); labels.append(fav); pairUser.append(Int32(u))
+                return ([x], fav)
             }
-            support += (0..<3).map { Int64(first + $0) }; query += (3..<6).map { Int64(first + $0) };
-            epUser.append(Int32(u))
         }
-        let d = Dataset(
-            itemIds: (0..<V).map { "i\($0)" }, itemCounts: [Int64](repeating: 1, count: V),
-            userIds: (0..<users).map { "u\($0)" }, userSplit: [Int8](repeating: 2, count: users),
-            pairUser: pairUser, prefixOffsets: offsets, prefixItems: items, label: labels,
-            timestamp: [Int64](repeating: 0, count: labels.count),
-            reliability: [Float](repeating: 1, count: labels.count),
-            episodes: [.test: Episodes(k: 3, q: 3, support: support, query: query, user: epUser)],
-            maxSeqLen: 50, kSupport: 3, qQuery: 3, source: "planted")
         let dims = ModelDims(V: V, E: 4, H: 8)
         var rng = SeededGenerator(seed: 1)
         let params = GRU4Rec(dims: dims).initialParameters(rng: &rng)
@@ -92,26 +78,13 @@ final class FewShotTests: XCTestCase {
     /// "sampled" negative the sampled rank is the full rank.
     func testQueryRanksAgreeWithTheMetricSums() {
         let V = 15, users = 12
-        var offsets: [Int64] = [0], items: [Int32] = [], labels: [Int32] = [], pairUser: [Int32] = []
-        var support: [Int64] = [], query: [Int64] = [], epUser: [Int32] = []
-        var g = SeededGenerator(seed: 21)
-        for u in 0..<users {
-            let first = labels.count
-            for _ in 0..<7 {
-                for _ in 0..<(1 + g.below(5)) { items.append(Int32(1 + g.below(V - 1))) }
-                offsets.append(Int64(items.count)); labels.append(Int32(1 + g.below(V - 1))); pairUser.append(Int32(u))
+        let d = episodeDataset(V: V, users: users, k: 3, q: 4, seed: 21, source: "mixed lengths") { g in
+            (0..<7).map { _ in
+                let prefix = (0..<(1 + g.below(5))).map { _ in Int32(1 + g.below(V - 1)) }
+                return (prefix, Int32(1 + g.below(V - 1)))
             }
-            support += (0..<3).map { Int64(first + $0) }; query += (3..<7).map { Int64(first + $0) }
-            epUser.append(Int32(u))
         }
-        let d = Dataset(
-            itemIds: (0..<V).map { "i\($0)" }, itemCounts: [Int64](repeating: 1, count: V),
-            userIds: (0..<users).map { "u\($0)" }, userSplit: [Int8](repeating: 2, count: users),
-            pairUser: pairUser, prefixOffsets: offsets, prefixItems: items, label: labels,
-            timestamp: [Int64](repeating: 0, count: labels.count),
-            reliability: [Float](repeating: 1, count: labels.count),
-            episodes: [.test: Episodes(k: 3, q: 4, support: support, query: query, user: epUser)],
-            maxSeqLen: 50, kSupport: 3, qQuery: 4, source: "mixed lengths")
+        let labels = d.label, query = d.episodes(.test).query
         let dims = ModelDims(V: V, E: 4, H: 8)
         var rng = SeededGenerator(seed: 2)
         let params = GRU4Rec(dims: dims).initialParameters(rng: &rng)
@@ -144,4 +117,31 @@ final class FewShotTests: XCTestCase {
         XCTAssertEqual(sampled, ev.queryRanks(params, dims: dims, policy: nil, sampledNegatives: 5, seed: 4))
         XCTAssertTrue(zip(sampled.joined(), zero.joined()).allSatisfy { $0.sampledRank! <= min($1.rank, 6) })
     }
+}
+
+/// A test-split dataset over items 1..<V: each user's pairs come from
+/// `userPairs` (one generator seeded with `seed`, called user by user) and
+/// form one episode, the first k support and the next q queries.
+func episodeDataset(
+    V: Int, users: Int, k: Int, q: Int, seed: UInt64, source: String,
+    userPairs: (inout SeededGenerator) -> [(prefix: [Int32], label: Int32)]
+) -> Dataset {
+    var offsets: [Int64] = [0], items: [Int32] = [], labels: [Int32] = [], pairUser: [Int32] = []
+    var support: [Int64] = [], query: [Int64] = [], epUser: [Int32] = []
+    var g = SeededGenerator(seed: seed)
+    for u in 0..<users {
+        let first = labels.count
+        for (prefix, label) in userPairs(&g) {
+            items += prefix; offsets.append(Int64(items.count)); labels.append(label); pairUser.append(Int32(u))
+        }
+        support += (0..<k).map { Int64(first + $0) }; query += (k..<(k + q)).map { Int64(first + $0) }
+        epUser.append(Int32(u))
+    }
+    return Dataset(
+        itemIds: (0..<V).map { "i\($0)" }, itemCounts: [Int64](repeating: 1, count: V),
+        userIds: (0..<users).map { "u\($0)" }, userSplit: [Int8](repeating: 2, count: users),
+        pairUser: pairUser, prefixOffsets: offsets, prefixItems: items, label: labels,
+        timestamp: [Int64](repeating: 0, count: labels.count), reliability: [Float](repeating: 1, count: labels.count),
+        episodes: [.test: Episodes(k: k, q: q, support: support, query: query, user: epUser)],
+        maxSeqLen: 50, kSupport: k, qQuery: q, source: source)
 }

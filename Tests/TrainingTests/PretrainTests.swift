@@ -8,15 +8,21 @@ import XCTest
 @testable import Training
 
 final class PretrainTests: XCTestCase {
+    /// A fresh directory NAME-PID holding a synthetic event log, e.csv.
+    func synthesized(_ name: String, users: Int, courses: Int, groups: Int, seed: UInt64) throws -> String {
+        let dir = NSTemporaryDirectory() + "\(name)-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var o = SynthOptions(); o.users = users; o.courses = courses; o.groups = groups; o.seed = seed
+        _ = try Synth.write(to: dir + "/e.csv", options: o)
+        return dir
+    }
+
     /// On synthetic data with planted transition patterns, the pretrained model
     /// beats popularity by a wide margin, best.h5 and final.h5 load, and two
     /// runs with the same seed give the same bits.
     func testLearnsPlantedTransitionsAndIsDeterministic() throws {
-        let dir = NSTemporaryDirectory() + "mt-pretrain-\(getpid())"
-        try? FileManager.default.removeItem(atPath: dir)
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        var o = SynthOptions(); o.users = 150; o.courses = 60; o.groups = 6; o.seed = 3
-        _ = try Synth.write(to: dir + "/e.csv", options: o)
+        let dir = try synthesized("mt-pretrain", users: 150, courses: 60, groups: 6, seed: 3)
         let config = try Config.load(
             path: nil,
             overrides: [
@@ -50,11 +56,7 @@ final class PretrainTests: XCTestCase {
     /// extend it) gives the bits of an uninterrupted 4-epoch run: weights, Adam
     /// state, best epoch and metrics. Keys that may not change are refused by name.
     func testResumeGivesTheBitsOfAnUninterruptedRun() throws {
-        let dir = NSTemporaryDirectory() + "mt-pretrain-resume-\(getpid())"
-        try? FileManager.default.removeItem(atPath: dir)
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        var o = SynthOptions(); o.users = 80; o.courses = 30; o.groups = 4; o.seed = 4
-        _ = try Synth.write(to: dir + "/e.csv", options: o)
+        let dir = try synthesized("mt-pretrain-resume", users: 80, courses: 30, groups: 4, seed: 4)
         let base = [
             "model.embedding_dim=8", "model.hidden_dim=8", "pretrain.batch_size=64", "pretrain.lr=0.01",
             "data.val_fraction=0.2", "pretrain.patience=3"
