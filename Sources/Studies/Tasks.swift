@@ -22,6 +22,9 @@ public struct StudyTask: Sendable, Equatable {
 }
 
 extension StudyPlan {
+    /// The run directory of seed s's shared pretraining, relative to the study directory.
+    public static func pretrainDirectory(seed s: UInt64) -> String { "runs/pretrain/seed-\(s)" }
+
     /// Every task, pretraining first (one per seed, when a method needs it),
     /// then each method in plan order on each seed. Indices are stable for a
     /// plan, so `--task i` (e.g. a Slurm array index) names the same run everywhere.
@@ -32,7 +35,8 @@ extension StudyPlan {
             for s in seeds {
                 pretrainOf[s] = out.count
                 out.append(
-                    StudyTask(index: out.count, kind: .pretrain(seed: s), runDirectory: "runs/pretrain/seed-\(s)"))
+                    StudyTask(index: out.count, kind: .pretrain(seed: s), runDirectory: Self.pretrainDirectory(seed: s))
+                )
             }
         }
         for m in methods {

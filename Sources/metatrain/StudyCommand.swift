@@ -211,7 +211,7 @@ struct StudyTaskRunner {
 
     func directory(_ t: StudyTask) -> String { out + "/" + t.runDirectory }
     func ranksPath(_ t: StudyTask) -> String { directory(t) + "/ranks.csv" }
-    func pretrainDirectory(seed: UInt64) -> String { out + "/runs/pretrain/seed-\(seed)" }
+    func pretrainDirectory(seed: UInt64) -> String { out + "/" + StudyPlan.pretrainDirectory(seed: seed) }
 
     func isDone(_ t: StudyTask) -> Bool {
         switch t.kind {
