@@ -30,9 +30,10 @@ public indirect enum JSON: Equatable, Sendable {
         case .bool(let b): return b ? "true" : "false"
         case .int(let i): return String(i)
         case .number(let d):
+            // Swift's description is the shortest decimal that reads back as the same
+            // double (1.796320123456e9 stays whole; 0.1 stays 0.1), always valid JSON.
             guard d.isFinite else { return "null" }
-            if d == d.rounded() && abs(d) < 1e15 { return String(format: "%.1f", d) }
-            return String(format: "%.6g", d)
+            return d.description
         case .string(let s): return JSON.quote(s)
         case .array(let a):
             if a.isEmpty { return "[]" }

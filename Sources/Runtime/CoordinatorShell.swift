@@ -47,6 +47,9 @@ public final class CoordinatorShell {
     private var plainEvery = 1
     /// Records this process's timeline when set (`--trace`).
     public var trace: Trace?
+    /// The command that continues this run, with maml.iterations set to the given
+    /// count if any (said whenever the run stops); nil: none is said.
+    public var resumeCommand: ((_ iterations: Int?) -> String)?
     /// Spot checks (`--verify F`): the fraction of units computed twice and compared.
     public var verifyFraction = 0.0
     private var verifiedBefore = 0, mismatchesBefore = 0
@@ -56,6 +59,12 @@ public final class CoordinatorShell {
     }
 
     func say(_ s: String) { trainer.run.log(s); progress?.log(s) }
+
+    /// The command a worker joins with, key flags included when this coordinator requires keys.
+    var workerCommand: String {
+        "metatrain worker --connect \(boundEndpoint) --data DATASET"
+            + (curve == nil ? "" : " --key WORKER.secret --coordinator-key COORDINATOR.pub")
+    }
 
     /// Runs to the end of training (0), or until interrupted (130).
     public func run() throws -> Int32 {
@@ -87,7 +96,6 @@ public final class CoordinatorShell {
         var lastTick = monotonicNow()
         while true {
             if stop.isSet {
-                say("interrupted at iteration \(trainer.iteration); stopping workers")
                 // Checkpoint the last completed iteration, unless its validation is still
                 // outstanding (a resume from there would skip it and diverge).
                 var validated = true
@@ -95,6 +103,7 @@ public final class CoordinatorShell {
                 if validated && trainer.iteration > 0 && !trainer.checkpointDue(trainer.iteration) {
                     try trainer.writePeriodicCheckpoint()
                 }
+                say("interrupted at iteration \(trainer.iteration); " + resumeAdvice(verb: "continue"))
                 shutdownWorkers("coordinator interrupted")
                 return 130
             }
@@ -121,11 +130,17 @@ public final class CoordinatorShell {
                                 kind: .eval, version: trainer.iteration, leaves: units,
                                 dispatchOrder: trainer.dispatchOrder(units, split: .val))))
                 case .finish:
+                    // A finished run is resumable too: its last state is a periodic checkpoint,
+                    // so `--resume --set maml.iterations=N` extends it to the bits of an N-iteration run.
+                    if trainer.iteration > 0 && !trainer.checkpointDue(trainer.iteration) {
+                        try trainer.writePeriodicCheckpoint()
+                    }
                     try trainer.writeFinal()
                     say(
-                        trainer.stoppedEarly
+                        (trainer.stoppedEarly
                             ? "early stop at iteration \(trainer.iteration): no val HR@10 improvement in \(trainer.config.eval.patience) evaluations; wrote final.h5"
                             : "finished \(trainer.iteration) iterations; wrote final.h5")
+                            + (trainer.stoppedEarly ? "" : "; " + resumeAdvice(verb: "train further", extend: true)))
                     shutdownWorkers("training finished")
                     return 0
                 }
@@ -152,7 +167,7 @@ public final class CoordinatorShell {
                 link.forget(except: { self.machine.knows($0) }) // dropped workers' files
                 if let since = machine.withoutWorkersSince, progress?.isTerminal == true {
                     progress?.update(
-                        "iteration \(trainer.iteration)/\(trainer.iterations)  waiting for workers \(formatDuration(now - since))  (metatrain worker --connect \(boundEndpoint))"
+                        "iteration \(trainer.iteration)/\(trainer.iterations)  waiting for workers \(formatDuration(now - since))  (\(workerCommand))"
                     )
                 }
             }
@@ -172,7 +187,7 @@ public final class CoordinatorShell {
             case .waitingForWorkers(let seconds):
                 say(
                     "no worker connected" + (seconds >= 1 ? " for \(formatDuration(seconds))" : "")
-                        + "; waiting for workers (metatrain worker --connect \(boundEndpoint) --data DATASET)")
+                        + "; waiting for workers (\(workerCommand))")
             case .phaseComplete(let r): try complete(r)
             case .fail(let reason), .unitFailed(_, let reason): try stop(failing: reason)
             }
@@ -225,17 +240,20 @@ public final class CoordinatorShell {
             if recent.count > 21 { recent.removeFirst(recent.count - 21) }
             let first = recent.count > 1 ? recent[0] : (startIteration, started)
             let rate = Double(t - first.0) / max(now - first.1, 1e-9)
+            // Compute processes (a host agent's --procs count each) on distinct machines, not connections.
+            let hosts = link.hosts(of: machine.liveWorkerIDs)
             pendingLine = [
                 ("iteration", .int(t)), ("meta_loss", .number(loss)), ("grad_norm", .number(norm)),
-                ("workers", .int(machine.liveWorkers)), ("iter_per_s", .number(rate)),
+                ("processes", .int(machine.liveProcs)), ("hosts", .int(hosts)), ("iter_per_s", .number(rate)),
                 ("time", .number((Date().timeIntervalSince1970 * 1000).rounded() / 1000))
             ]
             let eta = Double(trainer.iterations - t) / max(rate, 1e-9)
+            let procs = machine.liveProcs
             let line = String(
-                format: "iter %d/%d  %.1f it/s  %@ ETA %@  loss %.4f  HR@10 %@  %d worker%@",
+                format: "iter %d/%d  %.1f it/s  %@ ETA %@  loss %.4f  HR@10 %@  %d process%@ on %d host%@",
                 t, trainer.iterations, rate, formatDuration(now - started), formatDuration(eta), loss,
-                lastHR10.map { String(format: "%.4f", $0) } ?? "-", machine.liveWorkers,
-                machine.liveWorkers == 1 ? "" : "s")
+                lastHR10.map { String(format: "%.4f", $0) } ?? "-", procs, procs == 1 ? "" : "es", hosts,
+                hosts == 1 ? "" : "s")
             if progress?.isTerminal == true { progress?.update(line) } else if t % plainEvery == 0 { say(line) }
             if trainer.evalDue(t) { next = .eval(t); return }
             try finishIteration(t)
@@ -286,10 +304,22 @@ public final class CoordinatorShell {
         trainer.run.log("error: " + reason) // the console gets it as the command's error
         if trainer.iteration > 0 && !trainer.checkpointDue(trainer.iteration) {
             try trainer.writePeriodicCheckpoint()
-            say("kept the last good state: checkpoints/" + String(format: "iter-%06d.h5", trainer.iteration))
         }
+        say("the run stopped; " + resumeAdvice(verb: "once the cause is fixed, continue"))
         shutdownWorkers("the run stopped: \(reason)")
         throw MetatrainError(reason)
+    }
+
+    /// "the newest checkpoint is checkpoints/iter-N.h5 (iteration N); VERB with: COMMAND", or
+    /// what to do when there is no checkpoint yet.
+    func resumeAdvice(verb: String, extend: Bool = false) -> String {
+        guard let latest = try? MetaTrainer.latestCheckpoint(in: trainer.run) else {
+            return "no checkpoint was written yet, so there is nothing to resume: start the run again with --overwrite"
+        }
+        let name = "checkpoints/" + URL(fileURLWithPath: latest).lastPathComponent
+        guard let resumeCommand else { return "the newest checkpoint is \(name)" }
+        return "the newest checkpoint is \(name); \(verb) with: "
+            + resumeCommand(extend ? 2 * trainer.iterations : nil)
     }
 
     func shutdownWorkers(_ reason: String) {

@@ -32,6 +32,8 @@ public final class HostAgent {
     let log: (String) -> Void
     /// Lines said whatever the verbosity: a process that died and was started again.
     public var notice: (String) -> Void = { _ in }
+    /// Lines for a person who started this agent by hand: joining a run, and why it cannot get in.
+    public var announce: (String) -> Void = { _ in }
     public var coordinatorTimeout = 120.0
     /// Exit when this process is no longer our parent (an agent started by `train`).
     public var exitWithParent: pid_t?
@@ -58,6 +60,8 @@ public final class HostAgent {
     private var gradTheta: FloatBuffer?, gradAlpha: FloatBuffer?
     private var runs = 0
     private var exitCode: Int32?
+    private var advice: JoinAdvice!
+    private var announcedRun: String?
 
     /// Units the coordinator gave us, waiting for the running inner phase (with the weights to install first, if any).
     private var queue: [(unit: WorkUnit, install: Weights?)] = []
@@ -86,6 +90,7 @@ public final class HostAgent {
         let ctx = ZMQContext()
         up = WorkerLink(endpoint: endpoint, sharedMemory: sharedMemory, protocolVersion: protocolVersion, log: log)
         up.curve = curve
+        advice = JoinAdvice(endpoint: endpoint, publicKey: curve?.pair.publicKey)
         try up.connect(ctx)
         innerEndpoint = "ipc://" + NSTemporaryDirectory() + "metatrain-agent-\(getpid()).sock"
         down = CoordinatorLink(endpoint: innerEndpoint, log: log)
@@ -128,6 +133,10 @@ public final class HostAgent {
                 case .message(let e):
                     trace?.received(e.message)
                     try executeUp(upMachine.onMessage(e, now: monotonicNow()))
+                    if case .welcome = e.message, upMachine.runId == e.runId, announcedRun != e.runId {
+                        announcedRun = e.runId
+                        announce("joined run \(e.runId) as \(name) (\(procs) processes)")
+                    }
                     if let reason = up.takeRejoinReason() {
                         try executeUp(upMachine.onRejoinNeeded(reason, now: monotonicNow()))
                     }
@@ -152,6 +161,7 @@ public final class HostAgent {
                     try executeUp(upMachine.onLeaving(exitReason, now: now))
                     return 1
                 }
+                for line in advice.lines(for: up.connectionEvents()) { announce(line) }
                 try executeUp(upMachine.onTick(now: now))
                 if downMachine != nil {
                     try executeDown(downMachine!.onTick(now: now))

@@ -30,6 +30,11 @@ public enum KeyFiles {
     public static func readSecret(_ path: String) throws -> CurveKeyPair {
         var st = stat()
         guard stat(path, &st) == 0 else { throw MetatrainError("\(path): no such key file") }
+        if path.hasSuffix(".pub") {
+            throw MetatrainError(
+                "\(path) is a public key; --key takes the secret half of a pair, \(path.dropLast(4)).secret (metatrain keygen writes both)"
+            )
+        }
         guard st.st_mode & 0o077 == 0 else {
             throw MetatrainError("\(path): a secret key must be readable by its owner only (chmod 600 \(path))")
         }
@@ -39,6 +44,11 @@ public enum KeyFiles {
 
     /// A public key file's key.
     public static func readPublic(_ path: String) throws -> String {
+        if path.hasSuffix(".secret") {
+            throw MetatrainError(
+                "\(path) is a secret key; give the public half, \(path.dropLast(7)).pub (a secret key never leaves its machine)"
+            )
+        }
         let keys = try publicKeys(in: path)
         guard keys.count == 1 else { throw MetatrainError("\(path): holds \(keys.count) public keys, expected one") }
         return keys[0]

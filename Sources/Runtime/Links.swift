@@ -56,6 +56,14 @@ public final class CoordinatorLink {
     private var zap: ZAPHandler?
     /// Keys refused so far (each is logged once).
     private var refused: Set<String> = []
+    /// Where each peer's hello came from: an IP address, or "this machine" over ipc://.
+    private var addresses: [PeerID: String] = [:]
+
+    /// The machines behind `peers`: distinct addresses their hellos came from.
+    public func hosts(of peers: [PeerID]) -> Int { Set(peers.map { addresses[$0] ?? "unknown \($0)" }).count }
+    /// With CURVE: the ROUTER's handshake events, to tell of peers that offer no key.
+    private var monitor: ZMQMonitor?
+    private var keyless = RateLimitedLine(every: 60)
 
     /// Creates the weights file and binds ROUTER at the endpoint and PUB next to it. Port 0 picks a free pair of ports.
     public func bind(_ ctx: ZMQContext, sharedMemory: Bool = true) throws {
@@ -80,6 +88,7 @@ public final class CoordinatorLink {
             throw MetatrainError("\(requestedEndpoint): could not find two free adjacent ports")
         }
         router = try router(ctx)
+        if curve != nil { monitor = try ZMQMonitor(ctx, watching: router) }
         pub = try publisher(ctx)
         do {
             try router.bind(requestedEndpoint)
@@ -106,6 +115,20 @@ public final class CoordinatorLink {
         return p
     }
 
+    /// Logs peers that offered no CURVE key at all, at most once a minute (with how many there were).
+    func reportKeylessPeers() throws {
+        for event in (try monitor?.take()) ?? [] {
+            if case .mechanismMismatch = event,
+                let n = keyless.due(now: monotonicNow())
+            {
+                log(
+                    "refused a connection on \(boundEndpoint): the peer offered no CURVE key"
+                        + (n > 1 ? " (\(n) such attempts since the last line)" : "")
+                        + "; a worker needs --key WORKER.secret and --coordinator-key COORDINATOR.pub")
+            }
+        }
+    }
+
     /// Answers the CURVE handshakes waiting: a listed key gets in; another is refused and logged once.
     func answerHandshakes() throws {
         guard let zap, let curve else { return }
@@ -130,6 +153,7 @@ public final class CoordinatorLink {
     public func receive(timeoutMs: Int) throws -> [(PeerID, Incoming)] {
         let ready = try zmqPoll(sockets, timeoutMs: timeoutMs)
         if ready.count > 1, ready[1] { try answerHandshakes() }
+        try reportKeylessPeers()
         guard ready[0] else { return [] }
         var out: [(PeerID, Incoming)] = []
         // At most `receiveBatch` at a time, so that a flood never starves the caller's timers.
@@ -143,7 +167,9 @@ public final class CoordinatorLink {
                 // Decoded in place: a result's gradients stay in its frame until the reduce reads them.
                 var e = try Envelope.decode(ByteBlock(view: frames[1].bytes, owner: frames[1]))
                 switch e.message {
-                case .hello(let h): offered[peer] = h // opened only once the coordinator welcomes the peer
+                case .hello(let h):
+                    offered[peer] = h // opened only once the coordinator welcomes the peer
+                    addresses[peer] = frames[1].peerAddress ?? "this machine"
                 case .trainResult(let r):
                     if let p = r.shared {
                         guard let s = mapped[peer] else {
@@ -250,6 +276,7 @@ public final class CoordinatorLink {
     public func forget(except live: (PeerID) -> Bool) {
         for peer in mapped.keys where !live(peer) { mapped[peer] = nil }
         for peer in offered.keys where !live(peer) { offered[peer] = nil }
+        for peer in addresses.keys where !live(peer) { addresses[peer] = nil }
     }
 
     /// The weights as one inline ZeroMQ message, encoded once per version and
@@ -264,7 +291,7 @@ public final class CoordinatorLink {
         return frame
     }
 
-    public func close() { router = nil; pub = nil; zap = nil }
+    public func close() { monitor = nil; router = nil; pub = nil; zap = nil }
 }
 
 /// A worker's end (also a host agent's end towards the coordinator): a DEALER
@@ -303,6 +330,8 @@ public final class WorkerLink {
     public static let welcomeLimit = 16 << 20
     private var context: ZMQContext?
     private var identity: [UInt8] = []
+    /// The DEALER's connection events (refused connects, failed handshakes), for `connectionEvents()`.
+    private var monitor: ZMQMonitor?
 
     public func connect(_ ctx: ZMQContext) throws {
         context = ctx
@@ -335,6 +364,8 @@ public final class WorkerLink {
         guard let ctx = context else { throw MetatrainError("internal: a worker link opened before connect") }
         dealer = try ZMQSocket(ctx, .dealer)
         dealer.setRoutingId(identity)
+        monitor = nil
+        monitor = try ZMQMonitor(ctx, watching: dealer)
         sub = try ZMQSocket(ctx, .sub)
         for s in [dealer!, sub!] { s.setMaxMessageSize(maxMessageSize) }
         if let curve {
@@ -479,10 +510,15 @@ public final class WorkerLink {
         }
     }
 
+    /// What happened to the connection towards the coordinator since the last call
+    /// (never blocks): why a worker cannot get in, told within a second of it happening.
+    public func connectionEvents() -> [ConnectionEvent] { (try? monitor?.take()) ?? [] }
+
     /// Closes the sockets, giving a goodbye still queued up to a second to leave
     /// (the process may exit right after, before any deinit would run).
     public func close() {
         dealer?.setLinger(milliseconds: 1000)
+        monitor = nil
         dealer = nil; sub = nil
     }
 }

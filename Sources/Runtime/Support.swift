@@ -144,3 +144,20 @@ extension SharedArena {
         return p
     }
 }
+
+/// A line said at most once per `every` seconds: `due` answers how many
+/// occurrences the line now stands for (this one and those held back), or nil
+/// while it must stay quiet.
+struct RateLimitedLine {
+    let every: Double
+    private var last: Double?
+    private var held = 0
+    init(every: Double) { self.every = every }
+    mutating func due(now: Double) -> Int? {
+        held += 1
+        if let last, now - last < every { return nil }
+        last = now
+        defer { held = 0 }
+        return held
+    }
+}

@@ -22,6 +22,8 @@ public final class WorkerShell {
     let protocolVersion: UInt16
     let stop: StopFlag
     let log: (String) -> Void
+    /// Lines said whatever the verbosity: joining a run, and why this worker cannot get in.
+    public var notice: (String) -> Void = { _ in }
     public var coordinatorTimeout = 120.0
     /// Exit when this process is no longer our parent (workers started by `train`).
     public var exitWithParent: pid_t?
@@ -59,6 +61,8 @@ public final class WorkerShell {
     private var running: ComputeJob?
     private let computeQueue = DispatchQueue(label: "metatrain.compute")
     private var doneIn: ZMQSocket!, doneOut: ZMQSocket!
+    private var advice: JoinAdvice!
+    private var announcedRun: String?
 
     public init(
         endpoint: String, dataPath: String, name: String, protocolVersion: UInt16 = Envelope.protocolVersion,
@@ -75,6 +79,7 @@ public final class WorkerShell {
         let ctx = ZMQContext()
         link = WorkerLink(endpoint: endpoint, sharedMemory: sharedMemory, protocolVersion: protocolVersion, log: log)
         link.curve = curve
+        advice = JoinAdvice(endpoint: endpoint, publicKey: curve?.pair.publicKey)
         try link.connect(ctx)
         let done = "inproc://metatrain-computed-\(ObjectIdentifier(self).hashValue)"
         doneIn = try ZMQSocket(ctx, .pair)
@@ -85,7 +90,12 @@ public final class WorkerShell {
             name: name, datasetFingerprint: dataset.fingerprint, coordinatorTimeout: coordinatorTimeout)
         machine.hardware = Hardware(cpuModel: cpuModelName(), blasCore: BLAS.coreName)
         machine.episodeLimits = (dataset.episodes(.train).count, dataset.episodes(.val).count)
-        defer { closeSockets() }
+        defer {
+            // A unit still computing finishes before the sockets close and the process exits:
+            // exit-time teardown (OpenBLAS's buffers among it) must not pull memory from under it.
+            computeQueue.sync {}
+            closeSockets()
+        }
         do {
             return try loop()
         } catch {
@@ -116,6 +126,7 @@ public final class WorkerShell {
                 case .message(let e):
                     trace?.received(e.message)
                     try execute(machine.onMessage(e, now: monotonicNow()))
+                    announceJoin(e)
                     if let reason = link.takeRejoinReason() {
                         try execute(machine.onRejoinNeeded(reason, now: monotonicNow()))
                     }
@@ -131,10 +142,18 @@ public final class WorkerShell {
                     leave(because: exitReason)
                     return 1
                 }
+                for line in advice.lines(for: link.connectionEvents()) { notice(line) }
                 try execute(machine.onTick(now: now))
             }
         }
         return exitCode!
+    }
+
+    /// One line when this worker joins a run (not on every rejoin of the same run).
+    func announceJoin(_ e: Envelope) {
+        guard case .welcome = e.message, machine.runId == e.runId, announcedRun != e.runId else { return }
+        announcedRun = e.runId
+        notice("joined run \(e.runId) as \(name) (1 process)")
     }
 
     /// Says goodbye (the machine does, once, if it still speaks to a coordinator); `closeSockets` lets it leave.

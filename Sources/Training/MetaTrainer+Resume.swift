@@ -94,6 +94,35 @@ extension MetaTrainer {
         return names.filter { $0.hasPrefix("iter-") && $0.hasSuffix(".h5") }.sorted().map { dir + "/" + $0 }
     }
 
+    /// One thing a run directory holds that a fresh start would replace.
+    public struct RunItem: CustomStringConvertible, Sendable {
+        /// The file or directory's name in the run directory.
+        public let name: String
+        public let description: String
+    }
+
+    /// What the run directory at `path` holds of a run: config, metrics, run record,
+    /// checkpoints, best and final weights, TensorBoard events (logs are appended to, not counted).
+    public static func runContents(inRunDirectory path: String) -> [RunItem] {
+        let fm = FileManager.default
+        var out: [RunItem] = []
+        for name in ["config.yaml", "metrics.jsonl", "run.json", "best.h5", "final.h5"]
+        where fm.fileExists(atPath: path + "/" + name) {
+            out.append(RunItem(name: name, description: name))
+        }
+        let checkpoints = periodicCheckpoints(inRunDirectory: path)
+        if !checkpoints.isEmpty {
+            let last = URL(fileURLWithPath: checkpoints.last!).lastPathComponent
+            out.append(
+                RunItem(
+                    name: "checkpoints",
+                    description: "checkpoints/ (\(checkpoints.count) checkpoint\(checkpoints.count == 1 ? "" : "s"), newest \(last))"
+                ))
+        }
+        if fm.fileExists(atPath: path + "/tb") { out.append(RunItem(name: "tb", description: "tb/")) }
+        return out
+    }
+
     public static func latestCheckpoint(in run: RunDirectory) throws -> String? {
         try periodicCheckpoints(in: run).last
     }

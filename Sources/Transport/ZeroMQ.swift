@@ -191,6 +191,13 @@ public final class Frame: @unchecked Sendable {
         zmq_msg_init(msg)
     }
     deinit { zmq_msg_close(msg); msg.deallocate() }
+    /// The address of the peer that sent the frame ("Peer-Address": an IP for tcp://,
+    /// nil for ipc:// and inproc://).
+    public var peerAddress: String? {
+        guard let p = zmq_msg_gets(msg, "Peer-Address") else { return nil }
+        let s = String(cString: p)
+        return s.isEmpty ? nil : s
+    }
     /// The frame's bytes; valid while the Frame is alive.
     public var bytes: UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: zmq_msg_data(msg), count: zmq_msg_size(msg))
@@ -305,4 +312,78 @@ public func zmqPoll(_ sockets: [ZMQSocket], timeoutMs: Int) throws -> [Bool] {
         throw TransportError("poll")
     }
     return items.map { ($0.revents & Int16(ZMQ_POLLIN)) != 0 }
+}
+
+/// What a socket's monitor (zmq_socket_monitor) reports about its connections: the
+/// handshake events that tell a peer why it cannot get in, and a refused connect.
+public enum ConnectionEvent: Equatable, Sendable {
+    /// A TCP connect failed and will be retried (nothing listens there, or it is unreachable).
+    case connectRetried(address: String)
+    /// The ZMTP and security handshake completed.
+    case handshakeSucceeded(address: String)
+    /// The peer's security mechanism differs from ours (one side uses CURVE keys, the other none).
+    case mechanismMismatch(address: String)
+    /// Another protocol error during the handshake (`code`: libzmq's ZMQ_PROTOCOL_ERROR_*).
+    case protocolError(address: String, code: UInt32)
+    /// The authenticator (ZAP) refused us, with its status code (400: the key is not let in).
+    case authenticationFailed(address: String, status: UInt32)
+    /// The handshake failed without a reason (e.g. a CURVE message that did not decrypt).
+    case handshakeFailed(address: String)
+    /// An established or half-made connection closed.
+    case disconnected(address: String)
+}
+
+/// A socket's monitor: an inproc PAIR socket that receives the events of `ConnectionEvent`.
+public final class ZMQMonitor {
+    public let socket: ZMQSocket
+    private static let counter = MonitorCounter()
+
+    /// Starts monitoring `watched` (set up before it binds or connects).
+    public init(_ ctx: ZMQContext, watching watched: ZMQSocket) throws {
+        let address = "inproc://metatrain-monitor-\(ZMQMonitor.counter.next())"
+        let events =
+            ZMQ_EVENT_CONNECT_RETRIED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_DISCONNECTED
+        guard zmq_socket_monitor(watched.handle, address, Int32(events)) == 0 else {
+            throw TransportError("zmq_socket_monitor")
+        }
+        socket = try ZMQSocket(ctx, .pair)
+        try socket.connect(address)
+    }
+
+    /// Every event waiting now (never blocks).
+    public func take() throws -> [ConnectionEvent] {
+        var out: [ConnectionEvent] = []
+        while let frames = try socket.receive(timeoutMs: 0) {
+            guard frames.count == 2, frames[0].count >= 6 else { continue }
+            let f = frames[0]
+            let event = UInt16(f[0]) | UInt16(f[1]) << 8
+            let value = UInt32(f[2]) | UInt32(f[3]) << 8 | UInt32(f[4]) << 16 | UInt32(f[5]) << 24
+            let address = String(decoding: frames[1], as: UTF8.self)
+            switch Int32(event) {
+            case ZMQ_EVENT_CONNECT_RETRIED: out.append(.connectRetried(address: address))
+            case ZMQ_EVENT_HANDSHAKE_SUCCEEDED: out.append(.handshakeSucceeded(address: address))
+            case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                out.append(
+                    value == UInt32(ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+                        ? .mechanismMismatch(address: address) : .protocolError(address: address, code: value))
+            case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: out.append(.authenticationFailed(address: address, status: value))
+            case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL: out.append(.handshakeFailed(address: address))
+            case ZMQ_EVENT_DISCONNECTED: out.append(.disconnected(address: address))
+            default: break
+            }
+        }
+        return out
+    }
+}
+
+final class MonitorCounter: @unchecked Sendable {
+    private var n = 0
+    private var lock = pthread_mutex_t()
+    init() { pthread_mutex_init(&lock, nil) }
+    func next() -> Int {
+        pthread_mutex_lock(&lock); defer { pthread_mutex_unlock(&lock) }
+        n += 1
+        return n
+    }
 }

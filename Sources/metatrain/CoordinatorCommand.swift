@@ -19,6 +19,11 @@ struct MetaRunOptions: ParsableArguments {
             "Continue from the newest checkpoint if the run directory has one, otherwise start the run (for launchers that restart the coordinator)."
     )
     var resumeOrStart = false
+    @Flag(
+        help:
+            "Remove the run the run directory holds (config, metrics, checkpoints, final.h5, TensorBoard events) and start afresh; says what it removes."
+    )
+    var overwrite = false
     @Option(
         help:
             "Seconds of silence after which a worker is dropped and its units re-queued (default: cluster.heartbeat_s × cluster.liveness, 3)."
@@ -33,6 +38,10 @@ struct MetaRunOptions: ParsableArguments {
 
     func validate() throws {
         if resume && resumeOrStart { throw ValidationError("--resume and --resume-or-start: give one") }
+        if overwrite && (resume || resumeOrStart) {
+            throw ValidationError(
+                "--overwrite removes the run and --resume\(resume ? "" : "-or-start") continues it; give one")
+        }
         guard verify >= 0, verify <= 1 else {
             throw ValidationError("--verify takes a fraction from 0 to 1, not \(verify)")
         }
@@ -68,10 +77,20 @@ struct MetaRunOptions: ParsableArguments {
         let resume = try resuming()
         let cfg = try loadConfig(resume: resume)
         let dataset = try DatasetFile.read(data)
-        let run = try RunDirectory(runDir, logName: "coordinator.log")
-        if !resume, try MetaTrainer.latestCheckpoint(in: run) != nil {
+        let held = MetaTrainer.runContents(inRunDirectory: runDir)
+        if !resume && !held.isEmpty && !overwrite && !resumeOrStart {
             throw MetatrainError(
-                "\(runDir) already holds checkpoints; pass --resume to continue it or choose another --run-dir")
+                "\(runDir) already holds a run (\(held.map(\.description).joined(separator: ", "))): pass --resume to continue it, --resume-or-start to continue it if it has a checkpoint and start it otherwise, or --overwrite to remove it and start afresh (or choose another --run-dir)"
+            )
+        }
+        // The directory is this process's before anything in it is removed.
+        let run = try RunDirectory(runDir, logName: "coordinator.log")
+        try run.lock()
+        if !resume && !held.isEmpty {
+            progress.log(
+                "removing \(runDir)'s earlier run to start afresh: "
+                    + held.map(\.description).joined(separator: ", "))
+            for item in held { try FileManager.default.removeItem(atPath: runDir + "/" + item.name) }
         }
         let trainer = try MetaTrainer(config: cfg, dataset: dataset, run: run, resume: resume)
         if let from = trainer.resumedFrom {
@@ -82,7 +101,27 @@ struct MetaRunOptions: ParsableArguments {
         shell.workerTimeout = workerTimeout
         shell.verifyFraction = verify
         shell.curve = curve
+        shell.resumeCommand = { resumeCommand(iterations: $0) }
         return shell
+    }
+
+    /// The command line that continues this run: the one that started it, without
+    /// --overwrite or --resume-or-start, with --resume (and with `iterations`, if
+    /// given, in place of any maml.iterations it set).
+    func resumeCommand(iterations: Int?) -> String {
+        var args: [String] = []
+        var rest = Array(CommandLine.arguments.dropFirst())[...]
+        while let a = rest.popFirst() {
+            if ["--overwrite", "--resume", "--resume-or-start"].contains(a) { continue }
+            if iterations != nil {
+                if a == "--set", rest.first?.hasPrefix("maml.iterations=") == true { rest.removeFirst(); continue }
+                if a.hasPrefix("--set=maml.iterations=") { continue }
+            }
+            args.append(a)
+        }
+        args.append("--resume")
+        if let iterations { args += ["--set", "maml.iterations=\(iterations)"] }
+        return ([CommandLine.arguments.first ?? "metatrain"] + args).map(shellQuoted).joined(separator: " ")
     }
 }
 

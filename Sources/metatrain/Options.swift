@@ -19,3 +19,10 @@ struct ConfigOptions: ParsableArguments {
         try Config.load(path: config, overrides: overrides + (seed.map { ["seed=\($0)"] } ?? []))
     }
 }
+
+/// `s` as one word for a POSIX shell: unchanged when it needs no quoting, else in single quotes.
+func shellQuoted(_ s: String) -> String {
+    let plain = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,@%+")
+    if !s.isEmpty && s.allSatisfy({ plain.contains($0) }) { return s }
+    return "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'"
+}

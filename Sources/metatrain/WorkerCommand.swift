@@ -82,6 +82,12 @@ struct WorkerCommand: ParsableCommand {
         let log: (String) -> Void = { line in
             if verbose { FileHandle.standardError.write(Data("worker \(label): \(line)\n".utf8)) }
         }
+        // A worker someone started by hand says when it joins, why it cannot, and when its run
+        // ends; one that `train` or a host agent started leaves that to its parent.
+        let announce = exitWithParent == nil
+        let notice: (String) -> Void = { line in
+            if announce || verbose { FileHandle.standardError.write(Data("worker \(label): \(line)\n".utf8)) }
+        }
         let n = procs ?? ProcessInfo.processInfo.activeProcessorCount
         let curve = try clientKeys()
         let result: Result<Int32, Error>
@@ -96,6 +102,7 @@ struct WorkerCommand: ParsableCommand {
             agent.traceDir = traceDir
             agent.curve = curve
             agent.notice = { line in FileHandle.standardError.write(Data("worker \(label): \(line)\n".utf8)) }
+            agent.announce = notice
             if trace != nil { agent.trace = Trace(process: label) }
             result = Result { try agent.run() }
             if let trace { try agent.trace?.write(to: trace) }
@@ -109,6 +116,7 @@ struct WorkerCommand: ParsableCommand {
             shell.failAfterUnits = failAfterUnits
             shell.hangAfterUnits = hangAfterUnits
             shell.curve = curve
+            shell.notice = notice
             shell.sharedMemory = !noSharedMemory
             if trace != nil { shell.trace = Trace(process: label) }
             result = Result { try shell.run() }
@@ -117,7 +125,7 @@ struct WorkerCommand: ParsableCommand {
         }
         let code = try result.get()
         if code == 0 || code == 130 {
-            if verbose { FileHandle.standardError.write(Data("worker \(label): \(exitReason())\n".utf8)) }
+            notice("left: \(exitReason())")
             if code != 0 { Foundation.exit(code) }
         } else {
             throw MetatrainError("worker \(label): \(exitReason())")
