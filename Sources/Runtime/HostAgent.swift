@@ -161,7 +161,7 @@ public final class HostAgent {
                     try executeUp(upMachine.onLeaving(exitReason, now: now))
                     return 1
                 }
-                for line in advice.lines(for: up.connectionEvents()) { announce(line) }
+                for line in advice.lines(for: up.connectionEvents(), now: now) { announce(line) }
                 try executeUp(upMachine.onTick(now: now))
                 if downMachine != nil {
                     try executeDown(downMachine!.onTick(now: now))

@@ -4,26 +4,37 @@ import Transport
 /// why this worker cannot get in (nothing listens, keys missing or not let in,
 /// a key that does not match), each naming the flag to fix. Each kind is said
 /// once until a handshake succeeds; the worker keeps trying all the while.
+/// A vague diagnosis (the handshake failed, the connect is retried) waits
+/// `patience` seconds for a precise one, since the first failed handshake of a
+/// keyless worker often shows as a bare failure before the mismatch does.
 struct JoinAdvice {
     let endpoint: String
     /// This worker's public key when it connects with CURVE (nil: no keys).
     let publicKey: String?
+    var patience = 3.0
     private var said: Set<String> = []
+    /// Vague lines seen and not yet said: (first seen, line).
+    private var held: [String: (Double, String)] = [:]
 
     init(endpoint: String, publicKey: String?) { self.endpoint = endpoint; self.publicKey = publicKey }
 
-    mutating func lines(for events: [ConnectionEvent]) -> [String] {
+    mutating func lines(for events: [ConnectionEvent], now: Double) -> [String] {
         var out: [String] = []
         // A diagnosis outranks what follows from it: after "requires keys" the closed connection
         // also fails its handshake and retries its connect, which would only mislead.
         let rank = ["unreachable": 0, "handshake": 1, "mechanism": 2, "auth": 2]
         func say(_ kind: String, _ line: String) {
             if said.contains(where: { rank[$0]! > rank[kind]! }) { return }
+            if rank[kind]! < 2 {
+                if held[kind] == nil && !said.contains(kind) { held[kind] = (now, line) }
+                return
+            }
+            held = [:]
             if said.insert(kind).inserted { out.append(line + "; still trying") }
         }
         for e in events {
             switch e {
-            case .handshakeSucceeded: said.removeAll()
+            case .handshakeSucceeded: said.removeAll(); held = [:]
             case .connectRetried:
                 say(
                     "unreachable",
@@ -62,6 +73,12 @@ struct JoinAdvice {
                 }
             case .disconnected: break
             }
+        }
+        for (kind, (since, line)) in held.sorted(by: { rank[$0.key]! > rank[$1.key]! }) where now - since >= patience {
+            held[kind] = nil
+            if said.contains(where: { rank[$0]! >= rank[kind]! }) { continue }
+            said.insert(kind)
+            out.append(line + "; still trying")
         }
         return out
     }

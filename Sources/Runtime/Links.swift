@@ -82,6 +82,7 @@ public final class CoordinatorLink {
                 let p = try publisher(ctx)
                 if (try? p.bind(try publishEndpoint(for: ep))) != nil {
                     router = r; pub = p; boundEndpoint = ep
+                    if curve != nil { monitor = try ZMQMonitor(ctx, watching: r) }
                     return
                 }
             }
@@ -118,13 +119,15 @@ public final class CoordinatorLink {
     /// Logs peers that offered no CURVE key at all, at most once a minute (with how many there were).
     func reportKeylessPeers() throws {
         for event in (try monitor?.take()) ?? [] {
-            if case .mechanismMismatch = event,
-                let n = keyless.due(now: monotonicNow())
-            {
+            // Which side sees the mismatch first is a race: either event may stand for a keyless peer.
+            switch event {
+            case .mechanismMismatch, .handshakeFailed:
+                guard let n = keyless.due(now: monotonicNow()) else { continue }
                 log(
-                    "refused a connection on \(boundEndpoint): the peer offered no CURVE key"
+                    "refused a connection on \(boundEndpoint): the peer offered no CURVE key, or one made for another coordinator"
                         + (n > 1 ? " (\(n) such attempts since the last line)" : "")
-                        + "; a worker needs --key WORKER.secret and --coordinator-key COORDINATOR.pub")
+                        + "; a worker needs --key WORKER.secret and --coordinator-key with this coordinator's .pub")
+            default: break
             }
         }
     }

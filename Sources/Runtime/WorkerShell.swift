@@ -142,7 +142,7 @@ public final class WorkerShell {
                     leave(because: exitReason)
                     return 1
                 }
-                for line in advice.lines(for: link.connectionEvents()) { notice(line) }
+                for line in advice.lines(for: link.connectionEvents(), now: now) { notice(line) }
                 try execute(machine.onTick(now: now))
             }
         }

@@ -55,7 +55,7 @@ final class SharedMemoryTests: XCTestCase {
         }
         // Only another process's open file is opened, never a path a peer chose.
         let elsewhere = NSTemporaryDirectory() + "metatrain-\(getpid())-x"
-        FileManager.default.createFile(atPath: elsewhere, contents: Data(arena.token))
+        _ = FileManager.default.createFile(atPath: elsewhere, contents: Data(arena.token))
         defer { try? FileManager.default.removeItem(atPath: elsewhere) }
         for path in [elsewhere, "/proc/\(getpid())/fd/../../self/fd/3", "/proc/self/fd/3", "/proc/1/fd/"] {
             XCTAssertThrowsError(try SharedView(path: path, token: arena.token), path) {
@@ -98,7 +98,7 @@ final class SharedMemoryTests: XCTestCase {
         let fifoFD = open(fifo, O_RDWR | O_NONBLOCK) // held open, as a stranger's process would
         defer { close(fifoFD) }
         let regular = NSTemporaryDirectory() + "metatrain-regular-\(getpid())"
-        FileManager.default.createFile(atPath: regular, contents: Data(repeating: 1, count: 8192))
+        _ = FileManager.default.createFile(atPath: regular, contents: Data(repeating: 1, count: 8192))
         defer { unlink(regular) }
         let regularFD = open(regular, O_RDONLY)
         defer { close(regularFD) }
