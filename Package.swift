@@ -16,7 +16,10 @@ let package = Package(
     ],
     targets: [
         // System libraries (module.modulemap + shim.h).
-        .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
+        // zmq.h lies in /usr/include and the module map links libzmq; libzmq's pkg-config
+        // flags (-isystem for Kerberos, pgm and libxml2 headers zmq.h never includes) are
+        // ones SwiftPM refuses with a warning on every build.
+        .systemLibrary(name: "CZeroMQ", providers: [.apt(["libzmq3-dev"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
         // glibc calls the Glibc module leaves out: mallopt, memfd_create (header only).

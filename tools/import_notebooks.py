@@ -4,15 +4,25 @@ metatrain dataset file that every command accepts.
 
     tools/import_notebooks.py --dir notebook_data/ --out data/notebooks.h5
 
-The directory holds (docs/FORMATS.md, "Importing the notebooks' data"):
-  pairs_train.parquet, pairs_val.parquet, pairs_test.parquet (or one pairs.parquet)
-      pair_id, user_id, prefix (list of item indices, oldest first), label
-      (item index), label_ts_epoch (unix seconds); reliability (0..1) if present
-  episodes_train.parquet, episodes_val.parquet, episodes_test.parquet
+The directory is read as the notebooks lay it out (docs/FORMATS.md,
+"Importing the notebooks' data"), e.g. data/processed/xuetangx:
+  pairs/pairs_{train,val,test}.parquet or pairs/pairs.parquet (or the same
+  files directly in --dir)
+      pair_id, user_id, prefix (list of item indices, oldest first, or its
+      string form "[12, 45]"), label (item index), label_ts_epoch (unix seconds)
+  pairs_with_reliability/pairs.parquet
+      the pairs with session_reliability (0..1), joined by pair_id; a
+      `reliability` or `session_reliability` column in the pairs files works too
+  episodes/episodes_{train,val,test}[_K5_Q10].parquet (or in --dir; any K/Q
+  suffix, --episodes-suffix picks one when there are several)
       user_id, support_pair_ids (list), query_pair_ids (list)
-  a vocabulary JSON (--vocab, or the one *vocab*.json in the directory)
+  vocab/*.json (or one *vocab*.json in --dir, or --vocab)
       {"<item id>": index, ...} with indices 1..V-1 (0 is padding), or a list
       whose position is the index
+
+It prints which file and column it took each field from. Without a
+reliability column every pair gets 1.0, and a float column in [0, 1] that it
+does not recognise is named in a warning, never dropped silently.
 
 Users, pairs, item indices and episodes are kept exactly: each notebook pair is
 one dataset pair, each episode row one episode of its split. Pairs are stored
@@ -130,48 +140,165 @@ def fingerprint(d):
     return h.hexdigest()
 
 
-def build(directory, vocab_path, max_seq_len):
+RELIABILITY_COLUMNS = ["session_reliability", "reliability"]
+PAIR_COLUMNS = ["pair_id", "user_id", "prefix", "label", "label_ts_epoch"]
+
+
+SOURCES = []  # which file and column each field came from, printed once the dataset is written
+
+
+def say(line):
+    SOURCES.append(line)
+
+
+def locate_pairs(directory):
+    """The pairs files: pairs_{train,val,test}.parquet or pairs.parquet, in --dir or --dir/pairs."""
+    for base in [directory, os.path.join(directory, "pairs")]:
+        split_files = [os.path.join(base, f"pairs_{s}.parquet") for s in SPLITS]
+        split_files = [p for p in split_files if os.path.exists(p)]
+        if split_files:
+            return split_files
+        if os.path.exists(os.path.join(base, "pairs.parquet")):
+            return [os.path.join(base, "pairs.parquet")]
+    return []
+
+
+def locate_episodes(directory, suffix):
+    """Each split's episodes file: episodes_{split}.parquet or episodes_{split}_SUFFIX.parquet (e.g. _K5_Q10)."""
+    found = {}
+    for s in SPLITS:
+        names = []
+        for base in [directory, os.path.join(directory, "episodes")]:
+            names += sorted(glob.glob(os.path.join(base, f"episodes_{s}.parquet")))
+            names += sorted(glob.glob(os.path.join(base, f"episodes_{s}_*.parquet")))
+        if suffix is not None:
+            names = [n for n in names if os.path.basename(n) == f"episodes_{s}_{suffix}.parquet"]
+        if len(names) > 1:
+            fail(f"{directory}: several {s} episode files ({', '.join(os.path.relpath(n, directory) for n in names)}); "
+                 f"pick one with --episodes-suffix (e.g. K5_Q10)")
+        if names:
+            found[s] = names[0]
+    return found
+
+
+def locate_vocab(directory):
+    found = sorted(glob.glob(os.path.join(directory, "*vocab*.json")))
+    if not found:
+        found = sorted(glob.glob(os.path.join(directory, "vocab", "*.json")))
+    if len(found) != 1:
+        fail(f"{directory}: expected one vocabulary JSON (*vocab*.json, or one file in vocab/; found {len(found)}); "
+             f"name it with --vocab")
+    return found[0]
+
+
+def parse_prefix(value, where):
+    """A prefix as a list of ints, or its string form "[12, 45]"."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            fail(f"{where}: prefix {value!r} is neither a list nor the text of one")
+    if not isinstance(value, (list, tuple)):
+        fail(f"{where}: prefix {value!r} is not a list of item indices")
+    return list(value)
+
+
+def unrecognised_unit_floats(table, known):
+    """Float columns holding only values in [0, 1] that the import does not read: maybe a reliability."""
+    import pyarrow as pa
+    out = []
+    for name in table.column_names:
+        if name in known or not pa.types.is_floating(table.schema.field(name).type):
+            continue
+        values = [v for v in table.column(name).to_pylist() if v is not None]
+        if values and all(0.0 <= v <= 1.0 for v in values):
+            out.append(name)
+    return out
+
+
+def build(directory, vocab_path, max_seq_len, episodes_suffix=None):
     if not os.path.isdir(directory):
         fail(f"{directory}: no such directory")
+    rel = lambda p: os.path.relpath(p, directory)
     if vocab_path is None:
-        found = sorted(glob.glob(os.path.join(directory, "*vocab*.json")))
-        if len(found) != 1:
-            fail(f"{directory}: expected one *vocab*.json (found {len(found)}); name it with --vocab")
-        vocab_path = found[0]
+        vocab_path = locate_vocab(directory)
     item_ids = load_vocab(vocab_path)
     V = len(item_ids)
+    say(f"vocabulary: {vocab_path} ({V - 1} items)")
 
-    pair_files = [os.path.join(directory, f"pairs_{s}.parquet") for s in SPLITS]
-    pair_files = [p for p in pair_files if os.path.exists(p)] or [p for p in [os.path.join(directory, "pairs.parquet")] if os.path.exists(p)]
+    pair_files = locate_pairs(directory)
+    reliability_file = os.path.join(directory, "pairs_with_reliability", "pairs.parquet")
+    if not os.path.exists(reliability_file):
+        reliability_file = None
+    if not pair_files and reliability_file:
+        pair_files = [reliability_file]
     if not pair_files:
-        fail(f"{directory}: no pairs_{{train,val,test}}.parquet or pairs.parquet")
+        fail(f"{directory}: no pairs_{{train,val,test}}.parquet or pairs.parquet (in it or in pairs/), "
+             f"nor pairs_with_reliability/pairs.parquet")
+    say(f"pairs: {', '.join(rel(p) for p in pair_files)} (columns {', '.join(PAIR_COLUMNS)})")
     pairs = {}  # pair_id -> (user, ts, row order, prefix, label, reliability)
     order = 0
+    rel_source = None  # (file, column) the reliability came from
+    unknown_floats = set()
     for path in pair_files:
-        t = read_table(path, ["pair_id", "user_id", "prefix", "label", "label_ts_epoch"])
-        cols = {c: t.column(c).to_pylist() for c in ["pair_id", "user_id", "prefix", "label", "label_ts_epoch"]}
-        rel = t.column("reliability").to_pylist() if "reliability" in t.column_names else None
+        t = read_table(path, PAIR_COLUMNS)
+        cols = {c: t.column(c).to_pylist() for c in PAIR_COLUMNS}
+        rel_col = next((c for c in RELIABILITY_COLUMNS if c in t.column_names), None)
+        rel_values = t.column(rel_col).to_pylist() if rel_col else None
+        if rel_col:
+            rel_source = (path, rel_col)
+        else:
+            unknown_floats.update(f"{rel(path)}: {c}" for c in unrecognised_unit_floats(t, PAIR_COLUMNS))
         for r in range(t.num_rows):
             where = f"{path}: row {r}"
             pid = cols["pair_id"][r]
             if pid in pairs:
                 fail(f"{where}: pair_id {pid!r} appears twice")
-            prefix = cols["prefix"][r]
+            prefix = parse_prefix(cols["prefix"][r], where)
             if not prefix:
                 fail(f"{where}: empty prefix (a pair needs at least one earlier item)")
             label = cols["label"][r]
             for x in list(prefix) + [label]:
                 if not isinstance(x, int) or not 1 <= x < V:
                     fail(f"{where}: item index {x!r} is outside the vocabulary's 1..{V - 1}")
-            reliability = 1.0 if rel is None or rel[r] is None else float(rel[r])
-            if not 0.0 <= reliability <= 1.0:
-                fail(f"{where}: reliability {reliability} is outside [0, 1]")
+            reliability = None if rel_values is None or rel_values[r] is None else float(rel_values[r])
+            if reliability is not None and not 0.0 <= reliability <= 1.0:
+                fail(f"{where}: {rel_col} {reliability} is outside [0, 1]")
             if cols["user_id"][r] is None:
                 fail(f"{where}: empty user_id")
-            pairs[pid] = (str(cols["user_id"][r]), as_seconds(cols["label_ts_epoch"][r], where), order, list(prefix), label, reliability)
+            pairs[pid] = [str(cols["user_id"][r]), as_seconds(cols["label_ts_epoch"][r], where), order, prefix, label,
+                          reliability]
             order += 1
     if not pairs:
         fail(f"{directory}: the pairs files hold no rows")
+    if reliability_file and reliability_file not in pair_files:
+        # The notebooks keep reliability beside the pairs: joined by pair_id.
+        t = read_table(reliability_file, ["pair_id"])
+        rel_col = next((c for c in RELIABILITY_COLUMNS if c in t.column_names), None)
+        if rel_col is None:
+            fail(f"{reliability_file}: no column {' or '.join(repr(c) for c in RELIABILITY_COLUMNS)} "
+                 f"(columns: {', '.join(t.column_names)})")
+        ids, values = t.column("pair_id").to_pylist(), t.column(rel_col).to_pylist()
+        for r, (pid, v) in enumerate(zip(ids, values)):
+            if pid in pairs and v is not None:
+                v = float(v)
+                if not 0.0 <= v <= 1.0:
+                    fail(f"{reliability_file}: row {r}: {rel_col} {v} is outside [0, 1]")
+                pairs[pid][5] = v
+        rel_source = (reliability_file, rel_col)
+        unknown_floats.clear()
+    missing = sum(1 for p in pairs.values() if p[5] is None)
+    if rel_source:
+        say(f"reliability: {rel(rel_source[0])} column {rel_source[1]}"
+            + (f" ({missing} pairs without a value get 1.0)" if missing else ""))
+    else:
+        say("reliability: no session_reliability or reliability column; every pair gets 1.0")
+        for c in sorted(unknown_floats):
+            print(f"warning: {c} holds only values in [0, 1] and is not read; if it is the reliability, "
+                  f"name it session_reliability", file=sys.stderr)
+    for p in pairs.values():
+        if p[5] is None:
+            p[5] = 1.0
 
     # Users in byte order of their ids; each user's pairs by (time, row order).
     users = sorted({p[0] for p in pairs.values()}, key=lambda u: u.encode("utf-8"))
@@ -184,12 +311,14 @@ def build(directory, vocab_path, max_seq_len):
     split_of = {}
     episodes = {}
     K = Q = None
+    episode_files = locate_episodes(directory, episodes_suffix)
     for s_code, s in enumerate(SPLITS):
-        path = os.path.join(directory, f"episodes_{s}.parquet")
+        path = episode_files.get(s)
         e = {"support": [], "query": [], "user": []}
         episodes[s] = e
-        if not os.path.exists(path):
+        if path is None:
             continue
+        say(f"episodes {s}: {rel(path)}")
         t = read_table(path, ["user_id", "support_pair_ids", "query_pair_ids"])
         user_col = t.column("user_id").to_pylist()
         sup_col = t.column("support_pair_ids").to_pylist()
@@ -222,7 +351,7 @@ def build(directory, vocab_path, max_seq_len):
             e["query"].append(qry)
             e["user"].append(user_index[u])
     if K is None:
-        fail(f"{directory}: no episodes_{{train,val,test}}.parquet with rows")
+        fail(f"{directory}: no episodes_{{train,val,test}}[_SUFFIX].parquet with rows (in it or in episodes/)")
 
     prefix_offsets, prefix_items = [0], []
     pair_user, label, timestamp, reliability = [], [], [], []
@@ -283,9 +412,11 @@ def write(d, out):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="example: tools/import_notebooks.py --dir notebook_data --out data/notebooks.h5")
+                                 epilog="example: tools/import_notebooks.py --dir data/processed/xuetangx --out data/notebooks.h5")
     ap.add_argument("--dir", required=True, help="directory of the notebooks' parquet files and vocabulary")
-    ap.add_argument("--vocab", help="vocabulary JSON (default: the one *vocab*.json in --dir)")
+    ap.add_argument("--vocab", help="vocabulary JSON (default: the one *vocab*.json in --dir, or the one file in --dir/vocab)")
+    ap.add_argument("--episodes-suffix", help="which episode files when there are several, e.g. K5_Q10 "
+                                              "(episodes_train_K5_Q10.parquet)")
     ap.add_argument("--out", required=True, help="dataset file to write (HDF5)")
     ap.add_argument("--max-seq-len", type=int, default=0,
                     help="keep the last N items of each prefix (default: the longest prefix, so nothing is cut)")
@@ -296,7 +427,7 @@ def main():
         print(f"error: {e.name} is not installed (pip install -r tools/requirements.txt)", file=sys.stderr)
         return 1
     try:
-        d = build(a.dir, a.vocab, a.max_seq_len)
+        d = build(a.dir, a.vocab, a.max_seq_len, a.episodes_suffix)
         write(d, a.out)
     except ImportError_ as e:
         print(f"error: {e}", file=sys.stderr)
@@ -304,6 +435,8 @@ def main():
     except OSError as e:
         print(f"error: {a.out}: {e.strerror}", file=sys.stderr)
         return 1
+    for line in SOURCES:
+        print(line)
     n = {s: len(d["episodes"][s]["user"]) for s in SPLITS}
     print(f"wrote {a.out}: {len(d['user_ids'])} users, {len(d['label'])} pairs, vocabulary {len(d['item_ids'])}, "
           f"K={d['K']} Q={d['Q']}, episodes train {n['train']}, val {n['val']}, test {n['test']}")

@@ -20,15 +20,31 @@ if [ $tests = 1 ]; then packages+=(munge slurmctld slurmd slurm-client); fi
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 echo "system packages installed: ${packages[*]}"
-# h5py lets the tests read checkpoints independently (tools/check_checkpoint.py).
+# Python packages for the tools and tests go into a virtual environment of
+# their own, tools/.venv, never into the system's Python: h5py reads checkpoints
+# independently, tensorboard reads the event files, pyarrow writes the
+# notebook-shaped fixtures, matplotlib draws plots, pyzmq speaks to our sockets
+# as a stranger would, scipy gives the statistics' reference answers. Run the
+# tools with tools/.venv/bin/python3 (or `. tools/.venv/bin/activate` first).
 if command -v python3 >/dev/null 2>&1; then
-  python3 -m pip install --quiet h5py numpy 2>/dev/null || echo "note: could not pip install h5py; its checkpoint test will be skipped"
-  # TensorBoard reads a run's tb/ event files in a test, as a user's tensorboard would.
-  if [[ " $* " == *" --tests "* ]]; then
-    python3 -m pip install --quiet tensorboard 2>/dev/null || echo "note: could not pip install tensorboard; its event-file test will be skipped"
-    # pyarrow writes the notebook-shaped parquet fixtures that tools/import_notebooks.py reads.
-    python3 -m pip install --quiet pyarrow 2>/dev/null || echo "note: could not pip install pyarrow; the notebook import test will be skipped"
-    # matplotlib draws a study's plots (tools/plot_study.py) in the study test.
-    python3 -m pip install --quiet matplotlib 2>/dev/null || echo "note: could not pip install matplotlib; the study plot check will be skipped"
+  here="$(cd "$(dirname "$0")" && pwd)"
+  venv="$here/.venv"
+  if [ ! -x "$venv/bin/python3" ]; then
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      # Debian's python3 needs its venv module from a package of its own.
+      rm -rf "$venv"
+      $SUDO apt-get install -y -qq --no-install-recommends python3-venv python3-pip >/dev/null
+      python3 -m venv "$venv"
+    fi
+  fi
+  if [ $tests = 1 ]; then
+    req="$here/requirements.txt"
+  else
+    req="$(mktemp)"; grep -E '^(numpy|h5py)' "$here/requirements.txt" > "$req"
+  fi
+  if "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check -r "$req"; then
+    echo "python packages installed in $venv"
+  else
+    echo "note: could not install the Python packages into $venv; tests that need them will be skipped"
   fi
 fi

@@ -8,6 +8,13 @@ public enum PairedStatistics {
     /// Mean of `d`.
     public static func mean(_ d: [Double]) -> Double { d.isEmpty ? 0 : d.reduce(0, +) / Double(d.count) }
 
+    /// The sample standard deviation (n − 1 in the denominator); 0 for fewer than two values.
+    public static func standardDeviation(_ d: [Double]) -> Double {
+        guard d.count > 1 else { return 0 }
+        let m = mean(d)
+        return (d.reduce(0) { $0 + ($1 - m) * ($1 - m) } / Double(d.count - 1)).squareRoot()
+    }
+
     /// Percentile 95% interval of the mean of `d` over `samples` bootstrap
     /// resamples of the users (with replacement), drawn from a generator keyed
     /// by `key`. Percentiles interpolate linearly between order statistics

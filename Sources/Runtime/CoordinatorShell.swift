@@ -305,20 +305,21 @@ public final class CoordinatorShell {
         if trainer.iteration > 0 && !trainer.checkpointDue(trainer.iteration) {
             try trainer.writePeriodicCheckpoint()
         }
-        say("the run stopped; " + resumeAdvice(verb: "once the cause is fixed, continue"))
+        say(resumeAdvice(verb: "once the cause is fixed, continue", kept: true))
         shutdownWorkers("the run stopped: \(reason)")
         throw MetatrainError(reason)
     }
 
     /// "the newest checkpoint is checkpoints/iter-N.h5 (iteration N); VERB with: COMMAND", or
     /// what to do when there is no checkpoint yet.
-    func resumeAdvice(verb: String, extend: Bool = false) -> String {
+    func resumeAdvice(verb: String, extend: Bool = false, kept: Bool = false) -> String {
         guard let latest = try? MetaTrainer.latestCheckpoint(in: trainer.run) else {
             return "no checkpoint was written yet, so there is nothing to resume: start the run again with --overwrite"
         }
         let name = "checkpoints/" + URL(fileURLWithPath: latest).lastPathComponent
-        guard let resumeCommand else { return "the newest checkpoint is \(name)" }
-        return "the newest checkpoint is \(name); \(verb) with: "
+        let what = kept ? "kept the last good state: \(name)" : "the newest checkpoint is \(name)"
+        guard let resumeCommand else { return what }
+        return what + "; \(verb) with: "
             + resumeCommand(extend ? 2 * trainer.iterations : nil)
     }
 

@@ -108,10 +108,22 @@ public struct StudyResults {
     /// method → setting → each metric's 95% bootstrap interval over users.
     var intervals: [String: [String: [(Double, Double)]]] = [:]
 
+    /// A method against the baseline on one setting and metric, tested two ways.
+    /// Per user: users are the replicates (each user's mean over queries, averaged over seeds);
+    /// it models how the difference varies from learner to learner for these trained models,
+    /// not how it varies between training seeds. Per seed: each seed's difference of the
+    /// means over queries is one replicate; it models the variance between training runs,
+    /// with as many replicates as seeds (5 seeds: the smallest two-sided p is 2/32).
     public struct Comparison {
         public var method: String, setting: String, metric: String
         public var diff: Double, ci95: (Double, Double), p: Double, pBH: Double
         public var users: Int
+        /// Per seed (in the plan's seed order): method − baseline of the means over queries.
+        public var seedDiffs: [Double]
+        /// The seed differences' sample standard deviation (0 with one seed).
+        public var seedSD: Double
+        /// Sign-flip p-value over the seed differences (exact) and its Benjamini–Hochberg adjustment.
+        public var seedP: Double, seedPBH: Double
     }
 
     /// `ranks[method][seed]`: every run's ranks.
@@ -163,6 +175,12 @@ public struct StudyResults {
                 for (k, key) in keys.enumerated() {
                     let d = users.map { a[$0]![k] - b[$0]![k] }
                     let idx = UInt64(raw.count)
+                    let seedDiffs = plan.seeds.compactMap { s -> Double? in
+                        guard let x = perSeed[m.name]?[s]?[setting], let y = perSeed[plan.baseline]?[s]?[setting] else {
+                            return nil
+                        }
+                        return x[k] - y[k]
+                    }
                     raw.append(
                         Comparison(
                             method: m.name, setting: setting, metric: key, diff: PairedStatistics.mean(d),
@@ -170,12 +188,17 @@ public struct StudyResults {
                                 d, samples: plan.bootstrapSamples, key: [0, Stream.bootstrap, idx]),
                             p: PairedStatistics.signFlipPValue(
                                 d, resamples: plan.permutations, key: [0, Stream.permutation, idx]),
-                            pBH: 1, users: users.count))
+                            pBH: 1, users: users.count, seedDiffs: seedDiffs,
+                            seedSD: PairedStatistics.standardDeviation(seedDiffs),
+                            seedP: PairedStatistics.signFlipPValue(
+                                seedDiffs, resamples: plan.permutations, key: [2, Stream.permutation, idx]),
+                            seedPBH: 1))
                 }
             }
         }
         let adjusted = PairedStatistics.benjaminiHochberg(raw.map(\.p))
-        for i in raw.indices { raw[i].pBH = adjusted[i] }
+        let seedAdjusted = PairedStatistics.benjaminiHochberg(raw.map(\.seedP))
+        for i in raw.indices { raw[i].pBH = adjusted[i]; raw[i].seedPBH = seedAdjusted[i] }
         comparisons = raw
         // Each method's intervals, once (results.json and report.md both show them).
         for (mi, m) in plan.methods.enumerated() {
@@ -236,7 +259,15 @@ public struct StudyResults {
                 ("method", .string(c.method)), ("baseline", .string(plan.baseline)), ("setting", .string(c.setting)),
                 ("metric", .string(c.metric)), ("diff", .number(c.diff)),
                 ("ci95", .array([.number(c.ci95.0), .number(c.ci95.1)])),
-                ("p", .number(c.p)), ("p_bh", .number(c.pBH)), ("users", .int(c.users))
+                ("p", .number(c.p)), ("p_bh", .number(c.pBH)), ("users", .int(c.users)),
+                (
+                    "per_seed",
+                    .object([
+                        ("diffs", .array(c.seedDiffs.map { .number($0) })), ("mean", .number(PairedStatistics.mean(c.seedDiffs))),
+                        ("sd", .number(c.seedSD)), ("p", .number(c.seedP)), ("p_bh", .number(c.seedPBH)),
+                        ("seeds", .int(c.seedDiffs.count))
+                    ])
+                )
             ])
         }
         return .object([
@@ -269,15 +300,25 @@ public struct StudyResults {
             "Paired per user (each user's mean over its queries, averaged over seeds): the difference in percentage points, "
         s +=
             "a paired bootstrap 95% interval, a sign-flip permutation p-value, and p adjusted by Benjamini–Hochberg over "
-        s += "all \(comparisons.count) comparisons in results.json. ✱ marks p_bh < 0.05.\n\n"
+        s += "all \(comparisons.count) comparisons in results.json. ✱ marks p_bh < 0.05.\n"
         s +=
-            "| method | setting | metric | diff | 95% interval | p | p_bh |\n| --- | --- | --- | --- | --- | --- | --- |\n"
+            "Per seed: each seed's difference of the means over queries, their standard deviation across seeds, "
+        s +=
+            "and an exact sign-flip p-value over seeds (adjusted by BH as p_bh (seeds)). The per-user test treats users "
+        s +=
+            "as the replicates and does not model the variance between training seeds; the per-seed test does, with only "
+        s += "\(plan.seeds.count) replicates (its smallest p is \(String(format: "%.4g", min(1, 2 / pow(2, Double(plan.seeds.count)))))).\n\n"
+        s +=
+            "| method | setting | metric | diff | 95% interval | p | p_bh | seed diffs (sd) | p_bh (seeds) |\n"
+        s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
         for c in comparisons where shown.contains(where: { $0.0 == c.metric }) {
             s +=
                 "| \(c.method) | \(c.setting.replacingOccurrences(of: "_", with: "-")) | \(c.metric) | "
                 + String(format: "%+.2f", 100 * c.diff) + " | [\(pct(c.ci95.0)), \(pct(c.ci95.1))] | "
                 + String(format: "%.4f", c.p) + " | " + String(format: "%.4f", c.pBH) + (c.pBH < 0.05 ? " ✱" : "")
-                + " |\n"
+                + " | " + c.seedDiffs.map { String(format: "%+.2f", 100 * $0) }.joined(separator: ", ")
+                + " (" + String(format: "%.2f", 100 * c.seedSD) + ") | "
+                + String(format: "%.4f", c.seedPBH) + (c.seedPBH < 0.05 ? " ✱" : "") + " |\n"
         }
         s +=
             "\nPlots: `python3 tools/plot_study.py <study directory>` writes plots/<metric>.png (per method, with intervals and per-seed dots).\n"

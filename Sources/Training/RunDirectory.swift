@@ -53,6 +53,24 @@ public final class RunDirectory {
         lockFD = fd
     }
 
+    /// Who holds the run directory at `path` now ("process PID on HOST"), or nil when no
+    /// live process does (its lock is free, or it has none). Creates nothing.
+    public static func holder(ofRunDirectory path: String) -> String? {
+        let p = path + "/.lock"
+        let fd = open(p, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        if flock(fd, LOCK_SH | LOCK_NB) == 0 {
+            flock(fd, LOCK_UN)
+            return nil
+        }
+        var buf = [UInt8](repeating: 0, count: 256)
+        let n = pread(fd, &buf, buf.count, 0)
+        let text = String(decoding: buf.prefix(max(0, n)), as: UTF8.self).trimmingCharacters(
+            in: .whitespacesAndNewlines)
+        return text.isEmpty ? "holder unknown" : text
+    }
+
     /// Records who started this run, how and on what (run.json, atomically): the
     /// command line, metatrain's version, the dataset's path and fingerprint, the
     /// host and the start time. A later start (a resume) is appended under "resumes".

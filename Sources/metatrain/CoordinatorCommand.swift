@@ -77,6 +77,10 @@ struct MetaRunOptions: ParsableArguments {
         let resume = try resuming()
         let cfg = try loadConfig(resume: resume)
         let dataset = try DatasetFile.read(data)
+        // A directory a live run holds is refused as in use, whatever it holds.
+        if let holder = RunDirectory.holder(ofRunDirectory: runDir) {
+            throw MetatrainError("\(runDir) is in use by another run (\(holder)); stop it or use another --run-dir")
+        }
         let held = MetaTrainer.runContents(inRunDirectory: runDir)
         if !resume && !held.isEmpty && !overwrite && !resumeOrStart {
             throw MetatrainError(

@@ -6,6 +6,7 @@ import Evaluation
 import Foundation
 import GRU4Rec
 import Kernels
+import Runtime
 import Storage
 import Studies
 import Training
@@ -54,6 +55,21 @@ struct StudyCommand: ParsableCommand {
     }
 
     func run() throws {
+        // --list describes the study as it was started: its --quick and --seeds need not be given again.
+        if list, !quick, let old = try? JSON.parse(String(contentsOfFile: out + "/study.json", encoding: .utf8)) {
+            var me = self
+            if case .bool(true)? = old["quick"] { me.quick = true }
+            if me.seeds == nil, let s = old["seeds"]?.array?.compactMap({ $0.double.map { Int($0) } }), !s.isEmpty,
+                s == Array(1...s.count)
+            {
+                me.seeds = s.count
+            }
+            if me.quick != quick || me.seeds != seeds { return try me.runStudy() }
+        }
+        try runStudy()
+    }
+
+    func runStudy() throws {
         BLAS.useSingleThread()
         let p = try loadPlan()
         let fingerprint = try DatasetFile.fingerprint(of: data)
@@ -117,14 +133,27 @@ struct StudyCommand: ParsableCommand {
         let done = tasks.count - pending.count
         if done > 0 { say("\(done) of \(tasks.count) tasks already finished") }
         var running: [(task: StudyTask, process: Process, started: Date)] = []
+        // Tasks an earlier orchestrator started that still run (it died, they did not): waited for, not run twice.
+        var adopted: [(task: StudyTask, started: Date)] = []
         var finished = Set(tasks.filter { runner.isDone($0) }.map(\.index))
         var failed: [String] = []
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        while !pending.isEmpty || !running.isEmpty {
-            while failed.isEmpty, running.count < parallel,
+        // Ctrl-C (or SIGTERM) stops the tasks too: each is asked to stop as `train` is (it keeps a checkpoint).
+        let stop = StopFlag()
+        stop.installSignalHandlers()
+        while !pending.isEmpty || !running.isEmpty || !adopted.isEmpty {
+            if stop.isSet {
+                try interrupt(running.map { ($0.task, $0.process) }, adopted: adopted.map(\.task))
+            }
+            while failed.isEmpty, running.count + adopted.count < parallel,
                 let i = pending.firstIndex(where: { $0.dependsOn.map { finished.contains($0) } ?? true })
             {
                 let t = pending.remove(at: i)
+                if let holder = RunDirectory.holder(ofRunDirectory: runner.directory(t)) {
+                    adopted.append((t, Date()))
+                    say("waiting  \(t.index) \(t.name): still running from an earlier start (\(holder))")
+                    continue
+                }
                 let log = logs + "/" + t.name.replacingOccurrences(of: "/", with: "_") + ".log"
                 // Appended to: a retried task's log keeps what the failed attempt said.
                 if !FileManager.default.fileExists(atPath: log) {
@@ -146,12 +175,23 @@ struct StudyCommand: ParsableCommand {
                 running.append((t, proc, Date()))
                 say("started  \(t.index) \(t.name)  (log: \(log))")
             }
-            if !failed.isEmpty && running.isEmpty { break }
-            if running.isEmpty && !pending.isEmpty {
+            if !failed.isEmpty && running.isEmpty && adopted.isEmpty { break }
+            if running.isEmpty && adopted.isEmpty && !pending.isEmpty {
                 throw MetatrainError(
                     "study: tasks \(pending.map(\.name).joined(separator: ", ")) wait for tasks that cannot run")
             }
             usleep(100_000)
+            for (k, a) in adopted.enumerated().reversed()
+            where RunDirectory.holder(ofRunDirectory: runner.directory(a.task)) == nil {
+                adopted.remove(at: k)
+                if runner.isDone(a.task) {
+                    finished.insert(a.task.index)
+                    say("finished \(a.task.index) \(a.task.name)  (started earlier)")
+                } else {
+                    // It stopped before finishing: run it here (it continues from its checkpoint).
+                    pending.insert(a.task, at: 0)
+                }
+            }
             for (k, r) in running.enumerated().reversed() where !r.process.isRunning {
                 running.remove(at: k)
                 let secs = String(format: "%.1f", Date().timeIntervalSince(r.started))
@@ -170,6 +210,22 @@ struct StudyCommand: ParsableCommand {
                 "study: \(failed.count) task(s) failed: \(names.joined(separator: ", ")); run the study again to retry them"
             )
         }
+    }
+
+    /// Asks every running task to stop (SIGINT: a meta-training run writes its checkpoint
+    /// first), waits for them, and ends the study with how to continue it.
+    func interrupt(_ running: [(StudyTask, Process)], adopted: [StudyTask]) throws -> Never {
+        say("interrupted; stopping \(running.count) running task(s)")
+        for (_, p) in running where p.isRunning { p.interrupt() }
+        let deadline = Date().addingTimeInterval(120)
+        while running.contains(where: { $0.1.isRunning }) && Date() < deadline { usleep(50_000) }
+        for (t, p) in running where p.isRunning {
+            say("task \(t.index) \(t.name) did not stop within 120 s; killing it")
+            kill(p.processIdentifier, SIGKILL)
+        }
+        for t in adopted { say("left running: \(t.index) \(t.name) (started by an earlier study process)") }
+        throw MetatrainError(
+            "study interrupted; its runs keep their checkpoints: run the same command again to continue")
     }
 
     /// per_query.csv, results.json and report.md from every run's ranks.

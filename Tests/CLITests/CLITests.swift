@@ -261,11 +261,18 @@ final class CLITests: XCTestCase {
 let toolsDirectory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent().appendingPathComponent("tools")
 
+/// The Python the tests run: tools/.venv's (tools/install-deps.sh makes it), else python3 on the PATH.
+func pythonCommand() -> [String] {
+    let venv = toolsDirectory.appendingPathComponent(".venv/bin/python3").path
+    return FileManager.default.isExecutableFile(atPath: venv) ? [venv] : ["/usr/bin/env", "python3"]
+}
+
 /// Runs python3 with the arguments; returns its status and its merged stdout and stderr.
 func python(_ args: [String]) throws -> (Int32, String) {
     let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["python3"] + args
+    let command = pythonCommand()
+    p.executableURL = URL(fileURLWithPath: command[0])
+    p.arguments = Array(command.dropFirst()) + args
     let out = Pipe()
     p.standardOutput = out; p.standardError = out
     try p.run()

@@ -185,8 +185,9 @@ final class ReliabilityTests: XCTestCase {
             print(len(s), s[0].step, s[-1].step, "%.4f" % s[-1].value)
             """
         let tb = Process(), out = Pipe()
-        tb.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        tb.arguments = ["python3", "-c", script, long + "/tb"]
+        let py = pythonCommand()
+        tb.executableURL = URL(fileURLWithPath: py[0])
+        tb.arguments = Array(py.dropFirst()) + ["-c", script, long + "/tb"]
         tb.standardOutput = out; tb.standardError = FileHandle.nullDevice
         if (try? tb.run()) != nil {
             let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)

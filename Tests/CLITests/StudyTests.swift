@@ -160,4 +160,85 @@ final class StudyTests: XCTestCase {
                 try Data(contentsOf: URL(fileURLWithPath: other + "/out/" + f)), f)
         }
     }
+
+    /// A slow method and the popularity baseline: one task that runs for a while.
+    static let slowPlan = """
+        seeds: 1
+        baseline: pop
+        set: [model.embedding_dim=8, model.hidden_dim=16, maml.meta_batch_size=4, eval.every=100000,
+              checkpoint.every=200]
+        methods:
+          pop:
+            popularity: true
+          slow:
+            set: [maml.iterations=ITERATIONS]
+        """
+
+    /// Study processes (orchestrators and tasks) whose command line names `out`.
+    func studyProcesses(_ out: String) -> [Int32] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { Int32($0) }.filter { pid in
+            guard let cmd = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return false }
+            let words = cmd.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            return words.contains("study") && words.contains(out)
+        }
+    }
+
+    /// An orchestrator that died while its task ran on: the restart waits for that task
+    /// instead of failing on its run directory's lock, and finishes the study. Ctrl-C on
+    /// a study stops its tasks (they keep their checkpoints) and says how to continue;
+    /// --list needs neither --quick nor --seeds again.
+    func testARestartWaitsForARunningTaskAndCtrlCStopsTheTasks() throws {
+        let dir = freshDir("study-adopt")
+        try Self.slowPlan.replacingOccurrences(of: "ITERATIONS", with: "1500")
+            .write(toFile: dir + "/plan.yaml", atomically: true, encoding: .utf8)
+        let data = try syntheticDataset(in: dir, users: 200, courses: 30, seed: 5)
+        let out = dir + "/out"
+        let first = try startDetached(["study", "--data", data, "--plan", dir + "/plan.yaml", "--out", out])
+        defer { first.killGroup(); first.wait() }
+        let metrics = out + "/runs/slow/seed-1/metrics.jsonl"
+        var deadline = Date().addingTimeInterval(120)
+        while !FileManager.default.fileExists(atPath: metrics) && Date() < deadline { usleep(20_000) }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: metrics), "the slow task never started")
+        kill(first.pid, SIGKILL) // the orchestrator alone; its task runs on
+        XCTAssertEqual(first.wait(seconds: 30), 128 + SIGKILL)
+        let r = try study(dir, data: data, extra: ["--parallel", "1"])
+        XCTAssertEqual(r.status, 0, r.stderr + r.stdout)
+        XCTAssertTrue(r.stdout.contains("still running from an earlier start"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("finished 1 slow/seed-1  (started earlier)"), r.stdout)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/results.json"))
+        let results =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/results.json")))
+            as! [String: Any]
+        let c = (results["comparisons"] as! [[String: Any]]).first { $0["metric"] as? String == "hr@10" }!
+        let perSeed = c["per_seed"] as! [String: Any]
+        XCTAssertEqual((perSeed["diffs"] as! [Double]).count, 1)
+        XCTAssertEqual(perSeed["seeds"] as? Int, 1)
+        let list = try metatrain(["study", "--data", data, "--plan", dir + "/plan.yaml", "--out", out, "--list"])
+        XCTAssertEqual(list.status, 0, list.stderr)
+        XCTAssertFalse(list.stdout.contains("to do"), list.stdout)
+
+        // Ctrl-C: every task stops, keeping its checkpoint.
+        let other = freshDir("study-interrupt")
+        try Self.slowPlan.replacingOccurrences(of: "ITERATIONS", with: "1000000")
+            .write(toFile: other + "/plan.yaml", atomically: true, encoding: .utf8)
+        let out2 = other + "/out", log = other + "/study.out"
+        let p = try startDetached(["study", "--data", data, "--plan", other + "/plan.yaml", "--out", out2], stderr: log)
+        defer { p.killGroup(); p.wait() }
+        let checkpoints = out2 + "/runs/slow/seed-1/checkpoints"
+        deadline = Date().addingTimeInterval(120)
+        while ((try? FileManager.default.contentsOfDirectory(atPath: checkpoints)) ?? []).isEmpty && Date() < deadline {
+            usleep(20_000)
+        }
+        kill(p.pid, SIGINT)
+        XCTAssertEqual(p.wait(seconds: 150), 1)
+        XCTAssertTrue(
+            ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("study interrupted"),
+            (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+        deadline = Date().addingTimeInterval(30)
+        while !studyProcesses(out2).isEmpty && Date() < deadline { usleep(50_000) }
+        XCTAssertEqual(studyProcesses(out2), [], "tasks kept running after Ctrl-C")
+        let taskLog = (try? String(contentsOfFile: out2 + "/logs/slow_seed-1.log", encoding: .utf8)) ?? ""
+        XCTAssertTrue(taskLog.contains("interrupted at iteration"), taskLog)
+    }
 }

@@ -6,6 +6,11 @@ import XCTest
 @testable import Studies
 
 final class PairedStatisticsTests: XCTestCase {
+    func testStandardDeviationIsTheSampleOne() {
+        XCTAssertEqual(PairedStatistics.standardDeviation([1, 2, 3, 4]), (5.0 / 3).squareRoot(), accuracy: 1e-15)
+        XCTAssertEqual(PairedStatistics.standardDeviation([7]), 0)
+    }
+
     struct Fixture: Decodable {
         struct Case: Decodable { var d: [Double], mean: Double, p: Double }
         struct BH: Decodable { var p: [Double], adjusted: [Double] }
@@ -164,6 +169,17 @@ final class StudyPlanTests: XCTestCase {
         XCTAssertEqual(c.diff, 1); XCTAssertEqual(c.users, 10)
         XCTAssertEqual(c.p, 2.0 / 1024, accuracy: 1e-15) // exact: only the all-positive pattern is as large
         XCTAssertEqual(r.comparisons.count, 2 * r.keys.count)
+        // Per seed: each seed's difference of the means over queries, their spread, and an exact
+        // sign-flip p over the seeds (two seeds: the all-positive pattern is one of four, p = 2/4).
+        XCTAssertEqual(c.seedDiffs, [1, 1]); XCTAssertEqual(c.seedSD, 0); XCTAssertEqual(c.seedP, 0.5)
+        let mrr = r.keys.firstIndex(of: "mrr")!
+        let m = try XCTUnwrap(r.comparisons.first { $0.metric == "mrr" && $0.setting == "zero_shot" })
+        XCTAssertEqual(
+            m.seedDiffs, [1, 2].map { s in r.perSeed["better"]![s]!["zero_shot"]![mrr] - r.perSeed["base"]![s]!["zero_shot"]![mrr] })
+        let json = r.json.compact
+        XCTAssertTrue(json.contains("\"per_seed\":{\"diffs\":[1.0,1.0],\"mean\":1.0,\"sd\":0.0,\"p\":0.5,"), json)
+        XCTAssertTrue(r.markdown(title: "t", notes: []).contains("| better | few-shot | acc@1 | +100.00 |"))
+        XCTAssertTrue(r.markdown(title: "t", notes: []).contains("+100.00, +100.00 (0.00) | "))
         // ranks.csv round trip, with a user id that needs quoting.
         var rows = base.rows
         rows[0].user = "a, \"b\""
