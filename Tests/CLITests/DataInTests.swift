@@ -167,6 +167,101 @@ final class DataInTests: XCTestCase {
         XCTAssertEqual(text, "error: \(dir)/nowhere: no such directory\n")
     }
 
+    /// The notebooks' own tree (data/processed/xuetangx): pairs/ split files, reliability
+    /// beside them in pairs_with_reliability/ as session_reliability, episodes/ with a K/Q
+    /// suffix, vocab/course2id.json, some prefixes stored as strings. The importer reads it
+    /// as it is, keeps every reliability, says where each field came from, and names a
+    /// [0, 1] float column it does not read instead of dropping it silently.
+    func testNotebookTreeAsTheNotebooksLayItOut() throws {
+        guard (try? python(["-c", "import pyarrow, h5py, numpy"]))?.0 == 0 else {
+            throw XCTSkip("python3 with pyarrow, h5py and numpy is needed (pip install -r tools/requirements.txt)")
+        }
+        let dir = freshDir("notebook-tree")
+        let fixture = """
+            import json, os, random, sys
+            import pyarrow as pa, pyarrow.parquet as pq
+            root = sys.argv[1]
+            for sub in ["pairs", "pairs_with_reliability", "episodes", "vocab"]:
+                os.makedirs(f"{root}/{sub}", exist_ok=True)
+            rng = random.Random(9)
+            V = 30
+            json.dump({f"C{i:03d}": i for i in range(1, V)}, open(f"{root}/vocab/course2id.json", "w"))
+            splits = {"train": [f"u{i}" for i in range(12)], "val": ["v1", "v2"], "test": ["t1", "t2"]}
+            pairs, episodes, rel, pid = {s: [] for s in splits}, {s: [] for s in splits}, [], 0
+            for s, users in splits.items():
+                for u in users:
+                    h = [rng.randrange(1, V) for _ in range(9)]
+                    mine = []
+                    for t in range(1, 9):
+                        pid += 1
+                        mine.append(pid)
+                        prefix = h[max(0, t - 4):t]
+                        pairs[s].append({"pair_id": pid, "user_id": u, "prefix": prefix if s == "train" else str(prefix),
+                                         "label": h[t], "label_ts_epoch": 1_600_000_000 + 60 * t})
+                        rel.append({"pair_id": pid, "session_reliability": round(rng.random(), 3)})
+                    episodes[s].append({"user_id": u, "support_pair_ids": mine[:3], "query_pair_ids": mine[3:7]})
+            # train's prefixes are lists, val's and test's their string form (as the 07f notebook reads them)
+            for s in splits:
+                pq.write_table(pa.Table.from_pylist(pairs[s]), f"{root}/pairs/pairs_{s}.parquet")
+                pq.write_table(pa.Table.from_pylist(episodes[s]), f"{root}/episodes/episodes_{s}_K3_Q4.parquet")
+            pq.write_table(pa.Table.from_pylist(rel), f"{root}/pairs_with_reliability/pairs.parquet")
+            json.dump({str(r["pair_id"]): r["session_reliability"] for r in rel}, open(f"{root}/../reliability.json", "w"))
+            # A flattened copy whose reliability column has another name.
+            flat = f"{root}/../flat"
+            os.makedirs(flat, exist_ok=True)
+            by_id = {r["pair_id"]: r["session_reliability"] for r in rel}
+            for s in splits:
+                rows = [dict(p, prefix=p["prefix"] if isinstance(p["prefix"], list) else json.loads(p["prefix"]),
+                             rel_score=by_id[p["pair_id"]]) for p in pairs[s]]
+                pq.write_table(pa.Table.from_pylist(rows), f"{flat}/pairs_{s}.parquet")
+                pq.write_table(pa.Table.from_pylist(episodes[s]), f"{flat}/episodes_{s}.parquet")
+            json.dump({f"C{i:03d}": i for i in range(1, V)}, open(f"{flat}/course_vocab.json", "w"))
+            """
+        let check = """
+            import json, sys, h5py, numpy as np
+            out, expected = sys.argv[1], json.load(open(sys.argv[2]))
+            f = h5py.File(out, "r")
+            rel = f["pairs/reliability"][:]
+            want = sorted(np.float32(v) for v in expected.values())
+            assert sorted(rel.tolist()) == [float(x) for x in want], "reliability differs"
+            assert len(rel) == 128 and f.attrs["k_support"] == 3 and f.attrs["q_query"] == 4
+            print("reliability kept")
+            """
+        try fixture.write(toFile: dir + "/fixture.py", atomically: true, encoding: .utf8)
+        try check.write(toFile: dir + "/check.py", atomically: true, encoding: .utf8)
+        let root = dir + "/data/processed/xuetangx"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        var (status, text) = try python([dir + "/fixture.py", root])
+        XCTAssertEqual(status, 0, text)
+        let tool = toolsDirectory.appendingPathComponent("import_notebooks.py").path
+        (status, text) = try python([tool, "--dir", root, "--out", dir + "/tree.h5"])
+        XCTAssertEqual(status, 0, text)
+        for line in [
+            "vocabulary: \(root)/vocab/course2id.json (29 items)",
+            "pairs: pairs/pairs_train.parquet, pairs/pairs_val.parquet, pairs/pairs_test.parquet",
+            "reliability: pairs_with_reliability/pairs.parquet column session_reliability",
+            "episodes train: episodes/episodes_train_K3_Q4.parquet",
+            "16 users, 128 pairs, vocabulary 30, K=3 Q=4, episodes train 12, val 2, test 2"
+        ] {
+            XCTAssertTrue(text.contains(line), "missing \(line): \(text)")
+        }
+        (status, text) = try python([dir + "/check.py", dir + "/tree.h5", root + "/../reliability.json"])
+        XCTAssertEqual(status, 0, text)
+        // The flattened copy: no recognised reliability column, so 1.0 and a warning naming rel_score.
+        (status, text) = try python([tool, "--dir", dir + "/data/processed/flat", "--out", dir + "/flat.h5"])
+        XCTAssertEqual(status, 0, text)
+        XCTAssertTrue(text.contains("reliability: no session_reliability or reliability column"), text)
+        XCTAssertTrue(text.contains("warning: pairs_train.parquet: rel_score holds only values in [0, 1]"), text)
+        // Two episode sets for one split: the importer asks which.
+        try FileManager.default.copyItem(
+            atPath: root + "/episodes/episodes_train_K3_Q4.parquet", toPath: root + "/episodes/episodes_train_K5_Q10.parquet")
+        (status, text) = try python([tool, "--dir", root, "--out", dir + "/two.h5"])
+        XCTAssertEqual(status, 1)
+        XCTAssertTrue(text.contains("pick one with --episodes-suffix"), text)
+        (status, text) = try python([tool, "--dir", root, "--out", dir + "/two.h5", "--episodes-suffix", "K3_Q4"])
+        XCTAssertEqual(status, 0, text)
+    }
+
     /// Every tool meets a missing input with one line that names it and a
     /// non-zero status, never a traceback.
     func testToolsFailWithOneLine() throws {
