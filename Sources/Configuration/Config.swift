@@ -139,19 +139,40 @@ public struct Config: Equatable, Sendable {
     }
 
     /// Merges `user` into `base`: every user key must exist in base and have a compatible type.
-    static func merge(_ base: inout ConfigValue, _ user: ConfigValue, origin: String, path: String) throws {
+    /// Every leaf key's full path (`maml.iterations`, ...) under `v`.
+    static func leafPaths(_ v: ConfigValue, _ prefix: String = "") -> [String] {
+        guard case .map(let m) = v else { return [prefix] }
+        return m.keys.flatMap { leafPaths(m[$0]!, prefix.isEmpty ? $0 : prefix + "." + $0) }
+    }
+
+    /// The hint for an unknown key `k` under `path`: the nearest key at that level, or else a
+    /// key of that name (or nearly) in another section (`iterations` → `maml.iterations`).
+    static func hint(for k: String, at path: String, siblings: [String], root: ConfigValue) -> String {
+        if let near = nearest(k, in: siblings) { return "; did you mean '\(path.isEmpty ? near : path + "." + near)'?" }
+        let leaves = leafPaths(root)
+        let named = leaves.filter { $0.split(separator: ".").last.map(String.init) == k }
+        if named.count == 1 { return "; did you mean '\(named[0])'?" }
+        if named.count > 1 { return "; did you mean one of " + named.map { "'\($0)'" }.joined(separator: ", ") + "?" }
+        let byName = Dictionary(grouping: leaves) { String($0.split(separator: ".").last ?? "") }
+        if let near = nearest(k, in: Array(byName.keys)), let full = byName[near], full.count == 1 {
+            return "; did you mean '\(full[0])'?"
+        }
+        return ""
+    }
+
+    static func merge(
+        _ base: inout ConfigValue, _ user: ConfigValue, origin: String, path: String, root: ConfigValue? = nil
+    ) throws {
+        let root = root ?? base
         switch (base, user) {
         case (.map(var bm), .map(let um)):
             for k in um.keys {
                 let p = path.isEmpty ? k : "\(path).\(k)"
                 guard var bv = bm[k] else {
-                    let hint =
-                        nearest(k, in: Array(bm.keys)).map {
-                            "; did you mean '\(path.isEmpty ? $0 : path + "." + $0)'?"
-                        } ?? ""
-                    throw ConfigError("\(origin): unknown key '\(p)'" + hint)
+                    throw ConfigError(
+                        "\(origin): unknown key '\(p)'" + hint(for: k, at: path, siblings: bm.keys, root: root))
                 }
-                try merge(&bv, um[k]!, origin: origin, path: p)
+                try merge(&bv, um[k]!, origin: origin, path: p, root: root)
                 bm[k] = bv
             }
             base = .map(bm)

@@ -94,7 +94,11 @@ public final class MetaTrainer {
             resumedFrom = latest
         } else {
             if let warm = config.warmStart.checkpoint {
-                let ck = try CheckpointFile.read(warm, expectedFingerprint: dataset.fingerprint)
+                try MetaTrainer.checkWarmStart(config)
+                let ck: Checkpoint
+                do { ck = try CheckpointFile.read(warm, expectedFingerprint: dataset.fingerprint) } catch {
+                    throw MetatrainError("warm_start.checkpoint: \(error)")
+                }
                 guard ck.dims == dims else {
                     throw MetatrainError(
                         "\(warm): warm-start checkpoint has E \(ck.dims.E), H \(ck.dims.H), V \(ck.dims.V); this config needs E \(dims.E), H \(dims.H), V \(dims.V)"
@@ -114,6 +118,15 @@ public final class MetaTrainer {
             try? FileManager.default.removeItem(atPath: run.file("metrics.jsonl"))
         }
         try run.saveConfig(config)
+    }
+
+    /// A warm start's checkpoint must exist: said naming the key and how to make one,
+    /// before anything in the run directory is touched.
+    public static func checkWarmStart(_ config: Config) throws {
+        guard let warm = config.warmStart.checkpoint, !FileManager.default.fileExists(atPath: warm) else { return }
+        throw MetatrainError(
+            "warm_start.checkpoint: \(warm) does not exist; make it with `metatrain pretrain --data DATASET --run-dir DIR` (warm start from DIR/best.h5), or set warm_start.checkpoint to an existing checkpoint"
+        )
     }
 
     public var iterations: Int { config.maml.iterations }

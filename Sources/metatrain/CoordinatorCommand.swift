@@ -76,6 +76,7 @@ struct MetaRunOptions: ParsableArguments {
         let curve = try security.serverKeys(for: endpoint)
         let resume = try resuming()
         let cfg = try loadConfig(resume: resume)
+        if !resume { try MetaTrainer.checkWarmStart(cfg) }
         let dataset = try DatasetFile.read(data)
         // A directory a live run holds is refused as in use, whatever it holds.
         if let holder = RunDirectory.holder(ofRunDirectory: runDir) {
@@ -136,10 +137,15 @@ struct CoordinatorCommand: ParsableCommand {
         discussion: """
             Binds a ROUTER socket at --bind for work and a PUB socket at the next port
             for weight broadcasts. Start workers on any machine with
-            `metatrain worker --connect tcp://HOST:PORT --data DATASET`.
+            `metatrain worker --connect tcp://HOST:PORT --data DATASET` (plus --key
+            and --coordinator-key when the coordinator has keys). An address other
+            machines can reach (the default tcp://*:5555 included) needs --key and
+            --authorized-keys, or --insecure; without keys bind loopback
+            (tcp://127.0.0.1:PORT) or ipc://.
             Example:
               metatrain coordinator --data data/dataset.h5 --config configs/fomaml.yaml \\
-                  --run-dir runs/fomaml --bind tcp://*:5555
+                  --run-dir runs/fomaml --bind tcp://*:5555 \\
+                  --key keys/coordinator.secret --authorized-keys keys/authorized
             """)
 
     @OptionGroup var options: MetaRunOptions

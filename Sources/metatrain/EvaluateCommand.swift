@@ -23,7 +23,8 @@ struct EvaluateCommand: ParsableCommand {
             Writes report.json and prints a Markdown table.
             Example:
               metatrain evaluate --data data/dataset.h5 --checkpoint runs/gru4rec/best.h5 \\
-                  --checkpoint runs/fomaml/final.h5 --split test --shots 1,3,5 --steps 1,3,5,10 \\
+                  --checkpoint runs/fomaml/final.h5 --split test \\
+                  --shots 1,3,5 --steps 1,3,5,10 \\
                   --out runs/report.json
             """)
 

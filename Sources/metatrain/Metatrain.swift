@@ -14,7 +14,10 @@ struct Metatrain: ParsableCommand {
         commandName: "metatrain",
         abstract: "Meta-trains GRU4Rec next-course recommenders for cold-start MOOC learners.",
         discussion: """
-            Pipeline: synth (or a real XuetangX log) -> prepare -> pretrain -> evaluate.
+            Pipeline: synth (or a real XuetangX log) -> prepare -> pretrain -> train
+            (or coordinator + workers on many machines) -> evaluate -> study (methods
+            over many seeds, with paired statistics). keygen makes CURVE keys, config
+            explains every key, bench measures this machine.
             Example:
               metatrain demo --dir demo-run
             """,

@@ -20,7 +20,8 @@ struct WorkerCommand: ParsableCommand {
             --procs 1 it computes alone. Every process opens the dataset itself;
             its fingerprint must match the coordinator's.
             Example:
-              metatrain worker --connect tcp://coordinator-host:5555 --data data/dataset.h5 --procs 8
+              metatrain worker --connect tcp://coordinator:5555 --data data/dataset.h5 \\
+                  --procs 8 --key keys/host1.secret --coordinator-key keys/coordinator.pub
             """)
 
     @Option(help: "Coordinator endpoint (tcp://HOST:PORT or ipc://PATH).") var connect: String

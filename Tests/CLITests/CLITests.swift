@@ -64,9 +64,27 @@ final class CLITests: XCTestCase {
             XCTAssertEqual(r.status, 0, sub)
             XCTAssertTrue(r.stdout.contains("Example"), "\(sub) --help has no example:\n\(r.stdout)")
             XCTAssertTrue(r.stdout.contains("OVERVIEW: "), sub)
+            // Examples paste: at 80 columns no command is wrapped mid-line. Each line of an
+            // example block starts a command or continues one whose line ended with "\\".
+            var inExample = false, continued = false
+            for line in r.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init) {
+                if line.hasPrefix("Example") { inExample = true; continued = false; continue }
+                if line.hasPrefix("USAGE:") || line.hasPrefix("OPTIONS:") { inExample = false }
+                guard inExample, !line.isEmpty else { continue }
+                let words = line.trimmingCharacters(in: .whitespaces)
+                let starts = ["metatrain ", "swift ", "sudo ", "python3 ", "tools/", "export ", ".build/"].contains {
+                    words.hasPrefix($0)
+                }
+                XCTAssertTrue(starts || continued, "\(sub) --help wraps an example: '\(line)'\n\(r.stdout)")
+                XCTAssertLessThanOrEqual(line.count, 80, "\(sub) --help: '\(line)'")
+                continued = words.hasSuffix("\\")
+            }
         }
+        // The top-level help names the whole pipeline, training and studies included.
         let top = try metatrain(["--help"])
-        XCTAssertTrue(top.stdout.contains("prepare"))
+        for step in ["prepare", "pretrain", "train", "evaluate", "study"] {
+            XCTAssertTrue(top.stdout.contains("-> \(step)") || top.stdout.contains("\(step) ->"), "\(step): \(top.stdout)")
+        }
     }
 
     /// `metatrain config` prints the resolved configuration (defaults, --config,

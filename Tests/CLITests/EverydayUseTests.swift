@@ -192,6 +192,19 @@ final class EverydayUseTests: XCTestCase {
         XCTAssertTrue(good.stderr.contains("worker good: left: "), good.stderr)
     }
 
+    /// A warm start whose checkpoint is missing names the key and how to make one, and touches nothing.
+    func testAMissingWarmStartNamesTheKeyAndHowToMakeIt() throws {
+        let data = try syntheticDataset(in: EverydayUseTests.dir)
+        let run = EverydayUseTests.dir + "/warm"
+        let r = try metatrain(
+            ["train", "--data", data, "--run-dir", run, "--set", "warm_start.checkpoint=nowhere/best.h5"] + args)
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(
+            r.stderr.contains("error: warm_start.checkpoint: nowhere/best.h5 does not exist; make it with `metatrain pretrain"),
+            r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: run + "/config.yaml"))
+    }
+
     /// bench (short) and the everyday commands, several times each: no crash report, ever.
     func testCommandsAndBenchExitWithoutACrash() throws {
         let data = try syntheticDataset(in: EverydayUseTests.dir)

@@ -41,11 +41,16 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertThrowsError(try Config.load(path: nil, overrides: ["data.nope=1"])) { e in
             XCTAssertEqual("\(e)", "--set: unknown key 'data.nope'", "nothing near enough to suggest")
         }
+        XCTAssertThrowsError(try Config.load(path: nil, overrides: ["every=1"])) { e in
+            XCTAssertEqual("\(e)", "--set: unknown key 'every'; did you mean one of 'eval.every', 'checkpoint.every'?")
+        }
         // The nearest key is suggested: a typo, a missing underscore, another case.
         for (typo, meant) in [
             ("maml.innerlr", "maml.inner_lr"), ("maml.inner_lrr", "maml.inner_lr"),
             ("model.hiddendim", "model.hidden_dim"),
-            ("Seed", "seed"), ("eval.patiense", "eval.patience")
+            ("Seed", "seed"), ("eval.patiense", "eval.patience"),
+            // A key without its section finds it in the section that has it.
+            ("iterations", "maml.iterations"), ("inner_steps", "maml.inner_steps"), ("iteratons", "maml.iterations")
         ] {
             XCTAssertThrowsError(try Config.load(path: nil, overrides: ["\(typo)=1"])) { e in
                 XCTAssertEqual("\(e)", "--set: unknown key '\(typo)'; did you mean '\(meant)'?")
