@@ -40,7 +40,7 @@ if command -v python3 >/dev/null 2>&1; then
   if [ $tests = 1 ]; then
     req="$here/requirements.txt"
   else
-    req="$(mktemp)"; grep -E '^(numpy|h5py)' "$here/requirements.txt" > "$req"
+    req="$(mktemp)"; grep -E '^(numpy|h5py|matplotlib|pyarrow)' "$here/requirements.txt" > "$req"
   fi
   if "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check -r "$req"; then
     echo "python packages installed in $venv"

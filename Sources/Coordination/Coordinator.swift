@@ -31,6 +31,9 @@ public struct CoordinatorMachine: Sendable {
         public var gradientCounts: (theta: Int, alpha: Int)?
         /// Bad results (wrong unit, counts or sizes, non-finite values) after which a worker is dropped.
         public var badResultsAllowed = 3
+        /// A second fetch of the same weights version sooner than this (seconds) is a bad
+        /// message; a worker whose reply was lost asks again after 2 s.
+        public var fetchRetryMinimum = 1.5
         /// Whether non-finite values make a result bad (a host agent leaves that to the coordinator).
         public var checkFinite = true
         /// A unit held longer than this many times its expected time (measured
@@ -110,8 +113,17 @@ public struct CoordinatorMachine: Sendable {
         var procs = 1
         var ready = false
         var units: [Int] = [] // unit ids in flight, in the order sent
-        /// Results dropped as bad so far.
+        /// Bad results and bad messages so far (strikes: `badResultsAllowed` drop the worker).
         var bad = 0
+        /// Results accepted from this connection: its share of units grows with them, not with
+        /// the processes it claims (`share`).
+        var proven = 0
+        /// Units (ids) it held past their deadline; two drop it.
+        var late: Set<Int> = []
+        /// It gave a unit back (`unitFailed`): the `ready` that follows may find it holding others.
+        var gaveBack = false
+        /// The weights version last sent to it in reply to a fetch, and when.
+        var fetched: (version: Int, at: Double)?
     }
 
     public let settings: Settings
@@ -141,7 +153,12 @@ public struct CoordinatorMachine: Sendable {
     private var clock = 0.0
     /// When each unit in flight was last sent, and the units already sent again for lateness.
     private var sentAt: [Int: Double] = [:]
-    private var overdue: Set<Int> = []
+    /// Per unit index: peers it must not go back to while another peer is live (they held it
+    /// past its deadline, or said `ready` while holding it).
+    private var avoid: [Int: Set<PeerID>] = [:]
+    /// Peers that held a unit past its deadline and have not returned a result since (kept across
+    /// a rejoin): once nothing else is pending, their units are copied to idle peers at once.
+    private var suspects: Set<PeerID> = []
     /// Measured seconds per task (moving average over accepted results, from send to result).
     public private(set) var taskSeconds: Double?
     /// Since when no worker has been connected (seen by `onTick`), and when we last said so.
@@ -181,13 +198,12 @@ public struct CoordinatorMachine: Sendable {
             return noisy(peer, "goodbye", now, [.log("goodbye from unknown peer \(peer): \(bounded(reason))")])
         }
         guard var w = workers[peer] else {
-            // Unknown peer (e.g. dropped after a timeout): ask it to introduce itself again.
+            // Unknown peer (e.g. dropped after a timeout): ask it to introduce itself again, every
+            // time (a dropped worker must learn it, however often it was dropped); the log is rate-limited.
             return noisy(
                 peer, "unknown", now,
-                [
-                    .log("message '\(e.message.typeName)' from unknown peer \(peer); asking it to re-join"),
-                    .send(peer, .refuse(.unknownWorker, detail: "send hello first"))
-                ])
+                [.log("message '\(e.message.typeName)' from unknown peer \(peer); asking it to re-join")])
+                + [.send(peer, .refuse(.unknownWorker, detail: "send hello first"))]
         }
         if case .goodbye(let reason) = e.message, e.runId.isEmpty {
             // Going before it read our welcome (it knows no run id yet): it goes all the same.
@@ -206,14 +222,34 @@ public struct CoordinatorMachine: Sendable {
         workers[peer] = w
         switch e.message {
         case .ready:
-            // A worker says ready when it holds nothing: anything we thought it had is lost.
-            for u in workers[peer]!.units.reversed() { requeue(u) }
-            workers[peer]!.units = []
-            workers[peer]!.ready = true
-            return dispatch()
+            // A worker says ready when it holds nothing: anything we thought it had is lost. Saying so
+            // while holding units of the phase (other than right after giving one back) is a bad
+            // message, and those units do not go straight back to it.
+            let held = inPhaseUnits(of: peer)
+            var out: [Directive] = []
+            if !held.isEmpty && !workers[peer]!.gaveBack {
+                for id in held { avoid[id - firstUnitId, default: []].insert(peer) }
+                out = bad(
+                    peer, "said ready while holding unit(s) \(held.map(String.init).joined(separator: ","))", now: now)
+            }
+            if workers[peer] != nil {
+                for u in workers[peer]!.units.reversed() { requeue(u) }
+                workers[peer]!.units = []
+                workers[peer]!.ready = true
+                workers[peer]!.gaveBack = false
+            }
+            return out + dispatch()
         case .heartbeat:
             return [.send(peer, .heartbeat)]
         case .fetchWeights:
+            // One reply per version; another only after a real loss (the worker asks again after 2 s).
+            if let f = w.fetched, f.version == version, now - f.at < settings.fetchRetryMinimum {
+                return bad(
+                    peer, "asked for weights version \(version) again after \(((now - f.at) * 10).rounded() / 10)s",
+                    now: now)
+                    + dispatch()
+            }
+            workers[peer]!.fetched = (version, now)
             return [.sendWeights(peer)]
         case .trainResult(let r):
             return onResult(.train(r), unitId: r.unitId, version: r.version, from: peer)
@@ -224,8 +260,17 @@ public struct CoordinatorMachine: Sendable {
         case .unitFailed(let unitId, let reason):
             return onUnitFailed(unitId, reason: reason, from: peer)
         default:
-            return noisy(peer, "unexpected", now, [.log("dropped unexpected '\(e.message.typeName)' from \(w.name)")])
+            return bad(peer, "sent '\(e.message.typeName)', which workers do not send", now: now) + dispatch()
         }
+    }
+
+    /// How many units `peer` holds now (any phase's).
+    public func inFlightUnits(of peer: PeerID) -> Int { workers[peer]?.units.count ?? 0 }
+
+    /// The units of the running phase that `peer` holds (ids).
+    func inPhaseUnits(of peer: PeerID) -> [Int] {
+        guard let p = phase, let w = workers[peer] else { return [] }
+        return w.units.filter { $0 >= firstUnitId && $0 < firstUnitId + p.units.count }
     }
 
     /// `directives` if this peer has not said this kind of thing too often lately
@@ -254,6 +299,8 @@ public struct CoordinatorMachine: Sendable {
                             detail: "worker speaks \(v), coordinator speaks \(Envelope.protocolVersion)"))
                 ])
         }
+        // An honest worker never sends what does not decode: from a joined one it is a bad message.
+        if workers[peer] != nil { return bad(peer, "a malformed message: \(error)", now: now) + dispatch() }
         return noisy(peer, "malformed", now, [.log("dropped malformed message from \(who): \(error)")])
     }
 
@@ -343,7 +390,7 @@ public struct CoordinatorMachine: Sendable {
         nextUnitId += p.units.count
         pending = p.dispatchOrder ?? Array(0..<p.units.count)
         precondition(pending.sorted() == Array(0..<p.units.count), "dispatch order must be a permutation of the units")
-        results = [:]; assigned = [:]; nonFinite = [:]; crashes = [:]; failedOn = [:]; checking = [:]
+        results = [:]; assigned = [:]; nonFinite = [:]; crashes = [:]; failedOn = [:]; checking = [:]; avoid = [:]
         if p.units.isEmpty { return complete() }
         return dispatch()
     }
@@ -422,10 +469,19 @@ public struct CoordinatorMachine: Sendable {
     mutating func onResult(_ r: UnitResult, unitId: Int, version v: Int, from peer: PeerID) -> [Directive] {
         var out: [Directive] = []
         let name = workers[peer]!.name
+        guard unitId >= 0, unitId < nextUnitId else {
+            return bad(peer, "a result for unit \(unitId), which was never issued", now: clock) + dispatch()
+        }
         guard let p = phase, unitId >= firstUnitId, unitId < firstUnitId + p.units.count else {
+            guard workers[peer]!.units.contains(unitId) else {
+                // Issued in an earlier phase, and not to this connection (or not since it joined again).
+                return noisy(peer, "stale", clock, [.log("discarded stale result for unit \(unitId) from \(name)")])
+                    + dispatch()
+            }
             workers[peer]!.units.removeAll { $0 == unitId }
             workers[peer]!.ready = true
-            return [.log("discarded stale result for unit \(unitId) from \(name)")] + dispatch()
+            return noisy(peer, "stale", clock, [.log("discarded stale result for unit \(unitId) from \(name)")])
+                + dispatch()
         }
         let index = unitId - firstUnitId
         guard assigned[index]?.contains(peer) == true else {
@@ -463,6 +519,8 @@ public struct CoordinatorMachine: Sendable {
             }
             return bad(peer, "unit \(unitId): \(problem.what)") + dispatch()
         }
+        workers[peer]!.proven += 1
+        suspects.remove(peer)
         if settings.verifyFraction > 0, spotChecked(version: p.version, index: index) {
             let (accepted, directives) = verify(r, index: index, unitId: unitId, from: peer)
             guard let r = accepted else { return directives + dispatch() }
@@ -588,15 +646,19 @@ public struct CoordinatorMachine: Sendable {
     /// was given to may say so (anything else counts against it).
     mutating func onUnitFailed(_ unitId: Int, reason: String, from peer: PeerID) -> [Directive] {
         let name = workers[peer]!.name
+        guard workers[peer]!.units.contains(unitId) else {
+            return bad(peer, "gave back unit \(unitId), which it does not hold", now: clock) + dispatch()
+        }
         guard let p = phase, unitId >= firstUnitId, unitId < firstUnitId + p.units.count else {
             workers[peer]!.units.removeAll { $0 == unitId }
-            return [.log("worker \(name) gave back unit \(unitId), which is no longer running")] + dispatch()
+            workers[peer]!.gaveBack = true
+            return noisy(
+                peer, "gave back", clock, [.log("worker \(name) gave back unit \(unitId), which is no longer running")])
+                + dispatch()
         }
         let index = unitId - firstUnitId
-        guard workers[peer]!.units.contains(unitId) else {
-            return bad(peer, "gave back unit \(unitId), which it does not hold") + dispatch()
-        }
         workers[peer]!.units.removeAll { $0 == unitId }
+        workers[peer]!.gaveBack = true
         failedOn[index, default: []].insert(peer)
         requeueIfLost(index)
         let out: [Directive] = [.log("worker \(name) gave back unit \(unitId): \(bounded(reason))")]
@@ -616,14 +678,16 @@ public struct CoordinatorMachine: Sendable {
         return out + dispatch()
     }
 
-    /// Units held past their deadline go out again (to whoever is ready); the
-    /// holder keeps them, and whichever result comes first counts.
+    /// Units held past their deadline go out again (to whoever is ready, never back to a
+    /// connection that held them past a deadline while another is live); the holder keeps
+    /// them, and whichever result comes first counts. A connection that holds two units past
+    /// their deadlines is dropped (its units go out again): a lease it cannot keep.
     mutating func overdueUnits(now: Double) -> [Directive] {
         guard let p = phase else { return [] }
         var out: [Directive] = []
         for peer in joinOrder {
             guard let w = workers[peer] else { continue }
-            for id in w.units where !overdue.contains(id) {
+            for id in w.units where !w.late.contains(id) {
                 let index = id - firstUnitId
                 guard index >= 0, index < p.units.count, results[index] == nil, let t = sentAt[id] else { continue }
                 let tasks = p.units[index].reduce(0) { $0 + $1.count }
@@ -631,12 +695,23 @@ public struct CoordinatorMachine: Sendable {
                     taskSeconds.map { max(settings.minUnitDeadline, settings.deadlineFactor * $0 * Double(tasks)) }
                     ?? settings.firstUnitDeadline
                 guard now - t > deadline else { continue }
-                overdue.insert(id)
+                workers[peer]!.late.insert(id)
+                avoid[index, default: []].insert(peer)
+                suspects.insert(peer)
+                if !pending.contains(index) { pending.insert(index, at: 0) }
+                if workers[peer]!.late.count >= 2 {
+                    out.append(
+                        remove(
+                            peer,
+                            because:
+                                "held \(workers[peer]!.late.count) units past their deadlines (the last: unit \(id), \(Int(now - t))s against \(Int(deadline))s)"
+                        ))
+                    break
+                }
                 out.append(
                     .log(
                         "worker \(w.name) has held unit \(id) for \(Int(now - t))s, past its deadline of \(Int(deadline))s; it goes out again"
                     ))
-                if !pending.contains(index) { pending.insert(index, at: 0) }
             }
         }
         return out
@@ -673,17 +748,21 @@ public struct CoordinatorMachine: Sendable {
     }
 
     /// Counts a bad result against a worker; drops the worker once it has too many.
-    mutating func bad(_ peer: PeerID, _ what: String) -> [Directive] {
+    /// Counts a bad result or message against a worker (a strike); drops the worker once it
+    /// has `badResultsAllowed`. Lines about strikes are rate-limited per peer like other noise.
+    mutating func bad(_ peer: PeerID, _ what: String, now: Double? = nil) -> [Directive] {
         workers[peer]!.bad += 1
         let w = workers[peer]!
         if w.bad >= settings.badResultsAllowed {
-            return [remove(peer, because: "sent \(w.bad) bad results (the last: \(bounded(what)))")]
+            return [remove(peer, because: "sent \(w.bad) bad results or messages (the last: \(bounded(what)))")]
         }
-        return [
-            .log(
-                "dropped a bad result from worker \(w.name) (\(w.bad) of \(settings.badResultsAllowed) allowed): \(bounded(what))"
-            )
-        ]
+        return noisy(
+            peer, "bad", now ?? clock,
+            [
+                .log(
+                    "dropped a bad result or message from worker \(w.name) (\(w.bad) of \(settings.badResultsAllowed) allowed): \(bounded(what))"
+                )
+            ])
     }
 
     /// Puts a unit back in the queue unless it has a result, is queued, or another worker holds it.
@@ -711,7 +790,7 @@ public struct CoordinatorMachine: Sendable {
         let ordered = (0..<p.units.count).map { results[$0]! }
         phase = nil
         pending = []
-        results = [:]; assigned = [:]; nonFinite = [:]; sentAt = [:]; overdue = []; crashes = [:]; failedOn = [:];
+        results = [:]; assigned = [:]; nonFinite = [:]; sentAt = [:]; avoid = [:]; crashes = [:]; failedOn = [:];
         checking = [:]
         return [.phaseComplete(PhaseResults(phase: p, results: ordered))]
     }
@@ -724,15 +803,19 @@ public struct CoordinatorMachine: Sendable {
         guard let p = phase else { return [] }
         var out: [Directive] = []
         let order = joinOrder.enumerated().sorted {
-            let a = workers[$0.element]?.procs ?? 0, b = workers[$1.element]?.procs ?? 0
+            let a = workers[$0.element].map(share) ?? 0, b = workers[$1.element].map(share) ?? 0
             return a != b ? a > b : $0.offset < $1.offset
         }.map(\.element)
-        let procs = liveProcs
-        /// The first pending unit this peer may take (not one it gave back).
+        let procs = workers.values.reduce(0) { $0 + share($1) }
+        /// The first pending unit this peer may take (not one it gave back, nor one it held past a deadline
+        /// while another connection is live to take it).
         func next(for peer: PeerID) -> Int? {
-            if failedOn.isEmpty && checking.isEmpty { return pending.isEmpty ? nil : 0 }
+            if failedOn.isEmpty && checking.isEmpty && avoid.isEmpty { return pending.isEmpty ? nil : 0 }
             return pending.firstIndex { i in
                 if failedOn[i]?.contains(peer) == true { return false }
+                if let a = avoid[i], a.contains(peer), workers.keys.contains(where: { !a.contains($0) }) {
+                    return false
+                }
                 // A spot check wants another worker's opinion, while another one is live.
                 // A third, after two that differ, only from a worker not heard on it yet.
                 guard let seen = checking[i], seen.contains(where: { $0.peer == peer }) else { return true }
@@ -748,21 +831,45 @@ public struct CoordinatorMachine: Sendable {
             sentAt[id] = clock
             out.append(.send(peer, .work(WorkUnit(id: id, kind: p.kind, version: p.version, leaves: p.units[index]))))
         }
-        let most = workers.values.map(\.procs).max() ?? 0
+        let most = workers.values.map(share).max() ?? 0
         for held in 0..<most {
             for peer in order where !pending.isEmpty {
-                guard let w = workers[peer], w.ready, held < w.procs, w.units.count == held else { continue }
+                guard let w = workers[peer], w.ready, held < share(w), w.units.count == held else { continue }
                 give(peer)
             }
         }
         for extra in 0..<max(0, settings.unitsPerWorker - 1) {
             for peer in order where pending.count > procs {
-                guard let w = workers[peer], w.ready, w.units.count == w.procs + extra else { continue }
+                guard let w = workers[peer], w.ready, w.units.count == share(w) + extra else { continue }
                 give(peer)
+            }
+        }
+        // Nothing else to do: a copy of each unit a suspect holds goes to an idle peer now, rather
+        // than after its deadline (the first result counts; the bits are the same).
+        if pending.isEmpty && !suspects.isEmpty {
+            for holder in order where suspects.contains(holder) {
+                for id in workers[holder]?.units ?? [] {
+                    let index = id - firstUnitId
+                    guard index >= 0, index < p.units.count, results[index] == nil,
+                        !(assigned[index] ?? []).contains(where: { !suspects.contains($0) })
+                    else { continue }
+                    guard
+                        let taker = order.first(where: { q in
+                            !suspects.contains(q) && workers[q].map { $0.ready && $0.units.count < share($0) } == true
+                        })
+                    else { return out }
+                    pending.append(index)
+                    give(taker)
+                }
             }
         }
         return out
     }
+
+    /// The units a connection may hold at once: the processes it claims, but no more than
+    /// one beyond the results it has returned, so a claim of 4,096 processes buys nothing
+    /// until the results show them.
+    func share(_ w: Worker) -> Int { min(w.procs, 1 + w.proven) }
 }
 
 /// Rate limit for lines a peer's noise causes: at most `perWindow` of each

@@ -161,11 +161,13 @@ public final class CoordinatorLink {
         var out: [(PeerID, Incoming)] = []
         // At most `receiveBatch` at a time, so that a flood never starves the caller's timers.
         while out.count < receiveBatch, let frames = try router.receiveFrames(timeoutMs: 0) {
+            let peer = PeerID(Array(frames[0].bytes))
             guard frames.count == 2 else {
-                log("dropped a message of \(frames.count) frames")
+                // The protocol's messages are one frame: the machine counts anything else against its sender.
+                out.append(
+                    (peer, .undecodable(.invalid("a message of \(frames.count - 1) frames (one is the protocol's)"))))
                 continue
             }
-            let peer = PeerID(Array(frames[0].bytes))
             do {
                 // Decoded in place: a result's gradients stay in its frame until the reduce reads them.
                 var e = try Envelope.decode(ByteBlock(view: frames[1].bytes, owner: frames[1]))

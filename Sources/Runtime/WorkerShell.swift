@@ -36,10 +36,17 @@ public final class WorkerShell {
     /// so that it reaches the processes a host agent starts.
     /// Testing only: every train result has the lowest bit of its first gradient flipped
     /// (METATRAIN_TEST_FLIP_BIT=1), as a host with other kernels or bad memory would send.
+    /// Both exist only in builds made for tests (`-Xswiftc -DMETATRAIN_TEST_HOOKS`): in the
+    /// binary a user runs, no inherited variable can corrupt a gradient or crash a worker.
+    #if METATRAIN_TEST_HOOKS
     static let flipBit = ProcessInfo.processInfo.environment["METATRAIN_TEST_FLIP_BIT"] == "1"
     static let crashOnEpisode = ProcessInfo.processInfo.environment["METATRAIN_TEST_CRASH_ON_EPISODE"].flatMap {
         Int($0)
     }
+    #else
+    static let flipBit = false
+    static let crashOnEpisode: Int? = nil
+    #endif
     private var unitsComputed = 0
 
     private var link: WorkerLink!

@@ -263,7 +263,8 @@ public struct StudyResults {
                 (
                     "per_seed",
                     .object([
-                        ("diffs", .array(c.seedDiffs.map { .number($0) })), ("mean", .number(PairedStatistics.mean(c.seedDiffs))),
+                        ("diffs", .array(c.seedDiffs.map { .number($0) })),
+                        ("mean", .number(PairedStatistics.mean(c.seedDiffs))),
                         ("sd", .number(c.seedSD)), ("p", .number(c.seedP)), ("p_bh", .number(c.seedPBH)),
                         ("seeds", .int(c.seedDiffs.count))
                     ])
@@ -307,7 +308,8 @@ public struct StudyResults {
             "and an exact sign-flip p-value over seeds (adjusted by BH as p_bh (seeds)). The per-user test treats users "
         s +=
             "as the replicates and does not model the variance between training seeds; the per-seed test does, with only "
-        s += "\(plan.seeds.count) replicates (its smallest p is \(String(format: "%.4g", min(1, 2 / pow(2, Double(plan.seeds.count)))))).\n\n"
+        s +=
+            "\(plan.seeds.count) replicates (its smallest p is \(String(format: "%.4g", min(1, 2 / pow(2, Double(plan.seeds.count)))))).\n\n"
         s +=
             "| method | setting | metric | diff | 95% interval | p | p_bh | seed diffs (sd) | p_bh (seeds) |\n"
         s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
@@ -321,7 +323,7 @@ public struct StudyResults {
                 + String(format: "%.4f", c.seedPBH) + (c.seedPBH < 0.05 ? " ✱" : "") + " |\n"
         }
         s +=
-            "\nPlots: `python3 tools/plot_study.py <study directory>` writes plots/<metric>.png (per method, with intervals and per-seed dots).\n"
+            "\nPlots: `tools/.venv/bin/python3 tools/plot_study.py <study directory>` writes plots/<metric>.png (per method, with intervals and per-seed dots).\n"
         return s
     }
 }

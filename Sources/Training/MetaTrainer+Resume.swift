@@ -116,7 +116,8 @@ extension MetaTrainer {
             out.append(
                 RunItem(
                     name: "checkpoints",
-                    description: "checkpoints/ (\(checkpoints.count) checkpoint\(checkpoints.count == 1 ? "" : "s"), newest \(last))"
+                    description:
+                        "checkpoints/ (\(checkpoints.count) checkpoint\(checkpoints.count == 1 ? "" : "s"), newest \(last))"
                 ))
         }
         if fm.fileExists(atPath: path + "/tb") { out.append(RunItem(name: "tb", description: "tb/")) }

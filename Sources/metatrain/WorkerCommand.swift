@@ -40,10 +40,16 @@ struct WorkerCommand: ParsableCommand {
         UInt16?
     @Option(help: ArgumentHelp("Exit when this parent process exits (set by train).", visibility: .hidden))
     var exitWithParent: Int32?
+    // Fault injection exists only in builds made for tests (-Xswiftc -DMETATRAIN_TEST_HOOKS).
+    #if METATRAIN_TEST_HOOKS
     @Option(help: ArgumentHelp("Fail with an error when asked for unit N+1 (testing only).", visibility: .hidden))
     var failAfterUnits: Int?
     @Option(help: ArgumentHelp("Never finish unit N+1, heartbeating all the same (testing only).", visibility: .hidden))
     var hangAfterUnits: Int?
+    #else
+    var failAfterUnits: Int? { nil }
+    var hangAfterUnits: Int? { nil }
+    #endif
     @Flag(help: "Log every protocol event.") var verbose = false
     @Option(
         help: ArgumentHelp("Write this process's event timeline to FILE (JSON lines) when it ends.", valueName: "file"))
@@ -72,9 +78,11 @@ struct WorkerCommand: ParsableCommand {
     }
 
     func run() throws {
+        #if METATRAIN_TEST_HOOKS
         if exitWithParent != nil, ProcessInfo.processInfo.environment["METATRAIN_TEST_FAIL_AT_START"] == "1" {
             throw MetatrainError("injected failure at start (METATRAIN_TEST_FAIL_AT_START, testing only)")
         }
+        #endif
         let stop = StopFlag()
         stop.installSignalHandlers()
         let host = ProcessInfo.processInfo.hostName

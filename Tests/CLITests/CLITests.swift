@@ -83,7 +83,8 @@ final class CLITests: XCTestCase {
         // The top-level help names the whole pipeline, training and studies included.
         let top = try metatrain(["--help"])
         for step in ["prepare", "pretrain", "train", "evaluate", "study"] {
-            XCTAssertTrue(top.stdout.contains("-> \(step)") || top.stdout.contains("\(step) ->"), "\(step): \(top.stdout)")
+            XCTAssertTrue(
+                top.stdout.contains("-> \(step)") || top.stdout.contains("\(step) ->"), "\(step): \(top.stdout)")
         }
     }
 

@@ -254,7 +254,8 @@ final class DataInTests: XCTestCase {
         XCTAssertTrue(text.contains("warning: pairs_train.parquet: rel_score holds only values in [0, 1]"), text)
         // Two episode sets for one split: the importer asks which.
         try FileManager.default.copyItem(
-            atPath: root + "/episodes/episodes_train_K3_Q4.parquet", toPath: root + "/episodes/episodes_train_K5_Q10.parquet")
+            atPath: root + "/episodes/episodes_train_K3_Q4.parquet",
+            toPath: root + "/episodes/episodes_train_K5_Q10.parquet")
         (status, text) = try python([tool, "--dir", root, "--out", dir + "/two.h5"])
         XCTAssertEqual(status, 1)
         XCTAssertTrue(text.contains("pick one with --episodes-suffix"), text)

@@ -25,7 +25,8 @@ final class EverydayUseTests: XCTestCase {
         var r = try metatrain(["train", "--run-dir", a, "--set", "maml.iterations=7"] + base)
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(FileManager.default.fileExists(atPath: a + "/checkpoints/iter-000007.h5"), r.stderr)
-        XCTAssertTrue(r.stderr.contains("the newest checkpoint is checkpoints/iter-000007.h5; train further with: "), r.stderr)
+        XCTAssertTrue(
+            r.stderr.contains("the newest checkpoint is checkpoints/iter-000007.h5; train further with: "), r.stderr)
         let advice = r.stderr.components(separatedBy: "train further with: ").last!.prefix { $0 != "\n" }
         XCTAssertTrue(advice.hasSuffix("--resume --set maml.iterations=14"), String(advice))
         XCTAssertFalse(advice.contains("maml.iterations=7"), String(advice))
@@ -33,15 +34,18 @@ final class EverydayUseTests: XCTestCase {
 
         r = try metatrain(["train", "--run-dir", a, "--set", "maml.iterations=3"] + base)
         XCTAssertEqual(r.status, 1)
-        for word in ["already holds a run", "--resume", "--resume-or-start", "--overwrite", "metrics.jsonl", "final.h5",
-            "newest iter-000007.h5"]
-        {
+        for word in [
+            "already holds a run", "--resume", "--resume-or-start", "--overwrite", "metrics.jsonl", "final.h5",
+            "newest iter-000007.h5"
+        ] {
             XCTAssertTrue(r.stderr.contains(word), "missing \(word): \(r.stderr)")
         }
         XCTAssertEqual(try bytes(a + "/metrics.jsonl"), metrics)
         XCTAssertEqual(try bytes(a + "/final.h5"), final)
         // The coordinator refuses the same way (before binding anything).
-        r = try metatrain(["coordinator", "--run-dir", a, "--bind", "ipc:///tmp/mt-everyday-\(getpid())"] + base.filter { $0 != "--workers" && $0 != "2" })
+        r = try metatrain(
+            ["coordinator", "--run-dir", a, "--bind", "ipc:///tmp/mt-everyday-\(getpid())"]
+                + base.filter { $0 != "--workers" && $0 != "2" })
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.contains("already holds a run"), r.stderr)
         XCTAssertEqual(try bytes(a + "/metrics.jsonl"), metrics)
@@ -74,7 +78,8 @@ final class EverydayUseTests: XCTestCase {
         // --overwrite says what it removes, and the new run stands alone.
         r = try metatrain(["train", "--run-dir", a, "--overwrite", "--set", "maml.iterations=3"] + base)
         XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertTrue(r.stderr.contains("removing \(a)'s earlier run to start afresh: config.yaml, metrics.jsonl"), r.stderr)
+        XCTAssertTrue(
+            r.stderr.contains("removing \(a)'s earlier run to start afresh: config.yaml, metrics.jsonl"), r.stderr)
         XCTAssertEqual(read(a + "/metrics.jsonl").split(separator: "\n").count, 3)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: a + "/tb").count, 1)
         r = try metatrain(["train", "--run-dir", a, "--overwrite", "--resume"] + base)
@@ -179,15 +184,17 @@ final class EverydayUseTests: XCTestCase {
         while !read(run + "/coordinator.log").contains("the peer offered no CURVE key") && Date() < deadline {
             Thread.sleep(forTimeInterval: 0.1)
         }
-        XCTAssertTrue(read(run + "/coordinator.log").contains("the peer offered no CURVE key"), read(run + "/coordinator.log"))
+        XCTAssertTrue(
+            read(run + "/coordinator.log").contains("the peer offered no CURVE key"), read(run + "/coordinator.log"))
         XCTAssertTrue(
             read(run + "/coordinator.log").contains("--key WORKER.secret --coordinator-key COORDINATOR.pub)"),
             read(run + "/coordinator.log"))
         // A listed worker says once that it joined, and once that it left.
-        let good = try metatrain([
-            "worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "good", "--key",
-            keys + "/host1.secret", "--coordinator-key", keys + "/coordinator.pub", "--coordinator-timeout", "5"
-        ] , stopAfter: 8)
+        let good = try metatrain(
+            [
+                "worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "good", "--key",
+                keys + "/host1.secret", "--coordinator-key", keys + "/coordinator.pub", "--coordinator-timeout", "5"
+            ], stopAfter: 8)
         XCTAssertTrue(good.stderr.contains("worker good: joined run "), good.stderr)
         XCTAssertTrue(good.stderr.contains("worker good: left: "), good.stderr)
     }
@@ -200,7 +207,8 @@ final class EverydayUseTests: XCTestCase {
             ["train", "--data", data, "--run-dir", run, "--set", "warm_start.checkpoint=nowhere/best.h5"] + args)
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(
-            r.stderr.contains("error: warm_start.checkpoint: nowhere/best.h5 does not exist; make it with `metatrain pretrain"),
+            r.stderr.contains(
+                "error: warm_start.checkpoint: nowhere/best.h5 does not exist; make it with `metatrain pretrain"),
             r.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: run + "/config.yaml"))
     }
@@ -215,8 +223,10 @@ final class EverydayUseTests: XCTestCase {
             XCTAssertEqual(b.status, 0, b.stderr)
             XCTAssertFalse(crashed(b.stdout + b.stderr), "bench \(i): \(b.stderr)")
             let t = try metatrain(
-                ["train", "--data", data, "--run-dir", EverydayUseTests.dir + "/clean-\(i)", "--workers", "2",
-                 "--set", "maml.iterations=5"] + args)
+                [
+                    "train", "--data", data, "--run-dir", EverydayUseTests.dir + "/clean-\(i)", "--workers", "2",
+                    "--set", "maml.iterations=5"
+                ] + args)
             XCTAssertEqual(t.status, 0, t.stderr)
             XCTAssertFalse(crashed(t.stdout + t.stderr), "train \(i): \(t.stderr)")
         }
@@ -235,7 +245,9 @@ func metatrain(_ args: [String], stopAfter seconds: Double) throws -> Run {
     let out = Pipe(), err = Pipe()
     p.standardOutput = out; p.standardError = err
     try p.run()
-    DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { if p.isRunning { kill(p.processIdentifier, SIGINT) } }
+    DispatchQueue.global().asyncAfter(deadline: .now() + seconds) {
+        if p.isRunning { kill(p.processIdentifier, SIGINT) }
+    }
     let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
     return Run(

@@ -30,7 +30,8 @@ import Testing
     @Test func numbersReadBackBitForBit() throws {
         var rng = SeededGenerator(seed: 11)
         var values: [Double] = [
-            1_796_320_123.456, 0.1, 1.0 / 3.0, 1e-300, Double.leastNonzeroMagnitude, -0.0, 123_456_789_012_345_680, 0.000_012_345_678_9,
+            1_796_320_123.456, 0.1, 1.0 / 3.0, 1e-300, Double.leastNonzeroMagnitude, -0.0, 123_456_789_012_345_680,
+            0.000_012_345_678_9,
             Double(Float(0.1)), 3
         ]
         for _ in 0..<2000 {

@@ -175,7 +175,8 @@ final class StudyPlanTests: XCTestCase {
         let mrr = r.keys.firstIndex(of: "mrr")!
         let m = try XCTUnwrap(r.comparisons.first { $0.metric == "mrr" && $0.setting == "zero_shot" })
         XCTAssertEqual(
-            m.seedDiffs, [1, 2].map { s in r.perSeed["better"]![s]!["zero_shot"]![mrr] - r.perSeed["base"]![s]!["zero_shot"]![mrr] })
+            m.seedDiffs,
+            [1, 2].map { s in r.perSeed["better"]![s]!["zero_shot"]![mrr] - r.perSeed["base"]![s]!["zero_shot"]![mrr] })
         let json = r.json.compact
         XCTAssertTrue(json.contains("\"per_seed\":{\"diffs\":[1.0,1.0],\"mean\":1.0,\"sd\":0.0,\"p\":0.5,"), json)
         XCTAssertTrue(r.markdown(title: "t", notes: []).contains("| better | few-shot | acc@1 | +100.00 |"))

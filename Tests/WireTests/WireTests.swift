@@ -200,3 +200,42 @@ final class WireTests: XCTestCase {
         XCTAssertEqual(try Envelope.peekHeader(e.encode()).protocolVersion, 99)
     }
 }
+
+/// docs/PROTOCOL.md's worked example is what the encoder writes, byte for byte, and decodes back:
+/// the document a second implementation follows is the protocol.
+final class ProtocolDocumentTests: XCTestCase {
+    func testTheWorkedExampleIsWhatTheEncoderWrites() throws {
+        let doc = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("docs/PROTOCOL.md")
+        let text = try String(contentsOf: doc, encoding: .utf8)
+        var lines: [String: [UInt8]] = [:]
+        for line in text.split(separator: "\n") {
+            let words = line.split(separator: " ")
+            guard let name = words.first, ["hello", "welcome", "work", "train_result"].contains(String(name)),
+                words.count > 10
+            else { continue }
+            lines[String(name)] = words.dropFirst().map { UInt8($0, radix: 16)! }
+        }
+        let expected: [(String, Envelope)] = [
+            ("hello", Envelope(runId: "", message: .hello(Hello(workerName: "w1", datasetFingerprint: "ab12")))),
+            ("welcome", Envelope(runId: "r1", message: .welcome(Welcome(configJSON: "{}", version: 0)))),
+            (
+                "work",
+                Envelope(runId: "r1", message: .work(WorkUnit(id: 0, kind: .train, version: 0, leaves: [[3, 5]])))
+            ),
+            (
+                "train_result",
+                Envelope(
+                    runId: "r1",
+                    message: .trainResult(
+                        TrainResult(
+                            unitId: 0, version: 0, gradTheta: [1.0, -0.5], gradAlpha: [], lossSum: 2.25, tasks: 2)))
+            )
+        ]
+        for (name, e) in expected {
+            let bytes = try XCTUnwrap(lines[name], "docs/PROTOCOL.md has no '\(name)' line")
+            XCTAssertEqual(e.encode(), bytes, name)
+            XCTAssertEqual(try Envelope.decode(bytes), e, name)
+        }
+    }
+}

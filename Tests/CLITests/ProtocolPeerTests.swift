@@ -1,0 +1,108 @@
+import Foundation
+import XCTest
+
+/// A second implementation of the worker side, in Python (pyzmq), written from
+/// docs/PROTOCOL.md alone (Tests/peers/protocol_peer.py): it joins as the
+/// document says, and plays the peers that hold work or flood. Beside one honest
+/// worker, the run ends with the bits of `train --workers 1` every time.
+final class ProtocolPeerTests: XCTestCase {
+    static let dir = freshDir("protocol-peer")
+    let args = [
+        "--set", "maml.iterations=12", "--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12",
+        "--set", "maml.meta_batch_size=8", "--set", "maml.chunk_size=2", "--set", "maml.inner_steps=2",
+        "--set", "eval.every=100", "--set", "checkpoint.every=100"
+    ]
+    let peer = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("peers/protocol_peer.py").path
+    func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+    func bytes(_ path: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: path)) }
+
+    override func setUpWithError() throws {
+        guard (try? python(["-c", "import zmq, h5py"]))?.0 == 0 else {
+            throw XCTSkip("python3 with pyzmq and h5py is needed (tools/install-deps.sh --tests)")
+        }
+    }
+
+    /// The reference: one honest worker alone.
+    func reference(_ data: String) throws -> String {
+        let run = ProtocolPeerTests.dir + "/reference"
+        if !FileManager.default.fileExists(atPath: run + "/final.h5") {
+            let r = try metatrain(["train", "--data", data, "--run-dir", run, "--workers", "1"] + args)
+            XCTAssertEqual(r.status, 0, r.stderr)
+        }
+        return run + "/final.h5"
+    }
+
+    /// A coordinator, the Python peer in `mode`, then (once the peer has joined) one honest
+    /// worker; returns the peer's report, the coordinator's log and the run directory.
+    func run(_ name: String, mode: [String], data: String) throws -> (report: [String: Any], log: String, run: String) {
+        let run = ProtocolPeerTests.dir + "/" + name
+        let coord = try startDetached(
+            ["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + args)
+        defer { coord.killGroup(); coord.wait() }
+        let endpoint = try waitForEndpoint(run + "/coordinator.log")
+        let py = Process(), out = Pipe()
+        let command = pythonCommand()
+        py.executableURL = URL(fileURLWithPath: command[0])
+        py.arguments = Array(command.dropFirst()) + [peer, "--connect", endpoint, "--data", data] + mode
+        py.standardOutput = out; py.standardError = out
+        try py.run()
+        var deadline = Date().addingTimeInterval(30)
+        while !read(run + "/coordinator.log").contains("pypeer") && Date() < deadline { usleep(20_000) }
+        let honest = try startDetached([
+            "worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "honest"
+        ])
+        defer { honest.killGroup(); honest.wait() }
+        XCTAssertEqual(coord.wait(seconds: 240), 0, "\(name): the run ended\n" + read(run + "/coordinator.log"))
+        deadline = Date().addingTimeInterval(60)
+        while py.isRunning && Date() < deadline { usleep(50_000) }
+        if py.isRunning { py.terminate() }
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        py.waitUntilExit()
+        let last = text.split(separator: "\n").last.map(String.init) ?? ""
+        let report = (try? JSONSerialization.jsonObject(with: Data(last.utf8))) as? [String: Any] ?? [:]
+        XCTAssertFalse(report.isEmpty, "\(name): the peer said \(text)")
+        return (report, read(run + "/coordinator.log"), run)
+    }
+
+    /// Joined from the document: an empty run id in the first hello, the welcome's run id after
+    /// it, the weights' size by the documented formula, a unit's task count.
+    func testAPeerWrittenFromTheDocumentJoins() throws {
+        let data = try syntheticDataset(in: ProtocolPeerTests.dir)
+        let r = try run("join", mode: ["--mode", "join"], data: data)
+        XCTAssertEqual(r.report["theta"] as? Int, r.report["theta_documented"] as? Int, "\(r.report)")
+        XCTAssertEqual(r.report["alpha"] as? Int, 0)
+        XCTAssertEqual(r.report["unit_tasks"] as? Int, 2, "a chunk of maml.chunk_size tasks")
+        XCTAssertTrue(r.log.contains("worker pypeer joined"), r.log)
+        XCTAssertEqual(try bytes(r.run + "/final.h5"), try bytes(try reference(data)))
+    }
+
+    /// A peer that heartbeats and never answers, claiming 8 and then 4,096 processes: its
+    /// units go to the honest worker, it is dropped for the leases it cannot keep, and the
+    /// weights are the honest worker's alone.
+    func testAHolderClaimingManyProcessesCostsSecondsAndNoBits() throws {
+        let data = try syntheticDataset(in: ProtocolPeerTests.dir)
+        for procs in [8, 4096] {
+            let r = try run(
+                "hold-\(procs)", mode: ["--mode", "hold", "--procs", "\(procs)", "--seconds", "200"], data: data)
+            XCTAssertTrue(r.log.contains("host agent pypeer of \(procs) processes joined"), r.log)
+            XCTAssertTrue(r.log.contains("past their deadlines"), r.log)
+            XCTAssertEqual(try bytes(r.run + "/final.h5"), try bytes(try reference(data)), "\(procs) processes")
+        }
+    }
+
+    /// 1,000 of each message a joined peer can send to no use: the log grows by a few dozen
+    /// lines, the weights are sent a handful of times, the peer is dropped, the bits hold.
+    func testAFloodOfEveryKindCostsLinesNotTheRun() throws {
+        let data = try syntheticDataset(in: ProtocolPeerTests.dir)
+        let r = try run("flood", mode: ["--mode", "flood", "--count", "1000"], data: data)
+        let about = r.log.split(separator: "\n").filter {
+            $0.contains("pypeer") || $0.contains("unknown peer") || $0.contains("malformed")
+                || $0.contains("more like that")
+        }
+        XCTAssertLessThanOrEqual(about.count, 40, about.joined(separator: "\n"))
+        XCTAssertLessThanOrEqual(r.report["weights_replies"] as? Int ?? 999, 20, "\(r.report)")
+        XCTAssertTrue(r.log.contains("pypeer sent 3 bad results or messages"), r.log)
+        XCTAssertEqual(try bytes(r.run + "/final.h5"), try bytes(try reference(data)))
+    }
+}

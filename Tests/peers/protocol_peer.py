@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""A metatrain worker peer written from docs/PROTOCOL.md alone (pyzmq), for the
+tests: it checks that the document is the protocol, and it plays the hostile
+peers the coordinator must survive.
+
+    protocol_peer.py --connect tcp://127.0.0.1:5555 --data dataset.h5 --mode join
+    protocol_peer.py --connect ... --data ... --mode hold --procs 4096 --seconds 60
+    protocol_peer.py --connect ... --data ... --mode flood --count 1000
+
+Modes:
+  join   join, fetch the weights, check their size against the formula in
+         "Implementing a worker" (V from the dataset's n_items), take one work
+         unit and check its task count, say goodbye.
+  hold   join claiming --procs processes, heartbeat, never answer a unit.
+  flood  join, then send --count of each kind of bad message; count the
+         weights replies it gets.
+It prints one JSON line of what it saw, and exits 0 when the protocol held.
+"""
+import argparse
+import json
+import os
+import struct
+import sys
+import time
+
+MAGIC = b"MTRN"
+VERSION = 7
+T = {"hello": 1, "welcome": 2, "refuse": 3, "ready": 4, "work": 5, "train_result": 7, "eval_result": 8,
+     "fetch_weights": 9, "weights": 10, "heartbeat": 11, "shutdown": 12, "goodbye": 13, "unit_failed": 14}
+NAMES = {v: k for k, v in T.items()}
+
+
+# --- encoding, as "Frames" says: little-endian; string = u32 length + UTF-8; int = i64 ---
+def s(x):
+    b = x.encode()
+    return struct.pack("<I", len(b)) + b
+
+
+def i64(x):
+    return struct.pack("<q", x)
+
+
+def envelope(kind, run, body=b""):
+    return MAGIC + struct.pack("<H", VERSION) + bytes([T[kind]]) + s(run) + body
+
+
+def hello(name, fingerprint, procs):
+    return envelope("hello", "", s(name) + s(fingerprint) + s("") + s("") + i64(procs) + b"\x00")
+
+
+def floats(values):
+    return struct.pack("<I", len(values)) + struct.pack(f"<{len(values)}f", *values)
+
+
+def train_result(run, unit, version, theta, loss, tasks):
+    return envelope("train_result", run, i64(unit) + i64(version) + b"\x00" + floats(theta) + floats([])
+                    + struct.pack("<d", loss) + i64(tasks))
+
+
+# --- decoding ---
+class Reader:
+    def __init__(self, b):
+        self.b, self.i = b, 0
+
+    def take(self, n):
+        if self.i + n > len(self.b):
+            raise ValueError("short frame")
+        out = self.b[self.i:self.i + n]
+        self.i += n
+        return out
+
+    def u8(self):
+        return self.take(1)[0]
+
+    def u32(self):
+        return struct.unpack("<I", self.take(4))[0]
+
+    def i64(self):
+        return struct.unpack("<q", self.take(8))[0]
+
+    def f64(self):
+        return struct.unpack("<d", self.take(8))[0]
+
+    def string(self):
+        return self.take(self.u32()).decode()
+
+    def ints(self):
+        return [self.i64() for _ in range(self.u32())]
+
+    def payload(self):
+        place = self.u8()
+        if place == 0:
+            a = self.u32(); self.take(4 * a)
+            b = self.u32(); self.take(4 * b)
+            return a, b
+        self.i64()
+        return self.u32(), self.u32()
+
+
+def decode(frame):
+    r = Reader(frame)
+    if r.take(4) != MAGIC:
+        raise ValueError("bad magic")
+    version = struct.unpack("<H", r.take(2))[0]
+    kind = NAMES.get(r.u8(), "?")
+    run = r.string()
+    m = {"kind": kind, "run": run, "version_field": version}
+    if kind == "welcome":
+        m["config"] = r.string(); m["weights_version"] = r.i64()
+    elif kind == "refuse":
+        m["reason"] = r.u8(); m["detail"] = r.string()
+    elif kind == "work":
+        m["id"] = r.i64(); m["unit_kind"] = r.u8(); m["version"] = r.i64()
+        m["leaves"] = [r.ints() for _ in range(r.u32())]
+    elif kind == "weights":
+        m["version"] = r.i64(); m["theta"], m["alpha"] = r.payload()
+    elif kind == "shutdown":
+        m["reason"] = r.string()
+    return m
+
+
+def dataset_facts(path):
+    import h5py
+    with h5py.File(path, "r") as f:
+        return int(f.attrs["n_items"]), str(f.attrs["fingerprint"])
+
+
+def theta_count(config, V):
+    E, H = config["model"]["embedding_dim"], config["model"]["hidden_dim"]
+    return V * E + 3 * H * E + 3 * H * H + 6 * H + V * H + V
+
+
+class Peer:
+    def __init__(self, endpoint, name):
+        import zmq
+        self.zmq = zmq
+        self.ctx = zmq.Context()
+        self.dealer = self.ctx.socket(zmq.DEALER)
+        identity = bytes([1 + os.urandom(1)[0] % 255]) + os.urandom(15)  # first byte never zero
+        self.dealer.setsockopt(zmq.ROUTING_ID, identity)
+        self.dealer.setsockopt(zmq.LINGER, 0)
+        self.dealer.connect(endpoint)
+        self.sub = self.ctx.socket(zmq.SUB)
+        host, port = endpoint.rsplit(":", 1)
+        self.sub.connect(f"{host}:{int(port) + 1}")
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.poller = zmq.Poller()
+        self.poller.register(self.dealer, zmq.POLLIN)
+        self.poller.register(self.sub, zmq.POLLIN)
+        self.name, self.run = name, ""
+        self.last_sent = 0.0
+        self.seen = {"refuse": 0, "weights_replies": 0, "work": 0, "welcome": 0}
+
+    def send(self, frame):
+        self.dealer.send(frame, self.zmq.NOBLOCK)
+        self.last_sent = time.time()
+
+    def receive(self, timeout_ms):
+        """(socket, message) pairs waiting (up to timeout_ms for the first)."""
+        out = []
+        for sock, _ in self.poller.poll(timeout_ms):
+            while True:
+                try:
+                    frames = sock.recv_multipart(self.zmq.NOBLOCK)
+                except self.zmq.Again:
+                    break
+                m = decode(frames[-1])
+                if sock is self.dealer:
+                    if m["kind"] in self.seen:
+                        self.seen[m["kind"]] += 1
+                    if m["kind"] == "weights":
+                        self.seen["weights_replies"] += 1
+                out.append(("dealer" if sock is self.dealer else "sub", m))
+        return out
+
+    def join(self, fingerprint, procs, deadline):
+        """hello (empty run id) until welcome; returns the welcome."""
+        while time.time() < deadline:
+            self.send(hello(self.name, fingerprint, procs))
+            for _, m in self.receive(1000):
+                if m["kind"] == "welcome":
+                    self.run = m["run"]
+                    return m
+                if m["kind"] == "refuse" and m["reason"] != 1:
+                    raise SystemExit(f"refused: {m['detail']}")
+        raise SystemExit("no welcome")
+
+    def heartbeat_if_idle(self):
+        if time.time() - self.last_sent >= 1.0:
+            self.send(envelope("heartbeat", self.run))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--connect", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--mode", choices=["join", "hold", "flood"], required=True)
+    ap.add_argument("--procs", type=int, default=1)
+    ap.add_argument("--count", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=120)
+    ap.add_argument("--name", default="pypeer")
+    a = ap.parse_args()
+    V, fingerprint = dataset_facts(a.data)
+    deadline = time.time() + a.seconds
+    peer = Peer(a.connect, a.name)
+    welcome = peer.join(fingerprint, a.procs, deadline)
+    config = json.loads(welcome["config"])
+    report = {"mode": a.mode, "run": peer.run}
+    peer.send(envelope("ready", peer.run))
+
+    if a.mode == "join":
+        # Weights: fetch them and check their size against the documented formula.
+        peer.send(envelope("fetch_weights", peer.run))
+        weights = unit = None
+        while time.time() < deadline and (weights is None or unit is None):
+            for where, m in peer.receive(200):
+                if m["kind"] == "weights" and where == "dealer":
+                    weights = m
+                if m["kind"] == "work" and unit is None:
+                    unit = m
+            peer.heartbeat_if_idle()
+        if weights is None or unit is None:
+            raise SystemExit("no weights or no work")
+        want = theta_count(config, V)
+        alpha = want if config["maml"]["algorithm"] == "metasgd" else 0
+        report.update(theta=weights["theta"], theta_documented=want, alpha=weights["alpha"], alpha_documented=alpha,
+                      unit_tasks=sum(len(l) for l in unit["leaves"]), unit_version=unit["version"])
+        peer.send(envelope("goodbye", peer.run, s("protocol peer done")))
+        time.sleep(0.3)
+        ok = weights["theta"] == want and weights["alpha"] == alpha and peer.run != ""
+        print(json.dumps(report))
+        return 0 if ok else 1
+
+    if a.mode == "hold":
+        held = set()
+        while time.time() < deadline:
+            for _, m in peer.receive(200):
+                if m["kind"] == "work":
+                    held.add(m["id"])
+                if m["kind"] == "shutdown":
+                    deadline = 0
+                if m["kind"] == "refuse" and m["reason"] == 1:
+                    peer.join(fingerprint, a.procs, time.time() + 30)  # dropped: join again, hold again
+                    peer.send(envelope("ready", peer.run))
+            peer.heartbeat_if_idle()
+        report.update(units_held=len(held), refusals=peer.seen["refuse"])
+        print(json.dumps(report))
+        return 0
+
+    # flood: every kind of bad message a joined peer can send, --count of each.
+    unit = None
+    while time.time() < deadline and unit is None:
+        for _, m in peer.receive(200):
+            if m["kind"] == "work":
+                unit = m
+        peer.heartbeat_if_idle()
+    for i in range(a.count):
+        peer.send(train_result(peer.run, 10**9 + i, 0, [0.0], 0.0, 1))            # never issued
+        peer.send(envelope("unit_failed", peer.run, i64(10**9 + i) + s("no")))   # not held
+        peer.send(envelope("ready", peer.run))                                   # while holding work
+        peer.send(envelope("fetch_weights", peer.run))                           # again and again
+        peer.dealer.send_multipart([b"junk", b"frames"], peer.zmq.NOBLOCK)      # several frames
+        peer.send(b"MTRN\x07\x00\x63")                                          # malformed
+        if i % 50 == 0:
+            peer.receive(0)
+    end = time.time() + 3
+    while time.time() < end:
+        peer.receive(100)
+    report.update(weights_replies=peer.seen["weights_replies"], refusals=peer.seen["refuse"],
+                  sent=6 * a.count)
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ImportError as e:
+        print(f"error: {e.name} is not installed (pip install -r tools/requirements.txt)", file=sys.stderr)
+        sys.exit(3)
