@@ -844,22 +844,27 @@ public struct CoordinatorMachine: Sendable {
                 give(peer)
             }
         }
-        // Nothing else to do: a copy of each unit a suspect holds goes to an idle peer now, rather
-        // than after its deadline (the first result counts; the bits are the same).
+        // Nothing else to do: a copy of each unit a suspect holds (a peer that held a unit past its
+        // deadline and has returned no result since) goes to an idle peer now rather than after the
+        // unit's deadline. The first result counts; the bits are the same either way.
         if pending.isEmpty && !suspects.isEmpty {
             for holder in order where suspects.contains(holder) {
                 for id in workers[holder]?.units ?? [] {
                     let index = id - firstUnitId
                     guard index >= 0, index < p.units.count, results[index] == nil,
-                        !(assigned[index] ?? []).contains(where: { !suspects.contains($0) })
+                        (assigned[index] ?? []).allSatisfy({ $0 == holder || suspects.contains($0) })
                     else { continue }
                     guard
                         let taker = order.first(where: { q in
-                            !suspects.contains(q) && workers[q].map { $0.ready && $0.units.count < share($0) } == true
+                            q != holder && !suspects.contains(q) && assigned[index]?.contains(q) != true
+                                && failedOn[index]?.contains(q) != true
+                                && workers[q].map { $0.ready && $0.units.count < share($0) } == true
                         })
-                    else { return out }
+                    else { break }
                     pending.append(index)
+                    let before = out.count
                     give(taker)
+                    if out.count == before { pending.removeAll { $0 == index } }
                 }
             }
         }

@@ -8,7 +8,7 @@ import XCTest
 final class ProtocolPeerTests: XCTestCase {
     static let dir = freshDir("protocol-peer")
     let args = [
-        "--set", "maml.iterations=12", "--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12",
+        "--set", "maml.iterations=2000", "--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12",
         "--set", "maml.meta_batch_size=8", "--set", "maml.chunk_size=2", "--set", "maml.inner_steps=2",
         "--set", "eval.every=100", "--set", "checkpoint.every=100"
     ]
@@ -41,18 +41,20 @@ final class ProtocolPeerTests: XCTestCase {
             ["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + args)
         defer { coord.killGroup(); coord.wait() }
         let endpoint = try waitForEndpoint(run + "/coordinator.log")
+        // The honest worker first: the run has measured unit times (so deadlines of seconds, not
+        // the 120 s allowed before any) by the time the peer joins.
+        let honest = try startDetached([
+            "worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "honest"
+        ])
+        defer { honest.killGroup(); honest.wait() }
+        var deadline = Date().addingTimeInterval(30)
+        while !FileManager.default.fileExists(atPath: run + "/metrics.jsonl") && Date() < deadline { usleep(20_000) }
         let py = Process(), out = Pipe()
         let command = pythonCommand()
         py.executableURL = URL(fileURLWithPath: command[0])
         py.arguments = Array(command.dropFirst()) + [peer, "--connect", endpoint, "--data", data] + mode
         py.standardOutput = out; py.standardError = out
         try py.run()
-        var deadline = Date().addingTimeInterval(30)
-        while !read(run + "/coordinator.log").contains("pypeer") && Date() < deadline { usleep(20_000) }
-        let honest = try startDetached([
-            "worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "honest"
-        ])
-        defer { honest.killGroup(); honest.wait() }
         XCTAssertEqual(coord.wait(seconds: 240), 0, "\(name): the run ended\n" + read(run + "/coordinator.log"))
         deadline = Date().addingTimeInterval(60)
         while py.isRunning && Date() < deadline { usleep(50_000) }
@@ -72,37 +74,42 @@ final class ProtocolPeerTests: XCTestCase {
         let r = try run("join", mode: ["--mode", "join"], data: data)
         XCTAssertEqual(r.report["theta"] as? Int, r.report["theta_documented"] as? Int, "\(r.report)")
         XCTAssertEqual(r.report["alpha"] as? Int, 0)
-        XCTAssertEqual(r.report["unit_tasks"] as? Int, 2, "a chunk of maml.chunk_size tasks")
+        let tasks = r.report["unit_tasks"] as? Int ?? 0
+        XCTAssertTrue(
+            tasks >= 2 && tasks <= 8 && tasks % 2 == 0, "a block of 2-task chunks of the meta-batch: \(tasks)")
         XCTAssertTrue(r.log.contains("worker pypeer joined"), r.log)
         XCTAssertEqual(try bytes(r.run + "/final.h5"), try bytes(try reference(data)))
     }
 
-    /// A peer that heartbeats and never answers, claiming 8 and then 4,096 processes: its
-    /// units go to the honest worker, it is dropped for the leases it cannot keep, and the
-    /// weights are the honest worker's alone.
+    /// A peer that heartbeats and never answers, claiming 8 and then 4,096 processes: it gets one
+    /// unit, which goes to the honest worker after its deadline (seconds); from then on its units
+    /// are copied to the honest worker at once, and the weights are the honest worker's alone.
     func testAHolderClaimingManyProcessesCostsSecondsAndNoBits() throws {
         let data = try syntheticDataset(in: ProtocolPeerTests.dir)
         for procs in [8, 4096] {
             let r = try run(
                 "hold-\(procs)", mode: ["--mode", "hold", "--procs", "\(procs)", "--seconds", "200"], data: data)
             XCTAssertTrue(r.log.contains("host agent pypeer of \(procs) processes joined"), r.log)
-            XCTAssertTrue(r.log.contains("past their deadlines"), r.log)
+            XCTAssertTrue(r.log.contains("worker pypeer has held unit") && r.log.contains("past its deadline"), r.log)
             XCTAssertEqual(try bytes(r.run + "/final.h5"), try bytes(try reference(data)), "\(procs) processes")
         }
     }
 
-    /// 1,000 of each message a joined peer can send to no use: the log grows by a few dozen
-    /// lines, the weights are sent a handful of times, the peer is dropped, the bits hold.
+    /// 1,000 of each message a joined peer can send to no use, each kind alone and all in turn:
+    /// the log grows by a few dozen lines, the weights are sent a handful of times, the peer is
+    /// dropped, the bits hold.
     func testAFloodOfEveryKindCostsLinesNotTheRun() throws {
         let data = try syntheticDataset(in: ProtocolPeerTests.dir)
-        let r = try run("flood", mode: ["--mode", "flood", "--count", "1000"], data: data)
-        let about = r.log.split(separator: "\n").filter {
-            $0.contains("pypeer") || $0.contains("unknown peer") || $0.contains("malformed")
-                || $0.contains("more like that")
+        for kind in ["all", "result", "unit_failed", "ready", "fetch", "frames", "junk"] {
+            let r = try run("flood-\(kind)", mode: ["--mode", "flood", "--count", "1000", "--kind", kind], data: data)
+            let about = r.log.split(separator: "\n").filter {
+                $0.contains("pypeer") || $0.contains("unknown peer") || $0.contains("malformed")
+                    || $0.contains("more like that")
+            }
+            XCTAssertLessThanOrEqual(about.count, 40, "\(kind):\n" + about.joined(separator: "\n"))
+            XCTAssertLessThanOrEqual(r.report["weights_replies"] as? Int ?? 999, 20, "\(kind): \(r.report)")
+            XCTAssertTrue(r.log.contains("pypeer sent 3 bad results or messages"), "\(kind): " + r.log)
+            XCTAssertEqual(try bytes(r.run + "/final.h5"), try bytes(try reference(data)), kind)
         }
-        XCTAssertLessThanOrEqual(about.count, 40, about.joined(separator: "\n"))
-        XCTAssertLessThanOrEqual(r.report["weights_replies"] as? Int ?? 999, 20, "\(r.report)")
-        XCTAssertTrue(r.log.contains("pypeer sent 3 bad results or messages"), r.log)
-        XCTAssertEqual(try bytes(r.run + "/final.h5"), try bytes(try reference(data)))
     }
 }

@@ -139,6 +139,7 @@ class Peer:
         identity = bytes([1 + os.urandom(1)[0] % 255]) + os.urandom(15)  # first byte never zero
         self.dealer.setsockopt(zmq.ROUTING_ID, identity)
         self.dealer.setsockopt(zmq.LINGER, 0)
+        self.dealer.setsockopt(zmq.SNDHWM, 0)  # a flood queues rather than fails
         self.dealer.connect(endpoint)
         self.sub = self.ctx.socket(zmq.SUB)
         host, port = endpoint.rsplit(":", 1)
@@ -152,7 +153,10 @@ class Peer:
         self.seen = {"refuse": 0, "weights_replies": 0, "work": 0, "welcome": 0}
 
     def send(self, frame):
-        self.dealer.send(frame, self.zmq.NOBLOCK)
+        try:
+            self.dealer.send(frame, self.zmq.NOBLOCK)
+        except self.zmq.Again:  # no connection (yet): said again later, as a worker does
+            pass
         self.last_sent = time.time()
 
     def receive(self, timeout_ms):
@@ -197,6 +201,8 @@ def main():
     ap.add_argument("--mode", choices=["join", "hold", "flood"], required=True)
     ap.add_argument("--procs", type=int, default=1)
     ap.add_argument("--count", type=int, default=1000)
+    ap.add_argument("--kind", default="all", choices=["all", "result", "unit_failed", "ready", "fetch", "frames", "junk"],
+                    help="flood: the one kind of message to send (default: every kind, in turn)")
     ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--name", default="pypeer")
     a = ap.parse_args()
@@ -254,20 +260,31 @@ def main():
             if m["kind"] == "work":
                 unit = m
         peer.heartbeat_if_idle()
+    kinds = ["result", "unit_failed", "ready", "fetch", "frames", "junk"] if a.kind == "all" else [a.kind]
     for i in range(a.count):
-        peer.send(train_result(peer.run, 10**9 + i, 0, [0.0], 0.0, 1))            # never issued
-        peer.send(envelope("unit_failed", peer.run, i64(10**9 + i) + s("no")))   # not held
-        peer.send(envelope("ready", peer.run))                                   # while holding work
-        peer.send(envelope("fetch_weights", peer.run))                           # again and again
-        peer.dealer.send_multipart([b"junk", b"frames"], peer.zmq.NOBLOCK)      # several frames
-        peer.send(b"MTRN\x07\x00\x63")                                          # malformed
+        for k in kinds:
+            if k == "result":
+                peer.send(train_result(peer.run, 10**9 + i, 0, [0.0], 0.0, 1))            # never issued
+            elif k == "unit_failed":
+                peer.send(envelope("unit_failed", peer.run, i64(10**9 + i) + s("no")))   # not held
+            elif k == "ready":
+                peer.send(envelope("ready", peer.run))                                   # while holding work
+            elif k == "fetch":
+                peer.send(envelope("fetch_weights", peer.run))                           # again and again
+            elif k == "frames":
+                try:
+                    peer.dealer.send_multipart([b"junk", b"frames"], peer.zmq.NOBLOCK)  # several frames
+                except peer.zmq.Again:
+                    pass
+            elif k == "junk":
+                peer.send(b"MTRN\x07\x00\x63")                                          # malformed
         if i % 50 == 0:
             peer.receive(0)
     end = time.time() + 3
     while time.time() < end:
         peer.receive(100)
     report.update(weights_replies=peer.seen["weights_replies"], refusals=peer.seen["refuse"],
-                  sent=6 * a.count)
+                  sent=len(kinds) * a.count, kinds=kinds)
     print(json.dumps(report))
     return 0
 
