@@ -230,6 +230,11 @@ extension BenchCommand {
         _ = try shell.run()
         for c in children.withLock({ $0 }) {
             kill(c.processIdentifier, SIGCONT); if c.isRunning { c.terminate() }; c.waitUntilExit()
+            // Ended by our own signal, or on its own: anything else is a crash, and bench fails on it.
+            let sig = c.terminationStatus
+            if c.terminationReason == .uncaughtSignal, sig != SIGKILL, sig != SIGTERM, sig != signal {
+                throw MetatrainError("bench: worker process \(c.processIdentifier) crashed (signal \(sig))")
+            }
         }
         guard let t0 = hit.withLock({ $0 }) else { throw MetatrainError("failover: the worker was never signalled") }
         var sent = Set<Int>(), again: [Double] = []

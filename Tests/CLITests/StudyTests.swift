@@ -190,7 +190,7 @@ final class StudyTests: XCTestCase {
     /// --list needs neither --quick nor --seeds again.
     func testARestartWaitsForARunningTaskAndCtrlCStopsTheTasks() throws {
         let dir = freshDir("study-adopt")
-        try Self.slowPlan.replacingOccurrences(of: "ITERATIONS", with: "1500")
+        try Self.slowPlan.replacingOccurrences(of: "ITERATIONS", with: "8000")
             .write(toFile: dir + "/plan.yaml", atomically: true, encoding: .utf8)
         let data = try syntheticDataset(in: dir, users: 200, courses: 30, seed: 5)
         let out = dir + "/out"
