@@ -55,8 +55,8 @@ public final class RunDirectory {
 
     /// Who holds the run directory at `path` now ("process PID on HOST"), or nil when no
     /// live process does (its lock is free, or it has none). Creates nothing.
-    public static func holder(ofRunDirectory path: String) -> String? {
-        let p = path + "/.lock"
+    public static func holder(ofRunDirectory path: String, lockFile: String = ".lock") -> String? {
+        let p = path + "/" + lockFile
         let fd = open(p, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
@@ -69,6 +69,26 @@ public final class RunDirectory {
         let text = String(decoding: buf.prefix(max(0, n)), as: UTF8.self).trimmingCharacters(
             in: .whitespacesAndNewlines)
         return text.isEmpty ? "holder unknown" : text
+    }
+
+    /// Takes `path/lockFile` for this process until it ends (a study task holds its run
+    /// directory's `.task.lock` from start to ranks.csv, beyond the run's own `.lock`);
+    /// throws naming the holder when a live process has it.
+    public static func hold(_ path: String, lockFile: String) throws {
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        let p = path + "/" + lockFile
+        let fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw MetatrainError("\(p): cannot open (\(String(cString: strerror(errno))))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            close(fd)
+            throw MetatrainError(
+                "\(path) is in use by another task (\(holder(ofRunDirectory: path, lockFile: lockFile) ?? "holder unknown"))"
+            )
+        }
+        let me = "process \(getpid()) on \(ProcessInfo.processInfo.hostName)\n"
+        _ = ftruncate(fd, 0)
+        _ = me.withCString { pwrite(fd, $0, strlen($0), 0) }
+        // Kept open (and locked) until the process exits, however it exits.
     }
 
     /// Records who started this run, how and on what (run.json, atomically): the

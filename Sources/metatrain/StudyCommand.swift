@@ -149,7 +149,9 @@ struct StudyCommand: ParsableCommand {
                 let i = pending.firstIndex(where: { $0.dependsOn.map { finished.contains($0) } ?? true })
             {
                 let t = pending.remove(at: i)
-                if let holder = RunDirectory.holder(ofRunDirectory: runner.directory(t)) {
+                if let holder = RunDirectory.holder(
+                    ofRunDirectory: runner.directory(t), lockFile: StudyTaskRunner.taskLock)
+                {
                     adopted.append((t, Date()))
                     say("waiting  \(t.index) \(t.name): still running from an earlier start (\(holder))")
                     continue
@@ -182,7 +184,9 @@ struct StudyCommand: ParsableCommand {
             }
             usleep(100_000)
             for (k, a) in adopted.enumerated().reversed()
-            where RunDirectory.holder(ofRunDirectory: runner.directory(a.task)) == nil {
+            where RunDirectory.holder(ofRunDirectory: runner.directory(a.task), lockFile: StudyTaskRunner.taskLock)
+                == nil
+            {
                 adopted.remove(at: k)
                 if runner.isDone(a.task) {
                     finished.insert(a.task.index)
@@ -266,6 +270,8 @@ struct StudyTaskRunner {
     let plan: StudyPlan, data: String, out: String, quick: Bool, workers: Int
 
     func directory(_ t: StudyTask) -> String { out + "/" + t.runDirectory }
+    /// The lock file a running task holds in its run directory (RunDirectory.hold).
+    static let taskLock = ".task.lock"
     func ranksPath(_ t: StudyTask) -> String { directory(t) + "/ranks.csv" }
     func pretrainDirectory(seed: UInt64) -> String { out + "/" + StudyPlan.pretrainDirectory(seed: seed) }
 
@@ -315,6 +321,9 @@ struct StudyTaskRunner {
             throw MetatrainError("task \(t.index) (\(t.name)) needs task \(d.index) (\(d.name)) to finish first")
         }
         let dir = directory(t)
+        // The task's own lock, held from here to the end of the process: the run's `.lock` is let go
+        // when training ends, before ranking, and a restarted study must wait for the ranking too.
+        try RunDirectory.hold(dir, lockFile: StudyTaskRunner.taskLock)
         switch t.kind {
         case .pretrain(let s):
             let sets = plan.overrides + plan.pretrainOverrides + quickSets

@@ -95,6 +95,19 @@ final class ProtocolPeerTests: XCTestCase {
         }
     }
 
+    /// A peer that answers every unit with a lie (NaN or infinite gradients, one float, 2^62
+    /// tasks, another unit's id, an old version), joining again each time it is dropped: every
+    /// lie is a strike, and the weights are the honest worker's alone.
+    func testEveryLieCostsItsTellerAndNoBits() throws {
+        let data = try syntheticDataset(in: ProtocolPeerTests.dir)
+        for lie in ["nan", "inf", "size", "tasks", "other", "version"] {
+            let r = try run("lie-\(lie)", mode: ["--mode", "lie", "--lie", lie, "--seconds", "200"], data: data)
+            XCTAssertGreaterThan(r.report["lies"] as? Int ?? 0, 0, "\(lie): \(r.report)")
+            XCTAssertTrue(r.log.contains("dropped a bad result or message from worker pypeer"), "\(lie): " + r.log)
+            XCTAssertEqual(try bytes(r.run + "/final.h5"), try bytes(try reference(data)), lie)
+        }
+    }
+
     /// 1,000 of each message a joined peer can send to no use, each kind alone and all in turn:
     /// the log grows by a few dozen lines, the weights are sent a handful of times, the peer is
     /// dropped, the bits hold.

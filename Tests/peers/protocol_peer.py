@@ -14,6 +14,9 @@ Modes:
   hold   join claiming --procs processes, heartbeat, never answer a unit.
   flood  join, then send --count of each kind of bad message; count the
          weights replies it gets.
+  lie    join, and answer every train unit with a result that is wrong in
+         one way (--lie): NaN or infinite gradients, the wrong size, 2^62
+         tasks, another unit's id, an old version; join again when dropped.
 It prints one JSON line of what it saw, and exits 0 when the protocol held.
 """
 import argparse
@@ -198,7 +201,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--connect", required=True)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--mode", choices=["join", "hold", "flood"], required=True)
+    ap.add_argument("--mode", choices=["join", "hold", "flood", "lie"], required=True)
+    ap.add_argument("--lie", default="nan", choices=["nan", "inf", "size", "tasks", "other", "version"],
+                    help="lie: how every train result it sends is wrong")
     ap.add_argument("--procs", type=int, default=1)
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--kind", default="all", choices=["all", "result", "unit_failed", "ready", "fetch", "frames", "junk"],
@@ -250,6 +255,39 @@ def main():
                     peer.send(envelope("ready", peer.run))
             peer.heartbeat_if_idle()
         report.update(units_held=len(held), refusals=peer.seen["refuse"])
+        print(json.dumps(report))
+        return 0
+
+    if a.mode == "lie":
+        n = theta_count(config, V)
+        lies = 0
+        while time.time() < deadline:
+            for _, m in peer.receive(200):
+                if m["kind"] == "shutdown":
+                    deadline = 0
+                if m["kind"] == "refuse" and m["reason"] == 1:
+                    peer.join(fingerprint, 1, time.time() + 30)
+                    peer.send(envelope("ready", peer.run))
+                if m["kind"] != "work" or m["unit_kind"] != 0:
+                    continue
+                tasks = sum(len(l) for l in m["leaves"])
+                unit, version, theta = m["id"], m["version"], [0.001] * n
+                if a.lie == "nan":
+                    theta[n // 2] = float("nan")
+                elif a.lie == "inf":
+                    theta[0] = float("inf")
+                elif a.lie == "size":
+                    theta = [0.0]
+                elif a.lie == "tasks":
+                    tasks = 2**62
+                elif a.lie == "other":
+                    unit = max(0, unit - 1)
+                elif a.lie == "version":
+                    version = version - 1
+                peer.send(train_result(peer.run, unit, version, theta, 1.0, tasks))
+                lies += 1
+            peer.heartbeat_if_idle()
+        report.update(lies=lies, refusals=peer.seen["refuse"])
         print(json.dumps(report))
         return 0
 
