@@ -33,7 +33,7 @@ def main(path):
     with f:
         a = f.attrs
         check(a.get("format") == "metatrain-checkpoint", f"not a metatrain checkpoint (format {a.get('format')!r})")
-        check(int(a["version"]) == 1, f"version {a['version']} is not 1")
+        check(int(a["version"]) in (1, 2), f"version {a['version']} is not 1 or 2")
         for k in ["iteration", "adam_step", "seed", "config", "dataset_fingerprint", "kind", "algorithm"]:
             check(k in a, f"missing attribute {k}")
         try:
@@ -57,6 +57,16 @@ def main(path):
             if "optimizer" in f:
                 check(f["optimizer/m/" + k].shape == shape and f["optimizer/v/" + k].shape == shape, f"optimizer state of {k}: wrong shape")
         check(not np.any(state["embedding.weight"][0]), "padding row is not zero")
+        if int(a["version"]) >= 2:
+            # Version 2 is self-contained: the vocabulary, the prepare settings, the adaptation policy.
+            check("vocab/item_ids" in f and "vocab/item_counts" in f, "version 2 without /vocab")
+            check(f["vocab/item_ids"].shape == (V,) and f["vocab/item_counts"].shape == (V,), "vocab: shape is not [V]")
+            for k in ["prepare", "adaptation"]:
+                check(k in a, f"missing attribute {k}")
+                try:
+                    json.loads(a[k])
+                except ValueError as e:
+                    raise Failed(f"attribute {k} is not JSON ({e})")
         try:
             import torch
         except ImportError:

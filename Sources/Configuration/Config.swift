@@ -101,6 +101,22 @@ public struct Config: Equatable, Sendable {
     public var yaml: String { tree.yaml() }
     public var json: String { tree.json }
 
+    /// How a new learner is adapted to (the inner loop the model was trained with): the
+    /// algorithm, inner steps and rate (Meta-SGD's learned rates live beside the weights), and
+    /// the support weighting, as JSON.
+    public var adaptationJSON: String {
+        var w = "null"
+        if case .map(let m) = tree, let x = m["weighting"] { w = x.json }
+        return "{\"algorithm\":" + jsonString(maml.algorithm.rawValue) + ",\"inner_steps\":\(maml.innerSteps),"
+            + "\"inner_lr\":" + ConfigValue.double(maml.innerLR).json + ",\"weighting\":" + w + "}"
+    }
+
+    /// The `data` section alone as JSON: what `prepare` used to turn events into pairs and episodes.
+    public var dataSectionJSON: String {
+        if case .map(let m) = tree, let d = m["data"] { return "{" + "\"data\":" + d.json + "}" }
+        return ""
+    }
+
     static func applyOverride(_ tree: inout ConfigValue, _ o: String) throws {
         guard let eq = o.firstIndex(of: "="), eq != o.startIndex else {
             throw ConfigError("--set \(o): expected key.path=value")

@@ -49,6 +49,10 @@ public struct Dataset: Equatable, Sendable {
     public var kSupport: Int
     public var qQuery: Int
     public var source: String
+    /// The prepare settings that made it (the resolved `data` section as JSON: session gap,
+    /// caps of the reliability rule, sequence length, K, Q, split); empty when unknown (files
+    /// from before they were recorded, or imported ones).
+    public var prepareJSON = ""
 
     public init(
         itemIds: [String], itemCounts: [Int64], userIds: [String], userSplit: [Int8], pairUser: [Int32],

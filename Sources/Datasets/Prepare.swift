@@ -257,7 +257,9 @@ public enum Prepare {
             userSplit: split, pairUser: pairs.user, prefixOffsets: pairs.prefixOffsets, prefixItems: pairs.prefixItems,
             label: pairs.label, timestamp: pairs.timestamp, reliability: pairs.reliability, episodes: episodes,
             maxSeqLen: d.maxSeqLen, kSupport: d.kSupport, qQuery: d.qQuery, source: source)
-        return (ds, summary)
+        var out = ds
+        out.prepareJSON = config.dataSectionJSON
+        return (out, summary)
     }
 
     /// Users in byte order of their ids, and their events.

@@ -26,6 +26,14 @@ public struct Checkpoint {
     public var datasetFingerprint: String
     public var kind: Kind
     public var algorithm: String
+    /// What using the model needs without its dataset (version 2): the course vocabulary
+    /// (`/vocab/item_ids`, index 0 is padding) and how often each course is a label among
+    /// training pairs (`/vocab/item_counts`, popularity for a learner with no known course);
+    /// the prepare settings that made the dataset; the adaptation policy a new learner gets.
+    public var itemIds: [String]?
+    public var itemCounts: [Int64]?
+    public var prepareJSON: String?
+    public var adaptationJSON: String?
 
     public init(
         dims: ModelDims, params: FloatBuffer, adamM: FloatBuffer? = nil, adamV: FloatBuffer? = nil,
@@ -44,7 +52,9 @@ public struct Checkpoint {
 
 public enum CheckpointFile {
     public static let format = "metatrain-checkpoint"
-    public static let version: Int64 = 1
+    public static let version: Int64 = 2
+    /// Versions read: 1 (no vocabulary: `--data` gives it) and 2.
+    public static let readable: [Int64] = [1, 2]
 
     /// Writes atomically (temporary name, then rename).
     public static func write(_ c: Checkpoint, to path: String) throws {
@@ -60,6 +70,13 @@ public enum CheckpointFile {
                 try f.setAttribute("dataset_fingerprint", c.datasetFingerprint)
                 try f.setAttribute("kind", c.kind.rawValue)
                 try f.setAttribute("algorithm", c.algorithm)
+                if let p = c.prepareJSON { try f.setAttribute("prepare", p) }
+                if let a = c.adaptationJSON { try f.setAttribute("adaptation", a) }
+                if let ids = c.itemIds, let counts = c.itemCounts {
+                    precondition(ids.count == c.dims.V && counts.count == c.dims.V)
+                    try f.writeStrings("vocab/item_ids", ids)
+                    try f.write("vocab/item_counts", counts)
+                }
                 func views(_ group: String, _ b: FloatBuffer) throws {
                     precondition(b.count == layout.count)
                     for e in layout.entries {
@@ -115,8 +132,10 @@ public enum CheckpointFile {
             throw MetatrainError("\(path): not a metatrain checkpoint (format attribute is not '\(format)')")
         }
         let v = try f.intAttribute("version")
-        guard v == version else {
-            throw MetatrainError("\(path): checkpoint version \(v) is not supported (expected \(version))")
+        guard readable.contains(v) else {
+            throw MetatrainError(
+                "\(path): checkpoint version \(v) is not supported (this metatrain reads versions \(readable.map(String.init).joined(separator: " and ")))"
+            )
         }
         let fp = try f.stringAttribute("dataset_fingerprint")
         if let expectedFingerprint, fp != expectedFingerprint {
@@ -159,6 +178,16 @@ public enum CheckpointFile {
             seed: UInt64(bitPattern: try f.intAttribute("seed")), configJSON: try f.stringAttribute("config"),
             datasetFingerprint: fp, kind: kind, algorithm: try f.stringAttribute("algorithm"))
         c.alphaAdamM = am; c.alphaAdamV = av
+        if f.exists("vocab/item_ids") {
+            let ids = try f.readStrings("vocab/item_ids")
+            let counts = try f.read("vocab/item_counts", as: Int64.self, shape: [dims.V]).values
+            guard ids.count == dims.V else {
+                throw MetatrainError("\(path): vocab/item_ids has \(ids.count) entries, the model has V = \(dims.V)")
+            }
+            c.itemIds = ids; c.itemCounts = counts
+        }
+        if f.hasAttribute("prepare") { c.prepareJSON = try f.stringAttribute("prepare") }
+        if f.hasAttribute("adaptation") { c.adaptationJSON = try f.stringAttribute("adaptation") }
         // Every tensor as it was written (files from before the checksum have none to check).
         if f.hasAttribute("tensors_sha256") {
             let stored = try f.stringAttribute("tensors_sha256")

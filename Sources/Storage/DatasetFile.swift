@@ -18,6 +18,7 @@ public enum DatasetFile {
                 try f.setAttribute("q_query", Int64(d.qQuery))
                 try f.setAttribute("fingerprint", d.fingerprint)
                 try f.setAttribute("source", d.source)
+                if !d.prepareJSON.isEmpty { try f.setAttribute("prepare", d.prepareJSON) }
                 try f.writeStrings("vocab/item_ids", d.itemIds)
                 try f.write("vocab/item_counts", d.itemCounts)
                 try f.writeStrings("users/ids", d.userIds)
@@ -105,11 +106,12 @@ public enum DatasetFile {
             }
             episodes[s] = Episodes(k: K, q: Q, support: support, query: query, user: user)
         }
-        let d = Dataset(
+        var d = Dataset(
             itemIds: itemIds, itemCounts: itemCounts, userIds: userIds, userSplit: userSplit,
             pairUser: pairUser, prefixOffsets: offsets, prefixItems: items, label: label,
             timestamp: timestamp, reliability: reliability, episodes: episodes,
             maxSeqLen: L, kSupport: K, qQuery: Q, source: try f.stringAttribute("source"))
+        if f.hasAttribute("prepare") { d.prepareJSON = try f.stringAttribute("prepare") }
         let stored = try f.stringAttribute("fingerprint")
         guard d.fingerprint == stored else {
             throw MetatrainError("\(path): contents do not match the stored fingerprint (file modified or corrupt)")

@@ -50,6 +50,7 @@ extension MetaTrainer {
             iteration: iteration, adamStep: adam.step, seed: config.seed, configJSON: config.json,
             datasetFingerprint: dataset.fingerprint, kind: .meta, algorithm: config.maml.algorithm.rawValue)
         c.alphaAdamM = adamAlpha?.m; c.alphaAdamV = adamAlpha?.v
+        c.carryUse(of: dataset, config: config)
         return c
     }
 

@@ -90,11 +90,13 @@ public final class Pretrainer {
         var batch = PackedBatch()
         let nBatches = (trainPairs.count + p.batchSize - 1) / p.batchSize
         func checkpoint(_ iteration: Int) -> Checkpoint {
-            Checkpoint(
+            var ck = Checkpoint(
                 dims: dims, params: params, adamM: adam.m, adamV: adam.v,
                 history: historyKeys.map { ($0, history[$0] ?? []) }, iteration: iteration, adamStep: adam.step,
                 seed: c.seed, configJSON: c.json, datasetFingerprint: fingerprint, kind: .pretrain, algorithm: "gru4rec"
             )
+            ck.carryUse(of: dataset, config: c)
+            return ck
         }
         var resumedFrom: String?
         if resume {

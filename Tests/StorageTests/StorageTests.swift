@@ -120,6 +120,37 @@ final class StorageTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("its tensors do not match their checksum"), "\(e)")
         }
     }
+
+    /// Version 2 is self-contained: the vocabulary and label counts, the prepare settings and
+    /// the adaptation policy round-trip; a checkpoint without them (as version 1 had) still reads.
+    func testSelfContainedCheckpointRoundTrip() throws {
+        let dims = ModelDims(V: 4, E: 2, H: 2)
+        var rng = SeededGenerator(seed: 3)
+        let params = GRU4Rec(dims: dims).initialParameters(rng: &rng)
+        let config = Config.defaults()
+        var c = Checkpoint(
+            dims: dims, params: params, iteration: 1, adamStep: 0, seed: 1, configJSON: config.json,
+            datasetFingerprint: "fp", kind: .pretrain, algorithm: "gru4rec")
+        let bare = tmpFile("bare.h5")
+        try CheckpointFile.write(c, to: bare)
+        let b0 = try CheckpointFile.read(bare)
+        XCTAssertNil(b0.itemIds); XCTAssertNil(b0.prepareJSON); XCTAssertNil(b0.adaptationJSON)
+        c.itemIds = ["<pad>", "C1", "课程 2", "C,3"]; c.itemCounts = [0, 5, 7, 1]
+        c.prepareJSON = config.dataSectionJSON; c.adaptationJSON = config.adaptationJSON
+        let full = tmpFile("full.h5")
+        try CheckpointFile.write(c, to: full)
+        let b = try CheckpointFile.read(full)
+        XCTAssertEqual(b.itemIds!, c.itemIds!); XCTAssertEqual(b.itemCounts!, c.itemCounts!)
+        XCTAssertEqual(b.prepareJSON, c.prepareJSON); XCTAssertEqual(b.adaptationJSON, c.adaptationJSON)
+        XCTAssertEqual(try HDF5File.open(full).intAttribute("version"), 2)
+        // The settings are JSON a reader can use: the session gap, and the inner loop.
+        let prepare = try JSONSerialization.jsonObject(with: Data(b.prepareJSON!.utf8)) as! [String: Any]
+        XCTAssertEqual((prepare["data"] as? [String: Any])?["session_gap_s"] as? Int, config.data.sessionGapS)
+        let adaptation = try JSONSerialization.jsonObject(with: Data(b.adaptationJSON!.utf8)) as! [String: Any]
+        XCTAssertEqual(adaptation["algorithm"] as? String, "fomaml")
+        XCTAssertEqual(adaptation["inner_steps"] as? Int, config.maml.innerSteps)
+        XCTAssertNotNil(adaptation["weighting"] as? [String: Any])
+    }
 }
 
 final class DeterministicFileTests: XCTestCase {
