@@ -227,8 +227,8 @@ def main():
             for where, m in peer.receive(200):
                 if m["kind"] == "weights" and where == "dealer":
                     weights = m
-                if m["kind"] == "work" and unit is None:
-                    unit = m
+                if m["kind"] == "work" and unit is None and m["unit_kind"] == 0:
+                    unit = m  # a train unit: its task count is checked
             peer.heartbeat_if_idle()
         if weights is None or unit is None:
             raise SystemExit("no weights or no work")
@@ -268,7 +268,13 @@ def main():
                 if m["kind"] == "refuse" and m["reason"] == 1:
                     peer.join(fingerprint, 1, time.time() + 30)
                     peer.send(envelope("ready", peer.run))
-                if m["kind"] != "work" or m["unit_kind"] != 0:
+                if m["kind"] != "work":
+                    continue
+                if m["unit_kind"] != 0:
+                    # An eval unit: metrics of no episodes, a lie too (an unanswered unit would be held).
+                    peer.send(envelope("eval_result", peer.run, i64(m["id"]) + i64(m["version"])
+                                       + struct.pack("<I", 0) + struct.pack("<I", 0) + struct.pack("<I", 0)))
+                    lies += 1
                     continue
                 tasks = sum(len(l) for l in m["leaves"])
                 unit, version, theta = m["id"], m["version"], [0.001] * n
