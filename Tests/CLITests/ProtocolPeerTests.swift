@@ -121,7 +121,13 @@ final class ProtocolPeerTests: XCTestCase {
             }
             XCTAssertLessThanOrEqual(about.count, 40, "\(kind):\n" + about.joined(separator: "\n"))
             XCTAssertLessThanOrEqual(r.report["weights_replies"] as? Int ?? 999, 20, "\(kind): \(r.report)")
-            XCTAssertTrue(r.log.contains("pypeer sent 3 bad results or messages"), "\(kind): " + r.log)
+            if kind == "ready" {
+                // `ready` is a strike only while the peer holds units, and its units then avoid it: once it
+                // holds nothing, more readys cost nothing (and re-send nothing), so it need not be dropped.
+                XCTAssertTrue(r.log.contains("said ready while holding unit(s)"), "\(kind): " + r.log)
+            } else {
+                XCTAssertTrue(r.log.contains("pypeer sent 3 bad results or messages"), "\(kind): " + r.log)
+            }
             XCTAssertEqual(try bytes(r.run + "/final.h5"), try bytes(try reference(data)), kind)
         }
     }
