@@ -32,43 +32,22 @@ public final class RunDirectory {
     /// coordinator on the same directory is refused, naming the holder.
     public func lock() throws {
         guard lockFD < 0 else { return }
-        let p = file(".lock")
-        let fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else {
-            throw MetatrainError("\(p): cannot open the run directory's lock (\(String(cString: strerror(errno))))")
+        lockFD = try RunDirectory.takeLock(path, ".lock") { holder in
+            "\(path) is in use by another run (\(holder)); stop it or use another --run-dir"
         }
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            var buf = [UInt8](repeating: 0, count: 256)
-            let n = pread(fd, &buf, buf.count, 0)
-            close(fd)
-            let holder = String(decoding: buf.prefix(max(0, n)), as: UTF8.self).trimmingCharacters(
-                in: .whitespacesAndNewlines)
-            throw MetatrainError(
-                "\(path) is in use by another run (\(holder.isEmpty ? "holder unknown" : holder)); stop it or use another --run-dir"
-            )
-        }
-        let me = "process \(getpid()) on \(ProcessInfo.processInfo.hostName)\n"
-        _ = ftruncate(fd, 0)
-        _ = me.withCString { pwrite(fd, $0, strlen($0), 0) }
-        lockFD = fd
     }
 
     /// Who holds the run directory at `path` now ("process PID on HOST"), or nil when no
     /// live process does (its lock is free, or it has none). Creates nothing.
     public static func holder(ofRunDirectory path: String, lockFile: String = ".lock") -> String? {
-        let p = path + "/" + lockFile
-        let fd = open(p, O_RDONLY | O_CLOEXEC)
+        let fd = open(path + "/" + lockFile, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         if flock(fd, LOCK_SH | LOCK_NB) == 0 {
             flock(fd, LOCK_UN)
             return nil
         }
-        var buf = [UInt8](repeating: 0, count: 256)
-        let n = pread(fd, &buf, buf.count, 0)
-        let text = String(decoding: buf.prefix(max(0, n)), as: UTF8.self).trimmingCharacters(
-            in: .whitespacesAndNewlines)
-        return text.isEmpty ? "holder unknown" : text
+        return holderText(fd)
     }
 
     /// Takes `path/lockFile` for this process until it ends (a study task holds its run
@@ -76,19 +55,34 @@ public final class RunDirectory {
     /// throws naming the holder when a live process has it.
     public static func hold(_ path: String, lockFile: String) throws {
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        let p = path + "/" + lockFile
+        // Kept open (and locked) until the process exits, however it exits.
+        _ = try takeLock(path, lockFile) { holder in "\(path) is in use by another task (\(holder))" }
+    }
+
+    /// Locks `dir/name` exclusively and writes "process PID on HOST" into it; returns the open
+    /// descriptor (the lock lives as long as it does). A lock held elsewhere throws `busy(holder)`.
+    static func takeLock(_ dir: String, _ name: String, busy: (String) -> String) throws -> Int32 {
+        let p = dir + "/" + name
         let fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw MetatrainError("\(p): cannot open (\(String(cString: strerror(errno))))") }
+        guard fd >= 0 else { throw MetatrainError("\(p): cannot open the lock (\(String(cString: strerror(errno))))") }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let holder = holderText(fd)
             close(fd)
-            throw MetatrainError(
-                "\(path) is in use by another task (\(holder(ofRunDirectory: path, lockFile: lockFile) ?? "holder unknown"))"
-            )
+            throw MetatrainError(busy(holder))
         }
         let me = "process \(getpid()) on \(ProcessInfo.processInfo.hostName)\n"
         _ = ftruncate(fd, 0)
         _ = me.withCString { pwrite(fd, $0, strlen($0), 0) }
-        // Kept open (and locked) until the process exits, however it exits.
+        return fd
+    }
+
+    /// What a lock file says of its holder ("holder unknown" when it says nothing).
+    static func holderText(_ fd: Int32) -> String {
+        var buf = [UInt8](repeating: 0, count: 256)
+        let n = pread(fd, &buf, buf.count, 0)
+        let text = String(decoding: buf.prefix(max(0, n)), as: UTF8.self).trimmingCharacters(
+            in: .whitespacesAndNewlines)
+        return text.isEmpty ? "holder unknown" : text
     }
 
     /// Records who started this run, how and on what (run.json, atomically): the
