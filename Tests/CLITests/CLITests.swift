@@ -15,7 +15,10 @@ func metatrainPath() -> String {
     return candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) ?? bin.path
 }
 
-func metatrain(_ args: [String], cwd: String? = nil, environment: [String: String] = [:]) throws -> Run {
+/// With `stopAfter`, a run still going after that many seconds is interrupted (SIGINT), as Ctrl-C would.
+func metatrain(
+    _ args: [String], cwd: String? = nil, environment: [String: String] = [:], stopAfter: Double? = nil
+) throws -> Run {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: metatrainPath())
     p.arguments = args
@@ -24,6 +27,11 @@ func metatrain(_ args: [String], cwd: String? = nil, environment: [String: Strin
     let out = Pipe(), err = Pipe()
     p.standardOutput = out; p.standardError = err
     try p.run()
+    if let stopAfter {
+        DispatchQueue.global().asyncAfter(deadline: .now() + stopAfter) {
+            if p.isRunning { kill(p.processIdentifier, SIGINT) }
+        }
+    }
     let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
     return Run(

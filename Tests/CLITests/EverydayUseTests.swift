@@ -236,21 +236,3 @@ final class EverydayUseTests: XCTestCase {
         text.contains("Program crashed") || text.contains("Fatal error") || text.contains("Segmentation fault")
     }
 }
-
-/// Runs `metatrain ARGS`, interrupting it (SIGINT) after `stopAfter` seconds if still running.
-func metatrain(_ args: [String], stopAfter seconds: Double) throws -> Run {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: metatrainPath())
-    p.arguments = args
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out; p.standardError = err
-    try p.run()
-    DispatchQueue.global().asyncAfter(deadline: .now() + seconds) {
-        if p.isRunning { kill(p.processIdentifier, SIGINT) }
-    }
-    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return Run(
-        status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
-        stderr: String(decoding: e, as: UTF8.self))
-}
