@@ -32,23 +32,23 @@ let package = Package(
         // Parameter layout table, GRU4Rec forward/backward over packed batches.
         .target(name: "GRU4Rec", dependencies: ["Kernels", "Core"]),
         // YAML experiment configuration with defaults and overrides.
-        .target(name: "Configuration", dependencies: ["Yams", "Core"]),
+        .target(name: "ExperimentConfig", dependencies: ["Yams", "Core"]),
         // CSV ingest, sessions, pairs, episodes, synthetic generator.
-        .target(name: "Datasets", dependencies: ["Core", "Configuration"]),
+        .target(name: "Datasets", dependencies: ["Core", "ExperimentConfig"]),
         // HDF5 dataset and checkpoint files.
         .target(name: "Storage", dependencies: ["CHDF5", "Core", "Datasets", "GRU4Rec"]),
         // Support weighting and inner loops (adaptation); meta-gradients build on it.
-        .target(name: "MetaLearning", dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Configuration"]),
+        .target(name: "MetaLearning", dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "ExperimentConfig"]),
         // Metrics, baselines, few-shot adaptation, bootstrap, reports.
         .target(
             name: "Evaluation",
-            dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "Configuration", "MetaLearning"]),
+            dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "ExperimentConfig", "MetaLearning"]),
         // Global GRU4Rec pretraining.
         .target(
             name: "Training",
-            dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "Configuration", "Evaluation"]),
+            dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "ExperimentConfig", "Evaluation"]),
         // Multi-seed studies: plans, their tasks, and the paired statistics of their results.
-        .target(name: "Studies", dependencies: ["Core", "Configuration", "Datasets", "Evaluation", "Yams"]),
+        .target(name: "Studies", dependencies: ["Core", "ExperimentConfig", "Datasets", "Evaluation", "Yams"]),
         // ZeroMQ sockets: moves frames, knows nothing of training.
         .target(name: "Transport", dependencies: ["CZeroMQ", "CLinux"]),
         // Typed, versioned messages and their byte encoding (imports no C).
@@ -60,33 +60,33 @@ let package = Package(
             name: "Runtime",
             dependencies: [
                 "CLinux", "Wire", "Coordination", "Transport", "Core", "Kernels", "GRU4Rec",
-                "Configuration", "Datasets", "Storage", "MetaLearning", "Evaluation", "Training"
+                "ExperimentConfig", "Datasets", "Storage", "MetaLearning", "Evaluation", "Training"
             ]),
         // The CLI, one file per subcommand.
         .executableTarget(
             name: "metatrain",
             dependencies: [
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                "Core", "Kernels", "GRU4Rec", "Configuration", "Datasets", "Storage", "MetaLearning", "Evaluation",
+                "Core", "Kernels", "GRU4Rec", "ExperimentConfig", "Datasets", "Storage", "MetaLearning", "Evaluation",
                 "Training", "Transport", "Wire", "Coordination", "Runtime", "Studies"
             ]),
 
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Core"]),
         .testTarget(name: "GRU4RecTests", dependencies: ["GRU4Rec", "Kernels", "Core"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "ConfigurationTests", dependencies: ["Configuration"]),
-        .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "Core", "Configuration"]),
+        .testTarget(name: "ExperimentConfigTests", dependencies: ["ExperimentConfig"]),
+        .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "Core", "ExperimentConfig"]),
         .testTarget(
             name: "StudiesTests", dependencies: ["Studies", "Evaluation", "Core"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "StorageTests", dependencies: ["Storage", "Datasets", "GRU4Rec", "Core", "Configuration"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage", "Datasets", "GRU4Rec", "Core", "ExperimentConfig"]),
         .testTarget(
             name: "MetaLearningTests",
-            dependencies: ["MetaLearning", "GRU4Rec", "Kernels", "Datasets", "Core", "Configuration"]),
+            dependencies: ["MetaLearning", "GRU4Rec", "Kernels", "Datasets", "Core", "ExperimentConfig"]),
         .testTarget(
-            name: "EvaluationTests", dependencies: ["Evaluation", "GRU4Rec", "Datasets", "Core", "Configuration"]),
+            name: "EvaluationTests", dependencies: ["Evaluation", "GRU4Rec", "Datasets", "Core", "ExperimentConfig"]),
         .testTarget(
             name: "TrainingTests",
-            dependencies: ["Training", "Evaluation", "Storage", "Datasets", "Configuration", "Core"]),
+            dependencies: ["Training", "Evaluation", "Storage", "Datasets", "ExperimentConfig", "Core"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "CoordinationTests", dependencies: ["Coordination", "Wire"]),
@@ -95,7 +95,7 @@ let package = Package(
             name: "CLITests",
             dependencies: [
                 "metatrain", "Storage", "Datasets", "Core", "Transport", "Wire", "Runtime", "MetaLearning",
-                "Configuration", "Yams",
+                "ExperimentConfig", "Yams",
                 .product(name: "ArgumentParser", package: "swift-argument-parser")
             ])
     ]

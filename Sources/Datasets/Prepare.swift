@@ -1,4 +1,4 @@
-import Configuration
+import ExperimentConfig
 import Core
 import Foundation
 

@@ -1,4 +1,4 @@
-import Configuration
+import ExperimentConfig
 import GRU4Rec
 import Kernels
 

@@ -1,5 +1,5 @@
-import Configuration
 import Datasets
+import ExperimentConfig
 
 #if canImport(Glibc)
 import Glibc

@@ -1,7 +1,7 @@
-import Configuration
 import Coordination
 import Core
 import Evaluation
+import ExperimentConfig
 import Foundation
 import Kernels
 import Training

@@ -1,7 +1,7 @@
 import CLinux
-import Configuration
 import Coordination
 import Core
+import ExperimentConfig
 import Foundation
 import Kernels
 import Transport

@@ -1,7 +1,7 @@
-import Configuration
 import Coordination
 import Core
 import Datasets
+import ExperimentConfig
 import Foundation
 import Kernels
 import Storage

@@ -1,5 +1,5 @@
-import Configuration
 import Core
+import ExperimentConfig
 import Foundation
 import GRU4Rec
 import Storage

@@ -1,5 +1,5 @@
-import Configuration
 import Core
+import ExperimentConfig
 import Kernels
 
 /// A reduced meta-gradient (or meta-loss) that is not finite: the step is not taken.

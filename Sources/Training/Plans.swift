@@ -1,7 +1,7 @@
-import Configuration
 import Core
 import Datasets
 import Dispatch
+import ExperimentConfig
 import Foundation
 import Kernels
 

@@ -1,7 +1,7 @@
-import Configuration
 import Core
 import Datasets
 import Evaluation
+import ExperimentConfig
 import Foundation
 import GRU4Rec
 import Kernels

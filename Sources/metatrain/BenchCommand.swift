@@ -1,5 +1,5 @@
 import ArgumentParser
-import Configuration
+import ExperimentConfig
 import Core
 import Datasets
 import Foundation

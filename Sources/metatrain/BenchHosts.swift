@@ -1,6 +1,6 @@
-import Configuration
 import Core
 import Datasets
+import ExperimentConfig
 import Foundation
 import GRU4Rec
 import Runtime

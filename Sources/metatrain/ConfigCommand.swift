@@ -1,5 +1,5 @@
 import ArgumentParser
-import Configuration
+import ExperimentConfig
 import Foundation
 
 struct ConfigCommand: ParsableCommand {

@@ -4,7 +4,7 @@
 // example in its help; the work itself lives in the library modules.
 
 import ArgumentParser
-import Configuration
+import ExperimentConfig
 import Core
 import Foundation
 

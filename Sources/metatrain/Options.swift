@@ -1,5 +1,5 @@
 import ArgumentParser
-import Configuration
+import ExperimentConfig
 
 /// --config, --set and --seed: how every subcommand that trains or evaluates gets its configuration.
 struct ConfigOptions: ParsableArguments {

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Configuration
+import ExperimentConfig
 import Datasets
 import Foundation
 import Storage

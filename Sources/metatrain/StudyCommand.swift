@@ -1,8 +1,8 @@
 import ArgumentParser
-import Configuration
 import Core
 import Datasets
 import Evaluation
+import ExperimentConfig
 import Foundation
 import GRU4Rec
 import Kernels

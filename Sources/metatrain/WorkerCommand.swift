@@ -1,6 +1,6 @@
 import ArgumentParser
-import Configuration
 import Core
+import ExperimentConfig
 import Foundation
 import Kernels
 import Runtime

@@ -1,4 +1,4 @@
-import Configuration
+import ExperimentConfig
 import Foundation
 import Storage
 import Transport

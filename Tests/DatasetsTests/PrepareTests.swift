@@ -1,5 +1,5 @@
-import Configuration
 import Core
+import ExperimentConfig
 import XCTest
 
 @testable import Datasets

@@ -1,6 +1,6 @@
-import Configuration
 import Core
 import Datasets
+import ExperimentConfig
 import GRU4Rec
 import Kernels
 import XCTest

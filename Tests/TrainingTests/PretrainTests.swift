@@ -1,7 +1,7 @@
-import Configuration
 import Core
 import Datasets
 import Evaluation
+import ExperimentConfig
 import Storage
 import XCTest
 

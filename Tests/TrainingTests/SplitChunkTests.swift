@@ -1,6 +1,6 @@
-import Configuration
 import Core
 import Datasets
+import ExperimentConfig
 import Kernels
 import XCTest
 

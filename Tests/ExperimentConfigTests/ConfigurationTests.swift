@@ -1,6 +1,6 @@
 import XCTest
 
-@testable import Configuration
+@testable import ExperimentConfig
 
 final class ConfigurationTests: XCTestCase {
     func tmp(_ text: String) -> String {

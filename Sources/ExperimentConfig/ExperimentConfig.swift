@@ -1,4 +1,4 @@
-// Module Configuration.
+// Module ExperimentConfig (the experiment configuration; named so beside swift-configuration's Configuration).
 //
 // The run configuration: defaults, the YAML file and `--set` overrides,
 // validation with allowed values and nearest-key suggestions, the keys that may
