@@ -1,6 +1,6 @@
-import ExperimentConfig
 import Core
 import Datasets
+import ExperimentConfig
 import GRU4Rec
 import Kernels
 import MetaLearning
@@ -154,6 +154,25 @@ public final class Evaluator {
         }
     }
 
+    /// Episode e's queries' scores over the catalogue (row q for query q, V each) after
+    /// adapting on its support set exactly as `fewShot` does; unadapted with `policy` nil or
+    /// an empty support set. What `recommend` ranks with, and what its test compares bit for bit.
+    public func fewShotScores(_ params: FloatBuffer, dims: ModelDims, policy: FewShotPolicy?, episode e: Int)
+        -> [[Float]]
+    {
+        let m = model(dims), ep = dataset.episodes(split)
+        var use = params
+        if let policy, ep.k > 0 {
+            let adapted = FloatBuffer(count: params.count), grads = FloatBuffer(count: params.count)
+            adapt(
+                m, params, episode: e, policy: policy, loop: policy.innerLoop, shots: nil, into: adapted, grads: grads)
+            use = adapted
+        }
+        let queries = ep.queryPairs(e), V = dims.V
+        let logits = scoreEach(m, use, queries: queries)
+        return (0..<queries.count).map { Array(logits[($0 * V)..<(($0 + 1) * V)]) }
+    }
+
     /// Every query's rank, episode by episode, for studies (per_query.csv):
     /// zero-shot with `policy` nil, else few-shot exactly as `fewShot` adapts;
     /// `params` nil ranks by popularity. With `sampledNegatives` N > 0 each
@@ -199,11 +218,9 @@ public final class Evaluator {
                 adapt(m, params, episode: e, policy: policy, loop: loop, shots: shots, into: adapted, grads: grads)
                 use = adapted
             }
-            queryBatch.pack(pairs: queries, of: dataset)
-            // The batch sorts its examples by prefix length: query q is the row where order[row] == q.
-            var rowOf = [Int](repeating: 0, count: queries.count)
-            for (row, q) in queryBatch.order.enumerated() { rowOf[q] = row }
-            return rankAll(UnsafePointer(m.forward(use, queryBatch)), V, rowOf: { rowOf[$0] })
+            return scoreEach(m, use, queries: queries).withUnsafeBufferPointer {
+                rankAll($0.baseAddress!, V, rowOf: { $0 })
+            }
         }
     }
 
@@ -214,20 +231,31 @@ public final class Evaluator {
             seed: seed)
     }
 
-    /// Ranks every query's label (one forward pass), then turns the same logits
-    /// into the queries' mean cross-entropy.
-    private func scoreWithLoss(_ m: GRU4Rec, _ params: FloatBuffer, queries: ArraySlice<Int64>) -> (MetricSums, Float) {
-        queryBatch.pack(pairs: queries, of: dataset)
-        let logits = m.forward(params, queryBatch)
-        var s = MetricSums()
-        let V = m.dims.V, B = queryBatch.count
-        for b in 0..<B {
-            s.add(rank: pessimisticRank(logits + b * V, label: Int(queryBatch.labels[b]), V: V))
-        }
-        let loss = queryBatch.labels.withUnsafeBufferPointer { lab in
-            queryBatch.weights.withUnsafeBufferPointer { wt in
-                crossEntropyForward(logits, nil, logits, lab.baseAddress!, wt.baseAddress!, B: B, V: V)
+    /// Each query's scores over the catalogue, row q for query q ([Q,V]): every query scored
+    /// alone, a batch of one, so a query's scores never depend on which queries share its episode
+    /// (OpenBLAS may round a row differently in a bigger product). `recommend` scores a learner's
+    /// latest prefix the same way, which is what makes its answer equal evaluation's bit for bit.
+    func scoreEach(_ m: GRU4Rec, _ params: FloatBuffer, queries: ArraySlice<Int64>) -> [Float] {
+        let V = m.dims.V
+        var out = [Float](repeating: 0, count: queries.count * V)
+        out.withUnsafeMutableBufferPointer { o in
+            for (q, pair) in queries.enumerated() {
+                queryBatch.pack(pairs: [pair], of: dataset)
+                (o.baseAddress! + q * V).update(from: m.forward(params, queryBatch), count: V)
             }
+        }
+        return out
+    }
+
+    /// Ranks every query's label, then turns the same logits into the queries' mean cross-entropy.
+    private func scoreWithLoss(_ m: GRU4Rec, _ params: FloatBuffer, queries: ArraySlice<Int64>) -> (MetricSums, Float) {
+        var logits = scoreEach(m, params, queries: queries)
+        var s = MetricSums()
+        let V = m.dims.V, B = queries.count
+        let labels = queries.map { dataset.label[Int($0)] }, weights = [Float](repeating: 1, count: B)
+        let loss = logits.withUnsafeMutableBufferPointer { l in
+            for b in 0..<B { s.add(rank: pessimisticRank(l.baseAddress! + b * V, label: Int(labels[b]), V: V)) }
+            return crossEntropyForward(l.baseAddress!, nil, l.baseAddress!, labels, weights, B: B, V: V)
         }
         return (s, loss)
     }
