@@ -1,5 +1,5 @@
-import ExperimentConfig
 import Core
+import ExperimentConfig
 import Foundation
 
 /// Which CSV columns hold what. Session and action are optional: each is used
@@ -106,6 +106,16 @@ public enum Prepare {
         csvPath: String, columns: ColumnMap = ColumnMap(), delimiter: UInt8? = nil,
         skipBadRows: Bool = false, config: Config
     ) throws -> (Dataset, PrepareSummary) {
+        var (ev, source, summary) = try read(
+            csvPath: csvPath, columns: columns, delimiter: delimiter, skipBadRows: skipBadRows)
+        return build(events: ev, source: source, config: config, summary: &summary)
+    }
+
+    /// Steps 1–2 alone: an event log's rows as events (what `recommend` reads a learner's
+    /// events with), the source line and the parse counts.
+    public static func read(
+        csvPath: String, columns: ColumnMap = ColumnMap(), delimiter: UInt8? = nil, skipBadRows: Bool = false
+    ) throws -> (Events, String, PrepareSummary) {
         let url = URL(fileURLWithPath: csvPath)
         let data: Data
         do { data = try Data(contentsOf: url, options: .alwaysMapped) } catch {
@@ -113,25 +123,63 @@ public enum Prepare {
         }
         let fileName = url.lastPathComponent
         return try data.withUnsafeBytes { raw in
-            try build(
+            try parse(
                 bytes: raw.bindMemory(to: UInt8.self), fileName: fileName, columns: columns,
-                delimiter: delimiter ?? Delimiter.implied(byFileName: fileName), skipBadRows: skipBadRows,
-                config: config)
+                delimiter: delimiter ?? Delimiter.implied(byFileName: fileName), skipBadRows: skipBadRows)
         }
     }
 
     // MARK: - Step 1–2: parse
 
-    struct Events {
-        var user: [Int32] = [], item: [Int32] = [], time: [Int64] = [], session: [Int32] = [], action: [Int32] = []
-        var userNames: [String] = [], itemNames: [String] = []
-        var nActions = 0
+    /// Events as read: each field interned to an index (users and items by their names in
+    /// `userNames`/`itemNames`); `session` and `action` are empty when the log has no such column.
+    public struct Events: Sendable {
+        public var user: [Int32] = [], item: [Int32] = [], time: [Int64] = [], session: [Int32] = [],
+            action: [Int32] = []
+        public var userNames: [String] = [], itemNames: [String] = []
+        /// Distinct actions in the log (the denominator of a session's composition).
+        public var nActions = 0
+        public init() {}
+        public var count: Int { user.count }
+
+        /// Appends one event, interning its fields (a session or action of nil when the log has none).
+        public mutating func append(
+            user u: String, item i: String, time t: Int64, session s: String? = nil, action a: String? = nil,
+            interning d: inout Interning
+        ) {
+            let (ui, newUser) = Interning.intern(u, &d.users)
+            if newUser { userNames.append(u) }
+            let (ii, newItem) = Interning.intern(i, &d.items)
+            if newItem { itemNames.append(i) }
+            user.append(ui); item.append(ii); time.append(t)
+            if let s { session.append(Interning.intern(s, &d.sessions).0) }
+            if let a { action.append(Interning.intern(a, &d.actions).0); nActions = d.actions.count }
+        }
+    }
+
+    /// The name → index tables `Events.append` interns with.
+    public struct Interning {
+        var users: [String: Int32] = [:], items: [String: Int32] = [:]
+        var sessions: [String: Int32] = [:], actions: [String: Int32] = [:]
+        public init() {}
+        static func intern(_ s: String, _ d: inout [String: Int32]) -> (Int32, Bool) {
+            if let i = d[s] { return (i, false) }
+            let i = Int32(d.count); d[s] = i; return (i, true)
+        }
     }
 
     static func build(
         bytes: UnsafeBufferPointer<UInt8>, fileName: String, columns: ColumnMap, delimiter: UInt8 = 0x2C,
         skipBadRows: Bool, config: Config
     ) throws -> (Dataset, PrepareSummary) {
+        var (ev, source, summary) = try parse(
+            bytes: bytes, fileName: fileName, columns: columns, delimiter: delimiter, skipBadRows: skipBadRows)
+        return build(events: ev, source: source, config: config, summary: &summary)
+    }
+
+    static func parse(
+        bytes: UnsafeBufferPointer<UInt8>, fileName: String, columns: ColumnMap, delimiter: UInt8, skipBadRows: Bool
+    ) throws -> (Events, String, PrepareSummary) {
         var summary = PrepareSummary()
         var scanner = CSVScanner(bytes, delimiter: delimiter)
         var fields: [CSVScanner.Field] = []
@@ -224,7 +272,7 @@ public enum Prepare {
             + "session=\(cs != nil ? columns.session : "-") action=\(ca != nil ? columns.action : "-")"
             + (delimiter == 0x2C
                 ? "" : delimiter == 0x09 ? " delimiter=tab" : " delimiter=\(Character(Unicode.Scalar(delimiter)))")
-        return build(events: ev, source: source, config: config, summary: &summary)
+        return (ev, source, summary)
     }
 
     // MARK: - Steps 3–10, one function each
@@ -258,7 +306,7 @@ public enum Prepare {
             label: pairs.label, timestamp: pairs.timestamp, reliability: pairs.reliability, episodes: episodes,
             maxSeqLen: d.maxSeqLen, kSupport: d.kSupport, qQuery: d.qQuery, source: source)
         var out = ds
-        out.prepareJSON = config.dataSectionJSON
+        out.prepareJSON = config.prepareSettingsJSON(actions: ev.action.isEmpty ? nil : ev.nActions)
         return (out, summary)
     }
 
@@ -389,14 +437,7 @@ public enum Prepare {
         for u in 0..<users.count {
             p.userStart[u] = p.label.count
             p.firstTime[u] = ev.time[Int(users.events[users.start[u]])]
-            visits.removeAll(keepingCapacity: true); vTime.removeAll(keepingCapacity: true);
-            vSession.removeAll(keepingCapacity: true)
-            for k in users.start[u]..<users.start[u + 1] {
-                let e = Int(users.events[k])
-                let item = itemMap[Int(ev.item[e])]
-                if item == 0 || item == visits.last { continue }
-                visits.append(item); vTime.append(ev.time[e]); vSession.append(sessionOf[e])
-            }
+            userVisits(ev, users, u, sessionOf: sessionOf, itemMap: itemMap, &visits, &vTime, &vSession)
             if visits.count < 2 { continue }
             for t in 1..<visits.count {
                 p.user.append(Int32(u))
@@ -408,6 +449,22 @@ public enum Prepare {
         }
         p.userStart[users.count] = p.label.count
         return p
+    }
+
+    /// Step 7: the visits of the user of rank u: their kept items in order, a repeat of the
+    /// previous one merged, with each visit's time and session.
+    static func userVisits(
+        _ ev: Events, _ users: Users, _ u: Int, sessionOf: [Int32], itemMap: [Int32], _ visits: inout [Int32],
+        _ vTime: inout [Int64], _ vSession: inout [Int32]
+    ) {
+        visits.removeAll(keepingCapacity: true); vTime.removeAll(keepingCapacity: true)
+        vSession.removeAll(keepingCapacity: true)
+        for k in users.start[u]..<users.start[u + 1] {
+            let e = Int(users.events[k])
+            let item = itemMap[Int(ev.item[e])]
+            if item == 0 || item == visits.last { continue }
+            visits.append(item); vTime.append(ev.time[e]); vSession.append(sessionOf[e])
+        }
     }
 
     /// Step 9: val and test users, drawn from those with K + Q pairs, by first
@@ -469,5 +526,85 @@ public enum Prepare {
             }
         }
         return episodes
+    }
+
+    // MARK: - One learner (recommend and serve)
+
+    /// One learner's history as prepare would see it inside a log: their pairs (steps 3–8
+    /// with a given vocabulary), the prefix that asks for their next course, the courses
+    /// they took and what could not be used.
+    public struct Learner: Sendable {
+        /// Pairs, chronological, as `Dataset` stores them (`prefixOffsets` has count + 1 entries).
+        public var prefixOffsets: [Int64] = [0], prefixItems: [Int32] = [], label: [Int32] = [],
+            timestamp: [Int64] = [], reliability: [Float] = []
+        /// The last `max_seq_len` visits: the prefix whose next course is asked for (empty: no known course).
+        public var latestPrefix: [Int32] = []
+        /// Time of the latest visit.
+        public var latestTime: Int64 = 0
+        /// Catalogue indices of the courses the learner took.
+        public var seen: Set<Int32> = []
+        /// Events read, and distinct course ids not in the vocabulary (ignored).
+        public var events = 0, unknownItems = 0
+        public var pairs: Int { label.count }
+    }
+
+    /// The history of user `user` (an index into `ev.userNames`) of `ev`, with the model's
+    /// vocabulary (`itemIndex`: course id → index, 1-based) in place of a vocabulary of its
+    /// own, and the training log's action count for session composition (nil: the learner's own).
+    /// Sessions, reliability, visits and pairs are prepare's own steps 3–8.
+    public static func learner(
+        _ all: Events, user: Int32, itemIndex: [String: Int32], data d: Config.Data, actions: Int?
+    ) -> Learner {
+        // The learner's events alone, as a one-user log (sessions and items renumbered).
+        var ev = Events()
+        guard all.userNames.indices.contains(Int(user)) else { return Learner() } // no events at all
+        ev.userNames = [all.userNames[Int(user)]]
+        var itemOf: [Int32: Int32] = [:], sessionOf: [Int32: Int32] = [:], actionOf: [Int32: Int32] = [:]
+        for e in 0..<all.count where all.user[e] == user {
+            ev.user.append(0)
+            let raw = all.item[e]
+            if let i = itemOf[raw] {
+                ev.item.append(i)
+            } else {
+                let i = Int32(ev.itemNames.count); itemOf[raw] = i; ev.itemNames.append(all.itemNames[Int(raw)])
+                ev.item.append(i)
+            }
+            ev.time.append(all.time[e])
+            if !all.session.isEmpty {
+                let s = all.session[e]
+                if let x = sessionOf[s] {
+                    ev.session.append(x)
+                } else {
+                    let x = Int32(sessionOf.count); sessionOf[s] = x; ev.session.append(x)
+                }
+            }
+            if !all.action.isEmpty {
+                let a = all.action[e]
+                if let x = actionOf[a] {
+                    ev.action.append(x)
+                } else {
+                    let x = Int32(actionOf.count); actionOf[a] = x; ev.action.append(x)
+                }
+            }
+        }
+        ev.nActions = actions ?? actionOf.count
+        var out = Learner()
+        out.events = ev.count
+        let itemMap = ev.itemNames.map { itemIndex[$0] ?? 0 }
+        out.unknownItems = itemMap.filter { $0 == 0 }.count
+        guard ev.count > 0 else { return out }
+        let users = groupByUser(ev)
+        let sessions = splitSessions(ev, users, gapS: d.sessionGapS)
+        let reliability = sessionReliability(sessions, nActions: ev.nActions, hasActions: !ev.action.isEmpty, data: d)
+        let pairs = makePairs(
+            ev, users, sessionOf: sessions.of, reliability: reliability, itemMap: itemMap, maxSeqLen: d.maxSeqLen)
+        out.prefixOffsets = pairs.prefixOffsets; out.prefixItems = pairs.prefixItems; out.label = pairs.label
+        out.timestamp = pairs.timestamp; out.reliability = pairs.reliability
+        var visits: [Int32] = [], vTime: [Int64] = [], vSession: [Int32] = []
+        userVisits(ev, users, 0, sessionOf: sessions.of, itemMap: itemMap, &visits, &vTime, &vSession)
+        out.latestPrefix = Array(visits.suffix(d.maxSeqLen))
+        out.latestTime = vTime.last ?? 0
+        out.seen = Set(visits)
+        return out
     }
 }

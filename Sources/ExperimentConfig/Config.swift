@@ -111,6 +111,30 @@ public struct Config: Equatable, Sendable {
             + "\"inner_lr\":" + ConfigValue.double(maml.innerLR).json + ",\"weighting\":" + w + "}"
     }
 
+    /// What `prepare` records in a dataset and a checkpoint carries (docs/FORMATS.md): the `data`
+    /// section, and with an action column the log's count of distinct actions (a session's
+    /// composition is its distinct actions over this count), as `{"data": {…}, "actions": N}`.
+    public func prepareSettingsJSON(actions: Int?) -> String {
+        let d = dataSectionJSON
+        guard let actions, d.hasSuffix("}") else { return d }
+        return String(d.dropLast()) + ",\"actions\":\(actions)}"
+    }
+
+    /// Reads `prepareSettingsJSON`'s text: the data section over the defaults, and the action count.
+    public static func prepareSettings(_ text: String, origin: String) throws -> (config: Config, actions: Int?) {
+        var tree = try YAMLReader.parse(defaultConfigYAML, origin: "defaults")
+        var given = try YAMLReader.parse(text, origin: origin)
+        var actions: Int?
+        if case .map(var m) = given {
+            if let a = m["actions"] {
+                guard case .int(let n) = a, n >= 0 else { throw ConfigError("\(origin): actions: not a count") }
+                actions = n; m["actions"] = nil; given = .map(m)
+            }
+        }
+        try merge(&tree, given, origin: origin, path: "")
+        return (try Config(tree: tree), actions)
+    }
+
     /// The `data` section alone as JSON: what `prepare` used to turn events into pairs and episodes.
     public var dataSectionJSON: String {
         if case .map(let m) = tree, let d = m["data"] { return "{" + "\"data\":" + d.json + "}" }

@@ -1,6 +1,6 @@
 import ArgumentParser
-import ExperimentConfig
 import Datasets
+import ExperimentConfig
 import Foundation
 import Storage
 
@@ -26,30 +26,13 @@ struct PrepareCommand: ParsableCommand {
 
     @Option(help: "Input event log (CSV with a header).") var events: String
     @Option(help: "Output dataset (HDF5).") var out: String
-    @Option(
-        help:
-            "Field separator: comma, tab, semicolon, pipe, space or any single character (default: tab for .tsv/.inter, else comma)."
-    )
-    var delimiter: String?
-    @Option(help: "User column name (default: username; user_id for .inter).") var userCol: String?
-    @Option(help: "Item column name (default: course_id; item_id for .inter).") var itemCol: String?
-    @Option(help: "Time column name, unix seconds or ISO-8601 (default: time; timestamp for .inter).") var timeCol:
-        String?
-    @Option(help: "Session column name (used if present; otherwise sessions split on time gaps).") var sessionCol:
-        String?
-    @Option(help: "Action column name (used if present, for session reliability).") var actionCol: String?
+    @OptionGroup var columns: EventColumnOptions
     @Flag(help: "Skip malformed rows (counted in the summary) instead of failing.") var skipBadRows = false
     @OptionGroup var options: ConfigOptions
 
     func run() throws {
         let config = try options.load()
-        let sep = try delimiter.map(Delimiter.parse)
-        var cols = ColumnMap.implied(byFileName: events)
-        if let userCol { cols.user = userCol }
-        if let itemCol { cols.item = itemCol }
-        if let timeCol { cols.time = timeCol }
-        if let s = sessionCol { cols.session = s; cols.sessionRequired = true }
-        if let a = actionCol { cols.action = a; cols.actionRequired = true }
+        let (cols, sep) = try columns.resolve(forFile: events)
         let started = Date()
         let (dataset, summary) = try Prepare.run(
             csvPath: events, columns: cols, delimiter: sep, skipBadRows: skipBadRows, config: config)

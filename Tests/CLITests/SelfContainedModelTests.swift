@@ -11,7 +11,9 @@ final class SelfContainedModelTests: XCTestCase {
         let dir = freshDir("self-contained")
         let data = try syntheticDataset(in: dir)
         let dataset = try DatasetFile.read(data)
-        XCTAssertEqual(dataset.prepareJSON, Config.defaults().dataSectionJSON, "prepare records its settings")
+        let (settings, actions) = try Config.prepareSettings(dataset.prepareJSON, origin: data)
+        XCTAssertEqual(settings.dataSectionJSON, Config.defaults().dataSectionJSON, "prepare records its settings")
+        XCTAssertGreaterThan(actions ?? 0, 0, "and how many action kinds it interned (synth has an action column)")
         let small = ["--set", "model.embedding_dim=8", "--set", "model.hidden_dim=8"]
         var r = try metatrain(
             ["pretrain", "--data", data, "--run-dir", dir + "/pre", "--set", "pretrain.epochs=1"] + small)
