@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 // Layout: C system libraries at the bottom, then math (Kernels, GRU4Rec),
@@ -12,7 +12,14 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0")
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        // Hummingbird without its swift-configuration trait: that package's module is also
+        // named Configuration.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.20.0", traits: []),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.9.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0")
     ],
     targets: [
         // System libraries (module.modulemap + shim.h).
@@ -49,6 +56,24 @@ let package = Package(
             dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "ExperimentConfig", "Evaluation"]),
         // Multi-seed studies: plans, their tasks, and the paired statistics of their results.
         .target(name: "Studies", dependencies: ["Core", "ExperimentConfig", "Datasets", "Evaluation", "Yams"]),
+        // One learner's events to next courses: prepare's pairs, evaluation's few-shot path.
+        .target(
+            name: "Recommendation",
+            dependencies: [
+                "Core", "Kernels", "GRU4Rec", "ExperimentConfig", "Datasets", "Storage", "MetaLearning", "Evaluation"
+            ]),
+        // The HTTP service (Hummingbird 2): recommend, health, metrics, hot reload.
+        .target(
+            name: "Serving",
+            dependencies: [
+                "Core", "Kernels", "Recommendation", "Storage",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus")
+            ]),
         // ZeroMQ sockets: moves frames, knows nothing of training.
         .target(name: "Transport", dependencies: ["CZeroMQ", "CLinux"]),
         // Typed, versioned messages and their byte encoding (imports no C).
@@ -68,7 +93,7 @@ let package = Package(
             dependencies: [
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 "Core", "Kernels", "GRU4Rec", "ExperimentConfig", "Datasets", "Storage", "MetaLearning", "Evaluation",
-                "Training", "Transport", "Wire", "Coordination", "Runtime", "Studies"
+                "Training", "Transport", "Wire", "Coordination", "Runtime", "Studies", "Recommendation", "Serving"
             ]),
 
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
@@ -95,7 +120,7 @@ let package = Package(
             name: "CLITests",
             dependencies: [
                 "metatrain", "Storage", "Datasets", "Core", "Transport", "Wire", "Runtime", "MetaLearning",
-                "ExperimentConfig", "Yams",
+                "ExperimentConfig", "Yams", "Recommendation", "Evaluation",
                 .product(name: "ArgumentParser", package: "swift-argument-parser")
             ])
     ]

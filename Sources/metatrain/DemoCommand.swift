@@ -1,6 +1,8 @@
 import ArgumentParser
 import Core
+import Datasets
 import Foundation
+import Storage
 
 struct DemoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -8,7 +10,9 @@ struct DemoCommand: ParsableCommand {
         abstract: "Runs synth, prepare, pretrain, train and evaluate end to end in a fresh directory.",
         discussion: """
             Everything lands in --dir: events.csv, dataset.h5, runs/gru4rec/,
-            runs/fomaml/ and report.json; the comparison table is printed at the end.
+            runs/fomaml/ and report.json; the comparison table is printed, then the
+            meta-trained model recommends for one test learner (learner.csv) from
+            their events before their first query course.
             Example:
               metatrain demo --dir demo-run
             """)
@@ -64,5 +68,38 @@ struct DemoCommand: ParsableCommand {
             ])
             try c.run()
         }
+        try step("recommend for one test learner") {
+            let (user, next) = try Self.writeFirstTestLearner(events: events, data: data, to: dir + "/learner.csv")
+            print("learner \(user)'s events up to their first query are in \(dir)/learner.csv")
+            let c = try RecommendCommand.parse([
+                "--checkpoint", meta + "/final.h5", "--events", dir + "/learner.csv", "--top", "5"
+            ])
+            try c.run()
+            print("(the course they actually took next: \(next))")
+        }
+    }
+
+    /// The first test learner's rows of the log from before their first query pair, written
+    /// to `out`; returns the learner and the course of that query.
+    static func writeFirstTestLearner(events: String, data: String, to out: String) throws -> (String, String) {
+        let dataset = try DatasetFile.read(data)
+        let ep = dataset.episodes(.test)
+        guard ep.count > 0, let first = ep.queryPairs(0).first else {
+            throw MetatrainError("\(data): no test episodes to recommend for")
+        }
+        let user = dataset.userIds[Int(ep.user[0])]
+        let cutoff = dataset.timestamp[Int(first)]
+        let lines = try String(contentsOfFile: events, encoding: .utf8).split(separator: "\n").map(String.init)
+        let header = lines[0].split(separator: ",").map(String.init)
+        guard let cu = header.firstIndex(of: "username"), let ct = header.firstIndex(of: "time") else {
+            throw MetatrainError("\(events): no username or time column")
+        }
+        var kept = [lines[0]]
+        for line in lines.dropFirst() {
+            let f = line.split(separator: ",", omittingEmptySubsequences: false)
+            if f.count > max(cu, ct), f[cu] == user, let t = parseTime(String(f[ct])), t < cutoff { kept.append(line) }
+        }
+        try writeFileAtomically(out, contents: kept.joined(separator: "\n") + "\n")
+        return (user, dataset.itemIds[Int(dataset.label[Int(first)])])
     }
 }

@@ -4,8 +4,8 @@
 // example in its help; the work itself lives in the library modules.
 
 import ArgumentParser
-import ExperimentConfig
 import Core
+import ExperimentConfig
 import Foundation
 
 @main
@@ -16,7 +16,8 @@ struct Metatrain: ParsableCommand {
         discussion: """
             Pipeline: synth (or a real XuetangX log) -> prepare -> pretrain -> train
             (or coordinator + workers on many machines) -> evaluate -> study (methods
-            over many seeds, with paired statistics). keygen makes CURVE keys, config
+            over many seeds, with paired statistics) -> recommend, serve or export a
+            trained model for new learners. keygen makes CURVE keys, config
             explains every key, bench measures this machine.
             Example:
               metatrain demo --dir demo-run
@@ -25,7 +26,8 @@ struct Metatrain: ParsableCommand {
         subcommands: [
             SynthCommand.self, PrepareCommand.self, PretrainCommand.self, CoordinatorCommand.self,
             WorkerCommand.self, TrainCommand.self, KeygenCommand.self, ConfigCommand.self, EvaluateCommand.self,
-            StudyCommand.self, DemoCommand.self, BenchCommand.self
+            StudyCommand.self, RecommendCommand.self, ServeCommand.self, ExportCommand.self, DemoCommand.self,
+            BenchCommand.self
         ])
 
     /// Runs the CLI: our own errors print as one `error: ...` line and exit 1.
