@@ -1,7 +1,7 @@
 import ArgumentParser
-import ExperimentConfig
 import Core
 import Datasets
+import ExperimentConfig
 import Foundation
 import GRU4Rec
 import Kernels
@@ -26,6 +26,11 @@ struct BenchCommand: ParsableCommand {
             the run is what `train --workers 2` starts: one host agent of two
             processes. It then kills, and in a second run stops, one of two separate
             workers mid-run and prints the time until its units go out again.
+            --serve measures `metatrain serve` instead: a real server on loopback
+            with a model at the bench's sizes, a load generator in this process
+            (keep-alive HTTP/1.1 clients, one thread each) sending learners of 10
+            events; p50/p99 latency and requests/s at concurrency 1, 8 and 64, then the
+            server's resident memory over --serve-requests requests.
             --hosts measures across hosts instead (root): network
             namespaces as hosts, links limited with tc tbf to 1 and 10 Gbit/s, time
             per iteration against one machine in the same run, the coordinator
@@ -34,6 +39,7 @@ struct BenchCommand: ParsableCommand {
             Example:
               swift build -c release && .build/release/metatrain bench
               sudo .build/release/metatrain bench --hosts
+              .build/release/metatrain bench --serve
             """)
 
     @Option(help: "Seconds to spend on each measurement (best of 5 blocks).") var seconds = 3.0
@@ -42,6 +48,15 @@ struct BenchCommand: ParsableCommand {
     var metaIterations = 40
     @Option(help: "Rounds of alternating 1- and 2-worker runs.") var rounds = 3
     @Flag(help: "Measure across hosts (network namespaces, tc tbf rate limits; needs root) instead.") var hosts = false
+    @Flag(help: "Measure `serve` instead: latency and requests/s at concurrency 1, 8 and 64, and its memory.")
+    var serve = false
+    @Option(help: "Requests for --serve's memory measurement (the latency runs use a fiftieth of it each).")
+    var serveRequests = 100_000
+
+    func validate() throws {
+        if serve && hosts { throw ValidationError("--serve and --hosts are separate measurements; give one") }
+        if serveRequests < 100 { throw ValidationError("--serve-requests must be at least 100") }
+    }
 
     /// Seconds per call: the best of 5 timed blocks of `seconds`/5 each, so a
     /// neighbour stealing the CPU for a moment does not count against us.
@@ -62,6 +77,14 @@ struct BenchCommand: ParsableCommand {
         #if DEBUG
         print("warning: debug build; measure with `swift build -c release`")
         #endif
+        if serve {
+            let dir = NSTemporaryDirectory() + "metatrain-bench-\(getpid())"
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let dataset = try metaDataset(dir: dir)
+            try benchServe(dir: dir, data: dir + "/meta.h5", dataset: dataset)
+            return
+        }
         if hosts {
             let dir = NSTemporaryDirectory() + "metatrain-bench-\(getpid())"
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
