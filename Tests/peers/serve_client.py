@@ -183,6 +183,12 @@ def reload(base, events, rundir, files):
         shutil.copyfile(src, tmp)
         os.replace(tmp, best)
 
+    # The first model (best.h5 is in place) must be serving before the load starts.
+    deadline = time.time() + 20
+    while time.time() < deadline and serving()[0] != 200:
+        time.sleep(0.05)
+    if serving()[0] != 200:
+        fail(f"no model ready within 20 s: {serving()}")
     threads = [threading.Thread(target=loop) for _ in range(4)]
     for t in threads:
         t.start()
