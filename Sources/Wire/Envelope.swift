@@ -89,8 +89,9 @@ public struct Envelope: Equatable, Sendable {
         var r = ByteReader(block)
         _ = try r.take(4 + 2 + 1 + 4 + runId.utf8.count, "header")
         let m: Message
-        switch t {
-        case 1:
+        guard let kind = MessageKind(rawValue: t) else { throw WireError.unknownType(t) }
+        switch kind {
+        case .hello:
             let name = try r.string("worker name"), fingerprint = try r.string("fingerprint")
             let hardware = Hardware(cpuModel: try r.string("cpu model"), blasCore: try r.string("OpenBLAS core"))
             let procs = try r.int("procs")
@@ -106,17 +107,17 @@ public struct Envelope: Equatable, Sendable {
                 Hello(
                     workerName: name, datasetFingerprint: fingerprint, hardware: hardware, procs: procs,
                     sharedMemory: try r.offer()))
-        case 2:
+        case .welcome:
             m = .welcome(
                 Welcome(configJSON: try r.string("config"), version: try r.int("version"), sharedMemory: try r.offer()))
-        case 3:
+        case .refuse:
             let code = try r.u8("refusal reason")
             guard let reason = RefusalReason(rawValue: code) else {
                 throw WireError.invalid("unknown refusal reason \(code)")
             }
             m = .refuse(reason, detail: try r.string("detail"))
-        case 4: m = .ready
-        case 5:
+        case .ready: m = .ready
+        case .work:
             let id = try r.int("unit id")
             guard let kind = UnitKind(rawValue: try r.u8("unit kind")) else {
                 throw WireError.invalid("unknown unit kind")
@@ -126,14 +127,14 @@ public struct Envelope: Equatable, Sendable {
             var leaves: [[Int]] = []
             for _ in 0..<n { leaves.append(try r.ints("episodes")) }
             m = .work(WorkUnit(id: id, kind: kind, version: version, leaves: leaves))
-        case 7:
+        case .trainResult:
             let id = try r.int("unit id"), ver = try r.int("version")
             let (theta, alpha, shared) = try r.payload("grad theta", "grad alpha")
             m = .trainResult(
                 TrainResult(
                     unitId: id, version: ver, gradTheta: theta, gradAlpha: alpha, lossSum: try r.f64("loss"),
                     tasks: try r.int("tasks"), shared: shared))
-        case 8:
+        case .evalResult:
             let id = try r.int("unit id"), ver = try r.int("version"), sums = try r.doubles("sums"),
                 q = try r.ints("queries")
             let losses = try r.doubles("losses")
@@ -141,38 +142,21 @@ public struct Envelope: Equatable, Sendable {
                 throw WireError.invalid("eval sums or losses do not match episode count")
             }
             m = .evalResult(EvalResult(unitId: id, version: ver, sums: sums, queries: q, losses: losses))
-        case 9: m = .fetchWeights
-        case 10:
+        case .fetchWeights: m = .fetchWeights
+        case .weights:
             let ver = try r.int("version")
             let (theta, alpha, shared) = try r.payload("theta", "alpha")
             m = .weights(Weights(version: ver, theta: theta, alpha: alpha, shared: shared))
-        case 11: m = .heartbeat
-        case 12: m = .shutdown(reason: try r.string("reason"))
-        case 13: m = .goodbye(reason: try r.string("reason"))
-        case 14: m = .unitFailed(unitId: try r.int("unit id"), reason: try r.string("reason"))
-        default: throw WireError.unknownType(t)
+        case .heartbeat: m = .heartbeat
+        case .shutdown: m = .shutdown(reason: try r.string("reason"))
+        case .goodbye: m = .goodbye(reason: try r.string("reason"))
+        case .unitFailed: m = .unitFailed(unitId: try r.int("unit id"), reason: try r.string("reason"))
         }
         guard r.remaining == 0 else { throw WireError.invalid("\(r.remaining) trailing bytes after \(m.typeName)") }
         return Envelope(runId: runId, message: m, protocolVersion: v)
     }
 
-    static func typeCode(_ m: Message) -> UInt8 {
-        switch m {
-        case .hello: return 1
-        case .welcome: return 2
-        case .refuse: return 3
-        case .ready: return 4
-        case .work: return 5
-        case .trainResult: return 7
-        case .evalResult: return 8
-        case .fetchWeights: return 9
-        case .weights: return 10
-        case .heartbeat: return 11
-        case .shutdown: return 12
-        case .goodbye: return 13
-        case .unitFailed: return 14
-        }
-    }
+    static func typeCode(_ m: Message) -> UInt8 { m.kind.rawValue }
 }
 
 extension ByteWriter {

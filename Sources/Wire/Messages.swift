@@ -201,7 +201,36 @@ public enum Message: Equatable, Sendable {
     /// unit back and MUST NOT be given it again. A unit that fails on two workers (or on every live one) stops the run.
     case unitFailed(unitId: Int, reason: String)
 
-    public var typeName: String {
+    /// The message's kind: its type code and name on the wire.
+    public var kind: MessageKind {
+        switch self {
+        case .hello: return .hello
+        case .welcome: return .welcome
+        case .refuse: return .refuse
+        case .ready: return .ready
+        case .work: return .work
+        case .trainResult: return .trainResult
+        case .evalResult: return .evalResult
+        case .fetchWeights: return .fetchWeights
+        case .weights: return .weights
+        case .heartbeat: return .heartbeat
+        case .shutdown: return .shutdown
+        case .goodbye: return .goodbye
+        case .unitFailed: return .unitFailed
+        }
+    }
+
+    public var typeName: String { kind.name }
+}
+
+/// Every message type, with its code in the frame header (docs/PROTOCOL.md); the one place the
+/// codes are written. Code 6 is unused.
+public enum MessageKind: UInt8, CaseIterable, Sendable {
+    case hello = 1, welcome = 2, refuse = 3, ready = 4, work = 5, trainResult = 7, evalResult = 8
+    case fetchWeights = 9, weights = 10, heartbeat = 11, shutdown = 12, goodbye = 13, unitFailed = 14
+
+    /// The name logs and errors use.
+    public var name: String {
         switch self {
         case .hello: return "hello"
         case .welcome: return "welcome"

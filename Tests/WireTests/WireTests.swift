@@ -49,8 +49,9 @@ final class WireTests: XCTestCase {
 
     /// Every message type has a sample here, so the round trips cover the whole protocol.
     func testSamplesCoverEveryMessageType() {
-        XCTAssertEqual(Set(samples.map(\.typeName)).count, 13)
-        XCTAssertEqual(Envelope.typeCode(.unitFailed(unitId: 0, reason: "")), 14)
+        XCTAssertEqual(Set(samples.map(\.kind)), Set(MessageKind.allCases), "a sample of every kind")
+        XCTAssertEqual(Set(MessageKind.allCases.map(\.name)).count, MessageKind.allCases.count, "names differ")
+        for m in samples { XCTAssertEqual(Envelope.typeCode(m), m.kind.rawValue) }
     }
 
     func testRoundTripEveryMessage() throws {
@@ -165,8 +166,10 @@ final class WireTests: XCTestCase {
         XCTAssertThrowsError(try Envelope.decode(Array("GET / HTTP/1.1".utf8))) {
             XCTAssertEqual($0 as? WireError, .badMagic)
         }
-        var unknown = good; unknown[6] = 200
-        XCTAssertThrowsError(try Envelope.decode(unknown)) { XCTAssertEqual($0 as? WireError, .unknownType(200)) }
+        for code: UInt8 in [0, 6, 15, 200] {
+            var unknown = good; unknown[6] = code
+            XCTAssertThrowsError(try Envelope.decode(unknown)) { XCTAssertEqual($0 as? WireError, .unknownType(code)) }
+        }
         // A train result's payload is either in the message (0) or in shared memory (1).
         var place = Envelope(
             runId: "run",
