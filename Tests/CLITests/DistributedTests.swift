@@ -465,13 +465,11 @@ final class DistributedTests: XCTestCase {
     func testTrainStopsWhenNoLocalWorkerCanRun() throws {
         for n in [1, 2] {
             let run = DistributedTests.dir + "/nostart-\(n)"
-            setenv("METATRAIN_TEST_FAIL_AT_START", "1", 1)
             let p = try startDetached(
                 [
                     "train", "--data", DistributedTests.data, "--run-dir", run, "--workers", "\(n)",
                     "--set", "maml.iterations=5"
-                ] + small, stderr: run + ".err")
-            unsetenv("METATRAIN_TEST_FAIL_AT_START")
+                ] + small, stderr: run + ".err", environment: ["METATRAIN_TEST_FAIL_AT_START": "1"])
             defer { p.killGroup(); p.wait() }
             let status = p.wait(seconds: 120)
             let err = (try? String(contentsOfFile: run + ".err", encoding: .utf8)) ?? ""
@@ -544,9 +542,11 @@ struct GroupProcess {
 
 /// Starts `metatrain ARGS` in its own process group; its stderr goes to `stderr` (a file) if given. With a
 /// `prefix` (e.g. `ip netns exec NS`) that command runs metatrain (it MUST exec it, keeping the pid).
-func startDetached(_ args: [String], stderr: String? = nil, prefix: [String] = [], binary: String? = nil) throws
-    -> GroupProcess
-{
+/// `environment` is added to the child's environment only (never the test runner's).
+func startDetached(
+    _ args: [String], stderr: String? = nil, prefix: [String] = [], binary: String? = nil,
+    environment: [String: String] = [:]
+) throws -> GroupProcess {
     var attr = posix_spawnattr_t()
     posix_spawnattr_init(&attr)
     defer { posix_spawnattr_destroy(&attr) }
@@ -561,8 +561,12 @@ func startDetached(_ args: [String], stderr: String? = nil, prefix: [String] = [
     let command = prefix + [binary ?? metatrainPath()] + args
     let argv = command.map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
+    var env = ProcessInfo.processInfo.environment
+    for (k, v) in environment { env[k] = v }
+    let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { envp.forEach { free($0) } }
     var pid: pid_t = 0
-    let rc = posix_spawn(&pid, command[0], &actions, &attr, argv, environ)
+    let rc = posix_spawn(&pid, command[0], &actions, &attr, argv, envp)
     guard rc == 0 else { throw NSError(domain: "posix_spawn failed", code: Int(rc)) }
     return GroupProcess(pid: pid)
 }

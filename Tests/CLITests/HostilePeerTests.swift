@@ -347,10 +347,9 @@ final class HostilePeerTests: XCTestCase {
             && read(run + "/coordinator.log").contains("worker h2 joined")),
             Date() < deadline
         { Thread.sleep(forTimeInterval: 0.02) }
-        setenv("METATRAIN_TEST_FLIP_BIT", "1", 1)
-        let liar = try startDetached(["worker", "--connect", endpoint, "--data", data, "--name", "liar", "--procs", "1"]
-        )
-        unsetenv("METATRAIN_TEST_FLIP_BIT")
+        let liar = try startDetached(
+            ["worker", "--connect", endpoint, "--data", data, "--name", "liar", "--procs", "1"],
+            environment: ["METATRAIN_TEST_FLIP_BIT": "1"])
         defer { liar.killGroup(); liar.wait() }
         XCTAssertEqual(coord.wait(seconds: 120), 0, read(run + ".err"))
         let log = read(run + "/coordinator.log")
