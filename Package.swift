@@ -2,7 +2,8 @@
 import PackageDescription
 
 // Layout: C system libraries at the bottom, then math (Kernels, GRU4Rec),
-// data and formats (Datasets, Storage), training and evaluation, transport,
+// data and formats (Datasets, Storage), training and evaluation, using a trained
+// model (Recommendation, Serving), messages, state machines and transport,
 // and the CLI on top. Imports point one way: metatrain -> the rest.
 let package = Package(
     name: "metatrain",
@@ -42,31 +43,36 @@ let package = Package(
         .target(name: "ExperimentConfig", dependencies: ["Yams", "Core"]),
         // CSV ingest, sessions, pairs, episodes, synthetic generator.
         .target(name: "Datasets", dependencies: ["Core", "ExperimentConfig"]),
-        // HDF5 dataset and checkpoint files.
-        .target(name: "Storage", dependencies: ["CHDF5", "Core", "Datasets", "GRU4Rec"]),
+        // HDF5 dataset and checkpoint files, safetensors exports.
+        .target(name: "Storage", dependencies: ["CHDF5", "Core", "Kernels", "Datasets", "GRU4Rec"]),
         // Support weighting and inner loops (adaptation); meta-gradients build on it.
         .target(name: "MetaLearning", dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "ExperimentConfig"]),
         // Metrics, baselines, few-shot adaptation, bootstrap, reports.
         .target(
             name: "Evaluation",
             dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "ExperimentConfig", "MetaLearning"]),
-        // Global GRU4Rec pretraining.
+        // Run directories, GRU4Rec pretraining, the meta-trainer (the coordinator's math: plans,
+        // the fixed-tree reduce, Adam, checkpoints) and a worker's unit computation.
         .target(
             name: "Training",
-            dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "ExperimentConfig", "Evaluation"]),
-        // Multi-seed studies: plans, their tasks, and the paired statistics of their results.
-        .target(name: "Studies", dependencies: ["Core", "ExperimentConfig", "Datasets", "Evaluation", "Yams"]),
+            dependencies: [
+                "Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "ExperimentConfig", "MetaLearning", "Evaluation"
+            ]),
+        // Multi-seed studies: plans, their tasks, ranking every query of a run, and the paired
+        // statistics of their results.
+        .target(
+            name: "Studies", dependencies: ["Core", "ExperimentConfig", "Datasets", "Storage", "Evaluation", "Yams"]),
         // One learner's events to next courses: prepare's pairs, evaluation's few-shot path.
         .target(
             name: "Recommendation",
             dependencies: [
-                "Core", "Kernels", "GRU4Rec", "ExperimentConfig", "Datasets", "Storage", "MetaLearning", "Evaluation"
+                "Core", "Kernels", "GRU4Rec", "ExperimentConfig", "Datasets", "Storage", "Evaluation"
             ]),
         // The HTTP service (Hummingbird 2): recommend, health, metrics, hot reload.
         .target(
             name: "Serving",
             dependencies: [
-                "Core", "Kernels", "Recommendation", "Storage",
+                "Core", "Kernels", "Datasets", "Recommendation",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -80,20 +86,21 @@ let package = Package(
         .target(name: "Wire"),
         // Coordinator and worker state machines: no sockets, clocks or files.
         .target(name: "Coordination", dependencies: ["Wire"]),
-        // Shells that run the state machines over Transport, with Storage and the math.
+        // Links and shells that run the state machines over Transport, the host agent, local
+        // worker processes, network namespaces as hosts (bench and tests), traces.
         .target(
             name: "Runtime",
             dependencies: [
                 "CLinux", "Wire", "Coordination", "Transport", "Core", "Kernels", "GRU4Rec",
-                "ExperimentConfig", "Datasets", "Storage", "MetaLearning", "Evaluation", "Training"
+                "ExperimentConfig", "Datasets", "Storage", "Evaluation", "Training"
             ]),
         // The CLI, one file per subcommand.
         .executableTarget(
             name: "metatrain",
             dependencies: [
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                "Core", "Kernels", "GRU4Rec", "ExperimentConfig", "Datasets", "Storage", "MetaLearning", "Evaluation",
-                "Training", "Transport", "Wire", "Coordination", "Runtime", "Studies", "Recommendation", "Serving"
+                "Core", "Kernels", "GRU4Rec", "ExperimentConfig", "Datasets", "Storage", "Evaluation", "Training",
+                "Wire", "Runtime", "Studies", "Recommendation", "Serving"
             ]),
 
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
@@ -103,25 +110,27 @@ let package = Package(
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "Core", "ExperimentConfig"]),
         .testTarget(
             name: "StudiesTests", dependencies: ["Studies", "Evaluation", "Core"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "StorageTests", dependencies: ["Storage", "Datasets", "GRU4Rec", "Core", "ExperimentConfig"]),
+        .testTarget(
+            name: "StorageTests",
+            dependencies: ["Storage", "Datasets", "GRU4Rec", "Kernels", "Core", "ExperimentConfig"]),
         .testTarget(
             name: "MetaLearningTests",
             dependencies: ["MetaLearning", "GRU4Rec", "Kernels", "Datasets", "Core", "ExperimentConfig"]),
         .testTarget(
-            name: "EvaluationTests", dependencies: ["Evaluation", "GRU4Rec", "Datasets", "Core", "ExperimentConfig"]),
+            name: "EvaluationTests",
+            dependencies: ["Evaluation", "MetaLearning", "GRU4Rec", "Kernels", "Datasets", "Core", "ExperimentConfig"]),
         .testTarget(
             name: "TrainingTests",
-            dependencies: ["Training", "Evaluation", "Storage", "Datasets", "ExperimentConfig", "Core"]),
-        .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+            dependencies: ["Training", "Evaluation", "Storage", "Datasets", "Kernels", "ExperimentConfig", "Core"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport", "CLinux"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "CoordinationTests", dependencies: ["Coordination", "Wire"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Transport"]),
         .testTarget(
             name: "CLITests",
             dependencies: [
-                "metatrain", "Storage", "Datasets", "Core", "Transport", "Wire", "Runtime", "MetaLearning",
-                "ExperimentConfig", "Yams", "Recommendation", "Evaluation",
-                .product(name: "ArgumentParser", package: "swift-argument-parser")
+                "metatrain", "Storage", "Datasets", "Transport", "Wire", "Runtime", "MetaLearning",
+                "ExperimentConfig", "Yams", "Recommendation", "Evaluation"
             ])
     ]
 )

@@ -360,47 +360,11 @@ struct StudyTaskRunner {
         }
     }
 
-    /// Ranks every query of the plan's split, zero-shot and (for a checkpoint) few-shot, into ranks.csv.
+    /// Ranks every query of the plan's split with the run's checkpoint (RunRanks.rank), into ranks.csv.
     func rank(checkpoint: String?, config: Config, seed: UInt64, into path: String) throws {
-        let dataset = try DatasetFile.read(data)
-        let split = SplitKind(name: plan.split)!
-        let evaluator = Evaluator(dataset: dataset, split: split)
-        let negatives = config.eval.sampledNegatives
-        var settings: [(String, [[QueryRank]])] = []
-        if let checkpoint {
-            let ck = try CheckpointFile.read(checkpoint, expectedFingerprint: dataset.fingerprint)
-            var policy = try FewShotPolicy(for: ck, path: checkpoint, config: config)
-            if plan.steps > 0 { policy.steps = plan.steps }
-            let shots = plan.shots > 0 ? plan.shots : nil
-            settings.append(
-                (
-                    "zero_shot",
-                    evaluator.queryRanks(ck.params, dims: ck.dims, policy: nil, sampledNegatives: negatives, seed: seed)
-                ))
-            settings.append(
-                (
-                    "few_shot",
-                    evaluator.queryRanks(
-                        ck.params, dims: ck.dims, policy: policy, shots: shots,
-                        sampledNegatives: negatives, seed: seed)
-                ))
-        } else {
-            settings.append(("zero_shot", evaluator.popularityRanks(sampledNegatives: negatives, seed: seed)))
-        }
-        let episodes = dataset.episodes(split)
-        var rows: [RunRanks.Row] = []
-        for (setting, perEpisode) in settings {
-            for (e, ranks) in zip(evaluator.episodes, perEpisode) {
-                let user = dataset.userIds[Int(episodes.user[e])]
-                for (q, r) in ranks.enumerated() {
-                    rows.append(
-                        RunRanks.Row(
-                            setting: setting, user: user, episode: e, query: q, label: dataset.itemIds[r.label],
-                            rank: r.rank, sampledRank: r.sampledRank))
-                }
-            }
-        }
-        try writeFileAtomically(path, contents: RunRanks(rows: rows, sampledNegatives: negatives).csv)
-        print("ranked \(rows.count) queries of \(evaluator.episodes.count) \(plan.split) episodes into \(path)")
+        let (ranks, episodes) = try RunRanks.rank(
+            data: data, checkpoint: checkpoint, config: config, plan: plan, seed: seed)
+        try writeFileAtomically(path, contents: ranks.csv)
+        print("ranked \(ranks.rows.count) queries of \(episodes) \(plan.split) episodes into \(path)")
     }
 }
