@@ -16,7 +16,8 @@ final class SetupTests: XCTestCase {
         }
         for path in [
             "data/events.csv", "runs/fomaml/final.h5", "keys/host1.secret", "demo-run/data.h5",
-            "studies/seeds/results.json", "tools/.venv/bin/python3", ".build/debug.yaml"
+            "studies/seeds/results.json", "tools/.venv/bin/python3", ".build/debug.yaml",
+            "runs/fomaml/model.safetensors", "runs/fomaml/model.vocab.json"
         ] {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
