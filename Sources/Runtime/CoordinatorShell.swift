@@ -72,7 +72,7 @@ public final class CoordinatorShell {
         let ctx = ZMQContext()
         link = CoordinatorLink(endpoint: requestedEndpoint, log: { [weak self] in self?.say($0) })
         // The largest honest frame is a result or the weights inline: θ and α, and a few headers.
-        link.maxMessageSize = 4 * (trainer.layout.count + (trainer.alpha == nil ? 0 : trainer.layout.count)) + (1 << 20)
+        link.maxMessageSize = Envelope.frameLimit(floats: trainer.payload.floats)
         link.curve = curve
         try link.bind(ctx)
         runId = "\(trainer.config.seed)-\(getpid())-\(Int(Date().timeIntervalSince1970))"
@@ -81,7 +81,7 @@ public final class CoordinatorShell {
             runId: runId, datasetFingerprint: trainer.dataset.fingerprint,
             configJSON: trainer.config.json,
             workerTimeout: workerTimeout ?? trainer.config.cluster.silenceS)
-        settings.gradientCounts = (trainer.layout.count, trainer.alpha == nil ? 0 : trainer.layout.count)
+        settings.gradientCounts = (trainer.payload.theta, trainer.payload.alpha)
         settings.verifyFraction = verifyFraction
         settings.verifySeed = trainer.config.seed
         machine = CoordinatorMachine(settings: settings, version: trainer.iteration)
@@ -217,15 +217,7 @@ public final class CoordinatorShell {
             // The gradients are read where they landed (the results keep their frames alive).
             let step = Result {
                 try withExtendedLifetime(results) {
-                    try trainer.applyTrain(
-                        results.map { x in
-                            UnitSums(
-                                gradTheta: UnsafeRawBufferPointer(
-                                    start: x.gradTheta.baseAddress, count: 4 * x.gradTheta.count),
-                                gradAlpha: UnsafeRawBufferPointer(
-                                    start: x.gradAlpha.baseAddress, count: 4 * x.gradAlpha.count),
-                                lossSum: x.lossSum, tasks: x.tasks)
-                        }, plan: plan, iteration: t)
+                    try trainer.applyTrain(results.map(UnitSums.init(viewing:)), plan: plan, iteration: t)
                 }
             }
             if case .failure(let e as NonFiniteGradient) = step { try stop(failing: e.description) }

@@ -212,13 +212,12 @@ public final class HostAgent {
         let config = try Config.parse(json, origin: "coordinator's config")
         upMachine.follow(config.cluster)
         innerSilence = config.cluster.silenceS
-        let n = ParameterLayout(ModelDims(V: dataset.nItems, E: config.model.embeddingDim, H: config.model.hiddenDim))
-            .count
-        let metasgd = config.maml.algorithm == .metasgd
+        let payload = ModelPayload(config: config, items: dataset.nItems)
+        let n = payload.theta, metasgd = payload.alpha > 0
         cost = UnitCost(dataset: dataset, config: config)
         reducer = PlanReducer(count: n)
         theta = FloatBuffer(count: n); alpha = metasgd ? FloatBuffer(count: n) : nil
-        try up.limitFrames(toModelOf: metasgd ? 2 * n : n)
+        try up.limitFrames(toModelOf: payload.floats)
         gradTheta = FloatBuffer(count: n); gradAlpha = metasgd ? FloatBuffer(count: n) : nil
         queue = []; jobs = []
         innerConfig = json
@@ -359,14 +358,7 @@ public final class HostAgent {
             // Read where the processes wrote them (the results keep their frames and files alive).
             let total = try withExtendedLifetime(sums) {
                 try reducer!.reduce(
-                    sums.map {
-                        UnitSums(
-                            gradTheta: UnsafeRawBufferPointer(
-                                start: $0.gradTheta.baseAddress, count: 4 * $0.gradTheta.count),
-                            gradAlpha: UnsafeRawBufferPointer(
-                                start: $0.gradAlpha.baseAddress, count: 4 * $0.gradAlpha.count),
-                            lossSum: $0.lossSum, tasks: $0.tasks)
-                    }, plan: job.plan!, gradTheta: gradTheta!, gradAlpha: gradAlpha)
+                    sums.map(UnitSums.init(viewing:)), plan: job.plan!, gradTheta: gradTheta!, gradAlpha: gradAlpha)
             }
             message = .trainResult(
                 TrainResult(

@@ -352,7 +352,7 @@ public final class WorkerLink {
     /// again with it (same identity, so the coordinator sees the same peer; a welcome has been
     /// read, and nothing else is on its way to us before we say `ready`).
     public func limitFrames(toModelOf floats: Int) throws {
-        let limit = 4 * floats + (1 << 20)
+        let limit = Envelope.frameLimit(floats: floats)
         guard limit != maxMessageSize else { return }
         maxMessageSize = limit
         try reopen()

@@ -4,6 +4,7 @@ import Core
 import ExperimentConfig
 import Foundation
 import Kernels
+import Training
 import Transport
 import Wire
 
@@ -159,5 +160,16 @@ struct RateLimitedLine {
         last = now
         defer { held = 0 }
         return held
+    }
+}
+
+extension UnitSums {
+    /// A received train result's sums, read where they landed (a frame or shared memory):
+    /// the caller keeps `r` alive while these are used (withExtendedLifetime).
+    init(viewing r: TrainResult) {
+        self.init(
+            gradTheta: UnsafeRawBufferPointer(start: r.gradTheta.baseAddress, count: 4 * r.gradTheta.count),
+            gradAlpha: UnsafeRawBufferPointer(start: r.gradAlpha.baseAddress, count: 4 * r.gradAlpha.count),
+            lossSum: r.lossSum, tasks: r.tasks)
     }
 }

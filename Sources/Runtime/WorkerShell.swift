@@ -181,7 +181,7 @@ public final class WorkerShell {
                 let config = try Config.parse(json, origin: "coordinator's config")
                 computer = UnitComputer(config: config, dataset: dataset)
                 machine.follow(config.cluster)
-                try link.limitFrames(toModelOf: computer!.layout.count * (computer!.alpha == nil ? 1 : 2))
+                try link.limitFrames(toModelOf: computer!.payload.floats)
             case .compute(let u, let install):
                 waiting.append((u, install))
                 try startComputing()

@@ -25,6 +25,8 @@ public final class MetaTrainer {
     public let dims: ModelDims
     public let layout: ParameterLayout
     public let algorithm: MetaAlgorithm
+    /// θ's and α's sizes (ModelPayload).
+    public let payload: ModelPayload
     public let theta: FloatBuffer
     public let alpha: FloatBuffer?
     let adam: Adam
@@ -55,9 +57,10 @@ public final class MetaTrainer {
         self.config = config; self.dataset = dataset; self.run = run
         dims = ModelDims(V: dataset.nItems, E: config.model.embeddingDim, H: config.model.hiddenDim)
         layout = ParameterLayout(dims)
+        payload = ModelPayload(config: config, items: dataset.nItems)
         algorithm = MetaAlgorithm(config: config, layout: layout)
         adam = Adam(count: layout.count)
-        let isMetaSGD = config.maml.algorithm == .metasgd
+        let isMetaSGD = payload.alpha > 0
         adamAlpha = isMetaSGD ? Adam(count: layout.count) : nil
         gradTheta = FloatBuffer(count: layout.count)
         gradAlpha = isMetaSGD ? FloatBuffer(count: layout.count) : nil

@@ -16,6 +16,8 @@ public final class UnitComputer {
     let algorithm: MetaAlgorithm
     let weighting: SupportWeighting
     let evaluator: Evaluator
+    /// θ's and α's sizes (ModelPayload).
+    public let payload: ModelPayload
     public let theta: FloatBuffer
     public let alpha: FloatBuffer?
     let gradTheta: FloatBuffer
@@ -32,8 +34,9 @@ public final class UnitComputer {
         algorithm = MetaAlgorithm(config: config, layout: layout)
         weighting = SupportWeighting(config.weighting)
         evaluator = Evaluator(dataset: dataset, split: .val, limit: 1)
+        payload = ModelPayload(config: config, items: dataset.nItems)
         theta = FloatBuffer(count: layout.count)
-        let metasgd = config.maml.algorithm == .metasgd
+        let metasgd = payload.alpha > 0
         alpha = metasgd ? FloatBuffer(count: layout.count) : nil
         gradTheta = FloatBuffer(count: layout.count)
         gradAlpha = metasgd ? FloatBuffer(count: layout.count) : nil
@@ -42,7 +45,7 @@ public final class UnitComputer {
     /// Copies published weights in (float32 runs, possibly unaligned views into
     /// a received frame); throws if their size does not match this run's model.
     public func install(theta t: UnsafeRawBufferPointer, alpha a: UnsafeRawBufferPointer) throws {
-        guard t.count == 4 * layout.count, a.count == (alpha == nil ? 0 : 4 * layout.count) else {
+        guard t.count == 4 * payload.theta, a.count == 4 * payload.alpha else {
             throw MetatrainError(
                 "weights of \(t.count / 4)+\(a.count / 4) floats do not fit this model (\(layout.count) parameters)")
         }

@@ -157,6 +157,12 @@ public struct Envelope: Equatable, Sendable {
     }
 
     static func typeCode(_ m: Message) -> UInt8 { m.kind.rawValue }
+
+    /// The largest frame a run whose weights or results carry `floats` float32 values may
+    /// send (ZMQ_MAXMSGSIZE on the receiving sockets): the floats inline plus 1 MiB for
+    /// everything else (headers, unit lists, eval sums). A larger frame ends its connection
+    /// before it is buffered.
+    public static func frameLimit(floats: Int) -> Int { 4 * floats + (1 << 20) }
 }
 
 extension ByteWriter {
