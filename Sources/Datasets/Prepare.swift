@@ -162,7 +162,8 @@ public enum Prepare {
         var users: [String: Int32] = [:], items: [String: Int32] = [:]
         var sessions: [String: Int32] = [:], actions: [String: Int32] = [:]
         public init() {}
-        static func intern(_ s: String, _ d: inout [String: Int32]) -> (Int32, Bool) {
+        /// The index of `s` in first-seen order, and whether it is new.
+        static func intern<Key: Hashable>(_ s: Key, _ d: inout [Key: Int32]) -> (Int32, Bool) {
             if let i = d[s] { return (i, false) }
             let i = Int32(d.count); d[s] = i; return (i, true)
         }
@@ -562,30 +563,12 @@ public enum Prepare {
         var itemOf: [Int32: Int32] = [:], sessionOf: [Int32: Int32] = [:], actionOf: [Int32: Int32] = [:]
         for e in 0..<all.count where all.user[e] == user {
             ev.user.append(0)
-            let raw = all.item[e]
-            if let i = itemOf[raw] {
-                ev.item.append(i)
-            } else {
-                let i = Int32(ev.itemNames.count); itemOf[raw] = i; ev.itemNames.append(all.itemNames[Int(raw)])
-                ev.item.append(i)
-            }
+            let (i, newItem) = Interning.intern(all.item[e], &itemOf)
+            if newItem { ev.itemNames.append(all.itemNames[Int(all.item[e])]) }
+            ev.item.append(i)
             ev.time.append(all.time[e])
-            if !all.session.isEmpty {
-                let s = all.session[e]
-                if let x = sessionOf[s] {
-                    ev.session.append(x)
-                } else {
-                    let x = Int32(sessionOf.count); sessionOf[s] = x; ev.session.append(x)
-                }
-            }
-            if !all.action.isEmpty {
-                let a = all.action[e]
-                if let x = actionOf[a] {
-                    ev.action.append(x)
-                } else {
-                    let x = Int32(actionOf.count); actionOf[a] = x; ev.action.append(x)
-                }
-            }
+            if !all.session.isEmpty { ev.session.append(Interning.intern(all.session[e], &sessionOf).0) }
+            if !all.action.isEmpty { ev.action.append(Interning.intern(all.action[e], &actionOf).0) }
         }
         ev.nActions = actions ?? actionOf.count
         var out = Learner()
