@@ -53,6 +53,8 @@ public final class Recommender: @unchecked Sendable {
     /// SHA-256 of the checkpoint file's bytes, and when it was loaded.
     public let sha256: String
     public let loadedAt: Date
+    /// Which model answers: file, checksum, iteration, kind, algorithm, load time (in every answer and /readyz).
+    public let identity: JSON
     public let checkpoint: Checkpoint
     public let itemIds: [String]
     public let itemIndex: [String: Int32]
@@ -110,6 +112,11 @@ public final class Recommender: @unchecked Sendable {
         data = settings.config.data
         actions = settings.actions
         policy = try FewShotPolicy(for: ck, path: path, config: stored)
+        identity = .object([
+            ("path", .string(path)), ("sha256", .string(sha256)), ("iteration", .int(ck.iteration)),
+            ("kind", .string(ck.kind.rawValue)), ("algorithm", .string(ck.algorithm)),
+            ("loaded_at", .string(ISO8601DateFormatter().string(from: loadedAt)))
+        ])
     }
 
     /// Ranks the catalogue for learner `user` of `events`: their pairs by prepare's own steps,
@@ -176,17 +183,6 @@ extension Recommendation {
             ("adapted", .bool(adapted)), ("basis", .string(basis.rawValue)), ("support_pairs", .int(supportPairs)),
             ("pairs", .int(pairs)), ("events", .int(events)), ("unknown_items", .int(unknownItems)),
             ("model", model.identity)
-        ])
-    }
-}
-
-extension Recommender {
-    /// Which model answers: file, checksum, iteration, algorithm, load time.
-    public var identity: JSON {
-        .object([
-            ("path", .string(path)), ("sha256", .string(sha256)), ("iteration", .int(checkpoint.iteration)),
-            ("kind", .string(checkpoint.kind.rawValue)), ("algorithm", .string(checkpoint.algorithm)),
-            ("loaded_at", .string(ISO8601DateFormatter().string(from: loadedAt)))
         ])
     }
 }

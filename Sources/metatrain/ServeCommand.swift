@@ -1,6 +1,7 @@
 import ArgumentParser
 import Core
 import Foundation
+import Runtime
 import Serving
 
 struct ServeCommand: ParsableCommand {
@@ -52,10 +53,6 @@ struct ServeCommand: ParsableCommand {
         return (host, port)
     }
 
-    static func isLoopback(_ host: String) -> Bool {
-        host == "localhost" || host == "::1" || host.hasPrefix("127.")
-    }
-
     func run() throws {
         let (host, port) = try Self.parseBind(bind)
         var settings = ServeSettings(source: checkpoint.map { .checkpoint($0) } ?? .runDirectory(runDir!))
@@ -74,7 +71,7 @@ struct ServeCommand: ParsableCommand {
                 throw MetatrainError("\(tokenFile): the token must be one word of at least 16 characters")
             }
             settings.token = token
-        } else if !Self.isLoopback(host) {
+        } else if !KeyFiles.isLoopback("tcp://\(host):\(port)") {
             throw MetatrainError(
                 "--bind \(bind) is reachable from other machines; pass --token-file so requests need a bearer token, or bind 127.0.0.1"
             )
