@@ -77,20 +77,16 @@ struct BenchCommand: ParsableCommand {
         #if DEBUG
         print("warning: debug build; measure with `swift build -c release`")
         #endif
-        if serve {
-            let dir = NSTemporaryDirectory() + "metatrain-bench-\(getpid())"
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            defer { try? FileManager.default.removeItem(atPath: dir) }
+        let dir = NSTemporaryDirectory() + "metatrain-bench-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        if serve || hosts {
             let dataset = try metaDataset(dir: dir)
-            try benchServe(dir: dir, data: dir + "/meta.h5", dataset: dataset)
-            return
-        }
-        if hosts {
-            let dir = NSTemporaryDirectory() + "metatrain-bench-\(getpid())"
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            defer { try? FileManager.default.removeItem(atPath: dir) }
-            let dataset = try metaDataset(dir: dir)
-            try benchHosts(dir: dir, data: dir + "/meta.h5", dataset: dataset)
+            if serve {
+                try benchServe(dir: dir, data: dir + "/meta.h5", dataset: dataset)
+            } else {
+                try benchHosts(dir: dir, data: dir + "/meta.h5", dataset: dataset)
+            }
             return
         }
         // (a) reference: large single-thread sgemm.
@@ -129,9 +125,6 @@ struct BenchCommand: ParsableCommand {
         }
 
         // (c) prepare throughput.
-        let dir = NSTemporaryDirectory() + "metatrain-bench-\(getpid())"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
         var o = SynthOptions(); o.users = users
         let s = try Synth.write(to: dir + "/events.csv", options: o)
         let start = Date()

@@ -82,24 +82,37 @@ struct DemoCommand: ParsableCommand {
     /// The first test learner's rows of the log from before their first query pair, written
     /// to `out`; returns the learner and the course of that query.
     static func writeFirstTestLearner(events: String, data: String, to out: String) throws -> (String, String) {
-        let dataset = try DatasetFile.read(data)
-        let ep = dataset.episodes(.test)
-        guard ep.count > 0, let first = ep.queryPairs(0).first else {
-            throw MetatrainError("\(data): no test episodes to recommend for")
-        }
-        let user = dataset.userIds[Int(ep.user[0])]
-        let cutoff = dataset.timestamp[Int(first)]
+        let (header, learners) = try testLearners(events: events, dataset: try DatasetFile.read(data))
+        guard let first = learners.first else { throw MetatrainError("\(data): no test episodes to recommend for") }
+        try writeFileAtomically(out, contents: ([header] + first.rows).joined(separator: "\n") + "\n")
+        return (first.user, first.next)
+    }
+
+    /// Every test learner's rows of the log `events` (synth's layout) from before their first
+    /// query pair, with their episode and that query's course: what recommend sees of them when
+    /// evaluation asks for that query. Also the log's header line.
+    static func testLearners(events: String, dataset: Dataset) throws -> (
+        header: String, learners: [(episode: Int, user: String, rows: [String], next: String)]
+    ) {
         let lines = try String(contentsOfFile: events, encoding: .utf8).split(separator: "\n").map(String.init)
-        let header = lines[0].split(separator: ",").map(String.init)
+        guard let headerLine = lines.first else { throw MetatrainError("\(events): empty") }
+        let header = headerLine.split(separator: ",").map(String.init)
         guard let cu = header.firstIndex(of: "username"), let ct = header.firstIndex(of: "time") else {
             throw MetatrainError("\(events): no username or time column")
         }
-        var kept = [lines[0]]
+        var byUser: [String: [(time: Int64, row: String)]] = [:]
         for line in lines.dropFirst() {
             let f = line.split(separator: ",", omittingEmptySubsequences: false)
-            if f.count > max(cu, ct), f[cu] == user, let t = parseTime(String(f[ct])), t < cutoff { kept.append(line) }
+            guard f.count > max(cu, ct), let t = parseTime(String(f[ct])) else { continue }
+            byUser[String(f[cu]), default: []].append((t, line))
         }
-        try writeFileAtomically(out, contents: kept.joined(separator: "\n") + "\n")
-        return (user, dataset.itemIds[Int(dataset.label[Int(first)])])
+        let ep = dataset.episodes(.test)
+        let learners = (0..<ep.count).compactMap { e -> (Int, String, [String], String)? in
+            guard let first = ep.queryPairs(e).first else { return nil }
+            let user = dataset.userIds[Int(ep.user[e])], cutoff = dataset.timestamp[Int(first)]
+            let rows = (byUser[user] ?? []).filter { $0.time < cutoff }.map(\.row)
+            return (e, user, rows, dataset.itemIds[Int(dataset.label[Int(first)])])
+        }
+        return (headerLine, learners.map { (episode: $0.0, user: $0.1, rows: $0.2, next: $0.3) })
     }
 }

@@ -5,6 +5,8 @@ import Recommendation
 import Storage
 import XCTest
 
+@testable import metatrain
+
 /// A model trained on the demo's data (the demo's synth and prepare settings; a small model and
 /// a short run), shared by the tests of recommend, serve and export.
 enum DemoModel {
@@ -45,26 +47,8 @@ enum DemoModel {
     /// raw log, by user id.
     static func eventsBeforeFirstQuery(_ m: Made) throws -> (Dataset, [(episode: Int, user: String, rows: [String])]) {
         let dataset = try DatasetFile.read(m.data)
-        let lines = try String(contentsOfFile: m.events, encoding: .utf8).split(separator: "\n").map(String.init)
-        let header = lines[0].split(separator: ",").map(String.init)
-        let cu = header.firstIndex(of: "username")!, ct = header.firstIndex(of: "time")!
-        var byUser: [String: [String]] = [:]
-        for line in lines.dropFirst() {
-            let f = line.split(separator: ",", omittingEmptySubsequences: false)
-            byUser[String(f[cu]), default: []].append(line)
-        }
-        let ep = dataset.episodes(.test)
-        var out: [(Int, String, [String])] = []
-        for e in 0..<ep.count {
-            let user = dataset.userIds[Int(ep.user[e])]
-            let cutoff = dataset.timestamp[Int(ep.queryPairs(e).first!)]
-            let rows = (byUser[user] ?? []).filter {
-                let f = $0.split(separator: ",", omittingEmptySubsequences: false)
-                return parseTime(String(f[ct]))! < cutoff
-            }
-            out.append((e, user, rows))
-        }
-        return (dataset, out.map { (episode: $0.0, user: $0.1, rows: $0.2) })
+        let (_, learners) = try DemoCommand.testLearners(events: m.events, dataset: dataset)
+        return (dataset, learners.map { (episode: $0.episode, user: $0.user, rows: $0.rows) })
     }
 }
 
