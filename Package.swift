@@ -56,7 +56,8 @@ let package = Package(
         .target(
             name: "Training",
             dependencies: [
-                "Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "ExperimentConfig", "MetaLearning", "Evaluation"
+                "Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "ExperimentConfig", "MetaLearning", "Evaluation",
+                "Coordination"
             ]),
         // Multi-seed studies: plans, their tasks, ranking every query of a run, and the paired
         // statistics of their results.
@@ -121,7 +122,9 @@ let package = Package(
             dependencies: ["Evaluation", "MetaLearning", "GRU4Rec", "Kernels", "Datasets", "Core", "ExperimentConfig"]),
         .testTarget(
             name: "TrainingTests",
-            dependencies: ["Training", "Evaluation", "Storage", "Datasets", "Kernels", "ExperimentConfig", "Core"]),
+            dependencies: [
+                "Training", "Coordination", "Evaluation", "Storage", "Datasets", "Kernels", "ExperimentConfig", "Core"
+            ]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "CLinux"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "CoordinationTests", dependencies: ["Coordination", "Wire"]),

@@ -1,3 +1,4 @@
+import Coordination
 import Core
 import ExperimentConfig
 import Kernels

@@ -1,3 +1,4 @@
+import Coordination
 import Core
 import Datasets
 import Evaluation
