@@ -3,6 +3,7 @@ import Core
 import Datasets
 import ExperimentConfig
 import Kernels
+import Wire
 import XCTest
 
 @testable import Training
@@ -18,6 +19,85 @@ final class SplitChunkTests: XCTestCase {
             gradTheta: UnsafeRawBufferPointer(r.0.buffer),
             gradAlpha: r.1.map { UnsafeRawBufferPointer($0.buffer) } ?? UnsafeRawBufferPointer(start: nil, count: 0),
             lossSum: r.2, tasks: r.3)
+    }
+
+    /// A block through a host agent's own machine, as `HostAgent` runs it: four
+    /// processes join its inner run, the block comes with its weights, the machine
+    /// cuts it and hands its pieces out, each piece is computed here, and the
+    /// machine's `reduce` is summed as the shell sums it.
+    func viaAgentMachine(_ leaves: [[Int]], trainer: MetaTrainer, computer: UnitComputer, reducer: PlanReducer) throws
+        -> (FloatBuffer, FloatBuffer?, Double, Int)
+    {
+        let n = trainer.layout.count, metasgd = trainer.alpha != nil, cost = trainer.cost
+        var face = WorkerMachine(name: "agent", datasetFingerprint: "fp", coordinatorTimeout: 1000)
+        face.procs = 4
+        var agent = AgentMachine(worker: face, innerRunPrefix: "inner")
+        var inbox = agent.onStart(now: 0)
+        inbox += agent.onMessage(
+            Envelope(runId: "run", message: .welcome(Welcome(configJSON: "{}", version: 0))), now: 0)
+        var innerRun = "", joined = false
+        var out: (FloatBuffer, FloatBuffer?, Double, Int)?
+        let block = WorkUnit(id: 7, kind: .train, version: 0, leaves: leaves)
+        let weights = Weights(
+            version: 0, theta: Floats(trainer.theta.array), alpha: trainer.alpha.map { Floats($0.array) } ?? [])
+        for _ in 0..<10_000 where out == nil {
+            if inbox.isEmpty {
+                guard !joined, !innerRun.isEmpty else { break }
+                joined = true
+                for p in 0..<4 {
+                    var process = WorkerMachine(name: "p\(p)", datasetFingerprint: "fp")
+                    for case .send(let hello) in process.onStart(now: 0) {
+                        inbox += agent.onProcessMessage(
+                            Envelope(runId: "", message: hello), from: PeerID([UInt8(p)]), now: 0)
+                    }
+                    inbox += agent.onProcessMessage(
+                        Envelope(runId: innerRun, message: .ready), from: PeerID([UInt8(p)]), now: 0)
+                }
+                inbox += agent.onMessage(Envelope(runId: "run", message: .work(block)), now: 0)
+                inbox += agent.onMessage(Envelope(runId: "run", message: .weights(weights)), now: 0)
+                continue
+            }
+            switch inbox.removeFirst() {
+            case .configure:
+                inbox += agent.onConfigured(
+                    .init(
+                        heartbeatInterval: 1, silence: 1000, theta: n, alpha: metasgd ? n : 0,
+                        cost: { cost.cost($0, split: .train) }), now: 0)
+            case .innerRun(let id):
+                innerRun = id
+            case .sendDown(let peer, .work(let v)):
+                let r = computer.train(leaves: v.leaves)
+                let result = TrainResult(
+                    unitId: v.id, version: v.version, gradTheta: Floats(r.gradTheta.array),
+                    gradAlpha: r.gradAlpha.map { Floats($0.array) } ?? [], lossSum: r.lossSum, tasks: r.tasks)
+                inbox += agent.onProcessMessage(
+                    Envelope(runId: innerRun, message: .trainResult(result)), from: peer, now: 0)
+            case .reduce(let b):
+                XCTAssertEqual(b.unit, block)
+                XCTAssertEqual(
+                    b.plan, TrainPlan.split(leaves, split: 3, cost: { cost.cost($0, split: .train) }),
+                    "the block is cut for its four live processes")
+                let g = FloatBuffer(count: n), ga = metasgd ? FloatBuffer(count: n) : nil
+                let sums = try withExtendedLifetime(b.results) {
+                    try reducer.reduce(
+                        b.results.map {
+                            UnitSums(
+                                gradTheta: UnsafeRawBufferPointer(
+                                    start: $0.gradTheta.baseAddress, count: 4 * $0.gradTheta.count),
+                                gradAlpha: UnsafeRawBufferPointer(
+                                    start: $0.gradAlpha.baseAddress, count: 4 * $0.gradAlpha.count),
+                                lossSum: $0.lossSum, tasks: $0.tasks)
+                        }, plan: b.plan, gradTheta: g, gradAlpha: ga)
+                }
+                out = (g, ga, sums.lossSum, sums.tasks)
+            case .exit(_, let reason):
+                throw MetatrainError("the agent exited: \(reason)")
+            default:
+                break
+            }
+        }
+        guard let out else { throw MetatrainError("the agent machine never summed block \(leaves)") }
+        return out
     }
 
     /// Finite results can still overflow when they are added: such a step is never taken.
@@ -129,17 +209,7 @@ final class SplitChunkTests: XCTestCase {
                             let r = computer.train(leaves: u)
                             return (r.gradTheta.copy(), r.gradAlpha?.copy(), r.lossSum, r.tasks)
                         }
-                        let inner = TrainPlan.split(u, split: 3, cost: { trainer.cost.cost($0, split: .train) })
-                        let parts = inner.units.map { v -> (FloatBuffer, FloatBuffer?, Double, Int) in
-                            let r = computer.train(leaves: v)
-                            return (r.gradTheta.copy(), r.gradAlpha?.copy(), r.lossSum, r.tasks)
-                        }
-                        let g = FloatBuffer(count: trainer.layout.count),
-                            ga = trainer.alpha == nil ? nil : FloatBuffer(count: trainer.layout.count)
-                        let sums = try withExtendedLifetime(parts) {
-                            try reducer.reduce(parts.map(unitSums), plan: inner, gradTheta: g, gradAlpha: ga)
-                        }
-                        return (g, ga, sums.lossSum, sums.tasks)
+                        return try viaAgentMachine(u, trainer: trainer, computer: computer, reducer: reducer)
                     }
                     // The coordinator's gradient is the reduction tree over chunk sums, not the chunk-order fold.
                     let chunkSums: [[Float]] = chunks.indices.map { c in
