@@ -85,10 +85,10 @@ let package = Package(
         .target(name: "Transport", dependencies: ["CZeroMQ", "CLinux"]),
         // Typed, versioned messages and their byte encoding (imports no C).
         .target(name: "Wire"),
-        // Coordinator and worker state machines: no sockets, clocks or files.
+        // Coordinator, worker and host-agent state machines and work plans: no sockets, clocks or files.
         .target(name: "Coordination", dependencies: ["Wire"]),
-        // Links and shells that run the state machines over Transport, the host agent, local
-        // worker processes, network namespaces as hosts (bench and tests), traces.
+        // Links and shells that run the state machines over Transport (the host agent's among
+        // them), local worker processes, network namespaces as hosts (bench and tests), traces.
         .target(
             name: "Runtime",
             dependencies: [
