@@ -57,7 +57,7 @@ let package = Package(
             name: "Training",
             dependencies: [
                 "Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "ExperimentConfig", "MetaLearning", "Evaluation",
-                "Coordination"
+                "Coordination", "Wire"
             ]),
         // Multi-seed studies: plans, their tasks, ranking every query of a run, and the paired
         // statistics of their results.
@@ -123,7 +123,8 @@ let package = Package(
         .testTarget(
             name: "TrainingTests",
             dependencies: [
-                "Training", "Coordination", "Evaluation", "Storage", "Datasets", "Kernels", "ExperimentConfig", "Core"
+                "Training", "Coordination", "Wire", "Evaluation", "Storage", "Datasets", "Kernels", "ExperimentConfig",
+                "Core"
             ]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "CLinux"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),

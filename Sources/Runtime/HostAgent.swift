@@ -40,7 +40,8 @@ public final class HostAgent {
     public var traceDir: String?
     /// CURVE keys towards the coordinator (nil: none); its own processes connect on a private ipc:// endpoint without.
     public var curve: CurveClientKeys?
-    public private(set) var exitReason = ""
+    /// Why the agent left (its machine keeps it).
+    public var exitReason: String { machine?.exited?.reason ?? "" }
 
     private var up: WorkerLink!
     private var down: CoordinatorLink!
@@ -145,7 +146,6 @@ public final class HostAgent {
                 }
             }
         }
-        exitReason = machine.exited?.reason ?? exitReason
         return machine.exited?.code ?? 1
     }
 
@@ -167,7 +167,7 @@ public final class HostAgent {
             case .computing(let id): trace?.mark(.compute, id)
             case .computed(let id): trace?.mark(.computed, id)
             case .joined(let runId): announce("joined run \(runId) as \(name) (\(procs) processes)")
-            case .exit(_, let reason): exitReason = reason
+            case .exit: break // the loop ends on `machine.exited`
             case .log(let s): log(s)
             case .notice(let s): notice(s)
             }

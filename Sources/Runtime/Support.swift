@@ -162,14 +162,3 @@ struct RateLimitedLine {
         return held
     }
 }
-
-extension UnitSums {
-    /// A received train result's sums, read where they landed (a frame or shared memory):
-    /// the caller keeps `r` alive while these are used (withExtendedLifetime).
-    init(viewing r: TrainResult) {
-        self.init(
-            gradTheta: UnsafeRawBufferPointer(start: r.gradTheta.baseAddress, count: 4 * r.gradTheta.count),
-            gradAlpha: UnsafeRawBufferPointer(start: r.gradAlpha.baseAddress, count: 4 * r.gradAlpha.count),
-            lossSum: r.lossSum, tasks: r.tasks)
-    }
-}

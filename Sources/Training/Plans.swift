@@ -5,6 +5,7 @@ import Dispatch
 import ExperimentConfig
 import Foundation
 import Kernels
+import Wire
 
 extension TrainPlan {
     /// One unit per block of `blocks` (a partition of the tree into nodes),
@@ -67,6 +68,17 @@ public struct UnitSums {
     public var tasks: Int
     public init(gradTheta: UnsafeRawBufferPointer, gradAlpha: UnsafeRawBufferPointer, lossSum: Double, tasks: Int) {
         self.gradTheta = gradTheta; self.gradAlpha = gradAlpha; self.lossSum = lossSum; self.tasks = tasks
+    }
+}
+
+extension UnitSums {
+    /// A received train result's sums, read where they landed (a frame or shared memory):
+    /// the caller keeps `r` alive while these are used (withExtendedLifetime).
+    public init(viewing r: TrainResult) {
+        self.init(
+            gradTheta: UnsafeRawBufferPointer(start: r.gradTheta.baseAddress, count: 4 * r.gradTheta.count),
+            gradAlpha: UnsafeRawBufferPointer(start: r.gradAlpha.baseAddress, count: 4 * r.gradAlpha.count),
+            lossSum: r.lossSum, tasks: r.tasks)
     }
 }
 

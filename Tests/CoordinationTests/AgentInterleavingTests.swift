@@ -21,9 +21,8 @@ import XCTest
 /// result must be the sum of each of its tasks computed exactly once on the
 /// weights of its version of the run that sent it.
 final class AgentInterleavingTests: XCTestCase {
-    static func weights(run: Int, version: Int) -> Weights {
-        Weights(version: version, theta: [Float(run), Float(version)], alpha: [])
-    }
+    /// The weights of version `v` of run `run` (distinct for every pair).
+    static func weights(run: Int, version: Int) -> Weights { JoinInterleavingTests.weights(run: run, version: version) }
 
     /// A task's loss on the weights `w`: a different number for every (episode, run, version).
     static func loss(episode e: Int, on w: Floats) -> Double { Double(e) * 10_000 + Double(w[0]) * 100 + Double(w[1]) }
@@ -265,10 +264,7 @@ final class AgentInterleavingTests: XCTestCase {
         }
     }
 
-    struct Failure: Error, CustomStringConvertible {
-        let description: String
-        init(_ d: String) { description = d }
-    }
+    typealias Failure = JoinInterleavingTests.Failure
 
     struct Limits { var drops = 1, kills = 0, rejoins = 0, quiet = 1, graces = 2, depth = 120, states = 20_000 }
 

@@ -80,14 +80,7 @@ final class SplitChunkTests: XCTestCase {
                 let g = FloatBuffer(count: n), ga = metasgd ? FloatBuffer(count: n) : nil
                 let sums = try withExtendedLifetime(b.results) {
                     try reducer.reduce(
-                        b.results.map {
-                            UnitSums(
-                                gradTheta: UnsafeRawBufferPointer(
-                                    start: $0.gradTheta.baseAddress, count: 4 * $0.gradTheta.count),
-                                gradAlpha: UnsafeRawBufferPointer(
-                                    start: $0.gradAlpha.baseAddress, count: 4 * $0.gradAlpha.count),
-                                lossSum: $0.lossSum, tasks: $0.tasks)
-                        }, plan: b.plan, gradTheta: g, gradAlpha: ga)
+                        b.results.map(UnitSums.init(viewing:)), plan: b.plan, gradTheta: g, gradAlpha: ga)
                 }
                 out = (g, ga, sums.lossSum, sums.tasks)
             case .exit(_, let reason):
