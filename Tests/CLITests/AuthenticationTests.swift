@@ -76,16 +76,24 @@ final class AuthenticationTests: XCTestCase {
         let sub = try ZMQSocket(ctx, .sub)
         try sub.connect(try publishEndpoint(endpoint))
         try sub.subscribe()
-        let stranger = try startDetached([
-            "worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "stranger",
-            "--key", keys + "/stranger.secret", "--coordinator-key", keys + "/coordinator.pub"
-        ])
+        // --verbose: each says when a hello finds no connection (the handshake was refused).
+        let strangerErr = AuthenticationTests.dir + "/stranger.err",
+            keylessErr = AuthenticationTests.dir + "/keyless.err"
+        let stranger = try startDetached(
+            [
+                "worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "stranger", "--verbose",
+                "--key", keys + "/stranger.secret", "--coordinator-key", keys + "/coordinator.pub"
+            ], stderr: strangerErr)
         defer { stranger.killGroup(); stranger.wait() }
-        let keyless = try startDetached([
-            "worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "keyless"
-        ])
+        let keyless = try startDetached(
+            ["worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "keyless", "--verbose"],
+            stderr: keylessErr)
         defer { keyless.killGroup(); keyless.wait() }
-        Thread.sleep(forTimeInterval: 4) // several hellos from each
+        // Several hellos from each, every one refused, before the run can start.
+        func hellos(_ file: String) -> Int { read(file).components(separatedBy: "'hello' not sent").count - 1 }
+        XCTAssertTrue(
+            eventually(within: 60) { hellos(strangerErr) >= 3 && hellos(keylessErr) >= 3 },
+            read(strangerErr) + read(keylessErr))
         let w1 = try metatrain([
             "worker", "--connect", endpoint, "--data", data, "--procs", "2", "--name", "w1",
             "--key", keys + "/authorized/w1.secret", "--coordinator-key", keys + "/coordinator.pub"

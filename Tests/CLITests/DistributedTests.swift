@@ -397,7 +397,10 @@ final class DistributedTests: XCTestCase {
         // A valid header, a truncated body.
         try junk.send([Array("MTRN".utf8) + [UInt8(v & 0xff), UInt8(v >> 8), 5, 3, 0, 0, 0]])
         try junk.send([[1, 2], [3, 4]]) // two frames
-        Thread.sleep(forTimeInterval: 0.3)
+        func said(_ s: String) -> Bool {
+            ((try? String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)) ?? "").contains(s)
+        }
+        XCTAssertTrue(eventually(within: 30) { said("not a metatrain message") && said("truncated message") })
         r = try metatrain(["worker", "--connect", endpoint, "--data", DistributedTests.data])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/final.h5"))
@@ -569,6 +572,19 @@ func startDetached(
     let rc = posix_spawn(&pid, command[0], &actions, &attr, argv, envp)
     guard rc == 0 else { throw NSError(domain: "posix_spawn failed", code: Int(rc)) }
     return GroupProcess(pid: pid)
+}
+
+/// Checks `condition` every 20 ms for up to `seconds`; whether it came to hold. Tests wait
+/// on what they need to see, not for a fixed time; a test that must show something does
+/// NOT happen waits for it (the failure) and expects this to return false.
+@discardableResult
+func eventually(within seconds: Double, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while !condition() {
+        if Date() >= deadline { return false }
+        Thread.sleep(forTimeInterval: 0.02)
+    }
+    return true
 }
 
 /// The coordinator's endpoint, read from its log once it is listening.

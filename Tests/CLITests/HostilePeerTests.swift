@@ -205,21 +205,32 @@ final class HostilePeerTests: XCTestCase {
         let ctx = ZMQContext()
         // 64 MiB in one frame: over the limit (the model's payload and 1 MiB), so never buffered whole.
         let big = try ZMQSocket(ctx, .dealer)
+        let bigEvents = try ZMQMonitor(ctx, watching: big)
         try big.connect(endpoint)
         try big.send([[UInt8](repeating: 7, count: 64 << 20)])
         // 10,000 tiny junk frames from one peer.
         let junk = try ZMQSocket(ctx, .dealer)
         try junk.connect(endpoint)
         for i in 0..<10_000 { try junk.send([[UInt8(i & 0xff), 1, 2]]) }
-        // Two peers with one identity: the second takes it over.
-        for _ in 0..<2 {
+        // Two peers with one identity: the second takes it over. Each is answered (a stranger's
+        // heartbeat gets "unknown worker") before the next one connects.
+        for k in 0..<2 {
             let twin = try ZMQSocket(ctx, .dealer)
             twin.setRoutingId(Array("twin-identity".utf8))
             try twin.connect(endpoint)
             try twin.send([Envelope(runId: "", message: .heartbeat).encode()])
-            Thread.sleep(forTimeInterval: 0.2)
+            XCTAssertNotNil(try twin.receive(timeoutMs: 30_000), "twin \(k) was not answered")
         }
-        Thread.sleep(forTimeInterval: 1)
+        // The coordinator ended the big frame's connection, and read the junk.
+        var events: [ConnectionEvent] = []
+        XCTAssertTrue(
+            eventually(within: 30) {
+                events += (try? bigEvents.take()) ?? []
+                return events.contains {
+                    if case .disconnected = $0 { return true }; return false
+                }
+            }, "the coordinator kept the connection of a frame over its limit: \(events)")
+        XCTAssertTrue(eventually(within: 30) { read(run + "/coordinator.log").contains("dropped malformed message") })
         XCTAssertNil(coord.wait(seconds: 0), "the coordinator is still running")
         XCTAssertLessThan(rss() - before, 32 << 10, "the big frame was not buffered (RSS \(before) kB -> \(rss()) kB)")
         let honest = try metatrain(["worker", "--connect", endpoint, "--data", data, "--procs", "1"])
