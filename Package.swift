@@ -59,10 +59,7 @@ let package = Package(
                 "Core", "Kernels", "GRU4Rec", "Datasets", "Storage", "ExperimentConfig", "MetaLearning", "Evaluation",
                 "Coordination", "Wire"
             ]),
-        // Multi-seed studies: plans, their tasks, ranking every query of a run, and the paired
-        // statistics of their results.
-        .target(
-            name: "Studies", dependencies: ["Core", "ExperimentConfig", "Datasets", "Storage", "Evaluation", "Yams"]),
+
         // One learner's events to next courses: prepare's pairs, evaluation's few-shot path.
         .target(
             name: "Recommendation",
@@ -87,21 +84,33 @@ let package = Package(
         .target(name: "Wire"),
         // Coordinator, worker and host-agent state machines and work plans: no sockets, clocks or files.
         .target(name: "Coordination", dependencies: ["Wire"]),
-        // Links and shells that run the state machines over Transport (the host agent's among
-        // them), local worker processes, network namespaces as hosts (bench and tests), traces.
+        // The coordinator's and the worker's ends of a connection (the van): frames to envelopes,
+        // payloads in frames or shared memory, CURVE keys, connection advice.
+        .target(name: "Link", dependencies: ["Core", "Wire", "Transport"]),
+        // The shells that run the state machines over the links (coordinator, worker, host
+        // agent), the local processes they start, traces.
         .target(
             name: "Runtime",
             dependencies: [
-                "CLinux", "Wire", "Coordination", "Transport", "Core", "Kernels", "GRU4Rec",
+                "CLinux", "Wire", "Coordination", "Transport", "Link", "Core", "Kernels", "GRU4Rec",
                 "ExperimentConfig", "Datasets", "Storage", "Evaluation", "Training"
             ]),
+        // Multi-seed studies: plans, their tasks and the runner that carries one out (through
+        // Training and Runtime), ranking every query of a run, the paired statistics of the results.
+        .target(
+            name: "Studies",
+            dependencies: [
+                "Core", "ExperimentConfig", "Datasets", "Storage", "Evaluation", "Training", "Runtime", "Yams"
+            ]),
+        // Network namespaces as hosts on this machine, for `bench --hosts` and the multi-host tests.
+        .target(name: "NetworkLab", dependencies: ["Core"]),
         // The CLI, one file per subcommand.
         .executableTarget(
             name: "metatrain",
             dependencies: [
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 "Core", "Kernels", "GRU4Rec", "ExperimentConfig", "Datasets", "Storage", "Evaluation", "Training",
-                "Wire", "Runtime", "Studies", "Recommendation", "Serving"
+                "Wire", "Link", "Runtime", "NetworkLab", "Studies", "Recommendation", "Serving"
             ]),
 
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
@@ -129,11 +138,13 @@ let package = Package(
         .testTarget(name: "TransportTests", dependencies: ["Transport", "CLinux"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "CoordinationTests", dependencies: ["Coordination", "Wire"]),
-        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Transport"]),
+        .testTarget(name: "LinkTests", dependencies: ["Link", "Transport"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Transport", "Wire"]),
         .testTarget(
             name: "CLITests",
             dependencies: [
-                "metatrain", "Storage", "Datasets", "Transport", "Wire", "Runtime", "MetaLearning",
+                "metatrain", "Storage", "Datasets", "Transport", "Wire", "Link", "Runtime", "NetworkLab",
+                "MetaLearning",
                 "ExperimentConfig", "Yams", "Recommendation", "Evaluation"
             ])
     ]

@@ -26,6 +26,8 @@ public struct AgentMachine: Sendable {
         /// Send a message, or the weights last published, to one process.
         case sendDown(PeerID, Message)
         case sendWeightsDown(PeerID)
+        /// A process is no longer one of the inner run's: its link lets go of what it keeps for it.
+        case forgetDown(PeerID)
         /// The processes' run is now this one (the link stamps it on what it sends them).
         case innerRun(String)
         /// Copy these weights into the processes' buffers and publish them to the live processes.
@@ -130,6 +132,12 @@ public struct AgentMachine: Sendable {
         return fromUp(up.onUndecodable(error), now)
     }
 
+    /// The link heard the coordinator of `runId` without a message to hand on (see `WorkerMachine.onHeard`).
+    public mutating func onHeard(runId: String, now: Double) -> [Directive] {
+        guard exited == nil else { return [] }
+        return fromUp(up.onHeard(runId: runId, now: now), now) + pump(now)
+    }
+
     /// The link cannot go on with what the coordinator agreed to: join again.
     public mutating func onRejoinNeeded(_ reason: String, now: Double) -> [Directive] {
         guard exited == nil else { return [] }
@@ -185,7 +193,11 @@ public struct AgentMachine: Sendable {
         var out: [Directive] = []
         for d in down!.onWorkerGone(name: name, reason: reason, crashed: crashed) {
             // What happened to a process is said whatever the verbosity.
-            if case .log(let line) = d { out.append(.notice(line)) } else { out += fromDown([d], now) }
+            switch d {
+            case .log(let line): out.append(.notice(line))
+            case .dropped(let peer, let line): out += [.notice(line), .forgetDown(peer)]
+            default: out += fromDown([d], now)
+            }
         }
         return out + pump(now)
     }
@@ -241,6 +253,7 @@ public struct AgentMachine: Sendable {
             case .unitResult(let index, let r): out += collect(index, r, now)
             case .phaseComplete: break // each unit was sent on as its last result came in
             case .log(let s): out.append(.log(s))
+            case .dropped(let peer, let line): out += [.log(line), .forgetDown(peer)]
             case .waitingForWorkers: break
             case .fail(let reason): out.append(.log("internal: " + reason))
             case .unitFailed(let index, let reason): out += giveUp(index, reason, now)
@@ -254,6 +267,8 @@ public struct AgentMachine: Sendable {
     /// older version) gets a new inner run too. The processes notice the new
     /// run id, forget what they hold and join it by themselves.
     mutating func newInnerRun() -> [Directive] {
+        // The old run's processes join the new one afresh (with new files): nothing of theirs is kept.
+        let old = down?.liveWorkerIDs ?? []
         runs += 1
         let runId = "\(innerRunPrefix)-\(runs)"
         innerServes = up.runId
@@ -264,7 +279,7 @@ public struct AgentMachine: Sendable {
         settings.checkFinite = false
         if let c = configured { settings.gradientCounts = (c.theta, c.alpha) }
         down = CoordinatorMachine(settings: settings, version: -1)
-        return [.innerRun(runId)]
+        return old.map { .forgetDown($0) } + [.innerRun(runId)]
     }
 
     /// Starts queued units: into the running inner phase when they are of its

@@ -1,12 +1,5 @@
 import Wire
 
-/// A worker's ROUTER identity.
-public struct PeerID: Hashable, Sendable, CustomStringConvertible {
-    public let bytes: [UInt8]
-    public init(_ b: [UInt8]) { bytes = b }
-    public var description: String { bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
-}
-
 /// The coordinator's protocol logic as a value-type state machine: it keeps
 /// the worker registry, hands out the current phase's units by readiness,
 /// checks versions and collects results. It never touches sockets, clocks or
@@ -68,6 +61,9 @@ public struct CoordinatorMachine: Sendable {
         /// Every unit of the phase has a result; results are in unit order.
         case phaseComplete(PhaseResults)
         case log(String)
+        /// `peer` is no longer a worker of this run (it left, went silent, misbehaved): say
+        /// `line`, and let go of what is kept for it (its link's mapping of its files, its address).
+        case dropped(PeerID, line: String)
         /// The run cannot go on (a unit gives non-finite results wherever it is computed):
         /// keep the last good state and stop with this error.
         case fail(String)
@@ -369,15 +365,16 @@ public struct CoordinatorMachine: Sendable {
     }
 
     /// Removes a live worker and re-queues its units (the caller dispatches them
-    /// once every worker it drops is gone); returns the log line that says so.
+    /// once every worker it drops is gone); returns the directive that says so.
     /// `hint` follows the count of re-queued units, when there are any.
     mutating func remove(_ peer: PeerID, because reason: String, hint: String = "") -> Directive {
         let w = workers[peer]!
         for u in w.units.reversed() { requeue(u) }
         workers[peer] = nil
         joinOrder.removeAll { $0 == peer }
-        return .log(
-            "worker \(w.name) \(reason); dropped"
+        return .dropped(
+            peer,
+            line: "worker \(w.name) \(reason); dropped"
                 + (w.units.isEmpty ? "" : ", its \(w.units.count) unit(s) re-queued" + hint))
     }
 

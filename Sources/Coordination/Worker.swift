@@ -22,7 +22,8 @@ public struct WorkerMachine: Sendable {
         /// changes). The new computer holds no weights until a `compute` installs some.
         case configure(configJSON: String)
         /// Compute this unit, then call `onComputed`. When `install` is set the
-        /// computer does not hold the unit's weights: install them first.
+        /// computer does not hold the unit's weights: install them first. At most
+        /// `computeSlots` are out at once; the next comes with an `onComputed`.
         case compute(WorkUnit, install: Weights?)
         case exit(code: Int32, reason: String)
         case log(String)
@@ -69,10 +70,17 @@ public struct WorkerMachine: Sendable {
     private var fetchAt: Double? // fetch then, unless the broadcast came
     private var fetchedVersion = -1 // the version the last fetch (in this membership) was sent at
     private var fetchedAt = 0.0 // when it was sent
-    /// Units handed to the shell and not yet computed. A shell that computes
-    /// in place returns before anything else happens; a host agent computes
-    /// several blocks at once on its processes and keeps ticking meanwhile.
+    /// Units taken on and not yet computed (handed to the shell, or waiting for a slot).
     public var computing: Int { computingRuns.count }
+    /// Units the shell computes at once: a worker's one compute thread takes 1 (the
+    /// rest wait here, in arrival order); a host agent spreads every unit it holds
+    /// over its processes (no limit).
+    public var computeSlots = Int.max
+    /// Units taken on whose `compute` waits for a slot, each with the weights to install
+    /// decided when it was taken on (so a unit computes on what it would have at once).
+    private var waitingForSlot: [Directive] = []
+    /// `compute` directives out with the shell and not yet answered by `onComputed`.
+    private var inSlots = 0
     private var configJSON: String?
     private var lastSent = 0.0
     private var lastHeard = 0.0
@@ -160,7 +168,7 @@ public struct WorkerMachine: Sendable {
         case .work(let u):
             guard state == .joined else { return [.log("dropped work before welcome")] }
             if let problem = check(u) { return [.log("refused unit \(u.id) from the coordinator: \(problem)")] }
-            if u.version == weightsVersion { return [compute(u)] }
+            if u.version == weightsVersion { return take(u) }
             if u.version > weightsVersion {
                 pending.append(u)
                 // A fetch already on its way brings this version (unless its reply is lost: then
@@ -186,20 +194,17 @@ public struct WorkerMachine: Sendable {
         let waiting = pending
         pending = waiting.filter { $0.version > w.version }
         if pending.isEmpty { fetchAt = nil }
-        var skipped = false
+        var skipped = false, taken = false
         for u in waiting where u.version <= w.version {
             if u.version == w.version {
-                out.append(compute(u))
+                out += take(u)
+                taken = true
             } else {
                 skipped = true
                 out.append(.log("unit \(u.id) became stale (version \(u.version) < \(w.version)); skipping"))
             }
         }
-        if skipped
-            && !out.contains(where: {
-                if case .compute = $0 { return true }; return false
-            }) && pending.isEmpty
-        {
+        if skipped && !taken && pending.isEmpty {
             out += sent(.ready, now)
         }
         return out
@@ -216,6 +221,22 @@ public struct WorkerMachine: Sendable {
         return nil
     }
 
+    /// Takes on `u`: its `compute` now if a slot is free, else when one frees.
+    private mutating func take(_ u: WorkUnit) -> [Directive] {
+        waitingForSlot.append(compute(u))
+        return release()
+    }
+
+    /// The waiting `compute`s that free slots take, in arrival order.
+    private mutating func release() -> [Directive] {
+        var out: [Directive] = []
+        while inSlots < computeSlots, !waitingForSlot.isEmpty {
+            out.append(waitingForSlot.removeFirst())
+            inSlots += 1
+        }
+        return out
+    }
+
     /// The directive that computes `u` on the held weights (which MUST be of its version),
     /// installing them first if the computer does not hold them.
     private mutating func compute(_ u: WorkUnit) -> Directive {
@@ -228,7 +249,13 @@ public struct WorkerMachine: Sendable {
         return .compute(u, install: install)
     }
 
-    /// The shell cannot go on with what the coordinator agreed to when it
+    /// The link heard the coordinator of `runId` speak without a message it can hand on (a
+    /// broadcast it cannot read): as a heartbeat of that run.
+    public mutating func onHeard(runId: String, now: Double) -> [Directive] {
+        onMessage(Envelope(runId: runId, message: .heartbeat), now: now)
+    }
+
+    /// The link cannot go on with what the coordinator agreed to when it
     /// welcomed us (e.g. it cannot read the coordinator's shared memory): say
     /// hello again, so that the coordinator admits us on the new terms.
     public mutating func onRejoinNeeded(_ reason: String, now: Double) -> [Directive] {
@@ -258,11 +285,15 @@ public struct WorkerMachine: Sendable {
         if let i = computingRuns.firstIndex(where: { $0.unitId == unitId }) ?? computingRuns.indices.first {
             run = computingRuns.remove(at: i).run
         }
-        guard state == .joined else { return [] }
+        inSlots = max(0, inSlots - 1)
+        // The next waiting unit goes out after this result: whatever happened meanwhile (a
+        // rejoin, another run), a unit taken on is computed, and its result judged, as before.
+        guard state == .joined else { return state == .stopped ? [] : release() }
         guard run == runId else {
             return [.log("dropped the result of unit \(unitId ?? -1) of run \(run): the coordinator now runs \(runId)")]
+                + release()
         }
-        return sent(result, now)
+        return sent(result, now) + release()
     }
 
     /// A host agent gives up a unit that crashed its processes twice, and with it
@@ -272,6 +303,7 @@ public struct WorkerMachine: Sendable {
     public mutating func onGaveUp(unitId: Int, reason: String, now: Double) -> [Directive] {
         let run = computingRuns.first { $0.unitId == unitId }?.run
         computingRuns = []
+        waitingForSlot = []; inSlots = 0
         computerHoldsHeld = false
         guard state == .joined, run == nil || run == runId else { return [] }
         return sent(.unitFailed(unitId: unitId, reason: reason), now) + sent(.ready, now)

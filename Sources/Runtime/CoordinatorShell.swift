@@ -4,6 +4,7 @@ import Evaluation
 import ExperimentConfig
 import Foundation
 import Kernels
+import Link
 import Training
 import Transport
 import Wire
@@ -34,7 +35,6 @@ public final class CoordinatorShell {
 
     private var link: CoordinatorLink!
     private var machine: CoordinatorMachine!
-    private var runId = ""
     private enum Next { case train(Int), eval(Int), finish }
     private var next = Next.finish
     private var plan: TrainPlan?
@@ -75,19 +75,20 @@ public final class CoordinatorShell {
         link.maxMessageSize = Envelope.frameLimit(floats: trainer.payload.floats)
         link.curve = curve
         try link.bind(ctx)
-        runId = "\(trainer.config.seed)-\(getpid())-\(Int(Date().timeIntervalSince1970))"
-        link.setRun(runId)
+        // The run id's one owner is the machine; the link stamps it on what it sends.
         var settings = CoordinatorMachine.Settings(
-            runId: runId, datasetFingerprint: trainer.dataset.fingerprint,
+            runId: "\(trainer.config.seed)-\(getpid())-\(Int(Date().timeIntervalSince1970))",
+            datasetFingerprint: trainer.dataset.fingerprint,
             configJSON: trainer.config.json,
             workerTimeout: workerTimeout ?? trainer.config.cluster.silenceS)
         settings.gradientCounts = (trainer.payload.theta, trainer.payload.alpha)
         settings.verifyFraction = verifyFraction
         settings.verifySeed = trainer.config.seed
         machine = CoordinatorMachine(settings: settings, version: trainer.iteration)
+        link.setRun(machine.settings.runId)
         publishWeights()
         say(
-            "coordinator: run \(runId), \(trainer.config.maml.algorithm.rawValue), \(trainer.iterations) iterations of \(trainer.metaBatchSize) tasks, listening on \(boundEndpoint) (weights on \(try publishEndpoint(for: boundEndpoint)))"
+            "coordinator: run \(machine.settings.runId), \(trainer.config.maml.algorithm.rawValue), \(trainer.iterations) iterations of \(trainer.metaBatchSize) tasks, listening on \(boundEndpoint) (weights on \(try publishEndpoint(for: boundEndpoint)))"
         )
         onBound?(boundEndpoint)
         next = trainer.finished ? .finish : .train(trainer.iteration + 1)
@@ -164,7 +165,6 @@ public final class CoordinatorShell {
             if now - lastTick >= 1 {
                 lastTick = now
                 try execute(machine.onTick(now: now))
-                link.forget(except: { self.machine.knows($0) }) // dropped workers' files
                 if let since = machine.withoutWorkersSince, progress?.isTerminal == true {
                     progress?.update(
                         "iteration \(trainer.iteration)/\(trainer.iterations)  waiting for workers \(formatDuration(now - since))  (\(workerCommand))"
@@ -184,6 +184,9 @@ public final class CoordinatorShell {
                 link.sendWeights(peer)
             case .unitResult: break // the reduce reads every result at the end of the phase
             case .log(let s): say(s)
+            case .dropped(let peer, let line):
+                say(line)
+                link.forget(peer)
             case .waitingForWorkers(let seconds):
                 say(
                     "no worker connected" + (seconds >= 1 ? " for \(formatDuration(seconds))" : "")

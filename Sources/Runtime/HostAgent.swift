@@ -5,6 +5,7 @@ import ExperimentConfig
 import Foundation
 import GRU4Rec
 import Kernels
+import Link
 import Storage
 import Training
 import Transport
@@ -53,7 +54,6 @@ public final class HostAgent {
     /// This agent's copy of the weights its processes compute on, and the block sums it sends.
     private var theta: FloatBuffer?, alpha: FloatBuffer?
     private var gradTheta: FloatBuffer?, gradAlpha: FloatBuffer?
-    private var advice: JoinAdvice!
 
     public init(
         endpoint: String, dataPath: String, name: String, procs: Int,
@@ -70,7 +70,6 @@ public final class HostAgent {
         let ctx = ZMQContext()
         up = WorkerLink(endpoint: endpoint, sharedMemory: sharedMemory, protocolVersion: protocolVersion, log: log)
         up.curve = curve
-        advice = JoinAdvice(endpoint: endpoint, publicKey: curve?.pair.publicKey)
         try up.connect(ctx)
         innerEndpoint = "ipc://" + NSTemporaryDirectory() + "metatrain-agent-\(getpid()).sock"
         down = CoordinatorLink(endpoint: innerEndpoint, log: log)
@@ -99,54 +98,51 @@ public final class HostAgent {
 
     func loop() throws -> Int32 {
         try execute(machine.onStart(now: monotonicNow()))
-        var lastTick = monotonicNow()
-        while machine.exited == nil {
-            if stop.isSet {
-                try execute(machine.onLeaving("interrupted", code: 130, now: monotonicNow()))
-                break
-            }
-            let wait = machine.wakeAt.map { max(0, min(100, Int((($0 - monotonicNow()) * 1000).rounded(.up)))) } ?? 100
-            _ = try zmqPoll(up.sockets + down.sockets, timeoutMs: wait)
-            for incoming in try up.receive(timeoutMs: 0) where machine.exited == nil {
-                switch incoming {
-                case .message(let e):
-                    trace?.received(e.message)
-                    try execute(machine.onMessage(e, now: monotonicNow()))
-                    if let reason = up.takeRejoinReason() {
-                        try execute(machine.onRejoinNeeded(reason, now: monotonicNow()))
+        let loop = UpLoop(link: up, stop: stop, exitWithParent: exitWithParent, others: down.sockets, notice: announce)
+        try loop.run(
+            UpLoop.Shell(
+                exited: { self.machine.exited != nil },
+                wakeAt: { self.machine.wakeAt },
+                leave: { reason, code in
+                    try self.execute(self.machine.onLeaving(reason, code: code, now: monotonicNow()))
+                },
+                onOthers: { _, _ in
+                    for (peer, incoming) in try self.down.receive(timeoutMs: 0) where self.machine.exited == nil {
+                        switch incoming {
+                        case .message(let e):
+                            try self.execute(self.machine.onProcessMessage(e, from: peer, now: monotonicNow()))
+                        case .undecodable(let e):
+                            try self.execute(self.machine.onProcessUndecodable(e, from: peer, now: monotonicNow()))
+                        }
                     }
-                case .undecodable(let e):
-                    try execute(machine.onUndecodable(e, now: monotonicNow()))
-                }
-            }
-            for (peer, incoming) in try down.receive(timeoutMs: 0) where machine.exited == nil {
-                switch incoming {
-                case .message(let e): try execute(machine.onProcessMessage(e, from: peer, now: monotonicNow()))
-                case .undecodable(let e):
-                    try execute(machine.onProcessUndecodable(e, from: peer, now: monotonicNow()))
-                }
-            }
-            let now = monotonicNow()
-            if machine.exited == nil, now - lastTick >= 0.5 || machine.wakeAt.map({ now >= $0 }) == true {
-                lastTick = now
-                if let parent = exitWithParent, getppid() != parent {
-                    try execute(machine.onLeaving("parent process \(parent) exited", code: 1, now: now))
-                    break
-                }
-                for line in advice.lines(for: up.connectionEvents(), now: now) { announce(line) }
-                try execute(machine.onTick(now: now))
-                down.forget(except: { self.machine.knowsProcess($0) })
-                for (child, reason, crashed) in children?.ended.take() ?? [] {
-                    try execute(machine.onProcessGone(name: child, reason: reason, crashed: crashed, now: now))
-                    if let line = children?.restart(child) { notice(line) }
-                }
-                if let why = children?.allGone {
-                    // Nothing computes here any more: leave, so that the coordinator re-queues our blocks at once.
-                    try execute(machine.onLeaving(why, code: 1, now: now))
-                }
-            }
-        }
+                },
+                onEvent: { event, now in
+                    switch event {
+                    case .message(let e):
+                        self.trace?.received(e.message)
+                        try self.execute(self.machine.onMessage(e, now: now))
+                    case .undecodable(let e): try self.execute(self.machine.onUndecodable(e, now: now))
+                    case .heard(let runId): try self.execute(self.machine.onHeard(runId: runId, now: now))
+                    case .rejoinNeeded(let runId, let reason):
+                        try self.execute(self.machine.onHeard(runId: runId, now: now))
+                        try self.execute(self.machine.onRejoinNeeded(reason, now: now))
+                    }
+                },
+                onTick: { now in try self.tick(now) }))
         return machine.exited?.code ?? 1
+    }
+
+    /// The agent's own timers: the machine's, and its processes that ended.
+    func tick(_ now: Double) throws {
+        try execute(machine.onTick(now: now))
+        for (child, reason, crashed) in children?.ended.take() ?? [] {
+            try execute(machine.onProcessGone(name: child, reason: reason, crashed: crashed, now: now))
+            if let line = children?.restart(child) { notice(line) }
+        }
+        if let why = children?.allGone {
+            // Nothing computes here any more: leave, so that the coordinator re-queues our blocks at once.
+            try execute(machine.onLeaving(why, code: 1, now: now))
+        }
     }
 
     /// Carries out the machine's directives.
@@ -160,6 +156,7 @@ public final class HostAgent {
                 try execute(machine.onConfigured(try configure(json), now: monotonicNow()))
             case .sendDown(let peer, let m): down.send(peer, m)
             case .sendWeightsDown(let peer): down.sendWeights(peer)
+            case .forgetDown(let peer): down.forget(peer)
             case .innerRun(let runId): down.setRun(runId)
             case .publish(let w, let live): try publish(w, to: live)
             case .startProcesses: startProcesses()

@@ -4,16 +4,10 @@ import Core
 import ExperimentConfig
 import Foundation
 import Kernels
+import Link
 import Training
 import Transport
 import Wire
-
-/// Monotonic seconds, for state machines' timeouts.
-public func monotonicNow() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
 
 /// The CPU's model name from /proc/cpuinfo ("" where there is none).
 func cpuModelName() -> String {
@@ -76,18 +70,6 @@ public final class StopFlag: @unchecked Sendable {
     }
 }
 
-/// The PUB endpoint that goes with a ROUTER endpoint: tcp port + 1, or the ipc path + ".pub".
-public func publishEndpoint(for endpoint: String) throws -> String {
-    if endpoint.hasPrefix("ipc://") { return endpoint + ".pub" }
-    guard endpoint.hasPrefix("tcp://"), let colon = endpoint.lastIndex(of: ":"),
-        let port = Int(endpoint[endpoint.index(after: colon)...]), port > 0, port < 65535
-    else {
-        throw MetatrainError(
-            "endpoint '\(endpoint)' must be tcp://HOST:PORT (PORT+1 carries weight broadcasts) or ipc://PATH")
-    }
-    return String(endpoint[..<colon]) + ":\(port + 1)"
-}
-
 extension Floats {
     /// A view of a parameter or gradient buffer, to encode it without an intermediate copy.
     init(viewing b: FloatBuffer) {
@@ -100,65 +82,5 @@ extension WorkerMachine {
     mutating func follow(_ c: Config.Cluster) {
         heartbeatInterval = c.heartbeatS
         livenessTimeout = c.silenceS
-    }
-}
-
-extension SharedView {
-    /// Maps the file a hello offers (see `SharedArena`).
-    convenience init(_ offer: SharedOffer) throws {
-        let hex = Array(offer.token.utf8)
-        guard hex.count == 32 else { throw SharedMemoryError("a token of \(hex.count) hex digits, expected 32") }
-        var token: [UInt8] = []
-        for i in stride(from: 0, to: 32, by: 2) {
-            guard let b = UInt8(String(decoding: hex[i..<(i + 2)], as: UTF8.self), radix: 16) else {
-                throw SharedMemoryError("the token is not hex")
-            }
-            token.append(b)
-        }
-        try self.init(path: offer.path, token: token)
-    }
-
-    /// The two float runs a payload points to, read in place (the views keep this mapping alive).
-    func floats(_ p: SharedPayload) throws -> (Floats, Floats) {
-        let raw = try bytes(offset: p.offset, count: p.byteCount)
-        return (
-            Floats(
-                viewing: ByteBlock(view: UnsafeRawBufferPointer(rebasing: raw[0..<(4 * p.thetaCount)]), owner: self)),
-            Floats(viewing: ByteBlock(view: UnsafeRawBufferPointer(rebasing: raw[(4 * p.thetaCount)...]), owner: self))
-        )
-    }
-}
-
-extension SharedArena {
-    /// This arena as the offer a hello or welcome carries.
-    var offer: SharedOffer { SharedOffer(path: path, token: token.map { String(format: "%02x", $0) }.joined()) }
-
-    /// Writes θ then α back to back into `space` (from `allocate` or `slot`) and says where they lie.
-    static func put(_ theta: Floats, _ alpha: Floats, into space: (offset: Int, memory: UnsafeMutableRawBufferPointer))
-        -> SharedPayload
-    {
-        let p = SharedPayload(offset: space.offset, thetaCount: theta.count, alphaCount: alpha.count)
-        precondition(space.memory.count >= p.byteCount, "\(space.memory.count) bytes for a payload of \(p.byteCount)")
-        let floats = space.memory.bindMemory(to: Float.self).baseAddress!
-        theta.copy(to: floats)
-        alpha.copy(to: floats + theta.count)
-        return p
-    }
-}
-
-/// A line said at most once per `every` seconds: `due` answers how many
-/// occurrences the line now stands for (this one and those held back), or nil
-/// while it must stay quiet.
-struct RateLimitedLine {
-    let every: Double
-    private var last: Double?
-    private var held = 0
-    init(every: Double) { self.every = every }
-    mutating func due(now: Double) -> Int? {
-        held += 1
-        if let last, now - last < every { return nil }
-        last = now
-        defer { held = 0 }
-        return held
     }
 }

@@ -4,6 +4,7 @@ import Datasets
 import ExperimentConfig
 import Foundation
 import Kernels
+import Link
 import Storage
 import Training
 import Transport
@@ -62,13 +63,11 @@ public final class WorkerShell {
     /// CURVE keys towards the coordinator (nil: none).
     public var curve: CurveClientKeys?
 
-    /// Units the machine handed over and the one being computed, on `computeQueue`;
-    /// it says so on `doneOut` (an inproc pair) when it is done.
-    private var waiting: [(unit: WorkUnit, install: Weights?)] = []
+    /// The unit being computed, on `computeQueue` (the machine hands out one at a time:
+    /// the units waiting are its); the thread says so on `doneOut` (an inproc pair) when done.
     private var running: ComputeJob?
     private let computeQueue = DispatchQueue(label: "metatrain.compute")
     private var doneIn: ZMQSocket!, doneOut: ZMQSocket!
-    private var advice: JoinAdvice!
     private var announcedRun: String?
 
     public init(
@@ -86,7 +85,6 @@ public final class WorkerShell {
         let ctx = ZMQContext()
         link = WorkerLink(endpoint: endpoint, sharedMemory: sharedMemory, protocolVersion: protocolVersion, log: log)
         link.curve = curve
-        advice = JoinAdvice(endpoint: endpoint, publicKey: curve?.pair.publicKey)
         try link.connect(ctx)
         let done = "inproc://metatrain-computed-\(ObjectIdentifier(self).hashValue)"
         doneIn = try ZMQSocket(ctx, .pair)
@@ -97,6 +95,7 @@ public final class WorkerShell {
             name: name, datasetFingerprint: dataset.fingerprint, coordinatorTimeout: coordinatorTimeout)
         machine.hardware = Hardware(cpuModel: cpuModelName(), blasCore: BLAS.coreName)
         machine.episodeLimits = (dataset.episodes(.train).count, dataset.episodes(.val).count)
+        machine.computeSlots = 1
         defer {
             // A unit still computing finishes before the sockets close and the process exits:
             // exit-time teardown (OpenBLAS's buffers among it) must not pull memory from under it.
@@ -114,45 +113,35 @@ public final class WorkerShell {
 
     func loop() throws -> Int32 {
         try execute(machine.onStart(now: monotonicNow()))
-        var lastTick = monotonicNow()
-        while exitCode == nil {
-            if stop.isSet {
-                exitReason = "interrupted"
-                leave(because: exitReason)
-                return 130
-            }
-            // Wake for the machine's own deadline (a pending fetch) if it comes before the next poll ends.
-            let wait = machine.wakeAt.map { max(0, min(100, Int((($0 - monotonicNow()) * 1000).rounded(.up)))) } ?? 100
-            let ready = try zmqPoll(link.sockets + [doneIn], timeoutMs: wait)
-            if ready.last == true {
-                while try doneIn.receive(timeoutMs: 0) != nil {}
-                try finishComputing()
-            }
-            for incoming in try link.receive(timeoutMs: 0) where exitCode == nil {
-                switch incoming {
-                case .message(let e):
-                    trace?.received(e.message)
-                    try execute(machine.onMessage(e, now: monotonicNow()))
-                    announceJoin(e)
-                    if let reason = link.takeRejoinReason() {
-                        try execute(machine.onRejoinNeeded(reason, now: monotonicNow()))
+        let loop = UpLoop(link: link, stop: stop, exitWithParent: exitWithParent, others: [doneIn], notice: notice)
+        try loop.run(
+            UpLoop.Shell(
+                exited: { self.exitCode != nil },
+                wakeAt: { self.machine.wakeAt },
+                leave: { reason, code in
+                    self.exitReason = reason
+                    self.leave(because: reason)
+                    self.exitCode = code
+                },
+                onOthers: { ready, _ in
+                    guard ready[0] else { return }
+                    while try self.doneIn.receive(timeoutMs: 0) != nil {}
+                    try self.finishComputing()
+                },
+                onEvent: { event, now in
+                    switch event {
+                    case .message(let e):
+                        self.trace?.received(e.message)
+                        try self.execute(self.machine.onMessage(e, now: now))
+                        self.announceJoin(e)
+                    case .undecodable(let e): try self.execute(self.machine.onUndecodable(e))
+                    case .heard(let runId): try self.execute(self.machine.onHeard(runId: runId, now: now))
+                    case .rejoinNeeded(let runId, let reason):
+                        try self.execute(self.machine.onHeard(runId: runId, now: now))
+                        try self.execute(self.machine.onRejoinNeeded(reason, now: now))
                     }
-                case .undecodable(let e):
-                    try execute(machine.onUndecodable(e))
-                }
-            }
-            let now = monotonicNow()
-            if exitCode == nil, now - lastTick >= 0.5 || machine.wakeAt.map({ now >= $0 }) == true {
-                lastTick = now
-                if let parent = exitWithParent, getppid() != parent {
-                    exitReason = "parent process \(parent) exited"
-                    leave(because: exitReason)
-                    return 1
-                }
-                for line in advice.lines(for: link.connectionEvents(), now: now) { notice(line) }
-                try execute(machine.onTick(now: now))
-            }
-        }
+                },
+                onTick: { now in try self.execute(self.machine.onTick(now: now)) }))
         return exitCode!
     }
 
@@ -183,8 +172,7 @@ public final class WorkerShell {
                 machine.follow(config.cluster)
                 try link.limitFrames(toModelOf: computer!.payload.floats)
             case .compute(let u, let install):
-                waiting.append((u, install))
-                try startComputing()
+                try startComputing(u, install: install)
             case .exit(let code, let reason):
                 exitReason = reason
                 exitCode = code
@@ -194,10 +182,9 @@ public final class WorkerShell {
         }
     }
 
-    /// Starts the next waiting unit on the compute thread, unless one is running.
-    func startComputing() throws {
-        guard running == nil, exitCode == nil, !waiting.isEmpty else { return }
-        let (u, install) = waiting.removeFirst()
+    /// Starts `u` on the compute thread (the machine's one slot: nothing else runs there).
+    func startComputing(_ u: WorkUnit, install: Weights?) throws {
+        guard running == nil else { throw MetatrainError("internal: unit \(u.id) handed out while another computes") }
         guard let computer else { throw MetatrainError("internal: unit \(u.id) scheduled before the configuration") }
         if let failAfterUnits, unitsComputed >= failAfterUnits {
             throw MetatrainError("injected failure computing unit \(u.id) (--fail-after-units \(failAfterUnits))")
@@ -221,13 +208,12 @@ public final class WorkerShell {
         }
     }
 
-    /// The running unit is done: its result goes to the machine (and out), and the next unit starts.
+    /// The running unit is done: its result goes to the machine (and out), which hands out the next.
     func finishComputing() throws {
         guard let job = running, let result = job.result else { return }
         running = nil
         trace?.mark(.computed, job.unit.id)
         try execute(machine.onComputed(try result.get(), now: monotonicNow()))
-        try startComputing()
     }
 
     /// Computes `u` on `computer`, first installing `install` (the machine says when the computer lacks the unit's weights).

@@ -1,5 +1,5 @@
 // Module Transport.
 //
-// Bytes only, like ps-lite's van: ZeroMQ sockets, contexts and CURVE/ZAP,
-// and sealed shared-memory files for payloads between processes on one host.
-// Knows no message types or training.
+// Bytes only, under the links (module Link, the van): ZeroMQ sockets,
+// contexts and CURVE/ZAP, and sealed shared-memory files for payloads between
+// processes on one host. Knows no message types or training.

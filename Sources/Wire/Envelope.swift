@@ -44,10 +44,10 @@ public struct Envelope: Equatable, Sendable {
         case .hello(let h):
             w.string(h.workerName); w.string(h.datasetFingerprint)
             w.string(h.hardware.cpuModel); w.string(h.hardware.blasCore); w.int(h.procs)
-            w.offer(h.sharedMemory)
+            w.offer(h.store)
         case .welcome(let x):
             w.string(x.configJSON); w.int(x.version)
-            w.offer(x.sharedMemory)
+            w.offer(x.store)
         case .refuse(let reason, let detail): w.u8(reason.rawValue); w.string(detail)
         case .ready, .fetchWeights, .heartbeat: break
         case .work(let u):
@@ -55,11 +55,11 @@ public struct Envelope: Equatable, Sendable {
             w.u32(UInt32(u.leaves.count))
             for leaf in u.leaves { w.ints(leaf) }
         case .trainResult(let r):
-            w.int(r.unitId); w.int(r.version); w.payload(r.gradTheta, r.gradAlpha, r.shared); w.f64(r.lossSum);
+            w.int(r.unitId); w.int(r.version); w.payload(r.gradTheta, r.gradAlpha, r.ref); w.f64(r.lossSum);
             w.int(r.tasks)
         case .evalResult(let r):
             w.int(r.unitId); w.int(r.version); w.doubles(r.sums); w.ints(r.queries); w.doubles(r.losses)
-        case .weights(let x): w.int(x.version); w.payload(x.theta, x.alpha, x.shared)
+        case .weights(let x): w.int(x.version); w.payload(x.theta, x.alpha, x.ref)
         case .shutdown(let r), .goodbye(let r): w.string(r)
         case .unitFailed(let id, let r): w.int(id); w.string(r)
         }
@@ -106,10 +106,10 @@ public struct Envelope: Equatable, Sendable {
             m = .hello(
                 Hello(
                     workerName: name, datasetFingerprint: fingerprint, hardware: hardware, procs: procs,
-                    sharedMemory: try r.offer()))
+                    store: try r.offer()))
         case .welcome:
             m = .welcome(
-                Welcome(configJSON: try r.string("config"), version: try r.int("version"), sharedMemory: try r.offer()))
+                Welcome(configJSON: try r.string("config"), version: try r.int("version"), store: try r.offer()))
         case .refuse:
             let code = try r.u8("refusal reason")
             guard let reason = RefusalReason(rawValue: code) else {
@@ -129,11 +129,11 @@ public struct Envelope: Equatable, Sendable {
             m = .work(WorkUnit(id: id, kind: kind, version: version, leaves: leaves))
         case .trainResult:
             let id = try r.int("unit id"), ver = try r.int("version")
-            let (theta, alpha, shared) = try r.payload("grad theta", "grad alpha")
+            let (theta, alpha, ref) = try r.payload("grad theta", "grad alpha")
             m = .trainResult(
                 TrainResult(
                     unitId: id, version: ver, gradTheta: theta, gradAlpha: alpha, lossSum: try r.f64("loss"),
-                    tasks: try r.int("tasks"), shared: shared))
+                    tasks: try r.int("tasks"), ref: ref))
         case .evalResult:
             let id = try r.int("unit id"), ver = try r.int("version"), sums = try r.doubles("sums"),
                 q = try r.ints("queries")
@@ -145,8 +145,8 @@ public struct Envelope: Equatable, Sendable {
         case .fetchWeights: m = .fetchWeights
         case .weights:
             let ver = try r.int("version")
-            let (theta, alpha, shared) = try r.payload("theta", "alpha")
-            m = .weights(Weights(version: ver, theta: theta, alpha: alpha, shared: shared))
+            let (theta, alpha, ref) = try r.payload("theta", "alpha")
+            m = .weights(Weights(version: ver, theta: theta, alpha: alpha, ref: ref))
         case .heartbeat: m = .heartbeat
         case .shutdown: m = .shutdown(reason: try r.string("reason"))
         case .goodbye: m = .goodbye(reason: try r.string("reason"))
@@ -167,14 +167,14 @@ public struct Envelope: Equatable, Sendable {
 
 extension ByteWriter {
     /// bool present, then string path and string token.
-    mutating func offer(_ o: SharedOffer?) {
+    mutating func offer(_ o: PayloadStore?) {
         bool(o != nil)
         if let o { string(o.path); string(o.token) }
     }
 
     /// u8 place: 0 and two float runs in the message, or 1 and where they lie in shared memory.
-    mutating func payload(_ theta: Floats, _ alpha: Floats, _ shared: SharedPayload?) {
-        if let p = shared {
+    mutating func payload(_ theta: Floats, _ alpha: Floats, _ ref: PayloadRef?) {
+        if let p = ref {
             u8(1); int(p.offset); u32(UInt32(p.thetaCount)); u32(UInt32(p.alphaCount))
         } else {
             u8(0); floats(theta); floats(alpha)
@@ -183,18 +183,18 @@ extension ByteWriter {
 }
 
 extension ByteReader {
-    mutating func offer() throws -> SharedOffer? {
+    mutating func offer() throws -> PayloadStore? {
         try bool("shared memory offered")
-            ? SharedOffer(path: try string("shared memory path"), token: try string("shared memory token")) : nil
+            ? PayloadStore(path: try string("shared memory path"), token: try string("shared memory token")) : nil
     }
 
-    mutating func payload(_ theta: String, _ alpha: String) throws -> (Floats, Floats, SharedPayload?) {
+    mutating func payload(_ theta: String, _ alpha: String) throws -> (Floats, Floats, PayloadRef?) {
         switch try u8("payload place") {
         case 0: return (try floats(theta), try floats(alpha), nil)
         case 1:
             return (
                 [], [],
-                SharedPayload(
+                PayloadRef(
                     offset: try int("shared offset"), thetaCount: Int(try u32("shared \(theta) count")),
                     alphaCount: Int(try u32("shared \(alpha) count")))
             )

@@ -1,10 +1,12 @@
 /// The messages of the coordinator–worker protocol (docs/PROTOCOL.md). The
 /// transport moves them as single ZeroMQ frames; nothing here knows sockets.
 
-/// An offer to pass payloads through a shared-memory file (a worker's in its
-/// hello, for results; the coordinator's in its welcome, for weights): a peer
-/// that can open `path` and finds `token` at its start is on the same machine.
-public struct SharedOffer: Equatable, Sendable {
+/// A store outside the frames where the sender's link may leave payloads (a
+/// worker's in its hello, for results; the coordinator's in its welcome, for
+/// weights), for the other end's link to open if it can. Today's links make it
+/// a shared-memory file: a peer that can open `path` and finds `token` at its
+/// start is on the same machine. The state machines never read it.
+public struct PayloadStore: Equatable, Sendable {
     public var path: String
     /// The file's first 16 bytes, as 32 hex digits.
     public var token: String
@@ -35,16 +37,16 @@ public struct Hello: Equatable, Sendable {
     /// host agent (`worker --procs N`). The coordinator sizes blocks and the
     /// units a connection may hold by it.
     public var procs: Int
-    /// Set by the worker's transport, not its protocol logic.
-    public var sharedMemory: SharedOffer?
+    /// Set by the worker's link, not its protocol logic.
+    public var store: PayloadStore?
     /// The most processes a hello may claim.
     public static let maxProcs = 4096
     public init(
         workerName: String, datasetFingerprint: String, hardware: Hardware = .unknown, procs: Int = 1,
-        sharedMemory: SharedOffer? = nil
+        store: PayloadStore? = nil
     ) {
         self.workerName = workerName; self.datasetFingerprint = datasetFingerprint; self.hardware = hardware
-        self.procs = procs; self.sharedMemory = sharedMemory
+        self.procs = procs; self.store = store
     }
 }
 
@@ -54,18 +56,19 @@ public struct Welcome: Equatable, Sendable {
     public var configJSON: String
     /// The weights version currently published.
     public var version: Int
-    /// Set when the coordinator mapped the worker's shared-memory file (train
-    /// results may leave their payload there): the coordinator's own file, where
-    /// weight broadcasts may leave theirs. Set by the coordinator's transport.
-    public var sharedMemory: SharedOffer?
-    public init(configJSON: String, version: Int, sharedMemory: SharedOffer? = nil) {
-        self.configJSON = configJSON; self.version = version; self.sharedMemory = sharedMemory
+    /// Set when the coordinator opened the worker's store (train results may
+    /// leave their payload there): the coordinator's own, where weight broadcasts
+    /// may leave theirs. Set by the coordinator's link.
+    public var store: PayloadStore?
+    public init(configJSON: String, version: Int, store: PayloadStore? = nil) {
+        self.configJSON = configJSON; self.version = version; self.store = store
     }
 }
 
-/// Where a payload lies in the sender's shared-memory file: θ's (or Σ∇θ's)
-/// floats at `offset`, α's (or Σ∇α's) right after them.
-public struct SharedPayload: Equatable, Sendable {
+/// A payload that is not in the frame: where it lies in the sender's store
+/// (`PayloadStore`), θ's (or Σ∇θ's) floats at `offset`, α's (or Σ∇α's) right
+/// after them. The receiving link resolves it before anything else sees the message.
+public struct PayloadRef: Equatable, Sendable {
     public var offset: Int
     public var thetaCount: Int
     public var alphaCount: Int
@@ -108,16 +111,15 @@ public struct TrainResult: Equatable, Sendable {
     public var gradAlpha: Floats
     public var lossSum: Double
     public var tasks: Int
-    /// Set when the gradients are not in the message but in the sender's
-    /// shared-memory file (`gradTheta` and `gradAlpha` are then empty until the
-    /// receiving transport fills them in).
-    public var shared: SharedPayload?
+    /// Set when the gradients are not in the message but in the sender's store
+    /// (`gradTheta` and `gradAlpha` are then empty until the receiving link fills them in).
+    public var ref: PayloadRef?
     public init(
         unitId: Int, version: Int, gradTheta: Floats, gradAlpha: Floats, lossSum: Double, tasks: Int,
-        shared: SharedPayload? = nil
+        ref: PayloadRef? = nil
     ) {
         self.unitId = unitId; self.version = version; self.gradTheta = gradTheta; self.gradAlpha = gradAlpha
-        self.lossSum = lossSum; self.tasks = tasks; self.shared = shared
+        self.lossSum = lossSum; self.tasks = tasks; self.ref = ref
     }
 }
 
@@ -142,11 +144,11 @@ public struct Weights: Equatable, Sendable {
     public var theta: Floats
     /// Meta-SGD's rates (empty otherwise).
     public var alpha: Floats
-    /// Set when θ and α are not in the message but in the coordinator's
-    /// shared-memory file (they are empty until the receiving transport fills them in).
-    public var shared: SharedPayload?
-    public init(version: Int, theta: Floats, alpha: Floats, shared: SharedPayload? = nil) {
-        self.version = version; self.theta = theta; self.alpha = alpha; self.shared = shared
+    /// Set when θ and α are not in the message but in the coordinator's store
+    /// (they are empty until the receiving link fills them in).
+    public var ref: PayloadRef?
+    public init(version: Int, theta: Floats, alpha: Floats, ref: PayloadRef? = nil) {
+        self.version = version; self.theta = theta; self.alpha = alpha; self.ref = ref
     }
 }
 

@@ -3,6 +3,7 @@ import Datasets
 import ExperimentConfig
 import Foundation
 import GRU4Rec
+import NetworkLab
 import Runtime
 import Storage
 

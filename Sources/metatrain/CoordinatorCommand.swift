@@ -3,6 +3,7 @@ import Core
 import ExperimentConfig
 import Foundation
 import Kernels
+import Link
 import Runtime
 import Storage
 import Training

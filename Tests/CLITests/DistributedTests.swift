@@ -1,4 +1,5 @@
 import Foundation
+import Link
 import MetaLearning
 import Runtime
 import Storage

@@ -299,7 +299,7 @@ final class HostilePeerTests: XCTestCase {
                 message: .trainResult(
                     TrainResult(
                         unitId: 4, version: 1, gradTheta: [], gradAlpha: [], lossSum: 1,
-                        tasks: 2, shared: SharedPayload(offset: 4096, thetaCount: 9, alphaCount: 0)))
+                        tasks: 2, ref: PayloadRef(offset: 4096, thetaCount: 9, alphaCount: 0)))
             ).encode(),
             Envelope(
                 runId: runId,

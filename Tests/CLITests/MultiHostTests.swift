@@ -1,4 +1,5 @@
 import Foundation
+import NetworkLab
 import Runtime
 import Storage
 import XCTest

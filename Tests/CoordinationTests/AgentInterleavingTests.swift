@@ -183,6 +183,9 @@ final class AgentInterleavingTests: XCTestCase {
                     }
                 case .innerRun(let id):
                     innerRun = id
+                case .forgetDown(let peer):
+                    // The link lets go of a process's files: never one the inner run still counts on.
+                    if agent.knowsProcess(peer) { throw Failure("forgot live process \(peer): \(history)") }
                 case .publish(let w, let live):
                     agentWeights = w
                     for i in processes.indices where live.contains(processes[i].peer) {

@@ -11,9 +11,13 @@ func work(_ d: [CoordinatorMachine.Directive]) -> [(PeerID, WorkUnit)] {
 }
 
 /// The lines a coordinator's directives log.
+/// The lines directives say (a dropped worker's among them).
 func logs(_ d: [CoordinatorMachine.Directive]) -> [String] {
     d.compactMap {
-        if case .log(let s) = $0 { return s }; return nil
+        switch $0 {
+        case .log(let s), .dropped(_, let s): return s
+        default: return nil
+        }
     }
 }
 
@@ -140,8 +144,10 @@ final class CoordinatorMachineTests: XCTestCase {
         let d = m.onTick(now: 11)
         XCTAssertEqual(
             d.first,
-            .log(
-                "worker w\(a) silent for 11s; dropped, its 1 unit(s) re-queued (if a unit takes longer than 10s, raise --worker-timeout)"
+            .dropped(
+                a,
+                line:
+                    "worker w\(a) silent for 11s; dropped, its 1 unit(s) re-queued (if a unit takes longer than 10s, raise --worker-timeout)"
             ))
         XCTAssertEqual(m.liveWorkers, 1)
         XCTAssertEqual(work(d).map(\.0), [b])
@@ -159,7 +165,8 @@ final class CoordinatorMachineTests: XCTestCase {
         var m = machine()
         _ = aHoldsTwoUnitsAndBFinishedItsOwn(&m)
         let d = m.onWorkerGone(name: "w\(a)", reason: "(pid 7) was killed by signal 9")
-        XCTAssertEqual(d.first, .log("worker w\(a) (pid 7) was killed by signal 9; dropped, its 2 unit(s) re-queued"))
+        XCTAssertEqual(
+            d.first, .dropped(a, line: "worker w\(a) (pid 7) was killed by signal 9; dropped, its 2 unit(s) re-queued"))
         XCTAssertEqual(m.liveWorkers, 1)
         XCTAssertTrue(work(d).allSatisfy { $0.0 == b })
         XCTAssertFalse(work(d).isEmpty)
@@ -192,7 +199,9 @@ final class CoordinatorMachineTests: XCTestCase {
         let held = aHoldsTwoUnitsAndBFinishedItsOwn(&m)
         let d = m.onMessage(env(.goodbye(reason: "internal: out of memory\nsecond line")), from: a, now: 1)
         XCTAssertEqual(
-            d.first, .log("worker w\(a) left (internal: out of memory second line); dropped, its 2 unit(s) re-queued"))
+            d.first,
+            .dropped(
+                a, line: "worker w\(a) left (internal: out of memory second line); dropped, its 2 unit(s) re-queued"))
         XCTAssertEqual(m.liveWorkers, 1)
         XCTAssertFalse(work(d).isEmpty)
         XCTAssertTrue(work(d).allSatisfy { $0.0 == b && held.contains($0.1.id) })
@@ -205,7 +214,7 @@ final class CoordinatorMachineTests: XCTestCase {
         XCTAssertLessThan(line.count, 300)
         // A worker that goes before it read its welcome knows no run id yet: its goodbye counts all the same.
         let gone = m.onMessage(Envelope(runId: "", message: .goodbye(reason: "interrupted")), from: b, now: 3)
-        guard case .log(let left)? = gone.first else { return XCTFail("\(gone)") }
+        guard case .dropped(b, let left)? = gone.first else { return XCTFail("\(gone)") }
         XCTAssertTrue(left.hasPrefix("worker w\(b) left (interrupted); dropped"), left)
         XCTAssertEqual(m.liveWorkers, 0)
     }
@@ -640,6 +649,30 @@ final class WorkerMachineTests: XCTestCase {
         XCTAssertEqual(w.onMessage(env(.weights(Weights(version: 2, theta: [0], alpha: []))), now: 6), [])
         XCTAssertEqual(w.onMessage(env(.shutdown(reason: "done")), now: 7), [.exit(code: 0, reason: "done")])
         XCTAssertTrue(w.isStopped)
+    }
+
+    /// With one compute slot (a worker's compute thread) the machine hands out one unit
+    /// at a time: the others wait in it, in arrival order, each with the weights it was
+    /// taken on with, and the next goes out with the previous one's result.
+    func testOneSlotHandsOutOneUnitAtATime() {
+        var w = WorkerMachine(name: "w", datasetFingerprint: "fp")
+        w.computeSlots = 1
+        _ = w.onStart(now: 0)
+        _ = w.onMessage(env(.welcome(Welcome(configJSON: "{}", version: 0))), now: 0)
+        let w0 = Weights(version: 0, theta: [0], alpha: [])
+        _ = w.onMessage(env(.weights(w0)), now: 0)
+        let units = (1...3).map { WorkUnit(id: $0, kind: .train, version: 0, episodes: [$0]) }
+        XCTAssertEqual(w.onMessage(env(.work(units[0])), now: 1), [.compute(units[0], install: w0)])
+        XCTAssertEqual(w.onMessage(env(.work(units[1])), now: 1), [])
+        XCTAssertEqual(w.onMessage(env(.work(units[2])), now: 1), [])
+        XCTAssertEqual(w.computing, 3)
+        func result(_ id: Int) -> Message {
+            .trainResult(TrainResult(unitId: id, version: 0, gradTheta: [0], gradAlpha: [], lossSum: 0, tasks: 1))
+        }
+        XCTAssertEqual(w.onComputed(result(1), now: 2), [.send(result(1)), .compute(units[1], install: nil)])
+        XCTAssertEqual(w.onComputed(result(2), now: 3), [.send(result(2)), .compute(units[2], install: nil)])
+        XCTAssertEqual(w.onComputed(result(3), now: 4), [.send(result(3))])
+        XCTAssertEqual(w.computing, 0)
     }
 
     /// A unit naming episodes the worker's dataset does not have is refused with a

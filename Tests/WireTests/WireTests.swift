@@ -12,12 +12,12 @@ final class WireTests: XCTestCase {
         .hello(
             Hello(
                 workerName: "w2@host", datasetFingerprint: "abc123",
-                sharedMemory: SharedOffer(path: "/proc/12/fd/7", token: String(repeating: "0f", count: 16)))),
+                store: PayloadStore(path: "/proc/12/fd/7", token: String(repeating: "0f", count: 16)))),
         .welcome(Welcome(configJSON: "{\"seed\":1}", version: 7)),
         .welcome(
             Welcome(
                 configJSON: "{}", version: 0,
-                sharedMemory: SharedOffer(path: "/proc/9/fd/4", token: String(repeating: "a1", count: 16)))),
+                store: PayloadStore(path: "/proc/9/fd/4", token: String(repeating: "a1", count: 16)))),
         .refuse(.datasetFingerprint, detail: "worker has 0123…, coordinator has 4567…"),
         .refuse(.unknownWorker, detail: ""),
         .ready, .fetchWeights, .heartbeat,
@@ -32,7 +32,7 @@ final class WireTests: XCTestCase {
         .trainResult(
             TrainResult(
                 unitId: 5, version: 7, gradTheta: [], gradAlpha: [], lossSum: -0.5, tasks: 2,
-                shared: SharedPayload(offset: 4096 + 64, thetaCount: 368_000, alphaCount: 368_000))),
+                ref: PayloadRef(offset: 4096 + 64, thetaCount: 368_000, alphaCount: 368_000))),
         .evalResult(
             EvalResult(
                 unitId: 4, version: 8, sums: [1, 2, 3, 4, 5, 6, 0, 1, 1, 0.5, 0.5, 1], queries: [10, 3],
@@ -41,7 +41,7 @@ final class WireTests: XCTestCase {
         .weights(
             Weights(
                 version: 9, theta: [], alpha: [],
-                shared: SharedPayload(offset: 8192, thetaCount: 368_000, alphaCount: 0))),
+                ref: PayloadRef(offset: 8192, thetaCount: 368_000, alphaCount: 0))),
         .shutdown(reason: "finished"),
         .goodbye(reason: "internal: unit 2 failed — ünïcode"),
         .unitFailed(unitId: 17, reason: "crashed agent-1 (signal 4) and agent-2 (signal 4)")

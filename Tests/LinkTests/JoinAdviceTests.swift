@@ -1,7 +1,7 @@
 import Transport
 import XCTest
 
-@testable import Runtime
+@testable import Link
 
 /// What a worker that cannot get in says, from its socket's events alone (no sockets, a manual clock).
 final class JoinAdviceTests: XCTestCase {
