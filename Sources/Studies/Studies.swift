@@ -5,6 +5,6 @@
 // each seed), ranking every query of a run (`RunRanks.rank`), and the
 // aggregation of every run's per-query ranks into
 // per_query.csv, results.json (means, intervals, paired comparisons with
-// Benjamini–Hochberg adjustment) and report.md. Starting the runs (pretrain,
-// train) is still the CLI's job; this module decides what to run, ranks what
-// the runs made and says what the results mean.
+// Benjamini–Hochberg adjustment) and report.md. `StudyTaskRunner` carries out
+// one task by calling the library as `pretrain` and `train` do; the CLI only
+// orchestrates (which tasks, how many processes at once) and reports.

@@ -48,67 +48,18 @@ struct MetaRunOptions: ParsableArguments {
         }
     }
 
-    /// Whether this start continues a run: --resume (which needs a checkpoint), or
-    /// --resume-or-start in a run directory that has one.
-    func resuming() throws -> Bool {
-        let checkpoints = MetaTrainer.periodicCheckpoints(inRunDirectory: runDir)
-        if resume && checkpoints.isEmpty {
-            throw MetatrainError(
-                FileManager.default.fileExists(atPath: runDir)
-                    ? "\(runDir) has no checkpoint to resume from (checkpoints/ holds none); start the run without --resume"
-                    : "\(runDir) does not exist; there is nothing to resume (start the run without --resume)")
-        }
-        return resume || (resumeOrStart && !checkpoints.isEmpty)
-    }
-
-    /// The config to run with: on --resume, the run's own config.yaml (plus any --set).
-    func loadConfig(resume: Bool) throws -> Config {
-        if resume, config.config == nil, FileManager.default.fileExists(atPath: runDir + "/config.yaml") {
-            return try Config.load(
-                path: runDir + "/config.yaml", overrides: config.overrides + (config.seed.map { ["seed=\($0)"] } ?? []))
-        }
-        return try config.load()
-    }
-
-    func makeShell(endpoint: String, stop: StopFlag, progress: ConsoleProgress, security: SecurityOptions) throws
-        -> CoordinatorShell
-    {
-        BLAS.useSingleThread()
-        let curve = try security.serverKeys(for: endpoint)
-        let resume = try resuming()
-        let cfg = try loadConfig(resume: resume)
-        if !resume { try MetaTrainer.checkWarmStart(cfg) }
-        let dataset = try DatasetFile.read(data)
-        // A directory a live run holds is refused as in use, whatever it holds.
-        if let holder = RunDirectory.holder(ofRunDirectory: runDir) {
-            throw MetatrainError("\(runDir) is in use by another run (\(holder)); stop it or use another --run-dir")
-        }
-        let held = MetaTrainer.runContents(inRunDirectory: runDir)
-        if !resume && !held.isEmpty && !overwrite && !resumeOrStart {
-            throw MetatrainError(
-                "\(runDir) already holds a run (\(held.map(\.description).joined(separator: ", "))): pass --resume to continue it, --resume-or-start to continue it if it has a checkpoint and start it otherwise, or --overwrite to remove it and start afresh (or choose another --run-dir)"
-            )
-        }
-        // The directory is this process's before anything in it is removed.
-        let run = try RunDirectory(runDir, logName: "coordinator.log")
-        try run.lock()
-        if !resume && !held.isEmpty {
-            progress.log(
-                "removing \(runDir)'s earlier run to start afresh: "
-                    + held.map(\.description).joined(separator: ", "))
-            for item in held { try FileManager.default.removeItem(atPath: runDir + "/" + item.name) }
-        }
-        let trainer = try MetaTrainer(config: cfg, dataset: dataset, run: run, resume: resume)
-        if let from = trainer.resumedFrom {
-            progress.log("resumed from \(from) at iteration \(trainer.iteration) of \(trainer.iterations)")
-        }
-        try run.recordStart(datasetPath: data, fingerprint: dataset.fingerprint, resumedFrom: trainer.resumedFrom)
-        let shell = CoordinatorShell(trainer: trainer, endpoint: endpoint, stop: stop, progress: progress)
-        shell.workerTimeout = workerTimeout
-        shell.verifyFraction = verify
-        shell.curve = curve
-        shell.resumeCommand = { resumeCommand(iterations: $0) }
-        return shell
+    /// What these flags ask for, with the keys to bind `endpoint` with.
+    func request(endpoint: String, security: SecurityOptions) throws -> MetaRunRequest {
+        var r = MetaRunRequest(
+            data: data, runDirectory: runDir, configPath: config.config,
+            overrides: config.overrides + (config.seed.map { ["seed=\($0)"] } ?? []))
+        r.continuation = resume ? .resume : resumeOrStart ? .resumeOrStart : .start
+        r.overwrite = overwrite
+        r.workerTimeout = workerTimeout
+        r.verify = verify
+        r.curve = try security.serverKeys(for: endpoint)
+        r.resumeCommand = { resumeCommand(iterations: $0) }
+        return r
     }
 
     /// The command line that continues this run: the one that started it, without
@@ -159,7 +110,9 @@ struct CoordinatorCommand: ParsableCommand {
     func run() throws {
         let stop = StopFlag()
         stop.installSignalHandlers()
-        let shell = try options.makeShell(endpoint: bind, stop: stop, progress: ConsoleProgress(), security: security)
+        let progress = ConsoleProgress()
+        let shell = try options.request(endpoint: bind, security: security).makeShell(
+            endpoint: bind, stop: stop, progress: progress)
         if trace != nil { shell.trace = Trace(process: "coordinator") }
         let result = Result { try shell.run() }
         if let trace { try shell.trace?.write(to: trace) }

@@ -44,35 +44,10 @@ struct PretrainCommand: ParsableCommand {
     }
 
     func run() throws {
-        BLAS.useSingleThread()
-        let config = try options.load()
-        let dataset = try DatasetFile.read(data)
-        if resume {
-            guard FileManager.default.fileExists(atPath: runDir) else {
-                throw MetatrainError(
-                    "\(runDir): no such run directory; nothing to resume (drop --resume to start a run)")
-            }
-        }
-        // The directory is this process's before anything in it is touched: a second
-        // pretrain (or a study task started twice) on it is refused, naming the holder.
-        let run = try RunDirectory(runDir, logName: "pretrain.log")
-        try run.lock()
-        let held = Pretrainer.runFiles.filter { FileManager.default.fileExists(atPath: runDir + "/" + $0) }
-        if !resume && !held.isEmpty {
-            guard overwrite else {
-                throw MetatrainError(
-                    "\(runDir) already holds a run (\(held.joined(separator: ", "))); pass --overwrite to start it afresh, or choose another --run-dir"
-                )
-            }
-            for name in held { try FileManager.default.removeItem(atPath: runDir + "/" + name) }
-        }
-        let resumedFrom = resume ? try Pretrainer.resumePoint(in: run) : nil
-        try run.recordStart(datasetPath: data, fingerprint: dataset.fingerprint, resumedFrom: resumedFrom)
         let progress = ConsoleProgress()
-        let r = try Pretrainer(
-            dataset: dataset, fingerprint: dataset.fingerprint, config: config, run: run, progress: progress
-        )
-        .train(resume: resume)
+        let (r, run) = try Pretrainer.run(
+            data: data, runDirectory: runDir, config: try options.load(), resume: resume, overwrite: overwrite,
+            progress: progress)
         print(
             "pretrained \(r.epochs) epochs; best val HR@10 \(String(format: "%.4f", r.bestHR10)) at epoch \(r.bestEpoch); wrote \(run.file("best.h5"))"
         )

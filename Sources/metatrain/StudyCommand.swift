@@ -89,7 +89,8 @@ struct StudyCommand: ParsableCommand {
             guard tasks.indices.contains(task) else {
                 throw MetatrainError("--task \(task): the plan has tasks 0...\(tasks.count - 1) (see --list)")
             }
-            try runner.run(tasks[task])
+            let code = try runner.run(tasks[task], progress: ConsoleProgress())
+            if code != 0 { throw ExitCode(code) }
             return
         }
         try runner.checkConfigurations(planPath: plan)
@@ -261,110 +262,5 @@ struct StudyCommand: ParsableCommand {
         try writeFileAtomically(out + "/report.md", contents: md)
         print(md, terminator: "")
         print("\nwrote \(out)/per_query.csv, \(out)/results.json, \(out)/report.md")
-    }
-}
-
-/// Runs one study task in this process: the pretraining of a seed, or a method
-/// on a seed (train, then rank every query), each resumable after a kill.
-struct StudyTaskRunner {
-    let plan: StudyPlan, data: String, out: String, quick: Bool, workers: Int
-
-    func directory(_ t: StudyTask) -> String { out + "/" + t.runDirectory }
-    /// The lock file a running task holds in its run directory (RunDirectory.hold).
-    static let taskLock = ".task.lock"
-    func ranksPath(_ t: StudyTask) -> String { directory(t) + "/ranks.csv" }
-    func pretrainDirectory(seed: UInt64) -> String { out + "/" + StudyPlan.pretrainDirectory(seed: seed) }
-
-    func isDone(_ t: StudyTask) -> Bool {
-        switch t.kind {
-        case .pretrain: return FileManager.default.fileExists(atPath: directory(t) + "/final.h5")
-        case .run: return FileManager.default.fileExists(atPath: ranksPath(t))
-        }
-    }
-
-    var quickSets: [String] { quick ? plan.quick : [] }
-
-    /// The config flags of a method's run on seed s.
-    func configArguments(_ m: StudyPlan.Method, seed s: UInt64) -> [String] {
-        var sets = plan.overrides + (m.kind == .pretrained ? plan.pretrainOverrides : []) + m.overrides + quickSets
-        if m.kind == .meta(warmStart: true) {
-            sets.append("warm_start.checkpoint=" + pretrainDirectory(seed: s) + "/best.h5")
-        }
-        let file = m.kind == .pretrained ? (m.config ?? plan.pretrainConfig) : m.config
-        return (file.map { ["--config", $0] } ?? []) + sets.flatMap { ["--set", $0] }
-            + ["--seed", "\(m.kind == .pretrained ? s : s + m.seedOffset)"]
-    }
-
-    /// Resolves every run's configuration once before any task starts, so a
-    /// missing config file or a mistyped key fails at once, naming the method.
-    func checkConfigurations(planPath: String) throws {
-        let seed = plan.seeds[0]
-        func check(_ what: String, _ args: [String]) throws {
-            do { _ = try ConfigOptions.parse(args).load() } catch {
-                throw MetatrainError("\(planPath): \(what): \(error)")
-            }
-        }
-        if plan.needsPretraining {
-            try check(
-                "pretrain",
-                (plan.pretrainConfig.map { ["--config", $0] } ?? [])
-                    + (plan.overrides + plan.pretrainOverrides + quickSets).flatMap { ["--set", $0] })
-        }
-        for m in plan.methods where m.kind != .popularity {
-            try check("method \(m.name)", configArguments(m, seed: seed))
-        }
-    }
-
-    func run(_ t: StudyTask) throws {
-        if isDone(t) { print("task \(t.index) (\(t.name)) is already finished"); return }
-        if let d = plan.tasks().first(where: { $0.index == t.dependsOn }), !isDone(d) {
-            throw MetatrainError("task \(t.index) (\(t.name)) needs task \(d.index) (\(d.name)) to finish first")
-        }
-        let dir = directory(t)
-        // The task's own lock, held from here to the end of the process: the run's `.lock` is let go
-        // when training ends, before ranking, and a restarted study must wait for the ranking too.
-        try RunDirectory.hold(dir, lockFile: StudyTaskRunner.taskLock)
-        switch t.kind {
-        case .pretrain(let s):
-            let sets = plan.overrides + plan.pretrainOverrides + quickSets
-            var args =
-                ["--data", data, "--run-dir", dir, "--seed", "\(s)"]
-                + (plan.pretrainConfig.map { ["--config", $0] } ?? [])
-                + sets.flatMap { ["--set", $0] }
-            // A killed pretraining continues from its last epoch; one that never finished an epoch starts afresh.
-            if FileManager.default.fileExists(atPath: dir + "/" + Pretrainer.resumeCheckpoint) {
-                args.append("--resume")
-            } else if FileManager.default.fileExists(atPath: dir) {
-                args.append("--overwrite")
-            }
-            try PretrainCommand.parse(args).run()
-        case .run(let name, let s):
-            guard let m = plan.method(name) else { throw MetatrainError("study: no method \(name)") }
-            let checkpoint: String?
-            switch m.kind {
-            case .meta:
-                if !FileManager.default.fileExists(atPath: dir + "/final.h5") {
-                    try TrainCommand.parse(
-                        ["--data", data, "--run-dir", dir, "--workers", "\(workers)", "--resume-or-start"]
-                            + configArguments(m, seed: s)
-                    ).run()
-                }
-                checkpoint =
-                    FileManager.default.fileExists(atPath: dir + "/best.h5") ? dir + "/best.h5" : dir + "/final.h5"
-            case .pretrained: checkpoint = pretrainDirectory(seed: s) + "/best.h5"
-            case .popularity: checkpoint = nil
-            }
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            let config = try ConfigOptions.parse(configArguments(m, seed: s)).load()
-            try rank(checkpoint: checkpoint, config: config, seed: s, into: ranksPath(t))
-        }
-    }
-
-    /// Ranks every query of the plan's split with the run's checkpoint (RunRanks.rank), into ranks.csv.
-    func rank(checkpoint: String?, config: Config, seed: UInt64, into path: String) throws {
-        let (ranks, episodes) = try RunRanks.rank(
-            data: data, checkpoint: checkpoint, config: config, plan: plan, seed: seed)
-        try writeFileAtomically(path, contents: ranks.csv)
-        print("ranked \(ranks.rows.count) queries of \(episodes) \(plan.split) episodes into \(path)")
     }
 }

@@ -45,49 +45,13 @@ struct TrainCommand: ParsableCommand {
         let stop = StopFlag()
         stop.installSignalHandlers()
         let endpoint = bind ?? privateEndpoint()
-        defer { removeSocketFiles(endpoint) }
-        let shell = try options.makeShell(
-            endpoint: endpoint, stop: stop, progress: ConsoleProgress(), security: security)
-        // With keys, the local workers join with the coordinator's own (always let in).
-        let keyArgs = security.key.map { ["--key", $0, "--coordinator-key", "-"] } ?? []
-        if trace != nil { shell.trace = Trace(process: "coordinator") }
-        // One host agent named "local" whose processes are local-1 … local-N; a lone worker is local-1.
-        let n = self.workers, trace = self.trace, socketOnly = noSharedMemory
-        let workers = LocalWorkers(
-            data: options.data,
-            name: { _, restart in
-                (n == 1 ? "local-1" : "local") + (restart == 0 ? "" : ".\(restart)")
-            },
-            extra: { _ in
-                ["--procs", "\(n)"] + (socketOnly ? ["--no-shared-memory"] : []) + keyArgs
-                    + (trace.map {
-                        n == 1
-                            ? ["--trace", $0 + "/worker-1.jsonl"]
-                            : ["--trace", $0 + "/agents/local.jsonl", "--trace-dir", $0]
-                    } ?? [])
-            })
-        shell.endedWorkers = workers.ended
-        shell.onBound = { endpoint in workers.startAll(1, endpoint: endpoint) }
-        shell.onWorkerEnded = { name in workers.restart(name) }
-        shell.localWorkersGone = { workers.allGone }
-        let code: Int32
-        do { code = try shell.run() } catch { workers.reap(); throw error }
-        workers.reap()
-        if let trace { try shell.trace?.write(to: trace + "/coordinator.jsonl") }
-        if code != 0 { removeSocketFiles(endpoint); Foundation.exit(code) }
+        var training = LocalTraining(
+            request: try options.request(endpoint: endpoint, security: security), workers: workers)
+        training.endpoint = endpoint
+        training.trace = trace
+        training.sharedMemory = !noSharedMemory
+        training.workerKey = security.key
+        let code = try training.run(stop: stop, progress: ConsoleProgress())
+        if code != 0 { Foundation.exit(code) }
     }
-}
-
-/// A Unix-domain (ipc://) endpoint private to this process, for local workers:
-/// a 1.5 MB gradient costs less CPU over it than over TCP loopback, and on a
-/// machine whose cores all run workers that CPU comes out of the workers' share.
-func privateEndpoint() -> String {
-    "ipc://" + NSTemporaryDirectory() + "metatrain-\(getpid()).sock"
-}
-
-/// Removes an ipc:// endpoint's socket files (ROUTER and PUB) once the run is over.
-func removeSocketFiles(_ endpoint: String) {
-    guard endpoint.hasPrefix("ipc://") else { return }
-    let path = String(endpoint.dropFirst("ipc://".count))
-    for p in [path, path + ".pub"] { unlink(p) }
 }
