@@ -3,8 +3,10 @@ import PackageDescription
 
 // Layout: C system libraries at the bottom, then math (Kernels, GRU4Rec),
 // data and formats (Datasets, Storage), training and evaluation, using a trained
-// model (Recommendation, Serving), messages, state machines and transport,
-// and the CLI on top. Imports point one way: metatrain -> the rest.
+// model (Recommendation, Serving), messages (Wire), state machines (Coordination),
+// bytes (Transport) and the links that join them (Link), the shells that run the
+// machines (Runtime), studies, and the CLI on top. Imports point one way:
+// metatrain -> the rest.
 let package = Package(
     name: "metatrain",
     platforms: [.macOS(.v13)],
@@ -114,7 +116,7 @@ let package = Package(
             ]),
 
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Core"]),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
         .testTarget(name: "GRU4RecTests", dependencies: ["GRU4Rec", "Kernels", "Core"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ExperimentConfigTests", dependencies: ["ExperimentConfig"]),
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "Core", "ExperimentConfig"]),
@@ -139,7 +141,7 @@ let package = Package(
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "CoordinationTests", dependencies: ["Coordination", "Wire"]),
         .testTarget(name: "LinkTests", dependencies: ["Link", "Transport"]),
-        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Transport", "Wire"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime"]),
         .testTarget(
             name: "CLITests",
             dependencies: [
