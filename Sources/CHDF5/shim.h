@@ -27,6 +27,9 @@ static inline unsigned mt_h5f_acc_trunc(void) { return H5F_ACC_TRUNC; }
 static inline unsigned mt_h5f_acc_rdonly(void) { return H5F_ACC_RDONLY; }
 static inline size_t mt_h5t_variable(void) { return H5T_VARIABLE; }
 
+/* The address H5Dget_offset gives for a dataset that has no contiguous storage. */
+static inline haddr_t mt_haddr_undef(void) { return HADDR_UNDEF; }
+
 /* Silence HDF5's own stderr error stack; we report errors ourselves. */
 static inline void mt_h5_silence_errors(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
 #endif

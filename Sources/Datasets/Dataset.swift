@@ -19,31 +19,35 @@ public enum SplitKind: Int8, CaseIterable, Sendable {
 public struct Episodes: Equatable, Sendable {
     public var k: Int, q: Int
     /// [N*K] row-major
-    public var support: [Int64]
+    public var support: Column<Int64>
     /// [N*Q] row-major
-    public var query: [Int64]
+    public var query: Column<Int64>
     /// [N]
-    public var user: [Int32]
+    public var user: Column<Int32>
+    /// Episodes built in memory.
+    public init(k: Int, q: Int, support: [Int64], query: [Int64], user: [Int32]) {
+        self.init(k: k, q: q, support: Column(support), query: Column(query), user: Column(user))
+    }
     public var count: Int { user.count }
-    public init(k: Int, q: Int, support: [Int64] = [], query: [Int64] = [], user: [Int32] = []) {
+    public init(k: Int, q: Int, support: Column<Int64> = [], query: Column<Int64> = [], user: Column<Int32> = []) {
         self.k = k; self.q = q; self.support = support; self.query = query; self.user = user
     }
-    public func supportPairs(_ e: Int) -> ArraySlice<Int64> { support[(e * k)..<((e + 1) * k)] }
-    public func queryPairs(_ e: Int) -> ArraySlice<Int64> { query[(e * q)..<((e + 1) * q)] }
+    public func supportPairs(_ e: Int) -> Slice<Column<Int64>> { support[(e * k)..<((e + 1) * k)] }
+    public func queryPairs(_ e: Int) -> Slice<Column<Int64>> { query[(e * q)..<((e + 1) * q)] }
 }
 
 /// The contents of a dataset file (docs/FORMATS.md, "Dataset"), in memory.
 public struct Dataset: Equatable, Sendable {
     public var itemIds: [String] // [V], index 0 = "<pad>"
-    public var itemCounts: [Int64] // [V]
+    public var itemCounts: Column<Int64> // [V]
     public var userIds: [String] // [U]
-    public var userSplit: [Int8] // [U]
-    public var pairUser: [Int32] // [P]
-    public var prefixOffsets: [Int64] // [P+1]
-    public var prefixItems: [Int32] // [sum]
-    public var label: [Int32] // [P]
-    public var timestamp: [Int64] // [P]
-    public var reliability: [Float] // [P]
+    public var userSplit: Column<Int8> // [U]
+    public var pairUser: Column<Int32> // [P]
+    public var prefixOffsets: Column<Int64> // [P+1]
+    public var prefixItems: Column<Int32> // [sum]
+    public var label: Column<Int32> // [P]
+    public var timestamp: Column<Int64> // [P]
+    public var reliability: Column<Float> // [P]
     public var episodes: [SplitKind: Episodes]
     public var maxSeqLen: Int
     public var kSupport: Int
@@ -55,8 +59,9 @@ public struct Dataset: Equatable, Sendable {
     public var prepareJSON = ""
 
     public init(
-        itemIds: [String], itemCounts: [Int64], userIds: [String], userSplit: [Int8], pairUser: [Int32],
-        prefixOffsets: [Int64], prefixItems: [Int32], label: [Int32], timestamp: [Int64], reliability: [Float],
+        itemIds: [String], itemCounts: Column<Int64>, userIds: [String], userSplit: Column<Int8>,
+        pairUser: Column<Int32>, prefixOffsets: Column<Int64>, prefixItems: Column<Int32>, label: Column<Int32>,
+        timestamp: Column<Int64>, reliability: Column<Float>,
         episodes: [SplitKind: Episodes], maxSeqLen: Int, kSupport: Int, qQuery: Int, source: String
     ) {
         self.itemIds = itemIds; self.itemCounts = itemCounts; self.userIds = userIds; self.userSplit = userSplit
@@ -65,12 +70,25 @@ public struct Dataset: Equatable, Sendable {
         self.maxSeqLen = maxSeqLen; self.kSupport = kSupport; self.qQuery = qQuery; self.source = source
     }
 
+    /// A dataset built in memory (prepare's arrays become its columns without a copy).
+    public init(
+        itemIds: [String], itemCounts: [Int64], userIds: [String], userSplit: [Int8], pairUser: [Int32],
+        prefixOffsets: [Int64], prefixItems: [Int32], label: [Int32], timestamp: [Int64], reliability: [Float],
+        episodes: [SplitKind: Episodes], maxSeqLen: Int, kSupport: Int, qQuery: Int, source: String
+    ) {
+        self.init(
+            itemIds: itemIds, itemCounts: Column(itemCounts), userIds: userIds, userSplit: Column(userSplit),
+            pairUser: Column(pairUser), prefixOffsets: Column(prefixOffsets), prefixItems: Column(prefixItems),
+            label: Column(label), timestamp: Column(timestamp), reliability: Column(reliability),
+            episodes: episodes, maxSeqLen: maxSeqLen, kSupport: kSupport, qQuery: qQuery, source: source)
+    }
+
     public var nItems: Int { itemIds.count }
     public var nPairs: Int { label.count }
     public var nUsers: Int { userIds.count }
 
     /// Prefix items of pair p, oldest first.
-    @inline(__always) public func prefix(_ p: Int) -> ArraySlice<Int32> {
+    @inline(__always) public func prefix(_ p: Int) -> Slice<Column<Int32>> {
         prefixItems[Int(prefixOffsets[p])..<Int(prefixOffsets[p + 1])]
     }
     @inline(__always) public func prefixLength(_ p: Int) -> Int { Int(prefixOffsets[p + 1] - prefixOffsets[p]) }
@@ -85,14 +103,19 @@ public struct Dataset: Equatable, Sendable {
     /// elements: numbers as little-endian bytes of their stored type, strings as
     /// UTF-8 followed by a NUL byte.
     public var fingerprint: String {
+        #if !_endian(little)
+        #error("the fingerprint hashes numbers as they lie in memory: little-endian only")
+        #endif
         var h = SHA256()
         func name(_ s: String) { h.update(string: s); h.update(array: [UInt8(0)]) }
         func strings(_ path: String, _ a: [String]) {
             name(path)
             for s in a { h.update(string: s); h.update(array: [UInt8(0)]) }
         }
-        func numbers<T: FixedWidthInteger>(_ path: String, _ a: [T]) {
-            name(path); h.update(array: a.map { $0.littleEndian })
+        // Numbers lie in memory as little-endian bytes of their stored type (x86-64, arm64): hashed in place.
+        func numbers<T>(_ path: String, _ a: Column<T>) {
+            name(path)
+            a.withUnsafeBufferPointer { h.update(UnsafeRawBufferPointer($0)) }
         }
         strings("vocab/item_ids", itemIds)
         numbers("vocab/item_counts", itemCounts)
@@ -103,7 +126,7 @@ public struct Dataset: Equatable, Sendable {
         numbers("pairs/prefix_items", prefixItems)
         numbers("pairs/label", label)
         numbers("pairs/timestamp", timestamp)
-        name("pairs/reliability"); h.update(array: reliability.map { $0.bitPattern.littleEndian })
+        numbers("pairs/reliability", reliability)
         for s in SplitKind.allCases {
             let e = episodes(s)
             numbers("episodes/\(s.name)/support", e.support)

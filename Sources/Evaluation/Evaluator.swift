@@ -235,7 +235,7 @@ public final class Evaluator {
     /// alone, a batch of one, so a query's scores never depend on which queries share its episode
     /// (OpenBLAS may round a row differently in a bigger product). `recommend` scores a learner's
     /// latest prefix the same way, which is what makes its answer equal evaluation's bit for bit.
-    func scoreEach(_ m: GRU4Rec, _ params: FloatBuffer, queries: ArraySlice<Int64>) -> [Float] {
+    func scoreEach(_ m: GRU4Rec, _ params: FloatBuffer, queries: Slice<Column<Int64>>) -> [Float] {
         let V = m.dims.V
         var out = [Float](repeating: 0, count: queries.count * V)
         out.withUnsafeMutableBufferPointer { o in
@@ -248,7 +248,9 @@ public final class Evaluator {
     }
 
     /// Ranks every query's label, then turns the same logits into the queries' mean cross-entropy.
-    private func scoreWithLoss(_ m: GRU4Rec, _ params: FloatBuffer, queries: ArraySlice<Int64>) -> (MetricSums, Float) {
+    private func scoreWithLoss(_ m: GRU4Rec, _ params: FloatBuffer, queries: Slice<Column<Int64>>) -> (
+        MetricSums, Float
+    ) {
         var logits = scoreEach(m, params, queries: queries)
         var s = MetricSums()
         let V = m.dims.V, B = queries.count

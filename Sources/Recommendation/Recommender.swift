@@ -88,7 +88,7 @@ public final class Recommender: @unchecked Sendable {
                     "\(path): checkpoint was trained on dataset \(ck.datasetFingerprint.prefix(12))…, not on \(dataPath) (\(d.fingerprint.prefix(12))…)"
                 )
             }
-            if ids == nil { ids = d.itemIds; counts = d.itemCounts }
+            if ids == nil { ids = d.itemIds; counts = Array(d.itemCounts) }
             if prepare == nil, !d.prepareJSON.isEmpty { prepare = d.prepareJSON }
         }
         guard let ids, let counts else {

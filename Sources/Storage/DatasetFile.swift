@@ -20,20 +20,26 @@ public enum DatasetFile {
                 try f.setAttribute("source", d.source)
                 if !d.prepareJSON.isEmpty { try f.setAttribute("prepare", d.prepareJSON) }
                 try f.writeStrings("vocab/item_ids", d.itemIds)
-                try f.write("vocab/item_counts", d.itemCounts)
+                try d.itemCounts.withUnsafeBufferPointer { try f.write("vocab/item_counts", $0, shape: [$0.count]) }
                 try f.writeStrings("users/ids", d.userIds)
-                try f.write("users/split", d.userSplit)
-                try f.write("pairs/user", d.pairUser)
-                try f.write("pairs/prefix_offsets", d.prefixOffsets)
-                try f.write("pairs/prefix_items", d.prefixItems)
-                try f.write("pairs/label", d.label)
-                try f.write("pairs/timestamp", d.timestamp)
-                try f.write("pairs/reliability", d.reliability)
+                try d.userSplit.withUnsafeBufferPointer { try f.write("users/split", $0, shape: [$0.count]) }
+                try d.pairUser.withUnsafeBufferPointer { try f.write("pairs/user", $0, shape: [$0.count]) }
+                try d.prefixOffsets.withUnsafeBufferPointer {
+                    try f.write("pairs/prefix_offsets", $0, shape: [$0.count])
+                }
+                try d.prefixItems.withUnsafeBufferPointer { try f.write("pairs/prefix_items", $0, shape: [$0.count]) }
+                try d.label.withUnsafeBufferPointer { try f.write("pairs/label", $0, shape: [$0.count]) }
+                try d.timestamp.withUnsafeBufferPointer { try f.write("pairs/timestamp", $0, shape: [$0.count]) }
+                try d.reliability.withUnsafeBufferPointer { try f.write("pairs/reliability", $0, shape: [$0.count]) }
                 for s in SplitKind.allCases {
                     let e = d.episodes(s)
-                    try f.write("episodes/\(s.name)/support", e.support, shape: [e.count, d.kSupport])
-                    try f.write("episodes/\(s.name)/query", e.query, shape: [e.count, d.qQuery])
-                    try f.write("episodes/\(s.name)/user", e.user)
+                    try e.support.withUnsafeBufferPointer {
+                        try f.write("episodes/\(s.name)/support", $0, shape: [e.count, d.kSupport])
+                    }
+                    try e.query.withUnsafeBufferPointer {
+                        try f.write("episodes/\(s.name)/query", $0, shape: [e.count, d.qQuery])
+                    }
+                    try e.user.withUnsafeBufferPointer { try f.write("episodes/\(s.name)/user", $0, shape: [$0.count]) }
                 }
             }
         }
@@ -60,6 +66,15 @@ public enum DatasetFile {
     /// and the stored fingerprint against the contents.
     public static func read(_ path: String) throws -> Dataset {
         let f = try HDF5File.open(path)
+        // The numbers are used where they lie in the mapped file: the processes on a host
+        // share one copy through the page cache. A dataset that cannot be used in place is read.
+        let mapping = try FileMapping(path)
+        func column<T: HDF5Scalar>(_ name: String, _: T.Type, shape: [Int]? = nil) throws -> Column<T> {
+            if let m = try f.mapped(name, as: T.self, shape: shape, in: mapping) {
+                return Column(viewing: m.values, owner: mapping)
+            }
+            return Column(try f.read(name, as: T.self, shape: shape).values)
+        }
         try checkFormat(f)
         let V = Int(try f.intAttribute("n_items")), L = Int(try f.intAttribute("max_seq_len"))
         let K = Int(try f.intAttribute("k_support")), Q = Int(try f.intAttribute("q_query"))
@@ -67,13 +82,13 @@ public enum DatasetFile {
         guard itemIds.count == V else {
             throw MetatrainError("\(path): vocab/item_ids has \(itemIds.count) entries, n_items is \(V)")
         }
-        let itemCounts = try f.read("vocab/item_counts", as: Int64.self, shape: [V]).values
+        let itemCounts = try column("vocab/item_counts", Int64.self, shape: [V])
         let userIds = try f.readStrings("users/ids")
-        let userSplit = try f.read("users/split", as: Int8.self, shape: [userIds.count]).values
-        let pairUser = try f.read("pairs/user", as: Int32.self).values
+        let userSplit = try column("users/split", Int8.self, shape: [userIds.count])
+        let pairUser = try column("pairs/user", Int32.self)
         let P = pairUser.count
-        let offsets = try f.read("pairs/prefix_offsets", as: Int64.self, shape: [P + 1]).values
-        let items = try f.read("pairs/prefix_items", as: Int32.self).values
+        let offsets = try column("pairs/prefix_offsets", Int64.self, shape: [P + 1])
+        let items = try column("pairs/prefix_items", Int32.self)
         guard offsets.first == 0, offsets.last == Int64(items.count) else {
             throw MetatrainError("\(path): pairs/prefix_offsets do not cover pairs/prefix_items")
         }
@@ -87,9 +102,9 @@ public enum DatasetFile {
                 "\(path): pairs/prefix_offsets[\(i)...\(i + 1)] = \(offsets[i])...\(offsets[i + 1]) is not a prefix of 1 to \(L) items"
             )
         }
-        let label = try f.read("pairs/label", as: Int32.self, shape: [P]).values
-        let timestamp = try f.read("pairs/timestamp", as: Int64.self, shape: [P]).values
-        let reliability = try f.read("pairs/reliability", as: Float.self, shape: [P]).values
+        let label = try column("pairs/label", Int32.self, shape: [P])
+        let timestamp = try column("pairs/timestamp", Int64.self, shape: [P])
+        let reliability = try column("pairs/reliability", Float.self, shape: [P])
         for (i, x) in items.enumerated() where x < 1 || Int(x) >= V {
             throw MetatrainError("\(path): pairs/prefix_items[\(i)] = \(x) is outside 1..<\(V)")
         }
@@ -98,10 +113,10 @@ public enum DatasetFile {
         }
         var episodes: [SplitKind: Episodes] = [:]
         for s in SplitKind.allCases {
-            let user = try f.read("episodes/\(s.name)/user", as: Int32.self).values
-            let support = try f.read("episodes/\(s.name)/support", as: Int64.self, shape: [user.count, K]).values
-            let query = try f.read("episodes/\(s.name)/query", as: Int64.self, shape: [user.count, Q]).values
-            for x in support + query where x < 0 || x >= Int64(P) {
+            let user = try column("episodes/\(s.name)/user", Int32.self)
+            let support = try column("episodes/\(s.name)/support", Int64.self, shape: [user.count, K])
+            let query = try column("episodes/\(s.name)/query", Int64.self, shape: [user.count, Q])
+            for x in [support, query].joined() where x < 0 || x >= Int64(P) {
                 throw MetatrainError("\(path): episodes/\(s.name) refers to pair \(x), but there are \(P) pairs")
             }
             episodes[s] = Episodes(k: K, q: Q, support: support, query: query, user: user)

@@ -72,6 +72,9 @@ public final class HDF5File {
         mt_h5_silence_errors()
         let fcpl = mt_h5p_fcpl_untimed(), fapl = mt_h5p_fapl_memory()
         defer { H5Pclose(fcpl); H5Pclose(fapl) }
+        // Every object of 512 bytes or more starts at a multiple of 64: a reader that maps the
+        // file (`mapped`) can use its numbers where they lie.
+        H5Pset_alignment(fapl, 512, 64)
         let id = H5Fcreate(path, mt_h5f_acc_trunc(), fcpl, fapl)
         guard id >= 0 else { throw MetatrainError("\(path): cannot create an HDF5 file in memory") }
         let f = HDF5File(path: path, id: id)
@@ -218,6 +221,38 @@ public final class HDF5File {
             guard status >= 0 else { throw MetatrainError("\(path): cannot read dataset '\(name)' (file truncated?)") }
         }
         return (out, shape)
+    }
+
+    /// A whole numeric dataset where it lies in `mapping` (this file, mapped), checked as
+    /// `read` checks it, without a copy; nil when it cannot be used in place (not stored
+    /// contiguously, stored in another byte order or width, not aligned for its type, or
+    /// empty): the caller reads it instead.
+    public func mapped<T: HDF5Scalar>(
+        _ name: String, as: T.Type = T.self, shape expected: [Int]? = nil, in mapping: FileMapping
+    ) throws -> (values: UnsafeBufferPointer<T>, shape: [Int])? {
+        guard exists(name) else { throw MetatrainError("\(path): missing dataset '\(name)'") }
+        let d = H5Dopen2(id, name, mt_h5p_default())
+        guard d >= 0 else { throw MetatrainError("\(path): cannot open dataset '\(name)'") }
+        defer { H5Dclose(d) }
+        let shape = try shapeOf(d, name)
+        if let expected, expected != shape {
+            throw MetatrainError("\(path): dataset '\(name)' has shape \(shape), expected \(expected)")
+        }
+        let t = H5Dget_type(d)
+        defer { H5Tclose(t) }
+        guard H5Tget_class(t) == T.typeClass else {
+            throw MetatrainError("\(path): dataset '\(name)' has the wrong element type (expected \(T.self))")
+        }
+        let n = shape.reduce(1, *)
+        let offset = H5Dget_offset(d)
+        guard n > 0, H5Tequal(t, T.memoryType) > 0, offset != mt_haddr_undef() else { return nil }
+        let start = Int(offset), bytes = n * MemoryLayout<T>.stride
+        guard start % MemoryLayout<T>.alignment == 0 else { return nil }
+        guard start + bytes <= mapping.count else {
+            throw MetatrainError("\(path): dataset '\(name)' runs past the end of the file (file truncated?)")
+        }
+        let p = (mapping.base + start).bindMemory(to: T.self, capacity: n)
+        return (UnsafeBufferPointer(start: p, count: n), shape)
     }
 
     /// Reads a float dataset straight into caller memory of exactly `count` floats.
@@ -379,4 +414,29 @@ public final class HDF5File {
 func cString(_ buf: [CChar]) -> String {
     let bytes = buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
     return String(decoding: bytes, as: UTF8.self)
+}
+
+/// A file mapped read-only into memory (shared: every process that maps it reads
+/// the same pages of the page cache), unmapped when the last reference goes.
+/// The file MUST NOT be changed in place while mapped (metatrain replaces files
+/// by renaming, which leaves a mapping of the old one intact).
+public final class FileMapping: @unchecked Sendable {
+    public let path: String
+    public let base: UnsafeRawPointer
+    public let count: Int
+
+    public init(_ path: String) throws {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw MetatrainError("\(path): cannot open (\(String(cString: strerror(errno))))") }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_size > 0 else { throw MetatrainError("\(path): cannot map an empty file") }
+        let n = Int(st.st_size)
+        guard let p = mmap(nil, n, PROT_READ, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+            throw MetatrainError("\(path): cannot map (\(String(cString: strerror(errno))))")
+        }
+        self.path = path; base = UnsafeRawPointer(p); count = n
+    }
+
+    deinit { munmap(UnsafeMutableRawPointer(mutating: base), count) }
 }

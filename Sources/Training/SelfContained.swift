@@ -8,7 +8,7 @@ extension Checkpoint {
     /// adaptation policy of `config` (docs/FORMATS.md, "Checkpoint").
     mutating func carryUse(of dataset: Dataset, config: Config) {
         itemIds = dataset.itemIds
-        itemCounts = dataset.itemCounts
+        itemCounts = Array(dataset.itemCounts)
         prepareJSON = dataset.prepareJSON.isEmpty ? config.dataSectionJSON : dataset.prepareJSON
         adaptationJSON = config.adaptationJSON
     }

@@ -347,6 +347,14 @@ final class DistributedTests: XCTestCase {
             .count < 10
             && Date() < deadline
         { Thread.sleep(forTimeInterval: 0.01) }
+        // One copy of the dataset on the host: the coordinator, the agent and both compute
+        // processes each map the file rather than read it into memory of their own.
+        let processes = [Int(p.pid)] + workerProcesses(connectedTo: run)
+        XCTAssertEqual(processes.count, 4, "train, its host agent and 2 compute processes")
+        for pid in processes {
+            let maps = (try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8)) ?? ""
+            XCTAssertTrue(maps.contains(DistributedTests.data), "process \(pid) does not map the dataset")
+        }
         kill(p.pid, SIGINT)
         XCTAssertEqual(p.wait(), 130)
         let log = try String(contentsOfFile: run + "/coordinator.log", encoding: .utf8)

@@ -27,7 +27,7 @@ final class SelfContainedModelTests: XCTestCase {
         for path in [dir + "/pre/best.h5", dir + "/meta/final.h5"] {
             let ck = try CheckpointFile.read(path)
             XCTAssertEqual(ck.itemIds ?? [], dataset.itemIds, path)
-            XCTAssertEqual(ck.itemCounts ?? [], dataset.itemCounts, path)
+            XCTAssertEqual(ck.itemCounts ?? [], Array(dataset.itemCounts), path)
             XCTAssertEqual(ck.prepareJSON, dataset.prepareJSON, path)
             try checkWithH5py(path)
         }

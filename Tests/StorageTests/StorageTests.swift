@@ -34,6 +34,32 @@ final class StorageTests: XCTestCase {
         XCTAssertNotEqual(e.fingerprint, d.fingerprint)
     }
 
+    /// A dataset read back uses its numbers where they lie in the mapped file (the processes
+    /// on a host share them): the columns of 512 bytes or more are views, equal to what was
+    /// written; changing one copies it and leaves the file and other readers alone; and
+    /// writing a read dataset again gives the same bytes.
+    func testDatasetsAreMappedNotCopied() throws {
+        let d = try smallDataset()
+        let p = tmpFile("mapped.h5")
+        try DatasetFile.write(d, to: p)
+        let back = try DatasetFile.read(p)
+        XCTAssertGreaterThanOrEqual(4 * d.prefixItems.count, 512, "the fixture is too small to be mapped")
+        XCTAssertTrue(back.prefixItems.isView)
+        XCTAssertTrue(back.prefixOffsets.isView)
+        XCTAssertFalse(d.prefixItems.isView)
+        XCTAssertTrue(
+            try String(contentsOfFile: "/proc/self/maps", encoding: .utf8).contains(p), "the file is not mapped")
+        XCTAssertEqual(Array(back.prefixItems), Array(d.prefixItems))
+        var changed = back
+        changed.prefixItems[0] = changed.prefixItems[0] == 1 ? 2 : 1
+        XCTAssertFalse(changed.prefixItems.isView)
+        XCTAssertEqual(back.prefixItems[0], d.prefixItems[0])
+        XCTAssertEqual(try DatasetFile.read(p), d)
+        let again = tmpFile("mapped-again.h5")
+        try DatasetFile.write(back, to: again)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: again)), try Data(contentsOf: URL(fileURLWithPath: p)))
+    }
+
     /// Prefix offsets that are not runs of 1 to max_seq_len items (every worker would trap on them) are refused when read.
     func testPrefixOffsetsAreChecked() throws {
         let d = try smallDataset()
