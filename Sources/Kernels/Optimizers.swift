@@ -144,3 +144,42 @@ public func addClearing(_ acc: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePo
     }
     while i < n { acc[i] += g[i]; g[i] = 0; i += 1 }
 }
+
+/// The largest |x[i]|, 8 lanes at a time (exact: the same value as the scalar loop for finite x).
+public func maxAbs(_ x: UnsafePointer<Float>, count n: Int) -> Float {
+    var acc = F8()
+    var i = 0
+    while i + 8 <= n {
+        let v = load8(x + i)
+        let a = v.replacing(with: -v, where: v .< 0)
+        acc = acc.replacing(with: a, where: a .> acc)
+        i += 8
+    }
+    var m = acc.max()
+    while i < n { m = max(m, abs(x[i])); i += 1 }
+    return m
+}
+
+/// dst = x + a·y, 8 lanes at a time (a multiply then an add, as the scalar loop: same bits).
+public func addScaled(
+    _ dst: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ a: Float, _ y: UnsafePointer<Float>, count n: Int
+) {
+    let va = F8(repeating: a)
+    var i = 0
+    while i + 8 <= n {
+        store8(dst + i, load8(x + i) + va * load8(y + i))
+        i += 8
+    }
+    while i < n { dst[i] = x[i] + a * y[i]; i += 1 }
+}
+
+/// x = (x − y)·s, 8 lanes at a time (same bits as the scalar loop).
+public func subtractScaling(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, _ s: Float, count n: Int) {
+    let vs = F8(repeating: s)
+    var i = 0
+    while i + 8 <= n {
+        store8(x + i, (load8(UnsafePointer(x + i)) - load8(y + i)) * vs)
+        i += 8
+    }
+    while i < n { x[i] = (x[i] - y[i]) * s; i += 1 }
+}

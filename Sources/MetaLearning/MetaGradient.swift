@@ -233,17 +233,17 @@ public final class MetaLearner {
     /// out = H(θ)·u by central differences of the batch gradient.
     public func hessianVectorProduct(at theta: FloatBuffer, _ u: FloatBuffer, batch: PackedBatch, into out: FloatBuffer)
     {
+        // The sweeps over θ are a large part of a second-order step (the support batch is
+        // small): each is one vectorised pass, with the scalar loops' bits.
         let n = model.parameterCount
-        var uMax: Float = 0, tMax: Float = 0
-        for i in 0..<n { uMax = max(uMax, abs(u.ptr[i])); tMax = max(tMax, abs(theta.ptr[i])) }
+        let uMax = maxAbs(u.ptr, count: n), tMax = maxAbs(theta.ptr, count: n)
         guard uMax > 0 else { out.zero(); return }
         let eps = hvpScale * max(tMax, 1) / uMax
-        for i in 0..<n { probe.ptr[i] = theta.ptr[i] + eps * u.ptr[i] }
+        addScaled(probe.ptr, theta.ptr, eps, u.ptr, count: n)
         out.zero(); model.lossAndGradient(probe, out, batch)
-        for i in 0..<n { probe.ptr[i] = theta.ptr[i] - eps * u.ptr[i] }
+        addScaled(probe.ptr, theta.ptr, -eps, u.ptr, count: n)
         gMinus.zero(); model.lossAndGradient(probe, gMinus, batch)
-        let inv = 1 / (2 * eps)
-        for i in 0..<n { out.ptr[i] = (out.ptr[i] - gMinus.ptr[i]) * inv }
+        subtractScaling(out.ptr, gMinus.ptr, 1 / (2 * eps), count: n)
     }
 
     private func zeroFrozen(_ b: FloatBuffer, _ ranges: [Range<Int>]) {

@@ -4,6 +4,25 @@ import XCTest
 @testable import Kernels
 
 final class BLASTests: XCTestCase {
+    /// The vectorised sweeps give the scalar loops' bits, at every length (tails included).
+    func testVectorSweepsMatchTheScalarLoops() {
+        var rng = SystemRandomNumberGenerator()
+        for n in [0, 1, 7, 8, 9, 63, 64, 1001] {
+            let x = (0..<n).map { _ in Float.random(in: -3...3, using: &rng) }
+            let y = (0..<n).map { _ in Float.random(in: -3...3, using: &rng) }
+            let a = Float.random(in: -0.1...0.1, using: &rng)
+            var scalarMax: Float = 0
+            for v in x { scalarMax = max(scalarMax, abs(v)) }
+            XCTAssertEqual(maxAbs(x, count: n).bitPattern, scalarMax.bitPattern, "maxAbs, n \(n)")
+            var dst = [Float](repeating: 0, count: n)
+            addScaled(&dst, x, a, y, count: n)
+            XCTAssertEqual(dst.map(\.bitPattern), zip(x, y).map { ($0 + a * $1).bitPattern }, "addScaled, n \(n)")
+            var d = x
+            subtractScaling(&d, y, a, count: n)
+            XCTAssertEqual(d.map(\.bitPattern), zip(x, y).map { (($0 - $1) * a).bitPattern }, "subtractScaling, n \(n)")
+        }
+    }
+
     func testSgemmTransposes() {
         // A [2,3], B [3,2]
         let a: [Float] = [1, 2, 3, 4, 5, 6], b: [Float] = [7, 8, 9, 10, 11, 12]
