@@ -150,9 +150,7 @@ public func maxAbs(_ x: UnsafePointer<Float>, count n: Int) -> Float {
     var acc = F8()
     var i = 0
     while i + 8 <= n {
-        let v = load8(x + i)
-        let a = v.replacing(with: -v, where: v .< 0)
-        acc = acc.replacing(with: a, where: a .> acc)
+        acc = maxAbs8(acc, load8(x + i))
         i += 8
     }
     var m = acc.max()
@@ -182,4 +180,46 @@ public func subtractScaling(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer
         i += 8
     }
     while i < n { x[i] = (x[i] - y[i]) * s; i += 1 }
+}
+
+/// The larger of each lane's |v| and `acc` (a NaN never wins, as with the scalar `max(acc, abs(x))`).
+@inline(__always) func maxAbs8(_ acc: F8, _ v: F8) -> F8 {
+    let a = v.replacing(with: -v, where: v .< 0)
+    return acc.replacing(with: a, where: a .> acc)
+}
+
+/// dst = x − a·y, returning the largest |dst[i]| (one pass instead of two; the scalar loops' bits).
+public func subtractScaledMaxAbs(
+    _ dst: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ a: Float, _ y: UnsafePointer<Float>, count n: Int
+) -> Float {
+    let va = F8(repeating: a)
+    var acc = F8()
+    var i = 0
+    while i + 8 <= n {
+        let d = load8(x + i) - va * load8(y + i)
+        store8(dst + i, d)
+        acc = maxAbs8(acc, d)
+        i += 8
+    }
+    var m = acc.max()
+    while i < n { dst[i] = x[i] - a * y[i]; m = max(m, abs(dst[i])); i += 1 }
+    return m
+}
+
+/// dst = a·x, returning the largest |dst[i]| (one pass instead of two; the scalar loops' bits).
+public func scaleMaxAbs(_ dst: UnsafeMutablePointer<Float>, _ a: Float, _ x: UnsafePointer<Float>, count n: Int)
+    -> Float
+{
+    let va = F8(repeating: a)
+    var acc = F8()
+    var i = 0
+    while i + 8 <= n {
+        let d = va * load8(x + i)
+        store8(dst + i, d)
+        acc = maxAbs8(acc, d)
+        i += 8
+    }
+    var m = acc.max()
+    while i < n { dst[i] = a * x[i]; m = max(m, abs(dst[i])); i += 1 }
+    return m
 }

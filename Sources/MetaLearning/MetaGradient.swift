@@ -170,8 +170,10 @@ public final class MetaLearner {
             supportGradIsZero = false
             staleRows = nil
         }
-        // Forward through the inner loop, keeping every θ'_k and ∇L_s(θ'_k).
+        // Forward through the inner loop, keeping every θ'_k and ∇L_s(θ'_k) (and, for the
+        // Hessian-vector products' step sizes, max |θ'_k|, taken in the pass that writes θ'_k).
         if !plainFirstOrder { thetas[0].assign(from: theta) }
+        var thetaMaxAbs = [Float?](repeating: nil, count: K + 1)
         for k in 0..<(plainFirstOrder ? 0 : K) {
             let g = supportGrads[k]
             g.zero()
@@ -182,8 +184,7 @@ public final class MetaLearner {
                 let ap = alpha.ptr
                 for i in 0..<n { next[i] = cur[i] - ap[i] * gp[i] }
             } else {
-                let lr = a.innerLR
-                for i in 0..<n { next[i] = cur[i] - lr * gp[i] }
+                thetaMaxAbs[k + 1] = subtractScaledMaxAbs(next, cur, a.innerLR, gp, count: n)
             }
         }
         // Chain rule starts at the query loss of the adapted parameters.
@@ -199,13 +200,15 @@ public final class MetaLearner {
                 }
                 guard a.usesHessian else { continue }
                 // u = α ⊙ P v, then v ← v − H_s(θ'_k)·u.
+                var uMaxAbs: Float?
                 if a.kind == .metasgd, let alpha {
                     for i in 0..<n { u.ptr[i] = alpha.ptr[i] * v.ptr[i] }
                 } else {
-                    for i in 0..<n { u.ptr[i] = a.innerLR * v.ptr[i] }
+                    uMaxAbs = scaleMaxAbs(u.ptr, a.innerLR, v.ptr, count: n)
                 }
-                zeroFrozen(u, a.frozen)
-                hessianVectorProduct(at: thetas[k], u, batch: task.support, into: gPlus)
+                if !a.frozen.isEmpty { zeroFrozen(u, a.frozen); uMaxAbs = nil }
+                hessianVectorProduct(
+                    at: thetas[k], u, batch: task.support, into: gPlus, thetaMaxAbs: thetaMaxAbs[k], uMaxAbs: uMaxAbs)
                 for i in 0..<n { v.ptr[i] -= gPlus.ptr[i] }
             }
         }
@@ -230,13 +233,16 @@ public final class MetaLearner {
         return metaLoss
     }
 
-    /// out = H(θ)·u by central differences of the batch gradient.
-    public func hessianVectorProduct(at theta: FloatBuffer, _ u: FloatBuffer, batch: PackedBatch, into out: FloatBuffer)
-    {
+    /// out = H(θ)·u by central differences of the batch gradient. `thetaMaxAbs` and
+    /// `uMaxAbs`, when the caller has them, are max |θ| and max |u| (they set the step).
+    public func hessianVectorProduct(
+        at theta: FloatBuffer, _ u: FloatBuffer, batch: PackedBatch, into out: FloatBuffer,
+        thetaMaxAbs: Float? = nil, uMaxAbs: Float? = nil
+    ) {
         // The sweeps over θ are a large part of a second-order step (the support batch is
         // small): each is one vectorised pass, with the scalar loops' bits.
         let n = model.parameterCount
-        let uMax = maxAbs(u.ptr, count: n), tMax = maxAbs(theta.ptr, count: n)
+        let uMax = uMaxAbs ?? maxAbs(u.ptr, count: n), tMax = thetaMaxAbs ?? maxAbs(theta.ptr, count: n)
         guard uMax > 0 else { out.zero(); return }
         let eps = hvpScale * max(tMax, 1) / uMax
         addScaled(probe.ptr, theta.ptr, eps, u.ptr, count: n)

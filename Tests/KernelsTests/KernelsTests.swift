@@ -17,6 +17,14 @@ final class BLASTests: XCTestCase {
             var dst = [Float](repeating: 0, count: n)
             addScaled(&dst, x, a, y, count: n)
             XCTAssertEqual(dst.map(\.bitPattern), zip(x, y).map { ($0 + a * $1).bitPattern }, "addScaled, n \(n)")
+            var fused = [Float](repeating: 0, count: n)
+            let m1 = subtractScaledMaxAbs(&fused, x, a, y, count: n)
+            let expected = zip(x, y).map { $0 - a * $1 }
+            XCTAssertEqual(fused.map(\.bitPattern), expected.map(\.bitPattern), "subtractScaledMaxAbs, n \(n)")
+            XCTAssertEqual(m1.bitPattern, expected.reduce(Float(0)) { max($0, abs($1)) }.bitPattern)
+            let m2 = scaleMaxAbs(&fused, a, y, count: n)
+            XCTAssertEqual(fused.map(\.bitPattern), y.map { (a * $0).bitPattern }, "scaleMaxAbs, n \(n)")
+            XCTAssertEqual(m2.bitPattern, y.reduce(Float(0)) { max($0, abs(a * $1)) }.bitPattern)
             var d = x
             subtractScaling(&d, y, a, count: n)
             XCTAssertEqual(d.map(\.bitPattern), zip(x, y).map { (($0 - $1) * a).bitPattern }, "subtractScaling, n \(n)")
