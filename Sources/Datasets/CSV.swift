@@ -11,6 +11,8 @@ public struct CSVScanner {
     private var pos = 0
     /// Physical line number (1-based) where the next record starts.
     public private(set) var line = 1
+    /// The offset where the next record starts: nothing before it is read again.
+    public var position: Int { pos }
 
     public init(_ bytes: UnsafeBufferPointer<UInt8>, delimiter: UInt8 = 0x2C) {
         precondition(

@@ -116,17 +116,57 @@ public enum Prepare {
     public static func read(
         csvPath: String, columns: ColumnMap = ColumnMap(), delimiter: UInt8? = nil, skipBadRows: Bool = false
     ) throws -> (Events, String, PrepareSummary) {
-        let url = URL(fileURLWithPath: csvPath)
-        let data: Data
-        do { data = try Data(contentsOf: url, options: .alwaysMapped) } catch {
-            throw MetatrainError("\(csvPath): cannot read event log (\(error.localizedDescription))")
+        let fileName = URL(fileURLWithPath: csvPath).lastPathComponent
+        let log = try MappedLog(csvPath)
+        return try parse(
+            bytes: log.bytes, fileName: fileName, columns: columns,
+            delimiter: delimiter ?? Delimiter.implied(byFileName: fileName), skipBadRows: skipBadRows,
+            consumed: log.release(before:))
+    }
+
+    /// An event log mapped read-only and read once, front to back: the pages behind the
+    /// parser are let go as it moves on, so a log's size never adds to prepare's memory
+    /// (they stay in the page cache; only this process's hold on them ends).
+    final class MappedLog {
+        let bytes: UnsafeBufferPointer<UInt8>
+        private let base: UnsafeMutableRawPointer?
+        private var released = 0
+        private let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+
+        init(_ path: String) throws {
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else {
+                throw MetatrainError("\(path): cannot read event log (\(String(cString: strerror(errno))))")
+            }
+            defer { close(fd) }
+            var st = stat()
+            guard fstat(fd, &st) == 0 else {
+                throw MetatrainError("\(path): cannot read event log (\(String(cString: strerror(errno))))")
+            }
+            let n = Int(st.st_size)
+            if n == 0 {
+                base = nil
+                bytes = UnsafeBufferPointer(start: nil, count: 0)
+                return
+            }
+            guard let p = mmap(nil, n, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
+                throw MetatrainError("\(path): cannot read event log (\(String(cString: strerror(errno))))")
+            }
+            _ = madvise(p, n, MADV_SEQUENTIAL)
+            base = p
+            bytes = UnsafeBufferPointer(start: p.assumingMemoryBound(to: UInt8.self), count: n)
         }
-        let fileName = url.lastPathComponent
-        return try data.withUnsafeBytes { raw in
-            try parse(
-                bytes: raw.bindMemory(to: UInt8.self), fileName: fileName, columns: columns,
-                delimiter: delimiter ?? Delimiter.implied(byFileName: fileName), skipBadRows: skipBadRows)
+
+        /// The parser will not read before `offset` again: let go of the whole pages there.
+        func release(before offset: Int) {
+            guard let base else { return }
+            let end = offset / page * page
+            guard end - released >= 16 << 20 else { return }
+            _ = madvise(base + released, end - released, MADV_DONTNEED)
+            released = end
         }
+
+        deinit { if let base { munmap(base, bytes.count) } }
     }
 
     // MARK: - Step 1–2: parse
@@ -178,8 +218,10 @@ public enum Prepare {
         return build(events: ev, source: source, config: config, summary: &summary)
     }
 
+    /// `consumed` hears, now and then, the offset before which the bytes are not read again.
     static func parse(
-        bytes: UnsafeBufferPointer<UInt8>, fileName: String, columns: ColumnMap, delimiter: UInt8, skipBadRows: Bool
+        bytes: UnsafeBufferPointer<UInt8>, fileName: String, columns: ColumnMap, delimiter: UInt8, skipBadRows: Bool,
+        consumed: (Int) -> Void = { _ in }
     ) throws -> (Events, String, PrepareSummary) {
         var summary = PrepareSummary()
         var scanner = CSVScanner(bytes, delimiter: delimiter)
@@ -231,6 +273,7 @@ public enum Prepare {
             do { line = try scanner.next(into: &fields) } catch { throw scanError(error) }
             guard let line else { break }
             summary.rows += 1
+            if summary.rows & 0xFFFF == 0 { consumed(scanner.position) }
             var problem: String?
             var t: Int64 = 0
             if fields.count != header.count {

@@ -231,6 +231,36 @@ final class PrepareTests: XCTestCase {
     }
 }
 
+final class MappedLogTests: XCTestCase {
+    /// A log larger than the parser's release step (16 MB) reads as the same events whether
+    /// its pages are let go behind the parser or the whole file is in memory; an empty file
+    /// says so.
+    func testReleasingPagesBehindTheParserChangesNothing() throws {
+        var o = SynthOptions()
+        o.users = 3000; o.courses = 300; o.seed = 5
+        let p = tempPath("big.csv")
+        _ = try Synth.write(to: p, options: o)
+        let size = try FileManager.default.attributesOfItem(atPath: p)[.size] as! Int
+        XCTAssertGreaterThan(size, 32 << 20, "the log must span more than one release step")
+        let (mapped, _, _) = try Prepare.read(csvPath: p)
+        let whole = try Data(contentsOf: URL(fileURLWithPath: p))
+        let (read, _, _) = try whole.withUnsafeBytes {
+            try Prepare.parse(
+                bytes: $0.bindMemory(to: UInt8.self), fileName: "big.csv", columns: ColumnMap(), delimiter: 0x2C,
+                skipBadRows: false)
+        }
+        XCTAssertEqual(mapped.count, read.count)
+        XCTAssertEqual(mapped.user, read.user)
+        XCTAssertEqual(mapped.item, read.item)
+        XCTAssertEqual(mapped.time, read.time)
+        XCTAssertEqual(mapped.session, read.session)
+        XCTAssertEqual(mapped.userNames, read.userNames)
+        XCTAssertThrowsError(try Prepare.read(csvPath: writeTemp("empty.csv", ""))) { error in
+            XCTAssertTrue("\(error)".contains("empty file"), "\(error)")
+        }
+    }
+}
+
 final class SynthTests: XCTestCase {
     func testDeterministicAndPlanted() throws {
         var o = SynthOptions()
