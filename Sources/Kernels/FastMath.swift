@@ -34,7 +34,11 @@ public typealias F8 = SIMD8<Float>
 /// fastExp on 8 lanes (same polynomial and reduction as the scalar version).
 @inline(__always)
 public func fastExp(_ x0: F8) -> F8 {
-    let x1 = x0.clamped(lowerBound: F8(repeating: -87.3), upperBound: F8(repeating: 88.37))
+    // clamped(lowerBound:upperBound:) lane by lane, as Swift.max then Swift.min do it (a NaN
+    // stays NaN), written out: the standard library's generic pointwiseMax/Min were calls, not inlined.
+    let lo = F8(repeating: -87.3), hi = F8(repeating: 88.37)
+    let m = x0.replacing(with: lo, where: lo .>= x0)
+    let x1 = m.replacing(with: hi, where: hi .< m)
     let t = x1 * 1.44269504088896341 + 12_582_912
     let fx = t - 12_582_912
     var x = x1 - fx * 0.693359375

@@ -155,6 +155,20 @@ final class FastMathTests: XCTestCase {
         XCTAssertEqual(fastTanh(-200), -1); XCTAssertEqual(fastTanh(200), 1)
         XCTAssertEqual(fastSigmoid(-200), 0, accuracy: 1e-30)
     }
+
+    /// The 8-lane exp gives the scalar one's bits, inside and outside the clamped range.
+    func testEightLanesMatchTheScalarBits() {
+        var x: Float = -200
+        while x <= 200 {
+            let v = F8((0..<8).map { x + Float($0) * 0.0031 })
+            let lanes = fastExp(v)
+            for i in 0..<8 {
+                XCTAssertEqual(lanes[i].bitPattern, fastExp(v[i]).bitPattern, "fastExp(\(v[i]))")
+            }
+            x += 0.173
+        }
+        XCTAssertTrue(fastExp(F8(repeating: .nan))[0].isNaN)
+    }
 }
 
 final class ReduceTests: XCTestCase {
