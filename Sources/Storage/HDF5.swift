@@ -82,14 +82,34 @@ public final class HDF5File {
         try f.flush()
         let size = H5Fget_file_image(id, nil, 0)
         guard size > 0 else { throw MetatrainError("\(path): cannot take the HDF5 file's image") }
-        var image = [UInt8](repeating: 0, count: size)
-        guard H5Fget_file_image(id, &image, size) == size else {
+        // One copy of the image, written straight from where HDF5 put it (a dataset file is as
+        // large as the dataset: every further copy was another dataset's worth of memory).
+        let image = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
+        defer { image.deallocate() }
+        guard H5Fget_file_image(id, image.baseAddress, size) == size else {
             throw MetatrainError("\(path): cannot take the HDF5 file's image")
         }
         try f.close()
-        do { try Data(image).write(to: URL(fileURLWithPath: path)) } catch {
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw MetatrainError("\(path): cannot write \(size) bytes (\(String(cString: strerror(errno))))")
+        }
+        var done = 0
+        while done < size {
+            let n = Glibc.write(fd, image.baseAddress! + done, size - done)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                let why = n == 0 ? "no progress" : String(cString: strerror(errno))
+                Glibc.close(fd)
+                unlink(path)
+                throw MetatrainError("\(path): cannot write \(size) bytes (\(why))")
+            }
+            done += n
+        }
+        guard Glibc.close(fd) == 0 else {
+            let why = String(cString: strerror(errno))
             unlink(path)
-            throw MetatrainError("\(path): cannot write \(size) bytes (\(error.localizedDescription))")
+            throw MetatrainError("\(path): cannot write \(size) bytes (\(why))")
         }
     }
 
