@@ -36,7 +36,8 @@ public struct Episodes: Equatable, Sendable {
     public func queryPairs(_ e: Int) -> Slice<Column<Int64>> { query[(e * q)..<((e + 1) * q)] }
 }
 
-/// The contents of a dataset file (docs/FORMATS.md, "Dataset"), in memory.
+/// The contents of a dataset file (docs/FORMATS.md, "Dataset"): its numbers as
+/// `Column`s, in memory when built, mapped from the file when read.
 public struct Dataset: Equatable, Sendable {
     public var itemIds: [String] // [V], index 0 = "<pad>"
     public var itemCounts: Column<Int64> // [V]
