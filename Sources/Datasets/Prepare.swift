@@ -117,56 +117,16 @@ public enum Prepare {
         csvPath: String, columns: ColumnMap = ColumnMap(), delimiter: UInt8? = nil, skipBadRows: Bool = false
     ) throws -> (Events, String, PrepareSummary) {
         let fileName = URL(fileURLWithPath: csvPath).lastPathComponent
-        let log = try MappedLog(csvPath)
+        // Read once, front to back: the pages behind the parser are let go as it moves on,
+        // so the log's size never adds to prepare's memory.
+        let log: FileMapping
+        do { log = try FileMapping(csvPath, sequential: true) } catch let e as FileMapping.Failure {
+            throw MetatrainError("\(csvPath): cannot read event log (\(e.reason))")
+        }
         return try parse(
-            bytes: log.bytes, fileName: fileName, columns: columns,
+            bytes: log.bytes.bindMemory(to: UInt8.self), fileName: fileName, columns: columns,
             delimiter: delimiter ?? Delimiter.implied(byFileName: fileName), skipBadRows: skipBadRows,
             consumed: log.release(before:))
-    }
-
-    /// An event log mapped read-only and read once, front to back: the pages behind the
-    /// parser are let go as it moves on, so a log's size never adds to prepare's memory
-    /// (they stay in the page cache; only this process's hold on them ends).
-    final class MappedLog {
-        let bytes: UnsafeBufferPointer<UInt8>
-        private let base: UnsafeMutableRawPointer?
-        private var released = 0
-        private let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-
-        init(_ path: String) throws {
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else {
-                throw MetatrainError("\(path): cannot read event log (\(String(cString: strerror(errno))))")
-            }
-            defer { close(fd) }
-            var st = stat()
-            guard fstat(fd, &st) == 0 else {
-                throw MetatrainError("\(path): cannot read event log (\(String(cString: strerror(errno))))")
-            }
-            let n = Int(st.st_size)
-            if n == 0 {
-                base = nil
-                bytes = UnsafeBufferPointer(start: nil, count: 0)
-                return
-            }
-            guard let p = mmap(nil, n, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
-                throw MetatrainError("\(path): cannot read event log (\(String(cString: strerror(errno))))")
-            }
-            _ = madvise(p, n, MADV_SEQUENTIAL)
-            base = p
-            bytes = UnsafeBufferPointer(start: p.assumingMemoryBound(to: UInt8.self), count: n)
-        }
-
-        /// The parser will not read before `offset` again: let go of the whole pages there.
-        func release(before offset: Int) {
-            guard let base else { return }
-            let end = offset / page * page
-            guard end - released >= 16 << 20 else { return }
-            _ = madvise(base + released, end - released, MADV_DONTNEED)
-            released = end
-        }
-
-        deinit { if let base { munmap(base, bytes.count) } }
     }
 
     // MARK: - Step 1–2: parse

@@ -268,10 +268,10 @@ public final class HDF5File {
         guard n > 0, H5Tequal(t, T.memoryType) > 0, offset != mt_haddr_undef() else { return nil }
         let start = Int(offset), bytes = n * MemoryLayout<T>.stride
         guard start % MemoryLayout<T>.alignment == 0 else { return nil }
-        guard start + bytes <= mapping.count else {
+        guard start + bytes <= mapping.bytes.count else {
             throw MetatrainError("\(path): dataset '\(name)' runs past the end of the file (file truncated?)")
         }
-        let p = (mapping.base + start).bindMemory(to: T.self, capacity: n)
+        let p = (mapping.bytes.baseAddress! + start).bindMemory(to: T.self, capacity: n)
         return (UnsafeBufferPointer(start: p, count: n), shape)
     }
 
@@ -434,29 +434,4 @@ public final class HDF5File {
 func cString(_ buf: [CChar]) -> String {
     let bytes = buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
     return String(decoding: bytes, as: UTF8.self)
-}
-
-/// A file mapped read-only into memory (shared: every process that maps it reads
-/// the same pages of the page cache), unmapped when the last reference goes.
-/// The file MUST NOT be changed in place while mapped (metatrain replaces files
-/// by renaming, which leaves a mapping of the old one intact).
-public final class FileMapping: @unchecked Sendable {
-    public let path: String
-    public let base: UnsafeRawPointer
-    public let count: Int
-
-    public init(_ path: String) throws {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw MetatrainError("\(path): cannot open (\(String(cString: strerror(errno))))") }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0, st.st_size > 0 else { throw MetatrainError("\(path): cannot map an empty file") }
-        let n = Int(st.st_size)
-        guard let p = mmap(nil, n, PROT_READ, MAP_SHARED, fd, 0), p != MAP_FAILED else {
-            throw MetatrainError("\(path): cannot map (\(String(cString: strerror(errno))))")
-        }
-        self.path = path; base = UnsafeRawPointer(p); count = n
-    }
-
-    deinit { munmap(UnsafeMutableRawPointer(mutating: base), count) }
 }
