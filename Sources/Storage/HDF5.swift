@@ -215,10 +215,11 @@ public final class HDF5File {
         return dims.map { Int($0) }
     }
 
-    /// Reads a whole numeric dataset, checking its element class and (if given) its shape.
-    public func read<T: HDF5Scalar>(_ name: String, as: T.Type = T.self, shape expected: [Int]? = nil) throws -> (
-        values: [T], shape: [Int]
-    ) {
+    /// Opens a numeric dataset and checks its element class and (if given) its shape, for `body`.
+    private func withChecked<T: HDF5Scalar, R>(
+        _ name: String, _: T.Type, shape expected: [Int]?,
+        _ body: (_ d: hid_t, _ type: hid_t, _ shape: [Int]) throws -> R
+    ) throws -> R {
         guard exists(name) else { throw MetatrainError("\(path): missing dataset '\(name)'") }
         let d = H5Dopen2(id, name, mt_h5p_default())
         guard d >= 0 else { throw MetatrainError("\(path): cannot open dataset '\(name)'") }
@@ -232,15 +233,26 @@ public final class HDF5File {
         guard H5Tget_class(t) == T.typeClass else {
             throw MetatrainError("\(path): dataset '\(name)' has the wrong element type (expected \(T.self))")
         }
-        let n = shape.reduce(1, *)
-        var out = [T](unsafeUninitializedCapacity: n) { _, c in c = n }
-        if n > 0 {
-            let status = out.withUnsafeMutableBufferPointer {
-                H5Dread(d, T.memoryType, mt_h5s_all(), mt_h5s_all(), mt_h5p_default(), $0.baseAddress)
+        return try body(d, t, shape)
+    }
+
+    /// Reads a whole numeric dataset, checking its element class and (if given) its shape.
+    public func read<T: HDF5Scalar>(_ name: String, as: T.Type = T.self, shape expected: [Int]? = nil) throws -> (
+        values: [T], shape: [Int]
+    ) {
+        try withChecked(name, T.self, shape: expected) { d, _, shape in
+            let n = shape.reduce(1, *)
+            var out = [T](unsafeUninitializedCapacity: n) { _, c in c = n }
+            if n > 0 {
+                let status = out.withUnsafeMutableBufferPointer {
+                    H5Dread(d, T.memoryType, mt_h5s_all(), mt_h5s_all(), mt_h5p_default(), $0.baseAddress)
+                }
+                guard status >= 0 else {
+                    throw MetatrainError("\(path): cannot read dataset '\(name)' (file truncated?)")
+                }
             }
-            guard status >= 0 else { throw MetatrainError("\(path): cannot read dataset '\(name)' (file truncated?)") }
+            return (out, shape)
         }
-        return (out, shape)
     }
 
     /// A whole numeric dataset where it lies in `mapping` (this file, mapped), checked as
@@ -250,29 +262,18 @@ public final class HDF5File {
     public func mapped<T: HDF5Scalar>(
         _ name: String, as: T.Type = T.self, shape expected: [Int]? = nil, in mapping: FileMapping
     ) throws -> (values: UnsafeBufferPointer<T>, shape: [Int])? {
-        guard exists(name) else { throw MetatrainError("\(path): missing dataset '\(name)'") }
-        let d = H5Dopen2(id, name, mt_h5p_default())
-        guard d >= 0 else { throw MetatrainError("\(path): cannot open dataset '\(name)'") }
-        defer { H5Dclose(d) }
-        let shape = try shapeOf(d, name)
-        if let expected, expected != shape {
-            throw MetatrainError("\(path): dataset '\(name)' has shape \(shape), expected \(expected)")
+        try withChecked(name, T.self, shape: expected) { d, t, shape in
+            let n = shape.reduce(1, *)
+            let offset = H5Dget_offset(d)
+            guard n > 0, H5Tequal(t, T.memoryType) > 0, offset != mt_haddr_undef() else { return nil }
+            let start = Int(offset), bytes = n * MemoryLayout<T>.stride
+            guard start % MemoryLayout<T>.alignment == 0 else { return nil }
+            guard start + bytes <= mapping.bytes.count else {
+                throw MetatrainError("\(path): dataset '\(name)' runs past the end of the file (file truncated?)")
+            }
+            let p = (mapping.bytes.baseAddress! + start).bindMemory(to: T.self, capacity: n)
+            return (UnsafeBufferPointer(start: p, count: n), shape)
         }
-        let t = H5Dget_type(d)
-        defer { H5Tclose(t) }
-        guard H5Tget_class(t) == T.typeClass else {
-            throw MetatrainError("\(path): dataset '\(name)' has the wrong element type (expected \(T.self))")
-        }
-        let n = shape.reduce(1, *)
-        let offset = H5Dget_offset(d)
-        guard n > 0, H5Tequal(t, T.memoryType) > 0, offset != mt_haddr_undef() else { return nil }
-        let start = Int(offset), bytes = n * MemoryLayout<T>.stride
-        guard start % MemoryLayout<T>.alignment == 0 else { return nil }
-        guard start + bytes <= mapping.bytes.count else {
-            throw MetatrainError("\(path): dataset '\(name)' runs past the end of the file (file truncated?)")
-        }
-        let p = (mapping.bytes.baseAddress! + start).bindMemory(to: T.self, capacity: n)
-        return (UnsafeBufferPointer(start: p, count: n), shape)
     }
 
     /// Reads a float dataset straight into caller memory of exactly `count` floats.
