@@ -84,9 +84,7 @@ public struct StudyTaskRunner {
             let (r, run) = try Pretrainer.run(
                 data: data, runDirectory: dir, config: try pretrainConfiguration(seed: s).load(), resume: resume,
                 overwrite: !resume && FileManager.default.fileExists(atPath: dir), progress: progress)
-            print(
-                "pretrained \(r.epochs) epochs; best val HR@10 \(String(format: "%.4f", r.bestHR10)) at epoch \(r.bestEpoch); wrote \(run.file("best.h5"))"
-            )
+            print(r.summary(bestCheckpoint: run.file("best.h5")))
         case .run(let name, let s):
             guard let m = plan.method(name) else { throw MetatrainError("study: no method \(name)") }
             let c = configuration(m, seed: s)

@@ -22,6 +22,10 @@ public final class Pretrainer {
         public var epochs: Int, bestEpoch: Int, bestHR10: Double, stoppedEarly: Bool
         /// The checkpoint a `--resume` continued from, if any.
         public var resumedFrom: String?
+        /// The line `pretrain` (and a study's pretraining task) ends with.
+        public func summary(bestCheckpoint: String) -> String {
+            "pretrained \(epochs) epochs; best val HR@10 \(String(format: "%.4f", bestHR10)) at epoch \(bestEpoch); wrote \(bestCheckpoint)"
+        }
     }
 
     /// The checkpoint written after every epoch, which `--resume` continues from.

@@ -48,8 +48,6 @@ struct PretrainCommand: ParsableCommand {
         let (r, run) = try Pretrainer.run(
             data: data, runDirectory: runDir, config: try options.load(), resume: resume, overwrite: overwrite,
             progress: progress)
-        print(
-            "pretrained \(r.epochs) epochs; best val HR@10 \(String(format: "%.4f", r.bestHR10)) at epoch \(r.bestEpoch); wrote \(run.file("best.h5"))"
-        )
+        print(r.summary(bestCheckpoint: run.file("best.h5")))
     }
 }
