@@ -79,8 +79,9 @@ public struct WorkerMachine: Sendable {
     /// Units taken on whose `compute` waits for a slot, each with the weights to install
     /// decided when it was taken on (so a unit computes on what it would have at once).
     private var waitingForSlot: [Directive] = []
-    /// `compute` directives out with the shell and not yet answered by `onComputed`.
-    private var inSlots = 0
+    /// `compute` directives out with the shell and not yet answered by `onComputed`: every
+    /// unit taken on is either there or waiting for a slot.
+    private var inSlots: Int { computingRuns.count - waitingForSlot.count }
     private var configJSON: String?
     private var lastSent = 0.0
     private var lastHeard = 0.0
@@ -232,7 +233,6 @@ public struct WorkerMachine: Sendable {
         var out: [Directive] = []
         while inSlots < computeSlots, !waitingForSlot.isEmpty {
             out.append(waitingForSlot.removeFirst())
-            inSlots += 1
         }
         return out
     }
@@ -285,7 +285,6 @@ public struct WorkerMachine: Sendable {
         if let i = computingRuns.firstIndex(where: { $0.unitId == unitId }) ?? computingRuns.indices.first {
             run = computingRuns.remove(at: i).run
         }
-        inSlots = max(0, inSlots - 1)
         // The next waiting unit goes out after this result: whatever happened meanwhile (a
         // rejoin, another run), a unit taken on is computed, and its result judged, as before.
         guard state == .joined else { return state == .stopped ? [] : release() }
@@ -303,7 +302,7 @@ public struct WorkerMachine: Sendable {
     public mutating func onGaveUp(unitId: Int, reason: String, now: Double) -> [Directive] {
         let run = computingRuns.first { $0.unitId == unitId }?.run
         computingRuns = []
-        waitingForSlot = []; inSlots = 0
+        waitingForSlot = []
         computerHoldsHeld = false
         guard state == .joined, run == nil || run == runId else { return [] }
         return sent(.unitFailed(unitId: unitId, reason: reason), now) + sent(.ready, now)
