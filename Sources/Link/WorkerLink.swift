@@ -45,10 +45,9 @@ public final class WorkerLink {
     }
 
     /// CURVE towards the coordinator (both sockets); nil: none. Set before `connect`.
-    public var curve: CurveClientKeys? {
-        didSet { advice = JoinAdvice(endpoint: endpoint, publicKey: curve?.pair.publicKey) }
-    }
-    private lazy var advice = JoinAdvice(endpoint: endpoint, publicKey: nil)
+    public var curve: CurveClientKeys?
+    /// What connection events tell a person (made at `connect`, with the keys then set).
+    private var advice: JoinAdvice?
 
     /// The largest frame the coordinator may send us (ZMQ_MAXMSGSIZE on both sockets: a larger
     /// one ends the connection before it is buffered). Until a welcome says which model the run
@@ -62,6 +61,7 @@ public final class WorkerLink {
 
     public func connect(_ ctx: ZMQContext) throws {
         context = ctx
+        advice = JoinAdvice(endpoint: endpoint, publicKey: curve?.pair.publicKey)
         // A random identity of our own, rather than the one the ROUTER would number (libzmq
         // numbers peers from an unseeded rand(), so a stranger could take the next one).
         var rng = SystemRandomNumberGenerator()
@@ -227,7 +227,9 @@ public final class WorkerLink {
 
     /// Lines for a person, from what happened to the connection since the last call (never
     /// blocks): why this worker cannot get in, told within a second of it happening (`JoinAdvice`).
-    public func advice(now: Double) -> [String] { advice.lines(for: (try? monitor?.take()) ?? [], now: now) }
+    public func advice(now: Double) -> [String] {
+        advice?.lines(for: (try? monitor?.take()) ?? [], now: now) ?? []
+    }
 
     /// Closes the sockets, giving a goodbye still queued up to a second to leave
     /// (the process may exit right after, before any deinit would run).
