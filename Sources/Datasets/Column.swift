@@ -20,7 +20,6 @@ public struct Column<Element: BitwiseCopyable & Equatable>: RandomAccessCollecti
     public init(_ elements: [Element]) { array = elements }
     public init(arrayLiteral elements: Element...) { array = elements }
     public init<S: Sequence>(_ elements: S) where S.Element == Element { array = Array(elements) }
-    public init(repeating value: Element, count: Int) { array = Array(repeating: value, count: count) }
 
     /// A column of elements that lie elsewhere (read-only), valid while `owner` lives.
     public init(viewing elements: UnsafeBufferPointer<Element>, owner: AnyObject) {
