@@ -865,6 +865,35 @@ public struct CoordinatorMachine: Sendable {
                 }
             }
         }
+        // No unit time measured yet (the run's first units, so deadlines are still
+        // `firstUnitDeadline`): a unit held longer than `minUnitDeadline` while a peer sits idle
+        // is copied to that peer, without blaming its holder (a first unit may be slow to start).
+        // The first result counts and measures the unit time; from then on deadlines apply.
+        if pending.isEmpty && taskSeconds == nil {
+            for (id, t) in sentAt.sorted(by: { $0.key < $1.key }) where clock - t > settings.minUnitDeadline {
+                let index = id - firstUnitId
+                guard index >= 0, index < p.units.count, results[index] == nil, checking[index] == nil,
+                    inFlight(index)
+                else { continue }
+                guard
+                    let taker = order.first(where: { q in
+                        assigned[index]?.contains(q) != true && failedOn[index]?.contains(q) != true
+                            && workers[q].map { $0.ready && $0.units.isEmpty } == true
+                    })
+                else { break }
+                pending.append(index)
+                let before = out.count
+                give(taker)
+                if out.count == before {
+                    pending.removeAll { $0 == index }
+                } else {
+                    out.append(
+                        .log(
+                            "unit \(id) has been out for \(Int(clock - t))s and no unit time is measured yet: worker \(workers[taker]!.name), idle, takes a copy"
+                        ))
+                }
+            }
+        }
         return out
     }
 

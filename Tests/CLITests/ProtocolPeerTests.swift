@@ -35,28 +35,44 @@ final class ProtocolPeerTests: XCTestCase {
 
     /// A coordinator, the Python peer in `mode`, then (once the peer has joined) one honest
     /// worker; returns the peer's report, the coordinator's log and the run directory.
-    func run(_ name: String, mode: [String], data: String) throws -> (report: [String: Any], log: String, run: String) {
+    /// With `peerFirst` the peer joins before the honest worker and takes the run's first unit,
+    /// before any unit time is measured.
+    func run(_ name: String, mode: [String], data: String, peerFirst: Bool = false) throws -> (
+        report: [String: Any], log: String, run: String
+    ) {
         let run = ProtocolPeerTests.dir + "/" + name
         let coord = try startDetached(
             ["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + args)
         defer { coord.killGroup(); coord.wait() }
         let endpoint = try waitForEndpoint(run + "/coordinator.log")
-        // The honest worker first: the run has measured unit times (so deadlines of seconds, not
-        // the 120 s allowed before any) by the time the peer joins.
-        let honest = try startDetached([
-            "worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "honest"
-        ])
-        defer { honest.killGroup(); honest.wait() }
-        var deadline = Date().addingTimeInterval(30)
-        while !FileManager.default.fileExists(atPath: run + "/metrics.jsonl") && Date() < deadline { usleep(20_000) }
         let py = Process(), out = Pipe()
         let command = pythonCommand()
         py.executableURL = URL(fileURLWithPath: command[0])
         py.arguments = Array(command.dropFirst()) + [peer, "--connect", endpoint, "--data", data] + mode
         py.standardOutput = out; py.standardError = out
-        try py.run()
+        var honest: GroupProcess?
+        defer { honest?.killGroup(); honest?.wait() }
+        func startHonest() throws {
+            honest = try startDetached([
+                "worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "honest"
+            ])
+        }
+        if peerFirst {
+            try py.run()
+            XCTAssertTrue(
+                eventually(within: 30) { self.read(run + "/coordinator.log").contains("pypeer") },
+                "\(name): the peer joined")
+            try startHonest()
+        } else {
+            // The honest worker first: the run has measured unit times by the time the peer joins.
+            try startHonest()
+            XCTAssertTrue(
+                eventually(within: 30) { FileManager.default.fileExists(atPath: run + "/metrics.jsonl") },
+                "\(name): the first iteration")
+            try py.run()
+        }
         XCTAssertEqual(coord.wait(seconds: 240), 0, "\(name): the run ended\n" + read(run + "/coordinator.log"))
-        deadline = Date().addingTimeInterval(60)
+        let deadline = Date().addingTimeInterval(60)
         while py.isRunning && Date() < deadline { usleep(50_000) }
         if py.isRunning { py.terminate() }
         let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
@@ -93,6 +109,19 @@ final class ProtocolPeerTests: XCTestCase {
             XCTAssertTrue(r.log.contains("worker pypeer has held unit") && r.log.contains("past its deadline"), r.log)
             XCTAssertEqual(try bytes(r.run + "/final.h5"), try bytes(try reference(data)), "\(procs) processes")
         }
+    }
+
+    /// The holder joins first and takes the run's first unit, before any unit time is measured:
+    /// the honest worker takes a copy after seconds (not the 120 s first-unit deadline), and
+    /// the weights are the honest worker's alone.
+    func testAHolderOfTheFirstUnitCostsSecondsAndNoBits() throws {
+        let data = try syntheticDataset(in: ProtocolPeerTests.dir)
+        let r = try run(
+            "hold-first", mode: ["--mode", "hold", "--procs", "4096", "--seconds", "200"], data: data,
+            peerFirst: true)
+        XCTAssertTrue(r.log.contains("no unit time is measured yet: worker honest, idle, takes a copy"), r.log)
+        XCTAssertFalse(r.log.contains("past its deadline of 120s"), r.log)
+        XCTAssertEqual(try bytes(r.run + "/final.h5"), try bytes(try reference(data)))
     }
 
     /// A peer that answers every unit with a lie (NaN or infinite gradients, one float, 2^62

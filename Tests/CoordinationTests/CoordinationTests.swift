@@ -1075,6 +1075,39 @@ final class LeaseAndNoiseMachineTests: XCTestCase {
         }
     }
 
+    /// A holder that takes the run's very first unit, before any unit time is measured, costs
+    /// `minUnitDeadline` (5 s), not `firstUnitDeadline` (120 s): an idle peer takes a copy and its
+    /// result counts; the holder, still holding that unit, gets nothing more.
+    func testAHolderOfTheFirstUnitCostsSecondsNotTheFirstDeadline() {
+        var m = machine()
+        join(&m, holder, procs: 4096)
+        let first = work(m.startPhase(.init(kind: .train, version: 0, units: [[[0]]])))
+        XCTAssertEqual(first.map(\.0), [holder])
+        join(&m, honest, now: 0.5)
+        var now = 0.5, copy: WorkUnit?
+        while copy == nil && now < 30 {
+            now += 0.5
+            let t = m.onTick(now: now)
+            copy = work(t).first { $0.0 == honest }?.1
+            if copy != nil {
+                XCTAssertTrue(logs(t).contains { $0.contains("no unit time is measured yet") }, "\(logs(t))")
+            }
+        }
+        XCTAssertEqual(copy?.id, first[0].1.id, "the honest worker computes a copy")
+        XCTAssertLessThanOrEqual(now, 6, "after minUnitDeadline, not firstUnitDeadline")
+        XCTAssertTrue(completes(m.onMessage(result(copy!), from: honest, now: now + 0.1)))
+        XCTAssertTrue(m.knows(holder), "no blame: a first unit may be slow to start")
+        XCTAssertNotNil(m.taskSeconds)
+        // The next phase: the holder still holds the first unit (its one slot), so every unit goes
+        // to the honest worker.
+        m.onPublished(version: 1)
+        let next = work(m.startPhase(.init(kind: .train, version: 1, units: [[[0]], [[1]]])))
+        XCTAssertEqual(next.map(\.0), [honest])
+        let second = work(m.onMessage(result(next[0].1), from: honest, now: now + 0.2))
+        XCTAssertEqual(second.map(\.0), [honest])
+        XCTAssertTrue(completes(m.onMessage(result(second[0].1), from: honest, now: now + 0.3)))
+    }
+
     /// Results for units never issued, a unit given back that is not held, `ready` while
     /// holding work, a second fetch of the same weights at once and a malformed message each
     /// count as a strike; three drop the peer. A fetch after a real loss is answered.
