@@ -48,6 +48,9 @@ public final class FileMapping: @unchecked Sendable {
         released = end
     }
 
+    /// For a reader that starts again from the front: `release(before:)` counts from 0 again.
+    public func rewind() { released = 0 }
+
     deinit {
         if let base = bytes.baseAddress { munmap(UnsafeMutableRawPointer(mutating: base), bytes.count) }
     }

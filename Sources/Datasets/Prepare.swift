@@ -101,16 +101,6 @@ public struct PrepareSummary: Sendable {
 
 /// Builds a dataset from an event log exactly as docs/FORMATS.md ("How prepare builds it") describes.
 public enum Prepare {
-    /// `delimiter` nil means the one the file name implies (`Delimiter.implied`).
-    public static func run(
-        csvPath: String, columns: ColumnMap = ColumnMap(), delimiter: UInt8? = nil,
-        skipBadRows: Bool = false, config: Config
-    ) throws -> (Dataset, PrepareSummary) {
-        var (ev, source, summary) = try read(
-            csvPath: csvPath, columns: columns, delimiter: delimiter, skipBadRows: skipBadRows)
-        return build(events: ev, source: source, config: config, summary: &summary)
-    }
-
     /// Steps 1–2 alone: an event log's rows as events (what `recommend` reads a learner's
     /// events with), the source line and the parse counts.
     public static func read(
@@ -183,6 +173,43 @@ public enum Prepare {
         bytes: UnsafeBufferPointer<UInt8>, fileName: String, columns: ColumnMap, delimiter: UInt8, skipBadRows: Bool,
         consumed: (Int) -> Void = { _ in }
     ) throws -> (Events, String, PrepareSummary) {
+        var ev = Events()
+        var sessionIndex: [String: Int32] = [:]
+        let log = try scan(
+            bytes: bytes, fileName: fileName, columns: columns, delimiter: delimiter, skipBadRows: skipBadRows,
+            consumed: consumed
+        ) { user, item, time, session, action in
+            ev.user.append(user); ev.item.append(item); ev.time.append(time)
+            if let session { ev.session.append(Interning.intern(session.string, &sessionIndex).0) }
+            if let action { ev.action.append(action) }
+        }
+        ev.userNames = log.userNames; ev.itemNames = log.itemNames; ev.nActions = log.nActions
+        return (ev, log.source, log.summary)
+    }
+
+    /// A session field's bytes as the log holds them (`quoted`: "" stands for ").
+    struct SessionField {
+        var bytes: UnsafeBufferPointer<UInt8>, quoted: Bool
+        var string: String {
+            let s = String(decoding: bytes, as: UTF8.self)
+            return quoted ? s.replacingOccurrences(of: "\"\"", with: "\"") : s
+        }
+    }
+
+    /// What a scan of a log found besides its rows: users, items and actions by first
+    /// appearance, the source line and the parse counts.
+    struct ScannedLog {
+        var userNames: [String], itemNames: [String], nActions: Int, source: String, summary: PrepareSummary
+    }
+
+    /// Steps 1–2: reads the log's rows in order and hands each valid one to `row` as (user, item,
+    /// time, session, action), users, items and actions interned in first-seen order (a session
+    /// or action of nil when the log has no such column).
+    static func scan(
+        bytes: UnsafeBufferPointer<UInt8>, fileName: String, columns: ColumnMap, delimiter: UInt8, skipBadRows: Bool,
+        consumed: (Int) -> Void = { _ in },
+        row: (Int32, Int32, Int64, SessionField?, Int32?) throws -> Void
+    ) throws -> ScannedLog {
         var summary = PrepareSummary()
         var scanner = CSVScanner(bytes, delimiter: delimiter)
         var fields: [CSVScanner.Field] = []
@@ -220,9 +247,7 @@ public enum Prepare {
         summary.usedSessionColumn = cs != nil
         summary.usedActionColumn = ca != nil
 
-        var ev = Events()
-        var userIndex: [String: Int32] = [:], itemIndex: [String: Int32] = [:]
-        var sessionIndex: [String: Int32] = [:], actionIndex: [String: Int32] = [:]
+        var userIndex: [String: Int32] = [:], itemIndex: [String: Int32] = [:], actionIndex: [String: Int32] = [:]
         func intern(_ s: String, _ d: inout [String: Int32], _ names: inout [String]?) -> Int32 {
             if let i = d[s] { return i }
             let i = Int32(d.count); d[s] = i; names?.append(s); return i
@@ -258,15 +283,17 @@ public enum Prepare {
                 if summary.skippedExamples.count < 5 { summary.skippedExamples.append("line \(line): \(problem)") }
                 continue
             }
-            ev.user.append(intern(scanner.string(fields[cu]), &userIndex, &userNames))
-            ev.item.append(intern(scanner.string(fields[ci]), &itemIndex, &itemNames))
-            ev.time.append(t)
-            if let cs { ev.session.append(intern(scanner.string(fields[cs]), &sessionIndex, &none)) }
-            if let ca { ev.action.append(intern(scanner.string(fields[ca]), &actionIndex, &none)) }
+            let u = intern(scanner.string(fields[cu]), &userIndex, &userNames)
+            let i = intern(scanner.string(fields[ci]), &itemIndex, &itemNames)
+            let session = cs.map { c in
+                SessionField(
+                    bytes: UnsafeBufferPointer(rebasing: bytes[fields[c].start..<fields[c].end]),
+                    quoted: fields[c].quoted)
+            }
+            let action = ca.map { intern(scanner.string(fields[$0]), &actionIndex, &none) }
+            try row(u, i, t, session, action)
+            summary.events += 1
         }
-        ev.userNames = userNames!; ev.itemNames = itemNames!
-        ev.nActions = actionIndex.count
-        summary.events = ev.user.count
         if !summary.skippedExamples.isEmpty {
             summary.warnings.append("skipped rows, first ones: " + summary.skippedExamples.joined(separator: "; "))
         }
@@ -276,7 +303,8 @@ public enum Prepare {
             + "session=\(cs != nil ? columns.session : "-") action=\(ca != nil ? columns.action : "-")"
             + (delimiter == 0x2C
                 ? "" : delimiter == 0x09 ? " delimiter=tab" : " delimiter=\(Character(Unicode.Scalar(delimiter)))")
-        return (ev, source, summary)
+        return ScannedLog(
+            userNames: userNames!, itemNames: itemNames!, nActions: actionIndex.count, source: source, summary: summary)
     }
 
     // MARK: - Steps 3–10, one function each
@@ -291,26 +319,37 @@ public enum Prepare {
         let sessions = splitSessions(ev, users, gapS: d.sessionGapS)
         summary.sessions = sessions.count
         let reliability = sessionReliability(sessions, nActions: ev.nActions, hasActions: !ev.action.isEmpty, data: d)
-        let vocab = vocabulary(ev, minCount: d.minItemCount)
+        var counts = [Int64](repeating: 0, count: ev.itemNames.count)
+        for e in 0..<ev.item.count { counts[Int(ev.item[e])] += 1 }
+        let vocab = vocabulary(counts: counts, names: ev.itemNames, minCount: d.minItemCount)
         summary.droppedItems = vocab.dropped
         let pairs = makePairs(
             ev, users, sessionOf: sessions.of, reliability: reliability, itemMap: vocab.map, maxSeqLen: d.maxSeqLen)
-        let split = splitUsers(ev, users, pairs, config: config, summary: &summary)
-        let episodes = makeEpisodes(split, pairs, data: d)
+        return finish(
+            userIds: users.order.map { ev.userNames[$0] }, pairs: pairs, vocab: vocab, source: source,
+            actions: ev.action.isEmpty ? nil : ev.nActions, config: config, summary: &summary)
+    }
 
+    /// Steps 9–10 and the dataset: the split of users (`userIds` in byte order) and their episodes.
+    static func finish(
+        userIds: [String], pairs: Pairs, vocab: Vocabulary, source: String, actions: Int?, config: Config,
+        summary: inout PrepareSummary
+    ) -> (Dataset, PrepareSummary) {
+        let d = config.data
+        let split = splitUsers(userIds, pairs, config: config, summary: &summary)
+        let episodes = makeEpisodes(split, pairs, data: d)
         for s in SplitKind.allCases {
             summary.usersPerSplit[s] = split.filter { $0 == s.rawValue }.count
             summary.episodesPerSplit[s] = episodes[s]!.count
         }
         summary.pairs = pairs.label.count
         summary.vocabulary = vocab.ids.count
-        let ds = Dataset(
-            itemIds: vocab.ids, itemCounts: vocab.counts, userIds: users.order.map { ev.userNames[$0] },
+        var out = Dataset(
+            itemIds: vocab.ids, itemCounts: vocab.counts, userIds: userIds,
             userSplit: split, pairUser: pairs.user, prefixOffsets: pairs.prefixOffsets, prefixItems: pairs.prefixItems,
             label: pairs.label, timestamp: pairs.timestamp, reliability: pairs.reliability, episodes: episodes,
             maxSeqLen: d.maxSeqLen, kSupport: d.kSupport, qQuery: d.qQuery, source: source)
-        var out = ds
-        out.prepareJSON = config.prepareSettingsJSON(actions: ev.action.isEmpty ? nil : ev.nActions)
+        out.prepareJSON = config.prepareSettingsJSON(actions: actions)
         return (out, summary)
     }
 
@@ -401,19 +440,13 @@ public enum Prepare {
 
     /// Step 6: items with at least `minCount` events, most frequent first (ties
     /// in byte order); index 0 is padding. `map` takes a raw item to its index (0: dropped).
-    static func vocabulary(_ ev: Events, minCount: Int) -> (map: [Int32], ids: [String], counts: [Int64], dropped: Int)
-    {
-        var counts = [Int64](repeating: 0, count: ev.itemNames.count)
-        for e in 0..<ev.item.count { counts[Int(ev.item[e])] += 1 }
+    typealias Vocabulary = (map: [Int32], ids: [String], counts: [Int64], dropped: Int)
+    static func vocabulary(counts: [Int64], names: [String], minCount: Int) -> Vocabulary {
         let kept = (0..<counts.count).filter { counts[$0] >= Int64(minCount) }
-            .sorted {
-                counts[$0] != counts[$1] ? counts[$0] > counts[$1] : byteLess(ev.itemNames[$0], ev.itemNames[$1])
-            }
+            .sorted { counts[$0] != counts[$1] ? counts[$0] > counts[$1] : byteLess(names[$0], names[$1]) }
         var map = [Int32](repeating: 0, count: counts.count)
         for (i, raw) in kept.enumerated() { map[raw] = Int32(i + 1) }
-        return (
-            map, ["<pad>"] + kept.map { ev.itemNames[$0] }, [0] + kept.map { counts[$0] }, counts.count - kept.count
-        )
+        return (map, ["<pad>"] + kept.map { names[$0] }, [0] + kept.map { counts[$0] }, counts.count - kept.count)
     }
 
     /// The pairs of every user, stored user by user and chronologically.
@@ -473,10 +506,10 @@ public enum Prepare {
 
     /// Step 9: val and test users, drawn from those with K + Q pairs, by first
     /// activity (the latest are test, then val) or at random (seeded).
-    static func splitUsers(_ ev: Events, _ users: Users, _ pairs: Pairs, config: Config, summary: inout PrepareSummary)
+    static func splitUsers(_ userIds: [String], _ pairs: Pairs, config: Config, summary: inout PrepareSummary)
         -> [Int8]
     {
-        let d = config.data, U = users.count
+        let d = config.data, U = userIds.count
         let need = d.kSupport + d.qQuery
         var eligible = (0..<U).filter { pairs.count(ofUser: $0) >= need }
         summary.eligibleUsers = eligible.count
@@ -494,7 +527,7 @@ public enum Prepare {
             let first = pairs.firstTime
             eligible.sort {
                 first[$0] != first[$1]
-                    ? first[$0] < first[$1] : byteLess(ev.userNames[users.order[$0]], ev.userNames[users.order[$1]])
+                    ? first[$0] < first[$1] : byteLess(userIds[$0], userIds[$1])
             }
             for u in eligible.suffix(nTest) { split[u] = SplitKind.test.rawValue }
             for u in eligible.dropLast(nTest).suffix(nVal) { split[u] = SplitKind.val.rawValue }

@@ -82,21 +82,44 @@ public final class HDF5File {
         try f.flush()
         let size = H5Fget_file_image(id, nil, 0)
         guard size > 0 else { throw MetatrainError("\(path): cannot take the HDF5 file's image") }
-        // One copy of the image, written straight from where HDF5 put it (a dataset file is as
-        // large as the dataset: every further copy was another dataset's worth of memory).
-        let image = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
-        defer { image.deallocate() }
-        guard H5Fget_file_image(id, image.baseAddress, size) == size else {
-            throw MetatrainError("\(path): cannot take the HDF5 file's image")
+        // The image is written from where HDF5 keeps it: the in-memory driver's handle is its
+        // buffer (a dataset file is as large as the dataset: a copy of the image was another
+        // dataset's worth of memory). The superblock there (version 0) still says the file is
+        // open for writing: `head` is its first 24 bytes with those flags cleared, as
+        // `H5Fget_file_image` gives them. Should the handle not hold such a superblock, the
+        // image is copied out instead.
+        var image = UnsafeRawBufferPointer(start: nil, count: 0)
+        var head: [UInt8] = []
+        var copy: UnsafeMutableRawBufferPointer?
+        defer { copy?.deallocate() }
+        var handle: UnsafeMutableRawPointer?
+        let signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
+        if size >= 24, H5Fget_vfd_handle(id, mt_h5p_default(), &handle) >= 0, let handle,
+            let base = handle.load(as: UnsafeRawPointer?.self),
+            Array(UnsafeRawBufferPointer(start: base, count: 8)) == signature,
+            base.load(fromByteOffset: 8, as: UInt8.self) == 0
+        {
+            image = UnsafeRawBufferPointer(start: base, count: size)
+            head = Array(UnsafeRawBufferPointer(start: base, count: 24))
+            head[20..<24] = [0, 0, 0, 0]
+        } else {
+            let c = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
+            copy = c
+            guard H5Fget_file_image(id, c.baseAddress, size) == size else {
+                throw MetatrainError("\(path): cannot take the HDF5 file's image")
+            }
+            image = UnsafeRawBufferPointer(c)
         }
-        try f.close()
         let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
             throw MetatrainError("\(path): cannot write \(size) bytes (\(String(cString: strerror(errno))))")
         }
         var done = 0
         while done < size {
-            let n = Glibc.write(fd, image.baseAddress! + done, size - done)
+            let n =
+                done < head.count
+                ? head.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, head.count - done) }
+                : Glibc.write(fd, image.baseAddress! + done, size - done)
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else {
                 let why = n == 0 ? "no progress" : String(cString: strerror(errno))
@@ -111,6 +134,7 @@ public final class HDF5File {
             unlink(path)
             throw MetatrainError("\(path): cannot write \(size) bytes (\(why))")
         }
+        try f.close()
     }
 
     /// Opens a file read-only; a missing, truncated or non-HDF5 file is an error.

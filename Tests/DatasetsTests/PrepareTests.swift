@@ -283,4 +283,77 @@ final class SynthTests: XCTestCase {
         XCTAssertGreaterThan(high, d.nPairs / 2)
         XCTAssertGreaterThan(d.episodes(.test).count, 0)
     }
+
+    /// Bounded-memory prepare (events sorted through a buffer that spills to disk) gives the
+    /// dataset the in-memory path gives, bit for bit, on three configurations, whether nothing,
+    /// a little or nearly everything spills; the spill file is gone afterwards.
+    func testBoundedMemoryPrepareEqualsTheInMemoryOne() throws {
+        var o = SynthOptions()
+        o.users = 400; o.courses = 60; o.seed = 5
+        let p = tempPath("bounded.csv")
+        _ = try Synth.write(to: p, options: o)
+        let spill = tempPath("spill-dir")
+        try FileManager.default.createDirectory(atPath: spill, withIntermediateDirectories: true)
+        var noSession = ColumnMap()
+        noSession.session = "no_such_column"
+        var noAction = ColumnMap()
+        noAction.action = "no_such_column"
+        let configurations: [(ColumnMap, [String])] = [
+            (ColumnMap(), []),
+            (noSession, ["data.split=random", "data.min_item_count=40", "data.session_gap_s=600"]),
+            (noAction, ["data.max_seq_len=3", "data.train_stride=2", "data.k_support=2", "data.q_query=3"])
+        ]
+        for (columns, overrides) in configurations {
+            let config = try Config.load(path: nil, overrides: overrides)
+            let (want, ws) = try Prepare.runInMemory(csvPath: p, columns: columns, config: config)
+            // 16 KB: a buffer of 4,096 events (the smallest), so ~20 spills and buckets; 1 MB:
+            // a few; the default: none.
+            for memory in [16 << 10, 1 << 20, Prepare.defaultMemory] {
+                let (got, gs) = try Prepare.run(
+                    csvPath: p, columns: columns, config: config, memory: memory, spillDirectory: spill)
+                XCTAssertEqual(got.fingerprint, want.fingerprint, "\(overrides), memory \(memory)")
+                XCTAssertEqual(got, want, "\(overrides), memory \(memory)")
+                XCTAssertEqual(gs.text, ws.text)
+                XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: spill), [], "no spill file left")
+            }
+        }
+        XCTAssertGreaterThan(try Prepare.runInMemory(csvPath: p, config: Config.defaults()).1.events, 4 * 4096)
+    }
+
+    /// Session ids are compared within a user by a hash of their bytes; quoted ids ("" for ")
+    /// hash as their unquoted text, so the two ways of writing one id are one session.
+    func testQuotedSessionIdsAreOneSessionInBothPaths() throws {
+        let log = """
+            username,course_id,session_id,action,time
+            u1,c1,"s""1",a,100
+            u1,c2,s1,a,200
+            u1,c3,"s""1",a,300
+            u1,c1,s"1,b,400
+            u1,c2,"s1",b,500
+            u2,c1,x,a,100
+            u2,c2,x,a,200
+            u2,c3,y,a,300
+            u2,c1,x,a,400
+            """
+        let p = writeTemp("quoted-sessions.csv", log + "\n")
+        let c = try Config.load(
+            path: nil,
+            overrides: ["data.k_support=1", "data.q_query=1", "data.val_fraction=0.34", "data.test_fraction=0.34"])
+        let (want, ws) = try Prepare.runInMemory(csvPath: p, config: c)
+        let (got, gs) = try Prepare.run(csvPath: p, config: c, memory: 16 << 10)
+        XCTAssertEqual(ws.sessions, 4)
+        XCTAssertEqual(gs.sessions, 4)
+        XCTAssertEqual(got, want)
+    }
+
+    func testByteSizes() throws {
+        XCTAssertEqual(try ByteSize.parse("4G"), 4 << 30)
+        XCTAssertEqual(try ByteSize.parse("512m"), 512 << 20)
+        XCTAssertEqual(try ByteSize.parse("1.5G"), 3 << 29)
+        XCTAssertEqual(try ByteSize.parse("64KB"), 64 << 10)
+        XCTAssertEqual(try ByteSize.parse("1000"), 1000)
+        for bad in ["", "G", "-1G", "lots", "4T"] {
+            XCTAssertThrowsError(try ByteSize.parse(bad), bad)
+        }
+    }
 }
