@@ -43,12 +43,33 @@ public struct SynthSummary: Sendable {
 }
 
 public enum Synth {
-    /// Writes the log to `path` atomically and returns counts.
+    /// Writes the log to `path` atomically and returns counts. The log is written as it is
+    /// made, 8 MB at a time: its size does not add to memory.
     public static func write(to path: String, options o: SynthOptions) throws -> SynthSummary {
-        let (text, summary) = generate(o)
+        var summary = SynthSummary()
         try writeAtomically(to: path) { tmp in
-            guard FileManager.default.createFile(atPath: tmp, contents: text) else {
-                throw MetatrainError("\(path): cannot write event log")
+            let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard fd >= 0 else {
+                throw MetatrainError("\(path): cannot write event log (\(String(cString: strerror(errno))))")
+            }
+            var closed = false
+            defer { if !closed { close(fd) } }
+            summary = try generate(o) { chunk in
+                var done = 0
+                while done < chunk.count {
+                    let n = Glibc.write(fd, chunk.baseAddress! + done, chunk.count - done)
+                    if n < 0 && errno == EINTR { continue }
+                    guard n > 0 else {
+                        throw MetatrainError(
+                            "\(path): cannot write event log (\(n == 0 ? "no progress" : String(cString: strerror(errno))))"
+                        )
+                    }
+                    done += n
+                }
+            }
+            closed = true
+            guard close(fd) == 0 else {
+                throw MetatrainError("\(path): cannot write event log (\(String(cString: strerror(errno))))")
             }
         }
         return summary
@@ -91,12 +112,20 @@ public enum Synth {
         return other
     }
 
+    /// The whole log in memory, and its counts.
     public static func generate(_ o: SynthOptions) -> (Data, SynthSummary) {
+        var all = Data()
+        let summary = generate(o) { all.append(contentsOf: $0) }
+        return (all, summary)
+    }
+
+    /// Makes the log, handing it to `emit` in pieces of about 8 MB, in order.
+    static func generate(_ o: SynthOptions, emit: (UnsafeRawBufferPointer) throws -> Void) rethrows -> SynthSummary {
         precondition(o.courses >= 5 && o.groups >= 1 && o.users >= 1 && o.minVisits >= 2 && o.maxVisits >= o.minVisits)
         let succ = successors(o)
         var summary = SynthSummary()
-        var out = Data()
-        out.reserveCapacity(o.users * 30 * 7 * 80)
+        var out: [UInt8] = []
+        out.reserveCapacity(9 << 20)
         out.append(contentsOf: Array("username,course_id,session_id,action,time\n".utf8))
         let reliableActions = Array(xuetangxActions.prefix(20))
         let noisyActions = ["click_about", "click_info", "click_progress"]
@@ -140,15 +169,20 @@ public enum Synth {
                         ? noisyActions[v % noisyActions.count]
                         : (k == 0 ? "load_video" : reliableActions[g.below(reliableActions.count)])
                     let line = "\(user),\(courseNames[c]),\(session),\(action),\(formatTime(et))\n"
-                    out.append(contentsOf: Array(line.utf8))
+                    out.append(contentsOf: line.utf8)
                     summary.events += 1
                     et += noisy ? Int64(5 + g.below(25)) : Int64(60 + g.below(240))
                 }
                 summary.visits += 1
                 t = et + Int64(7200 + g.below(3 * 86400))
             }
+            if out.count >= 8 << 20 {
+                try out.withUnsafeBytes(emit)
+                out.removeAll(keepingCapacity: true)
+            }
         }
+        try out.withUnsafeBytes(emit)
         summary.users = o.users
-        return (out, summary)
+        return summary
     }
 }

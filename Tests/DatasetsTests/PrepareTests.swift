@@ -284,6 +284,18 @@ final class SynthTests: XCTestCase {
         XCTAssertGreaterThan(d.episodes(.test).count, 0)
     }
 
+    /// `synth` writes the log as it makes it, 8 MB at a time: the file is the log made in memory.
+    func testSynthWritesTheLogItMakes() throws {
+        var o = SynthOptions()
+        o.users = 1200; o.courses = 50; o.seed = 3
+        let p = tempPath("streamed.csv")
+        let written = try Synth.write(to: p, options: o)
+        let (log, made) = Synth.generate(o)
+        XCTAssertGreaterThan(log.count, 2 * (8 << 20), "several pieces")
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: p)), log)
+        XCTAssertEqual(written.events, made.events)
+    }
+
     /// Bounded-memory prepare (events sorted through a buffer that spills to disk) gives the
     /// dataset the in-memory path gives, bit for bit, on three configurations, whether nothing,
     /// a little or nearly everything spills; the spill file is gone afterwards.
