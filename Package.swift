@@ -46,7 +46,7 @@ let package = Package(
         // CSV ingest, sessions, pairs, episodes, synthetic generator.
         .target(name: "Datasets", dependencies: ["Core", "ExperimentConfig"]),
         // HDF5 dataset and checkpoint files, safetensors exports.
-        .target(name: "Storage", dependencies: ["CHDF5", "Core", "Kernels", "Datasets", "GRU4Rec"]),
+        .target(name: "Storage", dependencies: ["CHDF5", "CLinux", "Core", "Kernels", "Datasets", "GRU4Rec"]),
         // Support weighting and inner loops (adaptation); meta-gradients build on it.
         .target(name: "MetaLearning", dependencies: ["Core", "Kernels", "GRU4Rec", "Datasets", "ExperimentConfig"]),
         // Metrics, baselines, few-shot adaptation, bootstrap, reports.

@@ -23,6 +23,11 @@ static inline hid_t mt_h5p_fcpl_untimed(void) { hid_t p = H5Pcreate(H5P_FILE_CRE
    whole in RAM, then written out by us, so that a full disk is an ordinary
    write error and HDF5 never holds a half-written file it cannot close. */
 static inline hid_t mt_h5p_fapl_memory(void) { hid_t p = H5Pcreate(H5P_FILE_ACCESS); H5Pset_fapl_core(p, 1 << 20, 0); return p; }
+/* A file HDF5 writes to the disk itself (the default driver), its objects all
+   closed with the file: for files larger than memory should hold twice. */
+static inline hid_t mt_h5p_fapl_disk(void) { hid_t p = H5Pcreate(H5P_FILE_ACCESS); H5Pset_fclose_degree(p, H5F_CLOSE_STRONG); return p; }
+/* Files the library holds open (every file id, including ones a failed close left). */
+static inline ssize_t mt_h5_open_files(void) { return H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_FILE); }
 static inline unsigned mt_h5f_acc_trunc(void) { return H5F_ACC_TRUNC; }
 static inline unsigned mt_h5f_acc_rdonly(void) { return H5F_ACC_RDONLY; }
 static inline size_t mt_h5t_variable(void) { return H5T_VARIABLE; }

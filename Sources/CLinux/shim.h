@@ -6,6 +6,7 @@
 #endif
 #include <sys/mman.h>
 #include <fcntl.h>
+#include <errno.h>
 #if __has_include(<malloc.h>)
 #include <malloc.h>
 #define METATRAIN_HAS_MALLOPT 1
@@ -19,6 +20,17 @@ static inline int metatrain_keep_large_buffers(int mmap_threshold, int trim_thre
 #else
     (void)mmap_threshold; (void)trim_threshold;
     return 0;
+#endif
+}
+
+/// Reserves `len` bytes of disk for `fd` without changing its size (fallocate with
+/// FALLOC_FL_KEEP_SIZE); 0, or the errno (ENOSPC: the disk has no room; EOPNOTSUPP: the
+/// file system cannot reserve).
+static inline int metatrain_reserve_disk(int fd, long long len) {
+#if defined(__linux__)
+    return fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)len) == 0 ? 0 : errno;
+#else
+    (void)fd; (void)len; return EOPNOTSUPP;
 #endif
 }
 

@@ -6,42 +6,49 @@ public enum DatasetFile {
     public static let format = "metatrain-dataset"
     public static let version: Int64 = 1
 
-    /// Writes atomically: a temporary name in the same directory, then rename.
-    public static func write(_ d: Dataset, to path: String) throws {
+    /// Writes atomically: a temporary name in the same directory, then rename. HDF5 writes
+    /// the file itself (a dataset may be larger than memory should hold twice).
+    /// `fingerprint`: the dataset's, if the caller has it already (it reads every array).
+    public static func write(_ d: Dataset, to path: String, fingerprint: String? = nil) throws {
         try writeAtomically(to: path) { tmp in
-            try HDF5File.write(tmp) { f in
-                try f.setAttribute("format", format)
-                try f.setAttribute("version", version)
-                try f.setAttribute("n_items", Int64(d.nItems))
-                try f.setAttribute("max_seq_len", Int64(d.maxSeqLen))
-                try f.setAttribute("k_support", Int64(d.kSupport))
-                try f.setAttribute("q_query", Int64(d.qQuery))
-                try f.setAttribute("fingerprint", d.fingerprint)
-                try f.setAttribute("source", d.source)
-                if !d.prepareJSON.isEmpty { try f.setAttribute("prepare", d.prepareJSON) }
-                try f.writeStrings("vocab/item_ids", d.itemIds)
-                try d.itemCounts.withUnsafeBufferPointer { try f.write("vocab/item_counts", $0, shape: [$0.count]) }
-                try f.writeStrings("users/ids", d.userIds)
-                try d.userSplit.withUnsafeBufferPointer { try f.write("users/split", $0, shape: [$0.count]) }
-                try d.pairUser.withUnsafeBufferPointer { try f.write("pairs/user", $0, shape: [$0.count]) }
-                try d.prefixOffsets.withUnsafeBufferPointer {
-                    try f.write("pairs/prefix_offsets", $0, shape: [$0.count])
-                }
-                try d.prefixItems.withUnsafeBufferPointer { try f.write("pairs/prefix_items", $0, shape: [$0.count]) }
-                try d.label.withUnsafeBufferPointer { try f.write("pairs/label", $0, shape: [$0.count]) }
-                try d.timestamp.withUnsafeBufferPointer { try f.write("pairs/timestamp", $0, shape: [$0.count]) }
-                try d.reliability.withUnsafeBufferPointer { try f.write("pairs/reliability", $0, shape: [$0.count]) }
-                for s in SplitKind.allCases {
-                    let e = d.episodes(s)
-                    try e.support.withUnsafeBufferPointer {
-                        try f.write("episodes/\(s.name)/support", $0, shape: [e.count, d.kSupport])
-                    }
-                    try e.query.withUnsafeBufferPointer {
-                        try f.write("episodes/\(s.name)/query", $0, shape: [e.count, d.qQuery])
-                    }
-                    try e.user.withUnsafeBufferPointer { try f.write("episodes/\(s.name)/user", $0, shape: [$0.count]) }
-                }
+            try HDF5File.writeToDisk(tmp, reserve: d.bytesOnDisk) { f in
+                try write(d, into: f, fingerprint: fingerprint ?? d.fingerprint)
             }
+        }
+    }
+
+    /// The dataset's attributes and arrays, into an open file.
+    static func write(_ d: Dataset, into f: HDF5File, fingerprint: String) throws {
+        try f.setAttribute("format", format)
+        try f.setAttribute("version", version)
+        try f.setAttribute("n_items", Int64(d.nItems))
+        try f.setAttribute("max_seq_len", Int64(d.maxSeqLen))
+        try f.setAttribute("k_support", Int64(d.kSupport))
+        try f.setAttribute("q_query", Int64(d.qQuery))
+        try f.setAttribute("fingerprint", fingerprint)
+        try f.setAttribute("source", d.source)
+        if !d.prepareJSON.isEmpty { try f.setAttribute("prepare", d.prepareJSON) }
+        try f.writeStrings("vocab/item_ids", d.itemIds)
+        try d.itemCounts.withUnsafeBufferPointer { try f.write("vocab/item_counts", $0, shape: [$0.count]) }
+        try f.writeStrings("users/ids", d.userIds)
+        try d.userSplit.withUnsafeBufferPointer { try f.write("users/split", $0, shape: [$0.count]) }
+        try d.pairUser.withUnsafeBufferPointer { try f.write("pairs/user", $0, shape: [$0.count]) }
+        try d.prefixOffsets.withUnsafeBufferPointer {
+            try f.write("pairs/prefix_offsets", $0, shape: [$0.count])
+        }
+        try d.prefixItems.withUnsafeBufferPointer { try f.write("pairs/prefix_items", $0, shape: [$0.count]) }
+        try d.label.withUnsafeBufferPointer { try f.write("pairs/label", $0, shape: [$0.count]) }
+        try d.timestamp.withUnsafeBufferPointer { try f.write("pairs/timestamp", $0, shape: [$0.count]) }
+        try d.reliability.withUnsafeBufferPointer { try f.write("pairs/reliability", $0, shape: [$0.count]) }
+        for s in SplitKind.allCases {
+            let e = d.episodes(s)
+            try e.support.withUnsafeBufferPointer {
+                try f.write("episodes/\(s.name)/support", $0, shape: [e.count, d.kSupport])
+            }
+            try e.query.withUnsafeBufferPointer {
+                try f.write("episodes/\(s.name)/query", $0, shape: [e.count, d.qQuery])
+            }
+            try e.user.withUnsafeBufferPointer { try f.write("episodes/\(s.name)/user", $0, shape: [$0.count]) }
         }
     }
 
@@ -132,5 +139,17 @@ public enum DatasetFile {
             throw MetatrainError("\(path): contents do not match the stored fingerprint (file modified or corrupt)")
         }
         return d
+    }
+}
+
+extension Dataset {
+    /// About what its file takes on disk: the numbers, the ids and 1 MB for HDF5's own records.
+    var bytesOnDisk: Int {
+        func n<T>(_ c: Column<T>) -> Int { c.count * MemoryLayout<T>.stride }
+        var total = n(itemCounts) + n(userSplit) + n(pairUser) + n(prefixOffsets) + n(prefixItems) + n(label)
+        total += n(timestamp) + n(reliability)
+        for e in episodes.values { total += n(e.support) + n(e.query) + n(e.user) }
+        total += (itemIds + userIds).reduce(0) { $0 + $1.utf8.count + 32 } + source.utf8.count + prepareJSON.utf8.count
+        return total + total / 100 + (1 << 20)
     }
 }

@@ -1,4 +1,5 @@
 import CHDF5
+import CLinux
 import Core
 import Foundation
 
@@ -47,6 +48,9 @@ public final class HDF5File {
     private init(path: String, id: hid_t) { self.path = path; self.id = id }
     deinit { if !closed { H5Fclose(id) } }
 
+    /// Files HDF5 holds open in this process (one a failed close left would crash it at exit).
+    public static var openFiles: Int { Int(mt_h5_open_files()) }
+
     /// Closes the file, writing out what HDF5 still buffers; throws if that fails.
     public func close() throws {
         guard !closed else { return }
@@ -62,6 +66,52 @@ public final class HDF5File {
         let id = H5Fcreate(path, mt_h5f_acc_trunc(), fcpl, mt_h5p_default())
         guard id >= 0 else { throw MetatrainError("\(path): cannot create HDF5 file") }
         return HDF5File(path: path, id: id)
+    }
+
+    /// Writes a file with `body` through HDF5's own disk driver, to `path` (a temporary name,
+    /// see `writeAtomically`): nothing is held in memory beyond what `body` writes from, so
+    /// a file as large as a dataset does not cost its size again. For one-shot writers
+    /// (`prepare`); a long run's checkpoints use `write`, which keeps HDF5 off the disk.
+    ///
+    /// `reserve` bytes of disk are taken first (fallocate): a disk without room is said before
+    /// anything is written. Should a write fail all the same, the file is emptied and removed
+    /// before HDF5 closes it, so that HDF5 can close it (a file HDF5 cannot close crashes the
+    /// process as it exits).
+    public static func writeToDisk(_ path: String, reserve: Int = 0, _ body: (HDF5File) throws -> Void) throws {
+        mt_h5_silence_errors()
+        let fcpl = mt_h5p_fcpl_untimed(), fapl = mt_h5p_fapl_disk()
+        defer { H5Pclose(fcpl); H5Pclose(fapl) }
+        // Every object of 512 bytes or more starts at a multiple of 64 (see `write`).
+        H5Pset_alignment(fapl, 512, 64)
+        let id = H5Fcreate(path, mt_h5f_acc_trunc(), fcpl, fapl)
+        guard id >= 0 else { throw MetatrainError("\(path): cannot create HDF5 file") }
+        let f = HDF5File(path: path, id: id)
+        var handle: UnsafeMutableRawPointer?
+        let fd = H5Fget_vfd_handle(id, mt_h5p_default(), &handle) >= 0 ? handle?.load(as: Int32.self) : nil
+        func abandon(_ error: Error) -> Error {
+            let dir = URL(fileURLWithPath: path).deletingLastPathComponent().path
+            var st = statvfs()
+            let full = statvfs(dir, &st) == 0 && UInt64(st.f_bavail) * UInt64(st.f_frsize) < 1 << 20
+            if let fd { _ = ftruncate(fd, 0) }
+            unlink(path)
+            try? f.close()
+            return full ? MetatrainError("\(error); the file system holding \(dir) is full") : error
+        }
+        if reserve > 0, let fd {
+            let e = metatrain_reserve_disk(fd, Int64(reserve))
+            if e == ENOSPC || e == EDQUOT {
+                throw abandon(
+                    MetatrainError(
+                        "\(path): no room for \(reserve / (1 << 20) + 1) MB (\(String(cString: strerror(e)))); nothing was written"
+                    ))
+            }
+        }
+        do {
+            try body(f)
+            try f.close()
+        } catch {
+            throw abandon(error)
+        }
     }
 
     /// Builds a file in memory with `body` and writes its bytes to `path`

@@ -124,13 +124,26 @@ struct BenchCommand: ParsableCommand {
                     title, t * 1000, gf, 100 * gf / peak, 100 * target))
         }
 
-        // (c) prepare throughput.
+        // (c) prepare throughput and memory: `metatrain prepare` in a process of its own (the first
+        // child, so the children's peak resident set is its own).
         var o = SynthOptions(); o.users = users
         let s = try Synth.write(to: dir + "/events.csv", options: o)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        p.arguments = ["prepare", "--events", dir + "/events.csv", "--out", dir + "/events.h5"]
+        p.standardOutput = FileHandle.nullDevice
         let start = Date()
-        _ = try Prepare.run(csvPath: dir + "/events.csv", config: Config.defaults())
+        try p.run()
+        p.waitUntilExit()
         let secs = Date().timeIntervalSince(start)
-        print(String(format: "prepare: %d events in %.2fs = %.0f events/s", s.events, secs, Double(s.events) / secs))
+        guard p.terminationStatus == 0 else { throw MetatrainError("bench: prepare exited \(p.terminationStatus)") }
+        var usage = rusage()
+        getrusage(RUSAGE_CHILDREN.rawValue, &usage)
+        let csvBytes = (try? FileManager.default.attributesOfItem(atPath: dir + "/events.csv")[.size] as? Int) ?? 0
+        print(
+            String(
+                format: "prepare: %d events (%.0f MB of CSV) in %.2fs = %.0f events/s, peak RSS %.0f MB", s.events,
+                Double(csvBytes) / 1e6, secs, Double(s.events) / secs, Double(usage.ru_maxrss) / 1024))
 
         // (d) distributed FOMAML at the default sizes (B 32, K 5, Q 10, 5 inner steps, E 64, H 128, V 1,519).
         let dataset = try metaDataset(dir: dir)

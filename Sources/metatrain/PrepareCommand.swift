@@ -47,10 +47,11 @@ struct PrepareCommand: ParsableCommand {
             csvPath: events, columns: cols, delimiter: sep, skipBadRows: skipBadRows, config: config,
             memory: budget,
             spillDirectory: spillDir ?? URL(fileURLWithPath: out).deletingLastPathComponent().path)
-        try DatasetFile.write(dataset, to: out)
+        let fingerprint = dataset.fingerprint
+        try DatasetFile.write(dataset, to: out, fingerprint: fingerprint)
         let secs = Date().timeIntervalSince(started)
         print("wrote \(out) in \(String(format: "%.1f", secs))s")
         print(summary.text, terminator: "")
-        print("fingerprint: \(dataset.fingerprint)")
+        print("fingerprint: \(fingerprint)")
     }
 }

@@ -14,6 +14,45 @@ final class ReliabilityTests: XCTestCase {
     func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
     func bytes(_ path: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: path)) }
 
+    /// `prepare` on a disk too small for the dataset, or for the sort's spill file: a clear
+    /// error naming the file and the full file system, exit 1 (no crash), the dataset that was
+    /// there left as it was, and no temporary or spill file left behind.
+    func testPrepareOnAFullDiskLeavesNothingHalfWritten() throws {
+        guard getuid() == 0 else { throw XCTSkip("mounting a small file system needs root") }
+        let dir = ReliabilityTests.dir
+        var r = try metatrain(["synth", "--out", dir + "/big.csv", "--users", "3000", "--courses", "200"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        r = try metatrain(["synth", "--out", dir + "/small.csv", "--users", "30", "--courses", "20"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let disk = dir + "/prepare-disk"
+        try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
+        let mounted = Process()
+        mounted.executableURL = URL(fileURLWithPath: "/bin/mount")
+        mounted.arguments = ["-t", "tmpfs", "-o", "size=2m", "tmpfs", disk]
+        try mounted.run(); mounted.waitUntilExit()
+        guard mounted.terminationStatus == 0 else { throw XCTSkip("cannot mount a tmpfs here") }
+        defer {
+            let u = Process(); u.executableURL = URL(fileURLWithPath: "/bin/umount"); u.arguments = [disk]
+            try? u.run(); u.waitUntilExit()
+        }
+        let out = disk + "/data.h5"
+        r = try metatrain(["prepare", "--events", dir + "/small.csv", "--out", out])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let before = try bytes(out)
+        // The dataset does not fit (its spill file goes elsewhere); then the spill file does not.
+        for (extra, what) in [
+            (["--spill-dir", dir], "data.h5"), (["--memory", "1M", "--spill-dir", disk], "spill file")
+        ] {
+            r = try metatrain(["prepare", "--events", dir + "/big.csv", "--out", out] + extra)
+            XCTAssertEqual(r.status, 1, "\(extra): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(what), "\(extra): \(r.stderr)")
+            XCTAssertTrue(
+                r.stderr.contains("full") || r.stderr.contains("No space left"), "\(extra): \(r.stderr)")
+            XCTAssertEqual(try bytes(out), before, "the dataset that was there is left as it was")
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: disk), ["data.h5"], "\(extra)")
+        }
+    }
+
     /// The disk fills up mid-run: the checkpoint being written is abandoned,
     /// the previous ones stay whole, the run ends with a clear error and a
     /// non-zero exit (no crash), and once there is room it resumes to the

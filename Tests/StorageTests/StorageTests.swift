@@ -179,6 +179,53 @@ final class StorageTests: XCTestCase {
     }
 }
 
+/// HDF5 writing to the disk itself (`writeToDisk`, for datasets) when the disk fills up
+/// part-way: an error that says so, no file left, and a library that can still close the
+/// file (one it cannot close crashes the process as it exits: this test binary).
+final class FullDiskWriteTests: XCTestCase {
+    func testAWriteThatRunsOutOfRoomLeavesNoFileAndClosesCleanly() throws {
+        guard getuid() == 0 else { throw XCTSkip("mounting a small file system needs root") }
+        let disk = NSTemporaryDirectory() + "mt-full-\(getpid())"
+        try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
+        let mount = Process()
+        mount.executableURL = URL(fileURLWithPath: "/bin/mount")
+        mount.arguments = ["-t", "tmpfs", "-o", "size=1m", "tmpfs", disk]
+        try mount.run(); mount.waitUntilExit()
+        guard mount.terminationStatus == 0 else { throw XCTSkip("cannot mount a tmpfs here") }
+        defer {
+            let u = Process(); u.executableURL = URL(fileURLWithPath: "/bin/umount"); u.arguments = [disk]
+            try? u.run(); u.waitUntilExit()
+        }
+        let big = [Float](repeating: 1, count: 1 << 20) // 4 MB
+        // No reservation: the write itself runs out of room, part-way through a dataset file.
+        var o = SynthOptions()
+        o.users = 2000; o.courses = 100
+        let csv = NSTemporaryDirectory() + "mt-full-\(getpid()).csv"
+        _ = try Synth.write(to: csv, options: o)
+        let d = try Prepare.run(csvPath: csv, config: Config.defaults()).0
+        XCTAssertGreaterThan(d.bytesOnDisk, 2 << 20)
+        XCTAssertThrowsError(
+            try HDF5File.writeToDisk(disk + "/a.h5") { f in try DatasetFile.write(d, into: f, fingerprint: "x") }
+        ) { error in
+            XCTAssertTrue("\(error)".contains("is full"), "\(error)")
+        }
+        // With one: said before anything is written.
+        XCTAssertThrowsError(
+            try HDF5File.writeToDisk(disk + "/b.h5", reserve: 4 << 20) { f in try f.write("x", big) }
+        ) { error in
+            XCTAssertTrue("\(error)".contains("no room for 5 MB"), "\(error)")
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: disk), [])
+        XCTAssertEqual(HDF5File.openFiles, 0, "HDF5 closed the files it could not finish")
+        // Room again: a small file is written and read back.
+        try HDF5File.writeToDisk(disk + "/c.h5", reserve: 1 << 16) { f in
+            try f.write("x", [Float](repeating: 2, count: 100))
+        }
+        XCTAssertEqual(
+            try HDF5File.open(disk + "/c.h5").read("x", as: Float.self).values, [Float](repeating: 2, count: 100))
+    }
+}
+
 final class DeterministicFileTests: XCTestCase {
     /// Same contents, written a second apart, give the same bytes (no HDF5 time stamps).
     func testSameCheckpointSameBytes() throws {
