@@ -274,6 +274,18 @@ final class CLITests: XCTestCase {
         )
         XCTAssertEqual(r.status, 1)
         XCTAssertEqual(r.stderr, "error: --set: unknown key 'maml.inner_lrr'; did you mean 'maml.inner_lr'?\n")
+        r = try metatrain(["prepare", "--events", dir + "/bad.csv", "--out", dir + "/x.h5", "--memory", "lots"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("--memory: 'lots' is not a size"), r.stderr)
+        // A bad row after the sort has spilled: the spill file goes with the run.
+        let rows = (0..<9000).map { "u\($0 % 50),C\($0 % 7),\(1000 + $0)" }.joined(separator: "\n")
+        try ("username,course_id,time\n" + rows + "\nu1,C1,later\n").write(
+            toFile: dir + "/long.csv", atomically: true, encoding: .utf8)
+        r = try metatrain(["prepare", "--events", dir + "/long.csv", "--out", dir + "/long.h5", "--memory", "16K"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("long.csv:9002: unparseable time 'later'"), r.stderr)
+        XCTAssertEqual(
+            try FileManager.default.contentsOfDirectory(atPath: dir).sorted(), ["bad.csv", "long.csv", "out.h5"])
         r = try metatrain(["pretrain", "--data", dir + "/missing.h5", "--run-dir", dir + "/run"])
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.hasPrefix("error: ") && r.stderr.contains("missing.h5"), r.stderr)
