@@ -67,7 +67,7 @@ extension Prepare {
         do { log = try FileMapping(csvPath, sequential: true) } catch let e as FileMapping.Failure {
             throw MetatrainError("\(csvPath): cannot read event log (\(e.reason))")
         }
-        let chunk = max(1 << 12, memory / 4 / MemoryLayout<Record>.stride)
+        let chunk = min(Int(Int32.max), max(1 << 12, memory / 4 / MemoryLayout<Record>.stride))
         let sorter = try Sorter(
             chunk: chunk, directory: spillDirectory ?? FileManager.default.temporaryDirectory.path)
         var userEvents: [Int] = [], itemCounts: [Int64] = []
