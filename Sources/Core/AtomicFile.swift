@@ -61,6 +61,19 @@ public func removeAbandonedTemporaries(in dir: String) -> [String] {
     }.sorted()
 }
 
+/// Writes all of `bytes` to `fd`, again after a short or interrupted write (one write(2) moves
+/// at most about 2 GB); nil, or the errno of the write that failed.
+public func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32? {
+    var done = 0
+    while done < bytes.count {
+        let n = write(fd, bytes.baseAddress! + done, bytes.count - done)
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { return n == 0 ? EIO : errno }
+        done += n
+    }
+    return nil
+}
+
 /// Writes bytes atomically (temporary name, then rename).
 public func writeFileAtomically(_ path: String, contents: String) throws {
     try writeAtomically(to: path) { tmp in

@@ -217,19 +217,10 @@ extension Prepare {
                     )
                 }
             }
-            try buffer.withUnsafeBytes { raw in
-                var off = 0
-                while off < raw.count {
-                    let w = write(fd, raw.baseAddress! + off, raw.count - off)
-                    if w < 0 && errno == EINTR { continue }
-                    guard w > 0 else {
-                        let why = String(cString: strerror(errno))
-                        throw MetatrainError(
-                            "\(path): cannot write the sort's spill file (\(why)); free space there, raise --memory or give --spill-dir"
-                        )
-                    }
-                    off += w
-                }
+            if let e = buffer.withUnsafeBytes({ writeAll(fd, $0) }) {
+                throw MetatrainError(
+                    "\(path): cannot write the sort's spill file (\(String(cString: strerror(e)))); free space there, raise --memory or give --spill-dir"
+                )
             }
             buffer.removeAll(keepingCapacity: true)
         }

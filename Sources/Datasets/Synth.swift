@@ -55,16 +55,8 @@ public enum Synth {
             var closed = false
             defer { if !closed { close(fd) } }
             summary = try generate(o) { chunk in
-                var done = 0
-                while done < chunk.count {
-                    let n = Glibc.write(fd, chunk.baseAddress! + done, chunk.count - done)
-                    if n < 0 && errno == EINTR { continue }
-                    guard n > 0 else {
-                        throw MetatrainError(
-                            "\(path): cannot write event log (\(n == 0 ? "no progress" : String(cString: strerror(errno))))"
-                        )
-                    }
-                    done += n
+                if let e = writeAll(fd, chunk) {
+                    throw MetatrainError("\(path): cannot write event log (\(String(cString: strerror(e))))")
                 }
             }
             closed = true

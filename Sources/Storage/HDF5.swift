@@ -164,20 +164,13 @@ public final class HDF5File {
         guard fd >= 0 else {
             throw MetatrainError("\(path): cannot write \(size) bytes (\(String(cString: strerror(errno))))")
         }
-        var done = 0
-        while done < size {
-            let n =
-                done < head.count
-                ? head.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, head.count - done) }
-                : Glibc.write(fd, image.baseAddress! + done, size - done)
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else {
-                let why = n == 0 ? "no progress" : String(cString: strerror(errno))
-                Glibc.close(fd)
-                unlink(path)
-                throw MetatrainError("\(path): cannot write \(size) bytes (\(why))")
-            }
-            done += n
+        let failed =
+            head.withUnsafeBytes { writeAll(fd, $0) }
+            ?? writeAll(fd, UnsafeRawBufferPointer(rebasing: image[head.count..<size]))
+        if let e = failed {
+            Glibc.close(fd)
+            unlink(path)
+            throw MetatrainError("\(path): cannot write \(size) bytes (\(String(cString: strerror(e))))")
         }
         guard Glibc.close(fd) == 0 else {
             let why = String(cString: strerror(errno))

@@ -15,7 +15,9 @@ struct PrepareCommand: ParsableCommand {
             separated by commas, or by tabs for .tsv and .inter files, unless
             --delimiter says otherwise. A RecBole atomic file's `name:type` headers
             are read by name, and its columns default to user_id, item_id and
-            timestamp.
+            timestamp. The events go through a sort buffer of a quarter of
+            --memory; a longer log spills to a file beside --out (or in
+            --spill-dir), removed at the end. The dataset's own arrays come on top.
             Examples:
               metatrain prepare --events data/events.csv --out data/dataset.h5
               metatrain prepare --events ratings.csv --out ratings.h5 --user-col userId \\
@@ -23,9 +25,6 @@ struct PrepareCommand: ParsableCommand {
               metatrain prepare --events ml-1m.inter --out ml-1m.h5 --action-col rating
               metatrain prepare --events log.txt --delimiter ';' --out log.h5
               metatrain prepare --events big.csv --out big.h5 --memory 2G
-            Memory: the events go through a sort buffer of a quarter of --memory; a
-            longer log spills to a file beside --out (or in --spill-dir), removed at
-            the end. The dataset's own arrays come on top.
             """)
 
     @Option(help: "Input event log (CSV with a header).") var events: String

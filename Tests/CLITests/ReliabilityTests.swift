@@ -12,29 +12,36 @@ final class ReliabilityTests: XCTestCase {
     ]
 
     func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+
+    /// A 2 MB file system (tmpfs) mounted at `dir`; call what it returns to unmount it. The
+    /// test is skipped where that cannot be done (it needs root).
+    func smallDisk(_ dir: String) throws -> () -> Void {
+        guard getuid() == 0 else { throw XCTSkip("mounting a small file system needs root") }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let mounted = Process()
+        mounted.executableURL = URL(fileURLWithPath: "/bin/mount")
+        mounted.arguments = ["-t", "tmpfs", "-o", "size=2m", "tmpfs", dir]
+        try mounted.run(); mounted.waitUntilExit()
+        guard mounted.terminationStatus == 0 else { throw XCTSkip("cannot mount a tmpfs here") }
+        return {
+            let u = Process(); u.executableURL = URL(fileURLWithPath: "/bin/umount"); u.arguments = [dir]
+            try? u.run(); u.waitUntilExit()
+        }
+    }
     func bytes(_ path: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: path)) }
 
     /// `prepare` on a disk too small for the dataset, or for the sort's spill file: a clear
     /// error naming the file and the full file system, exit 1 (no crash), the dataset that was
     /// there left as it was, and no temporary or spill file left behind.
     func testPrepareOnAFullDiskLeavesNothingHalfWritten() throws {
-        guard getuid() == 0 else { throw XCTSkip("mounting a small file system needs root") }
         let dir = ReliabilityTests.dir
         var r = try metatrain(["synth", "--out", dir + "/big.csv", "--users", "3000", "--courses", "200"])
         XCTAssertEqual(r.status, 0, r.stderr)
         r = try metatrain(["synth", "--out", dir + "/small.csv", "--users", "30", "--courses", "20"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let disk = dir + "/prepare-disk"
-        try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
-        let mounted = Process()
-        mounted.executableURL = URL(fileURLWithPath: "/bin/mount")
-        mounted.arguments = ["-t", "tmpfs", "-o", "size=2m", "tmpfs", disk]
-        try mounted.run(); mounted.waitUntilExit()
-        guard mounted.terminationStatus == 0 else { throw XCTSkip("cannot mount a tmpfs here") }
-        defer {
-            let u = Process(); u.executableURL = URL(fileURLWithPath: "/bin/umount"); u.arguments = [disk]
-            try? u.run(); u.waitUntilExit()
-        }
+        let unmount = try smallDisk(disk)
+        defer { unmount() }
         let out = disk + "/data.h5"
         r = try metatrain(["prepare", "--events", dir + "/small.csv", "--out", out])
         XCTAssertEqual(r.status, 0, r.stderr)
@@ -58,22 +65,13 @@ final class ReliabilityTests: XCTestCase {
     /// non-zero exit (no crash), and once there is room it resumes to the
     /// weights of a run that never ran out.
     func testAFullDiskKeepsThePreviousCheckpointAndTheRunResumes() throws {
-        guard getuid() == 0 else { throw XCTSkip("mounting a small file system needs root") }
         let data = try syntheticDataset(in: ReliabilityTests.dir)
         let run = ["--set", "maml.iterations=2000", "--set", "checkpoint.every=20"] + args
         let whole = ReliabilityTests.dir + "/whole"
         XCTAssertEqual(try metatrain(["train", "--data", data, "--run-dir", whole, "--workers", "1"] + run).status, 0)
         let disk = ReliabilityTests.dir + "/disk"
-        try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
-        let mounted = Process()
-        mounted.executableURL = URL(fileURLWithPath: "/bin/mount")
-        mounted.arguments = ["-t", "tmpfs", "-o", "size=2m", "tmpfs", disk]
-        try mounted.run(); mounted.waitUntilExit()
-        guard mounted.terminationStatus == 0 else { throw XCTSkip("cannot mount a tmpfs here") }
-        defer {
-            let u = Process(); u.executableURL = URL(fileURLWithPath: "/bin/umount"); u.arguments = [disk]
-            try? u.run(); u.waitUntilExit()
-        }
+        let unmount = try smallDisk(disk)
+        defer { unmount() }
         let runDir = disk + "/run"
         let p = try startDetached(
             ["train", "--data", data, "--run-dir", runDir, "--workers", "1"] + run,
