@@ -35,8 +35,10 @@ let package = Package(
         // glibc calls the Glibc module leaves out: mallopt, memfd_create (header only).
         .systemLibrary(name: "CLinux"),
 
-        // Deterministic generators, hashing, atomic files: no C, no I/O policy.
-        .target(name: "Core"),
+        // SHA-256 blocks with the x86 SHA instructions (C: Swift has no intrinsics for them).
+        .target(name: "CSHA256"),
+        // Deterministic generators, hashing, atomic files: no I/O policy.
+        .target(name: "Core", dependencies: ["CSHA256"]),
         // Flat buffers, sgemm wrapper, layer forward/backward pairs, optimisers.
         .target(name: "Kernels", dependencies: ["COpenBLAS"]),
         // Parameter layout table, GRU4Rec forward/backward over packed batches.

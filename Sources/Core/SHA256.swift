@@ -1,6 +1,13 @@
-/// SHA-256 (FIPS 180-4), streaming. Used for dataset fingerprints; small and
-/// dependency-free so every process computes the same hex string.
+import CSHA256
+
+/// SHA-256 (FIPS 180-4), streaming. Used for dataset fingerprints. Blocks go through the
+/// CPU's SHA instructions where it has them (CSHA256), else through `compress` here; the
+/// digest is the same (CoreTests compares the two).
 public struct SHA256: Sendable {
+    /// Whether this CPU's SHA instructions are used.
+    public static let hardware = metatrain_sha256_hardware() != 0
+    /// Whether this hasher uses them (tests turn it off to compare).
+    var useHardware = SHA256.hardware
     private var h: [UInt32] = [
         0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
         0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19
@@ -19,9 +26,10 @@ public struct SHA256: Sendable {
             while i < n && buffer.count < 64 { buffer.append(raw[i]); i += 1 }
             if buffer.count == 64 { compressBuffer(); buffer.removeAll(keepingCapacity: true) }
         }
-        while n - i >= 64 {
-            compress(raw.baseAddress!.advanced(by: i))
-            i += 64
+        if n - i >= 64 {
+            let blocks = (n - i) / 64
+            self.blocks(raw.baseAddress!.advanced(by: i), blocks)
+            i += 64 * blocks
         }
         while i < n { buffer.append(raw[i]); i += 1 }
     }
@@ -55,7 +63,17 @@ public struct SHA256: Sendable {
     }
 
     private mutating func compressBuffer() {
-        buffer.withUnsafeBytes { compress($0.baseAddress!) }
+        buffer.withUnsafeBytes { blocks($0.baseAddress!, 1) }
+    }
+
+    private mutating func blocks(_ p: UnsafeRawPointer, _ count: Int) {
+        if useHardware {
+            h.withUnsafeMutableBufferPointer {
+                metatrain_sha256_blocks($0.baseAddress!, p.assumingMemoryBound(to: UInt8.self), count)
+            }
+        } else {
+            for b in 0..<count { compress(p + 64 * b) }
+        }
     }
 
     private static let k: [UInt32] = [
@@ -69,26 +87,28 @@ public struct SHA256: Sendable {
         0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2
     ]
 
+    /// One 64-byte block. The message schedule lives on the stack and the state in locals
+    /// (a heap-allocated schedule per block made fingerprints of large datasets slow).
     private mutating func compress(_ p: UnsafeRawPointer) {
-        var w = [UInt32](repeating: 0, count: 64)
-        for i in 0..<16 {
-            let b = p.advanced(by: i * 4).assumingMemoryBound(to: UInt8.self)
-            w[i] = UInt32(b[0]) << 24 | UInt32(b[1]) << 16 | UInt32(b[2]) << 8 | UInt32(b[3])
-        }
-        for i in 16..<64 {
-            let s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3)
-            let s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10)
-            w[i] = w[i - 16] &+ s0 &+ w[i - 7] &+ s1
-        }
         var a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7]
-        for i in 0..<64 {
-            let s1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)
-            let ch = (e & f) ^ (~e & g)
-            let t1 = hh &+ s1 &+ ch &+ SHA256.k[i] &+ w[i]
-            let s0 = rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)
-            let maj = (a & b) ^ (a & c) ^ (b & c)
-            let t2 = s0 &+ maj
-            hh = g; g = f; f = e; e = d &+ t1; d = c; c = b; b = a; a = t1 &+ t2
+        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 64) { w in
+            for i in 0..<16 { w[i] = UInt32(bigEndian: p.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)) }
+            for i in 16..<64 {
+                let s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3)
+                let s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10)
+                w[i] = w[i - 16] &+ s0 &+ w[i - 7] &+ s1
+            }
+            SHA256.k.withUnsafeBufferPointer { k in
+                for i in 0..<64 {
+                    let s1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)
+                    let ch = (e & f) ^ (~e & g)
+                    let t1 = hh &+ s1 &+ ch &+ k[i] &+ w[i]
+                    let s0 = rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)
+                    let maj = (a & b) ^ (a & c) ^ (b & c)
+                    let t2 = s0 &+ maj
+                    hh = g; g = f; f = e; e = d &+ t1; d = c; c = b; b = a; a = t1 &+ t2
+                }
+            }
         }
         h[0] &+= a; h[1] &+= b; h[2] &+= c; h[3] &+= d
         h[4] &+= e; h[5] &+= f; h[6] &+= g; h[7] &+= hh

@@ -253,6 +253,24 @@ public enum Prepare {
             let i = Int32(d.count); d[s] = i; names?.append(s); return i
         }
         var userNames: [String]? = [], itemNames: [String]? = [], none: [String]? = nil
+        // A log repeats itself row to row (a user's events together, a course's events of a visit
+        // together): a field with the bytes of the same column in the row before has its index.
+        typealias Last = (start: Int, end: Int, index: Int32)?
+        var lastUser: Last = nil, lastItem: Last = nil, lastAction: Last = nil
+        func repeated(_ f: CSVScanner.Field, _ last: inout Last) -> Int32? {
+            guard let l = last, !f.quoted, l.end - l.start == f.end - f.start,
+                memcmp(bytes.baseAddress! + l.start, bytes.baseAddress! + f.start, f.end - f.start) == 0
+            else { return nil }
+            last = (f.start, f.end, l.index)
+            return l.index
+        }
+        func intern(_ f: CSVScanner.Field, _ d: inout [String: Int32], _ names: inout [String]?, _ last: inout Last)
+            -> Int32
+        {
+            let i = intern(scanner.string(f), &d, &names)
+            last = f.quoted ? nil : (f.start, f.end, i)
+            return i
+        }
         while true {
             let line: Int?
             do { line = try scanner.next(into: &fields) } catch { throw scanError(error) }
@@ -283,14 +301,16 @@ public enum Prepare {
                 if summary.skippedExamples.count < 5 { summary.skippedExamples.append("line \(line): \(problem)") }
                 continue
             }
-            let u = intern(scanner.string(fields[cu]), &userIndex, &userNames)
-            let i = intern(scanner.string(fields[ci]), &itemIndex, &itemNames)
+            let u = repeated(fields[cu], &lastUser) ?? intern(fields[cu], &userIndex, &userNames, &lastUser)
+            let i = repeated(fields[ci], &lastItem) ?? intern(fields[ci], &itemIndex, &itemNames, &lastItem)
             let session = cs.map { c in
                 SessionField(
                     bytes: UnsafeBufferPointer(rebasing: bytes[fields[c].start..<fields[c].end]),
                     quoted: fields[c].quoted)
             }
-            let action = ca.map { intern(scanner.string(fields[$0]), &actionIndex, &none) }
+            let action = ca.map {
+                repeated(fields[$0], &lastAction) ?? intern(fields[$0], &actionIndex, &none, &lastAction)
+            }
             try row(u, i, t, session, action)
             summary.events += 1
         }

@@ -24,6 +24,36 @@ final class SHA256Tests: XCTestCase {
     }
 }
 
+/// The SHA instructions' blocks give the portable code's digest, for every length around
+/// the block and padding boundaries and for a large buffer fed in odd pieces.
+final class SHA256HardwareTests: XCTestCase {
+    func testHardwareBlocksEqualThePortableOnes() throws {
+        guard SHA256.hardware else { throw XCTSkip("this CPU has no SHA instructions") }
+        var g = SeededGenerator(seed: 11)
+        let data = (0..<(1 << 20) + 77).map { _ in UInt8(truncatingIfNeeded: g.next()) }
+        func digest(_ hardware: Bool, _ n: Int, piece: Int) -> String {
+            var h = SHA256()
+            h.useHardware = hardware
+            data.withUnsafeBytes { all in
+                var i = 0
+                while i < n {
+                    let m = min(piece, n - i)
+                    h.update(UnsafeRawBufferPointer(rebasing: all[i..<(i + m)]))
+                    i += m
+                }
+            }
+            return h.finalizeHex()
+        }
+        for n in Array(0...200) + [511, 512, 513, 4096, 65_599] {
+            XCTAssertEqual(digest(true, n, piece: n + 1), digest(false, n, piece: n + 1), "\(n) bytes")
+        }
+        XCTAssertEqual(digest(true, data.count, piece: 1000), digest(false, data.count, piece: 4099))
+        var h = SHA256()
+        h.update(string: "abc")
+        XCTAssertEqual(h.finalizeHex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    }
+}
+
 final class RandomTests: XCTestCase {
     func testSameKeySameSequenceDifferentKeyDifferent() {
         var a = SeededGenerator(seed: 42, [Stream.metaBatch, 7])
