@@ -828,6 +828,14 @@ public struct CoordinatorMachine: Sendable {
             sentAt[id] = clock
             out.append(.send(peer, .work(WorkUnit(id: id, kind: p.kind, version: p.version, leaves: p.units[index]))))
         }
+        /// Sends `taker` a copy of unit `index`, held elsewhere; whether it went.
+        @discardableResult func copy(_ index: Int, to taker: PeerID) -> Bool {
+            pending.append(index)
+            let before = out.count
+            give(taker)
+            if out.count == before { pending.removeAll { $0 == index } }
+            return out.count != before
+        }
         let most = workers.values.map(share).max() ?? 0
         for held in 0..<most {
             for peer in order where !pending.isEmpty {
@@ -858,10 +866,7 @@ public struct CoordinatorMachine: Sendable {
                                 && workers[q].map { $0.ready && $0.units.count < share($0) } == true
                         })
                     else { break }
-                    pending.append(index)
-                    let before = out.count
-                    give(taker)
-                    if out.count == before { pending.removeAll { $0 == index } }
+                    copy(index, to: taker)
                 }
             }
         }
@@ -881,12 +886,7 @@ public struct CoordinatorMachine: Sendable {
                             && workers[q].map { $0.ready && $0.units.isEmpty } == true
                     })
                 else { break }
-                pending.append(index)
-                let before = out.count
-                give(taker)
-                if out.count == before {
-                    pending.removeAll { $0 == index }
-                } else {
+                if copy(index, to: taker) {
                     out.append(
                         .log(
                             "unit \(id) has been out for \(Int(clock - t))s and no unit time is measured yet: worker \(workers[taker]!.name), idle, takes a copy"

@@ -24,11 +24,8 @@ public func writeAtomically<R>(to path: String, _ body: (_ temporaryPath: String
     } catch {
         unlink(tmp)
         // Say so when the disk is full: HDF5's own messages do not.
-        var st = statvfs()
-        if statvfs(dir, &st) == 0, UInt64(st.f_bavail) * UInt64(st.f_frsize) < 1 << 20 {
-            throw MetatrainError(
-                "\(error); the file system holding \(dir) is full (\(UInt64(st.f_bavail) * UInt64(st.f_frsize) / 1024) KB free), "
-                    + "and \(url.lastPathComponent) was left as it was")
+        if let full = fullDiskNote(dir) {
+            throw MetatrainError("\(error); \(full), and \(url.lastPathComponent) was left as it was")
         }
         throw error
     }
@@ -59,6 +56,14 @@ public func removeAbandonedTemporaries(in dir: String) -> [String] {
         if kill(pid, 0) == 0 || errno != ESRCH { return false }
         return unlink(dir + "/" + name) == 0
     }.sorted()
+}
+
+/// "the file system holding DIR is full (N KB free)" when less than 1 MB is free there, else nil.
+public func fullDiskNote(_ dir: String) -> String? {
+    var st = statvfs()
+    guard statvfs(dir, &st) == 0 else { return nil }
+    let free = UInt64(st.f_bavail) * UInt64(st.f_frsize)
+    return free < 1 << 20 ? "the file system holding \(dir) is full (\(free / 1024) KB free)" : nil
 }
 
 /// Writes all of `bytes` to `fd`, again after a short or interrupted write (one write(2) moves

@@ -159,15 +159,6 @@ public enum Prepare {
         }
     }
 
-    static func build(
-        bytes: UnsafeBufferPointer<UInt8>, fileName: String, columns: ColumnMap, delimiter: UInt8 = 0x2C,
-        skipBadRows: Bool, config: Config
-    ) throws -> (Dataset, PrepareSummary) {
-        var (ev, source, summary) = try parse(
-            bytes: bytes, fileName: fileName, columns: columns, delimiter: delimiter, skipBadRows: skipBadRows)
-        return build(events: ev, source: source, config: config, summary: &summary)
-    }
-
     /// `consumed` hears, now and then, the offset before which the bytes are not read again.
     static func parse(
         bytes: UnsafeBufferPointer<UInt8>, fileName: String, columns: ColumnMap, delimiter: UInt8, skipBadRows: Bool,

@@ -58,12 +58,15 @@ public final class HDF5File {
         guard H5Fclose(id) >= 0 else { throw MetatrainError("\(path): cannot finish writing the file (disk full?)") }
     }
 
-    /// Creates (truncates) a file for writing. Prefer `writeAtomically` callers.
-    public static func create(_ path: String) throws -> HDF5File {
+    /// Creates (truncates) a file for writing with file access `fapl`. Every object of 512
+    /// bytes or more starts at a multiple of 64: a reader that maps the file (`mapped`) can
+    /// use its numbers where they lie.
+    private static func create(_ path: String, fapl: hid_t) throws -> HDF5File {
         mt_h5_silence_errors()
         let fcpl = mt_h5p_fcpl_untimed()
         defer { H5Pclose(fcpl) }
-        let id = H5Fcreate(path, mt_h5f_acc_trunc(), fcpl, mt_h5p_default())
+        H5Pset_alignment(fapl, 512, 64)
+        let id = H5Fcreate(path, mt_h5f_acc_trunc(), fcpl, fapl)
         guard id >= 0 else { throw MetatrainError("\(path): cannot create HDF5 file") }
         return HDF5File(path: path, id: id)
     }
@@ -78,24 +81,17 @@ public final class HDF5File {
     /// before HDF5 closes it, so that HDF5 can close it (a file HDF5 cannot close crashes the
     /// process as it exits).
     public static func writeToDisk(_ path: String, reserve: Int = 0, _ body: (HDF5File) throws -> Void) throws {
-        mt_h5_silence_errors()
-        let fcpl = mt_h5p_fcpl_untimed(), fapl = mt_h5p_fapl_disk()
-        defer { H5Pclose(fcpl); H5Pclose(fapl) }
-        // Every object of 512 bytes or more starts at a multiple of 64 (see `write`).
-        H5Pset_alignment(fapl, 512, 64)
-        let id = H5Fcreate(path, mt_h5f_acc_trunc(), fcpl, fapl)
-        guard id >= 0 else { throw MetatrainError("\(path): cannot create HDF5 file") }
-        let f = HDF5File(path: path, id: id)
+        let fapl = mt_h5p_fapl_disk()
+        defer { H5Pclose(fapl) }
+        let f = try create(path, fapl: fapl)
         var handle: UnsafeMutableRawPointer?
-        let fd = H5Fget_vfd_handle(id, mt_h5p_default(), &handle) >= 0 ? handle?.load(as: Int32.self) : nil
+        let fd = H5Fget_vfd_handle(f.id, mt_h5p_default(), &handle) >= 0 ? handle?.load(as: Int32.self) : nil
         func abandon(_ error: Error) -> Error {
-            let dir = URL(fileURLWithPath: path).deletingLastPathComponent().path
-            var st = statvfs()
-            let full = statvfs(dir, &st) == 0 && UInt64(st.f_bavail) * UInt64(st.f_frsize) < 1 << 20
+            let full = fullDiskNote(URL(fileURLWithPath: path).deletingLastPathComponent().path)
             if let fd { _ = ftruncate(fd, 0) }
             unlink(path)
             try? f.close()
-            return full ? MetatrainError("\(error); the file system holding \(dir) is full") : error
+            return full.map { MetatrainError("\(error); \($0)") } ?? error
         }
         if reserve > 0, let fd {
             let e = metatrain_reserve_disk(fd, Int64(reserve))
@@ -119,55 +115,26 @@ public final class HDF5File {
     /// `writeAtomically`). HDF5 never writes to the disk itself, so a full disk
     /// is a plain write error here, with nothing left open in the library.
     public static func write(_ path: String, _ body: (HDF5File) throws -> Void) throws {
-        mt_h5_silence_errors()
-        let fcpl = mt_h5p_fcpl_untimed(), fapl = mt_h5p_fapl_memory()
-        defer { H5Pclose(fcpl); H5Pclose(fapl) }
-        // Every object of 512 bytes or more starts at a multiple of 64: a reader that maps the
-        // file (`mapped`) can use its numbers where they lie.
-        H5Pset_alignment(fapl, 512, 64)
-        let id = H5Fcreate(path, mt_h5f_acc_trunc(), fcpl, fapl)
-        guard id >= 0 else { throw MetatrainError("\(path): cannot create an HDF5 file in memory") }
-        let f = HDF5File(path: path, id: id)
+        let fapl = mt_h5p_fapl_memory()
+        defer { H5Pclose(fapl) }
+        let f = try create(path, fapl: fapl)
+        let id = f.id
         try body(f)
         try f.flush()
         let size = H5Fget_file_image(id, nil, 0)
         guard size > 0 else { throw MetatrainError("\(path): cannot take the HDF5 file's image") }
-        // The image is written from where HDF5 keeps it: the in-memory driver's handle is its
-        // buffer (a dataset file is as large as the dataset: a copy of the image was another
-        // dataset's worth of memory). The superblock there (version 0) still says the file is
-        // open for writing: `head` is its first 24 bytes with those flags cleared, as
-        // `H5Fget_file_image` gives them. Should the handle not hold such a superblock, the
-        // image is copied out instead.
-        var image = UnsafeRawBufferPointer(start: nil, count: 0)
-        var head: [UInt8] = []
-        var copy: UnsafeMutableRawBufferPointer?
-        defer { copy?.deallocate() }
-        var handle: UnsafeMutableRawPointer?
-        let signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
-        if size >= 24, H5Fget_vfd_handle(id, mt_h5p_default(), &handle) >= 0, let handle,
-            let base = handle.load(as: UnsafeRawPointer?.self),
-            Array(UnsafeRawBufferPointer(start: base, count: 8)) == signature,
-            base.load(fromByteOffset: 8, as: UInt8.self) == 0
-        {
-            image = UnsafeRawBufferPointer(start: base, count: size)
-            head = Array(UnsafeRawBufferPointer(start: base, count: 24))
-            head[20..<24] = [0, 0, 0, 0]
-        } else {
-            let c = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
-            copy = c
-            guard H5Fget_file_image(id, c.baseAddress, size) == size else {
-                throw MetatrainError("\(path): cannot take the HDF5 file's image")
-            }
-            image = UnsafeRawBufferPointer(c)
+        // One copy of the image, written straight from where HDF5 put it (large files, such as
+        // datasets, go through `writeToDisk` instead).
+        let image = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
+        defer { image.deallocate() }
+        guard H5Fget_file_image(id, image.baseAddress, size) == size else {
+            throw MetatrainError("\(path): cannot take the HDF5 file's image")
         }
         let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
             throw MetatrainError("\(path): cannot write \(size) bytes (\(String(cString: strerror(errno))))")
         }
-        let failed =
-            head.withUnsafeBytes { writeAll(fd, $0) }
-            ?? writeAll(fd, UnsafeRawBufferPointer(rebasing: image[head.count..<size]))
-        if let e = failed {
+        if let e = writeAll(fd, UnsafeRawBufferPointer(image)) {
             Glibc.close(fd)
             unlink(path)
             throw MetatrainError("\(path): cannot write \(size) bytes (\(String(cString: strerror(e))))")

@@ -3,6 +3,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/// SHA-256's round constants (FIPS 180-4, 4.2.2), for this block function and the Swift one.
+extern const uint32_t metatrain_sha256_k[64];
+
 /// Whether this CPU has the SHA extensions (and SSSE3, SSE4.1) the block function uses.
 int metatrain_sha256_hardware(void);
 
