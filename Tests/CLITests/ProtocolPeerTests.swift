@@ -84,10 +84,12 @@ final class ProtocolPeerTests: XCTestCase {
     }
 
     /// Joined from the document: an empty run id in the first hello, the welcome's run id after
-    /// it, the weights' size by the documented formula, a unit's task count.
+    /// it, the weights' size by the documented formula, a unit's task count. The peer joins
+    /// first, so a train unit is sure to come to it before the run ends (joining after the
+    /// honest worker, a loaded machine could finish the tiny run first).
     func testAPeerWrittenFromTheDocumentJoins() throws {
         let data = try syntheticDataset(in: ProtocolPeerTests.dir)
-        let r = try run("join", mode: ["--mode", "join"], data: data)
+        let r = try run("join", mode: ["--mode", "join"], data: data, peerFirst: true)
         XCTAssertEqual(r.report["theta"] as? Int, r.report["theta_documented"] as? Int, "\(r.report)")
         XCTAssertEqual(r.report["alpha"] as? Int, 0)
         let tasks = r.report["unit_tasks"] as? Int ?? 0
@@ -95,6 +97,58 @@ final class ProtocolPeerTests: XCTestCase {
             tasks >= 2 && tasks <= 8 && tasks % 2 == 0, "a block of 2-task chunks of the meta-batch: \(tasks)")
         XCTAssertTrue(r.log.contains("worker pypeer joined"), r.log)
         XCTAssertEqual(try bytes(r.run + "/final.h5"), try bytes(try reference(data)))
+    }
+
+    /// An honest peer whose every frame is the document's: the Python peer relays for a
+    /// metatrain worker (its arithmetic; numpy cannot reproduce OpenBLAS's float32 bits) and
+    /// decodes and re-encodes every frame both ways by the tables of "Frames", sending what it
+    /// encoded. It is the run's only peer, so every result the coordinator accepts is one the
+    /// Python encoder wrote, and the weights are bit-identical to `train --workers 1`.
+    func testAnHonestPeerSpeakingTheDocumentComputesTheWholeRun() throws {
+        let data = try syntheticDataset(in: ProtocolPeerTests.dir)
+        let run = ProtocolPeerTests.dir + "/relay", endpointFile = ProtocolPeerTests.dir + "/relay.endpoint"
+        try? FileManager.default.removeItem(atPath: endpointFile)
+        let coord = try startDetached(
+            ["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + args)
+        defer { coord.killGroup(); coord.wait() }
+        let endpoint = try waitForEndpoint(run + "/coordinator.log")
+        let py = Process(), out = Pipe()
+        let command = pythonCommand()
+        py.executableURL = URL(fileURLWithPath: command[0])
+        py.arguments =
+            Array(command.dropFirst()) + [
+                peer, "--connect", endpoint, "--data", data, "--mode", "relay", "--endpoint-file", endpointFile,
+                "--seconds", "240"
+            ]
+        py.standardOutput = out; py.standardError = out
+        try py.run()
+        defer { if py.isRunning { py.terminate() } }
+        XCTAssertTrue(
+            eventually(within: 30) { FileManager.default.fileExists(atPath: endpointFile) }, "the relay bound")
+        let behind = try startDetached([
+            "worker", "--connect", read(endpointFile), "--data", data, "--procs", "1", "--no-shared-memory",
+            "--name", "pyrelay"
+        ])
+        defer { behind.killGroup(); behind.wait() }
+        XCTAssertEqual(coord.wait(seconds: 240), 0, "the run ended\n" + read(run + "/coordinator.log"))
+        let deadline = Date().addingTimeInterval(60)
+        while py.isRunning && Date() < deadline { usleep(50_000) }
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        py.waitUntilExit()
+        let last = text.split(separator: "\n").last.map(String.init) ?? ""
+        let report = (try? JSONSerialization.jsonObject(with: Data(last.utf8))) as? [String: Any] ?? [:]
+        XCTAssertEqual(py.terminationStatus, 0, "the relay said \(text)")
+        XCTAssertEqual((report["mismatches"] as? [String])?.isEmpty, true, "\(report)")
+        let up = (report["relayed"] as? [String: Any])?["up"] as? [String: Int] ?? [:]
+        let down = (report["relayed"] as? [String: Any])?["down"] as? [String: Int] ?? [:]
+        XCTAssertGreaterThan(up["train_result"] ?? 0, 0, "\(report)")
+        XCTAssertGreaterThan(up["eval_result"] ?? 0, 0, "\(report)")
+        XCTAssertGreaterThan(down["work"] ?? 0, 0, "\(report)")
+        XCTAssertEqual(down["welcome"], 1, "\(report)")
+        let log = read(run + "/coordinator.log")
+        XCTAssertTrue(log.contains("worker pyrelay joined"), log)
+        XCTAssertFalse(log.contains("malformed"), log)
+        XCTAssertEqual(try bytes(run + "/final.h5"), try bytes(try reference(data)))
     }
 
     /// A peer that heartbeats and never answers, claiming 8 and then 4,096 processes: it gets one

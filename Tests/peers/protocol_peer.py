@@ -6,6 +6,7 @@ peers the coordinator must survive.
     protocol_peer.py --connect tcp://127.0.0.1:5555 --data dataset.h5 --mode join
     protocol_peer.py --connect ... --data ... --mode hold --procs 4096 --seconds 60
     protocol_peer.py --connect ... --data ... --mode flood --count 1000
+    protocol_peer.py --connect ... --data ... --mode relay --endpoint-file EP
 
 Modes:
   join   join, fetch the weights, check their size against the formula in
@@ -17,6 +18,10 @@ Modes:
   lie    join, and answer every train unit with a result that is wrong in
          one way (--lie): NaN or infinite gradients, the wrong size, 2^62
          tasks, another unit's id, an old version; join again when dropped.
+  relay  an honest peer: bind a ROUTER and PUB (endpoint in --endpoint-file)
+         for one metatrain worker to compute behind it, and pass every frame
+         between that worker and the coordinator decoded and encoded again
+         by this file (the bytes must come out the same).
 It prints one JSON line of what it saw, and exits 0 when the protocol held.
 """
 import argparse
@@ -52,6 +57,9 @@ def hello(name, fingerprint, procs):
 
 
 def floats(values):
+    """A float run from a list of numbers, or from its raw float32 bytes."""
+    if isinstance(values, (bytes, bytearray)):
+        return struct.pack("<I", len(values) // 4) + bytes(values)
     return struct.pack("<I", len(values)) + struct.pack(f"<{len(values)}f", *values)
 
 
@@ -90,36 +98,115 @@ class Reader:
     def ints(self):
         return [self.i64() for _ in range(self.u32())]
 
+    def doubles(self):
+        n = self.u32()
+        return list(struct.unpack(f"<{n}d", self.take(8 * n)))
+
+    def floats(self):
+        """A float run as its raw little-endian float32 bytes (read in place, not unpacked)."""
+        return self.take(4 * self.u32())
+
     def payload(self):
+        """A payload's fields: (place, first run, second run, offset); in the message, the runs
+        are the floats, in shared memory (place 1) their counts."""
         place = self.u8()
         if place == 0:
-            a = self.u32(); self.take(4 * a)
-            b = self.u32(); self.take(4 * b)
-            return a, b
-        self.i64()
-        return self.u32(), self.u32()
+            return 0, self.floats(), self.floats(), None
+        offset = self.i64()
+        return 1, self.u32(), self.u32(), offset
 
 
 def decode(frame):
+    """Every field of a message, by the tables of "Frames"; a short field, trailing bytes, an
+    unknown type or a bad magic raise ValueError (the message is malformed)."""
     r = Reader(frame)
     if r.take(4) != MAGIC:
         raise ValueError("bad magic")
     version = struct.unpack("<H", r.take(2))[0]
-    kind = NAMES.get(r.u8(), "?")
-    run = r.string()
-    m = {"kind": kind, "run": run, "version_field": version}
-    if kind == "welcome":
-        m["config"] = r.string(); m["weights_version"] = r.i64()
+    type_code = r.u8()
+    if type_code not in NAMES:
+        raise ValueError(f"unknown type {type_code}")
+    kind = NAMES[type_code]
+    m = {"kind": kind, "run": r.string(), "version_field": version}
+    if kind in ("hello", "welcome"):
+        if kind == "hello":
+            m["name"] = r.string(); m["fingerprint"] = r.string(); m["cpu"] = r.string(); m["blas"] = r.string()
+            m["procs"] = r.i64()
+        else:
+            m["config"] = r.string(); m["weights_version"] = r.i64()
+        m["shared"] = r.u8()
+        if m["shared"]:
+            m["shm_path"] = r.string(); m["shm_token"] = r.string()
     elif kind == "refuse":
         m["reason"] = r.u8(); m["detail"] = r.string()
     elif kind == "work":
         m["id"] = r.i64(); m["unit_kind"] = r.u8(); m["version"] = r.i64()
         m["leaves"] = [r.ints() for _ in range(r.u32())]
+    elif kind == "train_result":
+        m["id"] = r.i64(); m["version"] = r.i64(); m["payload"] = r.payload()
+        m["loss"] = r.f64(); m["tasks"] = r.i64()
+    elif kind == "eval_result":
+        m["id"] = r.i64(); m["version"] = r.i64()
+        m["sums"] = r.doubles(); m["queries"] = r.ints(); m["losses"] = r.doubles()
     elif kind == "weights":
-        m["version"] = r.i64(); m["theta"], m["alpha"] = r.payload()
-    elif kind == "shutdown":
+        m["version"] = r.i64(); m["payload"] = r.payload()
+        place, a, b, _ = m["payload"]
+        m["theta"], m["alpha"] = (len(a) // 4, len(b) // 4) if place == 0 else (a, b)
+    elif kind in ("shutdown", "goodbye"):
         m["reason"] = r.string()
+    elif kind == "unit_failed":
+        m["id"] = r.i64(); m["reason"] = r.string()
+    if r.i < len(frame):
+        raise ValueError(f"{len(frame) - r.i} trailing bytes")
     return m
+
+
+# --- encoding every message from its fields (the inverse of decode) ---
+def u8(x):
+    return bytes([x])
+
+
+def ints(xs):
+    return struct.pack("<I", len(xs)) + b"".join(i64(x) for x in xs)
+
+
+def doubles(xs):
+    return struct.pack("<I", len(xs)) + struct.pack(f"<{len(xs)}d", *xs)
+
+
+def payload(p):
+    place, a, b, offset = p
+    if place == 0:
+        return u8(0) + floats(a) + floats(b)
+    return u8(1) + i64(offset) + struct.pack("<II", a, b)
+
+
+def encode(m):
+    kind = m["kind"]
+    if kind in ("hello", "welcome"):
+        if kind == "hello":
+            body = s(m["name"]) + s(m["fingerprint"]) + s(m["cpu"]) + s(m["blas"]) + i64(m["procs"])
+        else:
+            body = s(m["config"]) + i64(m["weights_version"])
+        body += u8(m["shared"]) + (s(m["shm_path"]) + s(m["shm_token"]) if m["shared"] else b"")
+    elif kind == "refuse":
+        body = u8(m["reason"]) + s(m["detail"])
+    elif kind == "work":
+        body = (i64(m["id"]) + u8(m["unit_kind"]) + i64(m["version"]) + struct.pack("<I", len(m["leaves"]))
+                + b"".join(ints(leaf) for leaf in m["leaves"]))
+    elif kind == "train_result":
+        body = i64(m["id"]) + i64(m["version"]) + payload(m["payload"]) + struct.pack("<d", m["loss"]) + i64(m["tasks"])
+    elif kind == "eval_result":
+        body = i64(m["id"]) + i64(m["version"]) + doubles(m["sums"]) + ints(m["queries"]) + doubles(m["losses"])
+    elif kind == "weights":
+        body = i64(m["version"]) + payload(m["payload"])
+    elif kind in ("shutdown", "goodbye"):
+        body = s(m["reason"])
+    elif kind == "unit_failed":
+        body = i64(m["id"]) + s(m["reason"])
+    else:  # ready, fetch_weights, heartbeat
+        body = b""
+    return MAGIC + struct.pack("<H", m["version_field"]) + u8(T[kind]) + s(m["run"]) + body
 
 
 def dataset_facts(path):
@@ -201,7 +288,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--connect", required=True)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--mode", choices=["join", "hold", "flood", "lie"], required=True)
+    ap.add_argument("--mode", choices=["join", "hold", "flood", "lie", "relay"], required=True)
     ap.add_argument("--lie", default="nan", choices=["nan", "inf", "size", "tasks", "other", "version"],
                     help="lie: how every train result it sends is wrong")
     ap.add_argument("--procs", type=int, default=1)
@@ -210,7 +297,10 @@ def main():
                     help="flood: the one kind of message to send (default: every kind, in turn)")
     ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--name", default="pypeer")
+    ap.add_argument("--endpoint-file", help="relay: where to write the endpoint a metatrain worker connects to")
     a = ap.parse_args()
+    if a.mode == "relay":
+        return relay(a)
     V, fingerprint = dataset_facts(a.data)
     deadline = time.time() + a.seconds
     peer = Peer(a.connect, a.name)
@@ -331,6 +421,70 @@ def main():
                   sent=len(kinds) * a.count, kinds=kinds)
     print(json.dumps(report))
     return 0
+
+
+def relay(a):
+    """An honest peer whose arithmetic is a metatrain worker's (numpy does not reproduce
+    OpenBLAS's float32 bits) and whose protocol is this file's: it binds a ROUTER and a PUB as a
+    coordinator does, and one worker (`metatrain worker --procs 1 --no-shared-memory`) connects
+    to them. Every frame either side sends is decoded into its fields by the tables of "Frames",
+    encoded again from those fields, checked to be the same bytes, and the encoded frame is what
+    goes on. The coordinator sees one peer, this one, whose results it accepts or refuses."""
+    import zmq
+    peer = Peer(a.connect, a.name)
+    router, pub = peer.ctx.socket(zmq.ROUTER), peer.ctx.socket(zmq.PUB)
+    for s_ in (router, pub):
+        s_.setsockopt(zmq.LINGER, 0)
+    for _ in range(100):  # a free port whose successor is free too
+        port = router.bind_to_random_port("tcp://127.0.0.1", min_port=20000, max_port=60000)
+        try:
+            pub.bind(f"tcp://127.0.0.1:{port + 1}")
+            break
+        except zmq.ZMQError:
+            router.unbind(f"tcp://127.0.0.1:{port}")
+    else:
+        raise SystemExit("no free pair of ports")
+    with open(a.endpoint_file + ".tmp", "w") as f:
+        f.write(f"tcp://127.0.0.1:{port}")
+    os.rename(a.endpoint_file + ".tmp", a.endpoint_file)
+    peer.poller.register(router, zmq.POLLIN)
+    relayed = {"up": {}, "down": {}, "broadcast": {}}
+    mismatches, worker, results, end = [], None, 0, time.time() + a.seconds
+
+    def again(frame, way):
+        m = decode(frame)
+        out = encode(m)
+        if out != frame:
+            mismatches.append(f"{way} {m['kind']}: {len(frame)} bytes received, {len(out)} encoded")
+        relayed[way][m["kind"]] = relayed[way].get(m["kind"], 0) + 1
+        return m, out
+
+    gone_at = None
+    while time.time() < end and (gone_at is None or time.time() < gone_at):
+        for sock, _ in peer.poller.poll(200):
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if sock is router:  # the worker, to the coordinator
+                    worker = frames[0]
+                    m, out = again(frames[-1], "up")
+                    results += m["kind"] in ("train_result", "eval_result")
+                    if m["kind"] == "goodbye":
+                        gone_at = time.time() + 0.5
+                    peer.dealer.send(out)
+                elif sock is peer.dealer:  # the coordinator's replies, to the worker
+                    m, out = again(frames[-1], "down")
+                    if worker is not None:
+                        router.send_multipart([worker, out])
+                    if m["kind"] == "shutdown":
+                        gone_at = time.time() + 10  # time for the worker's goodbye
+                else:  # broadcasts
+                    _, out = again(frames[-1], "broadcast")
+                    pub.send(out)
+    print(json.dumps({"mode": "relay", "relayed": relayed, "results": results, "mismatches": mismatches[:10]}))
+    return 0 if not mismatches and results > 0 else 1
 
 
 if __name__ == "__main__":
