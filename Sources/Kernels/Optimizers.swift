@@ -171,15 +171,17 @@ public func addScaled(
     while i < n { dst[i] = x[i] + a * y[i]; i += 1 }
 }
 
-/// x = (x − y)·s, 8 lanes at a time (same bits as the scalar loop).
-public func subtractScaling(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, _ s: Float, count n: Int) {
+/// v −= (x − y)·s, 8 lanes at a time: the bits of x = (x − y)·s followed by v −= x.
+public func subtractScaledDifference(
+    _ v: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ s: Float, count n: Int
+) {
     let vs = F8(repeating: s)
     var i = 0
     while i + 8 <= n {
-        store8(x + i, (load8(UnsafePointer(x + i)) - load8(y + i)) * vs)
+        store8(v + i, load8(UnsafePointer(v + i)) - (load8(x + i) - load8(y + i)) * vs)
         i += 8
     }
-    while i < n { x[i] = (x[i] - y[i]) * s; i += 1 }
+    while i < n { v[i] -= (x[i] - y[i]) * s; i += 1 }
 }
 
 /// The larger of each lane's |v| and `acc` (a NaN never wins, as with the scalar `max(acc, abs(x))`).

@@ -207,9 +207,8 @@ public final class MetaLearner {
                     uMaxAbs = scaleMaxAbs(u.ptr, a.innerLR, v.ptr, count: n)
                 }
                 if !a.frozen.isEmpty { zeroFrozen(u, a.frozen); uMaxAbs = nil }
-                hessianVectorProduct(
-                    at: thetas[k], u, batch: task.support, into: gPlus, thetaMaxAbs: thetaMaxAbs[k], uMaxAbs: uMaxAbs)
-                for i in 0..<n { v.ptr[i] -= gPlus.ptr[i] }
+                subtractHessianVectorProduct(
+                    from: v, at: thetas[k], u, batch: task.support, thetaMaxAbs: thetaMaxAbs[k], uMaxAbs: uMaxAbs)
             }
         }
         var metaLoss = queryLoss
@@ -218,6 +217,7 @@ public final class MetaLearner {
         if lambda > 0 {
             // λ·∇L_q(θ) on the unadapted parameters.
             gMinus.zero()
+            probesClean = false
             let lq0 = model.lossAndGradient(theta, gMinus, task.query)
             metaLoss = (1 - lambda) * queryLoss + lambda * lq0
             for i in 0..<n { gt[i] += (1 - lambda) * v.ptr[i] + lambda * gMinus.ptr[i] }
@@ -233,23 +233,42 @@ public final class MetaLearner {
         return metaLoss
     }
 
-    /// out = H(θ)·u by central differences of the batch gradient. `thetaMaxAbs` and
-    /// `uMaxAbs`, when the caller has them, are max |θ| and max |u| (they set the step).
-    public func hessianVectorProduct(
-        at theta: FloatBuffer, _ u: FloatBuffer, batch: PackedBatch, into out: FloatBuffer,
+    /// Whether gPlus's and gMinus's embedding parts are all zero (the probes' invariant
+    /// between products; the residual term's full gradient in gMinus breaks it).
+    private var probesClean = false
+
+    /// v −= H(θ)·u, the central difference (∇L(θ + εu) − ∇L(θ − εu))·(1/2ε), with the
+    /// operations per element of computing it into a buffer and subtracting that (same bits).
+    /// The sweeps over θ are a large part of a second-order step (the support batch is
+    /// small): each is one vectorised pass, and over the embedding they cover only the rows
+    /// the batch's items read. Elsewhere the probes' embedding rows are never read and both
+    /// gradients are zero there, and v − (0 − 0)·s is v for every v, −0 and NaN included.
+    func subtractHessianVectorProduct(
+        from v: FloatBuffer, at theta: FloatBuffer, _ u: FloatBuffer, batch: PackedBatch,
         thetaMaxAbs: Float? = nil, uMaxAbs: Float? = nil
     ) {
-        // The sweeps over θ are a large part of a second-order step (the support batch is
-        // small): each is one vectorised pass, with the scalar loops' bits.
         let n = model.parameterCount
         let uMax = uMaxAbs ?? maxAbs(u.ptr, count: n), tMax = thetaMaxAbs ?? maxAbs(theta.ptr, count: n)
-        guard uMax > 0 else { out.zero(); return }
+        guard uMax > 0 else { return } // H·0 = 0: v is unchanged
         let eps = hvpScale * max(tMax, 1) / uMax
-        addScaled(probe.ptr, theta.ptr, eps, u.ptr, count: n)
-        out.zero(); model.lossAndGradient(probe, out, batch)
-        addScaled(probe.ptr, theta.ptr, -eps, u.ptr, count: n)
-        gMinus.zero(); model.lossAndGradient(probe, gMinus, batch)
-        subtractScaling(out.ptr, gMinus.ptr, 1 / (2 * eps), count: n)
+        let emb = model.layout["embedding.weight"].range, E = model.dims.E
+        precondition(emb.lowerBound == 0, "sparse sweeps expect the embedding first in the layout")
+        let d = emb.upperBound, rows = distinct(batch.tokens.map { Int($0) })
+        if !probesClean { gPlus.zero(); gMinus.zero() }
+        for (sign, g) in [(Float(1), gPlus), (-1, gMinus)] {
+            addScaled(probe.ptr + d, theta.ptr + d, sign * eps, u.ptr + d, count: n - d)
+            for r in rows { addScaled(probe.ptr + r * E, theta.ptr + r * E, sign * eps, u.ptr + r * E, count: E) }
+            if probesClean { (g.ptr + d).update(repeating: 0, count: n - d) }
+            model.lossAndGradient(probe, g, batch)
+        }
+        let s = 1 / (2 * eps)
+        subtractScaledDifference(v.ptr + d, gPlus.ptr + d, gMinus.ptr + d, s, count: n - d)
+        for r in rows {
+            subtractScaledDifference(v.ptr + r * E, gPlus.ptr + r * E, gMinus.ptr + r * E, s, count: E)
+            (gPlus.ptr + r * E).update(repeating: 0, count: E)
+            (gMinus.ptr + r * E).update(repeating: 0, count: E)
+        }
+        probesClean = true
     }
 
     private func zeroFrozen(_ b: FloatBuffer, _ ranges: [Range<Int>]) {

@@ -25,9 +25,13 @@ final class BLASTests: XCTestCase {
             let m2 = scaleMaxAbs(&fused, a, y, count: n)
             XCTAssertEqual(fused.map(\.bitPattern), y.map { (a * $0).bitPattern }, "scaleMaxAbs, n \(n)")
             XCTAssertEqual(m2.bitPattern, y.reduce(Float(0)) { max($0, abs(a * $1)) }.bitPattern)
-            var d = x
-            subtractScaling(&d, y, a, count: n)
-            XCTAssertEqual(d.map(\.bitPattern), zip(x, y).map { (($0 - $1) * a).bitPattern }, "subtractScaling, n \(n)")
+            // v −= (x − y)·a: the bits of d = (x − y)·a, then v −= d (v holds signed zeros and NaN too).
+            let v = (0..<n).map { i in i % 8 < 4 ? [Float(0), -0, .nan, 1e-30][i % 4] : x[i] }
+            var w = v
+            subtractScaledDifference(&w, x, y, a, count: n)
+            XCTAssertEqual(
+                w.map(\.bitPattern), (0..<n).map { i in v[i] - (x[i] - y[i]) * a }.map(\.bitPattern),
+                "subtractScaledDifference, n \(n)")
         }
     }
 

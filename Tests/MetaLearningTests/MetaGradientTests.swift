@@ -67,6 +67,69 @@ final class MetaGradientTests: XCTestCase {
         XCTAssertGreaterThan(foErr, 5 * err)
     }
 
+    /// The second-order walk as it was written before its sweeps went sparse: every product
+    /// over all of θ, in scalar loops (H·u = (∇L(θ'_k + εu) − ∇L(θ'_k − εu))·(1/2ε), then v −= H·u).
+    func denseMAML(
+        _ model: GRU4Rec, _ theta: FloatBuffer, _ task: MetaTask, _ a: MetaAlgorithm, hvpScale: Float
+    ) -> [Float] {
+        let n = theta.count, K = a.innerSteps, lr = a.innerLR
+        func maxAbs(_ b: FloatBuffer) -> Float { (0..<n).reduce(Float(0)) { max($0, abs(b[$1])) } }
+        var thetas = [theta.copy()]
+        for k in 0..<K {
+            let g = FloatBuffer(count: n), next = FloatBuffer(count: n)
+            model.lossAndGradient(thetas[k], g, task.support)
+            for i in 0..<n { next[i] = thetas[k][i] - lr * g[i] }
+            thetas.append(next)
+        }
+        let v = FloatBuffer(count: n), u = FloatBuffer(count: n), probe = FloatBuffer(count: n)
+        model.lossAndGradient(thetas[K], v, task.query)
+        for k in stride(from: K - 1, through: 0, by: -1) {
+            for i in 0..<n { u[i] = lr * v[i] }
+            let uMax = maxAbs(u)
+            guard uMax > 0 else { continue }
+            let eps = hvpScale * max(maxAbs(thetas[k]), 1) / uMax
+            let plus = FloatBuffer(count: n), minus = FloatBuffer(count: n)
+            for i in 0..<n { probe[i] = thetas[k][i] + eps * u[i] }
+            model.lossAndGradient(probe, plus, task.support)
+            for i in 0..<n { probe[i] = thetas[k][i] + -eps * u[i] }
+            model.lossAndGradient(probe, minus, task.support)
+            for i in 0..<n { plus[i] = (plus[i] - minus[i]) * (1 / (2 * eps)) }
+            for i in 0..<n { v[i] -= plus[i] }
+        }
+        let lam = a.residualLambda
+        guard lam > 0 else { return (0..<n).map { 0 + v[$0] } }
+        let g0 = FloatBuffer(count: n)
+        model.lossAndGradient(theta, g0, task.query)
+        return (0..<n).map { 0 + ((1 - lam) * v[$0] + lam * g0[$0]) }
+    }
+
+    /// Second-order MAML sweeps the embedding only over the rows a support batch reads, and
+    /// keeps its probes' embedding rows zeroed between tasks: the same bits as dense sweeps,
+    /// over tasks that read different rows, with a residual term (which uses the probe
+    /// buffers' space) between them.
+    func testSecondOrderSparseSweepsHaveTheDenseBits() {
+        let big = GRU4Rec(dims: ModelDims(V: 40, E: 4, H: 6))
+        var rng = SeededGenerator(seed: 9)
+        let theta = big.initialParameters(rng: &rng)
+        func t(_ s: [[Int32]], _ q: [[Int32]]) -> MetaTask {
+            MetaTask(
+                support: PackedBatch(prefixes: s, labels: s.map { ($0.last! % 39) + 1 }, weights: s.map { _ in 1 }),
+                query: PackedBatch(prefixes: q, labels: q.map { ($0.first! % 39) + 1 }))
+        }
+        let tasks = [
+            t([[1, 2], [3]], [[2, 3, 1], [5]]), t([[30, 31, 32], [33]], [[7], [8, 9]]),
+            t([[10, 11], [12, 13, 14]], [[1, 30]]), t([[1, 2], [3]], [[2, 3, 1], [5]])
+        ]
+        let learner = MetaLearner(model: big)
+        for (j, task) in tasks.enumerated() {
+            let a = MetaAlgorithm(kind: .maml, innerSteps: 2, innerLR: 0.3, residualLambda: j == 1 ? 0.2 : 0)
+            let g = FloatBuffer(count: theta.count)
+            learner.accumulate(theta: theta, alpha: nil, task: task, algorithm: a, gradTheta: g, gradAlpha: nil)
+            let want = denseMAML(big, theta, task, a, hvpScale: learner.hvpScale)
+            XCTAssertEqual((0..<theta.count).map { g[$0].bitPattern }, want.map(\.bitPattern), "task \(j)")
+        }
+    }
+
     func testMetaSGDSecondOrderRatesAndWeights() {
         let theta = params(2)
         let alpha = FloatBuffer(count: theta.count)
