@@ -9,6 +9,23 @@ public enum BLAS {
     /// Processes with different ones may compute different bits.
     public static var coreName: String { String(cString: openblas_get_corename()) }
 
+    /// The kernel family that would run faster than `picked` on a CPU with these
+    /// /proc/cpuinfo flags, when OpenBLAS fell back to a generic family (it picks by the
+    /// CPU's model number, and an OpenBLAS older than the CPU does not know the model:
+    /// Debian's 0.3.21 runs its SSE3 Prescott kernels on an AVX-512 Xeon of model 207,
+    /// 1.5–1.7× slower on second-order MAML); nil when the pick is not a fallback.
+    public static func fasterCore(than picked: String, flags: Set<String>) -> String? {
+        let fallbacks: Set<String> = [
+            "prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "katmai", "coppermine", "northwood",
+            "banias"
+        ]
+        guard fallbacks.contains(picked.lowercased()) else { return nil }
+        if flags.isSuperset(of: ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"]) { return "SkylakeX" }
+        if flags.isSuperset(of: ["avx2", "fma"]) { return "Haswell" }
+        if flags.contains("avx") { return "Sandybridge" }
+        return nil
+    }
+
     /// C[m,n] = alpha · op(A) · op(B) + beta · C, where op(A) is [m,k] and op(B) is [k,n].
     /// `lda`, `ldb`, `ldc` are the row strides of A, B, C as stored.
     @inline(__always)

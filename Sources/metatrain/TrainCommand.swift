@@ -51,6 +51,7 @@ struct TrainCommand: ParsableCommand {
         training.trace = trace
         training.sharedMemory = !noSharedMemory
         training.workerKey = security.key
+        if let advice = blasCoreAdvice() { FileHandle.standardError.write(Data("note: \(advice)\n".utf8)) }
         let code = try training.run(stop: stop, progress: ConsoleProgress())
         if code != 0 { Foundation.exit(code) }
     }

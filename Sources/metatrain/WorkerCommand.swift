@@ -100,6 +100,7 @@ struct WorkerCommand: ParsableCommand {
         }
         let n = procs ?? ProcessInfo.processInfo.activeProcessorCount
         let curve = try clientKeys()
+        if let advice = blasCoreAdvice() { notice("note: \(advice)") }
         let result: Result<Int32, Error>
         let exitReason: () -> String
         if n > 1 {

@@ -35,6 +35,21 @@ final class BLASTests: XCTestCase {
         }
     }
 
+    /// A fallback pick on a CPU with wider vectors names the family to set; a good pick, or a
+    /// CPU with nothing better, names none.
+    func testAFallbackKernelFamilyNamesTheCPUsOwn() {
+        let sapphire: Set<String> = [
+            "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"
+        ]
+        XCTAssertEqual(BLAS.fasterCore(than: "Prescott", flags: sapphire), "SkylakeX")
+        XCTAssertEqual(BLAS.fasterCore(than: "Prescott", flags: ["sse4_2", "avx", "avx2", "fma"]), "Haswell")
+        XCTAssertEqual(BLAS.fasterCore(than: "Core2", flags: ["avx"]), "Sandybridge")
+        XCTAssertNil(BLAS.fasterCore(than: "Prescott", flags: ["sse3", "ssse3"]))
+        XCTAssertNil(BLAS.fasterCore(than: "SkylakeX", flags: sapphire))
+        XCTAssertNil(BLAS.fasterCore(than: "Haswell", flags: sapphire))
+        XCTAssertNil(BLAS.fasterCore(than: "Zen", flags: ["avx", "avx2", "fma"]))
+    }
+
     func testSgemmTransposes() {
         // A [2,3], B [3,2]
         let a: [Float] = [1, 2, 3, 4, 5, 6], b: [Float] = [7, 8, 9, 10, 11, 12]
