@@ -171,17 +171,38 @@ public func addScaled(
     while i < n { dst[i] = x[i] + a * y[i]; i += 1 }
 }
 
-/// v −= (x − y)·s, 8 lanes at a time: the bits of x = (x − y)·s followed by v −= x.
-public func subtractScaledDifference(
-    _ v: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ s: Float, count n: Int
+/// v −= (x − y)·s, then x = y = 0, 8 lanes at a time: the bits of x = (x − y)·s followed by
+/// v −= x, leaving both gradients cleared for their next use in the same pass.
+public func subtractScaledDifferenceClearing(
+    _ v: UnsafeMutablePointer<Float>, _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ s: Float,
+    count n: Int
 ) {
     let vs = F8(repeating: s)
     var i = 0
     while i + 8 <= n {
-        store8(v + i, load8(UnsafePointer(v + i)) - (load8(x + i) - load8(y + i)) * vs)
+        store8(v + i, load8(UnsafePointer(v + i)) - (load8(UnsafePointer(x + i)) - load8(UnsafePointer(y + i))) * vs)
+        store8(x + i, F8())
+        store8(y + i, F8())
         i += 8
     }
-    while i < n { v[i] -= (x[i] - y[i]) * s; i += 1 }
+    while i < n { v[i] -= (x[i] - y[i]) * s; x[i] = 0; y[i] = 0; i += 1 }
+}
+
+/// plus = x + a·y and minus = x + (−a)·y in one pass, 8 lanes at a time (each the bits of
+/// `addScaled`).
+public func addScaledPair(
+    _ plus: UnsafeMutablePointer<Float>, _ minus: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ a: Float,
+    _ y: UnsafePointer<Float>, count n: Int
+) {
+    let va = F8(repeating: a), vm = F8(repeating: -a)
+    var i = 0
+    while i + 8 <= n {
+        let xv = load8(x + i), yv = load8(y + i)
+        store8(plus + i, xv + va * yv)
+        store8(minus + i, xv + vm * yv)
+        i += 8
+    }
+    while i < n { plus[i] = x[i] + a * y[i]; minus[i] = x[i] + -a * y[i]; i += 1 }
 }
 
 /// The larger of each lane's |v| and `acc` (a NaN never wins, as with the scalar `max(acc, abs(x))`).

@@ -233,16 +233,20 @@ public final class MetaLearner {
         return metaLoss
     }
 
-    /// Whether gPlus's and gMinus's embedding parts are all zero (the probes' invariant
-    /// between products; the residual term's full gradient in gMinus breaks it).
+    /// Whether gPlus and gMinus are all zero (the products' invariant: each clears them as it
+    /// reads them; the residual term's gradient in gMinus breaks it).
     private var probesClean = false
+    /// θ'_k − εu, built in the pass that builds θ'_k + εu in `probe`.
+    private lazy var probeMinus = FloatBuffer(count: model.parameterCount)
 
     /// v −= H(θ)·u, the central difference (∇L(θ + εu) − ∇L(θ − εu))·(1/2ε), with the
     /// operations per element of computing it into a buffer and subtracting that (same bits).
     /// The sweeps over θ are a large part of a second-order step (the support batch is
-    /// small): each is one vectorised pass, and over the embedding they cover only the rows
-    /// the batch's items read. Elsewhere the probes' embedding rows are never read and both
-    /// gradients are zero there, and v − (0 − 0)·s is v for every v, −0 and NaN included.
+    /// small): both probes are built in one vectorised pass, the difference is subtracted
+    /// in the pass that clears the two gradients for the next product, and over the
+    /// embedding every pass covers only the rows the batch's items read. Elsewhere the
+    /// probes' embedding rows are never read and both gradients are zero there, and
+    /// v − (0 − 0)·s is v for every v, −0 and NaN included.
     func subtractHessianVectorProduct(
         from v: FloatBuffer, at theta: FloatBuffer, _ u: FloatBuffer, batch: PackedBatch,
         thetaMaxAbs: Float? = nil, uMaxAbs: Float? = nil
@@ -255,18 +259,16 @@ public final class MetaLearner {
         precondition(emb.lowerBound == 0, "sparse sweeps expect the embedding first in the layout")
         let d = emb.upperBound, rows = distinct(batch.tokens.map { Int($0) })
         if !probesClean { gPlus.zero(); gMinus.zero() }
-        for (sign, g) in [(Float(1), gPlus), (-1, gMinus)] {
-            addScaled(probe.ptr + d, theta.ptr + d, sign * eps, u.ptr + d, count: n - d)
-            for r in rows { addScaled(probe.ptr + r * E, theta.ptr + r * E, sign * eps, u.ptr + r * E, count: E) }
-            if probesClean { (g.ptr + d).update(repeating: 0, count: n - d) }
-            model.lossAndGradient(probe, g, batch)
-        }
-        let s = 1 / (2 * eps)
-        subtractScaledDifference(v.ptr + d, gPlus.ptr + d, gMinus.ptr + d, s, count: n - d)
+        addScaledPair(probe.ptr + d, probeMinus.ptr + d, theta.ptr + d, eps, u.ptr + d, count: n - d)
         for r in rows {
-            subtractScaledDifference(v.ptr + r * E, gPlus.ptr + r * E, gMinus.ptr + r * E, s, count: E)
-            (gPlus.ptr + r * E).update(repeating: 0, count: E)
-            (gMinus.ptr + r * E).update(repeating: 0, count: E)
+            addScaledPair(probe.ptr + r * E, probeMinus.ptr + r * E, theta.ptr + r * E, eps, u.ptr + r * E, count: E)
+        }
+        model.lossAndGradient(probe, gPlus, batch)
+        model.lossAndGradient(probeMinus, gMinus, batch)
+        let s = 1 / (2 * eps)
+        subtractScaledDifferenceClearing(v.ptr + d, gPlus.ptr + d, gMinus.ptr + d, s, count: n - d)
+        for r in rows {
+            subtractScaledDifferenceClearing(v.ptr + r * E, gPlus.ptr + r * E, gMinus.ptr + r * E, s, count: E)
         }
         probesClean = true
     }

@@ -25,13 +25,19 @@ final class BLASTests: XCTestCase {
             let m2 = scaleMaxAbs(&fused, a, y, count: n)
             XCTAssertEqual(fused.map(\.bitPattern), y.map { (a * $0).bitPattern }, "scaleMaxAbs, n \(n)")
             XCTAssertEqual(m2.bitPattern, y.reduce(Float(0)) { max($0, abs(a * $1)) }.bitPattern)
-            // v −= (x − y)·a: the bits of d = (x − y)·a, then v −= d (v holds signed zeros and NaN too).
+            // v −= (x − y)·a: the bits of d = (x − y)·a, then v −= d (v holds signed zeros and NaN
+            // too); x and y come back zeroed.
             let v = (0..<n).map { i in i % 8 < 4 ? [Float(0), -0, .nan, 1e-30][i % 4] : x[i] }
-            var w = v
-            subtractScaledDifference(&w, x, y, a, count: n)
+            var (w, xc, yc) = (v, x, y)
+            subtractScaledDifferenceClearing(&w, &xc, &yc, a, count: n)
             XCTAssertEqual(
                 w.map(\.bitPattern), (0..<n).map { i in v[i] - (x[i] - y[i]) * a }.map(\.bitPattern),
-                "subtractScaledDifference, n \(n)")
+                "subtractScaledDifferenceClearing, n \(n)")
+            XCTAssertEqual((xc + yc).map(\.bitPattern), [UInt32](repeating: 0, count: 2 * n))
+            var (p, m) = ([Float](repeating: 1, count: n), [Float](repeating: 1, count: n))
+            addScaledPair(&p, &m, x, a, y, count: n)
+            XCTAssertEqual(p.map(\.bitPattern), zip(x, y).map { ($0 + a * $1).bitPattern }, "addScaledPair +, n \(n)")
+            XCTAssertEqual(m.map(\.bitPattern), zip(x, y).map { ($0 + -a * $1).bitPattern }, "addScaledPair −, n \(n)")
         }
     }
 
