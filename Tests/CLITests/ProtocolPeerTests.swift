@@ -36,9 +36,10 @@ final class ProtocolPeerTests: XCTestCase {
     /// A coordinator, the Python peer in `mode`, then (once the peer has joined) one honest
     /// worker; returns the peer's report, the coordinator's log and the run directory.
     /// With `peerFirst` the peer joins before the honest worker and takes the run's first unit,
-    /// before any unit time is measured.
-    func run(_ name: String, mode: [String], data: String, peerFirst: Bool = false) throws -> (
-        report: [String: Any], log: String, run: String
+    /// before any unit time is measured. With `relay` the honest worker connects to the peer,
+    /// which relays for it, and is the run's only worker.
+    func run(_ name: String, mode: [String], data: String, peerFirst: Bool = false, relay: Bool = false) throws -> (
+        report: [String: Any], log: String, run: String, status: Int32
     ) {
         let run = ProtocolPeerTests.dir + "/" + name
         let coord = try startDetached(
@@ -48,24 +49,30 @@ final class ProtocolPeerTests: XCTestCase {
         let py = Process(), out = Pipe()
         let command = pythonCommand()
         py.executableURL = URL(fileURLWithPath: command[0])
-        py.arguments = Array(command.dropFirst()) + [peer, "--connect", endpoint, "--data", data] + mode
+        let endpointFile = run + ".endpoint"
+        py.arguments =
+            Array(command.dropFirst()) + [peer, "--connect", endpoint, "--data", data] + mode
+            + (relay ? ["--endpoint-file", endpointFile] : [])
         py.standardOutput = out; py.standardError = out
         var honest: GroupProcess?
         defer { honest?.killGroup(); honest?.wait() }
-        func startHonest() throws {
-            honest = try startDetached([
-                "worker", "--connect", endpoint, "--data", data, "--procs", "1", "--name", "honest"
-            ])
+        func startHonest(_ to: String, _ extra: [String] = ["--name", "honest"]) throws {
+            honest = try startDetached(["worker", "--connect", to, "--data", data, "--procs", "1"] + extra)
         }
-        if peerFirst {
+        if relay {
+            try py.run()
+            XCTAssertTrue(
+                eventually(within: 30) { FileManager.default.fileExists(atPath: endpointFile) }, "the relay bound")
+            try startHonest(read(endpointFile), ["--no-shared-memory", "--name", "pyrelay"])
+        } else if peerFirst {
             try py.run()
             XCTAssertTrue(
                 eventually(within: 30) { self.read(run + "/coordinator.log").contains("pypeer") },
                 "\(name): the peer joined")
-            try startHonest()
+            try startHonest(endpoint)
         } else {
             // The honest worker first: the run has measured unit times by the time the peer joins.
-            try startHonest()
+            try startHonest(endpoint)
             XCTAssertTrue(
                 eventually(within: 30) { FileManager.default.fileExists(atPath: run + "/metrics.jsonl") },
                 "\(name): the first iteration")
@@ -80,7 +87,7 @@ final class ProtocolPeerTests: XCTestCase {
         let last = text.split(separator: "\n").last.map(String.init) ?? ""
         let report = (try? JSONSerialization.jsonObject(with: Data(last.utf8))) as? [String: Any] ?? [:]
         XCTAssertFalse(report.isEmpty, "\(name): the peer said \(text)")
-        return (report, read(run + "/coordinator.log"), run)
+        return (report, read(run + "/coordinator.log"), run, py.terminationStatus)
     }
 
     /// Joined from the document: an empty run id in the first hello, the welcome's run id after
@@ -106,38 +113,9 @@ final class ProtocolPeerTests: XCTestCase {
     /// Python encoder wrote, and the weights are bit-identical to `train --workers 1`.
     func testAnHonestPeerSpeakingTheDocumentComputesTheWholeRun() throws {
         let data = try syntheticDataset(in: ProtocolPeerTests.dir)
-        let run = ProtocolPeerTests.dir + "/relay", endpointFile = ProtocolPeerTests.dir + "/relay.endpoint"
-        try? FileManager.default.removeItem(atPath: endpointFile)
-        let coord = try startDetached(
-            ["coordinator", "--data", data, "--run-dir", run, "--bind", "tcp://127.0.0.1:0"] + args)
-        defer { coord.killGroup(); coord.wait() }
-        let endpoint = try waitForEndpoint(run + "/coordinator.log")
-        let py = Process(), out = Pipe()
-        let command = pythonCommand()
-        py.executableURL = URL(fileURLWithPath: command[0])
-        py.arguments =
-            Array(command.dropFirst()) + [
-                peer, "--connect", endpoint, "--data", data, "--mode", "relay", "--endpoint-file", endpointFile,
-                "--seconds", "240"
-            ]
-        py.standardOutput = out; py.standardError = out
-        try py.run()
-        defer { if py.isRunning { py.terminate() } }
-        XCTAssertTrue(
-            eventually(within: 30) { FileManager.default.fileExists(atPath: endpointFile) }, "the relay bound")
-        let behind = try startDetached([
-            "worker", "--connect", read(endpointFile), "--data", data, "--procs", "1", "--no-shared-memory",
-            "--name", "pyrelay"
-        ])
-        defer { behind.killGroup(); behind.wait() }
-        XCTAssertEqual(coord.wait(seconds: 240), 0, "the run ended\n" + read(run + "/coordinator.log"))
-        let deadline = Date().addingTimeInterval(60)
-        while py.isRunning && Date() < deadline { usleep(50_000) }
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        py.waitUntilExit()
-        let last = text.split(separator: "\n").last.map(String.init) ?? ""
-        let report = (try? JSONSerialization.jsonObject(with: Data(last.utf8))) as? [String: Any] ?? [:]
-        XCTAssertEqual(py.terminationStatus, 0, "the relay said \(text)")
+        let r = try run("relay", mode: ["--mode", "relay", "--seconds", "240"], data: data, relay: true)
+        let report = r.report, log = r.log
+        XCTAssertEqual(r.status, 0, "\(report)")
         XCTAssertEqual((report["mismatches"] as? [String])?.isEmpty, true, "\(report)")
         let up = (report["relayed"] as? [String: Any])?["up"] as? [String: Int] ?? [:]
         let down = (report["relayed"] as? [String: Any])?["down"] as? [String: Int] ?? [:]
@@ -145,10 +123,9 @@ final class ProtocolPeerTests: XCTestCase {
         XCTAssertGreaterThan(up["eval_result"] ?? 0, 0, "\(report)")
         XCTAssertGreaterThan(down["work"] ?? 0, 0, "\(report)")
         XCTAssertEqual(down["welcome"], 1, "\(report)")
-        let log = read(run + "/coordinator.log")
         XCTAssertTrue(log.contains("worker pyrelay joined"), log)
         XCTAssertFalse(log.contains("malformed"), log)
-        XCTAssertEqual(try bytes(run + "/final.h5"), try bytes(try reference(data)))
+        XCTAssertEqual(try bytes(r.run + "/final.h5"), try bytes(try reference(data)))
     }
 
     /// A peer that heartbeats and never answers, claiming 8 and then 4,096 processes: it gets one
