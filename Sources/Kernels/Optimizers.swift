@@ -229,6 +229,26 @@ public func subtractScaledMaxAbs(
     return m
 }
 
+/// dst = x − a·y, then y = 0, returning the largest |dst[i]| (one pass; the scalar loops' bits).
+public func subtractScaledMaxAbsClearing(
+    _ dst: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ a: Float, _ y: UnsafeMutablePointer<Float>,
+    count n: Int
+) -> Float {
+    let va = F8(repeating: a)
+    var acc = F8()
+    var i = 0
+    while i + 8 <= n {
+        let d = load8(x + i) - va * load8(UnsafePointer(y + i))
+        store8(dst + i, d)
+        store8(y + i, F8())
+        acc = maxAbs8(acc, d)
+        i += 8
+    }
+    var m = acc.max()
+    while i < n { dst[i] = x[i] - a * y[i]; y[i] = 0; m = max(m, abs(dst[i])); i += 1 }
+    return m
+}
+
 /// dst = a·x, returning the largest |dst[i]| (one pass instead of two; the scalar loops' bits).
 public func scaleMaxAbs(_ dst: UnsafeMutablePointer<Float>, _ a: Float, _ x: UnsafePointer<Float>, count n: Int)
     -> Float

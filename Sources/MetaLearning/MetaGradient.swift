@@ -58,7 +58,13 @@ public final class MetaLearner {
     private var supportGrads: [FloatBuffer] = [] // ∇L_s(θ'_k)
     private let v: FloatBuffer, u: FloatBuffer, gPlus: FloatBuffer, gMinus: FloatBuffer, probe: FloatBuffer
     private lazy var alphaTask = FloatBuffer(count: model.parameterCount) // this task's ∂/∂α (Meta-SGD)
-    private var supportGradIsZero = false // FOMAML leaves supportGrads[0] zeroed
+    /// Which of supportGrads are all zero: FOMAML's step and MAML's forward pass clear a
+    /// gradient in the pass that reads it, so the next use needs no separate clearing pass.
+    private var gradClean: [Bool] = []
+    private var supportGradIsZero: Bool {
+        get { gradClean.first ?? false }
+        set { if !gradClean.isEmpty { gradClean[0] = newValue } }
+    }
 
     /// FOMAML's embedding sweeps cover only the rows a task's items touch. The
     /// bits are the same as full sweeps (θ − α·0 = θ, and a running sum from +0
@@ -92,7 +98,10 @@ public final class MetaLearner {
 
     private func reserve(_ steps: Int) {
         while thetas.count < steps + 1 { thetas.append(FloatBuffer(count: model.parameterCount)) }
-        while supportGrads.count < steps { supportGrads.append(FloatBuffer(count: model.parameterCount)) }
+        while supportGrads.count < steps {
+            supportGrads.append(FloatBuffer(count: model.parameterCount))
+            gradClean.append(true)
+        }
     }
 
     /// Adds the task's meta-gradient into `gradTheta` (and, for Meta-SGD,
@@ -167,29 +176,32 @@ public final class MetaLearner {
                 return queryLoss
             }
         } else {
-            supportGradIsZero = false
             staleRows = nil
         }
         // Forward through the inner loop, keeping every θ'_k and ∇L_s(θ'_k) (and, for the
         // Hessian-vector products' step sizes, max |θ'_k|, taken in the pass that writes θ'_k).
-        if !plainFirstOrder { thetas[0].assign(from: theta) }
+        // θ'_0 is θ itself (no copy); MAML, which needs ∇L_s(θ'_k) only to step, clears it
+        // in the pass that steps, Meta-SGD keeps it for ∂/∂α.
+        func adapted(_ k: Int) -> FloatBuffer { k == 0 ? theta : thetas[k] }
         var thetaMaxAbs = [Float?](repeating: nil, count: K + 1)
         for k in 0..<(plainFirstOrder ? 0 : K) {
             let g = supportGrads[k]
-            g.zero()
-            model.lossAndGradient(thetas[k], g, task.support)
+            if !gradClean[k] { g.zero() }
+            model.lossAndGradient(adapted(k), g, task.support)
             zeroFrozen(g, a.frozen)
-            let next = thetas[k + 1].ptr, cur = thetas[k].ptr, gp = g.ptr
+            let next = thetas[k + 1].ptr, cur = adapted(k).ptr, gp = g.ptr
             if a.kind == .metasgd, let alpha {
                 let ap = alpha.ptr
                 for i in 0..<n { next[i] = cur[i] - ap[i] * gp[i] }
+                gradClean[k] = false
             } else {
-                thetaMaxAbs[k + 1] = subtractScaledMaxAbs(next, cur, a.innerLR, gp, count: n)
+                thetaMaxAbs[k + 1] = subtractScaledMaxAbsClearing(next, cur, a.innerLR, gp, count: n)
+                gradClean[k] = true
             }
         }
         // Chain rule starts at the query loss of the adapted parameters.
         v.zero()
-        let queryLoss = model.lossAndGradient(thetas[K], v, task.query)
+        let queryLoss = model.lossAndGradient(adapted(K), v, task.query)
         if a.kind == .metasgd, gradAlpha != nil { alphaTask.zero() }
         if a.kind == .metasgd || a.usesHessian {
             for k in stride(from: K - 1, through: 0, by: -1) {
@@ -208,7 +220,7 @@ public final class MetaLearner {
                 }
                 if !a.frozen.isEmpty { zeroFrozen(u, a.frozen); uMaxAbs = nil }
                 subtractHessianVectorProduct(
-                    from: v, at: thetas[k], u, batch: task.support, thetaMaxAbs: thetaMaxAbs[k], uMaxAbs: uMaxAbs)
+                    from: v, at: adapted(k), u, batch: task.support, thetaMaxAbs: thetaMaxAbs[k], uMaxAbs: uMaxAbs)
             }
         }
         var metaLoss = queryLoss

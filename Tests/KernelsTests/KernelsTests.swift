@@ -22,6 +22,11 @@ final class BLASTests: XCTestCase {
             let expected = zip(x, y).map { $0 - a * $1 }
             XCTAssertEqual(fused.map(\.bitPattern), expected.map(\.bitPattern), "subtractScaledMaxAbs, n \(n)")
             XCTAssertEqual(m1.bitPattern, expected.reduce(Float(0)) { max($0, abs($1)) }.bitPattern)
+            var yz = y
+            let m3 = subtractScaledMaxAbsClearing(&fused, x, a, &yz, count: n)
+            XCTAssertEqual(fused.map(\.bitPattern), expected.map(\.bitPattern), "subtractScaledMaxAbsClearing, n \(n)")
+            XCTAssertEqual(m3.bitPattern, m1.bitPattern)
+            XCTAssertEqual(yz.map(\.bitPattern), [UInt32](repeating: 0, count: n))
             let m2 = scaleMaxAbs(&fused, a, y, count: n)
             XCTAssertEqual(fused.map(\.bitPattern), y.map { (a * $0).bitPattern }, "scaleMaxAbs, n \(n)")
             XCTAssertEqual(m2.bitPattern, y.reduce(Float(0)) { max($0, abs(a * $1)) }.bitPattern)
