@@ -51,8 +51,9 @@ struct TrainCommand: ParsableCommand {
         training.trace = trace
         training.sharedMemory = !noSharedMemory
         training.workerKey = security.key
-        if let advice = blasCoreAdvice() { FileHandle.standardError.write(Data("note: \(advice)\n".utf8)) }
-        let code = try training.run(stop: stop, progress: ConsoleProgress())
+        let progress = ConsoleProgress()
+        progress.noteAfterStart = blasCoreAdvice()
+        let code = try training.run(stop: stop, progress: progress)
         if code != 0 { Foundation.exit(code) }
     }
 }
