@@ -13,7 +13,7 @@ public enum BLAS {
     /// /proc/cpuinfo flags, when OpenBLAS fell back to a generic family (it picks by the
     /// CPU's model number, and an OpenBLAS older than the CPU does not know the model:
     /// Debian's 0.3.21 runs its SSE3 Prescott kernels on an AVX-512 Xeon of model 207,
-    /// 1.5–1.7× slower on second-order MAML); nil when the pick is not a fallback.
+    /// 1.4–2.8× slower on second-order MAML); nil when the pick is not a fallback.
     public static func fasterCore(than picked: String, flags: Set<String>) -> String? {
         let fallbacks: Set<String> = [
             "prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "katmai", "coppermine", "northwood",
