@@ -61,10 +61,6 @@ public final class MetaLearner {
     /// Which of supportGrads are all zero: FOMAML's step and MAML's forward pass clear a
     /// gradient in the pass that reads it, so the next use needs no separate clearing pass.
     private var gradClean: [Bool] = []
-    private var supportGradIsZero: Bool {
-        get { gradClean.first ?? false }
-        set { if !gradClean.isEmpty { gradClean[0] = newValue } }
-    }
 
     /// FOMAML's embedding sweeps cover only the rows a task's items touch. The
     /// bits are the same as full sweeps (θ − α·0 = θ, and a running sum from +0
@@ -124,8 +120,8 @@ public final class MetaLearner {
             // gradient in the same pass as the update (one sweep over θ per step).
             // The first step reads θ and writes θ'_1 (no separate copy of θ), and
             // each step leaves g zeroed for the next step and the next task.
-            let cur = thetas[K], g = supportGrads.isEmpty ? v : supportGrads[0]
-            if !supportGradIsZero { g.zero() }
+            let cur = thetas[K], g = K > 0 ? supportGrads[0] : v
+            if K > 0, !gradClean[0] { g.zero() }
             let lr = a.innerLR
             // With sparse sweeps, the embedding part of a sweep covers only the rows
             // the batch's items touch (their gradient is zero elsewhere), plus, on
@@ -158,7 +154,7 @@ public final class MetaLearner {
             }
             if K == 0 { cur.assign(from: theta) }
             staleRows = sparse ? supportRows : (K == 0 ? [] : nil)
-            supportGradIsZero = K > 0
+            if K > 0 { gradClean[0] = true }
             if K > 0 && a.residualLambda == 0 {
                 // The query gradient goes into the (zeroed) g, then into gradTheta in
                 // one addition per element, leaving g zeroed again: no separate
@@ -203,6 +199,8 @@ public final class MetaLearner {
         v.zero()
         let queryLoss = model.lossAndGradient(adapted(K), v, task.query)
         if a.kind == .metasgd, gradAlpha != nil { alphaTask.zero() }
+        // The embedding rows the support batch reads: the products' sweeps cover only these.
+        let supportRows = a.usesHessian ? distinct(task.support.tokens.map { Int($0) }) : []
         if a.kind == .metasgd || a.usesHessian {
             for k in stride(from: K - 1, through: 0, by: -1) {
                 if a.kind == .metasgd, gradAlpha != nil {
@@ -220,7 +218,8 @@ public final class MetaLearner {
                 }
                 if !a.frozen.isEmpty { zeroFrozen(u, a.frozen); uMaxAbs = nil }
                 subtractHessianVectorProduct(
-                    from: v, at: adapted(k), u, batch: task.support, thetaMaxAbs: thetaMaxAbs[k], uMaxAbs: uMaxAbs)
+                    from: v, at: adapted(k), u, batch: task.support, rows: supportRows, thetaMaxAbs: thetaMaxAbs[k],
+                    uMaxAbs: uMaxAbs)
             }
         }
         var metaLoss = queryLoss
@@ -256,11 +255,11 @@ public final class MetaLearner {
     /// The sweeps over θ are a large part of a second-order step (the support batch is
     /// small): both probes are built in one vectorised pass, the difference is subtracted
     /// in the pass that clears the two gradients for the next product, and over the
-    /// embedding every pass covers only the rows the batch's items read. Elsewhere the
+    /// embedding every pass covers only `rows`, those the batch's items read. Elsewhere the
     /// probes' embedding rows are never read and both gradients are zero there, and
     /// v − (0 − 0)·s is v for every v, −0 and NaN included.
     func subtractHessianVectorProduct(
-        from v: FloatBuffer, at theta: FloatBuffer, _ u: FloatBuffer, batch: PackedBatch,
+        from v: FloatBuffer, at theta: FloatBuffer, _ u: FloatBuffer, batch: PackedBatch, rows: [Int],
         thetaMaxAbs: Float? = nil, uMaxAbs: Float? = nil
     ) {
         let n = model.parameterCount
@@ -269,7 +268,7 @@ public final class MetaLearner {
         let eps = hvpScale * max(tMax, 1) / uMax
         let emb = model.layout["embedding.weight"].range, E = model.dims.E
         precondition(emb.lowerBound == 0, "sparse sweeps expect the embedding first in the layout")
-        let d = emb.upperBound, rows = distinct(batch.tokens.map { Int($0) })
+        let d = emb.upperBound
         if !probesClean { gPlus.zero(); gMinus.zero() }
         addScaledPair(probe.ptr + d, probeMinus.ptr + d, theta.ptr + d, eps, u.ptr + d, count: n - d)
         for r in rows {

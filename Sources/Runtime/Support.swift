@@ -9,25 +9,27 @@ import Training
 import Transport
 import Wire
 
-/// The CPU's model name from /proc/cpuinfo ("" where there is none).
-func cpuModelName() -> String {
-    guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "" }
-    for line in text.split(separator: "\n") where line.hasPrefix("model name") {
+/// The first value of `field` in /proc/cpuinfo (nil where there is none).
+func cpuInfo(_ field: String) -> String? {
+    guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return nil }
+    for line in text.split(separator: "\n") where line.hasPrefix(field) {
         if let colon = line.firstIndex(of: ":") {
             return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
         }
     }
-    return ""
+    return nil
 }
+
+/// The CPU's model name from /proc/cpuinfo ("" where there is none).
+func cpuModelName() -> String { cpuInfo("model name") ?? "" }
 
 /// A line for people when OpenBLAS runs generic kernels on a CPU it does not know
 /// (`BLAS.fasterCore`), naming the family to set; nil when it picked well or
 /// OPENBLAS_CORETYPE is set already.
 public func blasCoreAdvice() -> String? {
-    guard ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil,
-        let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-        let line = text.split(separator: "\n").first(where: { $0.hasPrefix("flags") })
-    else { return nil }
+    guard ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil, let line = cpuInfo("flags") else {
+        return nil
+    }
     let flags = Set(line.split(separator: " ").map(String.init))
     guard let better = BLAS.fasterCore(than: BLAS.coreName, flags: flags) else { return nil }
     return "OpenBLAS runs its generic \(BLAS.coreName) kernels on this CPU, which it does not know by model "
