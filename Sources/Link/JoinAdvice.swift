@@ -5,8 +5,9 @@ import Transport
 /// a key that does not match), each naming the flag to fix. Each kind is said
 /// once until a handshake succeeds; the worker keeps trying all the while.
 /// A vague diagnosis (the handshake failed, the connect is retried) waits
-/// `patience` seconds for a precise one, since the first failed handshake of a
-/// keyless worker often shows as a bare failure before the mismatch does.
+/// `patience` seconds for a precise one: a mechanism mismatch often shows as a
+/// bare failure (the server closed first), and the link then reads the
+/// coordinator's greeting (`zmtpMechanism`) and adds the mismatch it finds.
 struct JoinAdvice {
     let endpoint: String
     /// This worker's public key when it connects with CURVE (nil: no keys).

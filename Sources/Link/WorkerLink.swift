@@ -56,8 +56,15 @@ public final class WorkerLink {
     public static let welcomeLimit = 16 << 20
     private var context: ZMQContext?
     private var identity: [UInt8] = []
-    /// The DEALER's connection events (refused connects, failed handshakes), for `connectionEvents()`.
+    /// The DEALER's connection events (refused connects, failed handshakes), for `advice(now:)`.
     private var monitor: ZMQMonitor?
+    /// Events taken from the monitor and not yet read by `advice(now:)`.
+    private var events: [ConnectionEvent] = []
+    /// A handshake on these sockets failed and none has succeeded since: a message sent now
+    /// would only wait in the queue of a connection the coordinator refuses.
+    private var refused = false
+    /// Whether these sockets' failed handshake has had the coordinator's greeting probed.
+    private var probed = false
 
     public func connect(_ ctx: ZMQContext) throws {
         context = ctx
@@ -93,6 +100,7 @@ public final class WorkerLink {
         dealer.setRoutingId(identity)
         monitor = nil
         monitor = try ZMQMonitor(ctx, watching: dealer)
+        refused = false; probed = false
         sub = try ZMQSocket(ctx, .sub)
         for s in [dealer!, sub!] { s.setMaxMessageSize(maxMessageSize) }
         if let curve {
@@ -188,9 +196,20 @@ public final class WorkerLink {
         e.encode(into: frame.mutableBytes)
         // Never blocks: with no coordinator connected (not up yet, or a refused CURVE handshake)
         // the message is dropped; hellos and heartbeats are said again, and results re-issued.
-        if try !dealer.send([], frame, wait: false) {
+        // A refused handshake ends libzmq's connection (the hello is not taken) or, when the
+        // refusal reads as a reset, leaves it retrying with the hello queued: either way the
+        // hello is not sent, and the sockets are opened afresh.
+        takeEvents()
+        var isHello = false
+        if case .hello = m { isHello = true }
+        if isHello && refused {
+            log("the coordinator refused this connection's handshake: '\(m.typeName)' not sent")
+            log("opening the connection to \(endpoint) again")
+            try reopen()
+            _ = try dealer.send([], frame, wait: false)
+        } else if try !dealer.send([], frame, wait: false) {
             log("no connection to the coordinator: '\(m.typeName)' not sent")
-            if case .hello = m {
+            if isHello {
                 // libzmq never reconnects a connection it ended for a protocol error (e.g. a frame over
                 // our size limit): a hello that finds no connection opens the sockets afresh.
                 log("opening the connection to \(endpoint) again")
@@ -228,7 +247,32 @@ public final class WorkerLink {
     /// Lines for a person, from what happened to the connection since the last call (never
     /// blocks): why this worker cannot get in, told within a second of it happening (`JoinAdvice`).
     public func advice(now: Double) -> [String] {
-        advice?.lines(for: (try? monitor?.take()) ?? [], now: now) ?? []
+        takeEvents()
+        defer { events = [] }
+        return advice?.lines(for: events, now: now) ?? []
+    }
+
+    /// Moves the monitor's events to `events`. A failed handshake that does not say why is
+    /// read again from the coordinator's greeting (`zmtpMechanism(at:timeoutMs:)`), once per
+    /// opening of the sockets: a mechanism other than ours is a mismatch, whichever side closed first.
+    private func takeEvents() {
+        guard let new = try? monitor?.take(), !new.isEmpty else { return }
+        events += new
+        var unexplained = false
+        for e in new {
+            switch e {
+            case .handshakeSucceeded: refused = false
+            case .mechanismMismatch, .authenticationFailed: refused = true
+            case .handshakeFailed, .protocolError: refused = true; unexplained = true
+            case .connectRetried, .disconnected: break
+            }
+        }
+        if unexplained && !probed {
+            probed = true
+            if let theirs = zmtpMechanism(at: endpoint, timeoutMs: 1000), theirs != (curve == nil ? "NULL" : "CURVE") {
+                events.append(.mechanismMismatch(address: endpoint))
+            }
+        }
     }
 
     /// Closes the sockets, giving a goodbye still queued up to a second to leave
