@@ -148,7 +148,7 @@ let package = Package(
             name: "CLITests",
             dependencies: [
                 "metatrain", "Storage", "Datasets", "Transport", "Wire", "Link", "Runtime", "NetworkLab",
-                "MetaLearning",
+                "MetaLearning", "Kernels",
                 "ExperimentConfig", "Yams", "Recommendation", "Evaluation"
             ])
     ]

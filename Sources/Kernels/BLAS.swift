@@ -1,13 +1,75 @@
 import COpenBLAS
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The one place metatrain calls BLAS. Row-major throughout.
 public enum BLAS {
     /// Workers and benchmarks run OpenBLAS on one thread; parallelism is processes.
-    public static func useSingleThread() { openblas_set_num_threads(1) }
+    public static func useSingleThread() {
+        _ = kernels
+        openblas_set_num_threads(1)
+    }
 
-    /// The kernel family OpenBLAS picked for this CPU (e.g. "Haswell"; OPENBLAS_CORETYPE overrides it).
+    /// The kernel family this process runs (e.g. "Haswell"; OPENBLAS_CORETYPE overrides it).
     /// Processes with different ones may compute different bits.
-    public static var coreName: String { String(cString: openblas_get_corename()) }
+    public static var coreName: String {
+        _ = kernels
+        return String(cString: openblas_get_corename())
+    }
+
+    /// How this process's kernel family was settled (`kernels`).
+    public struct Kernels: Sendable {
+        /// The family OpenBLAS picked itself (by the CPU's model, or OPENBLAS_CORETYPE).
+        public let picked: String
+        /// The family this process runs.
+        public let runs: String
+        /// Whether OPENBLAS_CORETYPE was given (metatrain then keeps OpenBLAS's pick).
+        public let pinned: Bool
+    }
+
+    /// Settled once per process, before its first product. When OpenBLAS fell back to a
+    /// generic family on a CPU it does not know by model and the CPU's flags name a faster
+    /// one (`fasterCore`), metatrain selects that one, as OPENBLAS_CORETYPE would, and sets
+    /// OPENBLAS_CORETYPE so that the processes it starts begin with it. Decided by the CPU
+    /// alone, so hosts with the same CPU agree, as they do on OpenBLAS's own picks; a given
+    /// OPENBLAS_CORETYPE is left as it is (to pin one family across unlike hosts, or to keep
+    /// OpenBLAS's pick).
+    public static let kernels: Kernels = settleKernels()
+
+    private static func settleKernels() -> Kernels {
+        let picked = String(cString: openblas_get_corename())
+        let pinned = getenv("OPENBLAS_CORETYPE") != nil
+        guard !pinned, let better = fasterCore(than: picked, flags: cpuFlags()),
+            let quit = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "gotoblas_dynamic_quit"),
+            let initialize = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "gotoblas_dynamic_init")
+        else { return Kernels(picked: picked, runs: picked, pinned: pinned) }
+        // An OpenBLAS built for many CPUs (DYNAMIC_ARCH, as Debian's) chooses its kernel table in
+        // gotoblas_dynamic_init, honouring OPENBLAS_CORETYPE; quitting clears the choice. No product
+        // has run yet, and every call reads the table afresh.
+        setenv("OPENBLAS_CORETYPE", better, 1)
+        typealias Hook = @convention(c) () -> Void
+        unsafeBitCast(quit, to: Hook.self)()
+        unsafeBitCast(initialize, to: Hook.self)()
+        return Kernels(picked: picked, runs: String(cString: openblas_get_corename()), pinned: false)
+    }
+
+    /// The CPU's feature flags from /proc/cpuinfo (empty where there is none).
+    static func cpuFlags() -> Set<String> {
+        guard let file = fopen("/proc/cpuinfo", "r") else { return [] }
+        defer { fclose(file) }
+        var line: UnsafeMutablePointer<CChar>?
+        var capacity = 0
+        defer { free(line) }
+        while getline(&line, &capacity, file) > 0, let line {
+            let text = String(cString: line)
+            guard text.hasPrefix("flags"), let colon = text.firstIndex(of: ":") else { continue }
+            return Set(
+                text[text.index(after: colon)...].split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init))
+        }
+        return []
+    }
 
     /// The kernel family that would run faster than `picked` on a CPU with these
     /// /proc/cpuinfo flags, when OpenBLAS fell back to a generic family (it picks by the
@@ -35,6 +97,7 @@ public enum BLAS {
         b: UnsafePointer<Float>, ldb: Int,
         beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
+        _ = kernels
         if m == 0 || n == 0 { return }
         if k == 0 {
             if beta == 0 {

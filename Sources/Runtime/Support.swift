@@ -23,20 +23,6 @@ func cpuInfo(_ field: String) -> String? {
 /// The CPU's model name from /proc/cpuinfo ("" where there is none).
 func cpuModelName() -> String { cpuInfo("model name") ?? "" }
 
-/// A line for people when OpenBLAS runs generic kernels on a CPU it does not know
-/// (`BLAS.fasterCore`), naming the family to set; nil when it picked well or
-/// OPENBLAS_CORETYPE is set already.
-public func blasCoreAdvice() -> String? {
-    guard ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil, let line = cpuInfo("flags") else {
-        return nil
-    }
-    let flags = Set(line.split(separator: " ").map(String.init))
-    guard let better = BLAS.fasterCore(than: BLAS.coreName, flags: flags) else { return nil }
-    return "OpenBLAS runs its generic \(BLAS.coreName) kernels on this CPU, which it does not know by model "
-        + "(\(cpuModelName())); OPENBLAS_CORETYPE=\(better) runs the CPU's own vector kernels, faster. "
-        + "Set the same on every host of a run: hosts with different kernels compute different bits"
-}
-
 /// Keeps freed message buffers in the process for reuse. ZeroMQ's I/O thread
 /// allocates every received 1.5 MB gradient or weight message afresh; with
 /// glibc's default thresholds those buffers are often mapped fresh or their

@@ -97,8 +97,11 @@ struct BenchCommand: ParsableCommand {
             BLAS.sgemm(false, false, m: n, n: n, k: n, a: a.ptr, lda: n, b: b.ptr, ldb: n, beta: 0, c: c.ptr, ldc: n)
         }
         let peak = 2 * Double(n * n * n) / tg / 1e9
-        print(String(format: "sgemm %dx%dx%d, 1 thread: %.1f GFLOP/s", n, n, n, peak) + " (\(BLAS.coreName) kernels)")
-        if let advice = blasCoreAdvice() { print("note: \(advice)") }
+        let kernels =
+            BLAS.kernels.picked == BLAS.kernels.runs
+            ? "\(BLAS.coreName) kernels\(BLAS.kernels.pinned ? ", OPENBLAS_CORETYPE" : "")"
+            : "\(BLAS.kernels.runs) kernels, by the CPU's flags; OpenBLAS picked \(BLAS.kernels.picked)"
+        print(String(format: "sgemm %dx%dx%d, 1 thread: %.1f GFLOP/s", n, n, n, peak) + " (\(kernels))")
 
         // (b) model forward+backward at the default sizes.
         let dims = ModelDims(V: 1519, E: 64, H: 128)

@@ -7,6 +7,7 @@ import ArgumentParser
 import Core
 import ExperimentConfig
 import Foundation
+import Kernels
 
 @main
 struct Metatrain: ParsableCommand {
@@ -32,6 +33,8 @@ struct Metatrain: ParsableCommand {
 
     /// Runs the CLI: our own errors print as one `error: ...` line and exit 1.
     static func mainEntry() {
+        // OpenBLAS's kernel family, settled while this is the only thread (it may set the environment).
+        _ = BLAS.kernels
         do {
             var command = try parseAsRoot()
             try command.run()

@@ -25,16 +25,8 @@ final class ConsoleProgress: ProgressSink {
         showing = true
     }
 
-    /// A line said once, after the first permanent line (the run's start), so that an error
-    /// before the run starts is still the first thing said.
-    var noteAfterStart: String?
-
     func log(_ line: String) {
         if showing { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)); showing = false }
         FileHandle.standardError.write(Data((line + "\n").utf8))
-        if let note = noteAfterStart {
-            noteAfterStart = nil
-            FileHandle.standardError.write(Data("note: \(note)\n".utf8))
-        }
     }
 }

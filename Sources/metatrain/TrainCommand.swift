@@ -52,7 +52,6 @@ struct TrainCommand: ParsableCommand {
         training.sharedMemory = !noSharedMemory
         training.workerKey = security.key
         let progress = ConsoleProgress()
-        progress.noteAfterStart = blasCoreAdvice()
         let code = try training.run(stop: stop, progress: progress)
         if code != 0 { Foundation.exit(code) }
     }

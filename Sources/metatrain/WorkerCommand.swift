@@ -95,19 +95,9 @@ struct WorkerCommand: ParsableCommand {
         // A worker someone started by hand says when it joins, why it cannot, and when its run
         // ends; one that `train` or a host agent started leaves that to its parent.
         let announce = exitWithParent == nil
-        // A note on this machine's OpenBLAS kernels follows the line that says the worker joined
-        // (an error before it is the first and only line).
-        let advice = Locked(blasCoreAdvice())
         let notice: (String) -> Void = { line in
             guard announce || verbose else { return }
             FileHandle.standardError.write(Data("worker \(label): \(line)\n".utf8))
-            if line.hasPrefix("joined run "),
-                let note = advice.withLock({ v -> String? in
-                    defer { v = nil }; return v
-                })
-            {
-                FileHandle.standardError.write(Data("worker \(label): note: \(note)\n".utf8))
-            }
         }
         let n = procs ?? ProcessInfo.processInfo.activeProcessorCount
         let curve = try clientKeys()

@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import Storage
 import XCTest
 
@@ -137,6 +138,39 @@ final class JoinTests: XCTestCase {
         XCTAssertEqual(
             try Data(contentsOf: URL(fileURLWithPath: run + "/final.h5")),
             try Data(contentsOf: URL(fileURLWithPath: whole + "/final.h5")))
+    }
+
+    /// A worker runs this CPU's own kernel family even where OpenBLAS falls back to a generic
+    /// one (`BLAS.kernels`, as this test process does); OPENBLAS_CORETYPE pins another, and the
+    /// coordinator warns once that two workers run different kernels.
+    func testWorkersRunTheCPUsOwnKernelsUnlessPinned() throws {
+        if BLAS.kernels.pinned { throw XCTSkip("OPENBLAS_CORETYPE is set for the tests; nothing to choose") }
+        let own = BLAS.kernels.runs, other = own == "Prescott" ? "Nehalem" : "Prescott"
+        let small = try smallDataset()
+        let run = JoinTests.dir + "/kernels"
+        let coord = try startDetached([
+            "coordinator", "--data", small, "--run-dir", run, "--bind", "tcp://127.0.0.1:0", "--set",
+            "maml.iterations=100000", "--set", "model.embedding_dim=8", "--set", "model.hidden_dim=12"
+        ])
+        defer { coord.killGroup(); coord.wait() }
+        let endpoint = try waitForEndpoint(run + "/coordinator.log")
+        func worker(_ name: String, prefix: [String] = [], environment: [String: String] = [:]) throws -> GroupProcess {
+            try startDetached(
+                ["worker", "--connect", endpoint, "--data", small, "--name", name, "--procs", "1"],
+                stderr: run + "-\(name).err", prefix: prefix, environment: environment)
+        }
+        // This test process set OPENBLAS_CORETYPE when it settled its own kernels: unset for the worker.
+        let first = try worker("own", prefix: ["/usr/bin/env", "-u", "OPENBLAS_CORETYPE"])
+        defer { first.killGroup(); first.wait() }
+        let log = { self.read(run + "/coordinator.log") }
+        XCTAssertTrue(eventually(within: 30) { log().contains("worker own joined") }, log() + read(run + "-own.err"))
+        XCTAssertTrue(log().contains("worker own joined (1 live; OpenBLAS \(own) on "), log())
+        let second = try worker("pinned", environment: ["OPENBLAS_CORETYPE": other])
+        defer { second.killGroup(); second.wait() }
+        XCTAssertTrue(
+            eventually(within: 30) { log().contains("warning: worker pinned runs OpenBLAS \(other) on ") },
+            log() + read(run + "-pinned.err"))
+        XCTAssertTrue(log().contains("worker pinned joined (2 live; OpenBLAS \(other) on "), log())
     }
 
     /// A coordinator without workers says so once, not every second.

@@ -61,6 +61,20 @@ final class BLASTests: XCTestCase {
         XCTAssertNil(BLAS.fasterCore(than: "Zen", flags: ["avx", "avx2", "fma"]))
     }
 
+    /// Unless OPENBLAS_CORETYPE pins a family, this process runs the CPU's own: OpenBLAS's pick,
+    /// or the faster family the CPU's flags name when that pick was a generic fallback.
+    func testTheProcessRunsTheCPUsOwnKernels() {
+        let k = BLAS.kernels
+        XCTAssertEqual(BLAS.coreName, k.runs)
+        XCTAssertFalse(BLAS.cpuFlags().isEmpty, "no flags in /proc/cpuinfo")
+        if k.pinned {
+            XCTAssertEqual(k.runs, k.picked)
+        } else {
+            XCTAssertEqual(k.runs, BLAS.fasterCore(than: k.picked, flags: BLAS.cpuFlags()) ?? k.picked)
+            XCTAssertNil(BLAS.fasterCore(than: k.runs, flags: BLAS.cpuFlags()))
+        }
+    }
+
     func testSgemmTransposes() {
         // A [2,3], B [3,2]
         let a: [Float] = [1, 2, 3, 4, 5, 6], b: [Float] = [7, 8, 9, 10, 11, 12]
