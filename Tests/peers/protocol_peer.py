@@ -435,6 +435,10 @@ def relay(a):
     router, pub = peer.ctx.socket(zmq.ROUTER), peer.ctx.socket(zmq.PUB)
     for s_ in (router, pub):
         s_.setsockopt(zmq.LINGER, 0)
+    # PROTOCOL.md: a worker opens its sockets again, same identity, as it reads the welcome;
+    # ROUTER_HANDOVER lets that identity in again (without it libzmq parks the new connection
+    # unread while the old one is not yet gone, and the worker is never heard again).
+    router.setsockopt(zmq.ROUTER_HANDOVER, 1)
     for _ in range(100):  # a free port whose successor is free too
         port = router.bind_to_random_port("tcp://127.0.0.1", min_port=20000, max_port=60000)
         try:
