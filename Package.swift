@@ -142,7 +142,7 @@ let package = Package(
         .testTarget(name: "TransportTests", dependencies: ["Transport", "CLinux"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "CoordinationTests", dependencies: ["Coordination", "Wire"]),
-        .testTarget(name: "LinkTests", dependencies: ["Link", "Transport"]),
+        .testTarget(name: "LinkTests", dependencies: ["Link", "Transport", "Wire"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime"]),
         .testTarget(
             name: "CLITests",

@@ -219,7 +219,9 @@ public final class CoordinatorLink {
             }
             w.store = mapped[peer] != nil ? weightsArena?.offer : nil
             m = .welcome(w)
-        case .refuse: mapped[peer] = nil; offered[peer] = nil
+        // A refusal answers an earlier message, perhaps one before a hello of the same batch:
+        // that hello's offer stays (`offered` lives for one batch; a welcome takes it).
+        case .refuse: mapped[peer] = nil
         default: break
         }
         do { try router.send([peer.bytes, Envelope(runId: runId, message: m).encode()]) } catch {
@@ -268,7 +270,6 @@ public final class CoordinatorLink {
     /// Lets go of what is kept for a peer the machine dropped: the mapping of its file, its address.
     public func forget(_ peer: PeerID) {
         mapped[peer] = nil
-        offered[peer] = nil
         addresses[peer] = nil
     }
 
