@@ -168,9 +168,14 @@ def main():
     theta = [p for _, p in model.named_parameters()]
     adam = torch.optim.Adam(theta, lr=0.001)
     rng = np.random.default_rng(args.seed)
-    if args.check:
+
+    def draw():
+        """A meta-batch of tasks: (support, query) batches of uniformly drawn train episodes."""
         chosen = rng.integers(0, support.shape[0], args.meta_batch_size)
-        tasks = [(batch(support[e], offsets, items, labels), batch(query[e], offsets, items, labels)) for e in chosen]
+        return [(batch(support[e], offsets, items, labels), batch(query[e], offsets, items, labels)) for e in chosen]
+
+    if args.check:
+        tasks = draw()
         a = fused_meta_gradient(model, names, theta, tasks, args)
         b = batched_meta_gradient(theta, stack([s for s, _ in tasks]), stack([q for _, q in tasks]), args)
         worst = max(float((x - y).abs().max() / y.abs().max().clamp_min(1e-12)) for x, y in zip(a, b))
@@ -179,10 +184,7 @@ def main():
     times = []
     for it in range(args.warmup + args.iterations):
         start = time.perf_counter()
-        chosen = rng.integers(0, support.shape[0], args.meta_batch_size)
-        tasks = [
-            (batch(support[e], offsets, items, labels), batch(query[e], offsets, items, labels)) for e in chosen
-        ]
+        tasks = draw()
         if args.variant == "fused":
             grads = fused_meta_gradient(model, names, theta, tasks, args)
         else:

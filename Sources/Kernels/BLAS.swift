@@ -57,18 +57,25 @@ public enum BLAS {
 
     /// The CPU's feature flags from /proc/cpuinfo (empty where there is none).
     static func cpuFlags() -> Set<String> {
-        guard let file = fopen("/proc/cpuinfo", "r") else { return [] }
+        Set((cpuInfo("flags") ?? "").split(separator: " ").map(String.init))
+    }
+
+    /// The first value of `field` in /proc/cpuinfo, trimmed (nil where there is none).
+    public static func cpuInfo(_ field: String) -> String? {
+        guard let file = fopen("/proc/cpuinfo", "r") else { return nil }
         defer { fclose(file) }
         var line: UnsafeMutablePointer<CChar>?
         var capacity = 0
         defer { free(line) }
         while getline(&line, &capacity, file) > 0, let line {
             let text = String(cString: line)
-            guard text.hasPrefix("flags"), let colon = text.firstIndex(of: ":") else { continue }
-            return Set(
-                text[text.index(after: colon)...].split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init))
+            guard text.hasPrefix(field), let colon = text.firstIndex(of: ":") else { continue }
+            var value = text[text.index(after: colon)...]
+            while let c = value.first, c == " " || c == "\t" { value.removeFirst() }
+            while let c = value.last, c == " " || c == "\t" || c == "\n" { value.removeLast() }
+            return String(value)
         }
-        return []
+        return nil
     }
 
     /// The kernel family that would run faster than `picked` on a CPU with these

@@ -196,26 +196,23 @@ public final class WorkerLink {
         e.encode(into: frame.mutableBytes)
         // Never blocks: with no coordinator connected (not up yet, or a refused CURVE handshake)
         // the message is dropped; hellos and heartbeats are said again, and results re-issued.
-        // A refused handshake ends libzmq's connection (the hello is not taken) or, when the
-        // refusal reads as a reset, leaves it retrying with the hello queued: either way the
-        // hello is not sent, and the sockets are opened afresh.
-        takeEvents()
         var isHello = false
         if case .hello = m { isHello = true }
-        if isHello && refused {
+        if isHello && handshakeRefused() {
+            // A refused handshake ends libzmq's connection or, when the refusal reads as a reset,
+            // leaves it retrying with the hello queued: either way the hello is not sent.
             log("the coordinator refused this connection's handshake: '\(m.typeName)' not sent")
+        } else if try dealer.send([], frame, wait: false) {
+            return m
+        } else {
+            log("no connection to the coordinator: '\(m.typeName)' not sent")
+        }
+        if isHello {
+            // libzmq never reconnects a connection it ended for a protocol error (e.g. a frame over
+            // our size limit or a refused handshake): a hello not sent opens the sockets afresh.
             log("opening the connection to \(endpoint) again")
             try reopen()
             _ = try dealer.send([], frame, wait: false)
-        } else if try !dealer.send([], frame, wait: false) {
-            log("no connection to the coordinator: '\(m.typeName)' not sent")
-            if isHello {
-                // libzmq never reconnects a connection it ended for a protocol error (e.g. a frame over
-                // our size limit): a hello that finds no connection opens the sockets afresh.
-                log("opening the connection to \(endpoint) again")
-                try reopen()
-                _ = try dealer.send([], frame, wait: false)
-            }
         }
         return m
     }
@@ -250,6 +247,12 @@ public final class WorkerLink {
         takeEvents()
         defer { events = [] }
         return advice?.lines(for: events, now: now) ?? []
+    }
+
+    /// Whether a handshake on these sockets failed and none has succeeded since (reads the monitor).
+    private func handshakeRefused() -> Bool {
+        takeEvents()
+        return refused
     }
 
     /// Moves the monitor's events to `events`. A failed handshake that does not say why is

@@ -9,19 +9,8 @@ import Training
 import Transport
 import Wire
 
-/// The first value of `field` in /proc/cpuinfo (nil where there is none).
-func cpuInfo(_ field: String) -> String? {
-    guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return nil }
-    for line in text.split(separator: "\n") where line.hasPrefix(field) {
-        if let colon = line.firstIndex(of: ":") {
-            return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
-        }
-    }
-    return nil
-}
-
 /// The CPU's model name from /proc/cpuinfo ("" where there is none).
-func cpuModelName() -> String { cpuInfo("model name") ?? "" }
+func cpuModelName() -> String { BLAS.cpuInfo("model name") ?? "" }
 
 /// Keeps freed message buffers in the process for reuse. ZeroMQ's I/O thread
 /// allocates every received 1.5 MB gradient or weight message afresh; with

@@ -51,8 +51,7 @@ struct TrainCommand: ParsableCommand {
         training.trace = trace
         training.sharedMemory = !noSharedMemory
         training.workerKey = security.key
-        let progress = ConsoleProgress()
-        let code = try training.run(stop: stop, progress: progress)
+        let code = try training.run(stop: stop, progress: ConsoleProgress())
         if code != 0 { Foundation.exit(code) }
     }
 }

@@ -96,8 +96,7 @@ struct WorkerCommand: ParsableCommand {
         // ends; one that `train` or a host agent started leaves that to its parent.
         let announce = exitWithParent == nil
         let notice: (String) -> Void = { line in
-            guard announce || verbose else { return }
-            FileHandle.standardError.write(Data("worker \(label): \(line)\n".utf8))
+            if announce || verbose { FileHandle.standardError.write(Data("worker \(label): \(line)\n".utf8)) }
         }
         let n = procs ?? ProcessInfo.processInfo.activeProcessorCount
         let curve = try clientKeys()
